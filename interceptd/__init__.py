@@ -1,0 +1,1 @@
+"""interceptd: seccomp-notify container hardening daemon, runtime shim and CLI."""
