@@ -1,0 +1,108 @@
+# interceptd: set-up, run, test, bench.
+#
+# `make run` and `make test` each do the whole (idempotent) set-up first:
+# Debian packages, kernel-header links for bcc, the virtualenv, the C build.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+CONFIG  ?= packaging/interceptd.toml
+STATE   ?= /run/interceptd
+KREL    := $(shell uname -r)
+
+APT_PACKAGES := runc crun busybox-static fuse3 libfuse3-dev python3-bpfcc bpfcc-tools \
+	linux-headers-amd64 python3-venv python3-dev python3-cffi python3-setuptools \
+	python3-pytest libc6-dev gcc make pkg-config util-linux uidmap docker.io
+
+# The C build is redone only when its inputs change.
+CORE_INPUTS := setup.py pyproject.toml $(wildcard csrc/*.c csrc/*.h interceptd/_build_core.py)
+
+.PHONY: help setup apt-packages kernel-headers venv run test bench clean distclean
+
+help:
+	@echo "make run    - set up, then run interceptd in the foreground ($(CONFIG))"
+	@echo "make test   - set up, then ruff + the whole test suite"
+	@echo "make bench  - set up, then every bench/bench_*.py"
+	@echo "make setup  - only the (idempotent) set-up"
+	@echo "make clean  - remove build products (distclean: also the virtualenv)"
+
+setup: apt-packages kernel-headers venv .stamp-build
+
+apt-packages:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed$$' \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# bcc compiles its programs against /lib/modules/$(uname -r)/build; a VM with
+# a kernel not from Debian has no such directory, so point it at Debian's
+# headers (close enough for the tracepoints and helpers we use).
+kernel-headers:
+	@mod=/lib/modules/$(KREL); \
+	if [ ! -e "$$mod/build" ] || [ ! -e "$$mod/source" ]; then \
+	  arch=$$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1); \
+	  common=$$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1); \
+	  if [ -z "$$arch" ] || [ -z "$$common" ]; then \
+	    echo "warning: no Debian linux-headers found; eBPF features will be unavailable" >&2; \
+	  else \
+	    mkdir -p "$$mod"; \
+	    [ -e "$$mod/build" ] || ln -sfn "$$arch" "$$mod/build"; \
+	    [ -e "$$mod/source" ] || ln -sfn "$$common" "$$mod/source"; \
+	  fi; \
+	fi
+
+venv: $(VENV)/.stamp-tools
+
+$(VENV)/bin/python:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+$(VENV)/.stamp-tools: $(VENV)/bin/python
+	@need=""; \
+	[ -x $(VENV)/bin/ruff ] || need="$$need ruff"; \
+	$(PY) -c 'import pytest' 2>/dev/null || need="$$need pytest"; \
+	if [ -n "$$need" ]; then $(VENV)/bin/pip install -q $$need; fi
+	@touch $@
+
+.stamp-build: $(VENV)/.stamp-tools $(CORE_INPUTS)
+	@if [ -f interceptd/_build_core.py ]; then \
+	  $(VENV)/bin/pip install -q --no-build-isolation -e . ; \
+	else \
+	  echo "interceptd/_build_core.py not present yet: skipping the C build" >&2; \
+	fi
+	@touch $@
+
+run: setup
+	@echo "interceptd: state dir $(STATE), config $(CONFIG)"
+	@echo "To start a container under it (in another shell):"
+	@echo "  interceptd-runc run -b <bundle> <id>     # the shim adds the seccomp listener"
+	@echo "  or set in config.json: linux.seccomp.listenerPath = \"$(STATE)/seccomp.sock\""
+	@echo "  and SCMP_ACT_NOTIFY rules, then: runc run -b <bundle> <id>"
+	@echo "Inspect it with: $(VENV)/bin/interceptctl --state-dir $(STATE) status"
+	exec $(VENV)/bin/interceptd --state-dir $(STATE) --config $(CONFIG)
+
+# pytest's exit code 5 ("no tests collected") is a failure here too.
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -ra --durations=15 tests
+
+bench: setup
+	@rc=0; for b in bench/bench_*.py; do \
+	  echo "== $$b"; $(PY) "$$b" || rc=1; \
+	done; exit $$rc
+
+clean:
+	rm -rf build *.egg-info interceptd/_core*.so interceptd/_core.c .stamp-build \
+	  .pytest_cache .ruff_cache bench/out tests/.build
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
