@@ -1,0 +1,260 @@
+"""`<state-dir>/control.sock`: JSON-lines requests from interceptctl.
+
+Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "trace",
+"container": ID, "syscall": NAME, "verdict": V, "source": S, "count": N}` (all
+filters optional). Every answer starts with one object carrying `"ok"`; a trace
+then streams one event per line and ends with `{"end": true, "dropped": n}`
+(when `count` is reached or the daemon stops) or when the client hangs up.
+
+Each client has its own thread with a send timeout, so a client that stops
+reading loses its trace (events are dropped, never queued without bound) and
+never blocks the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from interceptd.events import Counters, Event, EventBus
+
+log = logging.getLogger("interceptd.control")
+
+MAX_LINE = 64 * 1024
+IDLE_TIMEOUT = 60.0
+SEND_TIMEOUT = 5.0
+MAX_CLIENTS = 32
+TRACE_QUEUE = 8192
+
+
+class ControlServer:
+    def __init__(
+        self,
+        path: str,
+        *,
+        status: Callable[[], dict[str, Any]],
+        containers: Callable[[], list[dict[str, Any]]],
+        bus: EventBus | None,
+        counters: Counters,
+        idle_timeout: float = IDLE_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
+        self.path = path
+        self._status = status
+        self._containers = containers
+        self._bus = bus
+        self._counters = counters
+        self._idle_timeout = idle_timeout
+        self._send_timeout = send_timeout
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(32)
+        sock.settimeout(0.25)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                time.sleep(0.05)
+                continue
+            if not self._slots.acquire(blocking=False):
+                self._counters.inc("control_errors", "too many clients")
+                conn.close()
+                continue
+            threading.Thread(target=self._client, args=(conn,), name="control-client",
+                             daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        try:
+            reader = _LineReader(conn, self._idle_timeout)
+            while not self._stop.is_set():
+                line = reader.readline()
+                if line is None:
+                    return
+                if not line.strip():
+                    continue
+                if not self.serve_line(line, conn):
+                    return
+        except (OSError, _LineTooLong) as e:
+            self._counters.inc("control_errors", type(e).__name__)
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def serve_line(self, line: bytes, conn: socket.socket) -> bool:
+        """Answer one request; False when the connection should end."""
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("request must be a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            self._counters.inc("control_errors", "bad request")
+            self._send(conn, {"ok": False, "error": f"bad request: {e}"})
+            return True
+        cmd = req.get("cmd")
+        if cmd == "status":
+            self._send(conn, {"ok": True, **self._status()})
+        elif cmd == "containers":
+            self._send(conn, {"ok": True, "containers": self._containers()})
+        elif cmd == "trace":
+            self._trace(conn, req)
+            return False
+        else:
+            self._counters.inc("control_errors", "unknown command")
+            self._send(conn, {"ok": False, "error": f"unknown command {cmd!r}"})
+        return True
+
+    def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
+        conn.settimeout(self._send_timeout)
+        conn.sendall(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
+
+    def _trace(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        try:
+            match = trace_filter(req)
+            count = int(req.get("count") or 0)
+            if count < 0:
+                raise ValueError("count must be >= 0")
+        except (TypeError, ValueError) as e:
+            self._send(conn, {"ok": False, "error": f"bad trace request: {e}"})
+            return
+        if self._bus is None:
+            self._send(conn, {"ok": False, "error": "tracing is not available"})
+            return
+        sent = 0
+        with self._bus.subscribe(TRACE_QUEUE) as sub:
+            self._send(conn, {"ok": True, "trace": True})
+            while not self._stop.is_set() and (count == 0 or sent < count):
+                ev = sub.get(timeout=0.5)
+                if ev is None:
+                    if _hung_up(conn):
+                        return
+                    continue
+                if not match(ev):
+                    continue
+                self._send(conn, ev.to_dict())
+                sent += 1
+            self._counters.inc("trace_dropped_events", "", sub.dropped)
+            self._send(conn, {"end": True, "dropped": sub.dropped})
+
+
+def trace_filter(req: dict[str, Any]) -> Callable[[Event], bool]:
+    want: dict[str, str] = {}
+    for key in ("container", "syscall", "verdict", "source"):
+        v = req.get(key)
+        if v is None or v == "":
+            continue
+        if not isinstance(v, str):
+            raise ValueError(f"{key} must be a string")
+        want[key] = v
+
+    def match(ev: Event) -> bool:
+        return all(getattr(ev, k) == v for k, v in want.items())
+
+    return match
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+class _LineReader:
+    def __init__(self, conn: socket.socket, timeout: float | None) -> None:
+        self._conn = conn
+        self._timeout = timeout
+        self._buf = bytearray()
+
+    def readline(self) -> bytes | None:
+        """The next line, or None at EOF or after `timeout` idle seconds."""
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self._buf[:i])
+                del self._buf[: i + 1]
+                return line
+            if len(self._buf) > MAX_LINE:
+                raise _LineTooLong
+            self._conn.settimeout(self._timeout)
+            try:
+                data = self._conn.recv(65536)
+            except TimeoutError:
+                return None
+            if not data:
+                return bytes(self._buf) if self._buf.strip() else None
+            self._buf += data
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One request, one answer (client side; used by interceptctl and the daemon's
+    own "is another daemon alive" check)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        reader = _LineReader(s, timeout)
+        line = reader.readline()
+        if line is None:
+            raise ConnectionError("no answer from the daemon")
+        out = json.loads(line)
+        if not isinstance(out, dict):
+            raise ConnectionError("malformed answer from the daemon")
+        return out
+
+
+def stream(path: str, req: dict[str, Any], timeout: float = 5.0) -> Any:
+    """Yield every line's object of a streaming request (trace)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        reader = _LineReader(s, None)
+        while True:
+            line = reader.readline()
+            if line is None:
+                return
+            yield json.loads(line)

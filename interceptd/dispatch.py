@@ -1,0 +1,380 @@
+"""Containers' notify fds → channels of the C engine → per-container Python workers.
+
+Each container gets one channel (its verdict table, its queue for the Python
+path) and one worker thread blocked in `Channel.wait()`, so a slow handler in
+one container never delays another's. Fast-path decisions are drained from the
+engine by a pump thread and published as events like the Python path's.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno as errno_mod
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from interceptd.events import Counters, Event, EventBus
+from interceptd.handlers import HandlerRegistry, Request
+from interceptd.listener import ListenerReject, ProcessState
+from interceptd.registry import (
+    Container,
+    Registry,
+    close_container_fds,
+    read_cgroup_paths,
+    read_id_maps,
+)
+from interceptd.verdict import (
+    FAST_CONTINUE,
+    FAST_ERRNO,
+    FAST_PYTHON,
+    FAST_VALUE,
+    TableEntry,
+    Verdict,
+)
+
+log = logging.getLogger("interceptd.dispatch")
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+PUMP_INTERVAL = 0.075
+WAIT_TIMEOUT = 0.25
+
+
+def read_comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        core: Any,
+        engine: Any,
+        registry: Registry,
+        handlers: HandlerRegistry,
+        table: list[TableEntry],
+        bus: EventBus,
+        counters: Counters,
+        *,
+        name_of: Callable[[int], str],
+        native_arch: int = AUDIT_ARCH_X86_64,
+        comm_of: Callable[[int], str] = read_comm,
+    ) -> None:
+        self.core = core
+        self.engine = engine
+        self.registry = registry
+        self.handlers = handlers
+        self.table = table
+        self.bus = bus
+        self.counters = counters
+        self._name_of = name_of
+        self._native_arch = native_arch
+        self._comm_of = comm_of
+        self._actions = {
+            FAST_CONTINUE: core.ACT_CONTINUE,
+            FAST_ERRNO: core.ACT_ERRNO,
+            FAST_VALUE: core.ACT_VALUE,
+            FAST_PYTHON: core.ACT_PYTHON,
+        }
+        self._verdict_of_action = {
+            core.ACT_CONTINUE: "continue",
+            core.ACT_ERRNO: "errno",
+            core.ACT_VALUE: "value",
+        }
+        self._rule_nrs = {e.nr: e for e in table if e.action != FAST_PYTHON}
+        self._cookies = itertools.count(1)
+        self._cookie_ids: dict[int, str] = {}
+        self._retired: collections.deque[tuple[float, int]] = collections.deque()
+        self._workers: dict[str, threading.Thread] = {}
+        self._released: set[int] = set()
+        self._release_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pump: threading.Thread | None = None
+
+    # -- attach (listener thread) ------------------------------------------
+
+    def on_message(self, st: ProcessState, fd: int) -> None:
+        """Listener callback: take `fd` or raise ListenerReject (listener closes it)."""
+        if self._stop.is_set():
+            raise ListenerReject("shutting down")
+        with self.registry.lock:
+            c = self.registry.get(st.state.id)
+            if c is None:
+                if not st.is_init:
+                    raise ListenerReject("unknown container", st.state.id)
+                self._add_container(st, fd)
+                return
+            if c.init_pid != st.init_pid or c.bundle != st.state.bundle:
+                raise ListenerReject(
+                    "duplicate id",
+                    f"{st.state.id} has init {c.init_pid}, message says {st.init_pid}",
+                )
+            self._attach_fd(c, fd, st.pid)
+
+    def _add_container(self, st: ProcessState, fd: int) -> None:
+        pid = st.init_pid
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            raise ListenerReject("target gone", f"pidfd_open({pid}): {e.strerror}") from None
+        try:
+            cgroups = read_cgroup_paths(pid)
+            uid_map, gid_map = read_id_maps(pid)
+        except OSError as e:
+            os.close(pidfd)
+            raise ListenerReject("target gone", f"/proc/{pid}: {e.strerror}") from None
+        cookie = next(self._cookies)
+        channel = self.engine.channel(cookie)
+        try:
+            for entry in self.table:
+                channel.set_rule(entry.nr, self._actions[entry.action], entry.value)
+            channel.set_default(self.core.ACT_ERRNO, errno_mod.EPERM)
+        except Exception:
+            channel.close()
+            os.close(pidfd)
+            raise
+        c = Container(
+            id=st.state.id,
+            bundle=st.state.bundle,
+            annotations=dict(st.state.annotations),
+            init_pid=pid,
+            pidfd=pidfd,
+            cgroup_paths=cgroups,
+            uid_map=uid_map,
+            gid_map=gid_map,
+            channel=channel,
+            cookie=cookie,
+        )
+        try:
+            self.engine.attach(channel, fd)
+        except OSError as e:
+            channel.close()
+            os.close(pidfd)
+            raise ListenerReject("attach failed", e.strerror or str(e)) from None
+        c.notify_fds.append(fd)
+        self.registry.add(c)
+        self._cookie_ids[cookie] = c.id
+        self.counters.inc("containers_attached")
+        log.info(
+            "attach",
+            extra={"fields": {"container": c.id, "pid": st.pid, "fd": fd, "status": st.state.status,
+                              "bundle": c.bundle, "init": True}},
+        )
+        t = threading.Thread(target=self._worker, args=(c,), name=f"worker-{cookie}", daemon=True)
+        self._workers[c.id] = t
+        t.start()
+
+    def _attach_fd(self, c: Container, fd: int, pid: int) -> None:
+        try:
+            self.engine.attach(c.channel, fd)
+        except OSError as e:
+            raise ListenerReject("attach failed", e.strerror or str(e)) from None
+        c.notify_fds.append(fd)
+        log.info(
+            "attach",
+            extra={"fields": {"container": c.id, "pid": pid, "fd": fd, "status": "running",
+                              "init": False}},
+        )
+
+    # -- per-container worker ----------------------------------------------
+
+    def _worker(self, c: Container) -> None:
+        ch = c.channel
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                items = ch.wait(0 if stopping else WAIT_TIMEOUT)
+                for item in items:
+                    if isinstance(item, self.core.Detached):
+                        if self._detach(c, item.notify_fd):
+                            return
+                    else:
+                        self._handle(c, item)
+                if stopping:
+                    return
+        except Exception:
+            self.counters.inc("worker_errors")
+            log.exception("worker failed", extra={"fields": {"container": c.id}})
+            with self.registry.lock:
+                self.registry.remove(c.id)
+            self._release(c, "worker failed")
+
+    def _detach(self, c: Container, fd: int) -> bool:
+        """Forget `fd`; returns True once the container has no fd left."""
+        with self.registry.lock:
+            if fd in c.notify_fds:
+                c.notify_fds.remove(fd)
+            last = not c.notify_fds
+            if last:
+                self.registry.remove(c.id)
+        log.info("detach", extra={"fields": {"container": c.id, "fd": fd, "last": last}})
+        if last:
+            self._release(c, "exited")
+        return last
+
+    def _release(self, c: Container, why: str) -> None:
+        with self._release_lock:
+            if c.cookie in self._released:
+                return
+            self._released.add(c.cookie)
+        c.channel.close()
+        close_container_fds(c)
+        self._workers.pop(c.id, None)
+        self._retired.append((time.monotonic(), c.cookie))
+        self.counters.inc("containers_detached")
+        log.info("container removed", extra={"fields": {"container": c.id, "why": why,
+                                                          "lifetime_s": round(time.time()
+                                                                              - c.started_at, 3)}})
+
+    def _handle(self, c: Container, n: Any) -> None:
+        if n.arch != self._native_arch:
+            name = f"arch_{n.arch:#x}_{n.nr}"
+            verdict = Verdict.errno(errno_mod.EPERM, "unsupported arch")
+        else:
+            name = self._syscall_name(n.nr)
+            if name in self.handlers:
+                req = Request(container=c, notif=n, syscall=name, args=list(n.args),
+                              core=self.core)
+                verdict = self.handlers.handle(req)
+            else:
+                verdict = Verdict.errno(errno_mod.EPERM, "unhandled")
+        value = self._answer(c, n, verdict)
+        self.counters.inc("decisions", verdict.kind)
+        if self.bus.subscribers:
+            self.bus.publish(Event(
+                time=time.time(), container=c.id, pid=n.pid, comm=self._comm_of(n.pid),
+                syscall=name, args=[int(a) for a in n.args], verdict=verdict.kind,
+                errno=verdict.error, reason=verdict.reason, source="seccomp",
+                value=value if verdict.kind in ("value", "fd") else None,
+            ))
+
+    def _answer(self, c: Container, n: Any, v: Verdict) -> int:
+        ch = c.channel
+        try:
+            if v.kind == "continue":
+                ch.respond(n, cont=True)
+            elif v.kind == "errno":
+                ch.respond(n, error=v.error)
+            elif v.kind == "value":
+                ch.respond(n, value=v.val)
+            elif v.kind == "fd":
+                return self._inject(ch, n, v)
+            else:
+                self.counters.inc("handler_errors", "bad verdict")
+                ch.respond(n, error=errno_mod.EPERM)
+        except Exception as e:
+            self._respond_failed(c, n, e)
+        return v.val
+
+    def _inject(self, ch: Any, n: Any, v: Verdict) -> int:
+        try:
+            return int(ch.addfd(n, v.inject_fd, v.fd_flags, send=True))
+        except Exception as e:
+            if _gone(self.core, e):
+                raise
+            # ADDFD failed without answering: refuse instead, so the target never hangs.
+            ch.respond(n, error=getattr(e, "errno", None) or errno_mod.EPERM)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(v.inject_fd)
+
+    def _respond_failed(self, c: Container, n: Any, e: Exception) -> None:
+        reason = "target gone" if _gone(self.core, e) else "send failed"
+        self.counters.inc("respond_errors", reason)
+        level = logging.DEBUG if reason == "target gone" else logging.WARNING
+        log.log(level, "answer not delivered", extra={"fields": {
+            "container": c.id, "pid": n.pid, "nr": n.nr, "reason": reason, "error": str(e)}})
+
+    def _syscall_name(self, nr: int) -> str:
+        try:
+            return self._name_of(nr)
+        except (KeyError, ValueError):
+            return f"syscall_{nr}"
+
+    # -- fast-path events ----------------------------------------------------
+
+    def pump_once(self) -> int:
+        decisions = self.engine.drain_decisions()
+        if not decisions:
+            self._prune_cookies()
+            return 0
+        publish = self.bus.subscribers > 0
+        comms: dict[int, str] = {}
+        for d in decisions:
+            verdict = self._verdict_of_action.get(d.action, "errno")
+            self.counters.inc("decisions", verdict)
+            if getattr(d, "send_errno", 0):
+                self.counters.inc("respond_errors", "target gone")
+            if not publish:
+                continue
+            rule = self._rule_nrs.get(d.nr)
+            reason = "rule" if rule is not None else "unhandled"
+            if d.pid not in comms:
+                comms[d.pid] = self._comm_of(d.pid)
+            self.bus.publish(Event(
+                time=d.ns_time / 1e9 if d.ns_time else time.time(),
+                container=self._cookie_ids.get(d.cookie, f"cookie:{d.cookie}"),
+                pid=d.pid, comm=comms[d.pid], syscall=self._syscall_name(d.nr), args=[],
+                verdict=verdict, errno=int(d.value) if verdict == "errno" else 0,
+                reason=reason, source="seccomp",
+                value=int(d.value) if verdict == "value" else None,
+            ))
+        self._prune_cookies()
+        return len(decisions)
+
+    def _prune_cookies(self) -> None:
+        # Keep a removed container's name for late fast-path decisions a while.
+        cutoff = time.monotonic() - 10.0
+        while self._retired and self._retired[0][0] < cutoff:
+            _, cookie = self._retired.popleft()
+            self._cookie_ids.pop(cookie, None)
+            self._released.discard(cookie)
+
+    def _pump_loop(self) -> None:
+        while not self._stop.wait(PUMP_INTERVAL):
+            try:
+                self.pump_once()
+            except Exception:
+                self.counters.inc("pump_errors")
+                log.exception("decision pump failed")
+        self.pump_once()
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
+        self._pump.start()
+
+    def close(self, wait: float = 3.0) -> None:
+        """Answer what is queued, then close every channel so no target hangs."""
+        self._stop.set()
+        deadline = time.monotonic() + wait
+        for t in list(self._workers.values()):
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self.registry.lock:
+            remaining = self.registry.list()
+            for c in remaining:
+                self.registry.remove(c.id)
+        for c in remaining:
+            self._release(c, "shutdown")
+        if self._pump is not None:
+            self._pump.join(max(0.1, deadline - time.monotonic()))
+
+    def dropped_decisions(self) -> int:
+        return int(getattr(self.engine, "dropped_decisions", 0))
+
+
+def _gone(core: Any, e: BaseException) -> bool:
+    gone = getattr(core, "TargetGone", None)
+    if isinstance(gone, type) and isinstance(e, gone):
+        return True
+    return isinstance(e, OSError) and e.errno == errno_mod.ENOENT

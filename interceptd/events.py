@@ -1,0 +1,151 @@
+"""Decision events, the in-process bus they travel on, and the daemon's counters.
+
+Publishers are the seccomp workers and the fast-path pump; they must never wait
+for a subscriber, so every subscriber has a bounded queue and a drop counter.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VERDICTS = ("continue", "errno", "value", "fd")
+SOURCES = ("seccomp", "bpf")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One decision, in the schema of DESIGN.md ("Events")."""
+
+    time: float
+    container: str
+    pid: int
+    comm: str
+    syscall: str
+    args: list[int]
+    verdict: str
+    errno: int
+    reason: str
+    source: str = "seccomp"
+    value: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["value"] is None:
+            del d["value"]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+class Subscription:
+    """A bounded queue of events; when full, new events are dropped and counted."""
+
+    def __init__(self, bus: EventBus, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be positive")
+        self._bus = bus
+        self._maxlen = maxlen
+        self._queue: collections.deque[Event] = collections.deque()
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def _offer(self, ev: Event) -> bool:
+        with self._cond:
+            if self.closed:
+                return True
+            if len(self._queue) >= self._maxlen:
+                self.dropped += 1
+                return False
+            self._queue.append(ev)
+            self._cond.notify()
+            return True
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None after `timeout` seconds or once closed and empty."""
+        with self._cond:
+            if not self._queue and not self.closed:
+                self._cond.wait(timeout)
+            return self._queue.popleft() if self._queue else None
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        self._bus._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: list[Subscription] = []
+        self.published = 0
+        self.dropped = 0
+
+    def subscribe(self, maxlen: int = 4096) -> Subscription:
+        sub = Subscription(self, maxlen)
+        with self._lock:
+            self._subs = [*self._subs, sub]
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs = [s for s in self._subs if s is not sub]
+
+    def publish(self, ev: Event) -> None:
+        # The list is replaced, never mutated, so iterating a snapshot is safe.
+        subs = self._subs
+        dropped = sum(0 if s._offer(ev) else 1 for s in subs)
+        with self._lock:
+            self.published += 1
+            self.dropped += dropped
+
+    def publish_many(self, evs: Iterable[Event]) -> None:
+        for ev in evs:
+            self.publish(ev)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+
+@dataclass
+class Counters:
+    """Labelled monotonic counters, e.g. `inc("listener_errors", reason="no fd")`.
+
+    `snapshot()` is what `interceptctl status` shows and what the Prometheus
+    exporter will read: {name: {label_value: count}} with "" for unlabelled.
+    """
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _values: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def inc(self, name: str, label: str = "", n: int = 1) -> None:
+        with self._lock:
+            bucket = self._values.setdefault(name, {})
+            bucket[label] = bucket.get(label, 0) + n
+
+    def get(self, name: str, label: str = "") -> int:
+        with self._lock:
+            return self._values.get(name, {}).get(label, 0)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._values.items()}
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,134 @@
+"""Python handlers for notified syscalls, keyed by syscall name.
+
+A handler is `fn(req: Request) -> Verdict`. It reads pointer arguments once
+through `req.read`/`req.read_string` (bounded, ID_VALID-checked by the core) and
+acts inside the container only through `req.exec` (the namespace executor).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from interceptd.events import Counters
+from interceptd.verdict import Verdict
+
+log = logging.getLogger("interceptd.handlers")
+
+
+class NotificationLike(Protocol):
+    id: int
+    pid: int
+    nr: int
+    arch: int
+    ip: int
+    args: Any
+    notify_fd: int
+
+
+class TargetGoneError(Exception):
+    """Fallback when the core does not define TargetGone (unit tests)."""
+
+
+@dataclass
+class Request:
+    """One notification handed to a Python handler."""
+
+    container: Any
+    notif: NotificationLike
+    syscall: str
+    args: list[int]
+    core: Any = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.notif.pid
+
+    def read(self, addr: int, size: int) -> bytes:
+        n = self.notif
+        return bytes(self.core.read_target(n.pid, addr, size, n.notify_fd, n.id))
+
+    def read_string(self, addr: int, max_len: int) -> bytes:
+        n = self.notif
+        return bytes(self.core.read_target_string(n.pid, addr, max_len, n.notify_fd, n.id))
+
+    def valid(self) -> bool:
+        return bool(self.core.id_valid(self.notif.notify_fd, self.notif.id))
+
+    def exec(self, namespaces: int, op: str, *args: Any) -> Any:
+        """Run `op` in the target's namespaces; returns the core's ExecResult.
+
+        The pidfd is opened first and the notification checked afterwards, so
+        the pidfd is known to name the process that made the call, not a
+        process that reused its pid.
+        """
+        pidfd = os.pidfd_open(self.notif.pid)
+        try:
+            if not self.valid():
+                raise _target_gone(self.core)("notification no longer valid")
+            return self.core.ns_exec(pidfd, self.notif.pid, namespaces, op, *args)
+        finally:
+            os.close(pidfd)
+
+
+def _target_gone(core: Any) -> type[Exception]:
+    exc = getattr(core, "TargetGone", None)
+    return exc if isinstance(exc, type) and issubclass(exc, Exception) else TargetGoneError
+
+
+Handler = Callable[[Request], Verdict]
+
+
+class HandlerRegistry:
+    def __init__(self, counters: Counters | None = None) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self.counters = counters if counters is not None else Counters()
+
+    def register(self, syscall_name: str, fn: Handler) -> None:
+        if syscall_name in self._handlers:
+            raise ValueError(f"a handler for {syscall_name!r} is already registered")
+        self._handlers[syscall_name] = fn
+
+    def get(self, syscall_name: str) -> Handler | None:
+        return self._handlers.get(syscall_name)
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __contains__(self, syscall_name: object) -> bool:
+        return syscall_name in self._handlers
+
+    def handle(self, req: Request) -> Verdict:
+        """Run the handler for `req`; never raises. Failures fail closed (EPERM)."""
+        fn = self._handlers.get(req.syscall)
+        if fn is None:
+            return Verdict.errno(errno_mod.EPERM, "unhandled")
+        try:
+            verdict = fn(req)
+        except _target_gone(req.core):
+            self.counters.inc("handler_errors", "target gone")
+            return Verdict.errno(errno_mod.EPERM, "target gone")
+        except Exception:
+            self.counters.inc("handler_errors", "internal error")
+            log.exception(
+                "handler failed",
+                extra={"fields": {"syscall": req.syscall, "pid": req.pid,
+                                  "container": _cid(req.container)}},
+            )
+            return Verdict.errno(errno_mod.EPERM, "internal error")
+        if not isinstance(verdict, Verdict):
+            self.counters.inc("handler_errors", "bad verdict")
+            log.error(
+                "handler returned a non-Verdict",
+                extra={"fields": {"syscall": req.syscall, "type": type(verdict).__name__}},
+            )
+            return Verdict.errno(errno_mod.EPERM, "internal error")
+        return verdict
+
+
+def _cid(container: Any) -> str:
+    return str(getattr(container, "id", container))

@@ -1,0 +1,351 @@
+"""The OCI runtime-spec seccomp `listenerPath` server.
+
+runc and crun connect once per process that gets a filter with a notify action
+and send one message: the ContainerProcessState JSON with the notify fd
+attached by SCM_RIGHTS (`fds: ["seccompFd"]`). runc sends compact JSON, crun
+pretty-printed JSON with `ociVersion` "0.2.0"; neither waits for an answer.
+
+Each connection is served by its own short-lived thread with a deadline and a
+size cap, so a stalled or hostile client costs one thread for a bounded time and
+never delays the accept loop or anyone else's container.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from interceptd.events import Counters
+
+log = logging.getLogger("interceptd.listener")
+
+SECCOMP_FD_LINK = "anon_inode:seccomp notify"
+MAX_MESSAGE = 256 * 1024
+MAX_FDS = 8  # room to notice (and close) extra fds; the protocol carries one
+TIMEOUT = 2.0
+MAX_CONNECTIONS = 64
+INIT_STATUSES = ("creating", "created")
+EXEC_STATUSES = ("running",)
+
+
+class ListenerReject(Exception):
+    """A connection refused for `reason` (a short, bounded counter label)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    oci_version: str
+    id: str
+    status: str
+    pid: int
+    bundle: str
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    oci_version: str
+    fds: list[str]
+    pid: int
+    metadata: str
+    state: ContainerState
+
+    @property
+    def is_init(self) -> bool:
+        return self.state.status in INIT_STATUSES
+
+    @property
+    def init_pid(self) -> int:
+        # runc and crun both fill state.pid with the container's init; the
+        # top-level pid is the process that owns this filter.
+        return self.state.pid or self.pid
+
+
+def parse_state(data: bytes) -> ProcessState:
+    """Parse and validate one ContainerProcessState message; pure."""
+    if len(data) > MAX_MESSAGE:
+        raise ListenerReject("too large", f"{len(data)} bytes")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ListenerReject("not json", str(e)) from None
+    if not isinstance(doc, dict):
+        raise ListenerReject("bad message", "top level is not an object")
+    fds = _field(doc, "fds", list)
+    if not all(isinstance(x, str) for x in fds):
+        raise ListenerReject("bad message", "fds must be a list of strings")
+    if fds != ["seccompFd"]:
+        raise ListenerReject("bad message", f"fds must be ['seccompFd'], got {fds!r}")
+    st = _field(doc, "state", dict)
+    annotations = st.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        raise ListenerReject("bad message", "state.annotations must map strings to strings")
+    status = _field(st, "status", str, "state.")
+    if status not in INIT_STATUSES + EXEC_STATUSES:
+        raise ListenerReject("bad message", f"state.status {status!r} unexpected")
+    cid = _field(st, "id", str, "state.")
+    if not cid or len(cid) > 1024 or any(ord(ch) < 0x20 for ch in cid):
+        raise ListenerReject("bad message", "state.id empty, too long or with control chars")
+    metadata = doc.get("metadata", "")
+    if not isinstance(metadata, str):
+        raise ListenerReject("bad message", "metadata must be a string")
+    return ProcessState(
+        oci_version=_field(doc, "ociVersion", str),
+        fds=fds,
+        pid=_pid(doc, "pid"),
+        metadata=metadata,
+        state=ContainerState(
+            oci_version=_field(st, "ociVersion", str, "state."),
+            id=cid,
+            status=status,
+            pid=_pid(st, "pid", "state.", allow_zero=True),
+            bundle=_field(st, "bundle", str, "state."),
+            annotations=dict(annotations),
+        ),
+    )
+
+
+def _field(d: dict[str, Any], key: str, typ: type, prefix: str = "") -> Any:
+    if key not in d:
+        raise ListenerReject("missing field", f"{prefix}{key}")
+    v = d[key]
+    if not isinstance(v, typ) or isinstance(v, bool):
+        raise ListenerReject("bad message", f"{prefix}{key} must be {typ.__name__}")
+    return v
+
+
+def _pid(d: dict[str, Any], key: str, prefix: str = "", allow_zero: bool = False) -> int:
+    if key not in d:
+        if allow_zero:
+            return 0
+        raise ListenerReject("missing field", f"{prefix}{key}")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (v == 0 and not allow_zero):
+        raise ListenerReject("bad message", f"{prefix}{key} must be a positive pid")
+    if v > 2**22:
+        raise ListenerReject("bad message", f"{prefix}{key} out of range")
+    return v
+
+
+def is_seccomp_notify_fd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == SECCOMP_FD_LINK
+    except OSError:
+        return False
+
+
+def receive_message(
+    conn: socket.socket, deadline: float, max_bytes: int = MAX_MESSAGE
+) -> tuple[bytes, list[int]]:
+    """Read one message and every fd sent with it.
+
+    Stops at EOF or as soon as the bytes form a complete JSON value (neither
+    runtime waits for a reply, but neither should we wait for their close). On
+    error the fds received so far are closed before raising.
+    """
+    buf = bytearray()
+    fds: list[int] = []
+    truncated = False
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ListenerReject("timeout", f"{len(buf)} bytes before the deadline")
+            conn.settimeout(remaining)
+            try:
+                data, anc, flags, _ = conn.recvmsg(
+                    65536, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+                )
+            except TimeoutError:
+                raise ListenerReject("timeout", f"{len(buf)} bytes before the deadline") from None
+            for level, typ, payload in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    a = array.array("i")
+                    a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
+                    fds.extend(a)
+            truncated |= bool(flags & socket.MSG_CTRUNC)
+            if not data:
+                break
+            buf += data
+            if len(buf) > max_bytes:
+                raise ListenerReject("too large", f"over {max_bytes} bytes")
+            if buf.rstrip().endswith(b"}") and _complete_json(buf):
+                break
+        if truncated:
+            raise ListenerReject("several fds", f"more than {MAX_FDS} fds")
+        return bytes(buf), fds
+    except BaseException:
+        close_fds(fds)
+        raise
+
+
+def _complete_json(buf: bytearray) -> bool:
+    try:
+        json.loads(buf)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def peer_pid(conn: socket.socket) -> int:
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", raw)[0]
+    except OSError:
+        return 0
+
+
+# Called with a validated message and the notify fd, which it then owns; raises
+# ListenerReject (the listener closes the fd) to refuse.
+OnMessage = Callable[[ProcessState, int], None]
+
+
+class Listener:
+    def __init__(
+        self,
+        path: str,
+        on_message: OnMessage,
+        counters: Counters,
+        *,
+        timeout: float = TIMEOUT,
+        max_bytes: int = MAX_MESSAGE,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.path = path
+        self._on_message = on_message
+        self._counters = counters
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._active: set[threading.Thread] = set()
+        self._active_lock = threading.Lock()
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(128)
+        sock.settimeout(0.25)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="listener", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait: float = 3.0) -> None:
+        """Stop accepting, let in-flight connections finish (bounded), unlink."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(wait)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        deadline = time.monotonic() + wait
+        with self._active_lock:
+            active = list(self._active)
+        for t in active:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if self._stop.is_set():
+                    return
+                self._counters.inc("listener_errors", "accept failed")
+                log.error("accept failed", extra={"fields": {"error": str(e)}})
+                time.sleep(0.05)
+                continue
+            if not self._slots.acquire(blocking=False):
+                self._reject(conn, ListenerReject("too many connections"), [])
+                conn.close()
+                continue
+            t = threading.Thread(target=self._serve, args=(conn,), name="listener-conn",
+                                 daemon=True)
+            with self._active_lock:
+                self._active.add(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            deadline = time.monotonic() + self._timeout
+            try:
+                data, fds = receive_message(conn, deadline, self._max_bytes)
+                if not data:
+                    raise ListenerReject("empty message")
+                state = parse_state(data)
+                fd = self._check_fds(fds)
+                self._on_message(state, fd)
+                fds = []  # owned by on_message now
+            except ListenerReject as e:
+                self._reject(conn, e, fds)
+            except OSError as e:
+                self._reject(conn, ListenerReject("io error", str(e)), fds)
+            except Exception as e:
+                log.exception("listener: internal error")
+                self._reject(conn, ListenerReject("internal error", repr(e)), fds)
+            fds = []
+        finally:
+            close_fds(fds)
+            conn.close()
+            self._slots.release()
+            with self._active_lock:
+                self._active.discard(threading.current_thread())
+
+    @staticmethod
+    def _check_fds(fds: list[int]) -> int:
+        if not fds:
+            raise ListenerReject("no fd")
+        if len(fds) > 1:
+            raise ListenerReject("several fds", f"{len(fds)} fds")
+        if not is_seccomp_notify_fd(fds[0]):
+            try:
+                what = os.readlink(f"/proc/self/fd/{fds[0]}")
+            except OSError:
+                what = "?"
+            raise ListenerReject("not a seccomp fd", what)
+        return fds[0]
+
+    def _reject(self, conn: socket.socket, e: ListenerReject, fds: list[int]) -> None:
+        close_fds(fds)
+        self._counters.inc("listener_errors", e.reason)
+        log.warning(
+            "listener: refused connection",
+            extra={"fields": {"reason": e.reason, "detail": e.detail, "peer_pid": peer_pid(conn),
+                              "fds": len(fds)}},
+        )

@@ -1,0 +1,120 @@
+"""The containers the daemon protects, with everything needed to act on them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Container:
+    id: str
+    bundle: str
+    annotations: dict[str, str]
+    init_pid: int
+    pidfd: int
+    notify_fds: list[int] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    cgroup_paths: dict[str, str] = field(default_factory=dict)
+    uid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    gid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    channel: Any = field(default=None, repr=False)
+    cookie: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state; the channel and pidfd are process-local and left out."""
+        return {
+            "id": self.id,
+            "bundle": self.bundle,
+            "annotations": dict(self.annotations),
+            "init_pid": self.init_pid,
+            "notify_fds": list(self.notify_fds),
+            "started_at": self.started_at,
+            "cgroup_paths": dict(self.cgroup_paths),
+            "uid_map": [list(m) for m in self.uid_map],
+            "gid_map": [list(m) for m in self.gid_map],
+            "cookie": self.cookie,
+        }
+
+
+class DuplicateContainerError(Exception):
+    """An id is already registered by a different container."""
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._by_id: dict[str, Container] = {}
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by callers that must check-then-act (attach vs. last detach)."""
+        return self._lock
+
+    def add(self, c: Container) -> None:
+        with self._lock:
+            if c.id in self._by_id:
+                raise DuplicateContainerError(c.id)
+            self._by_id[c.id] = c
+
+    def get(self, cid: str) -> Container | None:
+        with self._lock:
+            return self._by_id.get(cid)
+
+    def remove(self, cid: str) -> Container | None:
+        with self._lock:
+            return self._by_id.pop(cid, None)
+
+    def list(self) -> list[Container]:
+        with self._lock:
+            return sorted(self._by_id.values(), key=lambda c: c.started_at)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"containers": [c.to_dict() for c in self.list()]}
+
+
+def read_cgroup_paths(pid: int, proc: str = "/proc") -> dict[str, str]:
+    """{controllers: path} from /proc/<pid>/cgroup; "" is the v2 unified entry."""
+    out: dict[str, str] = {}
+    with open(f"{proc}/{pid}/cgroup") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) == 3:
+                out[parts[1]] = parts[2]
+    return out
+
+
+def parse_id_map(text: str) -> list[tuple[int, int, int]]:
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            inside, outside, count = (int(x) for x in fields)
+            out.append((inside, outside, count))
+    return out
+
+
+def read_id_maps(
+    pid: int, proc: str = "/proc"
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    with open(f"{proc}/{pid}/uid_map") as f:
+        uid = parse_id_map(f.read())
+    with open(f"{proc}/{pid}/gid_map") as f:
+        gid = parse_id_map(f.read())
+    return uid, gid
+
+
+def close_container_fds(c: Container) -> None:
+    """Closes the pidfd; notify fds belong to the engine once attached."""
+    if c.pidfd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(c.pidfd)
+        c.pidfd = -1
