@@ -1,0 +1,662 @@
+/* The notify engine: one blocking receiver thread per notify fd.  Fast verdicts
+ * are answered on the receiver thread right after RECV; Python-path
+ * notifications are queued on their channel and the receiver goes straight
+ * back to RECV, so a slow handler only ever delays its own container. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "icd.h"
+#include "seccomp_compat.h"
+
+#define ICD_STOP_SIGNAL (SIGRTMIN + 7)
+#define RULE_ENC(act, val) ((int64_t)((uint64_t)(val) << 3) | (act))
+#define RULE_ACT(r) ((int)((r) & 7))
+#define RULE_VAL(r) ((r) >> 3)
+#define RULE_VAL_MAX (INT64_MAX >> 3)
+#define RULE_VAL_MIN (INT64_MIN >> 3)
+
+struct icd_receiver {
+  struct icd_channel *ch;
+  struct icd_receiver *next;
+  pthread_t tid;
+  int fd;
+  int running; /* under ch->lock */
+  int fd_open; /* under ch->fdlock */
+  int sync;
+  atomic_int stop;
+};
+
+struct icd_channel {
+  struct icd_engine *eng;
+  struct icd_channel *next; /* engine's list, under eng->lock */
+  uint64_t cookie;
+  _Atomic int64_t rules[ICD_NR_MAX]; /* RULE_ENC(action, value); 0 = use deflt */
+  _Atomic int64_t deflt;
+
+  pthread_mutex_t lock; /* queue, receivers, state */
+  pthread_cond_t cond;  /* items queued, receiver exited, closed */
+  /* Held shared while answering on a receiver's fd, exclusively while closing
+   * it, so an answer never lands on a reused fd number. */
+  pthread_rwlock_t fdlock;
+  struct icd_item *q;
+  unsigned qcap, qsize, qhead, qlen, qnotifs, qmax;
+  atomic_uint qpending; /* == qlen, read without the lock while spinning */
+  int nwaiters, nlive, closed;
+  struct icd_receiver *recvs;
+  _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached;
+};
+
+struct icd_engine {
+  pthread_mutex_t lock; /* ring and channel list */
+  struct icd_decision *ring;
+  unsigned cap, head, len;
+  uint64_t dropped;
+  struct icd_channel *chans;
+};
+
+static void stop_handler(int sig) { (void)sig; }
+
+static pthread_once_t sig_once = PTHREAD_ONCE_INIT;
+static int sig_err;
+
+/* No SA_RESTART: the signal makes a blocked RECV return EINTR. */
+static void install_stop_signal(void)
+{
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = stop_handler;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(ICD_STOP_SIGNAL, &sa, NULL) < 0)
+    sig_err = errno;
+}
+
+static int64_t now_ns(clockid_t clk)
+{
+  struct timespec ts;
+  clock_gettime(clk, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+struct icd_engine *icd_engine_new(unsigned ring_cap)
+{
+  struct icd_engine *e;
+
+  pthread_once(&sig_once, install_stop_signal);
+  if (sig_err) {
+    errno = sig_err;
+    return NULL;
+  }
+  e = calloc(1, sizeof *e);
+  if (!e)
+    return NULL;
+  e->cap = ring_cap ? ring_cap : 1;
+  e->ring = calloc(e->cap, sizeof *e->ring);
+  if (!e->ring || pthread_mutex_init(&e->lock, NULL)) {
+    free(e->ring);
+    free(e);
+    errno = ENOMEM;
+    return NULL;
+  }
+  return e;
+}
+
+static void ring_push(struct icd_engine *e, const struct icd_decision *d)
+{
+  pthread_mutex_lock(&e->lock);
+  if (e->len == e->cap)
+    e->dropped++;
+  else
+    e->ring[(e->head + e->len++) % e->cap] = *d;
+  pthread_mutex_unlock(&e->lock);
+}
+
+int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max)
+{
+  int n = 0;
+  pthread_mutex_lock(&e->lock);
+  while (n < max && e->len) {
+    out[n++] = e->ring[e->head];
+    e->head = (e->head + 1) % e->cap;
+    e->len--;
+  }
+  pthread_mutex_unlock(&e->lock);
+  return n;
+}
+
+uint64_t icd_engine_dropped(struct icd_engine *e)
+{
+  uint64_t d;
+  pthread_mutex_lock(&e->lock);
+  d = e->dropped;
+  pthread_mutex_unlock(&e->lock);
+  return d;
+}
+
+struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap)
+{
+  struct icd_channel *ch = calloc(1, sizeof *ch);
+  if (!ch)
+    return NULL;
+  ch->eng = e;
+  ch->cookie = cookie;
+  ch->qmax = qcap ? qcap : 1;
+  ch->qsize = 64;
+  ch->q = calloc(ch->qsize, sizeof *ch->q);
+  atomic_init(&ch->deflt, RULE_ENC(ICD_ACT_ERRNO, EPERM));
+  if (!ch->q || pthread_mutex_init(&ch->lock, NULL) || pthread_cond_init(&ch->cond, NULL)
+      || pthread_rwlock_init(&ch->fdlock, NULL)) {
+    free(ch->q);
+    free(ch);
+    errno = ENOMEM;
+    return NULL;
+  }
+  pthread_mutex_lock(&e->lock);
+  ch->next = e->chans;
+  e->chans = ch;
+  pthread_mutex_unlock(&e->lock);
+  return ch;
+}
+
+static int check_rule(int action, int64_t value)
+{
+  if (action < ICD_ACT_CONTINUE || action > ICD_ACT_PYTHON)
+    return -EINVAL;
+  if (value > RULE_VAL_MAX || value < RULE_VAL_MIN)
+    return -ERANGE;
+  if (action == ICD_ACT_ERRNO && (value <= 0 || value >= 4096))
+    return -EINVAL;
+  return 0;
+}
+
+int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value)
+{
+  int r;
+  if (nr < 0 || nr >= ICD_NR_MAX)
+    return -EINVAL;
+  if (action == ICD_ACT_DEFAULT) {
+    atomic_store(&ch->rules[nr], 0);
+    return 0;
+  }
+  if ((r = check_rule(action, value)))
+    return r;
+  atomic_store(&ch->rules[nr], RULE_ENC(action, value));
+  return 0;
+}
+
+int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value)
+{
+  int r = check_rule(action, value);
+  if (r)
+    return r;
+  atomic_store(&ch->deflt, RULE_ENC(action, value));
+  return 0;
+}
+
+/* Under ch->lock.  Grows the queue up to qmax notifications; detach items
+ * always fit, since a lost one would leak the container's state. */
+static int queue_push(struct icd_channel *ch, const struct icd_item *it)
+{
+  if (it->kind == ICD_ITEM_NOTIF && ch->qnotifs >= ch->qmax)
+    return -EAGAIN;
+  if (ch->qlen == ch->qsize) {
+    unsigned i, nsize = ch->qsize * 2;
+    struct icd_item *nq = malloc(nsize * sizeof *nq);
+    if (!nq)
+      return -ENOMEM;
+    for (i = 0; i < ch->qlen; i++)
+      nq[i] = ch->q[(ch->qhead + i) % ch->qsize];
+    free(ch->q);
+    ch->q = nq;
+    ch->qsize = nsize;
+    ch->qhead = 0;
+  }
+  ch->q[(ch->qhead + ch->qlen++) % ch->qsize] = *it;
+  if (it->kind == ICD_ITEM_NOTIF)
+    ch->qnotifs++;
+  atomic_store_explicit(&ch->qpending, ch->qlen, memory_order_release);
+  if (ch->nwaiters)
+    pthread_cond_signal(&ch->cond);
+  return 0;
+}
+
+static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
+{
+  struct icd_channel *ch = r->ch;
+  struct icd_item it = {
+    .kind = ICD_ITEM_NOTIF, .fd = r->fd, .id = n->id, .pid = n->pid, .nr = n->data.nr,
+    .arch = n->data.arch, .ip = n->data.instruction_pointer,
+  };
+  int ret;
+
+  memcpy(it.args, n->data.args, sizeof it.args);
+  pthread_mutex_lock(&ch->lock);
+  ret = ch->closed ? -EPIPE : queue_push(ch, &it);
+  pthread_mutex_unlock(&ch->lock);
+  if (ret == 0) {
+    atomic_fetch_add_explicit(&ch->n_python, 1, memory_order_relaxed);
+    return;
+  }
+  /* Nobody will answer it: fail it now so the target does not hang. */
+  atomic_fetch_add_explicit(&ch->n_overflow, 1, memory_order_relaxed);
+  if (icd_notify_send(r->fd, n->id, 0, ret == -EPIPE ? -ENOSYS : -EAGAIN, 0) < 0)
+    atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
+}
+
+static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
+{
+  struct icd_channel *ch = r->ch;
+  struct seccomp_notif_resp resp = { .id = n->id };
+  struct icd_decision d;
+  int64_t rule = 0;
+  int act, serr = 0;
+
+  if (n->data.arch == AUDIT_ARCH_X86_64 && n->data.nr >= 0 && n->data.nr < ICD_NR_MAX) {
+    rule = atomic_load_explicit(&ch->rules[n->data.nr], memory_order_relaxed);
+    if (RULE_ACT(rule) == ICD_ACT_DEFAULT)
+      rule = atomic_load_explicit(&ch->deflt, memory_order_relaxed);
+  } else {
+    rule = RULE_ENC(ICD_ACT_PYTHON, 0);
+  }
+  act = RULE_ACT(rule);
+  switch (act) {
+  case ICD_ACT_CONTINUE:
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    break;
+  case ICD_ACT_ERRNO:
+    resp.error = -(int32_t)RULE_VAL(rule);
+    break;
+  case ICD_ACT_VALUE:
+    resp.val = RULE_VAL(rule);
+    break;
+  default:
+    to_python(r, n);
+    return;
+  }
+  if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) {
+    serr = errno;
+    atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
+  }
+  atomic_fetch_add_explicit(&ch->n_fast, 1, memory_order_relaxed);
+  /* Recorded after SEND so bookkeeping never sits on the target's round trip. */
+  d = (struct icd_decision){
+    .cookie = ch->cookie, .id = n->id, .pid = n->pid, .nr = n->data.nr, .action = act,
+    .send_errno = serr, .value = RULE_VAL(rule), .ns_time = now_ns(CLOCK_REALTIME),
+  };
+  ring_push(ch->eng, &d);
+}
+
+/* ENOENT from RECV means either the target vanished between wake-up and RECV,
+ * or every task behind the filter is gone; POLLHUP tells them apart. */
+static int filter_orphaned(int fd)
+{
+  struct pollfd p = { .fd = fd, .events = POLLIN };
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
+static void receiver_exit(struct icd_receiver *r, int detached)
+{
+  struct icd_channel *ch = r->ch;
+  if (detached) {
+    struct icd_item it = { .kind = ICD_ITEM_DETACHED, .fd = r->fd };
+    pthread_rwlock_wrlock(&ch->fdlock);
+    close(r->fd);
+    r->fd_open = 0;
+    pthread_rwlock_unlock(&ch->fdlock);
+    atomic_fetch_add_explicit(&ch->n_detached, 1, memory_order_relaxed);
+    pthread_mutex_lock(&ch->lock);
+    if (!ch->closed)
+      queue_push(ch, &it);
+  } else {
+    pthread_mutex_lock(&ch->lock);
+  }
+  r->running = 0;
+  ch->nlive--;
+  pthread_cond_broadcast(&ch->cond);
+  pthread_mutex_unlock(&ch->lock);
+}
+
+static void prune_receivers(struct icd_channel *ch);
+
+static void *receiver_main(void *arg)
+{
+  struct icd_receiver *r = arg;
+  struct seccomp_notif n;
+  int detached = 0;
+
+  while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
+    if (!r->sync) {
+      /* Kernels without sync wake-up may block RECV forever after the last
+       * task exits; poll sees the hang-up. */
+      struct pollfd p = { .fd = r->fd, .events = POLLIN };
+      if (poll(&p, 1, -1) < 0) {
+        if (errno == EINTR)
+          continue;
+        break;
+      }
+      if (!(p.revents & POLLIN) && (p.revents & (POLLHUP | POLLERR | POLLNVAL))) {
+        detached = 1;
+        break;
+      }
+    }
+    memset(&n, 0, sizeof n);
+    if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == ENOENT && !filter_orphaned(r->fd))
+        continue;
+      detached = 1; /* orphaned, or the fd is unusable: either way it is over */
+      break;
+    }
+    handle(r, &n);
+  }
+  receiver_exit(r, detached);
+  return NULL;
+}
+
+int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd)
+{
+  struct icd_receiver *r;
+  pthread_attr_t attr;
+  sigset_t all, old;
+  int ret;
+
+  (void)e;
+  r = calloc(1, sizeof *r);
+  if (!r)
+    return -ENOMEM;
+  r->ch = ch;
+  r->fd = fd;
+  r->fd_open = 1;
+  r->sync = icd_notify_set_sync(fd) == 0;
+  if (!r->sync) {
+    /* Still a notify fd?  ID_VALID on id 0 gives ENOENT on one, ENOTTY elsewhere. */
+    uint64_t id = 0;
+    if (ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0 && errno != ENOENT) {
+      ret = -errno;
+      free(r);
+      return ret;
+    }
+  }
+
+  pthread_mutex_lock(&ch->lock);
+  if (ch->closed) {
+    pthread_mutex_unlock(&ch->lock);
+    free(r);
+    return -EPIPE;
+  }
+  prune_receivers(ch);
+  if ((ret = pthread_attr_init(&attr))) {
+    pthread_mutex_unlock(&ch->lock);
+    free(r);
+    return -ret;
+  }
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  /* The receiver inherits a mask that lets only the stop signal in, so the
+   * daemon's own signals keep going to its main thread. */
+  sigfillset(&all);
+  sigdelset(&all, ICD_STOP_SIGNAL);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  r->running = 1;
+  ret = pthread_create(&r->tid, &attr, receiver_main, r);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (ret) {
+    pthread_mutex_unlock(&ch->lock);
+    free(r);
+    return -ret;
+  }
+  ch->nlive++;
+  r->next = ch->recvs;
+  ch->recvs = r;
+  pthread_mutex_unlock(&ch->lock);
+  return 0;
+}
+
+/* Under ch->lock.  A receiver that has left (running == 0) no longer touches
+ * its struct, and one with a closed fd can no longer be answered on. */
+static void prune_receivers(struct icd_channel *ch)
+{
+  struct icd_receiver **pp = &ch->recvs, *r;
+  while ((r = *pp)) {
+    if (!r->running && !r->fd_open) {
+      *pp = r->next;
+      free(r);
+    } else {
+      pp = &r->next;
+    }
+  }
+}
+
+static void cpu_relax(void) { __builtin_ia32_pause(); }
+
+int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
+                     int spin_us)
+{
+  struct timespec dl;
+  int n = 0, ret = 0;
+
+  if (spin_us > 0 && !atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
+    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)spin_us * 1000;
+    unsigned i = 0;
+    while (!atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
+      cpu_relax();
+      if ((++i & 63) == 0 && now_ns(CLOCK_MONOTONIC) > end)
+        break;
+    }
+  }
+  if (timeout_ms >= 0) {
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (dl.tv_nsec >= 1000000000) {
+      dl.tv_sec++;
+      dl.tv_nsec -= 1000000000;
+    }
+  }
+  pthread_mutex_lock(&ch->lock);
+  while (!ch->qlen && !ch->closed && ret == 0) {
+    ch->nwaiters++;
+    if (timeout_ms < 0)
+      ret = pthread_cond_wait(&ch->cond, &ch->lock);
+    else
+      ret = pthread_cond_timedwait(&ch->cond, &ch->lock, &dl);
+    ch->nwaiters--;
+  }
+  while (n < max && ch->qlen) {
+    items[n] = ch->q[ch->qhead];
+    if (items[n].kind == ICD_ITEM_NOTIF)
+      ch->qnotifs--;
+    ch->qhead = (ch->qhead + 1) % ch->qsize;
+    ch->qlen--;
+    n++;
+  }
+  atomic_store_explicit(&ch->qpending, ch->qlen, memory_order_release);
+  if (!n && ch->closed)
+    n = -EPIPE;
+  pthread_mutex_unlock(&ch->lock);
+  return n;
+}
+
+/* Under ch->fdlock (shared or exclusive). */
+static int fd_attached(struct icd_channel *ch, int fd)
+{
+  struct icd_receiver *r;
+  int ok = 0;
+  pthread_mutex_lock(&ch->lock);
+  for (r = ch->recvs; r; r = r->next)
+    if (r->fd == fd && r->fd_open) {
+      ok = 1;
+      break;
+    }
+  pthread_mutex_unlock(&ch->lock);
+  return ok;
+}
+
+int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,
+                        uint32_t flags)
+{
+  int ret = -EBADF;
+  pthread_rwlock_rdlock(&ch->fdlock);
+  if (fd_attached(ch, fd))
+    ret = icd_notify_send(fd, id, val, err, flags);
+  pthread_rwlock_unlock(&ch->fdlock);
+  return ret;
+}
+
+int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
+                      uint32_t newfd_flags, int send)
+{
+  int ret = -EBADF;
+  pthread_rwlock_rdlock(&ch->fdlock);
+  if (fd_attached(ch, fd))
+    ret = icd_notify_addfd(fd, id, srcfd, -1, newfd_flags, send ? SECCOMP_ADDFD_FLAG_SEND : 0);
+  pthread_rwlock_unlock(&ch->fdlock);
+  return ret;
+}
+
+void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out)
+{
+  out->fast = atomic_load(&ch->n_fast);
+  out->python = atomic_load(&ch->n_python);
+  out->overflow = atomic_load(&ch->n_overflow);
+  out->send_errors = atomic_load(&ch->n_send_err);
+  out->detached = atomic_load(&ch->n_detached);
+  pthread_mutex_lock(&ch->lock);
+  out->receivers = ch->nlive;
+  pthread_mutex_unlock(&ch->lock);
+}
+
+/* A stop signal can land just before the receiver enters RECV and be lost, so
+ * it is repeated until the thread is seen leaving. */
+static void stop_receivers(struct icd_channel *ch)
+{
+  struct icd_receiver *r;
+  struct timespec dl;
+
+  pthread_mutex_lock(&ch->lock);
+  for (r = ch->recvs; r; r = r->next)
+    atomic_store(&r->stop, 1);
+  while (ch->nlive) {
+    for (r = ch->recvs; r; r = r->next)
+      if (r->running)
+        pthread_kill(r->tid, ICD_STOP_SIGNAL);
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_nsec += 2000000;
+    if (dl.tv_nsec >= 1000000000) {
+      dl.tv_sec++;
+      dl.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&ch->cond, &ch->lock, &dl);
+  }
+  pthread_mutex_unlock(&ch->lock);
+}
+
+void icd_channel_close(struct icd_channel *ch)
+{
+  struct icd_receiver *r;
+
+  pthread_mutex_lock(&ch->lock);
+  if (ch->closed) {
+    pthread_mutex_unlock(&ch->lock);
+    return;
+  }
+  ch->closed = 1;
+  pthread_cond_broadcast(&ch->cond);
+  pthread_mutex_unlock(&ch->lock);
+  stop_receivers(ch);
+
+  /* Receivers are gone; answer what Python never took, then close the fds
+   * (closing also fails anything still in flight with ENOSYS in the kernel). */
+  pthread_rwlock_wrlock(&ch->fdlock);
+  pthread_mutex_lock(&ch->lock);
+  while (ch->qlen) {
+    struct icd_item *it = &ch->q[ch->qhead];
+    if (it->kind == ICD_ITEM_NOTIF)
+      for (r = ch->recvs; r; r = r->next)
+        if (r->fd == it->fd && r->fd_open) {
+          icd_notify_send(it->fd, it->id, 0, -ENOSYS, 0);
+          break;
+        }
+    ch->qhead = (ch->qhead + 1) % ch->qsize;
+    ch->qlen--;
+  }
+  ch->qnotifs = 0;
+  atomic_store(&ch->qpending, 0);
+  for (r = ch->recvs; r; r = r->next)
+    if (r->fd_open) {
+      close(r->fd);
+      r->fd_open = 0;
+    }
+  pthread_mutex_unlock(&ch->lock);
+  pthread_rwlock_unlock(&ch->fdlock);
+}
+
+void icd_channel_free(struct icd_channel *ch)
+{
+  struct icd_engine *e = ch->eng;
+  struct icd_channel **pp;
+  struct icd_receiver *r, *next;
+
+  icd_channel_close(ch);
+  if (e) {
+    pthread_mutex_lock(&e->lock);
+    for (pp = &e->chans; *pp; pp = &(*pp)->next)
+      if (*pp == ch) {
+        *pp = ch->next;
+        break;
+      }
+    pthread_mutex_unlock(&e->lock);
+  }
+  for (r = ch->recvs; r; r = next) {
+    next = r->next;
+    free(r);
+  }
+  pthread_rwlock_destroy(&ch->fdlock);
+  pthread_cond_destroy(&ch->cond);
+  pthread_mutex_destroy(&ch->lock);
+  free(ch->q);
+  free(ch);
+}
+
+/* Closes every channel; they stay allocated until their owners free them. */
+void icd_engine_close(struct icd_engine *e)
+{
+  struct icd_channel *ch;
+  for (;;) {
+    pthread_mutex_lock(&e->lock);
+    for (ch = e->chans; ch; ch = ch->next) {
+      pthread_mutex_lock(&ch->lock);
+      int open = !ch->closed;
+      pthread_mutex_unlock(&ch->lock);
+      if (open)
+        break;
+    }
+    pthread_mutex_unlock(&e->lock);
+    if (!ch)
+      return;
+    icd_channel_close(ch);
+  }
+}
+
+void icd_engine_free(struct icd_engine *e)
+{
+  struct icd_channel *ch;
+  icd_engine_close(e);
+  pthread_mutex_lock(&e->lock);
+  for (ch = e->chans; ch; ch = ch->next)
+    ch->eng = NULL; /* orphaned channels are freed by their owners */
+  pthread_mutex_unlock(&e->lock);
+  pthread_mutex_destroy(&e->lock);
+  free(e->ring);
+  free(e);
+}

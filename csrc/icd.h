@@ -1,0 +1,120 @@
+/* interceptd C core: seccomp user-notification engine, bounded target reads,
+ * and the namespace executor.  Everything here returns 0 / a count / an fd on
+ * success and -errno on failure; nothing calls back into Python. */
+#ifndef ICD_H
+#define ICD_H
+
+#include <stdint.h>
+
+/* Actions of a channel's verdict table.  ICD_ACT_DEFAULT marks an unset slot. */
+#define ICD_ACT_DEFAULT 0
+#define ICD_ACT_CONTINUE 1
+#define ICD_ACT_ERRNO 2
+#define ICD_ACT_VALUE 3
+#define ICD_ACT_PYTHON 4
+
+#define ICD_NR_MAX 512          /* native x86_64 numbers below this are table-driven */
+#define ICD_READ_MAX (1 << 20)  /* cap of one read of target memory */
+#define ICD_ETARGETGONE 10000   /* -ICD_ETARGETGONE: the notification is no longer valid */
+
+#define ICD_ITEM_NOTIF 1
+#define ICD_ITEM_DETACHED 2
+
+struct icd_item {
+  int kind;
+  int fd;
+  uint64_t id;
+  uint32_t pid;
+  int32_t nr;
+  uint32_t arch;
+  uint64_t ip;
+  uint64_t args[6];
+};
+
+struct icd_decision {
+  uint64_t cookie;
+  uint64_t id;
+  uint32_t pid;
+  int32_t nr;
+  int32_t action;
+  int32_t send_errno; /* 0, or why SEND failed (ENOENT: the target went away) */
+  int64_t value;
+  int64_t ns_time;    /* CLOCK_REALTIME */
+};
+
+struct icd_chstats {
+  uint64_t fast;
+  uint64_t python;
+  uint64_t overflow;   /* Python-path notifications refused because the queue was full */
+  uint64_t send_errors;
+  uint64_t detached;
+  uint64_t receivers;  /* live receiver threads */
+};
+
+struct icd_probe {
+  int user_notif;   /* SECCOMP_RET_USER_NOTIF available */
+  int sync_wakeup;  /* SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP accepted */
+  int addfd_send;   /* SECCOMP_ADDFD_FLAG_SEND known */
+  int error;        /* errno of a failed probe step, 0 if none */
+};
+
+struct icd_engine;
+struct icd_channel;
+
+/* notify.c: primitives on one notify fd */
+int icd_notify_probe(struct icd_probe *out);
+int icd_notify_set_sync(int fd);
+int icd_notify_send(int fd, uint64_t id, int64_t val, int32_t err, uint32_t flags);
+int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_flags,
+                     uint32_t flags);
+int icd_notify_id_valid(int fd, uint64_t id);
+
+/* engine.c */
+struct icd_engine *icd_engine_new(unsigned ring_cap);
+void icd_engine_close(struct icd_engine *e);
+void icd_engine_free(struct icd_engine *e);
+int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max);
+uint64_t icd_engine_dropped(struct icd_engine *e);
+int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
+
+struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap);
+int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
+int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
+int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
+                     int spin_us);
+int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,
+                        uint32_t flags);
+int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
+                      uint32_t newfd_flags, int send);
+void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out);
+void icd_channel_close(struct icd_channel *ch);
+void icd_channel_free(struct icd_channel *ch);
+
+/* target.c: bounded, ID_VALID-checked reads of a target's memory */
+int icd_read_target(int pid, uint64_t addr, void *buf, int size, int notify_fd, uint64_t id);
+int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int notify_fd,
+                           uint64_t id);
+
+/* nsexec.c: one mount-family operation inside a target's namespaces */
+#define ICD_OP_MOUNT 1
+#define ICD_OP_UMOUNT2 2
+#define ICD_OP_OPEN_TREE 3
+#define ICD_OP_MOVE_MOUNT 4
+#define ICD_OP_MOUNT_SETATTR 5
+#define ICD_OP_FSOPEN 6
+#define ICD_OP_FSCONFIG 7
+#define ICD_OP_FSMOUNT 8
+#define ICD_OP_FSPICK 9
+
+struct icd_exec_result {
+  int64_t ret;
+  int32_t err; /* errno of the operation, or of the executor (ESRCH: target gone) */
+  int32_t fd;  /* fd received for fd-making ops, else -1 */
+};
+
+/* s: up to 4 strings (NULL allowed), a: up to 6 integers, in the syscall's
+ * argument order per op (see core.py). */
+int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
+                const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+
+#endif

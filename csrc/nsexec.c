@@ -1,0 +1,328 @@
+/* The namespace executor: one mount-family operation performed inside a
+ * target's namespaces by a freshly forked child, never by a daemon thread
+ * (setns of a user namespace needs a single-threaded caller, and the
+ * daemon's own namespaces must never change). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "icd.h"
+
+#define NR_open_tree 428
+#define NR_move_mount 429
+#define NR_fsopen 430
+#define NR_fsconfig 431
+#define NR_fsmount 432
+#define NR_fspick 433
+#define NR_pidfd_send_signal 424
+#define NR_mount_setattr 442
+#define NR_close_range 436
+
+struct wire {
+  int64_t ret;
+  int32_t err;
+  int32_t has_fd;
+};
+
+struct icd_mount_attr { /* struct mount_attr, MOUNT_ATTR_SIZE_VER0 */
+  uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+static const struct {
+  int flag;
+  const char *name;
+} ns_names[] = {
+  { CLONE_NEWUSER, "user" }, { CLONE_NEWNS, "mnt" },   { CLONE_NEWPID, "pid" },
+  { CLONE_NEWNET, "net" },   { CLONE_NEWIPC, "ipc" },  { CLONE_NEWUTS, "uts" },
+  { CLONE_NEWCGROUP, "cgroup" },
+};
+
+/* Integer arguments that are fds the operation uses, per op (bit i = a[i]). */
+static unsigned fd_args(int op)
+{
+  switch (op) {
+  case ICD_OP_OPEN_TREE: case ICD_OP_FSPICK: case ICD_OP_FSMOUNT: return 1;
+  case ICD_OP_MOVE_MOUNT: return 3;
+  case ICD_OP_MOUNT_SETATTR: return 1 | 32;
+  case ICD_OP_FSCONFIG: return 1 | 4;
+  default: return 0;
+  }
+}
+
+static int makes_fd(int op)
+{
+  return op == ICD_OP_OPEN_TREE || op == ICD_OP_FSOPEN || op == ICD_OP_FSMOUNT
+         || op == ICD_OP_FSPICK;
+}
+
+static void send_result(int sock, int64_t ret, int err, int fd)
+{
+  struct wire w = { .ret = ret, .err = err, .has_fd = fd >= 0 };
+  struct iovec iov = { .iov_base = &w, .iov_len = sizeof w };
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+  if (fd >= 0) {
+    struct cmsghdr *c;
+    memset(cbuf, 0, sizeof cbuf);
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  while (sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
+    ;
+}
+
+static int64_t do_op(int op, const char *const s[4], const int64_t a[6])
+{
+  struct icd_mount_attr attr;
+  switch (op) {
+  case ICD_OP_MOUNT:
+    return syscall(SYS_mount, s[0], s[1], s[2], (unsigned long)a[0], s[3]);
+  case ICD_OP_UMOUNT2:
+    return syscall(SYS_umount2, s[0], (int)a[0]);
+  case ICD_OP_OPEN_TREE:
+    return syscall(NR_open_tree, (int)a[0], s[0], (unsigned)a[1]);
+  case ICD_OP_MOVE_MOUNT:
+    return syscall(NR_move_mount, (int)a[0], s[0], (int)a[1], s[1], (unsigned)a[2]);
+  case ICD_OP_MOUNT_SETATTR:
+    attr = (struct icd_mount_attr){ a[2], a[3], a[4], a[5] };
+    return syscall(NR_mount_setattr, (int)a[0], s[0], (unsigned)a[1], &attr, sizeof attr);
+  case ICD_OP_FSOPEN:
+    return syscall(NR_fsopen, s[0], (unsigned)a[0]);
+  case ICD_OP_FSCONFIG:
+    return syscall(NR_fsconfig, (int)a[0], (unsigned)a[1], s[0], s[1], (int)a[2]);
+  case ICD_OP_FSMOUNT:
+    return syscall(NR_fsmount, (int)a[0], (unsigned)a[1], (unsigned)a[2]);
+  case ICD_OP_FSPICK:
+    return syscall(NR_fspick, (int)a[0], s[0], (unsigned)a[1]);
+  }
+  errno = EINVAL;
+  return -1;
+}
+
+static int same_ns(int pid, const char *name)
+{
+  char path[64];
+  struct stat a, b;
+  snprintf(path, sizeof path, "/proc/%d/ns/%s", pid, name);
+  if (stat(path, &a) < 0)
+    return -errno;
+  snprintf(path, sizeof path, "/proc/self/ns/%s", name);
+  if (stat(path, &b) < 0)
+    return -errno;
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* Keeps only the fds the child needs, so nothing of the daemon's (notify
+ * fds, sockets) is reachable once it stands inside the container. */
+static int close_others(int *keep, int n)
+{
+  int i, j, lo = 3;
+  for (i = 1; i < n; i++) /* insertion sort; n is tiny */
+    for (j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+      int t = keep[j];
+      keep[j] = keep[j - 1];
+      keep[j - 1] = t;
+    }
+  for (i = 0; i < n; i++) {
+    if (keep[i] < lo)
+      continue;
+    if (keep[i] > lo && syscall(NR_close_range, lo, keep[i] - 1, 0) < 0)
+      return -errno;
+    lo = keep[i] + 1;
+  }
+  if (syscall(NR_close_range, lo, ~0U, 0) < 0)
+    return -errno;
+  return 0;
+}
+
+/* Returns the errno to report when it fails before the operation. */
+static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], int sock)
+{
+  char path[64];
+  int keep[12], nkeep = 0, rootfd, cwdfd, i, r;
+  unsigned mask = fd_args(op);
+
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+    return errno;
+  snprintf(path, sizeof path, "/proc/%d/root", pid);
+  rootfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (rootfd < 0)
+    return errno == ENOENT ? ESRCH : errno;
+  snprintf(path, sizeof path, "/proc/%d/cwd", pid);
+  cwdfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (cwdfd < 0)
+    return errno == ENOENT ? ESRCH : errno;
+  /* setns refuses to "enter" the user namespace one is already in. */
+  for (i = 0; i < (int)(sizeof ns_names / sizeof ns_names[0]); i++)
+    if (nsflags & ns_names[i].flag) {
+      r = same_ns(pid, ns_names[i].name);
+      if (r < 0)
+        return r == -ENOENT ? ESRCH : -r;
+      if (r)
+        nsflags &= ~ns_names[i].flag;
+    }
+  /* Everything above was opened by pid; it was our target only if the pidfd
+   * still names a live process now (a reused pid would fail here). */
+  if (syscall(NR_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
+    return errno;
+
+  keep[nkeep++] = sock;
+  keep[nkeep++] = rootfd;
+  keep[nkeep++] = cwdfd;
+  keep[nkeep++] = pidfd;
+  for (i = 0; i < 6; i++)
+    if ((mask & (1u << i)) && a[i] >= 0 && a[i] < (1 << 30))
+      keep[nkeep++] = (int)a[i];
+  if ((r = close_others(keep, nkeep)))
+    return -r;
+
+  if (nsflags && setns(pidfd, nsflags) < 0)
+    return errno;
+  if (nsflags & CLONE_NEWUSER) {
+    /* Act as the container's root where it is mapped; stay unmapped otherwise. */
+    if (setresgid(0, 0, 0) < 0 && errno != EINVAL)
+      return errno;
+    if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
+      return errno;
+  }
+  if (fchdir(rootfd) < 0 || chroot(".") < 0 || fchdir(cwdfd) < 0)
+    return errno;
+  close(rootfd);
+  close(cwdfd);
+  return 0;
+}
+
+static void run(int sock, int op, const char *const s[4], const int64_t a[6])
+{
+  int64_t ret = do_op(op, s, a);
+  int err = ret < 0 ? errno : 0;
+  send_result(sock, ret, err, ret >= 0 && makes_fd(op) ? (int)ret : -1);
+}
+
+static void child_main(int pidfd, int pid, int nsflags, int op, const char *const s[4],
+                       const int64_t a[6], int sock)
+{
+  int err = enter(pidfd, pid, nsflags, op, a, sock), status;
+  pid_t gc;
+
+  if (err) {
+    send_result(sock, -1, err, -1);
+    return;
+  }
+  if (!(nsflags & CLONE_NEWPID)) {
+    run(sock, op, s, a);
+    return;
+  }
+  /* Entering a pid namespace only applies to children: fork once more so
+   * that, e.g., a procfs mount shows the container's pids. */
+  gc = fork();
+  if (gc < 0) {
+    send_result(sock, -1, errno, -1);
+    return;
+  }
+  if (gc == 0) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+      send_result(sock, -1, errno, -1);
+    else
+      run(sock, op, s, a);
+    _exit(0);
+  }
+  while (waitpid(gc, &status, 0) < 0 && errno == EINTR)
+    ;
+}
+
+static int recv_result(int sock, struct icd_exec_result *out)
+{
+  struct wire w;
+  struct iovec iov = { .iov_base = &w, .iov_len = sizeof w };
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  struct msghdr mh = {
+    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf,
+  };
+  struct cmsghdr *c;
+  ssize_t n;
+
+  do
+    n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return -errno;
+  for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS
+        && c->cmsg_len == CMSG_LEN(sizeof(int)))
+      memcpy(&out->fd, CMSG_DATA(c), sizeof(int));
+  if (n != sizeof w) /* the child died before reporting */
+    return -EIO;
+  if (mh.msg_flags & MSG_CTRUNC)
+    return -EIO;
+  out->ret = w.ret;
+  out->err = w.err;
+  return 0;
+}
+
+int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
+                const int64_t a[6], int timeout_ms, struct icd_exec_result *out)
+{
+  int sv[2], status, ret;
+  struct pollfd p;
+  pid_t child;
+
+  out->ret = -1;
+  out->err = 0;
+  out->fd = -1;
+  if (op < ICD_OP_MOUNT || op > ICD_OP_FSPICK || pid <= 0 || pidfd < 0)
+    return -EINVAL;
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return -errno;
+  child = fork();
+  if (child < 0) {
+    ret = -errno;
+    close(sv[0]);
+    close(sv[1]);
+    return ret;
+  }
+  if (child == 0) {
+    close(sv[0]);
+    child_main(pidfd, pid, nsflags, op, s, a, sv[1]);
+    _exit(0);
+  }
+  close(sv[1]);
+  p = (struct pollfd){ .fd = sv[0], .events = POLLIN };
+  do
+    ret = poll(&p, 1, timeout_ms);
+  while (ret < 0 && errno == EINTR);
+  if (ret < 0)
+    ret = -errno;
+  else if (ret == 0)
+    ret = -ETIMEDOUT;
+  else
+    ret = recv_result(sv[0], out);
+  if (ret < 0 && kill(child, SIGKILL) < 0 && errno != ESRCH)
+    ret = -errno;
+  close(sv[0]);
+  while (waitpid(child, &status, 0) < 0)
+    if (errno != EINTR)
+      break; /* ECHILD: SIGCHLD is ignored and the kernel reaped it */
+  if (ret < 0 && out->fd >= 0) {
+    close(out->fd);
+    out->fd = -1;
+  }
+  return ret;
+}

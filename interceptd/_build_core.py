@@ -1,0 +1,91 @@
+"""cffi API-mode build of csrc/ into interceptd._core (named by setup.py)."""
+
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+CDEF = """
+#define ICD_ACT_DEFAULT ...
+#define ICD_ACT_CONTINUE ...
+#define ICD_ACT_ERRNO ...
+#define ICD_ACT_VALUE ...
+#define ICD_ACT_PYTHON ...
+#define ICD_NR_MAX ...
+#define ICD_READ_MAX ...
+#define ICD_ETARGETGONE ...
+#define ICD_ITEM_NOTIF ...
+#define ICD_ITEM_DETACHED ...
+#define ICD_OP_MOUNT ...
+#define ICD_OP_UMOUNT2 ...
+#define ICD_OP_OPEN_TREE ...
+#define ICD_OP_MOVE_MOUNT ...
+#define ICD_OP_MOUNT_SETATTR ...
+#define ICD_OP_FSOPEN ...
+#define ICD_OP_FSCONFIG ...
+#define ICD_OP_FSMOUNT ...
+#define ICD_OP_FSPICK ...
+
+struct icd_item {
+  int kind; int fd; uint64_t id; uint32_t pid; int32_t nr; uint32_t arch; uint64_t ip;
+  uint64_t args[6];
+};
+struct icd_decision {
+  uint64_t cookie; uint64_t id; uint32_t pid; int32_t nr; int32_t action; int32_t send_errno;
+  int64_t value; int64_t ns_time;
+};
+struct icd_chstats {
+  uint64_t fast; uint64_t python; uint64_t overflow; uint64_t send_errors; uint64_t detached;
+  uint64_t receivers;
+};
+struct icd_probe { int user_notif; int sync_wakeup; int addfd_send; int error; };
+struct icd_exec_result { int64_t ret; int32_t err; int32_t fd; };
+struct icd_engine;
+struct icd_channel;
+
+int icd_notify_probe(struct icd_probe *out);
+int icd_notify_set_sync(int fd);
+int icd_notify_send(int fd, uint64_t id, int64_t val, int32_t err, uint32_t flags);
+int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_flags,
+                     uint32_t flags);
+int icd_notify_id_valid(int fd, uint64_t id);
+
+struct icd_engine *icd_engine_new(unsigned ring_cap);
+void icd_engine_free(struct icd_engine *e);
+int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max);
+uint64_t icd_engine_dropped(struct icd_engine *e);
+int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
+struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap);
+int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
+int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
+int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
+                     int spin_us);
+int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,
+                        uint32_t flags);
+int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
+                      uint32_t newfd_flags, int send);
+void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out);
+void icd_channel_close(struct icd_channel *ch);
+void icd_channel_free(struct icd_channel *ch);
+
+int icd_read_target(int pid, uint64_t addr, void *buf, int size, int notify_fd, uint64_t id);
+int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int notify_fd,
+                           uint64_t id);
+int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
+                const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "interceptd._core",
+    '#include "icd.h"',
+    sources=[str(p.relative_to(CSRC.parent)) for p in sorted(CSRC.glob("*.c"))],
+    include_dirs=[str(CSRC)],
+    libraries=["pthread"],
+    extra_compile_args=["-Wall", "-Wextra", "-Werror", "-O2"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,291 @@
+"""Python face of the C core (interceptd._core); the only module that imports it.
+
+Blocking calls release the GIL (cffi does so for every call into C).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from interceptd._core import ffi, lib
+
+ACT_CONTINUE: int = lib.ICD_ACT_CONTINUE
+ACT_ERRNO: int = lib.ICD_ACT_ERRNO
+ACT_VALUE: int = lib.ICD_ACT_VALUE
+ACT_PYTHON: int = lib.ICD_ACT_PYTHON
+NR_MAX: int = lib.ICD_NR_MAX
+READ_MAX: int = lib.ICD_READ_MAX
+
+# How long Channel.wait polls the queue before sleeping; see docs/INTERNALS.md.
+DEFAULT_SPIN_US = 0
+
+
+class TargetGone(OSError):
+    """The notification is no longer valid: its task died or was interrupted."""
+
+    def __init__(self, what: str = "notification no longer valid") -> None:
+        super().__init__(errno_mod.ENOENT, what)
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: int
+    pid: int
+    nr: int
+    arch: int
+    ip: int
+    args: tuple[int, int, int, int, int, int]
+    notify_fd: int
+
+
+@dataclass(frozen=True, slots=True)
+class Detached:
+    notify_fd: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    cookie: int
+    id: int
+    pid: int
+    nr: int
+    action: int
+    value: int
+    ns_time: int
+    send_errno: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    ret: int
+    errno: int
+    fd: int  # -1 unless the operation made an fd
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        if ret == -lib.ICD_ETARGETGONE:
+            raise TargetGone(what)
+        raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+    return ret
+
+
+def notify_probe() -> dict[str, bool]:
+    """Kernel features of seccomp user notification, probed in a throwaway child."""
+    p = ffi.new("struct icd_probe *")
+    _check(lib.icd_notify_probe(p), "notify_probe")
+    return {
+        "user_notif": bool(p.user_notif),
+        "sync_wakeup": bool(p.sync_wakeup),
+        "addfd_send": bool(p.addfd_send),
+    }
+
+
+def id_valid(notify_fd: int, notif_id: int) -> bool:
+    return bool(_check(lib.icd_notify_id_valid(notify_fd, notif_id), "id_valid"))
+
+
+def read_target(pid: int, addr: int, size: int, notify_fd: int, notif_id: int) -> bytes:
+    """Exactly `size` bytes at `addr` (<= READ_MAX), trusted only because the
+    notification was still valid after the read (else TargetGone)."""
+    if size == 0:
+        if not id_valid(notify_fd, notif_id):
+            raise TargetGone()
+        return b""
+    buf = ffi.new("char[]", size)
+    _check(lib.icd_read_target(pid, addr, buf, size, notify_fd, notif_id), "read_target")
+    return ffi.buffer(buf, size)[:]
+
+
+def read_target_string(pid: int, addr: int, max_len: int, notify_fd: int,
+                       notif_id: int) -> bytes:
+    """The NUL-terminated string at `addr` without its NUL; ENAMETOOLONG when no
+    NUL is found within `max_len` bytes (the NUL included)."""
+    buf = ffi.new("char[]", max_len)
+    n = _check(lib.icd_read_target_string(pid, addr, buf, max_len, notify_fd, notif_id),
+               "read_target_string")
+    return ffi.buffer(buf, n)[:]
+
+
+class Channel:
+    """One container's verdict table and Python-path queue."""
+
+    def __init__(self, engine: Engine, cookie: int, queue_size: int) -> None:
+        ptr = lib.icd_channel_new(engine._ptr, cookie, queue_size)
+        if ptr == ffi.NULL:
+            raise OSError(ffi.errno, "icd_channel_new")
+        self._ptr = ffi.gc(ptr, lib.icd_channel_free)
+        self._engine = engine  # the C channel records decisions in the engine's ring
+        self.cookie = cookie
+        self.closed = False
+        self.spin_us = DEFAULT_SPIN_US
+
+    def set_rule(self, nr: int, action: int, value: int = 0) -> None:
+        _check(lib.icd_channel_set_rule(self._ptr, nr, action, value), f"set_rule({nr})")
+
+    def clear_rule(self, nr: int) -> None:
+        _check(lib.icd_channel_set_rule(self._ptr, nr, lib.ICD_ACT_DEFAULT, 0), "clear_rule")
+
+    def set_default(self, action: int, value: int = 0) -> None:
+        _check(lib.icd_channel_set_default(self._ptr, action, value), "set_default")
+
+    def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
+        """Queued items, blocking up to `timeout` seconds (None: forever) for the
+        first; [] on timeout or once the channel is closed."""
+        items = ffi.new("struct icd_item[]", max_items)
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        n = lib.icd_channel_wait(self._ptr, items, max_items, ms, self.spin_us)
+        if n <= 0:
+            if n < 0:
+                self.closed = True
+            return []
+        out: list[Any] = []
+        for i in range(n):
+            it = items[i]
+            if it.kind == lib.ICD_ITEM_NOTIF:
+                a = it.args
+                out.append(Notification(it.id, it.pid, it.nr, it.arch, it.ip,
+                                        (a[0], a[1], a[2], a[3], a[4], a[5]), it.fd))
+            else:
+                out.append(Detached(it.fd))
+        return out
+
+    def respond(self, notif: Notification, *, value: int = 0, error: int = 0,
+                cont: bool = False) -> None:
+        """Answer `notif`: return `value`, fail with errno `error`, or let the
+        kernel run the call (`cont`).  TargetGone if it is no longer pending."""
+        ret = lib.icd_channel_respond(self._ptr, notif.notify_fd, notif.id, value, -error,
+                                      1 if cont else 0)
+        if ret < 0:
+            if ret == -errno_mod.ENOENT:
+                raise TargetGone("respond")
+            raise OSError(-ret, f"respond: {os.strerror(-ret)}")
+
+    def addfd(self, notif: Notification, srcfd: int, newfd_flags: int = 0,
+              send: bool = True) -> int:
+        """Install a copy of `srcfd` in the target; with `send` this also answers
+        the notification with the new fd number.  Returns that number."""
+        ret = lib.icd_channel_addfd(self._ptr, notif.notify_fd, notif.id, srcfd, newfd_flags,
+                                    1 if send else 0)
+        if ret == -errno_mod.ENOENT:
+            raise TargetGone("addfd")
+        return _check(ret, "addfd")
+
+    def stats(self) -> dict[str, int]:
+        s = ffi.new("struct icd_chstats *")
+        lib.icd_channel_stats(self._ptr, s)
+        return {k: int(getattr(s, k)) for k in
+                ("fast", "python", "overflow", "send_errors", "detached", "receivers")}
+
+    def close(self) -> None:
+        """Stop the receivers, fail queued notifications with ENOSYS, close the fds."""
+        self.closed = True
+        lib.icd_channel_close(self._ptr)
+
+
+class Engine:
+    """Receiver threads (one per notify fd) and the ring of fast-path decisions."""
+
+    def __init__(self, ring_size: int = 65536) -> None:
+        ptr = lib.icd_engine_new(ring_size)
+        if ptr == ffi.NULL:
+            raise OSError(ffi.errno, "icd_engine_new")
+        self._ptr = ffi.gc(ptr, lib.icd_engine_free)
+        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._drain_buf = ffi.new("struct icd_decision[]", 4096)
+        self._drain_lock = threading.Lock()
+
+    def channel(self, cookie: int, queue_size: int = 4096) -> Channel:
+        ch = Channel(self, cookie, queue_size)
+        with self._lock:
+            self._channels.add(ch)
+        return ch
+
+    def attach(self, channel: Channel, notify_fd: int) -> None:
+        """Start a receiver on `notify_fd`; the engine owns the fd from here on
+        (and closes it) once this returns.  OSError if it is not a notify fd."""
+        _check(lib.icd_engine_attach(self._ptr, channel._ptr, notify_fd), "attach")
+
+    def drain_decisions(self, max_items: int = 4096) -> list[Decision]:
+        out: list[Decision] = []
+        with self._drain_lock:
+            buf = self._drain_buf
+            cap = min(max_items, len(buf))
+            while len(out) < max_items:
+                n = lib.icd_engine_drain(self._ptr, buf, min(cap, max_items - len(out)))
+                for i in range(n):
+                    d = buf[i]
+                    out.append(Decision(d.cookie, d.id, d.pid, d.nr, d.action, d.value,
+                                        d.ns_time, d.send_errno))
+                if n < cap:
+                    break
+        return out
+
+    @property
+    def dropped_decisions(self) -> int:
+        return int(lib.icd_engine_dropped(self._ptr))
+
+    def close(self) -> None:
+        with self._lock:
+            chans = list(self._channels)
+        for ch in chans:
+            ch.close()
+
+
+_OPS: dict[str, tuple[int, str]] = {
+    # op: (C op, argument kinds in syscall order: s = string or None, i = int)
+    "mount": (lib.ICD_OP_MOUNT, "sssis"),
+    "umount2": (lib.ICD_OP_UMOUNT2, "si"),
+    "open_tree": (lib.ICD_OP_OPEN_TREE, "isi"),
+    "move_mount": (lib.ICD_OP_MOVE_MOUNT, "isisi"),
+    "mount_setattr": (lib.ICD_OP_MOUNT_SETATTR, "isiiiii"),
+    "fsopen": (lib.ICD_OP_FSOPEN, "si"),
+    "fsconfig": (lib.ICD_OP_FSCONFIG, "iissi"),
+    "fsmount": (lib.ICD_OP_FSMOUNT, "iii"),
+    "fspick": (lib.ICD_OP_FSPICK, "isi"),
+}
+
+
+def _cstr(v: Any) -> Any:
+    if v is None:
+        return ffi.NULL
+    if isinstance(v, str):
+        v = os.fsencode(v)
+    if not isinstance(v, bytes) or b"\0" in v:
+        raise ValueError(f"bad string argument {v!r}")
+    return ffi.new("char[]", v)
+
+
+def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: Any,
+            timeout: float = 10.0) -> ExecResult:
+    """Run one mount-family syscall inside the target's namespaces (CLONE_NEW*
+    flags), with root and cwd set to the target's.  Arguments follow the
+    syscall's order; mount_setattr takes (dfd, path, flags, attr_set, attr_clr,
+    propagation, userns_fd) in place of its struct.  ExecResult.errno is ESRCH
+    when the pidfd shows the target is gone; `fd` (for open_tree, fsopen,
+    fsmount, fspick) belongs to the caller."""
+    try:
+        cop, kinds = _OPS[op]
+    except KeyError:
+        raise ValueError(f"unknown ns_exec op {op!r}") from None
+    if len(args) != len(kinds):
+        raise TypeError(f"{op} takes {len(kinds)} arguments, got {len(args)}")
+    strs: list[Any] = []
+    ints: list[int] = []
+    for kind, v in zip(kinds, args, strict=True):
+        if kind == "s":
+            strs.append(_cstr(v))
+        else:
+            ints.append(int(v))
+    s = ffi.new("const char *[4]", strs + [ffi.NULL] * (4 - len(strs)))
+    a = ffi.new("int64_t[6]", ints + [0] * (6 - len(ints)))
+    out = ffi.new("struct icd_exec_result *")
+    _check(lib.icd_ns_exec(pidfd, pid, namespaces, cop, s, a, int(timeout * 1000), out),
+           f"ns_exec({op})")
+    return ExecResult(int(out.ret), int(out.err), int(out.fd))
