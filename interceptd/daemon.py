@@ -193,10 +193,27 @@ def _register_policy(handlers: HandlerRegistry, cfg: Config) -> None:
     except ModuleNotFoundError as e:
         if e.name != "interceptd.policy":
             raise
-        return
-    register = getattr(policy, "register", None)
-    if register is not None:
-        register(handlers, cfg)
+    else:
+        register = getattr(policy, "register", None)
+        if register is not None:
+            register(handlers, cfg)
+    _register_plugins(handlers, cfg)
+
+
+def _register_plugins(handlers: HandlerRegistry, cfg: Config) -> None:
+    """`[handlers] modules = ["pkg.mod", ...]`: extra handler modules (site
+    policy, tests), each with `register(handlers, cfg)`, loaded after the
+    built-in policy so registering a syscall twice is a start-up error."""
+    import importlib
+
+    modules = cfg.sections.get("handlers", {}).get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError("handlers.modules: must be a list of module names")
+    for name in modules:
+        try:
+            importlib.import_module(name).register(handlers, cfg)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"handlers.modules: {name}: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
