@@ -1,0 +1,126 @@
+"""A stand-in for interceptd.core with the same API, for kernel-free unit tests."""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+from typing import Any
+
+ACT_CONTINUE = 1
+ACT_ERRNO = 2
+ACT_VALUE = 3
+ACT_PYTHON = 4
+
+
+class TargetGone(Exception):
+    pass
+
+
+@dataclass
+class Notification:
+    id: int
+    pid: int
+    nr: int
+    arch: int = 0xC000003E
+    ip: int = 0
+    args: list[int] = field(default_factory=lambda: [0] * 6)
+    notify_fd: int = 3
+
+
+@dataclass
+class Detached:
+    notify_fd: int
+
+
+@dataclass
+class Decision:
+    cookie: int
+    id: int
+    pid: int
+    nr: int
+    action: int
+    value: int
+    ns_time: int = 0
+    send_errno: int = 0
+
+
+class FakeChannel:
+    def __init__(self, cookie: int) -> None:
+        self.cookie = cookie
+        self.rules: dict[int, tuple[int, int]] = {}
+        self.default: tuple[int, int] | None = None
+        self.items: queue.Queue[Any] = queue.Queue()
+        self.responses: list[tuple[int, dict[str, Any]]] = []
+        self.addfds: list[tuple[int, int, int]] = []
+        self.fds: list[int] = []
+        self.closed = False
+        self.fail_respond: Exception | None = None
+
+    def set_rule(self, nr: int, action: int, value: int) -> None:
+        self.rules[nr] = (action, value)
+
+    def set_default(self, action: int, value: int) -> None:
+        self.default = (action, value)
+
+    def wait(self, timeout: float) -> list[Any]:
+        try:
+            first = self.items.get(timeout=timeout) if timeout else self.items.get_nowait()
+        except queue.Empty:
+            return []
+        out = [first]
+        while True:
+            try:
+                out.append(self.items.get_nowait())
+            except queue.Empty:
+                return out
+
+    def respond(self, notif: Any, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
+        if self.fail_respond is not None:
+            raise self.fail_respond
+        self.responses.append((notif.id, {"value": value, "error": error, "cont": cont}))
+
+    def addfd(self, notif: Any, srcfd: int, newfd_flags: int, send: bool = True) -> int:
+        self.addfds.append((notif.id, srcfd, newfd_flags))
+        return 7
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.channels: dict[int, FakeChannel] = {}
+        self.decisions: list[Decision] = []
+        self.dropped_decisions = 0
+        self.closed = False
+
+    def channel(self, cookie: int) -> FakeChannel:
+        ch = FakeChannel(cookie)
+        self.channels[cookie] = ch
+        return ch
+
+    def attach(self, channel: FakeChannel, notify_fd: int) -> None:
+        channel.fds.append(notify_fd)
+
+    def drain_decisions(self) -> list[Decision]:
+        out, self.decisions = self.decisions, []
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def read_target(pid: int, addr: int, size: int, notify_fd: int, notif_id: int) -> bytes:
+    return b"\0" * size
+
+
+def read_target_string(pid: int, addr: int, max_len: int, notify_fd: int, notif_id: int) -> bytes:
+    return b"x"
+
+
+def id_valid(notify_fd: int, notif_id: int) -> bool:
+    return True
+
+
+def notify_probe() -> dict[str, Any]:
+    return {"user_notif": True, "sync_wakeup": True, "addfd_send": True}
