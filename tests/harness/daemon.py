@@ -79,7 +79,9 @@ class Daemon:
     def start(self, timeout: float = 20) -> Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        # The repository root on the path: test handler modules live in tests/.
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath, **(self.env or {}))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(INTERCEPTD), "--state-dir", str(self.state_dir),

@@ -1,0 +1,39 @@
+"""A Python handler module for tests, loaded by the daemon through
+`[handlers] modules = ["tests.harness.handlers"]`.
+
+It answers the syscalls in `[test_handler] syscalls` (default: sysfs) with
+what the container's annotation `org.interceptd.test/answer` says, else with
+`[test_handler] answer`: "value:N" or "errno:N" (default "value:4242"). So
+each container can get its own answer, which shows that the daemon routes
+every notification to the handler with the right container."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from interceptd.verdict import Verdict
+
+ANNOTATION = "org.interceptd.test/answer"
+
+
+def parse_answer(text: str) -> Verdict:
+    kind, _, num = text.partition(":")
+    if kind == "value":
+        return Verdict.value(int(num, 0), "test handler")
+    if kind == "errno":
+        return Verdict.errno(int(num, 0), "test handler")
+    raise ValueError(f"bad test answer {text!r}")
+
+
+def answer(default: str, req: Any) -> Verdict:
+    annotations = getattr(req.container, "annotations", None) or {}
+    return parse_answer(annotations.get(ANNOTATION, default))
+
+
+def register(handlers: Any, cfg: Any) -> None:
+    section = cfg.sections.get("test_handler", {})
+    default = section.get("answer", "value:4242")
+    parse_answer(default)  # a bad default is a start-up error, not a per-call one
+    for name in section.get("syscalls", ["sysfs"]):
+        handlers.register(name, partial(answer, default))
