@@ -1,0 +1,375 @@
+"""interceptd-runc: rewrite the bundle, then hand over to the real runc/crun.
+
+create/run: harden config.json (user namespace, id-mapped rootfs and volumes,
+seccomp attached to the daemon, caps, masks, no host namespaces, no sensitive
+mounts, own cgroup). exec: clamp the process spec. delete: undo the host-side
+set-up. Everything else is an execv of the real runtime, untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from . import argv as argvmod
+from . import settings as settingsmod
+
+PROG = "interceptd-runc"
+MARKER = "io.interceptd.runtime"
+NS_PROC_NAME = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
+                "cgroup": "cgroup", "time": "time"}
+
+
+class Fail(Exception):
+    """Our own refusal/error: printed, logged for the caller, exit 1."""
+
+
+def _log_error(inv: argvmod.Invocation, msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    log = inv.global_value("log")
+    if not log:
+        return
+    fmt = inv.global_value("log-format") or "text"
+    now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    line = (json.dumps({"level": "error", "msg": f"{PROG}: {msg}", "time": now})
+            if fmt == "json" else f'time="{now}" level=error msg="{PROG}: {msg}"')
+    try:
+        with open(log, "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
+def _run_forwarding(cmd: list[str]) -> int:
+    """Run the real runtime as a child, relaying signals, returning its exit status."""
+    proc = subprocess.Popen(cmd, close_fds=False)
+    relayed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+               signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+    old = {s: signal.signal(s, lambda n, _f: proc.send_signal(n)) for s in relayed}
+    try:
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return rc if rc >= 0 else 128 - rc
+
+
+def _runtime_cmd(st: settingsmod.Settings, args: list[str]) -> list[str]:
+    return [st.runtime, *args]
+
+
+def _container_exists(st: settingsmod.Settings, inv: argvmod.Invocation, cid: str) -> bool:
+    cmd = [st.runtime]
+    root = inv.global_value("root")
+    if root:
+        cmd += ["--root", root]
+    cmd += ["state", cid]
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return r.returncode == 0
+
+
+# ------------------------------------------------------------------ create / run
+
+def _host_namespaces() -> dict[str, set[tuple[int, int]]]:
+    out: dict[str, set[tuple[int, int]]] = {}
+    for oci, proc in NS_PROC_NAME.items():
+        ids = set()
+        for pid in ("1", "self"):
+            try:
+                s = os.stat(f"/proc/{pid}/ns/{proc}")
+                ids.add((s.st_dev, s.st_ino))
+            except OSError:
+                pass
+        out[oci] = ids
+    return out
+
+
+def _read_spec(inv: argvmod.Invocation) -> tuple[str, str, bytes, dict, bool]:
+    bundle = os.path.abspath((inv.flag_values("bundle", "b") or [os.getcwd()])[-1])
+    if not os.path.isdir(bundle):
+        raise Fail(f"bundle {bundle}: no such directory")
+    name = (inv.flag_values("config", "f") or ["config.json"])[-1]
+    path = name if os.path.isabs(name) else os.path.join(bundle, name)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise Fail(f"{path}: no such file (not an OCI bundle?)") from None
+    except OSError as e:
+        raise Fail(f"cannot read {path}: {e}") from None
+    spec = _parse(data, path)
+    rewritten = bool((spec.get("annotations") or {}).get(MARKER))
+    if rewritten:
+        # Already rewritten by a previous create on this bundle: start from the original.
+        try:
+            with open(path + ".orig", "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise Fail(f"{path} was rewritten by interceptd but {path}.orig is gone: {e}") from None
+        spec = _parse(data, path + ".orig")
+    return bundle, path, data, spec, rewritten
+
+
+def _parse(data: bytes, path: str) -> dict:
+    try:
+        spec = json.loads(data)
+    except ValueError as e:
+        raise Fail(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise Fail(f"{path} is not a JSON object")
+    return spec
+
+
+def _write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    tmp = f"{path}.interceptd.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settings,
+                 bounding: set[str], host_ns: dict, notified: list[str],
+                 denied: list[dict]) -> dict:
+    """All pure rewrites, in order, on a copy of spec (raises spec.Refused)."""
+    from . import spec as sp
+
+    new = copy.deepcopy(spec)
+    sp.check_namespaces(new, host_ns)
+    sensitive = [*sp.SENSITIVE_PATHS, st.state_dir, *st.extra_sensitive_paths]
+    if st.config_path:
+        sensitive.append(st.config_path)
+    sp.check_mounts(new, sensitive, st.sensitive_mount_allow)
+    sp.ensure_user_namespace(new, host_base, st.range_size)
+    sp.clamp_capabilities(new.setdefault("process", {}), bounding)
+    sp.apply_masks(new)
+    sp.add_seccomp(new, notified, denied, os.path.join(st.state_dir, "seccomp.sock"), cid)
+    ann = new.setdefault("annotations", {})
+    ann[MARKER] = "rewritten"
+    ann["io.interceptd.host-base"] = str(host_base)
+    return new
+
+
+def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
+    from . import daemonlink, host, idpool, mountapi, mountinfo, policylink, records
+    from . import spec as sp
+    from .caps import host_bounding_set
+
+    cid = inv.container_id
+    if not cid:
+        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
+    bundle, cfg_path, orig_bytes, spec, was_rewritten = _read_spec(inv)
+    try:
+        daemonlink.check(st.state_dir, st.daemon_timeout)
+    except daemonlink.DaemonUnreachable as e:
+        raise Fail(f"refusing to start {cid} unprotected: interceptd daemon unreachable: "
+                   f"{e}") from None
+
+    root = inv.global_value("root")
+    key = records.container_key(root, cid)
+    store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
+    pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges, st.range_size)
+    stale = store.load(key)
+    if stale is not None:
+        if _container_exists(st, inv, cid):
+            # Let the runtime report the duplicate id; touch nothing of the live one.
+            os.execv(st.runtime, _runtime_cmd(st, inv.argv))
+        host.teardown(stale)
+        pool.release(key)
+        store.remove(key)
+
+    try:
+        base = pool.allocate(key)
+    except (idpool.PoolExhausted, OSError) as e:
+        raise Fail(f"cannot allocate a user-namespace id range for {cid}: {e}") from None
+    rec = records.Record(key=key, container_id=cid, bundle=bundle, host_base=base,
+                         mount_dir=os.path.join(st.runtime_dir, "mnt", key))
+    store.save(rec)
+
+    def undo() -> None:
+        host.teardown(rec)
+        pool.release(key)
+        store.remove(key)
+
+    try:
+        notified, denied, _src = policylink.syscalls(st.raw, st.config_path)
+        new = rewrite_spec(spec, cid=cid, host_base=base, st=st,
+                           bounding=host_bounding_set(), host_ns=_host_namespaces(),
+                           notified=notified, denied=denied)
+        sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
+        entries = mountinfo.read()
+        with mountapi.UserNamespace(base, st.range_size) as ns:
+            hs = host.HostSetup(rec, store, ns.fd)
+            new["root"]["path"] = hs.rootfs(sp.root_path(spec, bundle), entries)
+            hs.volumes(new)
+        store.save(rec)
+        data = json.dumps(new, indent=1).encode()
+        if not was_rewritten:
+            _write_atomic(cfg_path + ".orig", orig_bytes)
+        _write_atomic(cfg_path, data)
+        rec.config_rewritten = True
+        store.save(rec)
+    except sp.Refused as e:
+        undo()
+        raise Fail(f"container {cid} refused: {e}") from None
+    except (host.SetupError, OSError, ValueError, KeyError, TypeError) as e:
+        undo()
+        _restore_config(cfg_path)
+        raise Fail(f"cannot prepare container {cid}: {e}") from None
+
+    args = list(inv.argv)
+    pid_file = (inv.flag_values("pid-file") or [None])[-1]
+    detached = inv.command == "create" or inv.has_flag("detach", "d")
+    if detached and not pid_file:
+        pid_file = os.path.join(st.runtime_dir, "containers", key + ".pid")
+        flags = [*inv.flags, argvmod.Flag("pid-file", pid_file, ["--pid-file", pid_file])]
+        args = argvmod.rebuild(inv, flags)
+    rc = _run_forwarding(_runtime_cmd(st, args))
+    if rc != 0:
+        if not _container_exists(st, inv, cid):
+            undo()
+            _restore_config(cfg_path)
+        return rc
+    if detached:
+        cg = st.cgroup2_mount or mountinfo.cgroup2_mount(mountinfo.read())
+        if cg and pid_file:
+            try:
+                with open(pid_file) as f:
+                    pid = int(f.read().strip())
+                host.place_in_cgroup2(rec, store, pid, cg, cid)
+            except (OSError, ValueError) as e:
+                rec.warnings.append(f"cgroup v2 placement: {e}")
+                store.save(rec)
+    elif not inv.has_flag("keep"):
+        undo()
+        _restore_config(cfg_path)
+    return rc
+
+
+def _restore_config(cfg_path: str) -> None:
+    """Put the original config.json back if the current one is our rewrite."""
+    orig = cfg_path + ".orig"
+    try:
+        with open(cfg_path, "rb") as f:
+            cur = json.loads(f.read())
+        if (cur.get("annotations") or {}).get(MARKER) and os.path.exists(orig):
+            os.rename(orig, cfg_path)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+# ------------------------------------------------------------------ exec
+
+def cmd_exec(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
+    from . import spec as sp
+    from .caps import host_bounding_set
+
+    bounding = host_bounding_set()
+    flags: list[argvmod.Flag] = []
+    for f in inv.flags:
+        if f.name in ("cap", "c") and f.value is not None and \
+                not sp.clamp_cap_list([f.value], bounding):
+            continue  # a capability the host cannot grant: runc would fail on it
+        if f.name in ("process", "p") and f.value is not None:
+            f = argvmod.with_value(f, _rewrite_process(f.value, bounding))
+        flags.append(f)
+    os.execv(st.runtime, _runtime_cmd(st, argvmod.rebuild(inv, flags)))
+    return 1  # not reached
+
+
+def _rewrite_process(path: str, bounding: set[str]) -> str:
+    """The process spec with clamped caps, in a memfd the runtime reads via /proc."""
+    from . import spec as sp
+
+    try:
+        with open(path, "rb") as f:
+            proc = json.loads(f.read())
+    except FileNotFoundError:
+        return path  # the runtime reports it
+    except (OSError, ValueError) as e:
+        raise Fail(f"process spec {path}: {e}") from None
+    if not isinstance(proc, dict):
+        raise Fail(f"process spec {path} is not a JSON object")
+    if not sp.clamp_capabilities(proc, bounding):
+        return path
+    fd = os.memfd_create("interceptd-process.json", 0)
+    os.write(fd, json.dumps(proc).encode())
+    return f"/proc/self/fd/{fd}"
+
+
+# ------------------------------------------------------------------ delete
+
+def cmd_delete(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
+    from . import host, idpool, records
+
+    cid = inv.container_id
+    if not cid:
+        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
+    rc = _run_forwarding(_runtime_cmd(st, inv.argv))
+    if rc != 0 and _container_exists(st, inv, cid):
+        return rc
+    key = records.container_key(inv.global_value("root"), cid)
+    store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
+    rec = store.load(key)
+    if rec is not None:
+        problems = host.teardown(rec)
+        if rec.bundle and rec.config_rewritten:
+            _restore_config(os.path.join(rec.bundle, "config.json"))
+        idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges,
+                      st.range_size).release(key)
+        store.remove(key)
+        for p in (os.path.join(st.runtime_dir, "containers", key + ".pid"),):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        if problems:
+            _log_error(inv, f"delete {cid}: " + "; ".join(problems))
+    return rc
+
+
+# ------------------------------------------------------------------ entry
+
+def main(args: list[str] | None = None) -> int:
+    args = sys.argv[1:] if args is None else args
+    inv = argvmod.parse(args)
+    try:
+        st = settingsmod.load()
+    except settingsmod.SettingsError as e:
+        _log_error(inv, str(e))
+        return 1
+    try:
+        if inv.command in ("create", "run"):
+            return cmd_create(inv, st)
+        if inv.command == "exec":
+            return cmd_exec(inv, st)
+        if inv.command == "delete":
+            return cmd_delete(inv, st)
+        os.execv(st.runtime, _runtime_cmd(st, args))
+    except Fail as e:
+        _log_error(inv, str(e))
+        return 1
+    except OSError as e:
+        _log_error(inv, f"cannot run {st.runtime}: {e}")
+        return 1
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The new mount API (open_tree, mount_setattr, move_mount, fsopen...) through ctypes.
+
+Errors come back as OSError with the syscall named; nothing here is silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# x86_64 numbers (include/uapi/asm-generic/unistd.h, shared by all arches for these)
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
+SYS_MOUNT_SETATTR = 442
+SYS_UNSHARE = 272
+
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+AT_SYMLINK_NOFOLLOW = 0x100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_IDMAP = 0x100000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+CLONE_NEWUSER = 0x10000000
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 1
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return ret
+
+
+def open_tree(path: str, recursive: bool = False, dirfd: int = -100) -> int:
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _check(_syscall(SYS_OPEN_TREE, ctypes.c_int(dirfd), os.fsencode(path),
+                           ctypes.c_uint(flags)), f"open_tree({path})")
+
+
+def set_idmap(mnt_fd: int, userns_fd: int, recursive: bool = False) -> None:
+    attr = MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(_syscall(SYS_MOUNT_SETATTR, ctypes.c_int(mnt_fd), b"", ctypes.c_uint(flags),
+                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+           "mount_setattr(MOUNT_ATTR_IDMAP)")
+
+
+def move_mount(mnt_fd: int, target: str) -> None:
+    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), b"", ctypes.c_int(-100),
+                    os.fsencode(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
+           f"move_mount(-> {target})")
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype),
+                       ctypes.c_ulong(flags), os.fsencode(data) if data is not None else None),
+           f"mount({fstype} on {target})")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount2({target})")
+
+
+def idmapped_clone(path: str, userns_fd: int, recursive: bool = False) -> int:
+    """A detached, id-mapped copy of the mount tree at `path` (an fd; caller closes it)."""
+    fd = open_tree(path, recursive)
+    try:
+        set_idmap(fd, userns_fd, recursive)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+class UserNamespace:
+    """A user namespace with a given mapping, held by a parked child process.
+
+    `fd` is an O_RDONLY fd on its /proc/<pid>/ns/user, usable for MOUNT_ATTR_IDMAP
+    after the child is gone. Use as a context manager.
+    """
+
+    def __init__(self, host_base: int, size: int = 65536) -> None:
+        self.fd = -1
+        r, w = os.pipe()
+        r2, w2 = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: unshare, tell the parent, wait to be killed
+            try:
+                os.close(r)
+                os.close(w2)
+                ok = _syscall(SYS_UNSHARE, ctypes.c_int(CLONE_NEWUSER)) == 0
+                os.write(w, b"1" if ok else b"0")
+                os.read(r2, 1)
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.close(r2)
+        try:
+            if os.read(r, 1) != b"1":
+                raise OSError("unshare(CLONE_NEWUSER) failed in the helper child")
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(f"0 {host_base} {size}\n")
+            self.fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(r)
+            os.close(w2)  # releases the child
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> UserNamespace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+

@@ -1,0 +1,93 @@
+"""The shim's settings: the `[runtime]` section of interceptd.toml, then the environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+
+DEFAULT_CONFIG = "/etc/interceptd/interceptd.toml"
+DEFAULT_STATE_DIR = "/run/interceptd"
+
+
+class SettingsError(Exception):
+    pass
+
+
+@dataclass
+class Settings:
+    runtime: str = ""  # absolute path of the real runc/crun
+    state_dir: str = DEFAULT_STATE_DIR
+    config_path: str | None = None
+    # First host id handed out and how many 65536-id ranges the pool has.
+    id_pool_start: int = 1 << 20
+    id_pool_ranges: int = 1024
+    range_size: int = 65536
+    # Image names / digests allowed to bind-mount sensitive paths (e.g. docker.sock).
+    sensitive_mount_allow: list[str] = field(default_factory=list)
+    extra_sensitive_paths: list[str] = field(default_factory=list)
+    daemon_timeout: float = 2.0
+    cgroup2_mount: str | None = None  # autodetected when None
+    raw: dict = field(default_factory=dict)  # the whole TOML file, for policy
+
+    @property
+    def runtime_dir(self) -> str:
+        """Where the shim keeps its own state (id pool, per-container records, mounts)."""
+        return os.path.join(self.state_dir, "runtime")
+
+
+def _find_runtime(name: str) -> str:
+    if os.path.isabs(name):
+        return name
+    found = shutil.which(name, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if not found:
+        raise SettingsError(f"real runtime {name!r} not found in PATH")
+    return found
+
+
+def load(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    path = env.get("INTERCEPTD_CONFIG") or DEFAULT_CONFIG
+    raw: dict = {}
+    explicit = "INTERCEPTD_CONFIG" in env
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise SettingsError(f"config file {path} not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SettingsError(f"cannot read config file {path}: {e}") from None
+    return from_dict(raw, env, path if raw or explicit else None)
+
+
+def from_dict(raw: dict, env: dict[str, str], path: str | None = None) -> Settings:
+    rt = raw.get("runtime", {}) or {}
+    daemon = raw.get("daemon", {}) or {}
+    if not isinstance(rt, dict):
+        raise SettingsError("[runtime] must be a table")
+    s = Settings(raw=raw, config_path=path)
+    s.state_dir = env.get("INTERCEPTD_STATE_DIR") or rt.get("state_dir") or daemon.get(
+        "state_dir", DEFAULT_STATE_DIR
+    )
+    s.runtime = _find_runtime(env.get("INTERCEPTD_RUNTIME") or rt.get("runtime") or "runc")
+    if os.path.realpath(s.runtime).endswith("interceptd-runc"):
+        raise SettingsError(f"real runtime {s.runtime} is interceptd-runc itself")
+    for key in ("id_pool_start", "id_pool_ranges"):
+        if key in rt:
+            val = rt[key]
+            if not isinstance(val, int) or val <= 0:
+                raise SettingsError(f"[runtime] {key} must be a positive integer")
+            setattr(s, key, val)
+    if s.id_pool_start + s.id_pool_ranges * s.range_size > 0xFFFFFFFF:
+        raise SettingsError("[runtime] id pool exceeds the 32-bit id space")
+    allow = rt.get("sensitive_mount_allow", [])
+    extra = rt.get("sensitive_paths", [])
+    if not all(isinstance(x, str) for x in [*allow, *extra]):
+        raise SettingsError("[runtime] sensitive_mount_allow / sensitive_paths must be strings")
+    s.sensitive_mount_allow = list(allow)
+    s.extra_sensitive_paths = list(extra)
+    s.daemon_timeout = float(rt.get("daemon_timeout", 2.0))
+    s.cgroup2_mount = rt.get("cgroup2_mount")
+    return s

@@ -1,0 +1,301 @@
+"""Pure rewrites of an OCI runtime spec (config.json as a dict).
+
+Each function takes the spec and what it needs from the host, changes the spec in
+place, and raises `Refused` with a reason when the container must not start.
+None of them weakens the container's own configuration.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import posixpath
+import re
+from collections.abc import Iterable
+
+from .caps import CAP_NUMBERS, normalise
+
+
+class Refused(Exception):
+    """The container is refused; the message says why."""
+
+
+# ---------------------------------------------------------------- user namespace
+
+def ensure_user_namespace(spec: dict, host_base: int, size: int = 65536) -> None:
+    """Every container gets its own user namespace mapping 0..size-1 to host_base...
+
+    Whatever the config asked for (no userns, Docker's --userns=host, a joined userns
+    path, other maps) is replaced: the mapping is the shim's to choose.
+    """
+    linux = spec.setdefault("linux", {})
+    nss = [ns for ns in linux.get("namespaces", []) if ns.get("type") != "user"]
+    nss.append({"type": "user"})
+    linux["namespaces"] = nss
+    linux["uidMappings"] = [{"containerID": 0, "hostID": host_base, "size": size}]
+    linux["gidMappings"] = [{"containerID": 0, "hostID": host_base, "size": size}]
+
+
+# ---------------------------------------------------------------- namespaces
+
+REQUIRED_NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
+# Docker on cgroup v1 shares the host's cgroup namespace by default: add one
+# instead of refusing (it only adds isolation).
+ADDED_NAMESPACES = ("cgroup",)
+HOST_FLAG = {"pid": "--pid=host", "network": "--network=host", "ipc": "--ipc=host",
+             "uts": "--uts=host", "cgroup": "--cgroupns=host", "mount": "a host mount namespace"}
+
+
+def check_namespaces(spec: dict, host_ns: dict[str, set[tuple[int, int]]],
+                     ns_identity=None) -> None:
+    """Refuse host namespaces: a missing pid/net/ipc/uts/mount entry, or a path to a host ns.
+
+    host_ns maps a namespace type to the (st_dev, st_ino) identities of the host's
+    namespaces of that type; ns_identity(path) -> (dev, ino) resolves a path.
+    """
+    linux = spec.setdefault("linux", {})
+    nss = linux.setdefault("namespaces", [])
+    types = {ns.get("type") for ns in nss}
+    for t in REQUIRED_NAMESPACES:
+        if t not in types:
+            raise Refused(f"container shares the host's {t} namespace ({HOST_FLAG[t]}): "
+                          "refused by interceptd")
+    for t in ADDED_NAMESPACES:
+        if t not in types:
+            nss.append({"type": t})
+    ident = ns_identity or _ns_identity
+    for ns in nss:
+        path = ns.get("path")
+        t = ns.get("type")
+        if not path or t == "user":
+            continue
+        try:
+            who = ident(path)
+        except OSError as e:
+            raise Refused(f"cannot inspect {t} namespace path {path}: {e}") from None
+        if who in host_ns.get(t, set()):
+            raise Refused(f"{t} namespace path {path} is the host's ({HOST_FLAG.get(t, t)}): "
+                          "refused by interceptd")
+
+
+def _ns_identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+# ---------------------------------------------------------------- capabilities
+
+CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
+
+
+def clamp_capabilities(process: dict, bounding: set[str]) -> list[str]:
+    """Drop capabilities the host cannot grant (unknown names too); return what was dropped."""
+    caps = process.get("capabilities")
+    dropped: set[str] = set()
+    if not caps:
+        return []
+    for key in CAP_SETS:
+        if key not in caps or caps[key] is None:
+            continue
+        kept = []
+        for name in caps[key]:
+            n = normalise(name)
+            if n in CAP_NUMBERS and n in bounding:
+                kept.append(name)
+            else:
+                dropped.add(name)
+        caps[key] = kept
+    return sorted(dropped)
+
+
+def clamp_cap_list(names: Iterable[str], bounding: set[str]) -> list[str]:
+    return [n for n in names if normalise(n) in bounding and normalise(n) in CAP_NUMBERS]
+
+
+# ---------------------------------------------------------------- masked paths
+
+DOCKER_MASKED = [
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+]
+DOCKER_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def apply_masks(spec: dict) -> None:
+    linux = spec.setdefault("linux", {})
+    for key, defaults in (("maskedPaths", DOCKER_MASKED), ("readonlyPaths", DOCKER_READONLY)):
+        cur = list(linux.get(key) or [])
+        for p in defaults:
+            if p not in cur:
+                cur.append(p)
+        linux[key] = cur
+
+
+# ---------------------------------------------------------------- sensitive mounts
+
+SENSITIVE_PATHS = [
+    "/var/run/docker.sock", "/run/docker.sock", "/run/containerd", "/var/run/containerd",
+    "/etc/docker", "/var/lib/docker", "/var/lib/containerd", "/run/docker",
+    "/var/run/docker", "/etc/interceptd", "/run/crun", "/run/runc",
+]
+SENSITIVE_NAMES = ("docker.sock", "containerd.sock", "containerd.sock.ttrpc")
+# Where an image name or digest shows up in annotations, depending on the caller.
+IMAGE_ANNOTATIONS = (
+    "org.opencontainers.image.ref.name", "org.opencontainers.image.base.name",
+    "org.opencontainers.image.base.digest", "io.kubernetes.cri.image-name",
+    "io.containerd.image.name", "com.docker.image.name", "com.docker.image.digest",
+)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+# Per-container files and volumes that Docker itself binds from its data root.
+_DOCKER_OWN = re.compile(
+    r"/containers/[0-9a-f]{64}/(resolv\.conf|hostname|hosts|mounts/shm)$"
+    r"|/volumes/[^/]+/_data(/.*)?$"
+)
+
+
+def _is_sensitive(source: str, sensitive: list[str]) -> str | None:
+    real = source
+    for top in sensitive:
+        if _under(real, top) and real != top and _DOCKER_OWN.match(real[len(top.rstrip("/")):]):
+            continue
+        # Also a parent of a sensitive path: binding / or /var exposes the socket too.
+        if _under(real, top) or (real != "" and _under(top, real)):
+            return top
+    if posixpath.basename(real) in SENSITIVE_NAMES:
+        return real
+    return None
+
+
+def image_refs(spec: dict) -> set[str]:
+    ann = spec.get("annotations") or {}
+    return {str(ann[k]) for k in IMAGE_ANNOTATIONS if k in ann}
+
+
+def check_mounts(spec: dict, sensitive: list[str], allow: list[str],
+                 resolve=os.path.realpath) -> None:
+    """Refuse bind mounts of the container runtime's sockets and state, unless allow-listed."""
+    refs = image_refs(spec)
+    allowed = bool(refs & set(allow))
+    for m in spec.get("mounts") or []:
+        opts = m.get("options") or []
+        if m.get("type") not in ("bind", None, "") and "bind" not in opts and "rbind" not in opts:
+            continue
+        src = m.get("source") or ""
+        if not src.startswith("/"):
+            continue
+        for cand in {posixpath.normpath(src), resolve(src)}:
+            hit = _is_sensitive(cand, sensitive)
+            if hit and not allowed:
+                raise Refused(f"bind mount of sensitive host path {src} ({hit}) into "
+                              f"{m.get('destination')} is refused by interceptd "
+                              "(allow the image in [runtime] sensitive_mount_allow)")
+
+
+# ---------------------------------------------------------------- seccomp
+
+DEFAULT_ARCHES = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+DENY_ACTIONS = ("SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP")
+
+
+def _denies(action: str | None) -> bool:
+    return action in DENY_ACTIONS
+
+
+def add_seccomp(spec: dict, notified: list[str], denied: list[dict], listener_path: str,
+                metadata: str) -> None:
+    """Attach the container to the daemon and add the deny list, keeping its own rules.
+
+    A syscall the container's profile already refuses unconditionally stays refused
+    (never weaken); the others in `notified` become SCMP_ACT_NOTIFY. Unconditional
+    deny entries replace whatever rule the profile had for those names.
+    """
+    linux = spec.setdefault("linux", {})
+    sc = linux.get("seccomp")
+    if not sc:
+        sc = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": list(DEFAULT_ARCHES),
+              "syscalls": []}
+    sc = copy.deepcopy(sc)
+    rules: list[dict] = list(sc.get("syscalls") or [])
+    default_denies = _denies(sc.get("defaultAction"))
+
+    unconditional_deny = {n for d in denied if not d.get("args") for n in d.get("names", [])}
+    refused_by_profile: set[str] = set()
+    allowed_by_profile: set[str] = set()
+    for r in rules:
+        if _denies(r.get("action")) and not r.get("args"):
+            refused_by_profile.update(r.get("names") or [])
+        elif not _denies(r.get("action")):
+            allowed_by_profile.update(r.get("names") or [])
+    to_notify = []
+    for n in notified:
+        if n in unconditional_deny or n in refused_by_profile:
+            continue
+        if default_denies and n not in allowed_by_profile:
+            continue
+        to_notify.append(n)
+    strip = set(to_notify) | unconditional_deny
+    kept = []
+    for r in rules:
+        names = [n for n in (r.get("names") or []) if n not in strip]
+        if not names:
+            continue
+        r = dict(r, names=names)
+        kept.append(r)
+    if to_notify:
+        kept.append({"names": sorted(set(to_notify)), "action": "SCMP_ACT_NOTIFY"})
+    for d in denied:
+        kept.append(copy.deepcopy(d))
+    sc["syscalls"] = kept
+    if not sc.get("architectures"):
+        sc["architectures"] = list(DEFAULT_ARCHES)
+    sc["listenerPath"] = listener_path
+    sc["listenerMetadata"] = metadata
+    linux["seccomp"] = sc
+
+
+# ---------------------------------------------------------------- cgroup
+
+def ensure_cgroups_path(spec: dict, container_id: str, systemd: bool) -> bool:
+    """Give the container its own cgroup when the config leaves it to the runtime's default.
+
+    Returns True when the shim chose the path (so it owns the node at delete).
+    """
+    linux = spec.setdefault("linux", {})
+    if linux.get("cgroupsPath"):
+        return False
+    linux["cgroupsPath"] = (f"system.slice:interceptd:{container_id}" if systemd
+                            else f"/interceptd/{container_id}")
+    return True
+
+
+# ---------------------------------------------------------------- rootfs / mounts
+
+def root_path(spec: dict, bundle: str) -> str:
+    root = (spec.get("root") or {}).get("path")
+    if not root:
+        raise Refused("config.json has no root.path")
+    return root if os.path.isabs(root) else os.path.normpath(os.path.join(bundle, root))
+
+
+IDMAP_SKIP_PREFIXES = ("/dev", "/proc", "/sys")
+
+
+def idmappable_binds(spec: dict) -> list[int]:
+    """Indexes of bind mounts whose source should be id-mapped (volumes, not devices)."""
+    out = []
+    for i, m in enumerate(spec.get("mounts") or []):
+        opts = m.get("options") or []
+        if m.get("type") not in ("bind", None, "") and "bind" not in opts and "rbind" not in opts:
+            continue
+        src = m.get("source") or ""
+        if not src.startswith("/") or any(_under(src, p) for p in IDMAP_SKIP_PREFIXES):
+            continue
+        out.append(i)
+    return out
