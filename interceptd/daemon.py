@@ -132,7 +132,7 @@ class Daemon:
         dispatcher = Dispatcher(
             core, engine, self.registry, handlers, table, self.bus, self.counters,
             name_of=syscalls.name,
-            native_arch=getattr(syscalls, "NATIVE_ARCH", 0xC000003E),
+            native_arch=syscalls.AUDIT_ARCH_X86_64,
         )
         dispatcher.start()
         self._parts["dispatcher"] = dispatcher
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         d.prepare_state_dir()
         d.start()
-    except (StartupError, ConfigError, ImportError, OSError) as e:
+    except (StartupError, ConfigError, ImportError, OSError, ValueError) as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})
         d.shutdown()
         return 1

@@ -112,10 +112,11 @@ class Dispatcher:
                     raise ListenerReject("unknown container", st.state.id)
                 self._add_container(st, fd)
                 return
-            if c.init_pid != st.init_pid or c.bundle != st.state.bundle:
+            if not _same_container(c, st):
                 raise ListenerReject(
                     "duplicate id",
-                    f"{st.state.id} has init {c.init_pid}, message says {st.init_pid}",
+                    f"{st.state.id} has init {c.init_pid} bundle {c.bundle}; message says "
+                    f"init {st.init_pid} bundle {st.state.bundle}",
                 )
             self._attach_fd(c, fd, st.pid)
 
@@ -371,6 +372,20 @@ class Dispatcher:
 
     def dropped_decisions(self) -> int:
         return int(getattr(self.engine, "dropped_decisions", 0))
+
+
+def _same_container(c: Container, st: ProcessState) -> bool:
+    """Whether a message for a registered id comes from that very container.
+
+    A second init message for a live id is another container reusing the id.
+    Exec messages are checked on what they carry: crun sends pid 0 and bundle
+    "." for them, runc the real init pid and bundle.
+    """
+    if st.is_init:
+        return False
+    if st.state.pid and st.state.pid != c.init_pid:
+        return False
+    return st.state.bundle in ("", ".") or st.state.bundle == c.bundle
 
 
 def _gone(core: Any, e: BaseException) -> bool:

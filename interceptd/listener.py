@@ -106,16 +106,24 @@ def parse_state(data: bytes) -> ProcessState:
     metadata = doc.get("metadata", "")
     if not isinstance(metadata, str):
         raise ListenerReject("bad message", "metadata must be a string")
+    # crun sends pid 0 (and bundle ".") for exec'd processes: such messages are
+    # matched to their container by state.id alone.
+    if "pid" not in doc:
+        raise ListenerReject("missing field", "pid")
+    pid = _pid(doc, "pid", allow_zero=True)
+    state_pid = _pid(st, "pid", "state.", allow_zero=True)
+    if status in INIT_STATUSES and not (state_pid or pid):
+        raise ListenerReject("bad message", "no pid for the container's init")
     return ProcessState(
         oci_version=_field(doc, "ociVersion", str),
         fds=fds,
-        pid=_pid(doc, "pid"),
+        pid=pid,
         metadata=metadata,
         state=ContainerState(
             oci_version=_field(st, "ociVersion", str, "state."),
             id=cid,
             status=status,
-            pid=_pid(st, "pid", "state.", allow_zero=True),
+            pid=state_pid,
             bundle=_field(st, "bundle", str, "state."),
             annotations=dict(annotations),
         ),

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,30 @@ def test_exec_running():
     assert s.init_pid == 4242
 
 
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("runtime", ["runc", "crun"])
+def test_captured_messages(runtime):
+    init = parse_state((DATA / f"{runtime}-init.json").read_bytes())
+    ex = parse_state((DATA / f"{runtime}-exec.json").read_bytes())
+    assert init.is_init and not ex.is_init
+    assert init.state.id == ex.state.id == f"capture-{runtime}"
+    assert init.init_pid > 0
+    assert init.metadata == ex.metadata == "test-metadata"
+    assert init.state.annotations == {"org.example.key": "value"}
+    if runtime == "crun":
+        assert init.oci_version == "0.2.0"
+        assert (ex.pid, ex.state.pid, ex.state.bundle) == (0, 0, ".")
+    else:
+        assert ex.init_pid == init.init_pid and ex.pid != ex.init_pid
+
+
+def test_top_level_pid_zero_allowed_when_state_has_it():
+    s = parse_state(json.dumps(doc(pid=0)).encode())
+    assert s.init_pid == 4242
+
+
 def test_metadata_optional_and_annotations_null():
     d = doc(state_annotations=None)
     del d["metadata"]
@@ -106,7 +131,7 @@ def _drop(path):
         (json.dumps(doc(fds=["seccompFd", "seccompFd"])).encode(), "bad message"),
         (json.dumps(doc(fds="seccompFd")).encode(), "bad message"),
         (json.dumps(doc(pid="12")).encode(), "bad message"),
-        (json.dumps(doc(pid=0)).encode(), "bad message"),
+        (json.dumps(doc(pid=0, state_pid=0)).encode(), "bad message"),
         (json.dumps(doc(pid=-3)).encode(), "bad message"),
         (json.dumps(doc(pid=True)).encode(), "bad message"),
         (json.dumps(doc(pid=2**40)).encode(), "bad message"),
