@@ -1,0 +1,108 @@
+"""interceptd-runc's id pool, records, mountinfo parsing, settings (no containers)."""
+
+import multiprocessing
+import os
+
+import pytest
+
+from interceptd.runtime import idpool, mountinfo, records, settings, shift
+
+
+def test_pool_unique_and_released(tmp_path):
+    p = idpool.IdPool(str(tmp_path), 1 << 20, 4)
+    a, b = p.allocate("a"), p.allocate("b")
+    assert a != b and {a, b} <= {(1 << 20) + i * 65536 for i in range(4)}
+    assert p.allocate("a") == a
+    assert p.release("a") and not p.release("a")
+    assert p.allocate("c") == a
+    p.allocate("d")
+    p.allocate("e")
+    with pytest.raises(idpool.PoolExhausted):
+        p.allocate("f")
+
+
+def _grab(args):
+    d, key = args
+    return idpool.IdPool(d, 1 << 20, 256).allocate(key)
+
+
+def test_pool_concurrent_allocations_never_collide(tmp_path):
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        bases = pool.map(_grab, [(str(tmp_path), f"c{i}") for i in range(64)])
+    assert len(set(bases)) == 64
+    assert len(idpool.IdPool(str(tmp_path), 1 << 20, 256).allocated()) == 64
+
+
+def test_records_roundtrip(tmp_path):
+    store = records.RecordStore(str(tmp_path))
+    k = records.container_key("/run/docker/runtime-runc/moby", "abc")
+    assert k != records.container_key(None, "abc")
+    r = records.Record(key=k, container_id="abc", host_base=5, mounts=["/m"])
+    store.save(r)
+    assert store.load(k) == r
+    store.remove(k)
+    assert store.load(k) is None
+    assert "/" not in records.container_key(None, "../../etc")
+
+
+MOUNTINFO = """\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+90 27 0:50 / /var/lib/docker/overlay2/abc/merged rw,relatime - overlay overlay \
+rw,lowerdir=/var/lib/docker/overlay2/l/AAA:l/BBB,upperdir=/var/lib/docker/overlay2/abc/diff,\
+workdir=/var/lib/docker/overlay2/abc/work,index=off
+91 27 0:51 / /tmp/with\\040space rw - tmpfs tmpfs rw
+"""
+
+
+def test_mountinfo_and_overlay_layers():
+    ents = mountinfo.parse(MOUNTINFO)
+    assert mountinfo.cgroup2_mount(ents) == "/sys/fs/cgroup/unified"
+    assert mountinfo.mount_at(ents, "/tmp/with space").fstype == "tmpfs"
+    ov = mountinfo.mount_at(ents, "/var/lib/docker/overlay2/abc/merged")
+    lay = mountinfo.overlay_layers(ov.super_options, "/var/lib/docker/overlay2")
+    assert lay.lowers == ["/var/lib/docker/overlay2/l/AAA", "/var/lib/docker/overlay2/l/BBB"]
+    assert lay.upper == "/var/lib/docker/overlay2/abc/diff"
+    assert lay.work == "/var/lib/docker/overlay2/abc/work"
+    assert lay.other == ["index=off"]
+    with pytest.raises(ValueError):
+        mountinfo.overlay_layers("rw,upperdir=/u", "/")
+
+
+def test_settings_env_and_file(tmp_path):
+    cfg = tmp_path / "i.toml"
+    cfg.write_text('[runtime]\nruntime = "crun"\nstate_dir = "/s"\nid_pool_start = 2000000\n'
+                   'sensitive_mount_allow = ["img"]\n')
+    st = settings.load({"INTERCEPTD_CONFIG": str(cfg)})
+    assert st.runtime.endswith("/crun") and st.state_dir == "/s"
+    assert st.id_pool_start == 2000000 and st.sensitive_mount_allow == ["img"]
+    st = settings.load({"INTERCEPTD_CONFIG": str(cfg), "INTERCEPTD_RUNTIME": "runc",
+                        "INTERCEPTD_STATE_DIR": "/t"})
+    assert st.runtime.endswith("/runc") and st.state_dir == "/t"
+    with pytest.raises(settings.SettingsError):
+        settings.load({"INTERCEPTD_CONFIG": str(tmp_path / "missing.toml")})
+    cfg.write_text("[runtime]\nid_pool_start = -1\n")
+    with pytest.raises(settings.SettingsError):
+        settings.load({"INTERCEPTD_CONFIG": str(cfg)})
+    cfg.write_text("not toml [")
+    with pytest.raises(settings.SettingsError):
+        settings.load({"INTERCEPTD_CONFIG": str(cfg)})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_shift_tree_roundtrip_keeps_setuid(tmp_path):
+    top = tmp_path / "upper"
+    (top / "d").mkdir(parents=True)
+    f = top / "d" / "f"
+    f.write_text("x")
+    os.chown(f, 0, 5)
+    os.chmod(f, 0o4755)
+    os.symlink("f", top / "d" / "l")
+    shift.shift_tree(str(top), 1 << 20, 0, 65536)
+    st = os.stat(f)
+    assert (st.st_uid, st.st_gid) == (1 << 20, (1 << 20) + 5)
+    assert st.st_mode & 0o7777 == 0o4755
+    assert os.lstat(top / "d" / "l").st_uid == 1 << 20
+    shift.shift_tree(str(top), -(1 << 20), 1 << 20, (1 << 20) + 65536)
+    assert (os.stat(f).st_uid, os.stat(f).st_gid) == (0, 5)
+    assert os.stat(top).st_uid == 0
