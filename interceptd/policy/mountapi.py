@@ -1,0 +1,198 @@
+"""The new mount API (fsopen, fspick, open_tree, move_mount, mount_setattr) under the
+same rules as mount(2).
+
+Tracking the mount fds a container holds: we do not keep a table of fds (it could not
+follow dup, SCM_RIGHTS or fork). Instead each vetted call identifies the mount behind its
+fd when it is used: `mnt_id` from /proc/<pid>/fdinfo/<fd>. A mount in the caller's
+mount table is matched by (dev, root) like mount(2); a detached mount (an open_tree clone
+or an fsmount result, in no table) is matched by its superblock (`st_dev` of the fd) alone,
+which over-approximates: clearing a locked flag on a detached copy of anything that shares a
+superblock with an immutable mount is refused.
+
+fsconfig and fsmount are not notified: a filesystem context can only come from fsopen or
+fspick, both vetted here, so configuring and mounting it cannot reach a filesystem type or
+superblock the policy refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from dataclasses import dataclass
+
+from interceptd.policy.consts import (
+    AT_RECURSIVE,
+    MOUNT_ATTR_IDMAP,
+    MOUNT_ATTR_LOCKED,
+    MOVE_MOUNT_SET_GROUP,
+    OPEN_TREE_CLONE,
+)
+from interceptd.policy.decision import Decision, ExecOp, allow_continue, deny, perform
+from interceptd.policy.mounts import (
+    ALLOWED_FSTYPES,
+    BLOCK_FSTYPES,
+    MANAGED_FSTYPES,
+    REFUSED_FSTYPES,
+    MountContext,
+    attr_names,
+    is_protected_fs,
+    protected_kind,
+)
+from interceptd.policy.mounttable import MountEntry
+
+MOUNT_ATTR_STRUCT = struct.Struct("<QQQQ")  # attr_set, attr_clr, propagation, userns_fd
+
+
+@dataclass(frozen=True)
+class MountAttr:
+    attr_set: int
+    attr_clr: int
+    propagation: int
+    userns_fd: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> MountAttr:
+        if len(raw) < MOUNT_ATTR_STRUCT.size:
+            raise ValueError("struct mount_attr too short")
+        return cls(*MOUNT_ATTR_STRUCT.unpack_from(raw))
+
+    def pack(self) -> bytes:
+        return MOUNT_ATTR_STRUCT.pack(self.attr_set, self.attr_clr, self.propagation,
+                                      self.userns_fd)
+
+
+@dataclass(frozen=True)
+class FdMount:
+    """The mount behind a path or fd, as identified by the glue."""
+
+    entry: MountEntry | None  # attached: its entry in the caller's table
+    dev: str  # superblock, "major:minor" (always known)
+
+
+def decide_fsopen(fsname: str, flags: int, ctx: MountContext) -> Decision:
+    d = {"fsname": fsname, "flags": hex(flags)}
+    base = fsname.split(".", 1)[0]
+    if fsname in MANAGED_FSTYPES:
+        # The daemon masks procfs/sysfs by mounting on paths; a context the container
+        # holds would be mounted (fsmount) and attached (move_mount) by itself, unmasked.
+        return deny(
+            errno.EPERM,
+            f"fsopen({fsname}) refused: mount it with mount(2) so the daemon can mask it",
+            **d,
+        )
+    if fsname == "cgroup" and not ctx.cgroupns_private:
+        return deny(errno.EPERM, "cgroup v1 from the host cgroup namespace (release_agent)", **d)
+    if fsname in REFUSED_FSTYPES:
+        return deny(errno.EPERM, f"{fsname} refused: {REFUSED_FSTYPES[fsname]}", **d)
+    if fsname in BLOCK_FSTYPES:
+        return deny(errno.EPERM, f"{fsname} refused: block-device filesystem", **d)
+    if base in ALLOWED_FSTYPES or fsname in ctx.extra_fstypes or fsname == "cgroup":
+        return perform(
+            f"fsopen({fsname}) allowed",
+            ExecOp("fsopen", (fsname, flags), inject_fd=True),
+            **d,
+        )
+    return deny(errno.EPERM, f"filesystem type {fsname!r} not allowed", **d)
+
+
+def _locked(m: FdMount, ctx: MountContext) -> int:
+    if m.entry is not None:
+        bits = ctx.imm.locked_attrs(m.entry)
+        if is_protected_fs(m.entry, ctx):
+            bits |= m.entry.attrs
+        return bits
+    bits = 0
+    for im in ctx.imm.mounts:
+        if im.dev == m.dev:
+            bits |= im.locked
+    if m.dev in ctx.imm.protected_devs:
+        bits |= MOUNT_ATTR_LOCKED
+    return bits
+
+
+def decide_fspick(target: FdMount, ctx: MountContext, details: dict[str, object]) -> Decision:
+    if target.dev in ctx.imm.protected_devs or _locked(target, ctx):
+        return deny(
+            errno.EPERM,
+            "fspick of an immutable mount's superblock refused",
+            dev=target.dev,
+            **details,
+        )
+    return perform("fspick of the container's own superblock", **details)
+
+
+def decide_open_tree(
+    flags: int, source: FdMount | None, details: dict[str, object]
+) -> Decision:
+    if not flags & OPEN_TREE_CLONE:
+        # CONTINUE is safe: without OPEN_TREE_CLONE (a register value) open_tree is
+        # open(O_PATH), which gives no mount and is never vetted; no rewritten path can turn
+        # it into a clone.
+        return allow_continue("open_tree without clone is open(O_PATH)", **details)
+    if source is None:
+        return deny(errno.EINVAL, "open_tree: source not found", **details)
+    # Clones are always recursive, like binds: the copy keeps every mask and every flag.
+    return perform("open_tree clone (performed recursively)", flags=hex(flags | AT_RECURSIVE),
+                   **details)
+
+
+def decide_move_mount(
+    flags: int, source: FdMount | None, ctx: MountContext, details: dict[str, object]
+) -> Decision:
+    if flags & MOVE_MOUNT_SET_GROUP:
+        return perform("move_mount: propagation group change", **details)
+    if source is None:
+        return deny(errno.EINVAL, "move_mount: source is not a mount", **details)
+    if source.entry is None:
+        # A detached tree the container made (open_tree clone or fsmount): attaching it
+        # reveals nothing, its masks and flags came with it.
+        return perform("move_mount: attach a detached tree", **details)
+    kind = protected_kind(source.entry, ctx)
+    if kind is not None or is_protected_fs(source.entry, ctx):
+        return deny(
+            errno.EPERM,
+            f"move_mount of protected mount {source.entry.mountpoint} ({kind or 'procfs/sysfs'})",
+            **details,
+        )
+    return perform("move_mount of the container's own mount", **details)
+
+
+def decide_mount_setattr(
+    flags: int,
+    attr: MountAttr,
+    target: FdMount | None,
+    ctx: MountContext,
+    details: dict[str, object],
+) -> Decision:
+    d = dict(details)
+    d.update(attr_set=hex(attr.attr_set), attr_clr=hex(attr.attr_clr))
+    if target is None:
+        return deny(errno.EINVAL, "mount_setattr: target is not a mount", **d)
+    clearing = attr.attr_clr & ~attr.attr_set & MOUNT_ATTR_LOCKED
+    if clearing:
+        cleared = clearing & _locked(target, ctx)
+        if cleared:
+            return deny(
+                errno.EPERM,
+                f"mount_setattr would clear {attr_names(cleared)} on an immutable mount",
+                **d,
+            )
+        if flags & AT_RECURSIVE:
+            if target.entry is None:
+                return deny(
+                    errno.EPERM,
+                    "recursive flag clearing on a detached tree cannot be vetted",
+                    **d,
+                )
+            for sub in ctx.table.subtree(target.entry):
+                bad = clearing & _locked(FdMount(sub, sub.dev), ctx)
+                if bad:
+                    return deny(
+                        errno.EPERM,
+                        f"mount_setattr would clear {attr_names(bad)} on immutable "
+                        f"{sub.mountpoint}",
+                        **d,
+                    )
+    if attr.attr_set & MOUNT_ATTR_IDMAP:
+        d["idmap"] = True
+    return perform("mount_setattr keeps immutable flags", **d)
