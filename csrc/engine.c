@@ -487,27 +487,30 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
   return n;
 }
 
-/* Under ch->fdlock (shared or exclusive). */
+/* Under ch->fdlock (shared or exclusive).  0 if fd is attached; -ENOENT if
+ * it was and has been closed (every task behind it left, or the channel
+ * closed), so whatever was pending on it is gone; -EBADF if never seen. */
 static int fd_attached(struct icd_channel *ch, int fd)
 {
   struct icd_receiver *r;
-  int ok = 0;
+  int ret = -EBADF;
   pthread_mutex_lock(&ch->lock);
   for (r = ch->recvs; r; r = r->next)
-    if (r->fd == fd && r->fd_open) {
-      ok = 1;
-      break;
+    if (r->fd == fd) {
+      ret = r->fd_open ? 0 : -ENOENT;
+      if (!ret)
+        break;
     }
   pthread_mutex_unlock(&ch->lock);
-  return ok;
+  return ret;
 }
 
 int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,
                         uint32_t flags)
 {
-  int ret = -EBADF;
+  int ret;
   pthread_rwlock_rdlock(&ch->fdlock);
-  if (fd_attached(ch, fd))
+  if (!(ret = fd_attached(ch, fd)))
     ret = icd_notify_send(fd, id, val, err, flags);
   pthread_rwlock_unlock(&ch->fdlock);
   return ret;
@@ -516,10 +519,38 @@ int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val
 int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
                       uint32_t newfd_flags, int send)
 {
-  int ret = -EBADF;
+  int ret;
   pthread_rwlock_rdlock(&ch->fdlock);
-  if (fd_attached(ch, fd))
+  if (!(ret = fd_attached(ch, fd)))
     ret = icd_notify_addfd(fd, id, srcfd, -1, newfd_flags, send ? SECCOMP_ADDFD_FLAG_SEND : 0);
+  pthread_rwlock_unlock(&ch->fdlock);
+  return ret;
+}
+
+int icd_channel_id_valid(struct icd_channel *ch, int fd, uint64_t id)
+{
+  int ret;
+  pthread_rwlock_rdlock(&ch->fdlock);
+  ret = fd_attached(ch, fd);
+  if (ret == 0)
+    ret = icd_notify_id_valid(fd, id);
+  else if (ret == -ENOENT)
+    ret = 0;
+  pthread_rwlock_unlock(&ch->fdlock);
+  return ret;
+}
+
+int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr,
+                     void *buf, int size, int string)
+{
+  int ret;
+  pthread_rwlock_rdlock(&ch->fdlock);
+  ret = fd_attached(ch, fd);
+  if (ret == -ENOENT)
+    ret = -ICD_ETARGETGONE;
+  else if (ret == 0)
+    ret = string ? icd_read_target_string(pid, addr, buf, size, fd, id)
+                 : icd_read_target(pid, addr, buf, size, fd, id);
   pthread_rwlock_unlock(&ch->fdlock);
   return ret;
 }

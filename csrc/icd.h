@@ -86,6 +86,11 @@ int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val
                         uint32_t flags);
 int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
                       uint32_t newfd_flags, int send);
+/* The same through a channel: the fd is checked to still be attached (not
+ * closed after a detach, so not possibly reused) while it is used. */
+int icd_channel_id_valid(struct icd_channel *ch, int fd, uint64_t id);
+int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr,
+                     void *buf, int size, int string);
 void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out);
 void icd_channel_close(struct icd_channel *ch);
 void icd_channel_free(struct icd_channel *ch);

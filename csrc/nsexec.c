@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -129,6 +130,26 @@ static int same_ns(int pid, const char *name)
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+/* The pid a pidfd names (-1 once it exited), from its fdinfo. */
+static int pidfd_pid(int pidfd)
+{
+  char path[64], buf[512], *p;
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n < 0)
+    return -errno;
+  buf[n] = 0;
+  p = strstr(buf, "\nPid:\t");
+  return p ? atoi(p + 6) : -EBADF; /* -EBADF: not a pidfd */
+}
+
 /* Keeps only the fds the child needs, so nothing of the daemon's (notify
  * fds, sockets) is reachable once it stands inside the container. */
 static int close_others(int *keep, int n)
@@ -180,6 +201,11 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
     }
   /* Everything above was opened by pid; it was our target only if the pidfd
    * still names a live process now (a reused pid would fail here). */
+  r = pidfd_pid(pidfd);
+  if (r < 0 && r != -1)
+    return -r;
+  if (r != pid)
+    return ESRCH;
   if (syscall(NR_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
     return errno;
 

@@ -45,7 +45,7 @@ static ssize_t read_mem(int pid, uint64_t addr, void *buf, size_t size)
 static int checked(int ret, int notify_fd, uint64_t id)
 {
   int v = icd_notify_id_valid(notify_fd, id);
-  if (v == 0)
+  if (v == 0 || v == -EBADF) /* a closed notify fd: the engine saw every task go */
     return -ICD_ETARGETGONE;
   if (v < 0)
     return v;

@@ -21,6 +21,15 @@ ACT_PYTHON: int = lib.ICD_ACT_PYTHON
 NR_MAX: int = lib.ICD_NR_MAX
 READ_MAX: int = lib.ICD_READ_MAX
 
+# Namespace flags for ns_exec (os.CLONE_* needs Python 3.12).
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
 # How long Channel.wait polls the queue before sleeping; see docs/INTERNALS.md.
 DEFAULT_SPIN_US = 0
 
@@ -175,6 +184,30 @@ class Channel:
         if ret == -errno_mod.ENOENT:
             raise TargetGone("addfd")
         return _check(ret, "addfd")
+
+    def id_valid(self, notif: Notification) -> bool:
+        """Like id_valid(), but False once the fd was detached (never touches
+        a closed, possibly reused, fd number)."""
+        return bool(_check(lib.icd_channel_id_valid(self._ptr, notif.notify_fd, notif.id),
+                           "id_valid"))
+
+    def read_target(self, notif: Notification, addr: int, size: int) -> bytes:
+        """read_target() for `notif`, with its fd held attached during the read."""
+        if size == 0:
+            if not self.id_valid(notif):
+                raise TargetGone()
+            return b""
+        buf = ffi.new("char[]", size)
+        _check(lib.icd_channel_read(self._ptr, notif.notify_fd, notif.id, notif.pid, addr, buf,
+                                    size, 0), "read_target")
+        return ffi.buffer(buf, size)[:]
+
+    def read_target_string(self, notif: Notification, addr: int, max_len: int) -> bytes:
+        """read_target_string() for `notif`, with its fd held attached."""
+        buf = ffi.new("char[]", max_len)
+        n = _check(lib.icd_channel_read(self._ptr, notif.notify_fd, notif.id, notif.pid, addr,
+                                        buf, max_len, 1), "read_target_string")
+        return ffi.buffer(buf, n)[:]
 
     def stats(self) -> dict[str, int]:
         s = ffi.new("struct icd_chstats *")
