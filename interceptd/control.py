@@ -170,7 +170,8 @@ class ControlServer:
                     continue
                 self._send(conn, ev.to_dict())
                 sent += 1
-            self._counters.inc("trace_dropped_events", "", sub.dropped)
+            if sub.dropped:
+                self._counters.inc("trace_dropped_events", "", sub.dropped)
             self._send(conn, {"end": True, "dropped": sub.dropped})
 
 
