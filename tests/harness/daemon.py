@@ -50,13 +50,15 @@ class Daemon:
     to that pid only and returns the exit code."""
 
     def __init__(self, state_dir: Path, config_text: str = "",
-                 args: list[str] | None = None, env: dict[str, str] | None = None):
+                 args: list[str] | None = None, env: dict[str, str] | None = None,
+                 log_level: str = "debug"):
         self.state_dir = state_dir
         self.config_path = state_dir.parent / f"{state_dir.name}.toml"
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
         self.config_text = config_text
         self.args = list(args or [])
         self.env = env
+        self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,7 +88,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [str(INTERCEPTD), "--state-dir", str(self.state_dir),
                  "--metrics-address", "off", "--config", str(self.config_path),
-                 "--log-level", "debug", *self.args],
+                 "--log-level", self.log_level, *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         deadline = time.monotonic() + timeout

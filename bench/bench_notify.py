@@ -1,0 +1,142 @@
+"""Round trip of a notified syscall: interceptd's C fast path and Python
+handler against the physical limit (a minimal C agent) and no filter.
+
+sysfs(2) is the benchmark call: obsolete, so nothing else in a container
+makes it. Every figure is measured in this one run by bench/syscall_loop
+(p50/p99 of single calls); each row is the median of --runs runs.
+
+  (a)  no filter, on the host                      baseline of (b)
+  (a') no filter, in a runc container              baseline of (e)
+  (b)  minimal C agent (RECV/SEND, sync wake-up)   physical limit
+  (c)  interceptd C fast path, runc container      target p50 <= 1.3 x (b)
+  (d)  interceptd Python handler, runc container   target p50 <= 3 x (b)
+  (e)  filter installed, sysfs not notified        target p50 <= 1.1 x (a')
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from common import OUT, REPO, ContainerEnv, Timing, build_static, table
+
+from tests.harness.bundle import BundleSpec
+from tests.harness.daemon import Daemon, render_config
+
+FAST_VALUE = 7
+PY_VALUE = 8
+AGENT_VALUE = 6
+
+
+def repeat(runs: int, once: Callable[[], Timing], check: Callable[[Timing], bool],
+           what: str) -> Timing:
+    results = []
+    for _ in range(runs):
+        t = once()
+        if not check(t):
+            raise RuntimeError(f"{what}: unexpected answer ret={t.ret} errno={t.errno}")
+        results.append(t)
+    return Timing.median(results)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--calls", type=int, default=100_000, help="timed calls per run")
+    ap.add_argument("-w", "--warmup", type=int, default=5_000)
+    ap.add_argument("--runs", type=int, default=3, help="runs per row (median)")
+    ap.add_argument("--json", type=Path, default=OUT / "bench_notify.json",
+                    help="also write the results here")
+    args = ap.parse_args()
+
+    loop = build_static("syscall_loop")
+    agent = build_static("agent_minimal")
+    loop_args = ["-n", str(args.calls), "-w", str(args.warmup)]
+    rows: dict[str, Timing] = {}
+
+    def host(cmd: list[str]) -> Timing:
+        p = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
+        return Timing.parse(p.stdout)
+
+    t_start = time.monotonic()
+    rows["a"] = repeat(args.runs, lambda: host([str(loop), *loop_args]),
+                       lambda t: t.errno == 0 and t.ret > 0, "no filter")
+    rows["b"] = repeat(args.runs,
+                       lambda: host([str(agent), "-v", str(AGENT_VALUE), str(loop), *loop_args]),
+                       lambda t: t.ret == AGENT_VALUE, "agent")
+
+    with ContainerEnv({"syscall_loop": loop}) as env:
+        cmd = ["syscall_loop", *loop_args]
+        rows["a'"] = repeat(args.runs, lambda: Timing.parse(env.run(BundleSpec(args=cmd))),
+                            lambda t: t.errno == 0 and t.ret > 0, "container, no filter")
+
+        def daemon(name: str, config: str) -> Daemon:
+            return Daemon(env.dir / name, config, log_level="info").start()
+
+        fast = daemon("fast", render_config(
+            rules=[{"syscall": "sysfs", "action": "value", "value": FAST_VALUE}]))
+        try:
+            spec = BundleSpec(args=cmd, notify=["sysfs"], listener_path=fast.listener_path)
+            rows["c"] = repeat(args.runs, lambda: Timing.parse(env.run(spec)),
+                               lambda t: t.ret == FAST_VALUE, "fast path")
+            # Not notified: the filter sends only other calls to the daemon.
+            spec = BundleSpec(args=cmd, notify=["uselib", "ustat"],
+                              listener_path=fast.listener_path)
+            rows["e"] = repeat(args.runs, lambda: Timing.parse(env.run(spec)),
+                               lambda t: t.errno == 0 and t.ret > 0, "not notified")
+        finally:
+            rc_fast = fast.stop()
+
+        slow = daemon("python", render_config(sections={
+            "handlers": {"modules": ["tests.harness.handlers"]},
+            "test_handler": {"answer": f"value:{PY_VALUE}"}}))
+        try:
+            spec = BundleSpec(args=cmd, notify=["sysfs"], listener_path=slow.listener_path)
+            rows["d"] = repeat(args.runs, lambda: Timing.parse(env.run(spec)),
+                               lambda t: t.ret == PY_VALUE, "python handler")
+        finally:
+            rc_slow = slow.stop()
+    if rc_fast != 0 or rc_slow != 0:
+        print(f"interceptd exited {rc_fast}/{rc_slow}", file=sys.stderr)
+        return 1
+
+    labels = {
+        "a": "(a) no filter, host",
+        "a'": "(a') no filter, container",
+        "b": "(b) minimal C agent",
+        "c": "(c) interceptd C fast path",
+        "d": "(d) interceptd Python handler",
+        "e": "(e) filter on, not notified",
+    }
+    print(f"sysfs(2) round trip, {args.calls} calls x {args.runs} runs per row "
+          f"(median of runs), {time.monotonic() - t_start:.0f} s\n")
+    print(table(["path", "p50 ns", "p99 ns", "mean ns"],
+                [[labels[k], f"{rows[k].p50:.0f}", f"{rows[k].p99:.0f}", f"{rows[k].mean:.0f}"]
+                 for k in labels]))
+    targets = [
+        ("fast path p50 / agent p50", rows["c"].p50 / rows["b"].p50, 1.3),
+        ("python p50 / agent p50", rows["d"].p50 / rows["b"].p50, 3.0),
+        ("not notified p50 / no filter p50", rows["e"].p50 / rows["a'"].p50, 1.1),
+    ]
+    print()
+    print(table(["ratio", "measured", "target", ""],
+                [[name, f"{r:.2f}x", f"<= {t}x", "PASS" if r <= t else "MISS"]
+                 for name, r, t in targets]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "calls": args.calls, "runs": args.runs,
+        "rows": {k: vars(v) for k, v in rows.items()},
+        "ratios": {name: {"measured": r, "target": t, "pass": r <= t}
+                   for name, r, t in targets},
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
