@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -192,10 +193,16 @@ def trace_filter(req: dict[str, Any]) -> Callable[[Event], bool]:
 
 
 def _hung_up(conn: socket.socket) -> bool:
-    try:
-        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
+    # poll, not recv: a socket with a timeout would wait that long in recv.
+    p = select.poll()
+    p.register(conn, select.POLLIN | select.POLLRDHUP)
+    events = p.poll(0)
+    if not events:
         return False
+    if events[0][1] & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+        return True
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 
