@@ -172,7 +172,8 @@ class Daemon:
         return [c.to_dict() for c in self.registry.list()]
 
     def shutdown(self) -> None:
-        log.info("shutting down", extra={"fields": {"containers": len(self.registry)}})
+        if self._parts:
+            log.info("shutting down", extra={"fields": {"containers": len(self.registry)}})
         for name in ("listener", "dispatcher", "engine", "control"):
             part = self._parts.pop(name, None)
             if part is None:
@@ -184,7 +185,7 @@ class Daemon:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-        log.info("stopped")
+            log.info("stopped")
 
 
 def _register_policy(handlers: HandlerRegistry, cfg: Config) -> None:
