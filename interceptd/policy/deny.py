@@ -1,0 +1,103 @@
+"""The kernel-global deny list, enforced in the container's seccomp filter itself (an errno,
+no round trip to the daemon). Entries are OCI runtime-spec `linux.seccomp.syscalls` items.
+
+32-bit arguments: seccomp compares 64-bit registers, and the x86_64 ABI leaves the upper
+half of a register holding an `int` undefined, so every comparison on an int argument
+masks it to 32 bits (SCMP_CMP_MASKED_EQ; in OCI `value` is the mask, `valueTwo` the datum).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from interceptd.policy.consts import (
+    PERF_FLAG_PID_CGROUP,
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_SET_MODE_FILTER,
+)
+
+U32 = 0xFFFFFFFF
+
+# Kernel-global: they act on the whole machine (modules, kexec, swap, clocks, quotas,
+# accounting, the kernel log, raw I/O ports) or bypass the mount namespace (handles).
+ALWAYS_DENIED = (
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "open_by_handle_at",
+    "iopl",
+    "ioperm",
+    "swapon",
+    "swapoff",
+    "syslog",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "quotactl",
+    "quotactl_fd",
+    "lookup_dcookie",
+    # request_key can make the kernel run /sbin/request-key on the host, as host root,
+    # with a description the container chose.
+    "request_key",
+)
+# Denied unless `[policy] keyring = true`: the key store is shared kernel state whose
+# per-user-namespace separation is partial; Docker's default profile denies them too.
+KEYRING = ("add_key", "keyctl")
+
+
+def _masked_eq(index: int, datum: int, mask: int = U32) -> dict[str, Any]:
+    return {"index": index, "value": mask, "valueTwo": datum, "op": "SCMP_CMP_MASKED_EQ"}
+
+
+def _rule(names: list[str] | tuple[str, ...], err: int, args: list[dict[str, Any]] | None = None,
+          why: str = "") -> dict[str, Any]:
+    # `why` documents the rule here only: OCI has no comment field, and crun's parser is
+    # stricter about unknown keys than runc's.
+    del why
+    r: dict[str, Any] = {"names": list(names), "action": "SCMP_ACT_ERRNO", "errnoRet": err}
+    if args:
+        r["args"] = args
+    return r
+
+
+def policy_section(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    getter = getattr(cfg, "policy", None)
+    if callable(getter):
+        return dict(getter())
+    if isinstance(getter, dict):
+        return dict(getter)
+    sections = getattr(cfg, "sections", None)
+    if isinstance(sections, dict):
+        return dict(sections.get("policy", {}))
+    return {}
+
+
+def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
+    pol = policy_section(cfg)
+    names = list(ALWAYS_DENIED)
+    if not pol.get("keyring", False):
+        names += KEYRING
+    if not pol.get("bpf", False):
+        names.append("bpf")
+    rules = [_rule(names, errno.EPERM, why="kernel-global")]
+    # perf_event_open(attr, pid, cpu, group_fd, flags): pid == -1 watches every process on
+    # a CPU; PERF_FLAG_PID_CGROUP watches a whole cgroup. Per-process use stays allowed.
+    rules.append(_rule(["perf_event_open"], errno.EPERM, [_masked_eq(1, U32)],
+                       "interceptd: system-wide perf_event_open"))
+    rules.append(_rule(["perf_event_open"], errno.EPERM,
+                       [_masked_eq(4, PERF_FLAG_PID_CGROUP, PERF_FLAG_PID_CGROUP)],
+                       "interceptd: cgroup-wide perf_event_open"))
+    # seccomp(SECCOMP_SET_MODE_FILTER, flags & NEW_LISTENER): a nested supervisor would
+    # take the notifications of its own filter; EINVAL as if the flag were unknown.
+    rules.append(_rule(
+        ["seccomp"], errno.EINVAL,
+        [_masked_eq(0, SECCOMP_SET_MODE_FILTER),
+         _masked_eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER)],
+        "interceptd: no nested seccomp listener",
+    ))
+    return rules
