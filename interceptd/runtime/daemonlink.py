@@ -38,6 +38,6 @@ def check(state_dir: str, timeout: float = 2.0) -> dict:
         status = json.loads(buf.split(b"\n", 1)[0])
     except ValueError:
         raise DaemonUnreachable(f"{control}: status reply is not JSON") from None
-    if not isinstance(status, dict) or status.get("error"):
+    if not isinstance(status, dict) or status.get("error") or status.get("ok") is False:
         raise DaemonUnreachable(f"{control}: daemon reports {status!r}")
     return status

@@ -57,8 +57,7 @@ class HostSetup:
         real = os.path.realpath(root)
         top = mountinfo.mount_at(entries, real)
         target = os.path.join(self.rec.mount_dir, "rootfs")
-        for d in (os.path.dirname(os.path.dirname(self.rec.mount_dir)),
-                  os.path.dirname(self.rec.mount_dir), self.rec.mount_dir):
+        for d in (os.path.dirname(self.rec.mount_dir), self.rec.mount_dir):
             _mkdir_traversable(d)
         os.makedirs(target, exist_ok=True)
         if top is not None and top.fstype == "overlay":

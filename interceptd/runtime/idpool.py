@@ -28,7 +28,7 @@ class IdPool:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, int]]:
-        os.makedirs(self.dir, mode=0o711, exist_ok=True)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX)

@@ -46,9 +46,9 @@ def _log_error(inv: argvmod.Invocation, msg: str) -> None:
         pass
 
 
-def _run_forwarding(cmd: list[str]) -> int:
+def _run_forwarding(cmd: list[str], executable: str) -> int:
     """Run the real runtime as a child, relaying signals, returning its exit status."""
-    proc = subprocess.Popen(cmd, close_fds=False)
+    proc = subprocess.Popen(cmd, executable=executable, close_fds=False)
     relayed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
     old = {s: signal.signal(s, lambda n, _f: proc.send_signal(n)) for s in relayed}
@@ -66,7 +66,8 @@ def _run_forwarding(cmd: list[str]) -> int:
 
 
 def _runtime_cmd(st: settingsmod.Settings, args: list[str]) -> list[str]:
-    return [st.runtime, *args]
+    # argv[0] as a caller would spell it: crun prints it in its messages.
+    return [os.path.basename(st.runtime), *args]
 
 
 def _container_exists(st: settingsmod.Settings, inv: argvmod.Invocation, cid: str) -> bool:
@@ -201,7 +202,7 @@ def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
     except (idpool.PoolExhausted, OSError) as e:
         raise Fail(f"cannot allocate a user-namespace id range for {cid}: {e}") from None
     rec = records.Record(key=key, container_id=cid, bundle=bundle, host_base=base,
-                         mount_dir=os.path.join(st.runtime_dir, "mnt", key))
+                         mount_dir=os.path.join(st.mount_root, key))
     store.save(rec)
 
     def undo() -> None:
@@ -242,7 +243,7 @@ def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
         pid_file = os.path.join(st.runtime_dir, "containers", key + ".pid")
         flags = [*inv.flags, argvmod.Flag("pid-file", pid_file, ["--pid-file", pid_file])]
         args = argvmod.rebuild(inv, flags)
-    rc = _run_forwarding(_runtime_cmd(st, args))
+    rc = _run_forwarding(_runtime_cmd(st, args), st.runtime)
     if rc != 0:
         if not _container_exists(st, inv, cid):
             undo()
@@ -323,7 +324,7 @@ def cmd_delete(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
     cid = inv.container_id
     if not cid:
         os.execv(st.runtime, _runtime_cmd(st, inv.argv))
-    rc = _run_forwarding(_runtime_cmd(st, inv.argv))
+    rc = _run_forwarding(_runtime_cmd(st, inv.argv), st.runtime)
     if rc != 0 and _container_exists(st, inv, cid):
         return rc
     key = records.container_key(inv.global_value("root"), cid)

@@ -29,12 +29,22 @@ class Settings:
     extra_sensitive_paths: list[str] = field(default_factory=list)
     daemon_timeout: float = 2.0
     cgroup2_mount: str | None = None  # autodetected when None
+    mount_dir: str | None = None
     raw: dict = field(default_factory=dict)  # the whole TOML file, for policy
 
     @property
     def runtime_dir(self) -> str:
         """Where the shim keeps its own state (id pool, per-container records, mounts)."""
         return os.path.join(self.state_dir, "runtime")
+
+    @property
+    def mount_root(self) -> str:
+        """Where container rootfs views are mounted. Not under the state dir: the
+        daemon keeps that 0700, and a container's (unprivileged) root must be able
+        to walk to its rootfs."""
+        if self.mount_dir:
+            return self.mount_dir
+        return self.state_dir.rstrip("/") + "-rootfs"
 
 
 def _find_runtime(name: str) -> str:
@@ -90,4 +100,5 @@ def from_dict(raw: dict, env: dict[str, str], path: str | None = None) -> Settin
     s.extra_sensitive_paths = list(extra)
     s.daemon_timeout = float(rt.get("daemon_timeout", 2.0))
     s.cgroup2_mount = rt.get("cgroup2_mount")
+    s.mount_dir = rt.get("mount_dir")
     return s
