@@ -425,7 +425,9 @@ def handle_umount2(req: Any) -> Verdict:
                 return _verdict(d)
             # The umount acts on the path again (there is no umount-by-fd). A container
             # that swaps a directory on the path between check and act could redirect it:
-            # see docs/policy.md "Residual races".
+            # see docs/policy.md "Residual races". Our O_PATH fd would keep the mount
+            # busy, so it goes first.
+            fds.close()
             op = d.ops[0]
             res = req.exec(NS_MOUNT, "umount2", *op.args)
             if res.errno:

@@ -1,0 +1,110 @@
+/*
+ * policy_mntapi: the new mount API from inside a container, for the policy tests.
+ *
+ *   policy_mntapi clone_setattr PATH CLR [rec]  open_tree(CLONE) + mount_setattr(attr_clr)
+ *   policy_mntapi clone_move SRC DST [rec]      open_tree(CLONE) + move_mount to DST
+ *   policy_mntapi setattr PATH CLR [rec]        mount_setattr on an attached mount
+ *   policy_mntapi move PATH DST                 move_mount of an attached mount
+ *   policy_mntapi fsmount FSTYPE DST            fsopen + fsconfig(CREATE) + fsmount + move_mount
+ *   policy_mntapi fspick PATH                   fspick + fsconfig(RECONFIGURE)
+ *
+ * Each step prints "STEP ret=R errno=E"; the run stops at the first failing step.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#define MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define FSCONFIG_CMD_CREATE 6
+#define FSCONFIG_CMD_RECONFIGURE 7
+#define FSPICK_CLOEXEC 1
+
+struct attr {
+	uint64_t set, clr, propagation, userns_fd;
+};
+
+static long step(const char *name, long r)
+{
+	printf("%s ret=%ld errno=%d\n", name, r, r < 0 ? errno : 0);
+	fflush(stdout);
+	return r;
+}
+
+int main(int argc, char **argv)
+{
+	long fd, r;
+	int rec = argc > 4 && strcmp(argv[4], "rec") == 0;
+
+	if (argc < 3)
+		goto usage;
+	if (strcmp(argv[1], "clone_setattr") == 0 && argc >= 4) {
+		struct attr a = { 0, strtoul(argv[3], NULL, 0), 0, 0 };
+
+		fd = step("open_tree", syscall(SYS_open_tree, AT_FDCWD, argv[2],
+					       OPEN_TREE_CLONE | (rec ? AT_RECURSIVE : 0)));
+		if (fd < 0)
+			return 0;
+		step("mount_setattr", syscall(SYS_mount_setattr, (int)fd, "",
+					      AT_EMPTY_PATH | (rec ? AT_RECURSIVE : 0), &a, sizeof a));
+		return 0;
+	}
+	if (strcmp(argv[1], "clone_move") == 0 && argc >= 4) {
+		fd = step("open_tree", syscall(SYS_open_tree, AT_FDCWD, argv[2],
+					       OPEN_TREE_CLONE | (rec ? AT_RECURSIVE : 0)));
+		if (fd < 0)
+			return 0;
+		step("move_mount", syscall(SYS_move_mount, (int)fd, "", AT_FDCWD, argv[3],
+					   MOVE_MOUNT_F_EMPTY_PATH));
+		return 0;
+	}
+	if (strcmp(argv[1], "setattr") == 0 && argc >= 4) {
+		struct attr a = { 0, strtoul(argv[3], NULL, 0), 0, 0 };
+
+		step("mount_setattr", syscall(SYS_mount_setattr, AT_FDCWD, argv[2],
+					      rec ? AT_RECURSIVE : 0, &a, sizeof a));
+		return 0;
+	}
+	if (strcmp(argv[1], "move") == 0 && argc >= 4) {
+		step("move_mount", syscall(SYS_move_mount, AT_FDCWD, argv[2], AT_FDCWD, argv[3], 0));
+		return 0;
+	}
+	if (strcmp(argv[1], "fsmount") == 0 && argc >= 4) {
+		long mfd;
+
+		fd = step("fsopen", syscall(SYS_fsopen, argv[2], 0));
+		if (fd < 0)
+			return 0;
+		if (step("fsconfig", syscall(SYS_fsconfig, (int)fd, FSCONFIG_CMD_CREATE, NULL, NULL,
+					     0)) < 0)
+			return 0;
+		mfd = step("fsmount", syscall(SYS_fsmount, (int)fd, 0, 0));
+		if (mfd < 0)
+			return 0;
+		step("move_mount", syscall(SYS_move_mount, (int)mfd, "", AT_FDCWD, argv[3],
+					   MOVE_MOUNT_F_EMPTY_PATH));
+		return 0;
+	}
+	if (strcmp(argv[1], "fspick") == 0) {
+		fd = step("fspick", syscall(SYS_fspick, AT_FDCWD, argv[2], FSPICK_CLOEXEC));
+		if (fd < 0)
+			return 0;
+		r = syscall(SYS_fsconfig, (int)fd, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0);
+		step("fsconfig", r);
+		return 0;
+	}
+usage:
+	fprintf(stderr, "usage: see the comment at the top of policy_mntapi.c\n");
+	return 2;
+}
