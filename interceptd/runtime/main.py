@@ -160,6 +160,7 @@ def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settin
         sensitive.append(st.config_path)
     sp.check_mounts(new, sensitive, st.sensitive_mount_allow)
     sp.ensure_user_namespace(new, host_base, st.range_size)
+    sp.fit_sysctls(new, st.range_size)
     sp.clamp_capabilities(new.setdefault("process", {}), bounding)
     sp.apply_masks(new)
     sp.add_seccomp(new, notified, denied, os.path.join(st.state_dir, "seccomp.sock"), cid)
@@ -349,6 +350,10 @@ def cmd_delete(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
 
 def main(args: list[str] | None = None) -> int:
     args = sys.argv[1:] if args is None else args
+    trace = os.environ.get("INTERCEPTD_RUNC_TRACE")
+    if trace:  # debugging aid: what did the caller (containerd, docker) really run?
+        with contextlib.suppress(OSError), open(trace, "a") as f:
+            f.write(json.dumps({"argv": args, "cwd": os.getcwd(), "pid": os.getpid()}) + "\n")
     inv = argvmod.parse(args)
     try:
         st = settingsmod.load()

@@ -36,6 +36,21 @@ def ensure_user_namespace(spec: dict, host_base: int, size: int = 65536) -> None
     linux["gidMappings"] = [{"containerID": 0, "hostID": host_base, "size": size}]
 
 
+def fit_sysctls(spec: dict, size: int = 65536) -> None:
+    """Sysctls naming ids must stay inside the container's mapping (Docker sets
+    ping_group_range to "0 2147483647", which the kernel rejects in a userns)."""
+    sysctl = (spec.get("linux") or {}).get("sysctl") or {}
+    val = sysctl.get("net.ipv4.ping_group_range")
+    if val is None:
+        return
+    try:
+        lo, hi = (int(x) for x in str(val).split())
+    except ValueError:
+        return  # the runtime reports a malformed value itself
+    lo, hi = min(lo, size - 1), min(hi, size - 1)
+    sysctl["net.ipv4.ping_group_range"] = f"{lo} {hi}"
+
+
 # ---------------------------------------------------------------- namespaces
 
 REQUIRED_NAMESPACES = ("pid", "network", "ipc", "uts", "mount")

@@ -231,3 +231,13 @@ def test_root_path_and_binds():
     assert sp.idmappable_binds(s) == [1]
     with pytest.raises(sp.Refused):
         sp.root_path({}, "/b")
+
+
+def test_ping_group_range_fitted_to_mapping():
+    s = base_spec()
+    s["linux"]["sysctl"] = {"net.ipv4.ping_group_range": "0 2147483647", "kernel.x": "1"}
+    sp.fit_sysctls(s)
+    assert s["linux"]["sysctl"] == {"net.ipv4.ping_group_range": "0 65535", "kernel.x": "1"}
+    s["linux"]["sysctl"]["net.ipv4.ping_group_range"] = "bogus"
+    sp.fit_sysctls(s)
+    assert s["linux"]["sysctl"]["net.ipv4.ping_group_range"] == "bogus"
