@@ -8,6 +8,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,17 @@ from pathlib import Path
 from .bundle import Bundle
 
 RUNTIMES = ("runc", "crun")
+
+# crun 1.8.1 `exec` right after `start` fails now and then (about 1 in 10
+# here) with "setns(pid=N, CLONE_*): Operation not permitted" before it runs
+# anything: it races the init's own execve of the payload. Nothing reached
+# the container or the daemon, so retrying is safe; any other error is not
+# retried.
+_EXEC_RETRIES = 5
+
+
+def _crun_exec_race(res: Result) -> bool:
+    return res.rc != 0 and "setns(pid=" in res.stderr and "Operation not permitted" in res.stderr
 
 
 @dataclass
@@ -94,7 +106,12 @@ class Runtime:
         extra: list[str] = []
         for e in env or []:
             extra += ["--env", e]
-        return self._call("exec", *extra, cid, *args, timeout=timeout, check=False)
+        for _ in range(_EXEC_RETRIES):
+            res = self._call("exec", *extra, cid, *args, timeout=timeout, check=False)
+            if not _crun_exec_race(res):
+                break
+            time.sleep(0.05)
+        return res
 
     def kill(self, cid: str, signal: str = "KILL") -> None:
         self._call("kill", cid, signal, check=False)
