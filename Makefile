@@ -82,11 +82,12 @@ $(VENV)/.stamp-tools: $(VENV)/bin/python
 
 run: setup
 	@echo "interceptd: state dir $(STATE), config $(CONFIG)"
-	@echo "To start a container under it (in another shell):"
-	@echo "  interceptd-runc run -b <bundle> <id>     # the shim adds the seccomp listener"
-	@echo "  or set in config.json: linux.seccomp.listenerPath = \"$(STATE)/seccomp.sock\""
-	@echo "  and SCMP_ACT_NOTIFY rules, then: runc run -b <bundle> <id>"
-	@echo "Inspect it with: $(VENV)/bin/interceptctl --state-dir $(STATE) status"
+	@echo "Start a container under it from another shell, with any OCI bundle:"
+	@echo "  INTERCEPTD_STATE_DIR=$(STATE) INTERCEPTD_CONFIG=$(abspath $(CONFIG)) \\"
+	@echo "    $(abspath $(VENV))/bin/interceptd-runc run --bundle <bundle-dir> <container-id>"
+	@echo "(a drop-in for runc; for Docker see packaging/docker/), or with plain runc/crun"
+	@echo "and config.json linux.seccomp.listenerPath = \"$(STATE)/seccomp.sock\" plus"
+	@echo "SCMP_ACT_NOTIFY rules. Then: $(VENV)/bin/interceptctl --state-dir $(STATE) containers"
 	exec $(VENV)/bin/interceptd --state-dir $(STATE) --config $(CONFIG)
 
 # pytest's exit code 5 ("no tests collected") is a failure here too.
