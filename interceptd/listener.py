@@ -33,7 +33,7 @@ SECCOMP_FD_LINK = "anon_inode:seccomp notify"
 MAX_MESSAGE = 256 * 1024
 MAX_FDS = 8  # room to notice (and close) extra fds; the protocol carries one
 TIMEOUT = 2.0
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 256  # concurrent connections being read; more are refused
 INIT_STATUSES = ("creating", "created")
 EXEC_STATUSES = ("running",)
 

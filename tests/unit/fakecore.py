@@ -124,3 +124,6 @@ def id_valid(notify_fd: int, notif_id: int) -> bool:
 
 def notify_probe() -> dict[str, Any]:
     return {"user_notif": True, "sync_wakeup": True, "addfd_send": True}
+
+
+Engine = FakeEngine
