@@ -310,11 +310,13 @@ class Dispatcher:
             return 0
         publish = self.bus.subscribers > 0
         comms: dict[int, str] = {}
+        tally: collections.Counter[str] = collections.Counter()
+        gone = 0
         for d in decisions:
             verdict = self._verdict_of_action.get(d.action, "errno")
-            self.counters.inc("decisions", verdict)
+            tally[verdict] += 1
             if getattr(d, "send_errno", 0):
-                self.counters.inc("respond_errors", "target gone")
+                gone += 1
             if not publish:
                 continue
             rule = self._rule_nrs.get(d.nr)
@@ -329,6 +331,10 @@ class Dispatcher:
                 reason=reason, source="seccomp",
                 value=int(d.value) if verdict == "value" else None,
             ))
+        for verdict, n in tally.items():
+            self.counters.inc("decisions", verdict, n)
+        if gone:
+            self.counters.inc("respond_errors", "target gone", gone)
         self._prune_cookies()
         return len(decisions)
 
