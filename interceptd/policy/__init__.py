@@ -51,7 +51,7 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
 
 def register(handlers: Any, cfg: Any = None) -> None:
     """Register the Python handlers of every enabled family."""
-    from interceptd.policy.glue import HANDLERS
+    from interceptd.policy.glue import HANDLERS, logged
 
     for name in notified_syscalls(cfg):
-        handlers.register(name, HANDLERS[name])
+        handlers.register(name, logged(HANDLERS[name]))

@@ -27,6 +27,7 @@ from interceptd.policy.decision import Decision, ExecOp
 from interceptd.policy.mountapi import (
     FdMount,
     MountAttr,
+    decide_detached_tree,
     decide_fsopen,
     decide_fspick,
     decide_mount_setattr,
@@ -170,7 +171,7 @@ def _str(req: Any, addr: int, max_len: int) -> str | None:
 def _cgroupns_private(pid: int) -> bool:
     try:
         a = os.stat(f"/proc/{pid}/ns/cgroup")
-        b = os.stat("/proc/1/ns/cgroup")
+        b = os.stat("/proc/self/ns/cgroup")  # the daemon runs in the host's
     except OSError:
         return False
     return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
@@ -481,31 +482,57 @@ def handle_fspick(req: Any) -> Verdict:
 
 def handle_open_tree(req: Any) -> Verdict:
     a = req.args
-    dfd, flags = _s32(a[0]), _u32(a[2])
-    if not flags & c.OPEN_TREE_CLONE:
-        return _verdict(decide_open_tree(flags, None, {"flags": hex(flags)}))
-    path = _str(req, a[1], PATH_MAX) or ""
-    st = state_of(req.container)
-    fds = _Fds()
-    with st.lock:
+    flags = _u32(a[2])
+    return _verdict(decide_open_tree(flags, {"dfd": _s32(a[0]), "flags": hex(flags)}))
+
+
+PROC_ROOT_INO = 1  # procfs and sysfs number their root directory 1
+
+
+def _unprotected_paths(fd: int, fm: FdMount, st: ContainerPolicy, fstype: str) -> list[str]:
+    """Masked/read-only paths directly under a procfs/sysfs tree's root that no mount of
+    their own covers. Only meaningful when the tree's root is the filesystem's root."""
+    prefix = "/proc/" if fstype == "proc" else "/sys/"
+    top = procinfo.fd_mnt_id(fd)
+    top_ro = bool(fm.entry and fm.entry.readonly) or _fd_readonly(fd)
+    bad = []
+    # What the container's own /proc and /sys have: a recursive copy of them passes.
+    wanted = [(m.mountpoint, "ro" if m.kind == "readonly" else "mask")
+              for m in st.imm.mounts if m.kind in ("mask", "readonly", "emulated")]
+    for path, need in wanted:
+        if not path.startswith(prefix):
+            continue
+        if need == "ro" and top_ro:
+            continue
+        rel = path[len(prefix):]
         try:
-            mydfd = _caller_fd(req, dfd, fds)
-            err, fd, fm = _resolve(req, mydfd, path, bool(flags & c.AT_SYMLINK_NOFOLLOW), fds,
-                                   empty=bool(flags & c.AT_EMPTY_PATH))
-            if err:
-                return Verdict.errno(err, f"open_tree: cannot resolve {path}")
-            d = decide_open_tree(flags, fm, {"path": path, "flags": hex(flags)})
-            if d.kind != "perform":
-                return _verdict(d)
-            res = req.exec(NS_MOUNT, "open_tree", fd, "",
-                           c.OPEN_TREE_CLONE | c.AT_RECURSIVE | c.AT_EMPTY_PATH
-                           | c.OPEN_TREE_CLOEXEC)
-            if res.errno:
-                return _kernel_error(d, res.errno, "open_tree")
-            return Verdict.fd(res.fd, _reason(d),
-                              os.O_CLOEXEC if flags & c.OPEN_TREE_CLOEXEC else 0)
+            sub = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            continue  # not there: nothing to reveal
+        try:
+            if procinfo.fd_mnt_id(sub) == top:
+                bad.append(path)
         finally:
-            fds.close()
+            os.close(sub)
+    return bad
+
+
+def _fd_readonly(fd: int) -> bool:
+    return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+
+
+def _fs_type_of(fd: int) -> str:
+    """'proc', 'sysfs' or '' from the superblock magic of the fd's filesystem."""
+    import ctypes
+
+    class _Statfs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_long * 15)]
+
+    buf = _Statfs()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+        return ""
+    return {0x9FA0: "proc", 0x62656572: "sysfs"}.get(buf.f_type & 0xFFFFFFFF, "")
 
 
 def handle_move_mount(req: Any) -> Verdict:
@@ -528,6 +555,13 @@ def handle_move_mount(req: Any) -> Verdict:
             d = decide_move_mount(flags, fm, _context(req, st), details)
             if d.kind != "perform":
                 return _verdict(d)
+            if fm is not None and fm.entry is None:
+                fstype = _fs_type_of(src_fd)
+                refusal = decide_detached_tree(
+                    fstype, os.fstat(src_fd).st_ino == PROC_ROOT_INO,
+                    _unprotected_paths(src_fd, fm, st, fstype) if fstype else [], details)
+                if refusal is not None:
+                    return _verdict(refusal)
             res = req.exec(NS_MOUNT, "move_mount", src_fd, "", my_to, to_path,
                            (flags & ~(c.MOVE_MOUNT_F_SYMLINKS | c.MOVE_MOUNT_F_AUTOMOUNTS))
                            | c.MOVE_MOUNT_F_EMPTY_PATH)
@@ -652,6 +686,23 @@ def handle_adjtimex(req: Any) -> Verdict:
 
 def handle_clock_adjtime(req: Any) -> Verdict:
     return _adjtimex(req, _s32(req.args[0]), req.args[1])
+
+
+def logged(fn: Any) -> Any:
+    """`fn` with a debug log line per decision (operators: --log-level debug)."""
+
+    def wrapper(req: Any) -> Verdict:
+        v = fn(req)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("policy decision", extra={"fields": {
+                "container": getattr(req.container, "id", "?"), "pid": req.pid,
+                "syscall": req.syscall, "verdict": v.kind, "errno": v.error,
+                "reason": v.reason}})
+        return v
+
+    wrapper.__name__ = getattr(fn, "__name__", "handler")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
 
 
 HANDLERS = {

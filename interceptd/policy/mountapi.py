@@ -121,19 +121,41 @@ def decide_fspick(target: FdMount, ctx: MountContext, details: dict[str, object]
     return perform("fspick of the container's own superblock", **details)
 
 
-def decide_open_tree(
-    flags: int, source: FdMount | None, details: dict[str, object]
-) -> Decision:
+def decide_open_tree(flags: int, details: dict[str, object]) -> Decision:
     if not flags & OPEN_TREE_CLONE:
         # CONTINUE is safe: without OPEN_TREE_CLONE (a register value) open_tree is
         # open(O_PATH), which gives no mount and is never vetted; no rewritten path can turn
         # it into a clone.
         return allow_continue("open_tree without clone is open(O_PATH)", **details)
-    if source is None:
-        return deny(errno.EINVAL, "open_tree: source not found", **details)
-    # Clones are always recursive, like binds: the copy keeps every mask and every flag.
-    return perform("open_tree clone (performed recursively)", flags=hex(flags | AT_RECURSIVE),
-                   **details)
+    # CONTINUE is safe for clones too, whatever path the kernel re-reads: a clone is a
+    # detached tree that keeps every flag of what it copies; it can only become visible
+    # through move_mount, which verifies that a procfs/sysfs tree still has its masks and
+    # read-only paths, and only be weakened through mount_setattr, which refuses clearing
+    # a locked flag on anything sharing a superblock with an immutable mount. (The daemon
+    # cannot clone on the container's behalf: the result is an O_PATH fd, which seccomp's
+    # ADDFD cannot inject.)
+    return allow_continue("open_tree clone: vetted when attached or changed", **details)
+
+
+def decide_detached_tree(
+    top_fstype: str, at_fs_root: bool, unprotected: list[str], details: dict[str, object]
+) -> Decision | None:
+    """Refusal for attaching a detached procfs/sysfs tree that lost its protection, or None.
+
+    `unprotected`: masked or read-only paths that, in the tree, are not covered by a mount
+    of their own (so a non-recursive clone or a bare fsmount shows the real file)."""
+    if top_fstype not in ("proc", "sysfs"):
+        return None
+    if unprotected:
+        return deny(
+            errno.EPERM,
+            f"move_mount of a {top_fstype} tree without its masks ({', '.join(unprotected)})",
+            **details,
+        )
+    if not at_fs_root and top_fstype == "sysfs":
+        return deny(errno.EPERM, "move_mount of a partial sysfs tree: masks not verifiable",
+                    **details)
+    return None
 
 
 def decide_move_mount(

@@ -7,6 +7,8 @@
  *   policy_mntapi move PATH DST                 move_mount of an attached mount
  *   policy_mntapi fsmount FSTYPE DST            fsopen + fsconfig(CREATE) + fsmount + move_mount
  *   policy_mntapi fspick PATH                   fspick + fsconfig(RECONFIGURE)
+ *   policy_mntapi loop N DIR                    N x (mount tmpfs on DIR, umount DIR):
+ *                                               prints "loop ok=K bad=B first_errno=E"
  *
  * Each step prints "STEP ret=R errno=E"; the run stops at the first failing step.
  */
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -26,11 +29,8 @@
 #ifndef AT_RECURSIVE
 #define AT_RECURSIVE 0x8000
 #endif
-#define MOVE_MOUNT_F_EMPTY_PATH 0x4
-#define FSCONFIG_CMD_CREATE 6
-#define FSCONFIG_CMD_RECONFIGURE 7
-#define FSPICK_CLOEXEC 1
 
+/* sys/mount.h (glibc 2.36) has the MOVE_MOUNT_*, FSPICK_* and FSCONFIG_* constants. */
 struct attr {
 	uint64_t set, clr, propagation, userns_fd;
 };
@@ -102,6 +102,23 @@ int main(int argc, char **argv)
 			return 0;
 		r = syscall(SYS_fsconfig, (int)fd, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0);
 		step("fsconfig", r);
+		return 0;
+	}
+	if (strcmp(argv[1], "loop") == 0 && argc >= 4) {
+		long n = strtol(argv[2], NULL, 10), ok = 0, bad = 0;
+		int first = 0;
+
+		for (long i = 0; i < n; i++) {
+			if (mount("t", argv[3], "tmpfs", 0, "size=64k") == 0 && umount2(argv[3], 0) == 0) {
+				ok++;
+			} else {
+				if (!first)
+					first = errno;
+				bad++;
+				umount2(argv[3], MNT_DETACH);
+			}
+		}
+		printf("loop ok=%ld bad=%ld first_errno=%d\n", ok, bad, first);
 		return 0;
 	}
 usage:
