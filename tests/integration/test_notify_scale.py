@@ -29,6 +29,19 @@ def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def stable_fd_count(d: Daemon, samples: int = 10) -> int:
+    """The daemon's fd count once it held still for `samples` reads 50 ms
+    apart (a control connection just made closes asynchronously)."""
+    last, same = -1, 0
+    deadline = time.monotonic() + 10
+    while same < samples and time.monotonic() < deadline:
+        n = d.fd_count()
+        same = same + 1 if n == last else 0
+        last = n
+        time.sleep(0.05)
+    return last
+
+
 def test_parallel_containers_get_their_own_answers(
         runtime: Runtime, bundle_factory: Callable[..., Bundle],
         daemon_factory: Callable[..., Daemon], new_id: Callable[[str], str]):
@@ -99,7 +112,7 @@ def test_lifecycles_leave_no_fds_behind(
     lifecycle(-2)  # warm up: whatever the daemon opens once and keeps
     lifecycle(-1)
     assert wait_for(lambda: d.control("status")["containers"] == 0, 10)
-    baseline = d.fd_count()
+    baseline = stable_fd_count(d)
     for i in range(LIFECYCLES):
         lifecycle(i)
     assert wait_for(lambda: d.control("status")["containers"] == 0, 10), d.control("containers")
