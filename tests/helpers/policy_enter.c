@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -39,6 +41,8 @@ int main(int argc, char **argv)
 	if (child < 0)
 		return 1;
 	if (child == 0) {
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+			return 1;
 		if ((flags & CLONE_NEWNS) && fchdir(hostdir) < 0)
 			return 1;
 		/* getpid() answers in the pid namespace we now belong to. */
