@@ -4,6 +4,8 @@ a chosen errno; and a process `exec`'d into the same container."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +77,32 @@ def test_exec_process_is_attached_to_the_same_container(
         for _ in range(2):
             res = runtime.exec(cid, ["sys", "sysfs", "3"]).check()
             assert res.stdout.strip() == "ret=77 errno=0"
-        [info] = [c for c in d.control("containers")["containers"] if c["id"] == cid]
-        assert info["id"] == cid
+        # A long-lived exec'd process: its notify fd joins the same container.
+        proc = subprocess.Popen(runtime.cmd("exec", cid, "sh", "-c", "sys sysfs 3; sleep 60"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: len(info(d, cid)["notify_fds"]) == 2, 10), info(d, cid)
+            status = d.control("status")
+            assert status["containers"] == 1
+            assert status["counters"]["containers_attached"][""] == 1
+            assert info(d, cid)["init_pid"] == runtime.state(cid)["pid"]
+        finally:
+            runtime.kill(cid)
+            out, err = proc.communicate(timeout=15)
+        assert out.strip() == "ret=77 errno=0", err
     assert d.alive()
+
+
+def info(d: Daemon, cid: str) -> dict[str, Any]:
+    [c] = [c for c in d.control("containers")["containers"] if c["id"] == cid]
+    return c
+
+
+def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
