@@ -51,7 +51,14 @@ from interceptd.policy.mounttable import (
     snapshot,
 )
 from interceptd.policy.ptrace import decide_ptrace, decide_targets, ptrace_needs_target
-from interceptd.policy.targetmem import call_adjtimex, pidfd_getfd, write_target
+from interceptd.policy.targetmem import (
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    call_adjtimex,
+    openat2,
+    pidfd_getfd,
+    write_target,
+)
 from interceptd.verdict import Verdict
 
 log = logging.getLogger("interceptd.policy")
@@ -245,6 +252,14 @@ def _resolve(
 ) -> tuple[int, int, FdMount | None]:
     """Open `path` (relative to the daemon's copy `dfd` of the caller's dirfd) as the caller
     sees it: (0, fd, mount) with an O_PATH fd held by the daemon, or (errno, -1, None)."""
+    if dfd == c.AT_FDCWD and path.startswith("/"):
+        # In the daemon, without a fork: the caller's root and mount namespace are reached
+        # through /proc/<pid>/root, and RESOLVE_IN_ROOT keeps "..", absolute symlinks and
+        # magic links from leaving it (magic links are refused: they would resolve in the
+        # daemon's context).
+        got = _resolve_in_root(req, path, nofollow, fds)
+        if got is not None:
+            return got
     flags = c.OPEN_TREE_CLOEXEC
     if nofollow:
         flags |= c.AT_SYMLINK_NOFOLLOW
@@ -254,6 +269,23 @@ def _resolve(
     if res.errno or res.fd < 0:
         return (res.errno or errno.EINVAL, -1, None)
     fd = fds.add(res.fd)
+    return (0, fd, _fd_mount(req, fd))
+
+
+def _resolve_in_root(req: Any, path: str, nofollow: bool,
+                     fds: _Fds) -> tuple[int, int, FdMount | None] | None:
+    """(errno|0, fd, mount), or None to fall back to the executor (a magic link)."""
+    root = fds.add(os.open(f"/proc/{req.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    if not req.valid():  # the root we opened is the caller's, not a reused pid's
+        raise ProcessLookupError(req.pid)
+    flags = os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+    try:
+        fd = fds.add(openat2(root, path.lstrip("/") or ".", flags,
+                             RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS))
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EXDEV):
+            return None
+        return (e.errno or errno.ENOENT, -1, None)
     return (0, fd, _fd_mount(req, fd))
 
 

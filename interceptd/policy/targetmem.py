@@ -63,3 +63,24 @@ def call_adjtimex(buf: bytearray, clockid: int | None = None) -> int:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return int(r)
+
+
+NR_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags, 0, resolve)
+    r = _libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_int(dirfd),
+                      ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                      ctypes.c_size_t(ctypes.sizeof(how)))
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    return int(r)
