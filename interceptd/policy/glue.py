@@ -184,9 +184,9 @@ def _cgroupns_private(pid: int) -> bool:
     return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
-def _context(req: Any, st: ContainerPolicy) -> MountContext:
+def _context(req: Any, st: ContainerPolicy, table: MountTable | None = None) -> MountContext:
     return MountContext(
-        table=MountTable.read(req.pid),
+        table=table if table is not None else MountTable.read(req.pid),
         imm=st.imm,
         cgroupns_private=_cgroupns_private(req.pid),
         masked_paths=st.masked,
@@ -293,8 +293,9 @@ def _fd_mount(req: Any, fd: int) -> FdMount:
     st = os.fstat(fd)
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     mnt_id = procinfo.fd_mnt_id(fd)
-    entry = MountTable.read(req.pid).get(mnt_id) if mnt_id is not None else None
-    return FdMount(entry, dev)
+    table = MountTable.read(req.pid)
+    entry = table.get(mnt_id) if mnt_id is not None else None
+    return FdMount(entry, dev, table)
 
 
 def _run_ops(req: Any, d: Decision, ns: int) -> tuple[Verdict | None, Any]:
@@ -343,20 +344,21 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
                   fstype: str | None, flags: int, data: str | None) -> Verdict:
     tmount = smount = None
     tfd = sfd = -1
+    resolved: FdMount | None = None
     if flags & c.MS_REMOUNT:
-        err, tfd, fm = _resolve(req, c.AT_FDCWD, target, False, fds)
+        err, tfd, resolved = _resolve(req, c.AT_FDCWD, target, False, fds)
         if err:
             return Verdict.errno(err, f"mount: cannot resolve target {target}")
-        tmount = fm.entry if fm else None
+        tmount = resolved.entry if resolved else None
     elif flags & (c.MS_MOVE | c.MS_BIND):
         if source is None:
             return Verdict.errno(errno.EFAULT, "mount: NULL source")
-        err, sfd, fm = _resolve(req, c.AT_FDCWD, source, False, fds)
+        err, sfd, resolved = _resolve(req, c.AT_FDCWD, source, False, fds)
         if err:
             return Verdict.errno(err, f"mount: cannot resolve source {source}")
-        smount = fm.entry if fm else None
+        smount = resolved.entry if resolved else None
     call = MountCall(source, target, fstype, flags, data, tmount, smount)
-    ctx = _context(req, st)
+    ctx = _context(req, st, resolved.table if resolved else None)
     d = decide_mount(call, ctx)
     if d.kind != "perform":
         return _verdict(d)
@@ -452,7 +454,7 @@ def handle_umount2(req: Any) -> Verdict:
                                   fds)
             if err:
                 return Verdict.errno(err, f"umount2: cannot resolve {target}")
-            ctx = _context(req, st)
+            ctx = _context(req, st, fm.table if fm else None)
             d = decide_umount(UmountCall(target, flags, fm.entry if fm else None), ctx)
             if d.kind != "perform":
                 return _verdict(d)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from interceptd.policy.consts import (
     AT_RECURSIVE,
@@ -67,6 +68,7 @@ class FdMount:
 
     entry: MountEntry | None  # attached: its entry in the caller's table
     dev: str  # superblock, "major:minor" (always known)
+    table: Any = None  # the caller's MountTable read while identifying it, for reuse
 
 
 def decide_fsopen(fsname: str, flags: int, ctx: MountContext) -> Decision:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -128,8 +129,10 @@ def process_uptime(pid: int, host_uptime: float | None = None) -> int:
     return int(host_uptime - start)
 
 
+@functools.lru_cache(maxsize=1)
 def _mounts() -> tuple[dict[str, str], str | None]:
-    """{v1 controller: mountpoint} and the cgroup2 mountpoint, from our own mountinfo."""
+    """{v1 controller: mountpoint} and the cgroup2 mountpoint, from our own mountinfo
+    (read once: the host's cgroup hierarchies do not move under a running daemon)."""
     v1: dict[str, str] = {}
     v2: str | None = None
     with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:

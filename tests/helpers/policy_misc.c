@@ -3,6 +3,7 @@
  *
  *   policy_misc adjtimex MODES   adjtimex with struct timex.modes = MODES
  *   policy_misc sysinfo          sysinfo(2): prints uptime, totalram, freeram, procs, mem_unit
+ *   policy_misc sysinfo_loop N   N x sysinfo(2): prints "sysinfo_loop ok=K ns=T"
  *   policy_misc listener         seccomp(SET_MODE_FILTER, NEW_LISTENER) with an allow-all filter
  *
  * Prints "NAME ret=R errno=E" (and the sysinfo fields as key=value lines).
@@ -17,6 +18,7 @@
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <sys/timex.h>
+#include <time.h>
 #include <unistd.h>
 
 static int report(const char *what, long ret, int err)
@@ -44,6 +46,19 @@ int main(int argc, char **argv)
 			printf("uptime=%ld\ntotalram=%lu\nfreeram=%lu\nprocs=%u\nmem_unit=%u\n",
 			       si.uptime, si.totalram, si.freeram, si.procs, si.mem_unit);
 		return report("sysinfo", r, errno);
+	}
+	if (argc == 3 && strcmp(argv[1], "sysinfo_loop") == 0) {
+		struct sysinfo si;
+		struct timespec t0, t1;
+		long n = strtol(argv[2], NULL, 10), ok = 0;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		for (long i = 0; i < n; i++)
+			ok += syscall(SYS_sysinfo, &si) == 0;
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		printf("sysinfo_loop ok=%ld ns=%lld\n", ok,
+		       (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
+		return 0;
 	}
 	if (argc == 2 && strcmp(argv[1], "listener") == 0) {
 		struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);

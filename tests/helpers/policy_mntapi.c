@@ -8,7 +8,7 @@
  *   policy_mntapi fsmount FSTYPE DST            fsopen + fsconfig(CREATE) + fsmount + move_mount
  *   policy_mntapi fspick PATH                   fspick + fsconfig(RECONFIGURE)
  *   policy_mntapi loop N DIR                    N x (mount tmpfs on DIR, umount DIR):
- *                                               prints "loop ok=K bad=B first_errno=E"
+ *                                               prints "loop ok=K bad=B first_errno=E ns=T"
  *
  * Each step prints "STEP ret=R errno=E"; the run stops at the first failing step.
  */
@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef OPEN_TREE_CLONE
@@ -107,6 +108,9 @@ int main(int argc, char **argv)
 	if (strcmp(argv[1], "loop") == 0 && argc >= 4) {
 		long n = strtol(argv[2], NULL, 10), ok = 0, bad = 0;
 		int first = 0;
+		struct timespec t0, t1;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
 
 		for (long i = 0; i < n; i++) {
 			if (mount("t", argv[3], "tmpfs", 0, "size=64k") == 0 && umount2(argv[3], 0) == 0) {
@@ -118,7 +122,9 @@ int main(int argc, char **argv)
 				umount2(argv[3], MNT_DETACH);
 			}
 		}
-		printf("loop ok=%ld bad=%ld first_errno=%d\n", ok, bad, first);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		printf("loop ok=%ld bad=%ld first_errno=%d ns=%lld\n", ok, bad, first,
+		       (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
 		return 0;
 	}
 usage:

@@ -42,7 +42,7 @@ def test_thousand_mount_umount_pairs(runtime_factory: Callable[[str], Runtime],
     res = rt.run(privileged(bundle_factory, daemon, script), new_id("loop"), timeout=300)
     elapsed = time.monotonic() - t0
     assert res.rc == 0, (res.stdout, res.stderr)
-    assert "loop ok=1000 bad=0 first_errno=0" in res.stdout, res.stdout
+    assert "loop ok=1000 bad=0 first_errno=0 " in res.stdout, res.stdout
     assert "left=0" in res.stdout, res.stdout
     assert settle(daemon, fds_before) == fds_before, daemon.fds()
     assert children(daemon.pid) == []

@@ -1,0 +1,93 @@
+"""Cost of syscall vetting, measured in one run, in runc containers of the --privileged shape.
+
+  (a) tmpfs mount + umount pair, no interception          baseline
+  (b) the same pair vetted and performed by interceptd    target <= 3 x (a)
+  (c) sysinfo(2), native (no interception)                baseline
+  (d) sysinfo(2), emulated by interceptd                  (figure only)
+
+The loops run inside the container (tests/helpers/policy_mntapi.c, policy_misc.c) and time
+themselves; each row is the median of --runs runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from common import OUT, REPO, ContainerEnv, table
+
+sys.path.insert(0, str(REPO))
+
+import interceptd.policy as policy  # noqa: E402
+from tests.harness.bundle import BundleSpec  # noqa: E402
+from tests.harness.daemon import Daemon, render_config  # noqa: E402
+
+TARGET_RATIO = 3.0
+
+
+def per_call_us(stdout: str, key: str, n: int) -> float:
+    m = re.search(rf"{key} ok=(\d+)(?: bad=(\d+))?.* ns=(\d+)", stdout)
+    if not m or int(m.group(1)) != n or (m.group(2) not in (None, "0")):
+        raise RuntimeError(f"unexpected output: {stdout!r}")
+    return int(m.group(3)) / n / 1000
+
+
+def spec(cmd: str, listener: str | None) -> BundleSpec:
+    if listener is None:
+        return BundleSpec(args=["sh", "-c", cmd], caps="all")
+    return BundleSpec(args=["sh", "-c", cmd], caps="all",
+                      notify=policy.notified_syscalls(None),
+                      seccomp_rules=policy.denied_syscalls(None), listener_path=listener)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=300, help="mount+umount pairs per run")
+    ap.add_argument("--sysinfo", type=int, default=2000, help="sysinfo calls per run")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=OUT / "bench_vetting.json")
+    args = ap.parse_args()
+
+    mnt = f"mkdir -p /mnt/l && policy_mntapi loop {{n}} /mnt/l"
+    si = "policy_misc sysinfo_loop {n}"
+    rows: dict[str, float] = {}
+    with ContainerEnv({}) as env:
+        state = env.dir / "daemon"
+        d = Daemon(state, render_config([], {}, ""), [], {})
+        d.start()
+        try:
+            def median(cmd: str, key: str, n: int, listener: str | None) -> float:
+                env.run(spec(cmd.format(n=max(1, n // 10)), listener))  # warm-up
+                return statistics.median(
+                    per_call_us(env.run(spec(cmd.format(n=n), listener)), key, n)
+                    for _ in range(args.runs))
+
+            rows["(a) mount+umount, no interception"] = median(mnt, "loop", args.pairs, None)
+            rows["(b) mount+umount, vetted"] = median(mnt, "loop", args.pairs, d.listener_path)
+            rows["(c) sysinfo, native"] = median(si, "sysinfo_loop", args.sysinfo, None)
+            rows["(d) sysinfo, emulated"] = median(si, "sysinfo_loop", args.sysinfo,
+                                                   d.listener_path)
+        finally:
+            d.stop()
+
+    a, b = rows["(a) mount+umount, no interception"], rows["(b) mount+umount, vetted"]
+    c, e = rows["(c) sysinfo, native"], rows["(d) sysinfo, emulated"]
+    ratio = b / a
+    verdict = "PASS" if ratio <= TARGET_RATIO else "MISS"
+    print(table(["row", "us/call"], [[k, f"{v:.1f}"] for k, v in rows.items()]))
+    print(f"vetted pair / uninterrupted pair = {ratio:.1f}x  "
+          f"(target <= {TARGET_RATIO:.0f}x): {verdict}")
+    print(f"emulated sysinfo / native sysinfo = {e / c:.1f}x (no target)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"us_per_call": rows, "pair_ratio": ratio,
+                                     "sysinfo_ratio": e / c, "verdict": verdict}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
