@@ -4,13 +4,17 @@
  * back to RECV, so a slow handler only ever delays its own container. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,14 +47,18 @@ struct icd_channel {
   _Atomic int64_t deflt;
 
   pthread_mutex_t lock; /* queue, receivers, state */
-  pthread_cond_t cond;  /* items queued, receiver exited, closed */
+  pthread_cond_t cond;  /* a receiver exited */
   /* Held shared while answering on a receiver's fd, exclusively while closing
    * it, so an answer never lands on a reused fd number. */
   pthread_rwlock_t fdlock;
   struct icd_item *q;
   unsigned qcap, qsize, qhead, qlen, qnotifs, qmax;
   atomic_uint qpending; /* == qlen, read without the lock while spinning */
-  int nwaiters, nlive, closed;
+  /* Waiters sleep on a futex word bumped on every push: unlike a condvar
+   * signalled under the mutex, the woken waiter never blocks on that mutex. */
+  atomic_uint seq;
+  atomic_int nwaiters;
+  int nlive, closed;
   struct icd_receiver *recvs;
   _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached;
 };
@@ -144,6 +152,7 @@ uint64_t icd_engine_dropped(struct icd_engine *e)
 struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap)
 {
   struct icd_channel *ch = calloc(1, sizeof *ch);
+  pthread_condattr_t ca;
   if (!ch)
     return NULL;
   ch->eng = e;
@@ -152,13 +161,22 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
   ch->qsize = 64;
   ch->q = calloc(ch->qsize, sizeof *ch->q);
   atomic_init(&ch->deflt, RULE_ENC(ICD_ACT_ERRNO, EPERM));
-  if (!ch->q || pthread_mutex_init(&ch->lock, NULL) || pthread_cond_init(&ch->cond, NULL)
+  /* Deadlines are CLOCK_MONOTONIC: a wall-clock step must not stretch a wait. */
+  if (pthread_condattr_init(&ca) || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) {
+    free(ch->q);
+    free(ch);
+    errno = EINVAL;
+    return NULL;
+  }
+  if (!ch->q || pthread_mutex_init(&ch->lock, NULL) || pthread_cond_init(&ch->cond, &ca)
       || pthread_rwlock_init(&ch->fdlock, NULL)) {
+    pthread_condattr_destroy(&ca);
     free(ch->q);
     free(ch);
     errno = ENOMEM;
     return NULL;
   }
+  pthread_condattr_destroy(&ca);
   pthread_mutex_lock(&e->lock);
   ch->next = e->chans;
   e->chans = ch;
@@ -223,9 +241,15 @@ static int queue_push(struct icd_channel *ch, const struct icd_item *it)
   if (it->kind == ICD_ITEM_NOTIF)
     ch->qnotifs++;
   atomic_store_explicit(&ch->qpending, ch->qlen, memory_order_release);
-  if (ch->nwaiters)
-    pthread_cond_signal(&ch->cond);
+  atomic_fetch_add_explicit(&ch->seq, 1, memory_order_release);
   return 0;
+}
+
+/* After ch->lock is dropped, so the woken waiter finds it free. */
+static void wake_waiters(struct icd_channel *ch, int n)
+{
+  if (atomic_load(&ch->nwaiters))
+    syscall(SYS_futex, &ch->seq, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }
 
 static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
@@ -242,6 +266,7 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
   ret = ch->closed ? -EPIPE : queue_push(ch, &it);
   pthread_mutex_unlock(&ch->lock);
   if (ret == 0) {
+    wake_waiters(ch, 1);
     atomic_fetch_add_explicit(&ch->n_python, 1, memory_order_relaxed);
     return;
   }
@@ -322,6 +347,8 @@ static void receiver_exit(struct icd_receiver *r, int detached)
   ch->nlive--;
   pthread_cond_broadcast(&ch->cond);
   pthread_mutex_unlock(&ch->lock);
+  if (detached)
+    wake_waiters(ch, 1);
 }
 
 static void prune_receivers(struct icd_channel *ch);
@@ -437,41 +464,10 @@ static void prune_receivers(struct icd_channel *ch)
   }
 }
 
-static void cpu_relax(void) { __builtin_ia32_pause(); }
-
-int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
-                     int spin_us)
+/* Under ch->lock. */
+static int take(struct icd_channel *ch, struct icd_item *items, int max)
 {
-  struct timespec dl;
-  int n = 0, ret = 0;
-
-  if (spin_us > 0 && !atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
-    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)spin_us * 1000;
-    unsigned i = 0;
-    while (!atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
-      cpu_relax();
-      if ((++i & 63) == 0 && now_ns(CLOCK_MONOTONIC) > end)
-        break;
-    }
-  }
-  if (timeout_ms >= 0) {
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-    if (dl.tv_nsec >= 1000000000) {
-      dl.tv_sec++;
-      dl.tv_nsec -= 1000000000;
-    }
-  }
-  pthread_mutex_lock(&ch->lock);
-  while (!ch->qlen && !ch->closed && ret == 0) {
-    ch->nwaiters++;
-    if (timeout_ms < 0)
-      ret = pthread_cond_wait(&ch->cond, &ch->lock);
-    else
-      ret = pthread_cond_timedwait(&ch->cond, &ch->lock, &dl);
-    ch->nwaiters--;
-  }
+  int n = 0;
   while (n < max && ch->qlen) {
     items[n] = ch->q[ch->qhead];
     if (items[n].kind == ICD_ITEM_NOTIF)
@@ -481,10 +477,60 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
     n++;
   }
   atomic_store_explicit(&ch->qpending, ch->qlen, memory_order_release);
-  if (!n && ch->closed)
-    n = -EPIPE;
-  pthread_mutex_unlock(&ch->lock);
   return n;
+}
+
+int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
+                     int spin_us)
+{
+  struct timespec dl;
+  unsigned seq;
+  int n;
+
+  if (max <= 0)
+    return -EINVAL;
+  /* Spin by yielding, not by pausing: with sync wake-up our SEND put the
+   * target on this very CPU, so yielding lets it run at once, and its next
+   * notification is usually queued by the time we are back -- no futex
+   * sleep/wake on either side.  A pause loop would keep the target off
+   * this CPU instead.  Bounded by spin_us. */
+  if (spin_us > 0 && timeout_ms != 0
+      && !atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
+    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)spin_us * 1000;
+    unsigned i = 0;
+    while (!atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
+      sched_yield();
+      if ((++i & 3) == 0 && now_ns(CLOCK_MONOTONIC) > end)
+        break;
+    }
+  }
+  if (timeout_ms > 0) {
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (dl.tv_nsec >= 1000000000) {
+      dl.tv_sec++;
+      dl.tv_nsec -= 1000000000;
+    }
+  }
+  for (;;) {
+    pthread_mutex_lock(&ch->lock);
+    n = take(ch, items, max);
+    if (n || ch->closed || timeout_ms == 0) {
+      if (!n && ch->closed)
+        n = -EPIPE;
+      pthread_mutex_unlock(&ch->lock);
+      return n;
+    }
+    seq = atomic_load_explicit(&ch->seq, memory_order_acquire);
+    atomic_fetch_add(&ch->nwaiters, 1);
+    pthread_mutex_unlock(&ch->lock);
+    n = syscall(SYS_futex, &ch->seq, FUTEX_WAIT_BITSET_PRIVATE, seq,
+                timeout_ms > 0 ? &dl : NULL, NULL, FUTEX_BITSET_MATCH_ANY);
+    atomic_fetch_sub(&ch->nwaiters, 1);
+    if (n < 0 && errno == ETIMEDOUT)
+      timeout_ms = 0; /* one last look, then return */
+  }
 }
 
 /* Under ch->fdlock (shared or exclusive).  0 if fd is attached; -ENOENT if
@@ -602,8 +648,9 @@ void icd_channel_close(struct icd_channel *ch)
     return;
   }
   ch->closed = 1;
-  pthread_cond_broadcast(&ch->cond);
+  atomic_fetch_add(&ch->seq, 1);
   pthread_mutex_unlock(&ch->lock);
+  wake_waiters(ch, INT_MAX);
   stop_receivers(ch);
 
   /* Receivers are gone; answer what Python never took, then close the fds

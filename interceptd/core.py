@@ -20,6 +20,8 @@ ACT_VALUE: int = lib.ICD_ACT_VALUE
 ACT_PYTHON: int = lib.ICD_ACT_PYTHON
 NR_MAX: int = lib.ICD_NR_MAX
 READ_MAX: int = lib.ICD_READ_MAX
+_ITEM_NOTIF: int = lib.ICD_ITEM_NOTIF
+_respond = lib.icd_channel_respond
 
 # Namespace flags for ns_exec (os.CLONE_* needs Python 3.12).
 CLONE_NEWNS = 0x00020000
@@ -31,7 +33,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 # How long Channel.wait polls the queue before sleeping; see docs/INTERNALS.md.
-DEFAULT_SPIN_US = 0
+DEFAULT_SPIN_US = 20
 
 
 class TargetGone(OSError):
@@ -41,18 +43,18 @@ class TargetGone(OSError):
         super().__init__(errno_mod.ENOENT, what)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Notification:
     id: int
     pid: int
     nr: int
     arch: int
     ip: int
-    args: tuple[int, int, int, int, int, int]
+    args: tuple[int, ...]
     notify_fd: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Detached:
     notify_fd: int
 
@@ -133,6 +135,7 @@ class Channel:
         self.cookie = cookie
         self.closed = False
         self.spin_us = DEFAULT_SPIN_US
+        self._tls = threading.local()  # each waiting thread's item buffer
 
     def set_rule(self, nr: int, action: int, value: int = 0) -> None:
         _check(lib.icd_channel_set_rule(self._ptr, nr, action, value), f"set_rule({nr})")
@@ -146,20 +149,21 @@ class Channel:
     def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
         """Queued items, blocking up to `timeout` seconds (None: forever) for the
         first; [] on timeout or once the channel is closed."""
-        items = ffi.new("struct icd_item[]", max_items)
+        buf = getattr(self._tls, "buf", None)
+        if buf is None or len(buf) < max_items:
+            buf = self._tls.buf = ffi.new("struct icd_item[]", max_items)
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        n = lib.icd_channel_wait(self._ptr, items, max_items, ms, self.spin_us)
+        n = lib.icd_channel_wait(self._ptr, buf, max_items, ms, self.spin_us)
         if n <= 0:
             if n < 0:
                 self.closed = True
             return []
         out: list[Any] = []
         for i in range(n):
-            it = items[i]
-            if it.kind == lib.ICD_ITEM_NOTIF:
-                a = it.args
-                out.append(Notification(it.id, it.pid, it.nr, it.arch, it.ip,
-                                        (a[0], a[1], a[2], a[3], a[4], a[5]), it.fd))
+            it = buf[i]
+            if it.kind == _ITEM_NOTIF:
+                out.append(Notification(it.id, it.pid, it.nr, it.arch, it.ip, tuple(it.args),
+                                        it.fd))
             else:
                 out.append(Detached(it.fd))
         return out
@@ -168,8 +172,7 @@ class Channel:
                 cont: bool = False) -> None:
         """Answer `notif`: return `value`, fail with errno `error`, or let the
         kernel run the call (`cont`).  TargetGone if it is no longer pending."""
-        ret = lib.icd_channel_respond(self._ptr, notif.notify_fd, notif.id, value, -error,
-                                      1 if cont else 0)
+        ret = _respond(self._ptr, notif.notify_fd, notif.id, value, -error, 1 if cont else 0)
         if ret < 0:
             if ret == -errno_mod.ENOENT:
                 raise TargetGone("respond")
