@@ -22,9 +22,9 @@ from common import OUT, REPO, ContainerEnv, table
 
 sys.path.insert(0, str(REPO))
 
-import interceptd.policy as policy  # noqa: E402
-from tests.harness.bundle import BundleSpec  # noqa: E402
-from tests.harness.daemon import Daemon, render_config  # noqa: E402
+import interceptd.policy as policy
+from tests.harness.bundle import BundleSpec
+from tests.harness.daemon import Daemon, render_config
 
 TARGET_RATIO = 3.0
 
@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=OUT / "bench_vetting.json")
     args = ap.parse_args()
 
-    mnt = f"mkdir -p /mnt/l && policy_mntapi loop {{n}} /mnt/l"
+    mnt = "mkdir -p /mnt/l && policy_mntapi loop {n} /mnt/l"
     si = "policy_misc sysinfo_loop {n}"
     rows: dict[str, float] = {}
     with ContainerEnv({}) as env:
