@@ -6,6 +6,7 @@ the distribution's headers (up to 467, open_tree_attr).
 """
 
 AUDIT_ARCH_X86_64 = 0xC000003E
+NATIVE_ARCH = AUDIT_ARCH_X86_64
 X32_SYSCALL_BIT = 0x40000000
 
 NUMBERS: dict[str, int] = {
