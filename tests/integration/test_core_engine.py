@@ -254,6 +254,7 @@ def test_wait_from_many_threads_with_several_fds(engine: core.Engine) -> None:
 def test_no_fd_or_zombie_leaks_over_many_cycles() -> None:
     sup.helper()
     before = sup.open_fds()
+    threads = len(os.listdir("/proc/self/task"))
     for i in range(60):
         e = core.Engine()
         ch = e.channel(i)
@@ -267,3 +268,7 @@ def test_no_fd_or_zombie_leaks_over_many_cycles() -> None:
         e.close()
     assert sup.open_fds() == before
     assert sup.zombies_of(os.getpid()) == []
+    deadline = time.monotonic() + 5  # detached receiver threads finish exiting
+    while len(os.listdir("/proc/self/task")) > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(os.listdir("/proc/self/task")) <= threads
