@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interceptd.policy import consts as c
-from interceptd.policy import procinfo, sysinfo
+from interceptd.policy import fsapi, procinfo, sysinfo
 from interceptd.policy.decision import Decision, ExecOp
 from interceptd.policy.mountapi import (
     FdMount,
@@ -78,6 +78,8 @@ TIMEX_SIZE = 208
 
 
 def _ns_for(fstype: str | None) -> int:
+    # The mount namespace always: fsopen and mount need CAP_SYS_ADMIN over the mount
+    # namespace's owner, which the executor has only inside the caller's user namespace.
     ns = NS_MOUNT
     if fstype == "proc":
         ns |= CLONE_NEWPID  # procfs shows the pid namespace of its mounter
@@ -302,11 +304,6 @@ def _run_ops(req: Any, d: Decision, ns: int) -> tuple[Verdict | None, Any]:
     """Run a decision's ExecOps; the last result, or an error verdict."""
     res = None
     for op in d.ops:
-        if op.op in ("mask", "readonly", "emulated"):
-            err = _pseudo(req, op)
-            if err:
-                return _kernel_error(d, err, op.op), None
-            continue
         res = req.exec(ns, op.op, *op.args)
         if res.errno:
             return _kernel_error(d, res.errno, op.op), None
@@ -372,12 +369,11 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
         if res.errno:
             return _kernel_error(d, res.errno, "move_mount")
         return Verdict.value(0, _reason(d))
-    before = {e.dev for e in ctx.table.entries}
+    if d.details.get("managed"):
+        return _mount_managed(req, st, d, fstype or "", flags, data, target, fds)
     err_v, _ = _run_ops(req, d, _ns_for(fstype if not flags & c.MS_BIND else None))
     if err_v is not None:
         return err_v
-    if d.details.get("managed"):
-        _register_new_fs(req, st, before, fstype or "")
     return Verdict.value(0, _reason(d))
 
 
@@ -406,38 +402,67 @@ def _remount_bind_fd(req: Any, d: Decision, fd: int, flags: int) -> Verdict:
     return Verdict.value(0, _reason(d))
 
 
-def _register_new_fs(req: Any, st: ContainerPolicy, before: set[str], fstype: str) -> None:
+def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flags: int,
+                   data: str | None, target: str, fds: _Fds) -> Verdict:
+    """procfs/sysfs as a detached tree, masked inside, then attached in one move_mount.
+
+    The context comes from the caller's namespaces (so it shows the caller's pid or network
+    namespace); superblock, mount and masks are made by the daemon. That also spares the
+    container the kernel's "mount too revealing" refusal in a nested user namespace, whose
+    copy of /proc has locked masks: the masks it would protect are put back here.
+    """
+    res = req.exec(_ns_for(fstype), "fsopen", fstype, c.FSOPEN_CLOEXEC)
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsopen")
+    fc = fds.add(res.fd)
+    try:
+        fsapi.apply_options(fc, data)
+        fsapi.fsconfig(fc, fsapi.FSCONFIG_CMD_CREATE)
+        tree = fds.add(fsapi.fsmount(fc, attrs_from_msflags(flags)))
+        for op in d.ops[1:]:
+            _cover(tree, target, op, fds)
+    except OSError as e:
+        return _kernel_error(d, e.errno or errno.EINVAL, "building the masked tree")
+    dev = os.fstat(tree).st_dev
+    res = req.exec(NS_MOUNT, "move_mount", tree, "", c.AT_FDCWD, target,
+                   c.MOVE_MOUNT_F_EMPTY_PATH)
+    if res.errno:
+        return _kernel_error(d, res.errno, "move_mount")
     table = MountTable.read(req.pid)
+    devname = f"{os.major(dev)}:{os.minor(dev)}"
     for e in table.entries:
-        if e.fstype == fstype and e.root == "/" and e.dev not in before:
+        if e.dev == devname and e.root == "/":
             register_managed(st.imm, table, e)
-            return
-    # sysfs of an existing network namespace shares its superblock: nothing new to record,
-    # the masks sit on a protected superblock already.
+    return Verdict.value(0, _reason(d))
 
 
-def _pseudo(req: Any, op: ExecOp) -> int:
-    """Expand mask/readonly: 0 or an errno (missing paths are skipped)."""
+def _cover(tree: int, target: str, op: ExecOp, fds: _Fds) -> None:
+    """Apply one mask / read-only path / emulated file inside the detached `tree`."""
+    path = op.args[-1]
+    rel = path[len(target.rstrip("/")):].lstrip("/")
+    try:
+        probe = os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tree)
+    except FileNotFoundError:
+        return  # nothing to cover
+    try:
+        is_dir = os.path.isdir(f"/proc/self/fd/{probe}")
+    finally:
+        os.close(probe)
     if op.op == "mask":
-        (path,) = op.args
-        res = req.exec(NS_MOUNT, "mount", "/dev/null", path, None, c.MS_BIND, None)
-        if res.errno == errno.ENOTDIR:
-            res = req.exec(NS_MOUNT, "mount", "tmpfs", path, "tmpfs",
-                           c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC, "size=0")
-        return 0 if res.errno in (0, errno.ENOENT) else res.errno
-    if op.op == "readonly":
-        (path,) = op.args
-        res = req.exec(NS_MOUNT, "mount", path, path, None, c.MS_BIND | c.MS_REC, None)
-        if res.errno == errno.ENOENT:
-            return 0
-        if res.errno:
-            return res.errno
-        res = req.exec(NS_MOUNT, "mount", None, path, None,
-                       c.MS_REMOUNT | c.MS_BIND | c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV
-                       | c.MS_NOEXEC, None)
-        return res.errno
-    log.warning("emulated-file mounts on new procfs/sysfs are not implemented yet: %s", op.args)
-    return 0
+        if is_dir:
+            tfc = fds.add(fsapi.fsopen("tmpfs"))
+            fsapi.fsconfig(tfc, fsapi.FSCONFIG_SET_STRING, "mode", "0555")
+            fsapi.fsconfig(tfc, fsapi.FSCONFIG_CMD_CREATE)
+            cover = fds.add(fsapi.fsmount(tfc, c.MOUNT_ATTR_RDONLY | c.MOUNT_ATTR_NOSUID
+                                          | c.MOUNT_ATTR_NODEV | c.MOUNT_ATTR_NOEXEC))
+        else:
+            cover = fds.add(fsapi.clone_tree(c.AT_FDCWD, "/dev/null", recursive=False))
+    elif op.op == "readonly":
+        cover = fds.add(fsapi.clone_tree(tree, rel))
+        fsapi.set_attrs(cover, c.MOUNT_ATTR_LOCKED)
+    else:  # emulated: a file the daemon serves, bound over the procfs/sysfs file
+        cover = fds.add(fsapi.clone_tree(c.AT_FDCWD, op.args[0], recursive=False))
+    fsapi.attach(cover, tree, rel)
 
 
 def handle_umount2(req: Any) -> Verdict:

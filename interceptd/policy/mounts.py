@@ -291,11 +291,13 @@ def _decide_new(call: MountCall, flags: int, ctx: MountContext, d: dict[str, obj
 def managed_fs_ops(
     target: str, fstype: str, flags: int, data: str | None, ctx: MountContext
 ) -> list[ExecOp]:
-    """Mount procfs/sysfs at `target`, then its masks, read-only paths and emulated files.
+    """Mount procfs/sysfs at `target` with its masks, read-only paths and emulated files.
 
-    `mask` and `readonly` are pseudo-ops the glue expands (a file is masked with a bind of
-    /dev/null, a directory with a read-only tmpfs; a read-only path is a recursive self-bind
-    remounted read-only). Missing paths are skipped.
+    The first op names the mount; `mask`, `readonly` and `emulated` are the covers the glue
+    builds inside the detached tree before attaching it (a file is masked with a bind of
+    /dev/null, a directory with a read-only tmpfs; a read-only path is a recursive clone of
+    itself made read-only; an emulated file is a bind of the file the daemon serves).
+    Missing paths are skipped.
     """
     prefix = "/proc" if fstype == "proc" else "/sys"
     src = fstype

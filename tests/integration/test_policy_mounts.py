@@ -250,3 +250,41 @@ def test_new_mount_api(rt, bundle_factory, daemon, new_id):
     assert vetted["clone_masked"] == (1, 0)
     assert plain["clone_proc_flat"] == (0, 0)
     assert plain["flat_masked"] == (0, 0)  # unvetted, the flat clone shows the real file
+
+
+NESTED = r"""
+set -e
+mkdir -p /tmp/n
+mount -t tmpfs t /tmp/n
+mkdir -p /tmp/n/proc /tmp/n/sys /tmp/n/dev /tmp/n/old /tmp/n/tmp
+cp -a /bin /tmp/n/
+unshare -U -r -m -p -n -f sh -c '
+  set +e
+  mount --make-rprivate /
+  mount --bind /tmp/n /tmp/n
+  mount -t proc proc /tmp/n/proc; echo "nested_proc ret=$? errno=0"
+  mount -t sysfs sysfs /tmp/n/sys; echo "nested_sysfs ret=$? errno=0"
+  mount -t tmpfs tmpfs /tmp/n/dev; echo "nested_dev ret=$? errno=0"
+  cd /tmp/n && pivot_root . old && umount -l /old; echo "nested_pivot ret=$? errno=0"
+  echo "nested_pid ret=$$ errno=0"
+  if [ -c /proc/timer_list ]; then echo "nested_masked ret=1 errno=0"; \
+  else echo "nested_masked ret=0 errno=0"; fi
+  if [ -d /sys/firmware ] && [ -z "$(ls /sys/firmware)" ]; then \
+    echo "nested_sys_masked ret=1 errno=0"; else echo "nested_sys_masked ret=0 errno=0"; fi
+  echo "nested_umount_mask $(sys umount2 s:/proc/timer_list 0)"
+  echo "nested_umount_proc $(sys umount2 s:/proc 2)"
+'
+"""
+
+
+def test_nested_container_shape(rt, bundle_factory, daemon, new_id):
+    """What a nested runc (Docker-in-Docker) does: new user, mount, pid and network
+    namespaces, procfs and sysfs on a new root, pivot_root, lazy umount of the old root."""
+    out = run_script(rt, privileged(bundle_factory, daemon, NESTED), new_id("pol"))
+    for k in ("nested_proc", "nested_sysfs", "nested_dev", "nested_pivot"):
+        assert out[k] == (0, 0), (k, out)
+    assert out["nested_pid"] == (1, 0)
+    assert out["nested_masked"] == (1, 0) and out["nested_sys_masked"] == (1, 0)
+    assert out["nested_umount_mask"] == (-1, EPERM)
+    # The nested container's own procfs (mounted through the daemon) can be unmounted.
+    assert out["nested_umount_proc"] == (0, 0)
