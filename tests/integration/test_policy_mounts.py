@@ -45,9 +45,9 @@ REMASK = ("grep -q ' /proc/timer_list ' /proc/self/mountinfo || "
 TMP_RO = MS_REMOUNT_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
 
 
-@pytest.fixture
-def rt(runtime_factory: Callable[[str], Runtime]) -> Runtime:
-    return runtime_factory("runc")
+@pytest.fixture(params=["runc", "crun"])
+def rt(request: pytest.FixtureRequest, runtime_factory: Callable[[str], Runtime]) -> Runtime:
+    return runtime_factory(request.param)
 
 
 def both(rt: Runtime, bundle_factory, daemon: Daemon, new_id, script: str,
