@@ -4,6 +4,8 @@
   (b) the same pair vetted and performed by interceptd    target <= 3 x (a)
   (c) sysinfo(2), native (no interception)                baseline
   (d) sysinfo(2), emulated by interceptd                  (figure only)
+  (e) one namespace-executor operation (fork + setns into the container's user and mount
+      namespaces + a failing umount2), from this process   attribution of (b)
 
 The loops run inside the container (tests/helpers/policy_mntapi.c, policy_misc.c) and time
 themselves; each row is the median of --runs runs.
@@ -34,6 +36,29 @@ def per_call_us(stdout: str, key: str, n: int) -> float:
     if not m or int(m.group(1)) != n or (m.group(2) not in (None, "0")):
         raise RuntimeError(f"unexpected output: {stdout!r}")
     return int(m.group(3)) / n / 1000
+
+
+def executor_us(env: ContainerEnv, n: int) -> float:
+    """The cost of one executor operation against a running container."""
+    import os
+    import time
+
+    from interceptd import core
+
+    b = env.bundle(BundleSpec(args=["sleep", "60"], caps="all"))
+    cid = f"bench-exec-{os.getpid()}"
+    with env.runtime.started(b, cid):
+        pid = env.runtime.state(cid)["pid"]
+        pidfd = os.pidfd_open(pid)
+        try:
+            ns = core.CLONE_NEWUSER | core.CLONE_NEWNS
+            core.ns_exec(pidfd, pid, ns, "umount2", "/nonexistent", 0)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                core.ns_exec(pidfd, pid, ns, "umount2", "/nonexistent", 0)
+            return (time.perf_counter() - t0) / n * 1e6
+        finally:
+            os.close(pidfd)
 
 
 def spec(cmd: str, listener: str | None) -> BundleSpec:
@@ -72,6 +97,7 @@ def main() -> int:
             rows["(c) sysinfo, native"] = median(si, "sysinfo_loop", args.sysinfo, None)
             rows["(d) sysinfo, emulated"] = median(si, "sysinfo_loop", args.sysinfo,
                                                    d.listener_path)
+            rows["(e) one ns_exec, user+mnt"] = executor_us(env, 200)
         finally:
             d.stop()
 
@@ -83,6 +109,8 @@ def main() -> int:
     print(f"vetted pair / uninterrupted pair = {ratio:.1f}x  "
           f"(target <= {TARGET_RATIO:.0f}x): {verdict}")
     print(f"emulated sysinfo / native sysinfo = {e / c:.1f}x (no target)")
+    print(f"a vetted pair performs 2 executor operations: "
+          f"{2 * rows['(e) one ns_exec, user+mnt'] / b * 100:.0f}% of its time")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"us_per_call": rows, "pair_ratio": ratio,
                                      "sysinfo_ratio": e / c, "verdict": verdict}, indent=1))

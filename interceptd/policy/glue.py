@@ -110,6 +110,7 @@ class ContainerPolicy:
     masked: tuple[str, ...]
     readonly: tuple[str, ...]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sysinfo: sysinfo.Source | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"immutable": self.imm.to_dict(), "masked": list(self.masked),
@@ -710,7 +711,10 @@ def handle_pidfd_getfd(req: Any) -> Verdict:
 
 def handle_sysinfo(req: Any) -> Verdict:
     addr = req.args[0]
-    info = sysinfo.gather(req.container.init_pid)
+    st = state_of(req.container)
+    if st.sysinfo is None:
+        st.sysinfo = sysinfo.Source.of(req.container.init_pid)
+    info = st.sysinfo.gather()
     err = write_target(req.pid, addr, info.pack(), req.valid)
     if err:
         return Verdict.errno(err, "sysinfo: bad buffer")

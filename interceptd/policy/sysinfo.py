@@ -164,6 +164,8 @@ def _read_int(path: str) -> int | None:
 
 
 def _stat_value(path: str, *keys: str) -> int:
+    """The first of `keys` in a flat-keyed stat file (stops reading there: shmem comes
+    early in memory.stat)."""
     try:
         with open(path, encoding="ascii") as f:
             for line in f:
@@ -185,24 +187,54 @@ def _proc_cgroups(pid: int) -> dict[str, str]:
     return out
 
 
-def memory_of(pid: int) -> CgroupMemory | None:
-    """The memory cgroup of `pid`: v1 `memory` controller if mounted, else v2."""
-    v1, v2 = _mounts()
-    cg = _proc_cgroups(pid)
-    if "memory" in v1 and "memory" in cg:
-        d = v1["memory"] + cg["memory"]
-        usage = _read_int(f"{d}/memory.usage_in_bytes")
-        if usage is None:
+@dataclass
+class Source:
+    """Where one container's figures live, worked out once (its init's cgroups and start
+    time do not change), so that each sysinfo(2) costs a handful of small reads."""
+
+    init_pid: int
+    start: float  # seconds since boot
+    mem_dir: str | None
+    mem_v1: bool
+    pids_file: str | None
+
+    @classmethod
+    def of(cls, init_pid: int) -> Source:
+        with open(f"/proc/{init_pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        start = int(stat[stat.rindex(")") + 2 :].split()[19]) / os.sysconf("SC_CLK_TCK")
+        v1, v2 = _mounts()
+        cg = _proc_cgroups(init_pid)
+        mem_dir = pids = None
+        mem_v1 = False
+        if "memory" in v1 and "memory" in cg:
+            mem_dir, mem_v1 = v1["memory"] + cg["memory"], True
+        elif v2 is not None and "" in cg:
+            mem_dir = v2 + cg[""]
+        if "pids" in v1 and "pids" in cg:
+            pids = f"{v1['pids']}{cg['pids']}/pids.current"
+        elif v2 is not None and "" in cg:
+            pids = f"{v2}{cg['']}/pids.current"
+        return cls(init_pid, start, mem_dir, mem_v1, pids)
+
+    def memory(self) -> CgroupMemory | None:
+        d = self.mem_dir
+        if d is None:
             return None
-        limit = _read_int(f"{d}/memory.limit_in_bytes")
-        memsw = _read_int(f"{d}/memory.memsw.limit_in_bytes")
-        memsw_use = _read_int(f"{d}/memory.memsw.usage_in_bytes")
-        swap_limit = memsw - limit if memsw is not None and limit is not None else None
-        swap_use = memsw_use - usage if memsw_use is not None else 0
-        shmem = _stat_value(f"{d}/memory.stat", "shmem")
-        return CgroupMemory(limit, usage, shmem, swap_limit, max(0, swap_use))
-    if v2 is not None and "" in cg:
-        d = v2 + cg[""]
+        if self.mem_v1:
+            usage = _read_int(f"{d}/memory.usage_in_bytes")
+            if usage is None:
+                return None
+            limit = _read_int(f"{d}/memory.limit_in_bytes")
+            memsw = _read_int(f"{d}/memory.memsw.limit_in_bytes")
+            swap_limit = None
+            swap_use = 0
+            if memsw is not None and limit is not None:
+                swap_limit = memsw - limit
+                swap_use = max(0, (_read_int(f"{d}/memory.memsw.usage_in_bytes") or usage)
+                               - usage)
+            return CgroupMemory(limit, usage, _stat_value(f"{d}/memory.stat", "shmem"),
+                                swap_limit, swap_use)
         usage = _read_int(f"{d}/memory.current")
         if usage is None:
             return None
@@ -210,26 +242,18 @@ def memory_of(pid: int) -> CgroupMemory | None:
             _read_int(f"{d}/memory.max"), usage, _stat_value(f"{d}/memory.stat", "shmem"),
             _read_int(f"{d}/memory.swap.max"), _read_int(f"{d}/memory.swap.current") or 0,
         )
-    return None
 
-
-def procs_of(pid: int) -> int | None:
-    v1, v2 = _mounts()
-    cg = _proc_cgroups(pid)
-    if "pids" in v1 and "pids" in cg:
-        return _read_int(f"{v1['pids']}{cg['pids']}/pids.current")
-    if v2 is not None and "" in cg:
-        return _read_int(f"{v2}{cg['']}/pids.current")
-    return None
+    def gather(self) -> Sysinfo:
+        host = host_sysinfo()
+        with open("/proc/uptime", encoding="ascii") as f:
+            up = float(f.read().split()[0])
+        mem = procs = None
+        with contextlib.suppress(OSError, ValueError):
+            mem = self.memory()
+        if self.pids_file is not None:
+            procs = _read_int(self.pids_file)
+        return render(host, int(up - self.start), mem, procs)
 
 
 def gather(init_pid: int) -> Sysinfo:
-    host = host_sysinfo()
-    with open("/proc/uptime", encoding="ascii") as f:
-        up = float(f.read().split()[0])
-    mem = procs = None
-    with contextlib.suppress(OSError, ValueError):
-        mem = memory_of(init_pid)
-    with contextlib.suppress(OSError, ValueError):
-        procs = procs_of(init_pid)
-    return render(host, process_uptime(init_pid, up), mem, procs)
+    return Source.of(init_pid).gather()

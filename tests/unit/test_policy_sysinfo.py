@@ -61,3 +61,9 @@ def test_host_values_match_libc_sysinfo():
     mine = si.host_sysinfo()
     assert abs(mine.uptime - native.uptime) <= 1 and mine.totalram >= native.totalram
     assert si.process_uptime(os.getpid()) >= 0
+
+
+def test_source_of_a_process_gathers():
+    src = si.Source.of(os.getpid())
+    s = src.gather()
+    assert s.totalram > 0 and 0 <= s.freeram <= s.totalram and s.uptime >= 0
