@@ -5,8 +5,6 @@ Unknown flags are kept verbatim: the real runtime owns the error message for the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 # Global flags that take a value (runc and crun); every other global flag is boolean.
 GLOBAL_VALUE_FLAGS = {"root", "log", "log-format", "criu", "rootless", "cgroup-manager"}
 
@@ -23,21 +21,28 @@ SUB_VALUE_FLAGS = {
 }
 
 
-@dataclass
+# Plain classes, not dataclasses: this runs on every container start and
+# importing dataclasses costs more than the whole parse.
 class Flag:
-    name: str  # without dashes
-    value: str | None  # None for a boolean flag
-    tokens: list[str]  # the original tokens (1 or 2)
+    __slots__ = ("name", "tokens", "value")
+
+    def __init__(self, name: str, value: str | None, tokens: list[str]) -> None:
+        self.name = name  # without dashes
+        self.value = value  # None for a boolean flag
+        self.tokens = tokens  # the original tokens (1 or 2)
+
+    def __repr__(self) -> str:
+        return f"Flag({self.name!r}, {self.value!r}, {self.tokens!r})"
 
 
-@dataclass
 class Invocation:
-    argv: list[str]  # the full original argument list (without argv[0])
-    globals_: list[Flag] = field(default_factory=list)
-    command: str | None = None
-    command_index: int = -1  # index of the subcommand in argv
-    flags: list[Flag] = field(default_factory=list)
-    operands: list[str] = field(default_factory=list)
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv  # the full original argument list (without argv[0])
+        self.globals_: list[Flag] = []
+        self.command: str | None = None
+        self.command_index = -1  # index of the subcommand in argv
+        self.flags: list[Flag] = []
+        self.operands: list[str] = []
 
     def global_value(self, name: str) -> str | None:
         for f in self.globals_:

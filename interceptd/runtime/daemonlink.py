@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py's enum/selectors imports cost ms per start
 import json
 import os
-import socket
 
 
 class DaemonUnreachable(Exception):
@@ -17,7 +17,7 @@ def check(state_dir: str, timeout: float = 2.0) -> dict:
     control = os.path.join(state_dir, "control.sock")
     if not os.path.exists(seccomp):
         raise DaemonUnreachable(f"{seccomp} does not exist (is interceptd running?)")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
     try:
         s.connect(control)

@@ -50,9 +50,9 @@ class IdPool:
     def _write(self, table: dict[str, int]) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
+            # No fsync: the pool lives on /run and only has to be right between
+            # concurrent callers, which the lock and the atomic rename ensure.
             json.dump({"start": self.start, "size": self.size, "allocated": table}, f)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, self.path)
 
     def allocate(self, key: str) -> int:

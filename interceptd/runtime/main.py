@@ -9,12 +9,9 @@ set-up. Everything else is an execv of the real runtime, untouched.
 from __future__ import annotations
 
 import contextlib
-import copy
-import datetime
 import json
 import os
 import signal
-import subprocess
 import sys
 
 from . import argv as argvmod
@@ -35,6 +32,8 @@ def _log_error(inv: argvmod.Invocation, msg: str) -> None:
     log = inv.global_value("log")
     if not log:
         return
+    import datetime
+
     fmt = inv.global_value("log-format") or "text"
     now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
     line = (json.dumps({"level": "error", "msg": f"{PROG}: {msg}", "time": now})
@@ -46,19 +45,39 @@ def _log_error(inv: argvmod.Invocation, msg: str) -> None:
         pass
 
 
+def _spawn(cmd: list[str], executable: str, quiet: bool = False) -> int:
+    # fork+exec by hand: the subprocess module costs more to import than it saves.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if quiet:
+                fd = os.open(os.devnull, os.O_RDWR)
+                for n in (0, 1, 2):
+                    os.dup2(fd, n)
+            os.execv(executable, cmd)
+        finally:
+            os._exit(127)
+    return pid
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    return os.waitstatus_to_exitcode(status)
+
+
 def _run_forwarding(cmd: list[str], executable: str) -> int:
-    """Run the real runtime as a child, relaying signals, returning its exit status."""
-    proc = subprocess.Popen(cmd, executable=executable, close_fds=False)
+    """Run the real runtime as a child with our fds, relaying signals; its exit status."""
+    pid = _spawn(cmd, executable)
     relayed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
-    old = {s: signal.signal(s, lambda n, _f: proc.send_signal(n)) for s in relayed}
+    old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n)) for s in relayed}
     try:
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except InterruptedError:
-                continue
+        rc = _wait(pid)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -76,8 +95,7 @@ def _container_exists(st: settingsmod.Settings, inv: argvmod.Invocation, cid: st
     if root:
         cmd += ["--root", root]
     cmd += ["state", cid]
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    return r.returncode == 0
+    return _wait(_spawn([os.path.basename(st.runtime), *cmd[1:]], st.runtime, quiet=True)) == 0
 
 
 # ------------------------------------------------------------------ create / run
@@ -138,8 +156,6 @@ def _write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -151,6 +167,8 @@ def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settin
                  bounding: set[str], host_ns: dict, notified: list[str],
                  denied: list[dict]) -> dict:
     """All pure rewrites, in order, on a copy of spec (raises spec.Refused)."""
+    import copy
+
     from . import spec as sp
 
     new = copy.deepcopy(spec)
@@ -180,7 +198,7 @@ def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
         os.execv(st.runtime, _runtime_cmd(st, inv.argv))
     bundle, cfg_path, orig_bytes, spec, was_rewritten = _read_spec(inv)
     try:
-        daemonlink.check(st.state_dir, st.daemon_timeout)
+        status = daemonlink.check(st.state_dir, st.daemon_timeout)
     except daemonlink.DaemonUnreachable as e:
         raise Fail(f"refusing to start {cid} unprotected: interceptd daemon unreachable: "
                    f"{e}") from None
@@ -212,7 +230,7 @@ def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
         store.remove(key)
 
     try:
-        notified, denied, _src = policylink.syscalls(st.raw, st.config_path)
+        notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
         new = rewrite_spec(spec, cid=cid, host_base=base, st=st,
                            bounding=host_bounding_set(), host_ns=_host_namespaces(),
                            notified=notified, denied=denied)

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 
 
-@dataclass
 class MountEntry:
-    mount_id: int
-    parent_id: int
-    root: str
-    mount_point: str
-    options: str
-    fstype: str
-    source: str
-    super_options: str
+    __slots__ = ("fstype", "mount_id", "mount_point", "options", "parent_id", "root",
+                 "source", "super_options")
+
+    def __init__(self, mount_id: int, parent_id: int, root: str, mount_point: str,
+                 options: str, fstype: str, source: str, super_options: str) -> None:
+        self.mount_id = mount_id
+        self.parent_id = parent_id
+        self.root = root
+        self.mount_point = mount_point
+        self.options = options
+        self.fstype = fstype
+        self.source = source
+        self.super_options = super_options
 
 
 def _unescape(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+    if "\\" not in s:
+        return s
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and s[i + 1 : i + 4].isdigit() and len(s[i + 1 : i + 4]) == 3:
+            out.append(chr(int(s[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
 
 
 def parse(text: str) -> list[MountEntry]:
@@ -62,12 +74,13 @@ def cgroup2_mount(entries: list[MountEntry]) -> str | None:
     return None
 
 
-@dataclass
 class OverlayLayers:
-    lowers: list[str]
-    upper: str | None
-    work: str | None
-    other: list[str]  # the remaining options (kept when remounting)
+    def __init__(self, lowers: list[str], upper: str | None, work: str | None,
+                 other: list[str]) -> None:
+        self.lowers = lowers
+        self.upper = upper
+        self.work = work
+        self.other = other  # the remaining options (kept when remounting)
 
 
 def _split_opts(s: str) -> list[str]:

@@ -21,19 +21,26 @@ FALLBACK_DENIED = [
 ]
 
 
-def _policy_config(raw: dict, path: str | None):
-    try:
-        from interceptd.config import Config  # type: ignore[import-not-found]
-    except ImportError:
-        return raw
-    try:
-        return Config.load(path)
-    except Exception:
-        return raw
+class _Sections:
+    """What interceptd.policy reads from a Config (its `sections`), without
+    importing interceptd.config on every container start."""
+
+    def __init__(self, raw: dict) -> None:
+        self.sections = raw
 
 
-def syscalls(raw: dict, path: str | None) -> tuple[list[str], list[dict], str]:
-    """(notified, denied, source) where source says where the lists came from."""
+def syscalls(raw: dict, path: str | None, status: dict | None = None
+             ) -> tuple[list[str], list[dict], str]:
+    """(notified, denied, source) where source says where the lists came from.
+
+    The running daemon's own lists win (its status reply may carry
+    `runtime_policy: {notified, denied}`): then the two cannot disagree, and the
+    shim does not pay for importing the policy package on every start.
+    """
+    rp = (status or {}).get("runtime_policy")
+    if isinstance(rp, dict) and isinstance(rp.get("notified"), list) \
+            and isinstance(rp.get("denied"), list):
+        return [str(n) for n in rp["notified"]], [dict(d) for d in rp["denied"]], "daemon"
     try:
         from interceptd import policy  # type: ignore[attr-defined]
 
@@ -41,5 +48,5 @@ def syscalls(raw: dict, path: str | None) -> tuple[list[str], list[dict], str]:
         denied_fn = policy.denied_syscalls
     except (ImportError, AttributeError):
         return list(FALLBACK_NOTIFIED), [dict(d) for d in FALLBACK_DENIED], "builtin"
-    cfg = _policy_config(raw, path)
+    cfg = _Sections(raw)
     return list(notified_fn(cfg)), list(denied_fn(cfg)), "policy"

@@ -7,34 +7,43 @@ killed half-way leaves enough to tear down.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import zlib
 
 
 def container_key(runtime_root: str | None, container_id: str) -> str:
     """Ids are unique per runtime --root; the key is unique across roots."""
-    h = hashlib.sha1((runtime_root or "").encode()).hexdigest()[:8]
+    h = f"{zlib.crc32((runtime_root or '').encode()):08x}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in container_id)[:128]
     return f"{safe}.{h}"
 
 
-@dataclass
+FIELDS = ("key", "container_id", "bundle", "host_base", "mount_dir", "mounts", "shifted",
+          "cgroup_node", "config_rewritten", "warnings")
+
+
 class Record:
-    key: str
-    container_id: str
-    bundle: str = ""
-    host_base: int = -1
-    mount_dir: str = ""
-    mounts: list[str] = field(default_factory=list)  # mount points, in creation order
-    shifted: list[list] = field(default_factory=list)  # [path, delta, lo, hi]
-    cgroup_node: str = ""  # a v2 node the shim made itself
-    config_rewritten: bool = False
-    warnings: list[str] = field(default_factory=list)
+    def __init__(self, key: str, container_id: str, bundle: str = "", host_base: int = -1,
+                 mount_dir: str = "", mounts: list[str] | None = None,
+                 shifted: list[list] | None = None, cgroup_node: str = "",
+                 config_rewritten: bool = False, warnings: list[str] | None = None) -> None:
+        self.key = key
+        self.container_id = container_id
+        self.bundle = bundle
+        self.host_base = host_base
+        self.mount_dir = mount_dir
+        self.mounts = list(mounts or [])  # mount points, in creation order
+        self.shifted = list(shifted or [])  # [path, delta, lo, hi]
+        self.cgroup_node = cgroup_node  # a v2 node the shim made itself
+        self.config_rewritten = config_rewritten
+        self.warnings = list(warnings or [])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: getattr(self, k) for k in FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and self.to_dict() == other.to_dict()
 
 
 class RecordStore:
@@ -59,7 +68,7 @@ class RecordStore:
             return None
         except (OSError, ValueError):
             return Record(key=key, container_id="")
-        return Record(**{k: v for k, v in data.items() if k in Record.__dataclass_fields__})
+        return Record(**{k: v for k, v in data.items() if k in FIELDS})
 
     def remove(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

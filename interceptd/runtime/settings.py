@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tomllib
-from dataclasses import dataclass, field
 
 DEFAULT_CONFIG = "/etc/interceptd/interceptd.toml"
 DEFAULT_STATE_DIR = "/run/interceptd"
@@ -15,22 +12,23 @@ class SettingsError(Exception):
     pass
 
 
-@dataclass
 class Settings:
-    runtime: str = ""  # absolute path of the real runc/crun
-    state_dir: str = DEFAULT_STATE_DIR
-    config_path: str | None = None
-    # First host id handed out and how many 65536-id ranges the pool has.
-    id_pool_start: int = 1 << 20
-    id_pool_ranges: int = 1024
-    range_size: int = 65536
-    # Image names / digests allowed to bind-mount sensitive paths (e.g. docker.sock).
-    sensitive_mount_allow: list[str] = field(default_factory=list)
-    extra_sensitive_paths: list[str] = field(default_factory=list)
-    daemon_timeout: float = 2.0
-    cgroup2_mount: str | None = None  # autodetected when None
-    mount_dir: str | None = None
-    raw: dict = field(default_factory=dict)  # the whole TOML file, for policy
+    # A plain class: importing dataclasses costs more than a container start can spare.
+    def __init__(self, raw: dict | None = None, config_path: str | None = None) -> None:
+        self.runtime = ""  # absolute path of the real runc/crun
+        self.state_dir = DEFAULT_STATE_DIR
+        self.config_path = config_path
+        # First host id handed out and how many 65536-id ranges the pool has.
+        self.id_pool_start = 1 << 20
+        self.id_pool_ranges = 1024
+        self.range_size = 65536
+        # Image names / digests allowed to bind-mount sensitive paths (e.g. docker.sock).
+        self.sensitive_mount_allow: list[str] = []
+        self.extra_sensitive_paths: list[str] = []
+        self.daemon_timeout = 2.0
+        self.cgroup2_mount: str | None = None  # autodetected when None
+        self.mount_dir: str | None = None
+        self.raw: dict = raw or {}  # the whole TOML file, for policy
 
     @property
     def runtime_dir(self) -> str:
@@ -50,10 +48,13 @@ class Settings:
 def _find_runtime(name: str) -> str:
     if os.path.isabs(name):
         return name
-    found = shutil.which(name, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    if not found:
-        raise SettingsError(f"real runtime {name!r} not found in PATH")
-    return found
+    dirs = [*os.environ.get("PATH", "").split(":"),
+            "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+    for d in dirs:
+        p = os.path.join(d or ".", name)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    raise SettingsError(f"real runtime {name!r} not found in PATH")
 
 
 def load(environ: dict[str, str] | None = None) -> Settings:
@@ -63,12 +64,20 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     explicit = "INTERCEPTD_CONFIG" in env
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            data = f.read()
     except FileNotFoundError:
         if explicit:
             raise SettingsError(f"config file {path} not found") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        data = None
+    except OSError as e:
         raise SettingsError(f"cannot read config file {path}: {e}") from None
+    if data is not None:
+        import tomllib  # only when there is a file: it is slow to import
+
+        try:
+            raw = tomllib.loads(data.decode())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise SettingsError(f"cannot read config file {path}: {e}") from None
     return from_dict(raw, env, path if raw or explicit else None)
 
 
@@ -77,7 +86,7 @@ def from_dict(raw: dict, env: dict[str, str], path: str | None = None) -> Settin
     daemon = raw.get("daemon", {}) or {}
     if not isinstance(rt, dict):
         raise SettingsError("[runtime] must be a table")
-    s = Settings(raw=raw, config_path=path)
+    s = Settings(raw, path)
     s.state_dir = env.get("INTERCEPTD_STATE_DIR") or rt.get("state_dir") or daemon.get(
         "state_dir", DEFAULT_STATE_DIR
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import os
 import posixpath
-import re
 from collections.abc import Iterable
 
 from .caps import CAP_NUMBERS, normalise
@@ -167,17 +166,24 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-# Per-container files and volumes that Docker itself binds from its data root.
-_DOCKER_OWN = re.compile(
-    r"/containers/[0-9a-f]{64}/(resolv\.conf|hostname|hosts|mounts/shm)$"
-    r"|/volumes/[^/]+/_data(/.*)?$"
-)
+_HEX = frozenset("0123456789abcdef")
+_DOCKER_CONTAINER_FILES = ("resolv.conf", "hostname", "hosts", "mounts/shm")
+
+
+def _docker_own(rel: str) -> bool:
+    """Per-container files and volumes that Docker itself binds from its data root
+    (rel is the normalised path below the data root)."""
+    parts = rel.strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == "containers":
+        return (len(parts[1]) == 64 and set(parts[1]) <= _HEX
+                and "/".join(parts[2:]) in _DOCKER_CONTAINER_FILES)
+    return len(parts) >= 3 and parts[0] == "volumes" and parts[2] == "_data"
 
 
 def _is_sensitive(source: str, sensitive: list[str]) -> str | None:
     real = source
     for top in sensitive:
-        if _under(real, top) and real != top and _DOCKER_OWN.match(real[len(top.rstrip("/")):]):
+        if _under(real, top) and real != top and _docker_own(real[len(top.rstrip("/")):]):
             continue
         # Also a parent of a sensitive path: binding / or /var exposes the socket too.
         if _under(real, top) or (real != "" and _under(top, real)):

@@ -288,3 +288,34 @@ def test_create_start_output(shim, bundle_factory, new_id):
         assert output(b)[0] == "started\n"
 
 
+
+
+@pytest.fixture
+def launcher(workdir) -> str:
+    from interceptd.runtime.launcher import build
+
+    return build(str(workdir / "interceptd-runc"))
+
+
+def test_native_launcher(shim, launcher, bundle_factory, new_id, workdir):
+    """The native launcher: same container as the Python entry, pass-through untouched."""
+    shim.binary = launcher
+    b = plain_bundle(bundle_factory, ["sh", "-c", PROBE])
+    res = shim.run(b, new_id("launch")).check()
+    assert res.stdout.split()[1] != "0" and "Seccomp:\t2" in res.stdout
+    assert_nothing_left(shim)
+    for args in (["--no-such-flag", "list"], ["--root", str(shim.root), "state", "nope"],
+                 ["--version"]):
+        via = subprocess.run([launcher, *args], capture_output=True, text=True)
+        direct = subprocess.run([shim.name, *args], capture_output=True, text=True)
+        assert (via.returncode, via.stdout, via.stderr) == (
+            direct.returncode, direct.stdout, direct.stderr), args
+
+
+def test_launcher_runtime_from_config(monkeypatch, launcher, workdir):
+    cfg = workdir / "i.toml"
+    cfg.write_text('[daemon]\nruntime = "nope"\n[runtime]\nruntime = "/usr/bin/crun"\n')
+    monkeypatch.delenv("INTERCEPTD_RUNTIME", raising=False)
+    monkeypatch.setenv("INTERCEPTD_CONFIG", str(cfg))
+    out = subprocess.run([launcher, "--version"], capture_output=True, text=True).stdout
+    assert out.startswith("crun version")

@@ -1,0 +1,163 @@
+"""Container start latency: interceptd-runc vs plain runc with a user namespace.
+
+One sample = `create` + `start` + the container's exit (a busybox `true`),
+timed from the caller's side; `delete` is timed separately. The baseline is
+what a hardened container costs without interceptd: plain runc, a user
+namespace, and a rootfs chowned to the mapped root ahead of time. interceptd-runc
+gets an image-style root-owned rootfs and a config without a user namespace,
+and does everything itself (id range, id-mapped mount, seccomp attach, checks).
+
+Prints both medians (of 30 by default), the ratio and PASS/MISS against 1.25x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+INTERCEPTD = REPO / ".venv" / "bin" / "interceptd"
+TARGET = 1.25
+BASELINE_ID = 3_000_000_000  # far from interceptd's pool
+
+
+def make_rootfs(path: Path, owner: int) -> None:
+    (path / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", path / "bin" / "busybox")
+    for a in ("sh", "true"):
+        os.symlink("busybox", path / "bin" / a)
+    for d in ("proc", "dev", "sys", "tmp", "etc"):
+        (path / d).mkdir()
+    for root, dirs, files in os.walk(path):
+        for n in dirs + files:
+            os.lchown(os.path.join(root, n), owner, owner)
+    os.lchown(path, owner, owner)
+
+
+def config(userns: bool) -> dict:
+    ns = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
+    cfg: dict = {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["true"],
+                    "env": ["PATH=/bin"], "cwd": "/",
+                    "capabilities": {k: ["CAP_KILL", "CAP_CHOWN"]
+                                     for k in ("bounding", "effective", "permitted")},
+                    "noNewPrivileges": True},
+        "root": {"path": "rootfs"},
+        "hostname": "bench",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}],
+        "linux": {"namespaces": ns},
+    }
+    if userns:
+        ns.append({"type": "user"})
+        m = [{"containerID": 0, "hostID": BASELINE_ID, "size": 65536}]
+        cfg["linux"]["uidMappings"] = m
+        cfg["linux"]["gidMappings"] = m
+    return cfg
+
+
+def make_bundle(path: Path, userns: bool) -> Path:
+    path.mkdir(parents=True)
+    os.chmod(path, 0o711)
+    make_rootfs(path / "rootfs", BASELINE_ID if userns else 0)
+    (path / "config.json").write_text(json.dumps(config(userns)))
+    return path
+
+
+def become_subreaper() -> None:
+    """Orphaned container inits become our children, so their exit can be waited for."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def one(cmd: list[str], bundle: Path, cid: str, env: dict[str, str]) -> tuple[float, float]:
+    pidfile = bundle / "pid"
+    t0 = time.perf_counter()
+    subprocess.run([*cmd, "create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid],
+                   check=True, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    pid = int(pidfile.read_text())
+    subprocess.run([*cmd, "start", cid], check=True, env=env)
+    os.waitpid(pid, 0)
+    t1 = time.perf_counter()
+    subprocess.run([*cmd, "delete", cid], check=True, env=env)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=30)
+    ap.add_argument("--runtime", default="runc")
+    ap.add_argument("--shim", help="interceptd-runc to measure (default: the native "
+                    "launcher, built into a temporary directory)")
+    args = ap.parse_args()
+    become_subreaper()
+    top = Path(tempfile.mkdtemp(prefix="icd-bench-", dir="/tmp"))
+    os.chmod(top, 0o711)
+    state = top / "interceptd"
+    daemon = subprocess.Popen([str(INTERCEPTD), "--state-dir", str(state), "--metrics-address",
+                               "off", "--log-level", "warning"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (state / "control.sock").exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("interceptd did not start")
+            time.sleep(0.02)
+        real = shutil.which(args.runtime)
+        assert real, args.runtime
+        base_cmd = [real, "--root", str(top / "root-base")]
+        shim = args.shim
+        if not shim:
+            sys.path.insert(0, str(REPO))
+            from interceptd.runtime.launcher import build
+
+            shim = build(str(top / "interceptd-runc"))
+        shim_cmd = [shim, "--root", str(top / "root-shim")]
+        env = dict(os.environ, INTERCEPTD_RUNTIME=real, INTERCEPTD_STATE_DIR=str(state))
+        env.pop("INTERCEPTD_CONFIG", None)
+        b_base = make_bundle(top / "base", userns=True)
+        b_shim = make_bundle(top / "shim", userns=False)
+        base, shimt, base_del, shim_del = [], [], [], []
+        for i in range(args.n + 2):  # two warm-up rounds, alternating to share drift
+            a, ad = one(base_cmd, b_base, f"base-{i}", env)
+            s, sd = one(shim_cmd, b_shim, f"shim-{i}", env)
+            if i >= 2:
+                base.append(a)
+                shimt.append(s)
+                base_del.append(ad)
+                shim_del.append(sd)
+        mb, ms = statistics.median(base), statistics.median(shimt)
+        ratio = ms / mb
+        print(f"container start ({args.runtime}, create+start+exit, median of {args.n}):")
+        print(f"  {args.runtime} + userns (chowned rootfs): {mb * 1000:7.1f} ms")
+        print(f"  interceptd-runc:                   {ms * 1000:7.1f} ms  ({shim})")
+        print(f"  delete: {statistics.median(base_del) * 1000:.1f} ms vs "
+              f"{statistics.median(shim_del) * 1000:.1f} ms")
+        verdict = "PASS" if ratio <= TARGET else "MISS"
+        print(f"  ratio {ratio:.2f}x (target <= {TARGET}x): {verdict}")
+        return 0
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+        with open("/proc/self/mountinfo") as f:
+            left = [ln.split()[4] for ln in f if str(top) in ln]
+        for p in reversed(left):
+            subprocess.run(["umount", "-l", p], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

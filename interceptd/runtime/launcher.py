@@ -1,0 +1,51 @@
+"""Build the native interceptd-runc launcher (launcher.c) and install it.
+
+    python -m interceptd.runtime.launcher OUT   # e.g. .venv/bin/interceptd-runc
+
+The launcher execs the real runtime for pass-through subcommands and this
+interpreter (isolated, no site) for create/run/exec/delete.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def build(out: str, python: str | None = None, cc: str = "gcc") -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    pkgroot = os.path.dirname(os.path.dirname(here))
+    python = python or sys.executable
+    for s in (python, pkgroot):
+        if any(c in s for c in "'\"\\\n"):
+            raise ValueError(f"path {s!r} cannot be embedded in the launcher")
+    out = os.path.abspath(out)
+    fd, tmp = tempfile.mkstemp(prefix=".interceptd-runc.", dir=os.path.dirname(out))
+    os.close(fd)
+    try:
+        subprocess.run(
+            [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", tmp,
+             f'-DINTERCEPTD_PYTHON="{python}"', f'-DINTERCEPTD_PKGROOT="{pkgroot}"',
+             os.path.join(here, "launcher.c")],
+            check=True)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print(build(sys.argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
