@@ -142,21 +142,24 @@ def decide_open_tree(flags: int, details: dict[str, object]) -> Decision:
 def decide_detached_tree(
     top_fstype: str, at_fs_root: bool, unprotected: list[str], details: dict[str, object]
 ) -> Decision | None:
-    """Refusal for attaching a detached procfs/sysfs tree that lost its protection, or None.
+    """Refusal for attaching a detached tree (a clone or an fsmount result), or None.
 
-    `unprotected`: masked or read-only paths that, in the tree, are not covered by a mount
-    of their own (so a non-recursive clone or a bare fsmount shows the real file)."""
-    if top_fstype not in ("proc", "sysfs"):
+    `unprotected`: masked or read-only paths that, in a procfs/sysfs tree, are not covered
+    by a mount of their own (a non-recursive clone or a bare fsmount shows the real file).
+    A partial procfs/sysfs tree (its root is not the filesystem's root) cannot be checked
+    against the container's masks by path and is refused. (The kernel itself refuses to
+    move a mount out of the middle of a detached tree, so only whole trees get here.)"""
+    if top_fstype in ("proc", "sysfs"):
+        if unprotected:
+            return deny(
+                errno.EPERM,
+                f"move_mount of a {top_fstype} tree without its masks ({', '.join(unprotected)})",
+                **details,
+            )
+        if not at_fs_root:
+            return deny(errno.EPERM, f"move_mount of a partial {top_fstype} tree "
+                                     "(a read-only path or a piece of a clone)", **details)
         return None
-    if unprotected:
-        return deny(
-            errno.EPERM,
-            f"move_mount of a {top_fstype} tree without its masks ({', '.join(unprotected)})",
-            **details,
-        )
-    if not at_fs_root and top_fstype == "sysfs":
-        return deny(errno.EPERM, "move_mount of a partial sysfs tree: masks not verifiable",
-                    **details)
     return None
 
 

@@ -7,6 +7,9 @@
  *   policy_mntapi move PATH DST                 move_mount of an attached mount
  *   policy_mntapi fsmount FSTYPE DST            fsopen + fsconfig(CREATE) + fsmount + move_mount
  *   policy_mntapi fspick PATH                   fspick + fsconfig(RECONFIGURE)
+ *   policy_mntapi extract SUB DST1 DST2         open_tree(/, CLONE|AT_RECURSIVE), move_mount
+ *                                               of SUB (inside the clone) to DST1, then of
+ *                                               the clone to DST2
  *   policy_mntapi loop N DIR                    N x (mount tmpfs on DIR, umount DIR):
  *                                               prints "loop ok=K bad=B first_errno=E ns=T"
  *
@@ -103,6 +106,16 @@ int main(int argc, char **argv)
 			return 0;
 		r = syscall(SYS_fsconfig, (int)fd, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0);
 		step("fsconfig", r);
+		return 0;
+	}
+	if (strcmp(argv[1], "extract") == 0 && argc >= 5) {
+		fd = step("open_tree", syscall(SYS_open_tree, AT_FDCWD, "/",
+					       OPEN_TREE_CLONE | AT_RECURSIVE));
+		if (fd < 0)
+			return 0;
+		step("move_sub", syscall(SYS_move_mount, (int)fd, argv[2], AT_FDCWD, argv[3], 0));
+		step("move_rest", syscall(SYS_move_mount, (int)fd, "", AT_FDCWD, argv[4],
+					  MOVE_MOUNT_F_EMPTY_PATH));
 		return 0;
 	}
 	if (strcmp(argv[1], "loop") == 0 && argc >= 4) {

@@ -18,6 +18,7 @@ import pytest
 from tests.harness import Daemon, Runtime
 from tests.integration.policy_support import (
     EBUSY,
+    EINVAL,
     EPERM,
     host_mounts,
     privileged,
@@ -239,6 +240,11 @@ def test_new_mount_api(rt, bundle_factory, daemon, new_id):
         probe("fsmount_debugfs", "policy_mntapi fsmount debugfs /mnt/g", last=True),
         probe("fspick_procsys", "policy_mntapi fspick /proc/sys", last=True),
         probe("fspick_own", "policy_mntapi fspick /mnt/f", last=True),
+        # Take the mask out of a recursive clone of /, then attach the rest.
+        "touch /tmp/k2; mkdir -p /mnt/r",
+        probe("extract_mask", "policy_mntapi extract proc/timer_list /tmp/k2 /mnt/r",
+              last=True),
+        masked("extract_masked", "/mnt/r/proc/timer_list"),
     ])
     vetted, plain = both(rt, bundle_factory, daemon, new_id, script)
     for k in ("clone_procsys_rw", "clone_root_rec_rw", "setattr_procsys_rw",
@@ -250,6 +256,9 @@ def test_new_mount_api(rt, bundle_factory, daemon, new_id):
     assert vetted["clone_masked"] == (1, 0)
     assert plain["clone_proc_flat"] == (0, 0)
     assert plain["flat_masked"] == (0, 0)  # unvetted, the flat clone shows the real file
+    # The kernel refuses to move a mount out of the middle of a detached tree (EINVAL):
+    # the mask stays, and the whole clone, masks included, can be attached.
+    assert vetted["extract_mask"] == (-1, EINVAL) and vetted["extract_masked"] == (1, 0)
 
 
 NESTED = r"""

@@ -84,11 +84,13 @@ def test_move_mount_rules():
 
 def test_detached_procfs_must_keep_masks():
     assert decide_detached_tree("tmpfs", True, [], {}) is None
+    assert decide_detached_tree("tmpfs", False, [], {}) is None
     assert decide_detached_tree("proc", True, [], {}) is None
     d = decide_detached_tree("proc", True, ["/proc/kcore"], {})
     assert d is not None and d.errno == errno.EPERM and "/proc/kcore" in d.reason
-    d = decide_detached_tree("sysfs", False, [], {})
-    assert d is not None and d.errno == errno.EPERM
+    for fs in ("sysfs", "proc"):
+        d = decide_detached_tree(fs, False, [], {})
+        assert d is not None and d.errno == errno.EPERM and "partial" in d.reason
 
 
 def setattr_(target, clr, set_=0, flags=0):
