@@ -26,7 +26,6 @@ from tests.harness.daemon import Daemon
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
-SHIM = REPO / ".venv" / "bin" / "interceptd-runc"
 DOCKERD = shutil.which("dockerd")
 DOCKER = shutil.which("docker")
 IMAGE = "interceptd-busybox:test"
@@ -70,8 +69,12 @@ class Dockerd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        from interceptd.runtime.launcher import build
+
+        # What a set-up installs: the native launcher in front of the Python shim.
+        shim = build(str(self.top / "interceptd-runc"))
         cfg = json.loads((REPO / "packaging" / "docker" / "daemon.json").read_text())
-        cfg["runtimes"]["interceptd"]["path"] = str(SHIM)
+        cfg["runtimes"]["interceptd"]["path"] = shim
         (self.top / "daemon.json").write_text(json.dumps(cfg))
         env = dict(os.environ, INTERCEPTD_STATE_DIR=str(self.daemon.state_dir),
                    INTERCEPTD_RUNTIME="runc")
@@ -257,3 +260,12 @@ def test_exec_and_restart_keep_ownership(docker_env):
     finally:
         d.docker("rm", "-f", cid, check=False)
     assert_clean(d)
+
+
+def test_tty_and_console_socket(docker_env):
+    """`-t` makes containerd pass --console-socket: the pass-through must keep it."""
+    p = docker_env.run("-t", IMAGE, "sh", "-c", "tty; cat /proc/self/uid_map")
+    assert p.returncode == 0, p.stderr
+    assert "/dev/pts/0" in p.stdout
+    assert p.stdout.split()[-2] != "0"
+    assert_clean(docker_env)
