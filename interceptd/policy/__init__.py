@@ -16,7 +16,7 @@ from typing import Any
 from interceptd.policy.deny import denied_syscalls as _denied
 from interceptd.policy.deny import policy_section
 
-__all__ = ["denied_syscalls", "notified_syscalls", "register"]
+__all__ = ["denied_syscalls", "notified_syscalls", "notify_rules", "register"]
 
 _FAMILIES = {
     "mounts": ("mount", "umount2", "fsopen", "fspick", "open_tree", "move_mount",
@@ -38,6 +38,33 @@ def notified_syscalls(cfg: Any = None) -> list[str]:
     for fam in _enabled(cfg):
         out.extend(_FAMILIES[fam])
     return out
+
+
+def _masked_eq(index: int, datum: int, mask: int = 0xFFFFFFFF) -> dict[str, Any]:
+    return {"index": index, "value": mask, "valueTwo": datum, "op": "SCMP_CMP_MASKED_EQ"}
+
+
+# Calls worth a round trip only for some argument values: everything else is allowed by the
+# filter itself (the handlers would answer CONTINUE anyway). ptrace(request) for the
+# requests that make a link or write a tracee; open_tree only with OPEN_TREE_CLONE.
+_NARROWED: dict[str, list[list[dict[str, Any]]]] = {
+    "ptrace": [[_masked_eq(0, req)] for req in (16, 0x4206, 4, 5, 6)],
+    "open_tree": [[_masked_eq(2, 1, 1)]],
+}
+
+
+def notify_rules(cfg: Any = None) -> list[dict[str, Any]]:
+    """The same set as `notified_syscalls` as OCI `SCMP_ACT_NOTIFY` rules, narrowed by
+    argument where the policy only cares about some values (strace's PEEK/GETREGS stream
+    then never leaves the kernel). A runtime may use either; the handlers are correct for
+    both."""
+    plain = [n for n in notified_syscalls(cfg) if n not in _NARROWED]
+    rules: list[dict[str, Any]] = [{"names": plain, "action": "SCMP_ACT_NOTIFY"}]
+    for name, alternatives in _NARROWED.items():
+        if name in notified_syscalls(cfg):
+            rules.extend({"names": [name], "action": "SCMP_ACT_NOTIFY", "args": args}
+                         for args in alternatives)
+    return rules
 
 
 def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,8 @@ import interceptd.policy as policy
 from tests.harness import Bundle, Daemon, Runtime
 
 EPERM, EBUSY, EINVAL = 1, 16, 22
+# Build the filter from notify_rules (argument-narrowed) rather than notified_syscalls.
+NARROW = os.environ.get("INTERCEPTD_TEST_NARROW_NOTIFY", "") == "1"
 
 
 def privileged(bundle_factory: Callable[..., Bundle], daemon: Daemon | None, script: str,
@@ -18,9 +21,12 @@ def privileged(bundle_factory: Callable[..., Bundle], daemon: Daemon | None, scr
     its filter is the policy's (notify + deny list), without one it has no filter at all."""
     if daemon is None:
         return bundle_factory(args=["sh", "-c", script], caps="all", **kw)
+    rules = policy.notify_rules(None) if NARROW else []
     return bundle_factory(
-        args=["sh", "-c", script], caps="all", notify=policy.notified_syscalls(None),
-        seccomp_rules=policy.denied_syscalls(None), listener_path=daemon.listener_path, **kw)
+        args=["sh", "-c", script], caps="all",
+        notify=[] if NARROW else policy.notified_syscalls(None),
+        seccomp_rules=rules + policy.denied_syscalls(None), seccomp=True,
+        listener_path=daemon.listener_path, **kw)
 
 
 def probe(label: str, cmd: str, last: bool = False) -> str:

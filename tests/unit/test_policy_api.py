@@ -207,3 +207,15 @@ def test_notified_and_registered_agree():
               "pidfd_getfd", "kcmp", "sysinfo", "adjtimex", "clock_adjtime"):
         assert n in notified
     assert "fsconfig" not in notified and "fsmount" not in notified
+
+
+def test_notify_rules_cover_the_same_calls():
+    rules = policy.notify_rules(None)
+    assert names(rules) == set(policy.notified_syscalls(None))
+    assert all(r["action"] == "SCMP_ACT_NOTIFY" for r in rules)
+    ptrace = [r for r in rules if r["names"] == ["ptrace"]]
+    assert {r["args"][0]["valueTwo"] for r in ptrace} == {
+        c.PTRACE_ATTACH, c.PTRACE_SEIZE, c.PTRACE_POKETEXT, c.PTRACE_POKEDATA,
+        c.PTRACE_POKEUSER}
+    cfg = Config(sections={"policy": {"ptrace": False}})
+    assert "ptrace" not in names(policy.notify_rules(cfg))
