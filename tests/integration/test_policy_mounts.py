@@ -10,6 +10,7 @@ proves the policy is what stops it. The legitimate neighbours work.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -297,3 +298,31 @@ def test_nested_container_shape(rt, bundle_factory, daemon, new_id):
     assert out["nested_umount_mask"] == (-1, EPERM)
     # The nested container's own procfs (mounted through the daemon) can be unmounted.
     assert out["nested_umount_proc"] == (0, 0)
+
+
+def test_decisions_are_events(runtime_factory, bundle_factory, daemon, new_id):
+    """Every decision reaches the event bus (interceptctl trace) with its reason and the
+    decoded arguments."""
+    import threading
+
+    got: list[dict] = []
+    t = threading.Thread(target=lambda: got.extend(daemon.control_lines(
+        "trace", timeout=30, count=3, syscall="umount2")))
+    t.start()
+    time.sleep(0.3)  # the subscription is in place before the container starts
+    script = "\n".join([
+        probe("proc", f"sys umount2 s:/proc {MNT_DETACH}"),
+        probe("mask", "sys umount2 s:/proc/timer_list 0"),
+    ])
+    out = run_script(runtime_factory("runc"), privileged(bundle_factory, daemon, script),
+                     new_id("pol"))
+    t.join(timeout=30)
+    assert out["proc"] == (-1, EBUSY) and out["mask"] == (-1, EPERM)
+    events = [e for e in got if e.get("syscall") == "umount2"]
+    assert len(events) == 2, got
+    proc, mask = events
+    assert proc["verdict"] == "errno" and proc["errno"] == EBUSY
+    assert "target=/proc" in proc["reason"] and proc["source"] == "seccomp"
+    assert mask["errno"] == EPERM and "/proc/timer_list" in mask["reason"]
+    assert all(e["container"].startswith("pol-") and e["pid"] > 0 and e["comm"] == "sys"
+               for e in events)
