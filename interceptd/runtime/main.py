@@ -114,8 +114,8 @@ def _host_namespaces() -> dict[str, set[tuple[int, int]]]:
     return out
 
 
-def _read_spec(inv: argvmod.Invocation) -> tuple[str, str, bytes, dict, bool]:
-    bundle = os.path.abspath((inv.flag_values("bundle", "b") or [os.getcwd()])[-1])
+def _read_spec(inv: argvmod.Invocation, cwd: str) -> tuple[str, str, bytes, dict, bool]:
+    bundle = os.path.normpath(os.path.join(cwd, (inv.flag_values("bundle", "b") or ["."])[-1]))
     if not os.path.isdir(bundle):
         raise Fail(f"bundle {bundle}: no such directory")
     name = (inv.flag_values("config", "f") or ["config.json"])[-1]
@@ -188,100 +188,146 @@ def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settin
     return new
 
 
-def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
-    from . import daemonlink, host, idpool, mountapi, mountinfo, policylink, records
-    from . import spec as sp
-    from .caps import host_bounding_set
+class Passthrough(Exception):
+    """Nothing to prepare: run the real runtime with the original arguments."""
 
-    cid = inv.container_id
-    if not cid:
-        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
-    bundle, cfg_path, orig_bytes, spec, was_rewritten = _read_spec(inv)
-    try:
-        status = daemonlink.check(st.state_dir, st.daemon_timeout)
-    except daemonlink.DaemonUnreachable as e:
-        raise Fail(f"refusing to start {cid} unprotected: interceptd daemon unreachable: "
-                   f"{e}") from None
 
-    root = inv.global_value("root")
-    key = records.container_key(root, cid)
-    store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
-    pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges, st.range_size)
-    stale = store.load(key)
-    if stale is not None:
-        if _container_exists(st, inv, cid):
-            # Let the runtime report the duplicate id; touch nothing of the live one.
-            os.execv(st.runtime, _runtime_cmd(st, inv.argv))
-        host.teardown(stale)
-        pool.release(key)
-        store.remove(key)
+class Create:
+    """One create/run: prepare() the bundle and host, then finish() after the runtime.
 
-    try:
-        base = pool.allocate(key)
-    except (idpool.PoolExhausted, OSError) as e:
-        raise Fail(f"cannot allocate a user-namespace id range for {cid}: {e}") from None
-    rec = records.Record(key=key, container_id=cid, bundle=bundle, host_base=base,
-                         mount_dir=os.path.join(st.mount_root, key))
-    store.save(rec)
+    Used by the Python entry (cmd_create) and by the prepare service, which runs
+    it in a long-lived process on behalf of the native launcher.
+    """
 
-    def undo() -> None:
-        host.teardown(rec)
-        pool.release(key)
-        store.remove(key)
+    def __init__(self, inv: argvmod.Invocation, st: settingsmod.Settings,
+                 cwd: str | None = None) -> None:
+        self.inv = inv
+        self.st = st
+        self.cwd = cwd or os.getcwd()
+        self.cid = inv.container_id
+        self.rec = None
+        self.cfg_path = ""
+        self.pid_file: str | None = None
+        self.detached = inv.command == "create" or inv.has_flag("detach", "d")
 
-    try:
-        notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
-        new = rewrite_spec(spec, cid=cid, host_base=base, st=st,
-                           bounding=host_bounding_set(), host_ns=_host_namespaces(),
-                           notified=notified, denied=denied)
-        sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
-        entries = mountinfo.read()
-        with mountapi.UserNamespace(base, st.range_size) as ns:
-            hs = host.HostSetup(rec, store, ns.fd)
-            new["root"]["path"] = hs.rootfs(sp.root_path(spec, bundle), entries)
-            hs.volumes(new)
+    def _abs(self, path: str) -> str:
+        return os.path.normpath(os.path.join(self.cwd, path))
+
+    def _undo(self) -> None:
+        from . import host
+
+        host.teardown(self.rec)
+        self.pool.release(self.key)
+        self.store.remove(self.key)
+
+    def prepare(self) -> list[str]:
+        """Rewrite bundle and host; the runtime's argv (after argv[0]) to run next."""
+        from . import daemonlink, host, idpool, mountapi, mountinfo, policylink, records
+        from . import spec as sp
+        from .caps import host_bounding_set
+
+        inv, st, cid = self.inv, self.st, self.cid
+        if not cid:
+            raise Passthrough
+        bundle, cfg_path, orig_bytes, spec, was_rewritten = _read_spec(inv, self.cwd)
+        self.cfg_path = cfg_path
+        try:
+            status = daemonlink.check(st.state_dir, st.daemon_timeout)
+        except daemonlink.DaemonUnreachable as e:
+            raise Fail(f"refusing to start {cid} unprotected: interceptd daemon unreachable: "
+                       f"{e}") from None
+
+        self.key = key = records.container_key(inv.global_value("root"), cid)
+        self.store = store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
+        self.pool = pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges,
+                                         st.range_size)
+        stale = store.load(key)
+        if stale is not None:
+            if _container_exists(st, inv, cid):
+                # Let the runtime report the duplicate id; touch nothing of the live one.
+                raise Passthrough
+            host.teardown(stale)
+            pool.release(key)
+            store.remove(key)
+
+        try:
+            base = pool.allocate(key)
+        except (idpool.PoolExhausted, OSError) as e:
+            raise Fail(f"cannot allocate a user-namespace id range for {cid}: {e}") from None
+        self.rec = rec = records.Record(key=key, container_id=cid, bundle=bundle,
+                                        host_base=base,
+                                        mount_dir=os.path.join(st.mount_root, key))
         store.save(rec)
-        data = json.dumps(new, indent=1).encode()
-        if not was_rewritten:
-            _write_atomic(cfg_path + ".orig", orig_bytes)
-        _write_atomic(cfg_path, data)
-        rec.config_rewritten = True
-        store.save(rec)
-    except sp.Refused as e:
-        undo()
-        raise Fail(f"container {cid} refused: {e}") from None
-    except (host.SetupError, OSError, ValueError, KeyError, TypeError) as e:
-        undo()
-        _restore_config(cfg_path)
-        raise Fail(f"cannot prepare container {cid}: {e}") from None
-
-    args = list(inv.argv)
-    pid_file = (inv.flag_values("pid-file") or [None])[-1]
-    detached = inv.command == "create" or inv.has_flag("detach", "d")
-    if detached and not pid_file:
-        pid_file = os.path.join(st.runtime_dir, "containers", key + ".pid")
-        flags = [*inv.flags, argvmod.Flag("pid-file", pid_file, ["--pid-file", pid_file])]
-        args = argvmod.rebuild(inv, flags)
-    rc = _run_forwarding(_runtime_cmd(st, args), st.runtime)
-    if rc != 0:
-        if not _container_exists(st, inv, cid):
-            undo()
+        try:
+            notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
+            new = rewrite_spec(spec, cid=cid, host_base=base, st=st,
+                               bounding=host_bounding_set(), host_ns=_host_namespaces(),
+                               notified=notified, denied=denied)
+            sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
+            self.entries = entries = mountinfo.read()
+            with mountapi.UserNamespace(base, st.range_size) as ns:
+                hs = host.HostSetup(rec, store, ns.fd)
+                new["root"]["path"] = hs.rootfs(sp.root_path(spec, bundle), entries)
+                hs.volumes(new)
+            store.save(rec)
+            data = json.dumps(new, indent=1).encode()
+            if not was_rewritten:
+                _write_atomic(cfg_path + ".orig", orig_bytes)
+            _write_atomic(cfg_path, data)
+            rec.config_rewritten = True
+            store.save(rec)
+        except sp.Refused as e:
+            self._undo()
+            raise Fail(f"container {cid} refused: {e}") from None
+        except (host.SetupError, OSError, ValueError, KeyError, TypeError) as e:
+            self._undo()
             _restore_config(cfg_path)
+            raise Fail(f"cannot prepare container {cid}: {e}") from None
+
+        self.pid_file = (inv.flag_values("pid-file") or [None])[-1]
+        if self.detached and not self.pid_file:
+            self.pid_file = os.path.join(st.runtime_dir, "containers", key + ".pid")
+            flags = [*inv.flags,
+                     argvmod.Flag("pid-file", self.pid_file, ["--pid-file", self.pid_file])]
+            return argvmod.rebuild(inv, flags)
+        return list(inv.argv)
+
+    def finish(self, rc: int) -> int:
+        """After the runtime exited with rc: roll back, place the cgroup, or tear down."""
+        from . import host, mountinfo
+
+        st, rec = self.st, self.rec
+        if rec is None:
+            return rc
+        if rc != 0:
+            if not _container_exists(st, self.inv, self.cid):
+                self._undo()
+                _restore_config(self.cfg_path)
+            return rc
+        if self.detached:
+            cg = st.cgroup2_mount or mountinfo.cgroup2_mount(self.entries)
+            if cg and self.pid_file:
+                try:
+                    with open(self._abs(self.pid_file)) as f:
+                        pid = int(f.read().strip())
+                    host.place_in_cgroup2(rec, self.store, pid, cg, self.cid)
+                except (OSError, ValueError) as e:
+                    rec.warnings.append(f"cgroup v2 placement: {e}")
+                    self.store.save(rec)
+        elif not self.inv.has_flag("keep"):
+            self._undo()
+            _restore_config(self.cfg_path)
         return rc
-    if detached:
-        cg = st.cgroup2_mount or mountinfo.cgroup2_mount(mountinfo.read())
-        if cg and pid_file:
-            try:
-                with open(pid_file) as f:
-                    pid = int(f.read().strip())
-                host.place_in_cgroup2(rec, store, pid, cg, cid)
-            except (OSError, ValueError) as e:
-                rec.warnings.append(f"cgroup v2 placement: {e}")
-                store.save(rec)
-    elif not inv.has_flag("keep"):
-        undo()
-        _restore_config(cfg_path)
-    return rc
+
+
+def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
+    job = Create(inv, st)
+    try:
+        args = job.prepare()
+    except Passthrough:
+        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
+    rc = _run_forwarding(_runtime_cmd(st, args), st.runtime)
+    return job.finish(rc)
 
 
 def _restore_config(cfg_path: str) -> None:
