@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -751,16 +752,35 @@ def handle_clock_adjtime(req: Any) -> Verdict:
     return _adjtimex(req, _s32(req.args[0]), req.args[1])
 
 
+_POINTER_ERRORS = {errno.EFAULT: errno.EFAULT, errno.EIO: errno.EFAULT,
+                   errno.ENAMETOOLONG: errno.ENAMETOOLONG}
+
+
+def _guarded(fn: Any, req: Any) -> Verdict:
+    """Bad pointers get the kernel's answer (EFAULT, ENAMETOOLONG) instead of the
+    registry's generic EPERM; a target that went away still propagates."""
+    try:
+        return fn(req)
+    except OSError as e:
+        gone = getattr(req.core, "TargetGone", None) if hasattr(req, "core") else None
+        if (isinstance(gone, type) and isinstance(e, gone)) or e.errno not in _POINTER_ERRORS:
+            raise
+        return Verdict.errno(_POINTER_ERRORS[e.errno],
+                             f"{req.syscall}: unreadable argument ({e.strerror})")
+
+
 def logged(fn: Any) -> Any:
     """`fn` with a debug log line per decision (operators: --log-level debug)."""
 
     def wrapper(req: Any) -> Verdict:
-        v = fn(req)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("policy decision", extra={"fields": {
-                "container": getattr(req.container, "id", "?"), "pid": req.pid,
-                "syscall": req.syscall, "verdict": v.kind, "errno": v.error,
-                "reason": v.reason}})
+        if not log.isEnabledFor(logging.DEBUG):
+            return _guarded(fn, req)
+        t0 = time.perf_counter()
+        v = _guarded(fn, req)
+        log.debug("policy decision", extra={"fields": {
+            "container": getattr(req.container, "id", "?"), "pid": req.pid,
+            "syscall": req.syscall, "verdict": v.kind, "errno": v.error,
+            "reason": v.reason, "us": round((time.perf_counter() - t0) * 1e6)}})
         return v
 
     wrapper.__name__ = getattr(fn, "__name__", "handler")

@@ -89,3 +89,21 @@ def test_sysinfo_shows_the_container(rt, bundle_factory, daemon, new_id):
     # busybox uptime uses sysinfo(2) too. (busybox free also reads /proc/meminfo, the
     # host's until /proc emulation lands, so its "used" column is not checked here.)
     assert "up 0 min" in res.stdout, res.stdout
+
+
+def test_bad_pointers_get_kernel_errnos(rt, bundle_factory, daemon, new_id):
+    long_path = "/" + "a" * 5000
+    script = "\n".join([
+        probe("mount_bad_src", "sys mount 0x1 s:/mnt s:tmpfs 0 0"),
+        probe("umount_bad", "sys umount2 0x10 0"),
+        probe("umount_long", f"sys umount2 s:{long_path} 0"),
+        probe("sysinfo_bad", "sys sysinfo 0x10"),
+        probe("setattr_bad", "sys mount_setattr -100 s:/tmp 0 0x10 32"),
+        probe("still_serving", "sys mount s:t s:/mnt s:tmpfs 0 0"),
+    ])
+    out = run_script(rt, privileged(bundle_factory, daemon, script), new_id("pol"))
+    assert out["mount_bad_src"] == (-1, 14) and out["umount_bad"] == (-1, 14)
+    assert out["umount_long"] == (-1, 36)
+    assert out["sysinfo_bad"] == (-1, 14) and out["setattr_bad"] == (-1, 14)
+    assert out["still_serving"] == (0, 0)
+    assert daemon.alive()
