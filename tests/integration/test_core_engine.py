@@ -3,6 +3,7 @@ the Python path, addfd, detach, channel isolation, leaks."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -272,3 +273,39 @@ def test_no_fd_or_zombie_leaks_over_many_cycles() -> None:
     while len(os.listdir("/proc/self/task")) > threads and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(os.listdir("/proc/self/task")) <= threads
+
+
+def test_close_races_with_traffic_without_hanging() -> None:
+    """Close while a worker answers a busy target: every call returns (answered
+    or ENOSYS), the worker sees the close, nothing hangs."""
+    for _round in range(5):
+        e = core.Engine()
+        ch = e.channel(1)
+        ch.set_rule(SYSFS, core.ACT_PYTHON)
+        ch.set_rule(GETPGID, core.ACT_VALUE, 3)
+        t = attach(e, ch, [SYSFS, GETPGID], f"loop:{SYSFS}:100000", f"loop:{GETPGID}:10")
+        done = threading.Event()
+
+        def worker(ch: core.Channel = ch, done: threading.Event = done) -> None:
+            while not ch.closed:
+                for item in ch.wait(0.05):
+                    if isinstance(item, core.Notification):
+                        with contextlib.suppress(OSError):
+                            ch.respond(item, value=1)  # the close may win the race
+            done.set()
+
+        th = threading.Thread(target=worker)
+        th.start()
+        try:
+            while ch.stats()["python"] < 200:
+                time.sleep(0.001)
+            ch.close()
+            lines = t.finish(timeout=30)
+            th.join(timeout=10)
+            assert done.is_set()
+            # The loop ends with ENOSYS (listener gone); later calls no longer notify.
+            assert lines[0] == f"loop {SYSFS} 100000 -1 {errno.ENOSYS}"
+            assert lines[1] == f"loop {GETPGID} 10 -1 {errno.ENOSYS}"
+        finally:
+            t.close()
+            e.close()
