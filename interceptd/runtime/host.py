@@ -41,14 +41,10 @@ class HostSetup:
         self.userns_fd = userns_fd
 
     def _mount_fd(self, fd: int, target: str) -> None:
+        # Not saved per mount (a rename costs a flush on ext4): every mount point
+        # lives under rec.mount_dir, which teardown scans anyway.
+        mountapi.move_mount(fd, target)
         self.rec.mounts.append(target)
-        self.store.save(self.rec)
-        try:
-            mountapi.move_mount(fd, target)
-        except OSError:
-            self.rec.mounts.pop()
-            self.store.save(self.rec)
-            raise
 
     def rootfs(self, root: str, entries: list[mountinfo.MountEntry]) -> str:
         """Mount an id-mapped view of `root`; return the new root path."""
@@ -112,14 +108,11 @@ class HostSetup:
             f"workdir={layers.work}",
             *[o for o in layers.other if not o.startswith(("uuid", "index"))],
         ]
-        self.rec.mounts.append(target)
-        self.store.save(self.rec)
         try:
             mountapi.mount("overlay", target, "overlay", 0, ",".join(opts))
         except OSError as e:
-            self.rec.mounts.pop()
-            self.store.save(self.rec)
             raise SetupError(f"cannot mount the id-mapped overlay for {merged}: {e}") from None
+        self.rec.mounts.append(target)
         # Keep the caller's view (docker cp, docker export) on the same filesystem.
         self.rec.mounts.append(merged)
         self.store.save(self.rec)
@@ -176,10 +169,29 @@ def place_in_cgroup2(rec: Record, store: RecordStore, pid: int, cgroup2_root: st
     return node
 
 
+def _mount_points(mount_dir: str) -> list[str]:
+    """Every place under mount_dir the shim may have mounted, in set-up order."""
+    out = []
+    for sub in ("lower", "rootfs", "vol"):
+        d = os.path.join(mount_dir, sub)
+        if sub == "rootfs":
+            out.append(d)
+            continue
+        try:
+            names = sorted(os.listdir(d), key=lambda n: (len(n), n))
+        except OSError:
+            continue
+        out += [os.path.join(d, n) for n in names]
+    return out
+
+
 def teardown(rec: Record) -> list[str]:
     """Undo everything the record lists; returns problems (never raises)."""
     problems: list[str] = []
-    for target in reversed(rec.mounts):
+    targets = list(rec.mounts)
+    if rec.mount_dir:
+        targets += [p for p in _mount_points(rec.mount_dir) if p not in targets]
+    for target in reversed(targets):
         try:
             mountapi.umount(target, mountapi.MNT_DETACH)
         except OSError as e:

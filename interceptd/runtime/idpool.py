@@ -31,7 +31,9 @@ class IdPool:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            # flock, not lockf: it excludes threads of one process too (the
+            # prepare service), not only separate processes.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             table = self._read()
             yield table
         finally:

@@ -5,15 +5,21 @@
  * Python interpreter per call would cost more than runc itself. This launcher
  * execs the real runtime directly for every subcommand that needs no rewrite,
  * and starts the Python shim (isolated, without site: ~10 ms instead of ~40)
- * only for create, run, exec and delete.
+ * only for create, run, exec and delete. For create and run it first asks the
+ * prepare service (<state-dir>/runtime.sock, service.py) to do the rewrite, so
+ * no interpreter starts at all; without the service it falls back to Python.
  *
  * Build-time constants: INTERCEPTD_PYTHON (interpreter) and INTERCEPTD_PKGROOT
  * (the directory holding the interceptd package).
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef INTERCEPTD_PYTHON
@@ -56,26 +62,28 @@ static const char *find_command(int argc, char **argv)
 	return NULL;
 }
 
-/* `runtime = "..."` in the [runtime] table of the config file (basic strings only). */
-static char *runtime_from_config(void)
+/* `key = "..."` in table [section] of the config file (basic strings only). */
+static char *config_value(const char *section, const char *key)
 {
 	const char *path = getenv("INTERCEPTD_CONFIG");
 	FILE *f = fopen(path ? path : DEFAULT_CONFIG, "re");
 	if (!f)
 		return NULL;
-	char line[4096], *found = NULL;
-	int in_runtime = 0;
+	char line[4096], header[256], *found = NULL;
+	size_t klen = strlen(key);
+	int in_section = 0;
+	snprintf(header, sizeof(header), "[%s]", section);
 	while (!found && fgets(line, sizeof(line), f)) {
 		char *p = line;
 		while (*p == ' ' || *p == '\t')
 			p++;
 		if (*p == '[') {
-			in_runtime = strncmp(p, "[runtime]", 9) == 0;
+			in_section = strncmp(p, header, strlen(header)) == 0;
 			continue;
 		}
-		if (!in_runtime || strncmp(p, "runtime", 7) != 0)
+		if (!in_section || strncmp(p, key, klen) != 0)
 			continue;
-		p += 7;
+		p += klen;
 		while (*p == ' ' || *p == '\t')
 			p++;
 		if (*p++ != '=')
@@ -118,16 +126,253 @@ static int run_python(int argc, char **argv)
 	return 1;
 }
 
+/* ---------------------------------------------------------------- prepare service */
+
+struct buf {
+	char *p;
+	size_t len, cap;
+};
+
+static int buf_add(struct buf *b, const char *s, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = (b->len + n + 1) * 2;
+		char *p = realloc(b->p, cap);
+		if (!p)
+			return -1;
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+	return 0;
+}
+
+static int buf_json_str(struct buf *b, const char *s)
+{
+	if (buf_add(b, "\"", 1))
+		return -1;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		char esc[8];
+		if (c == '"' || c == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)c;
+			if (buf_add(b, esc, 2))
+				return -1;
+		} else if (c < 0x20) {
+			snprintf(esc, sizeof(esc), "\\u%04x", c);
+			if (buf_add(b, esc, 6))
+				return -1;
+		} else if (buf_add(b, (const char *)s, 1)) {
+			return -1;
+		}
+	}
+	return buf_add(b, "\"", 1);
+}
+
+static const char *state_dir(char **owned)
+{
+	const char *d = getenv("INTERCEPTD_STATE_DIR");
+	if (d && *d)
+		return d;
+	if ((*owned = config_value("runtime", "state_dir")))
+		return *owned;
+	if ((*owned = config_value("daemon", "state_dir")))
+		return *owned;
+	return "/run/interceptd";
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Read until `want` NULs or a newline-terminated header have arrived. */
+static ssize_t read_some(int fd, struct buf *b)
+{
+	char tmp[65536];
+	ssize_t r;
+	do
+		r = read(fd, tmp, sizeof(tmp));
+	while (r < 0 && errno == EINTR);
+	if (r > 0 && buf_add(b, tmp, (size_t)r))
+		return -1;
+	return r;
+}
+
+static volatile pid_t child_pid;
+
+static void relay(int sig)
+{
+	if (child_pid > 0)
+		kill(child_pid, sig);
+}
+
+/*
+ * Returns -1 when the service is not usable (the caller falls back to Python);
+ * otherwise the exit status to exit with.
+ */
+static int via_service(int argc, char **argv)
+{
+	char *owned = NULL;
+	const char *dir = state_dir(&owned);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/runtime.sock", dir) >=
+	    sizeof(sa.sun_path)) {
+		free(owned);
+		return -1;
+	}
+	free(owned);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -1;
+	}
+	struct buf req = {0};
+	char cwd[4096];
+	if (!getcwd(cwd, sizeof(cwd)))
+		goto fallback;
+	static const char *const env_keys[] = {
+		"INTERCEPTD_RUNTIME", "INTERCEPTD_STATE_DIR", "INTERCEPTD_CONFIG", NULL,
+	};
+	int bad = buf_add(&req, "{\"argv\":[", 9);
+	for (int i = 1; i < argc; i++) {
+		if (i > 1)
+			bad |= buf_add(&req, ",", 1);
+		bad |= buf_json_str(&req, argv[i]);
+	}
+	bad |= buf_add(&req, "],\"cwd\":", 8);
+	bad |= buf_json_str(&req, cwd);
+	bad |= buf_add(&req, ",\"env\":{", 8);
+	int first = 1;
+	for (int i = 0; env_keys[i]; i++) {
+		const char *v = getenv(env_keys[i]);
+		if (!v)
+			continue;
+		if (!first)
+			bad |= buf_add(&req, ",", 1);
+		first = 0;
+		bad |= buf_json_str(&req, env_keys[i]);
+		bad |= buf_add(&req, ":", 1);
+		bad |= buf_json_str(&req, v);
+	}
+	bad |= buf_add(&req, "}}\n", 3);
+	if (bad || write_all(fd, req.p, req.len) < 0)
+		goto fallback;
+	free(req.p);
+	req = (struct buf){0};
+
+	/* The header line, then (for OK) n NUL-terminated strings. */
+	struct buf in = {0};
+	char *nl;
+	while (!(in.p && (nl = memchr(in.p, '\n', in.len))))
+		if (read_some(fd, &in) <= 0)
+			goto fallback_in;
+	if (strncmp(in.p, "FALLBACK", 8) == 0)
+		goto fallback_in;
+	if (strncmp(in.p, "ERR ", 4) == 0) {
+		*nl = '\0';
+		fprintf(stderr, "interceptd-runc: %s\n", in.p + 4);
+		free(in.p);
+		close(fd);
+		return 1;
+	}
+	if (strncmp(in.p, "OK ", 3) != 0)
+		goto fallback_in;
+	long n = strtol(in.p + 3, NULL, 10);
+	if (n < 2 || n > 100000)
+		goto fallback_in;
+	size_t start = (size_t)(nl - in.p) + 1;
+	for (;;) {
+		long nuls = 0;
+		for (size_t i = start; i < in.len; i++)
+			nuls += in.p[i] == '\0';
+		if (nuls >= n)
+			break;
+		if (read_some(fd, &in) <= 0)
+			goto fallback_in;
+	}
+	char **args = calloc((size_t)n, sizeof(char *));
+	if (!args)
+		goto fallback_in;
+	char *p = in.p + start;
+	for (long i = 0; i < n; i++) {
+		args[i] = p;
+		p += strlen(p) + 1;
+	}
+	/* args[0] is the runtime's path, args[1..] its argv. */
+	child_pid = fork();
+	if (child_pid < 0) {
+		perror("interceptd-runc: fork");
+		return 1;
+	}
+	if (child_pid == 0) {
+		execv(args[0], args + 1);
+		fprintf(stderr, "interceptd-runc: cannot exec %s: %s\n", args[0], strerror(errno));
+		_exit(127);
+	}
+	static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
+				      SIGWINCH, 0};
+	struct sigaction act = {.sa_handler = relay};
+	sigemptyset(&act.sa_mask);
+	for (int i = 0; relayed[i]; i++)
+		sigaction(relayed[i], &act, NULL);
+	int status = 0;
+	while (waitpid(child_pid, &status, 0) < 0 && errno == EINTR)
+		;
+	int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	char msg[32];
+	int len = snprintf(msg, sizeof(msg), "RC %d\n", rc);
+	/* The service finishes (rollback, cgroup, teardown) before we report. */
+	if (write_all(fd, msg, (size_t)len) == 0) {
+		struct buf done = {0};
+		while (!(done.p && memchr(done.p, '\n', done.len)))
+			if (read_some(fd, &done) <= 0)
+				break;
+		free(done.p);
+	}
+	close(fd);
+	return rc;
+
+fallback_in:
+	free(in.p);
+fallback:
+	free(req.p);
+	close(fd);
+	return -1;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd = find_command(argc, argv);
+	const char *no_service = getenv("INTERCEPTD_RUNC_NO_SERVICE");
+	if (cmd && (strcmp(cmd, "create") == 0 || strcmp(cmd, "run") == 0) &&
+	    !(no_service && *no_service)) {
+		int rc = via_service(argc, argv);
+		if (rc >= 0)
+			return rc;
+	}
 	if (cmd && in_list(cmd, shim_commands))
 		return run_python(argc, argv);
 
 	const char *rt = getenv("INTERCEPTD_RUNTIME");
 	char *from_cfg = NULL;
 	if (!rt || !*rt)
-		rt = from_cfg = runtime_from_config();
+		rt = from_cfg = config_value("runtime", "runtime");
 	if (!rt || !*rt)
 		rt = "runc";
 	const char *base = strrchr(rt, '/');

@@ -29,6 +29,11 @@ class Fail(Exception):
 
 def _log_error(inv: argvmod.Invocation, msg: str) -> None:
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+    _log_file_error(inv, msg)
+
+
+def _log_file_error(inv: argvmod.Invocation, msg: str) -> None:
+    """The runtime's --log file: containerd shows its last error line to the user."""
     log = inv.global_value("log")
     if not log:
         return
@@ -166,12 +171,10 @@ def _write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
 def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settings,
                  bounding: set[str], host_ns: dict, notified: list[str],
                  denied: list[dict]) -> dict:
-    """All pure rewrites, in order, on a copy of spec (raises spec.Refused)."""
-    import copy
-
+    """All pure rewrites, in order, on spec itself (raises spec.Refused)."""
     from . import spec as sp
 
-    new = copy.deepcopy(spec)
+    new = spec
     sp.check_namespaces(new, host_ns)
     sensitive = [*sp.SENSITIVE_PATHS, st.state_dir, *st.extra_sensitive_paths]
     if st.config_path:
@@ -260,7 +263,9 @@ class Create:
         store.save(rec)
         try:
             notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
-            new = rewrite_spec(spec, cid=cid, host_base=base, st=st,
+            # Rewrites work on a fresh parse (cheaper than deepcopy); `spec` stays
+            # the original for root_path below.
+            new = rewrite_spec(json.loads(orig_bytes), cid=cid, host_base=base, st=st,
                                bounding=host_bounding_set(), host_ns=_host_namespaces(),
                                notified=notified, denied=denied)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
@@ -269,8 +274,7 @@ class Create:
                 hs = host.HostSetup(rec, store, ns.fd)
                 new["root"]["path"] = hs.rootfs(sp.root_path(spec, bundle), entries)
                 hs.volumes(new)
-            store.save(rec)
-            data = json.dumps(new, indent=1).encode()
+            data = json.dumps(new, separators=(",", ":")).encode()
             if not was_rewritten:
                 _write_atomic(cfg_path + ".orig", orig_bytes)
             _write_atomic(cfg_path, data)

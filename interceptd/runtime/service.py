@@ -1,0 +1,151 @@
+"""The prepare service: the create/run rewrite done by a long-lived process.
+
+The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run
+(the same `main.Create` as the Python entry), runs the real runtime itself,
+then reports its exit status so the service can finish (roll back, place the
+cgroup, tear down). This saves starting an interpreter per container. When the
+service is absent, or the caller is in another mount namespace (mounts made
+here would not be the caller's), the launcher falls back to the Python entry.
+
+Protocol (one connection per container start):
+  -> {"argv": [...], "cwd": "...", "env": {"INTERCEPTD_RUNTIME": ...}}\\n
+  <- "OK <n>\\n" + n NUL-terminated strings (runtime path, argv0, args...)
+     | "ERR <message>\\n" | "FALLBACK\\n"
+  -> "RC <status>\\n"          (after the runtime exited)
+  <- "DONE <status>\\n"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+
+from . import argv as argvmod
+from . import settings as settingsmod
+from .main import Create, Fail, Passthrough, _log_file_error, _runtime_cmd
+
+SOCK_NAME = "runtime.sock"
+ENV_KEYS = ("INTERCEPTD_RUNTIME", "INTERCEPTD_STATE_DIR", "INTERCEPTD_CONFIG")
+MAX_REQUEST = 1 << 20
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    if uid != 0:
+        raise PermissionError("only root may prepare containers")
+    return pid
+
+
+def _same_mount_ns(pid: int) -> bool:
+    a, b = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class Service:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = os.path.realpath(state_dir)
+        self.path = os.path.join(state_dir, SOCK_NAME)
+        self.sock: socket.socket | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> Service:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            s.bind(self.path)  # 0600: preparing a container is root's business
+        finally:
+            os.umask(old)
+        s.listen(64)
+        self.sock = s
+        threading.Thread(target=self._accept, name="runtime-service", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                self._handle(conn, conn.makefile("rb"))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                with contextlib.suppress(OSError):
+                    conn.sendall(f"ERR prepare service: {e}\n".encode())
+
+    def _handle(self, conn: socket.socket, rfile) -> None:
+        pid = _peer_pid(conn)
+        req = json.loads(rfile.readline(MAX_REQUEST))
+        args = [str(a) for a in req["argv"]]
+        cwd = str(req["cwd"])
+        env = {k: str(v) for k, v in (req.get("env") or {}).items() if k in ENV_KEYS}
+        env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        st = settingsmod.load(env)
+        inv = argvmod.parse(args)
+        if (not _same_mount_ns(pid) or os.path.realpath(st.state_dir) != self.state_dir
+                or inv.command not in ("create", "run")):
+            conn.sendall(b"FALLBACK\n")
+            return
+        job = Create(inv, st, cwd)
+        try:
+            run_args = job.prepare()
+        except Passthrough:
+            run_args = list(inv.argv)
+        except Fail as e:
+            _log_file_error(inv, str(e))
+            conn.sendall(f"ERR {e}\n".replace("\n", " ").rstrip().encode() + b"\n")
+            return
+        cmd = _runtime_cmd(st, run_args)
+        out = [st.runtime, *cmd]
+        conn.sendall(f"OK {len(out)}\n".encode() + b"".join(os.fsencode(a) + b"\0" for a in out))
+        conn.settimeout(None)  # `run` lasts as long as the container
+        line = rfile.readline(64)
+        try:
+            rc = int(line.split()[1]) if line.startswith(b"RC ") else 1
+        except (IndexError, ValueError):
+            rc = 1
+        rc = job.finish(rc)
+        conn.sendall(f"DONE {rc}\n".encode())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="interceptd-runc prepare service")
+    ap.add_argument("--state-dir", default=settingsmod.DEFAULT_STATE_DIR)
+    a = ap.parse_args()
+    svc = Service(a.state_dir).start()
+    print(f"serving {svc.path}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        svc.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
