@@ -319,3 +319,68 @@ def test_launcher_runtime_from_config(monkeypatch, launcher, workdir):
     monkeypatch.setenv("INTERCEPTD_CONFIG", str(cfg))
     out = subprocess.run([launcher, "--version"], capture_output=True, text=True).stdout
     assert out.startswith("crun version")
+
+
+@pytest.fixture
+def service(shim):
+    """The prepare service on the test daemon's state dir (a process of its own until
+    the daemon hosts it)."""
+    state = Path(shim.daemon.state_dir)  # type: ignore[attr-defined]
+    p = subprocess.Popen([sys.executable, "-m", "interceptd.runtime.service", "--state-dir",
+                          str(state)], cwd=str(REPO), stdout=subprocess.DEVNULL)
+    for _ in range(500):
+        if (state / "runtime.sock").exists():
+            break
+        time.sleep(0.01)
+    else:
+        p.kill()
+        pytest.fail("prepare service did not start")
+    yield p
+    p.terminate()
+    assert p.wait(20) in (0, -15)
+
+
+def test_launcher_with_prepare_service(shim, service, launcher, bundle_factory, new_id,
+                                      monkeypatch, workdir):
+    shim.binary = launcher
+    # The Python entry logs every call it handles here; the service path never enters it.
+    trace = workdir / "trace.log"
+    monkeypatch.setenv("INTERCEPTD_RUNC_TRACE", str(trace))
+    b = plain_bundle(bundle_factory, ["sh", "-c", PROBE])
+    res = shim.run(b, new_id("svc")).check()
+    assert res.stdout.split()[1] != "0" and "Seccomp:\t2" in res.stdout
+    assert "0 /written" in res.stdout
+    assert_nothing_left(shim)
+    # create/start/delete with output to files; and parallel creates
+    bundles = [plain_bundle(bundle_factory, ["sleep", "60"]) for _ in range(4)]
+    ids = [new_id("svcpar") for _ in bundles]
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda bc: shim.create(*bc), zip(bundles, ids, strict=True)))
+    try:
+        maps = {Path(f"/proc/{shim.state(c)['pid']}/uid_map").read_text().split()[1]
+                for c in ids}
+        assert len(maps) == len(ids)
+    finally:
+        for c in ids:
+            shim.delete(c)
+    assert_nothing_left(shim)
+    commands = [json.loads(x)["argv"] for x in trace.read_text().splitlines()]
+    assert commands and all("delete" in a for a in commands)  # create/run went to the service
+
+
+def test_prepare_service_refusal(shim, service, launcher, bundle_factory, new_id, workdir):
+    shim.binary = launcher
+    b = plain_bundle(bundle_factory, ["true"])
+    b.config["linux"]["namespaces"] = [n for n in b.config["linux"]["namespaces"]
+                                       if n["type"] != "pid"]
+    b.write_config()
+    log = workdir / "log.json"
+    orig = b.config_path.read_bytes()
+    p = subprocess.run([launcher, "--root", str(shim.root), "--log", str(log), "--log-format",
+                        "json", "create", "--bundle", str(b.path), new_id("svcref")],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert p.stderr.startswith("interceptd-runc: ") and "--pid=host" in p.stderr
+    assert "--pid=host" in json.loads(log.read_text().splitlines()[-1])["msg"]
+    assert b.config_path.read_bytes() == orig
+    assert_nothing_left(shim)
