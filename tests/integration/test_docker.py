@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -77,7 +78,8 @@ class Dockerd:
         cfg["runtimes"]["interceptd"]["path"] = shim
         (self.top / "daemon.json").write_text(json.dumps(cfg))
         env = dict(os.environ, INTERCEPTD_STATE_DIR=str(self.daemon.state_dir),
-                   INTERCEPTD_RUNTIME="runc")
+                   INTERCEPTD_RUNTIME="runc",
+                   INTERCEPTD_RUNC_TRACE=str(self.top / "python-entry.log"))
         env.pop("INTERCEPTD_CONFIG", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -139,6 +141,11 @@ def docker_env() -> Iterator[Dockerd]:
     sock_existed = os.path.lexists("/var/run/docker.sock")
     daemon = Daemon(top / "interceptd")
     daemon.start()
+    # The prepare service, as the launcher finds it in production (a process of
+    # its own here until the daemon hosts it).
+    service = subprocess.Popen([sys.executable, "-m", "interceptd.runtime.service",
+                                "--state-dir", str(daemon.state_dir)], cwd=str(REPO),
+                               stdout=subprocess.DEVNULL)
     d = Dockerd(top, daemon)
     try:
         d.start()
@@ -148,6 +155,8 @@ def docker_env() -> Iterator[Dockerd]:
         yield d
     finally:
         d.stop()
+        service.terminate()
+        service.wait(20)
         rc = daemon.stop()
         _unmount_under(str(top))
         shutil.rmtree(top, ignore_errors=True)
@@ -189,6 +198,10 @@ def test_normal_container(docker_env):
     assert p.returncode == 0, p.stderr
     _check_probe(p.stdout)
     assert_clean(docker_env)
+    # The create went through the prepare service: the Python entry only saw delete.
+    calls = [json.loads(x)["argv"] for x in
+             (docker_env.top / "python-entry.log").read_text().splitlines()]
+    assert calls and all("delete" in a for a in calls), calls
 
 
 def test_privileged_container(docker_env):
