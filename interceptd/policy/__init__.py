@@ -78,7 +78,8 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
 
 def register(handlers: Any, cfg: Any = None) -> None:
     """Register the Python handlers of every enabled family."""
-    from interceptd.policy.glue import HANDLERS, logged
+    from interceptd.policy.glue import HANDLERS, configure, logged
 
+    configure(cfg)
     for name in notified_syscalls(cfg):
         handlers.register(name, logged(HANDLERS[name]))

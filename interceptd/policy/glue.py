@@ -138,8 +138,64 @@ def _bundle_paths(container: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
             tuple(dict.fromkeys(readonly + DEFAULT_READONLY_PATHS)))
 
 
+_persist_dir: str | None = None
+
+
+def configure(cfg: Any) -> None:
+    """Where the per-container state is kept across daemon restarts (<state_dir>/policy)."""
+    global _persist_dir
+    state_dir = getattr(getattr(cfg, "daemon", None), "state_dir", None)
+    _persist_dir = os.path.join(state_dir, "policy") if state_dir else None
+
+
+def _start_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def _state_path(container: Any) -> str | None:
+    if _persist_dir is None:
+        return None
+    cid = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in str(container.id))
+    return os.path.join(_persist_dir, f"{cid}.json")
+
+
+def _load(path: str | None, init_pid: int, start: int) -> ContainerPolicy | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        if d.get("init_pid") != init_pid or d.get("init_start") != start:
+            return None  # a different container that reused the id
+        return ContainerPolicy(ImmutableSet.from_dict(d["immutable"]), tuple(d["masked"]),
+                               tuple(d["readonly"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_state(container: Any, st: ContainerPolicy) -> None:
+    """Write the container's policy state (atomically) so a restarted daemon keeps the
+    attach-time snapshot instead of re-deriving a coarser one."""
+    path = _state_path(container)
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        d = st.to_dict()
+        d.update(init_pid=container.init_pid, init_start=_start_ticks(container.init_pid))
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(d, f)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as e:
+        log.warning("policy state not saved: %s", e)
+
+
 def state_of(container: Any) -> ContainerPolicy:
-    """The container's policy state, snapshotted from its init's mount table on first use.
+    """The container's policy state, snapshotted from its init's mount table on first use
+    (or reloaded from the state dir after a daemon restart).
 
     The first use is before any mount change the policy vets: runc installs the filter after
     it has set up the container's mounts, and every mount-changing syscall is notified.
@@ -149,20 +205,36 @@ def state_of(container: Any) -> ContainerPolicy:
         st = _states.get(key)
         if st is not None:
             return st
-    masked, readonly = _bundle_paths(container)
-    table = MountTable.read(container.init_pid)
-    st = ContainerPolicy(snapshot(table, masked, readonly), masked, readonly)
+    start = _start_ticks(container.init_pid)
+    path = _state_path(container)
+    st = _load(path, container.init_pid, start)
+    fresh = st is None
+    if st is None:
+        masked, readonly = _bundle_paths(container)
+        table = MountTable.read(container.init_pid)
+        st = ContainerPolicy(snapshot(table, masked, readonly), masked, readonly)
     with _states_lock:
         if key in _states:
             return _states[key]
         _states[key] = st
-        weakref.finalize(container, _forget, key)
+        weakref.finalize(container, _forget, key, path, container.init_pid, start)
+    if fresh:
+        save_state(container, st)
     return st
 
 
-def _forget(key: int) -> None:
+def _forget(key: int, path: str | None, init_pid: int, start: int) -> None:
     with _states_lock:
         _states.pop(key, None)
+    if path is None:
+        return
+    try:
+        alive = _start_ticks(init_pid) == start
+    except (OSError, ValueError):
+        alive = False
+    if not alive:  # the container is gone (not just this daemon): its state goes too
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def tracked_states() -> int:
@@ -435,6 +507,7 @@ def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flag
     for e in table.entries:
         if e.dev == devname and e.root == "/":
             register_managed(st.imm, table, e)
+    save_state(req.container, st)
     return Verdict.value(0, _reason(d))
 
 

@@ -324,5 +324,6 @@ def test_decisions_are_events(runtime_factory, bundle_factory, daemon, new_id):
     assert proc["verdict"] == "errno" and proc["errno"] == EBUSY
     assert "target=/proc" in proc["reason"] and proc["source"] == "seccomp"
     assert mask["errno"] == EPERM and "/proc/timer_list" in mask["reason"]
-    assert all(e["container"].startswith("pol-") and e["pid"] > 0 and e["comm"] == "sys"
-               for e in events)
+    for e in events:
+        assert e["container"].startswith("pol-") and e["pid"] > 0, e
+        assert e["comm"] in ("sys", ""), e  # "" when the caller exited before the lookup
