@@ -33,17 +33,6 @@ PY_VALUE = 8
 AGENT_VALUE = 6
 
 
-def repeat(runs: int, once: Callable[[], Timing], check: Callable[[Timing], bool],
-           what: str) -> Timing:
-    results = []
-    for _ in range(runs):
-        t = once()
-        if not check(t):
-            raise RuntimeError(f"{what}: unexpected answer ret={t.ret} errno={t.errno}")
-        results.append(t)
-    return Timing.median(results)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,53 +46,58 @@ def main() -> int:
     loop = build_static("syscall_loop")
     agent = build_static("agent_minimal")
     loop_args = ["-n", str(args.calls), "-w", str(args.warmup)]
-    rows: dict[str, Timing] = {}
 
     def host(cmd: list[str]) -> Timing:
         p = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
         return Timing.parse(p.stdout)
 
     t_start = time.monotonic()
-    rows["a"] = repeat(args.runs, lambda: host([str(loop), *loop_args]),
-                       lambda t: t.errno == 0 and t.ret > 0, "no filter")
-    rows["b"] = repeat(args.runs,
-                       lambda: host([str(agent), "-v", str(AGENT_VALUE), str(loop), *loop_args]),
-                       lambda t: t.ret == AGENT_VALUE, "agent")
-
     with ContainerEnv({"syscall_loop": loop}) as env:
         cmd = ["syscall_loop", *loop_args]
-        rows["a'"] = repeat(args.runs, lambda: Timing.parse(env.run(BundleSpec(args=cmd))),
-                            lambda t: t.errno == 0 and t.ret > 0, "container, no filter")
-
-        def daemon(name: str, config: str) -> Daemon:
-            return Daemon(env.dir / name, config, log_level="info").start()
-
-        fast = daemon("fast", render_config(
-            rules=[{"syscall": "sysfs", "action": "value", "value": FAST_VALUE}]))
-        try:
-            spec = BundleSpec(args=cmd, notify=["sysfs"], listener_path=fast.listener_path)
-            rows["c"] = repeat(args.runs, lambda: Timing.parse(env.run(spec)),
-                               lambda t: t.ret == FAST_VALUE, "fast path")
-            # Not notified: the filter sends only other calls to the daemon.
-            spec = BundleSpec(args=cmd, notify=["uselib", "ustat"],
-                              listener_path=fast.listener_path)
-            rows["e"] = repeat(args.runs, lambda: Timing.parse(env.run(spec)),
-                               lambda t: t.errno == 0 and t.ret > 0, "not notified")
-        finally:
-            rc_fast = fast.stop()
-
-        slow = daemon("python", render_config(sections={
+        fast = Daemon(env.dir / "fast", render_config(
+            rules=[{"syscall": "sysfs", "action": "value", "value": FAST_VALUE}]),
+            log_level="info").start()
+        slow = Daemon(env.dir / "python", render_config(sections={
             "handlers": {"modules": ["tests.harness.handlers"]},
-            "test_handler": {"answer": f"value:{PY_VALUE}"}}))
+            "test_handler": {"answer": f"value:{PY_VALUE}"}}), log_level="info").start()
+        in_container = {
+            "a'": BundleSpec(args=cmd),
+            "c": BundleSpec(args=cmd, notify=["sysfs"], listener_path=fast.listener_path),
+            "d": BundleSpec(args=cmd, notify=["sysfs"], listener_path=slow.listener_path),
+            # Not notified: the filter sends only other calls to the daemon.
+            "e": BundleSpec(args=cmd, notify=["uselib", "ustat"],
+                            listener_path=fast.listener_path),
+        }
+        on_host = {
+            "a": [str(loop), *loop_args],
+            "b": [str(agent), "-v", str(AGENT_VALUE), str(loop), *loop_args],
+        }
+        expected: dict[str, Callable[[Timing], bool]] = {
+            "a": lambda t: t.errno == 0 and t.ret > 0,
+            "b": lambda t: t.ret == AGENT_VALUE,
+            "a'": lambda t: t.errno == 0 and t.ret > 0,
+            "c": lambda t: t.ret == FAST_VALUE,
+            "d": lambda t: t.ret == PY_VALUE,
+            "e": lambda t: t.errno == 0 and t.ret > 0,
+        }
+        samples: dict[str, list[Timing]] = {k: [] for k in expected}
         try:
-            spec = BundleSpec(args=cmd, notify=["sysfs"], listener_path=slow.listener_path)
-            rows["d"] = repeat(args.runs, lambda: Timing.parse(env.run(spec)),
-                               lambda t: t.ret == PY_VALUE, "python handler")
+            # Rows interleaved run by run, so that drifting load on the
+            # machine hits every row alike rather than the last ones.
+            for _ in range(args.runs):
+                for key in expected:
+                    t = host(on_host[key]) if key in on_host else Timing.parse(
+                        env.run(in_container[key]))
+                    if not expected[key](t):
+                        raise RuntimeError(f"row {key}: unexpected answer ret={t.ret} "
+                                           f"errno={t.errno}")
+                    samples[key].append(t)
         finally:
-            rc_slow = slow.stop()
+            rc_fast, rc_slow = fast.stop(), slow.stop()
     if rc_fast != 0 or rc_slow != 0:
         print(f"interceptd exited {rc_fast}/{rc_slow}", file=sys.stderr)
         return 1
+    rows = {k: Timing.median(v) for k, v in samples.items()}
 
     labels = {
         "a": "(a) no filter, host",
