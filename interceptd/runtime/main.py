@@ -387,31 +387,51 @@ def _rewrite_process(path: str, bounding: set[str]) -> str:
 
 # ------------------------------------------------------------------ delete
 
-def cmd_delete(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
-    from . import host, idpool, records
+class Delete:
+    """One delete: the real runtime's delete, then the shim's teardown."""
 
-    cid = inv.container_id
-    if not cid:
-        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
-    rc = _run_forwarding(_runtime_cmd(st, inv.argv), st.runtime)
-    if rc != 0 and _container_exists(st, inv, cid):
-        return rc
-    key = records.container_key(inv.global_value("root"), cid)
-    store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
-    rec = store.load(key)
-    if rec is not None:
+    def __init__(self, inv: argvmod.Invocation, st: settingsmod.Settings,
+                 cwd: str | None = None) -> None:
+        self.inv = inv
+        self.st = st
+        self.cid = inv.container_id
+
+    def prepare(self) -> list[str]:
+        if not self.cid:
+            raise Passthrough
+        return list(self.inv.argv)
+
+    def finish(self, rc: int) -> int:
+        from . import host, idpool, records
+
+        st, inv, cid = self.st, self.inv, self.cid
+        if rc != 0 and _container_exists(st, inv, cid):
+            return rc
+        key = records.container_key(inv.global_value("root"), cid)
+        store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
+        rec = store.load(key)
+        if rec is None:
+            return rc
         problems = host.teardown(rec)
         if rec.bundle and rec.config_rewritten:
             _restore_config(os.path.join(rec.bundle, "config.json"))
         idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges,
                       st.range_size).release(key)
         store.remove(key)
-        for p in (os.path.join(st.runtime_dir, "containers", key + ".pid"),):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(st.runtime_dir, "containers", key + ".pid"))
         if problems:
             _log_error(inv, f"delete {cid}: " + "; ".join(problems))
-    return rc
+        return rc
+
+
+def cmd_delete(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
+    job = Delete(inv, st)
+    try:
+        args = job.prepare()
+    except Passthrough:
+        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
+    return job.finish(_run_forwarding(_runtime_cmd(st, args), st.runtime))
 
 
 # ------------------------------------------------------------------ entry

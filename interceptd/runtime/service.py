@@ -1,6 +1,6 @@
 """The prepare service: the create/run rewrite done by a long-lived process.
 
-The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run
+The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run/delete
 (the same `main.Create` as the Python entry), runs the real runtime itself,
 then reports its exit status so the service can finish (roll back, place the
 cgroup, tear down). This saves starting an interpreter per container. When the
@@ -28,7 +28,7 @@ import threading
 
 from . import argv as argvmod
 from . import settings as settingsmod
-from .main import Create, Fail, Passthrough, _log_file_error, _runtime_cmd
+from .main import Create, Delete, Fail, Passthrough, _log_file_error, _runtime_cmd
 
 SOCK_NAME = "runtime.sock"
 ENV_KEYS = ("INTERCEPTD_RUNTIME", "INTERCEPTD_STATE_DIR", "INTERCEPTD_CONFIG")
@@ -107,10 +107,10 @@ class Service:
         st = settingsmod.load(env)
         inv = argvmod.parse(args)
         if (not _same_mount_ns(pid) or os.path.realpath(st.state_dir) != self.state_dir
-                or inv.command not in ("create", "run")):
+                or inv.command not in ("create", "run", "delete")):
             conn.sendall(b"FALLBACK\n")
             return
-        job = Create(inv, st, cwd)
+        job = Delete(inv, st, cwd) if inv.command == "delete" else Create(inv, st, cwd)
         try:
             run_args = job.prepare()
         except Passthrough:
