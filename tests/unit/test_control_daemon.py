@@ -22,6 +22,17 @@ def cfg_for(path):
     return c
 
 
+@pytest.fixture(autouse=True)
+def keep_root_logger():
+    """daemon.main() installs its stderr handler; put pytest's back afterwards."""
+    import logging
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def fake_core(monkeypatch):
     monkeypatch.setitem(sys.modules, "interceptd.core", fakecore)
