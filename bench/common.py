@@ -83,8 +83,7 @@ class ContainerEnv:
 
     def run(self, spec: BundleSpec, timeout: float = 600) -> str:
         b = self.bundle(spec)
-        self._n += 1
-        res = self.runtime.run(b, f"bench-{os.getpid()}-{self._n}", timeout=timeout)
+        res = self.runtime.run(b, f"bench-{os.getpid()}-{b.path.name}", timeout=timeout)
         if res.rc != 0:
             raise RuntimeError(f"container failed rc={res.rc}:\n{res.stdout}\n{res.stderr}")
         return res.stdout
