@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Bundle, Runtime, StubListener, output
+from tests.harness import Bundle, Runtime, StubListener, output, render_config
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +118,10 @@ def test_started_container_output_and_forced_delete(
             time.sleep(0.02)
         assert output(b)[0] == "hello\n"
     assert cid not in runtime.list()
+
+
+def test_render_config_is_the_toml_it_means():
+    rules = [{"syscall": "sysfs", "action": "value", "value": -5},
+             {"syscall": "ustat", "action": "errno", "errno": "EPERM"}]
+    sections = {"handlers": {"modules": ["a.b", 'q"uote']}, "test_handler": {"on": True}}
+    assert tomllib.loads(render_config(rules, sections)) == {"rules": rules, **sections}
