@@ -61,8 +61,9 @@ def _busybox_tar(path: Path) -> None:
 
 
 class Dockerd:
-    def __init__(self, top: Path, daemon: Daemon) -> None:
+    def __init__(self, top: Path, daemon: Daemon, runtime: str) -> None:
         self.top = top
+        self.runtime = runtime
         self.sock = top / "docker.sock"
         self.pidfile = top / "docker.pid"
         self.log_path = top / "dockerd.log"
@@ -78,7 +79,7 @@ class Dockerd:
         cfg["runtimes"]["interceptd"]["path"] = shim
         (self.top / "daemon.json").write_text(json.dumps(cfg))
         env = dict(os.environ, INTERCEPTD_STATE_DIR=str(self.daemon.state_dir),
-                   INTERCEPTD_RUNTIME="runc",
+                   INTERCEPTD_RUNTIME=self.runtime,
                    INTERCEPTD_RUNC_TRACE=str(self.top / "python-entry.log"))
         env.pop("INTERCEPTD_CONFIG", None)
         with open(self.log_path, "ab") as log:
@@ -134,8 +135,11 @@ def _unmount_under(top: str) -> None:
             subprocess.run(["umount", "-l", p], check=False)
 
 
-@pytest.fixture(scope="module")
-def docker_env() -> Iterator[Dockerd]:
+@pytest.fixture(scope="module", params=["runc", "crun"])
+def docker_env(request: pytest.FixtureRequest) -> Iterator[Dockerd]:
+    """A private dockerd whose `interceptd` runtime hands over to runc or crun."""
+    if request.param == "crun":
+        request.getfixturevalue("crun_cgroups")
     top = Path(tempfile.mkdtemp(prefix="icd-dk-", dir="/tmp"))  # short: socket paths
     os.chmod(top, 0o711)
     sock_existed = os.path.lexists("/var/run/docker.sock")
@@ -146,7 +150,7 @@ def docker_env() -> Iterator[Dockerd]:
     service = subprocess.Popen([sys.executable, "-m", "interceptd.runtime.service",
                                 "--state-dir", str(daemon.state_dir)], cwd=str(REPO),
                                stdout=subprocess.DEVNULL)
-    d = Dockerd(top, daemon)
+    d = Dockerd(top, daemon, request.param)
     try:
         d.start()
         tar = top / "busybox.tar"
@@ -259,6 +263,11 @@ def test_exec_and_restart_keep_ownership(docker_env):
     try:
         conts = d.daemon.control("containers")["containers"]
         assert cid in json.dumps(conts)
+        # The real runtime behind the shim is the one asked for (runc: state.json,
+        # crun: status in its state dir).
+        rt_state = d.top / "exec" / "runtime-runc" / "moby" / cid
+        marker = "state.json" if d.runtime == "runc" else "status"
+        assert (rt_state / marker).exists(), sorted(os.listdir(rt_state))
         p = d.docker("exec", cid, "sh", "-c",
                      "echo a > /etc/newconf; grep Seccomp: /proc/self/status")
         assert "Seccomp:\t2" in p.stdout
