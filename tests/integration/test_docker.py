@@ -234,6 +234,31 @@ def test_volume(docker_env):
     assert_clean(docker_env)
 
 
+def test_named_volume(docker_env):
+    d = docker_env
+    name = f"icd-vol-{d.runtime}"
+    d.docker("volume", "create", name)
+    try:
+        p = d.run("-v", f"{name}:/data", IMAGE, "sh", "-c", "echo n > /data/f; stat -c %u /data/f")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "0"
+        src = d.docker("volume", "inspect", "-f", "{{.Mountpoint}}", name).stdout.strip()
+        assert Path(src, "f").stat().st_uid == 0
+    finally:
+        d.docker("volume", "rm", "-f", name, check=False)
+    assert_clean(d)
+
+
+def test_readonly_rootfs(docker_env):
+    p = docker_env.run("--read-only", IMAGE, "sh", "-c",
+                       "touch /x 2>/dev/null && echo writable || echo readonly; "
+                       "cat /proc/self/uid_map")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == "readonly"
+    assert p.stdout.split()[2] != "0"
+    assert_clean(docker_env)
+
+
 def test_docker_sock_refused(docker_env):
     p = docker_env.run("-v", "/var/run/docker.sock:/var/run/docker.sock", IMAGE, "true")
     assert p.returncode != 0
