@@ -5,7 +5,7 @@
  * Python interpreter per call would cost more than runc itself. This launcher
  * execs the real runtime directly for every subcommand that needs no rewrite,
  * and starts the Python shim (isolated, without site: ~10 ms instead of ~40)
- * only for create, run, exec and delete. For create, run and delete it first asks the
+ * only for create, run, exec and delete. For those it first asks the
  * prepare service (<state-dir>/runtime.sock, service.py) to do the rewrite, so
  * no interpreter starts at all; without the service it falls back to Python.
  *
@@ -360,9 +360,7 @@ int main(int argc, char **argv)
 {
 	const char *cmd = find_command(argc, argv);
 	const char *no_service = getenv("INTERCEPTD_RUNC_NO_SERVICE");
-	if (cmd &&
-	    (strcmp(cmd, "create") == 0 || strcmp(cmd, "run") == 0 ||
-	     strcmp(cmd, "delete") == 0) &&
+	if (cmd && in_list(cmd, shim_commands) &&
 	    !(no_service && *no_service)) {
 		int rc = via_service(argc, argv);
 		if (rc >= 0)

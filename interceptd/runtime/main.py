@@ -348,25 +348,51 @@ def _restore_config(cfg_path: str) -> None:
 
 # ------------------------------------------------------------------ exec
 
-def cmd_exec(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
-    from . import spec as sp
-    from .caps import host_bounding_set
+class Exec:
+    """One exec: caps the host cannot grant are dropped from --cap and --process.
 
-    bounding = host_bounding_set()
-    flags: list[argvmod.Flag] = []
-    for f in inv.flags:
-        if f.name in ("cap", "c") and f.value is not None and \
-                not sp.clamp_cap_list([f.value], bounding):
-            continue  # a capability the host cannot grant: runc would fail on it
-        if f.name in ("process", "p") and f.value is not None:
-            f = argvmod.with_value(f, _rewrite_process(f.value, bounding))
-        flags.append(f)
-    os.execv(st.runtime, _runtime_cmd(st, argvmod.rebuild(inv, flags)))
+    The exec'd process needs nothing else: runc and crun apply the container's
+    seccomp filter and send its notify fd to the listener themselves.
+    """
+
+    def __init__(self, inv: argvmod.Invocation, st: settingsmod.Settings,
+                 cwd: str | None = None, in_place: bool = False) -> None:
+        self.inv = inv
+        self.st = st
+        self.cwd = cwd or os.getcwd()
+        # in_place: rewrite the --process file itself (atomically), for a caller in
+        # another process (the prepare service); otherwise hand a memfd over.
+        self.in_place = in_place
+
+    def prepare(self) -> list[str]:
+        from . import spec as sp
+        from .caps import host_bounding_set
+
+        bounding = host_bounding_set()
+        flags: list[argvmod.Flag] = []
+        for f in self.inv.flags:
+            if f.name in ("cap", "c") and f.value is not None and \
+                    not sp.clamp_cap_list([f.value], bounding):
+                continue  # a capability the host cannot grant: runc would fail on it
+            if f.name in ("process", "p") and f.value is not None:
+                path = os.path.join(self.cwd, f.value)
+                new = _rewrite_process(path, bounding, self.in_place)
+                if new != path:
+                    f = argvmod.with_value(f, new)
+            flags.append(f)
+        return argvmod.rebuild(self.inv, flags)
+
+    def finish(self, rc: int) -> int:
+        return rc
+
+
+def cmd_exec(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
+    os.execv(st.runtime, _runtime_cmd(st, Exec(inv, st).prepare()))
     return 1  # not reached
 
 
-def _rewrite_process(path: str, bounding: set[str]) -> str:
-    """The process spec with clamped caps, in a memfd the runtime reads via /proc."""
+def _rewrite_process(path: str, bounding: set[str], in_place: bool = False) -> str:
+    """The process spec with clamped caps: in place, or in a memfd read via /proc."""
     from . import spec as sp
 
     try:
@@ -380,8 +406,12 @@ def _rewrite_process(path: str, bounding: set[str]) -> str:
         raise Fail(f"process spec {path} is not a JSON object")
     if not sp.clamp_capabilities(proc, bounding):
         return path
+    data = json.dumps(proc).encode()
+    if in_place:
+        _write_atomic(path, data, 0o600)
+        return path
     fd = os.memfd_create("interceptd-process.json", 0)
-    os.write(fd, json.dumps(proc).encode())
+    os.write(fd, data)
     return f"/proc/self/fd/{fd}"
 
 

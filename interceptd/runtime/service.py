@@ -1,6 +1,6 @@
 """The prepare service: the create/run rewrite done by a long-lived process.
 
-The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run/delete
+The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run/exec/delete
 (the same `main.Create` as the Python entry), runs the real runtime itself,
 then reports its exit status so the service can finish (roll back, place the
 cgroup, tear down). This saves starting an interpreter per container. When the
@@ -28,7 +28,7 @@ import threading
 
 from . import argv as argvmod
 from . import settings as settingsmod
-from .main import Create, Delete, Fail, Passthrough, _log_file_error, _runtime_cmd
+from .main import Create, Delete, Exec, Fail, Passthrough, _log_file_error, _runtime_cmd
 
 SOCK_NAME = "runtime.sock"
 ENV_KEYS = ("INTERCEPTD_RUNTIME", "INTERCEPTD_STATE_DIR", "INTERCEPTD_CONFIG")
@@ -107,10 +107,15 @@ class Service:
         st = settingsmod.load(env)
         inv = argvmod.parse(args)
         if (not _same_mount_ns(pid) or os.path.realpath(st.state_dir) != self.state_dir
-                or inv.command not in ("create", "run", "delete")):
+                or inv.command not in ("create", "run", "delete", "exec")):
             conn.sendall(b"FALLBACK\n")
             return
-        job = Delete(inv, st, cwd) if inv.command == "delete" else Create(inv, st, cwd)
+        if inv.command == "delete":
+            job = Delete(inv, st, cwd)
+        elif inv.command == "exec":
+            job = Exec(inv, st, cwd, in_place=True)
+        else:
+            job = Create(inv, st, cwd)
         try:
             run_args = job.prepare()
         except Passthrough:

@@ -384,3 +384,28 @@ def test_prepare_service_refusal(shim, service, launcher, bundle_factory, new_id
     assert "--pid=host" in json.loads(log.read_text().splitlines()[-1])["msg"]
     assert b.config_path.read_bytes() == orig
     assert_nothing_left(shim)
+
+
+def test_exec_through_prepare_service(shim, service, launcher, bundle_factory, new_id,
+                                      monkeypatch, workdir):
+    shim.binary = launcher
+    trace = workdir / "trace.log"
+    monkeypatch.setenv("INTERCEPTD_RUNC_TRACE", str(trace))
+    b = plain_bundle(bundle_factory, ["sleep", "60"])
+    cid = new_id("svcexec")
+    with shim.started(b, cid):
+        r = shim._call("exec", "--cap", "CAP_SYS_RESOURCE", cid, "sh", "-c",
+                       "grep Seccomp: /proc/self/status; exit 7", check=False)
+        assert r.rc == 7, r.stderr  # the process's own exit status comes back
+        assert "Seccomp:\t2" in r.stdout
+        proc = dict(b.config["process"], args=["sh", "-c", "id -u"])
+        proc["capabilities"] = {k: ["CAP_SYS_RESOURCE", "CAP_KILL"]
+                                for k in ("bounding", "effective", "permitted")}
+        pf = b.path / "process.json"
+        pf.write_text(json.dumps(proc))
+        r = shim._call("exec", "--process", str(pf), cid, check=False)
+        assert r.rc == 0, r.stderr
+        assert r.stdout.strip() == "0"
+        assert "CAP_SYS_RESOURCE" not in pf.read_text()  # rewritten in place
+    assert not trace.exists()
+    assert_nothing_left(shim)
