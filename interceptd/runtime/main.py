@@ -439,14 +439,18 @@ class Delete:
             return rc
         key = records.container_key(inv.global_value("root"), cid)
         store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
+        pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges,
+                             st.range_size)
         rec = store.load(key)
         if rec is None:
+            # A create killed between taking the range and writing its record.
+            if os.path.exists(pool.path):
+                pool.release(key)
             return rc
         problems = host.teardown(rec)
         if rec.bundle and rec.config_rewritten:
             _restore_config(os.path.join(rec.bundle, "config.json"))
-        idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges,
-                      st.range_size).release(key)
+        pool.release(key)
         store.remove(key)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(st.runtime_dir, "containers", key + ".pid"))

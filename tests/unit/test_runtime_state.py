@@ -106,3 +106,17 @@ def test_shift_tree_roundtrip_keeps_setuid(tmp_path):
     shift.shift_tree(str(top), -(1 << 20), 1 << 20, (1 << 20) + 65536)
     assert (os.stat(f).st_uid, os.stat(f).st_gid) == (0, 5)
     assert os.stat(top).st_uid == 0
+
+
+def test_delete_releases_a_range_without_record(tmp_path, monkeypatch):
+    """A create killed after taking its range but before its record: delete frees it."""
+    from interceptd.runtime import argv, main
+
+    st = settings.from_dict({"runtime": {"state_dir": str(tmp_path), "runtime": "/bin/true"}},
+                            {})
+    inv = argv.parse(["--root", "/r", "delete", "gone"])
+    key = records.container_key("/r", "gone")
+    pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges)
+    pool.allocate(key)
+    assert main.Delete(inv, st).finish(0) == 0
+    assert pool.allocated() == {}
