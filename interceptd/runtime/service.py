@@ -130,9 +130,12 @@ class Service:
         conn.settimeout(None)  # `run` lasts as long as the container
         line = rfile.readline(64)
         try:
-            rc = int(line.split()[1]) if line.startswith(b"RC ") else 1
+            rc = int(line.split()[1])
         except (IndexError, ValueError):
-            rc = 1
+            # The launcher went away without a status (killed?): the runtime may
+            # still be working on the container, so undo nothing; `delete` (or a
+            # new create of the same id) cleans up from the record.
+            return
         rc = job.finish(rc)
         conn.sendall(f"DONE {rc}\n".encode())
 
