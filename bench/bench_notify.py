@@ -38,7 +38,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--calls", type=int, default=100_000, help="timed calls per run")
     ap.add_argument("-w", "--warmup", type=int, default=5_000)
-    ap.add_argument("--runs", type=int, default=3, help="runs per row (median)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per row (median)")
     ap.add_argument("--json", type=Path, default=OUT / "bench_notify.json",
                     help="also write the results here")
     args = ap.parse_args()
