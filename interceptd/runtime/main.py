@@ -202,6 +202,11 @@ class Create:
     it in a long-lived process on behalf of the native launcher.
     """
 
+    # Set by a long-lived caller (the prepare service): get(base, size) -> a user
+    # namespace with that mapping (an object with .fd and .close(), ours to
+    # close), from a cache (saves a fork per container).
+    userns_source = None
+
     def __init__(self, inv: argvmod.Invocation, st: settingsmod.Settings,
                  cwd: str | None = None) -> None:
         self.inv = inv
@@ -270,10 +275,15 @@ class Create:
                                notified=notified, denied=denied)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
             self.entries = entries = mountinfo.read()
-            with mountapi.UserNamespace(base, st.range_size) as ns:
+            source = Create.userns_source
+            ns = (source.get(base, st.range_size) if source is not None
+                  else mountapi.UserNamespace(base, st.range_size))
+            try:
                 hs = host.HostSetup(rec, store, ns.fd)
                 new["root"]["path"] = hs.rootfs(sp.root_path(spec, bundle), entries)
                 hs.volumes(new)
+            finally:
+                ns.close()
             data = json.dumps(new, separators=(",", ":")).encode()
             if not was_rewritten:
                 _write_atomic(cfg_path + ".orig", orig_bytes)

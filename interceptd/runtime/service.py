@@ -18,6 +18,7 @@ Protocol (one connection per container start):
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -29,6 +30,7 @@ import threading
 from . import argv as argvmod
 from . import settings as settingsmod
 from .main import Create, Delete, Exec, Fail, Passthrough, _log_file_error, _runtime_cmd
+from .mountapi import UserNamespace
 
 SOCK_NAME = "runtime.sock"
 ENV_KEYS = ("INTERCEPTD_RUNTIME", "INTERCEPTD_STATE_DIR", "INTERCEPTD_CONFIG")
@@ -48,6 +50,42 @@ def _same_mount_ns(pid: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class UsernsCache:
+    """A few id-mapping user namespaces kept for reuse. The fd only carries the
+    mapping an id-mapped mount needs; holding it gives nobody any privilege."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: collections.OrderedDict[tuple[int, int], UserNamespace] = (
+            collections.OrderedDict())
+
+    def get(self, base: int, rng: int) -> _Fd:
+        """A dup of the cached fd: eviction never closes one a caller still uses."""
+        with self._lock:
+            ns = self._items.pop((base, rng), None)
+            if ns is None:
+                ns = UserNamespace(base, rng)
+            self._items[(base, rng)] = ns
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)[1].close()
+            return _Fd(os.dup(ns.fd))
+
+    def close(self) -> None:
+        with self._lock:
+            for ns in self._items.values():
+                ns.close()
+            self._items.clear()
+
+
 class Service:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = os.path.realpath(state_dir)
@@ -56,6 +94,8 @@ class Service:
         self._stop = threading.Event()
 
     def start(self) -> Service:
+        if Create.userns_source is None:
+            Create.userns_source = UsernsCache()
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
             os.unlink(self.path)
@@ -72,6 +112,9 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        if isinstance(Create.userns_source, UsernsCache):
+            Create.userns_source.close()
+            Create.userns_source = None
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
