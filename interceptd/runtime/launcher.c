@@ -13,6 +13,7 @@
  * (the directory holding the interceptd package).
  */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -377,10 +378,29 @@ int main(int argc, char **argv)
 		rt = "runc";
 	const char *base = strrchr(rt, '/');
 	argv[0] = (char *)(base ? base + 1 : rt);
-	if (strchr(rt, '/'))
+	char self[PATH_MAX], target[PATH_MAX], path[PATH_MAX];
+	if (strchr(rt, '/')) {
+		/* A runtime that is this launcher would exec itself forever. */
+		if (realpath("/proc/self/exe", self) && realpath(rt, target) &&
+		    strcmp(self, target) == 0) {
+			fprintf(stderr, "interceptd-runc: real runtime %s is interceptd-runc itself\n",
+				rt);
+			return 1;
+		}
 		execv(rt, argv);
-	else
+	} else {
 		execvp(rt, argv);
+		/* containerd's PATH may lack the sbin directories runc lives in. */
+		static const char *const dirs[] = {"/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+						   "/usr/bin", "/sbin", "/bin", NULL};
+		for (int i = 0; dirs[i]; i++) {
+			if ((size_t)snprintf(path, sizeof(path), "%s/%s", dirs[i], rt) >= sizeof(path))
+				continue;
+			if (access(path, X_OK) == 0 && realpath(path, target) &&
+			    !(realpath("/proc/self/exe", self) && strcmp(self, target) == 0))
+				execv(path, argv);
+		}
+	}
 	fprintf(stderr, "interceptd-runc: cannot exec real runtime %s: %s\n", rt, strerror(errno));
 	free(from_cfg);
 	return 1;
