@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from interceptd.events import Counters, Event, EventBus
-from interceptd.handlers import HandlerRegistry, Request
+from interceptd.events import Counters, Event, EventBus, LocalCounters
+from interceptd.handlers import Handler, HandlerRegistry, Request
 from interceptd.listener import ListenerReject, ProcessState
 from interceptd.registry import (
     Container,
@@ -41,6 +41,8 @@ from interceptd.verdict import (
 log = logging.getLogger("interceptd.dispatch")
 
 AUDIT_ARCH_X86_64 = 0xC000003E
+UNHANDLED = Verdict.errno(errno_mod.EPERM, "unhandled")
+UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
 PUMP_INTERVAL = 0.075
 WAIT_TIMEOUT = 0.25
 
@@ -94,6 +96,7 @@ class Dispatcher:
         self._cookie_ids: dict[int, str] = {}
         self._retired: collections.deque[tuple[float, int]] = collections.deque()
         self._workers: dict[str, threading.Thread] = {}
+        self._routes: dict[int, tuple[str, Handler | None]] = {}
         self._released: set[int] = set()
         self._release_lock = threading.Lock()
         self._stop = threading.Event()
@@ -189,16 +192,18 @@ class Dispatcher:
 
     def _worker(self, c: Container) -> None:
         ch = c.channel
+        detached_type = self.core.Detached
+        tally = self.counters.local()
         try:
             while True:
                 stopping = self._stop.is_set()
                 items = ch.wait(0 if stopping else WAIT_TIMEOUT)
                 for item in items:
-                    if isinstance(item, self.core.Detached):
+                    if isinstance(item, detached_type):
                         if self._detach(c, item.notify_fd):
                             return
                     else:
-                        self._handle(c, item)
+                        self._handle(c, item, tally)
                 if stopping:
                     return
         except Exception:
@@ -207,6 +212,8 @@ class Dispatcher:
             with self.registry.lock:
                 self.registry.remove(c.id)
             self._release(c, "worker failed")
+        finally:
+            tally.release()
 
     def _detach(self, c: Container, fd: int) -> bool:
         """Forget `fd`; returns True once the container has no fd left."""
@@ -235,20 +242,26 @@ class Dispatcher:
                                                           "lifetime_s": round(time.time()
                                                                               - c.started_at, 3)}})
 
-    def _handle(self, c: Container, n: Any) -> None:
-        if n.arch != self._native_arch:
-            name = f"arch_{n.arch:#x}_{n.nr}"
-            verdict = Verdict.errno(errno_mod.EPERM, "unsupported arch")
-        else:
-            name = self._syscall_name(n.nr)
-            if name in self.handlers:
-                req = Request(container=c, notif=n, syscall=name, args=list(n.args),
-                              core=self.core)
-                verdict = self.handlers.handle(req)
+    def _route(self, nr: int) -> tuple[str, Handler | None]:
+        route = self._routes.get(nr)
+        if route is None:
+            name = self._syscall_name(nr)
+            route = self._routes[nr] = (name, self.handlers.get(name))
+        return route
+
+    def _handle(self, c: Container, n: Any, tally: LocalCounters) -> None:
+        # The hot path of every Python-path call: keep it lean.
+        if n.arch == self._native_arch:
+            name, fn = self._route(n.nr)
+            if fn is not None:
+                verdict = self.handlers.call(fn, Request(c, n, name, n.args, self.core))
             else:
-                verdict = Verdict.errno(errno_mod.EPERM, "unhandled")
+                verdict = UNHANDLED
+        else:
+            name = f"arch_{n.arch:#x}_{n.nr}"
+            verdict = UNSUPPORTED_ARCH
         value = self._answer(c, n, verdict)
-        self.counters.inc("decisions", verdict.kind)
+        tally.inc("decisions", verdict.kind)
         if self.bus.subscribers:
             self.bus.publish(Event(
                 time=time.time(), container=c.id, pid=n.pid, comm=self._comm_of(n.pid),
@@ -259,14 +272,15 @@ class Dispatcher:
 
     def _answer(self, c: Container, n: Any, v: Verdict) -> int:
         ch = c.channel
+        kind = v.kind
         try:
-            if v.kind == "continue":
-                ch.respond(n, cont=True)
-            elif v.kind == "errno":
-                ch.respond(n, error=v.error)
-            elif v.kind == "value":
+            if kind == "value":
                 ch.respond(n, value=v.val)
-            elif v.kind == "fd":
+            elif kind == "errno":
+                ch.respond(n, error=v.error)
+            elif kind == "continue":
+                ch.respond(n, cont=True)
+            elif kind == "fd":
                 return self._inject(ch, n, v)
             else:
                 self.counters.inc("handler_errors", "bad verdict")

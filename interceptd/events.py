@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 VERDICTS = ("continue", "errno", "value", "fd")
@@ -122,29 +122,75 @@ class EventBus:
         return len(self._subs)
 
 
-@dataclass
 class Counters:
-    """Labelled monotonic counters, e.g. `inc("listener_errors", reason="no fd")`.
+    """Labelled monotonic counters, e.g. `inc("listener_errors", "no fd")`.
 
     `snapshot()` is what `interceptctl status` shows and what the Prometheus
     exporter will read: {name: {label_value: count}} with "" for unlabelled.
+    Hot paths (one per container worker) take a `local()` view: a single-writer
+    table without a lock, merged into snapshots and folded back on `release()`.
     """
 
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _values: dict[str, dict[str, int]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[str, int]] = {}
+        self._locals: list[LocalCounters] = []
 
     def inc(self, name: str, label: str = "", n: int = 1) -> None:
         with self._lock:
-            bucket = self._values.setdefault(name, {})
-            bucket[label] = bucket.get(label, 0) + n
+            _add(self._values, name, label, n)
 
     def get(self, name: str, label: str = "") -> int:
-        with self._lock:
-            return self._values.get(name, {}).get(label, 0)
+        return self.snapshot().get(name, {}).get(label, 0)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
-            return {k: dict(v) for k, v in self._values.items()}
+            out = {k: dict(v) for k, v in self._values.items()}
+            for loc in self._locals:
+                # dict() and items() copy in C under the GIL: safe against the
+                # single writer adding keys meanwhile.
+                for name, bucket in list(loc._values.items()):
+                    for label, n in list(bucket.items()):
+                        _add(out, name, label, n)
+            return out
+
+    def local(self) -> LocalCounters:
+        loc = LocalCounters(self)
+        with self._lock:
+            self._locals.append(loc)
+        return loc
+
+    def _release(self, loc: LocalCounters) -> None:
+        with self._lock:
+            if loc in self._locals:
+                self._locals.remove(loc)
+                for name, bucket in loc._values.items():
+                    for label, n in bucket.items():
+                        _add(self._values, name, label, n)
+
+
+class LocalCounters:
+    """Counters written by one thread only (no lock); see Counters.local()."""
+
+    __slots__ = ("_parent", "_values")
+
+    def __init__(self, parent: Counters) -> None:
+        self._parent = parent
+        self._values: dict[str, dict[str, int]] = {}
+
+    def inc(self, name: str, label: str = "", n: int = 1) -> None:
+        bucket = self._values.get(name)
+        if bucket is None:
+            bucket = self._values[name] = {}
+        bucket[label] = bucket.get(label, 0) + n
+
+    def release(self) -> None:
+        self._parent._release(self)
+
+
+def _add(table: dict[str, dict[str, int]], name: str, label: str, n: int) -> None:
+    bucket = table.setdefault(name, {})
+    bucket[label] = bucket.get(label, 0) + n
 
 
 def now() -> float:

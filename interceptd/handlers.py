@@ -10,8 +10,7 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from interceptd.events import Counters
@@ -34,15 +33,26 @@ class TargetGoneError(Exception):
     """Fallback when the core does not define TargetGone (unit tests)."""
 
 
-@dataclass
 class Request:
-    """One notification handed to a Python handler."""
+    """One notification handed to a Python handler.
 
-    container: Any
-    notif: NotificationLike
-    syscall: str
-    args: list[int]
-    core: Any = field(repr=False)
+    `args` is the notification's 6-tuple of raw argument values; pointers in
+    it are addresses in the target, to be read once with `read`/`read_string`.
+    """
+
+    __slots__ = ("args", "container", "core", "notif", "syscall")
+
+    def __init__(self, container: Any, notif: NotificationLike, syscall: str,
+                 args: Sequence[int], core: Any) -> None:
+        self.container = container
+        self.notif = notif
+        self.syscall = syscall
+        self.args = args
+        self.core = core
+
+    def __repr__(self) -> str:
+        return (f"Request(container={_cid(self.container)!r}, syscall={self.syscall!r}, "
+                f"pid={self.notif.pid}, args={list(self.args)!r})")
 
     @property
     def pid(self) -> int:
@@ -107,6 +117,11 @@ class HandlerRegistry:
         fn = self._handlers.get(req.syscall)
         if fn is None:
             return Verdict.errno(errno_mod.EPERM, "unhandled")
+        return self.call(fn, req)
+
+    def call(self, fn: Handler, req: Request) -> Verdict:
+        """`fn(req)` with the failure handling of `handle` (for callers that
+        looked the handler up already)."""
         try:
             verdict = fn(req)
         except _target_gone(req.core):
