@@ -175,7 +175,7 @@ def test_id_of_another_container_is_refused(
     b = bundle_factory(args=["sleep", "60"], notify=["sysfs"], listener_path=d.listener_path)
     cid = new_id("victim")
     with runtime.started(b, cid):
-        [victim] = [c for c in d.control("containers")["containers"] if c["id"] == cid]
+        victim = d.wait_container(cid)
         before = counter(d, "listener_errors", "duplicate id")
         # A real seccomp notify fd, from another process, claiming the same id.
         msg = workdir / "dup.json"
@@ -190,8 +190,8 @@ def test_id_of_another_container_is_refused(
         assert res.stdout.strip() == "ret=-1 errno=38"
         wait_for(lambda: counter(d, "listener_errors", "duplicate id") == before + 1, 5,
                  "listener_errors[duplicate id]")
-        [after] = [c for c in d.control("containers")["containers"] if c["id"] == cid]
-        assert after["init_pid"] == victim["init_pid"]
+        after = d.container(cid)
+        assert after is not None and after["init_pid"] == victim["init_pid"]
         # The real container keeps its answers, also for a newly exec'd process.
         assert runtime.exec(cid, ["sys", "sysfs", "3"]).check().stdout.strip() == "ret=99 errno=0"
     assert d.alive()

@@ -130,6 +130,23 @@ class Daemon:
                 lines.append(json.loads(line))
             return lines
 
+    def container(self, cid: str) -> dict[str, Any] | None:
+        """The daemon's record of container cid (`containers` on control.sock)."""
+        found = [c for c in self.control("containers")["containers"] if c["id"] == cid]
+        return found[0] if found else None
+
+    def wait_container(self, cid: str, timeout: float = 10) -> dict[str, Any]:
+        """Wait until the daemon has attached cid. Needed after crun `start`
+        (crun's init installs its filter and sends the fd only at start, and
+        `crun start` returns before the daemon has taken it) and harmless
+        after runc (which sends it during `create`)."""
+        deadline = time.monotonic() + timeout
+        while (c := self.container(cid)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"container {cid} never attached:\n{self.log()}")
+            time.sleep(0.01)
+        return c
+
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 

@@ -74,6 +74,7 @@ def test_exec_process_is_attached_to_the_same_container(
     cid = new_id("exec")
     with runtime.started(b, cid):
         assert runtime.state(cid)["status"] == "running"
+        d.wait_container(cid)
         for _ in range(2):
             res = runtime.exec(cid, ["sys", "sysfs", "3"]).check()
             assert res.stdout.strip() == "ret=77 errno=0"
@@ -95,7 +96,8 @@ def test_exec_process_is_attached_to_the_same_container(
 
 
 def info(d: Daemon, cid: str) -> dict[str, Any]:
-    [c] = [c for c in d.control("containers")["containers"] if c["id"] == cid]
+    c = d.container(cid)
+    assert c is not None, f"{cid} not attached"
     return c
 
 
