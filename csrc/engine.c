@@ -4,6 +4,7 @@
  * back to RECV, so a slow handler only ever delays its own container. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
@@ -59,6 +60,7 @@ struct icd_channel {
   atomic_uint seq;
   atomic_int nwaiters;
   int nlive, closed;
+  pid_t owner; /* receivers are threads of this process only */
   struct icd_receiver *recvs;
   _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached;
 };
@@ -69,6 +71,7 @@ struct icd_engine {
   unsigned cap, head, len;
   uint64_t dropped;
   struct icd_channel *chans;
+  pid_t owner;
 };
 
 static void stop_handler(int sig) { (void)sig; }
@@ -106,6 +109,7 @@ struct icd_engine *icd_engine_new(unsigned ring_cap)
   e = calloc(1, sizeof *e);
   if (!e)
     return NULL;
+  e->owner = getpid();
   e->cap = ring_cap ? ring_cap : 1;
   e->ring = calloc(e->cap, sizeof *e->ring);
   if (!e->ring || pthread_mutex_init(&e->lock, NULL)) {
@@ -157,6 +161,7 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
     return NULL;
   ch->eng = e;
   ch->cookie = cookie;
+  ch->owner = getpid();
   ch->qmax = qcap ? qcap : 1;
   ch->qsize = 64;
   ch->q = calloc(ch->qsize, sizeof *ch->q);
@@ -400,6 +405,12 @@ int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd)
   r = calloc(1, sizeof *r);
   if (!r)
     return -ENOMEM;
+  /* Not inherited by anything the daemon spawns. */
+  if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+    ret = -errno;
+    free(r);
+    return ret;
+  }
   r->ch = ch;
   r->fd = fd;
   r->fd_open = 1;
@@ -642,6 +653,12 @@ void icd_channel_close(struct icd_channel *ch)
 {
   struct icd_receiver *r;
 
+  /* In a forked child (say, Python's garbage collector after os.fork) the
+   * receivers do not exist and their locks may be frozen held: leave it all
+   * alone, the fds are close-on-exec and die with the child. */
+  if (getpid() != ch->owner)
+    return;
+
   pthread_mutex_lock(&ch->lock);
   if (ch->closed) {
     pthread_mutex_unlock(&ch->lock);
@@ -685,6 +702,8 @@ void icd_channel_free(struct icd_channel *ch)
   struct icd_channel **pp;
   struct icd_receiver *r, *next;
 
+  if (getpid() != ch->owner)
+    return;
   icd_channel_close(ch);
   if (e) {
     pthread_mutex_lock(&e->lock);
@@ -729,6 +748,9 @@ void icd_engine_close(struct icd_engine *e)
 void icd_engine_free(struct icd_engine *e)
 {
   struct icd_channel *ch;
+
+  if (getpid() != e->owner)
+    return; /* see icd_channel_close */
   icd_engine_close(e);
   pthread_mutex_lock(&e->lock);
   for (ch = e->chans; ch; ch = ch->next)

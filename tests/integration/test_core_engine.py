@@ -309,3 +309,29 @@ def test_close_races_with_traffic_without_hanging() -> None:
         finally:
             t.close()
             e.close()
+
+
+def test_forked_child_can_drop_engine_objects() -> None:
+    """After os.fork() the receivers are not in the child: freeing the inherited
+    engine there must return at once, and must not disturb the parent's."""
+    e = core.Engine()
+    ch = e.channel(1)
+    ch.set_rule(SYSFS, core.ACT_VALUE, 8)
+    t = attach(e, ch, [SYSFS], "sleep:300", f"call:{SYSFS}")
+    try:
+        assert os.get_inheritable(t.listener) is False  # attach made it close-on-exec
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                ch.close()
+                e.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert t.finish() == [f"call {SYSFS} 8 0"]  # the parent's receiver still serves
+    finally:
+        t.close()
+        e.close()
