@@ -122,4 +122,21 @@ struct icd_exec_result {
 int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
                 const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
 
+/* executor.c: a persistent helper in one target's user+mount namespaces,
+ * serving the same ops over a socket (see core.Executor). */
+struct icd_executor {
+  int sock;  /* the daemon's end; closing it ends the helper */
+  int pid;   /* the helper, our child: reap with icd_exec_stop */
+  uint64_t user_dev, user_ino, mnt_dev, mnt_ino; /* the namespaces it entered */
+};
+
+int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out);
+/* 0 with out->err set (ESRCH: target gone) or -errno when the helper failed
+ * (EPIPE: it was dead before the request, ECONNABORTED: it died during it,
+ * ETIMEDOUT: it did not answer); after a failure the helper
+ * is out of step and must be stopped. */
+int icd_exec_call(int sock, int pidfd, int pid, int op, const char *const s[4],
+                  const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_exec_stop(int sock, int child);
+
 #endif

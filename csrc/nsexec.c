@@ -19,16 +19,8 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "nsops.h"
 
-#define NR_open_tree 428
-#define NR_move_mount 429
-#define NR_fsopen 430
-#define NR_fsconfig 431
-#define NR_fsmount 432
-#define NR_fspick 433
-#define NR_pidfd_send_signal 424
-#define NR_mount_setattr 442
-#define NR_close_range 436
 
 struct wire {
   int64_t ret;
@@ -50,7 +42,7 @@ static const struct {
 };
 
 /* Integer arguments that are fds the operation uses, per op (bit i = a[i]). */
-static unsigned fd_args(int op)
+unsigned icd_nsop_fd_args(int op)
 {
   switch (op) {
   case ICD_OP_OPEN_TREE: case ICD_OP_FSPICK: case ICD_OP_FSMOUNT: return 1;
@@ -61,13 +53,13 @@ static unsigned fd_args(int op)
   }
 }
 
-static int makes_fd(int op)
+int icd_nsop_makes_fd(int op)
 {
   return op == ICD_OP_OPEN_TREE || op == ICD_OP_FSOPEN || op == ICD_OP_FSMOUNT
          || op == ICD_OP_FSPICK;
 }
 
-static void send_result(int sock, int64_t ret, int err, int fd)
+void icd_nsop_send_result(int sock, int64_t ret, int err, int fd)
 {
   struct wire w = { .ret = ret, .err = err, .has_fd = fd >= 0 };
   struct iovec iov = { .iov_base = &w, .iov_len = sizeof w };
@@ -89,7 +81,7 @@ static void send_result(int sock, int64_t ret, int err, int fd)
     ;
 }
 
-static int64_t do_op(int op, const char *const s[4], const int64_t a[6])
+int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
 {
   struct icd_mount_attr attr;
   switch (op) {
@@ -117,7 +109,7 @@ static int64_t do_op(int op, const char *const s[4], const int64_t a[6])
   return -1;
 }
 
-static int same_ns(int pid, const char *name)
+int icd_nsop_same_ns(int pid, const char *name)
 {
   char path[64];
   struct stat a, b;
@@ -130,8 +122,24 @@ static int same_ns(int pid, const char *name)
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+/* `nsflags` without the namespaces `pid` shares with us: setns refuses to
+ * "enter" the user namespace one is already in. */
+int icd_nsop_unshared(int pid, int nsflags)
+{
+  int i, r;
+  for (i = 0; i < (int)(sizeof ns_names / sizeof ns_names[0]); i++)
+    if (nsflags & ns_names[i].flag) {
+      r = icd_nsop_same_ns(pid, ns_names[i].name);
+      if (r < 0)
+        return r;
+      if (r)
+        nsflags &= ~ns_names[i].flag;
+    }
+  return nsflags;
+}
+
 /* The pid a pidfd names (-1 once it exited), from its fdinfo. */
-static int pidfd_pid(int pidfd)
+int icd_nsop_pidfd_pid(int pidfd)
 {
   char path[64], buf[512], *p;
   ssize_t n;
@@ -152,7 +160,7 @@ static int pidfd_pid(int pidfd)
 
 /* Keeps only the fds the child needs, so nothing of the daemon's (notify
  * fds, sockets) is reachable once it stands inside the container. */
-static int close_others(int *keep, int n)
+int icd_nsop_close_others(int *keep, int n)
 {
   int i, j, lo = 3;
   for (i = 1; i < n; i++) /* insertion sort; n is tiny */
@@ -178,7 +186,7 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
 {
   char path[64];
   int keep[12], nkeep = 0, rootfd, cwdfd, i, r;
-  unsigned mask = fd_args(op);
+  unsigned mask = icd_nsop_fd_args(op);
 
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
     return errno;
@@ -190,18 +198,12 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
   cwdfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (cwdfd < 0)
     return errno == ENOENT ? ESRCH : errno;
-  /* setns refuses to "enter" the user namespace one is already in. */
-  for (i = 0; i < (int)(sizeof ns_names / sizeof ns_names[0]); i++)
-    if (nsflags & ns_names[i].flag) {
-      r = same_ns(pid, ns_names[i].name);
-      if (r < 0)
-        return r == -ENOENT ? ESRCH : -r;
-      if (r)
-        nsflags &= ~ns_names[i].flag;
-    }
+  nsflags = icd_nsop_unshared(pid, nsflags);
+  if (nsflags < 0)
+    return nsflags == -ENOENT ? ESRCH : -nsflags;
   /* Everything above was opened by pid; it was our target only if the pidfd
    * still names a live process now (a reused pid would fail here). */
-  r = pidfd_pid(pidfd);
+  r = icd_nsop_pidfd_pid(pidfd);
   if (r < 0 && r != -1)
     return -r;
   if (r != pid)
@@ -216,7 +218,7 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
   for (i = 0; i < 6; i++)
     if ((mask & (1u << i)) && a[i] >= 0 && a[i] < (1 << 30))
       keep[nkeep++] = (int)a[i];
-  if ((r = close_others(keep, nkeep)))
+  if ((r = icd_nsop_close_others(keep, nkeep)))
     return -r;
 
   if (nsflags && setns(pidfd, nsflags) < 0)
@@ -237,9 +239,9 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
 
 static void run(int sock, int op, const char *const s[4], const int64_t a[6])
 {
-  int64_t ret = do_op(op, s, a);
+  int64_t ret = icd_nsop_do(op, s, a);
   int err = ret < 0 ? errno : 0;
-  send_result(sock, ret, err, ret >= 0 && makes_fd(op) ? (int)ret : -1);
+  icd_nsop_send_result(sock, ret, err, ret >= 0 && icd_nsop_makes_fd(op) ? (int)ret : -1);
 }
 
 static void child_main(int pidfd, int pid, int nsflags, int op, const char *const s[4],
@@ -249,7 +251,7 @@ static void child_main(int pidfd, int pid, int nsflags, int op, const char *cons
   pid_t gc;
 
   if (err) {
-    send_result(sock, -1, err, -1);
+    icd_nsop_send_result(sock, -1, err, -1);
     return;
   }
   if (!(nsflags & CLONE_NEWPID)) {
@@ -260,12 +262,12 @@ static void child_main(int pidfd, int pid, int nsflags, int op, const char *cons
    * that, e.g., a procfs mount shows the container's pids. */
   gc = fork();
   if (gc < 0) {
-    send_result(sock, -1, errno, -1);
+    icd_nsop_send_result(sock, -1, errno, -1);
     return;
   }
   if (gc == 0) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-      send_result(sock, -1, errno, -1);
+      icd_nsop_send_result(sock, -1, errno, -1);
     else
       run(sock, op, s, a);
     _exit(0);

@@ -41,6 +41,9 @@ struct icd_chstats {
 };
 struct icd_probe { int user_notif; int sync_wakeup; int addfd_send; int error; };
 struct icd_exec_result { int64_t ret; int32_t err; int32_t fd; };
+struct icd_executor {
+  int sock; int pid; uint64_t user_dev; uint64_t user_ino; uint64_t mnt_dev; uint64_t mnt_ino;
+};
 struct icd_engine;
 struct icd_channel;
 
@@ -77,6 +80,10 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
                            uint64_t id);
 int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
                 const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out);
+int icd_exec_call(int sock, int pidfd, int pid, int op, const char *const s[4],
+                  const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_exec_stop(int sock, int child);
 """
 
 ffibuilder = FFI()

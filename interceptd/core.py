@@ -298,14 +298,9 @@ def _cstr(v: Any) -> Any:
     return ffi.new("char[]", v)
 
 
-def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: Any,
-            timeout: float = 10.0) -> ExecResult:
-    """Run one mount-family syscall inside the target's namespaces (CLONE_NEW*
-    flags), with root and cwd set to the target's.  Arguments follow the
-    syscall's order; mount_setattr takes (dfd, path, flags, attr_set, attr_clr,
-    propagation, userns_fd) in place of its struct.  ExecResult.errno is ESRCH
-    when the pidfd shows the target is gone; `fd` (for open_tree, fsopen,
-    fsmount, fspick) belongs to the caller."""
+def _op_args(op: str, args: tuple[Any, ...]) -> tuple[int, Any, Any, list[Any]]:
+    """(C op, strings, ints, keep-alive): the strings' buffers live as long as the
+    last item does."""
     try:
         cop, kinds = _OPS[op]
     except KeyError:
@@ -321,7 +316,121 @@ def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: Any,
             ints.append(int(v))
     s = ffi.new("const char *[4]", strs + [ffi.NULL] * (4 - len(strs)))
     a = ffi.new("int64_t[6]", ints + [0] * (6 - len(ints)))
+    return cop, s, a, strs
+
+
+def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: Any,
+            timeout: float = 10.0) -> ExecResult:
+    """Run one mount-family syscall inside the target's namespaces (CLONE_NEW*
+    flags), with root and cwd set to the target's.  Arguments follow the
+    syscall's order; mount_setattr takes (dfd, path, flags, attr_set, attr_clr,
+    propagation, userns_fd) in place of its struct.  ExecResult.errno is ESRCH
+    when the pidfd shows the target is gone; `fd` (for open_tree, fsopen,
+    fsmount, fspick) belongs to the caller."""
+    cop, s, a, _keep = _op_args(op, args)
     out = ffi.new("struct icd_exec_result *")
     _check(lib.icd_ns_exec(pidfd, pid, namespaces, cop, s, a, int(timeout * 1000), out),
            f"ns_exec({op})")
     return ExecResult(int(out.ret), int(out.err), int(out.fd))
+
+
+class ExecutorDied(OSError):
+    """The executor's helper is gone (or out of step) and could not be restarted."""
+
+
+class Executor:
+    """A persistent helper inside one target's user and mount namespaces.
+
+    Started from any live process of those namespaces (`pidfd`/`pid`); then
+    `run(pidfd, pid, op, *args)` performs `op` like `ns_exec` for any process
+    `pid` of the same namespaces: the helper chroots to that process's root and
+    chdirs to its cwd (opened here from /proc/<pid>/root and cwd, checked
+    against `pidfd`) for the one call. Only the user and mount namespaces are
+    entered: ops needing others (procfs in a pid namespace, sysfs in a network
+    one) keep using `ns_exec`. `namespaces` says which of the two to enter
+    (shared ones are skipped). If the helper died, `run` restarts it once from
+    the requesting process, provided that one is in the same namespaces.
+    Calls are serialised; `close()` kills and reaps the helper.
+    """
+
+    def __init__(self, pidfd: int, pid: int,
+                 namespaces: int = CLONE_NEWUSER | CLONE_NEWNS,
+                 timeout: float = 10.0) -> None:
+        if namespaces & ~(CLONE_NEWUSER | CLONE_NEWNS):
+            raise ValueError("an Executor enters only the user and mount namespaces")
+        self.namespaces = namespaces
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._x = ffi.new("struct icd_executor *")
+        self._x.sock = self._x.pid = -1
+        self.closed = False
+        self.restarts = 0
+        self._start(pidfd, pid)
+        self.user_ns = (int(self._x.user_dev), int(self._x.user_ino))
+        self.mnt_ns = (int(self._x.mnt_dev), int(self._x.mnt_ino))
+        self._owner = os.getpid()
+
+    def _start(self, pidfd: int, pid: int) -> None:
+        _check(lib.icd_exec_start(pidfd, pid, self.namespaces, int(self.timeout * 1000),
+                                  self._x), "executor start")
+
+    @property
+    def helper_pid(self) -> int:
+        return int(self._x.pid)
+
+    def _stop(self) -> None:
+        if self._x.pid > 0 or self._x.sock >= 0:
+            lib.icd_exec_stop(self._x.sock, self._x.pid)
+            self._x.sock = self._x.pid = -1
+
+    def _restart(self, pidfd: int, pid: int) -> None:
+        self._stop()
+        x = ffi.new("struct icd_executor *")
+        _check(lib.icd_exec_start(pidfd, pid, self.namespaces, int(self.timeout * 1000), x),
+               "executor restart")
+        if ((int(x.user_dev), int(x.user_ino)) != self.user_ns
+                or (int(x.mnt_dev), int(x.mnt_ino)) != self.mnt_ns):
+            lib.icd_exec_stop(x.sock, x.pid)
+            raise ExecutorDied(errno_mod.ESTALE, "executor restart: the target changed "
+                                                 "namespaces")
+        self._x = x
+        self.restarts += 1
+
+    def run(self, pidfd: int, pid: int, op: str, *args: Any) -> ExecResult:
+        """Perform `op` (see ns_exec) as process `pid` would, in these namespaces.
+        ExecResult.errno is ESRCH when `pidfd` shows the process is gone; `fd`
+        belongs to the caller. ExecutorDied if the helper cannot serve."""
+        cop, s, a, _keep = _op_args(op, args)
+        out = ffi.new("struct icd_exec_result *")
+        ms = int(self.timeout * 1000)
+        with self._lock:
+            if self.closed:
+                raise ExecutorDied(errno_mod.EBADF, "executor closed")
+            for attempt in (0, 1):
+                if self._x.sock < 0:
+                    self._restart(pidfd, pid)
+                ret = lib.icd_exec_call(self._x.sock, pidfd, pid, cop, s, a, ms, out)
+                if ret == 0:
+                    return ExecResult(int(out.ret), int(out.err), int(out.fd))
+                # The helper died or is out of step: never reuse it. Only a failed
+                # send (EPIPE: it was dead before this request) is retried; one that
+                # died mid-request may have performed the op.
+                self._stop()
+                if attempt or ret != -errno_mod.EPIPE:
+                    raise ExecutorDied(-ret, f"executor {op}: {os.strerror(-ret)}")
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Kill and reap the helper. Idempotent; a no-op in a forked child."""
+        with self._lock:
+            self.closed = True
+            if os.getpid() != self._owner:
+                return
+            self._stop()
+
+    def __del__(self) -> None:
+        try:
+            if not self.closed and os.getpid() == self._owner:
+                self._stop()
+        except Exception:
+            pass

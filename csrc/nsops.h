@@ -1,0 +1,31 @@
+/* Internal to csrc/: the pieces the one-shot executor (nsexec.c) and the
+ * persistent one (executor.c) share. */
+#ifndef ICD_NSOPS_H
+#define ICD_NSOPS_H
+
+#include <stdint.h>
+
+#define NR_open_tree 428
+#define NR_move_mount 429
+#define NR_fsopen 430
+#define NR_fsconfig 431
+#define NR_fsmount 432
+#define NR_fspick 433
+#define NR_pidfd_send_signal 424
+#define NR_mount_setattr 442
+#define NR_close_range 436
+
+/* Integer arguments of `op` that are fds (bit i = a[i]). */
+unsigned icd_nsop_fd_args(int op);
+/* Whether a successful `op` returns an fd. */
+int icd_nsop_makes_fd(int op);
+/* Performs `op`; -1 with errno on failure. */
+int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6]);
+/* (ret, err) and, if fd >= 0, the fd by SCM_RIGHTS. */
+void icd_nsop_send_result(int sock, int64_t ret, int err, int fd);
+int icd_nsop_same_ns(int pid, const char *name);
+int icd_nsop_unshared(int pid, int nsflags);
+int icd_nsop_pidfd_pid(int pidfd);
+int icd_nsop_close_others(int *keep, int n);
+
+#endif
