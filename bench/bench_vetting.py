@@ -83,7 +83,7 @@ def main() -> int:
     rows: dict[str, float] = {}
     with ContainerEnv({}) as env:
         state = env.dir / "daemon"
-        d = Daemon(state, render_config([], {}, ""), [], {})
+        d = Daemon(state, render_config([], {}, ""), [], {}, log_level="info")
         d.start()
         try:
             def median(cmd: str, key: str, n: int, listener: str | None) -> float:

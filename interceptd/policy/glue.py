@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interceptd.policy import consts as c
-from interceptd.policy import fsapi, procinfo, sysinfo
+from interceptd.policy import executors, fsapi, procinfo, sysinfo
 from interceptd.policy.decision import Decision, ExecOp
 from interceptd.policy.mountapi import (
     FdMount,
@@ -47,6 +47,7 @@ from interceptd.policy.mounttable import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
     ImmutableSet,
+    LazyMountTable,
     MountTable,
     register_managed,
     snapshot,
@@ -260,11 +261,18 @@ def _cgroupns_private(pid: int) -> bool:
     return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
-def _context(req: Any, st: ContainerPolicy, table: MountTable | None = None) -> MountContext:
+_exec = executors.run
+
+
+def _context(req: Any, st: ContainerPolicy, table: MountTable | None = None, *,
+             fstype: str | None = None) -> MountContext:
+    """The decision's view; the mount table is read only if the decision looks at it, the
+    cgroup namespace only for a cgroup filesystem (`fstype`, matched loosely so that no
+    spelling the decision treats as cgroup skips the check)."""
     return MountContext(
-        table=table if table is not None else MountTable.read(req.pid),
+        table=table if table is not None else LazyMountTable(req.pid),
         imm=st.imm,
-        cgroupns_private=_cgroupns_private(req.pid),
+        cgroupns_private=_cgroupns_private(req.pid) if "cgroup" in (fstype or "") else True,
         masked_paths=st.masked,
         readonly_paths=st.readonly,
     )
@@ -341,7 +349,7 @@ def _resolve(
         flags |= c.AT_SYMLINK_NOFOLLOW
     if empty and path == "":
         flags |= c.AT_EMPTY_PATH
-    res = req.exec(NS_MOUNT, "open_tree", dfd, path, flags)
+    res = _exec(req, NS_MOUNT, "open_tree", dfd, path, flags)
     if res.errno or res.fd < 0:
         return (res.errno or errno.EINVAL, -1, None)
     fd = fds.add(res.fd)
@@ -369,7 +377,7 @@ def _fd_mount(req: Any, fd: int) -> FdMount:
     st = os.fstat(fd)
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     mnt_id = procinfo.fd_mnt_id(fd)
-    table = MountTable.read(req.pid)
+    table = LazyMountTable(req.pid)
     entry = table.get(mnt_id) if mnt_id is not None else None
     return FdMount(entry, dev, table)
 
@@ -378,7 +386,7 @@ def _run_ops(req: Any, d: Decision, ns: int) -> tuple[Verdict | None, Any]:
     """Run a decision's ExecOps; the last result, or an error verdict."""
     res = None
     for op in d.ops:
-        res = req.exec(ns, op.op, *op.args)
+        res = _exec(req, ns, op.op, *op.args)
         if res.errno:
             return _kernel_error(d, res.errno, op.op), None
     return None, res
@@ -429,7 +437,7 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
             return Verdict.errno(err, f"mount: cannot resolve source {source}")
         smount = resolved.entry if resolved else None
     call = MountCall(source, target, fstype, flags, data, tmount, smount)
-    ctx = _context(req, st, resolved.table if resolved else None)
+    ctx = _context(req, st, resolved.table if resolved else None, fstype=fstype)
     d = decide_mount(call, ctx)
     if d.kind != "perform":
         return _verdict(d)
@@ -438,7 +446,7 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
         return _remount_bind_fd(req, d, tfd, flags)
     if flags & c.MS_MOVE:
         # move_mount on the checked fd, for the same reason.
-        res = req.exec(NS_MOUNT, "move_mount", sfd, "", c.AT_FDCWD, target,
+        res = _exec(req, NS_MOUNT, "move_mount", sfd, "", c.AT_FDCWD, target,
                        c.MOVE_MOUNT_F_EMPTY_PATH)
         if res.errno:
             return _kernel_error(d, res.errno, "move_mount")
@@ -470,7 +478,7 @@ def _remount_bind_fd(req: Any, d: Decision, fd: int, flags: int) -> Verdict:
         attr_clr |= c.MOUNT_ATTR__ATIME
     elif flags & c.MS_RELATIME:
         attr_clr |= c.MOUNT_ATTR__ATIME
-    res = req.exec(NS_MOUNT, "mount_setattr", fd, "", c.AT_EMPTY_PATH, attr_set, attr_clr, 0, 0)
+    res = _exec(req, NS_MOUNT, "mount_setattr", fd, "", c.AT_EMPTY_PATH, attr_set, attr_clr, 0, 0)
     if res.errno:
         return _kernel_error(d, res.errno, "mount_setattr")
     return Verdict.value(0, _reason(d))
@@ -485,7 +493,7 @@ def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flag
     container the kernel's "mount too revealing" refusal in a nested user namespace, whose
     copy of /proc has locked masks: the masks it would protect are put back here.
     """
-    res = req.exec(_ns_for(fstype), "fsopen", fstype, c.FSOPEN_CLOEXEC)
+    res = _exec(req, _ns_for(fstype), "fsopen", fstype, c.FSOPEN_CLOEXEC)
     if res.errno:
         return _kernel_error(d, res.errno, "fsopen")
     fc = fds.add(res.fd)
@@ -498,7 +506,7 @@ def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flag
     except OSError as e:
         return _kernel_error(d, e.errno or errno.EINVAL, "building the masked tree")
     dev = os.fstat(tree).st_dev
-    res = req.exec(NS_MOUNT, "move_mount", tree, "", c.AT_FDCWD, target,
+    res = _exec(req, NS_MOUNT, "move_mount", tree, "", c.AT_FDCWD, target,
                    c.MOVE_MOUNT_F_EMPTY_PATH)
     if res.errno:
         return _kernel_error(d, res.errno, "move_mount")
@@ -564,7 +572,7 @@ def handle_umount2(req: Any) -> Verdict:
             # busy, so it goes first.
             fds.close()
             op = d.ops[0]
-            res = req.exec(NS_MOUNT, "umount2", *op.args)
+            res = _exec(req, NS_MOUNT, "umount2", *op.args)
             if res.errno:
                 return _kernel_error(d, res.errno, "umount2")
             return Verdict.value(0, _reason(d))
@@ -581,10 +589,10 @@ def handle_fsopen(req: Any) -> Verdict:
     flags = _u32(a[1])
     st = state_of(req.container)
     with st.lock:
-        d = decide_fsopen(name, flags, _context(req, st))
+        d = decide_fsopen(name, flags, _context(req, st, fstype=name))
         if d.kind != "perform":
             return _verdict(d)
-        res = req.exec(_ns_for(name), "fsopen", name, flags | c.FSOPEN_CLOEXEC)
+        res = _exec(req, _ns_for(name), "fsopen", name, flags | c.FSOPEN_CLOEXEC)
         if res.errno:
             return _kernel_error(d, res.errno, "fsopen")
         return Verdict.fd(res.fd, _reason(d), os.O_CLOEXEC if flags & c.FSOPEN_CLOEXEC else 0)
@@ -605,7 +613,7 @@ def handle_fspick(req: Any) -> Verdict:
             d = decide_fspick(fm, _context(req, st), {"path": path, "flags": hex(flags)})
             if d.kind != "perform":
                 return _verdict(d)
-            res = req.exec(NS_MOUNT, "fspick", fd, "", c.FSPICK_EMPTY_PATH | c.FSPICK_CLOEXEC)
+            res = _exec(req, NS_MOUNT, "fspick", fd, "", c.FSPICK_EMPTY_PATH | c.FSPICK_CLOEXEC)
             if res.errno:
                 return _kernel_error(d, res.errno, "fspick")
             return Verdict.fd(res.fd, _reason(d),
@@ -696,7 +704,7 @@ def handle_move_mount(req: Any) -> Verdict:
                     _unprotected_paths(src_fd, fm, st, fstype) if fstype else [], details)
                 if refusal is not None:
                     return _verdict(refusal)
-            res = req.exec(NS_MOUNT, "move_mount", src_fd, "", my_to, to_path,
+            res = _exec(req, NS_MOUNT, "move_mount", src_fd, "", my_to, to_path,
                            (flags & ~(c.MOVE_MOUNT_F_SYMLINKS | c.MOVE_MOUNT_F_AUTOMOUNTS))
                            | c.MOVE_MOUNT_F_EMPTY_PATH)
             if res.errno:
@@ -730,7 +738,7 @@ def handle_mount_setattr(req: Any) -> Verdict:
             userns = -1
             if attr.attr_set & c.MOUNT_ATTR_IDMAP:
                 userns = _caller_fd(req, attr.userns_fd, fds)
-            res = req.exec(NS_MOUNT, "mount_setattr", fd, "",
+            res = _exec(req, NS_MOUNT, "mount_setattr", fd, "",
                            (flags & c.AT_RECURSIVE) | c.AT_EMPTY_PATH, attr.attr_set,
                            attr.attr_clr, attr.propagation, userns)
             if res.errno:

@@ -177,6 +177,55 @@ class MountTable:
         return found
 
 
+class LazyMountTable(MountTable):
+    """`MountTable.read(pid)`, read and parsed only as far as a decision asks.
+
+    Most vetted calls need nothing of the table (a new tmpfs mount) or two lines of it
+    (the mount an umount names and its parent): those are found by id in the raw text
+    without parsing the rest. The file is read on first use, once.
+    """
+
+    def __init__(self, pid: int) -> None:  # no super().__init__: nothing is read yet
+        self._pid = pid
+        self._text: str | None = None
+        self._entries: list[MountEntry] | None = None
+        self._one: dict[int, MountEntry | None] = {}
+
+    def _raw(self) -> str:
+        if self._text is None:
+            with open(f"/proc/{self._pid}/mountinfo", encoding="utf-8",
+                      errors="surrogateescape") as f:
+                self._text = "\n" + f.read()
+        return self._text
+
+    @property  # type: ignore[override]
+    def entries(self) -> list[MountEntry]:
+        if self._entries is None:
+            self._entries = [parse_line(ln) for ln in self._raw().splitlines() if ln.strip()]
+        return self._entries
+
+    @property  # type: ignore[override]
+    def by_id(self) -> dict[int, MountEntry]:
+        return {e.mount_id: e for e in self.entries}
+
+    def get(self, mount_id: int) -> MountEntry | None:
+        if mount_id in self._one:
+            return self._one[mount_id]
+        text = self._raw()
+        i = text.find(f"\n{int(mount_id)} ")
+        e = None
+        if i >= 0:
+            j = text.find("\n", i + 1)
+            e = parse_line(text[i + 1 : j if j >= 0 else len(text)])
+        self._one[mount_id] = e
+        return e
+
+    def parent(self, e: MountEntry) -> MountEntry | None:
+        if e.parent_id == e.mount_id:
+            return None
+        return self.get(e.parent_id)
+
+
 @dataclass(frozen=True)
 class ImmutableMount:
     dev: str

@@ -1,0 +1,130 @@
+"""The policy's namespace executors: one persistent helper per (container, user namespace,
+mount namespace), cached (LRU-bounded) and closed when the container goes away.
+
+A vetted mount or umount needs only the caller's user and mount namespaces; for those the
+persistent `core.Executor` answers in tens of microseconds instead of a fork + setns per
+call. Operations needing another namespace (procfs in a pid namespace, sysfs in a network
+one, mqueue, cgroup) keep using the one-shot `req.exec` (core.ns_exec).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+log = logging.getLogger("interceptd.policy")
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
+
+MAX_EXECUTORS = 64  # helpers alive at once, over all containers
+
+_Key = tuple[int, int, int, int, int]  # (container, userns dev, ino, mntns dev, ino)
+_cache: OrderedDict[_Key, Any] = OrderedDict()
+_watched: set[int] = set()  # containers with a finalizer closing their executors
+_lock = threading.Lock()
+
+
+def _ns(pid: int, name: str) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/{name}")
+    return (st.st_dev, st.st_ino)
+
+
+def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
+    """`op` performed as `req`'s caller would (its namespaces, root and cwd): the core's
+    ExecResult. The pidfd is opened before the notification is checked, so it names the
+    process that made the call, not one that reused its pid."""
+    core = req.core
+    if namespaces & ~NS_MOUNT or not hasattr(core, "Executor"):
+        return req.exec(namespaces, op, *args)
+    pid = req.pid
+    pidfd = os.pidfd_open(pid)
+    try:
+        if not req.valid():
+            raise core.TargetGone("notification no longer valid")
+        try:
+            key = (id(req.container), *_ns(pid, "user"), *_ns(pid, "mnt"))
+        except FileNotFoundError:
+            raise core.TargetGone("target gone") from None
+        x = _get(req.container, key, pidfd, pid, core)
+        if x is None:  # could not start one here: the one-shot executor
+            return core.ns_exec(pidfd, pid, namespaces, op, *args)
+        try:
+            return x.run(pidfd, pid, op, *args)
+        except core.ExecutorDied as e:
+            _drop(key, x)
+            if e.errno != errno.ECONNABORTED:  # it died before it could act: once more
+                return core.ns_exec(pidfd, pid, namespaces, op, *args)
+            raise
+    finally:
+        os.close(pidfd)
+
+
+def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
+    with _lock:
+        x = _cache.get(key)
+        if x is not None:
+            _cache.move_to_end(key)
+            return x
+    try:
+        x = core.Executor(pidfd, pid, NS_MOUNT)
+    except OSError as e:
+        log.warning("namespace executor not started: %s", e)
+        return None
+    if (*x.user_ns, *x.mnt_ns) != key[1:]:
+        x.close()  # the caller changed namespaces meanwhile
+        return None
+    evicted = []
+    with _lock:
+        old = _cache.get(key)
+        if old is not None:  # another thread started one first
+            evicted.append(x)
+            x = old
+        else:
+            _cache[key] = x
+        while len(_cache) > MAX_EXECUTORS:
+            evicted.append(_cache.popitem(last=False)[1])
+        cid = key[0]
+        watch = cid not in _watched
+        _watched.add(cid)
+    if watch:
+        weakref.finalize(container, close_container, cid)
+    for e in evicted:
+        e.close()
+    return x
+
+
+def _drop(key: _Key, x: Any) -> None:
+    with _lock:
+        if _cache.get(key) is x:
+            del _cache[key]
+    x.close()
+
+
+def close_container(cid: int) -> None:
+    """Close every executor of the container whose id() is `cid` (it detached)."""
+    with _lock:
+        keys = [k for k in _cache if k[0] == cid]
+        gone = [_cache.pop(k) for k in keys]
+        _watched.discard(cid)
+    for x in gone:
+        x.close()
+
+
+def close_all() -> None:
+    with _lock:
+        gone = list(_cache.values())
+        _cache.clear()
+    for x in gone:
+        x.close()
+
+
+def live() -> int:
+    with _lock:
+        return len(_cache)
