@@ -419,9 +419,33 @@ static int recv_reply(int sock, struct icd_exec_result *out, int timeout_ms)
   return 0;
 }
 
-int icd_exec_call(int sock, int pidfd, int pid, int op, const char *const s[4],
-                  const int64_t a[6], int timeout_ms, struct icd_exec_result *out)
+/* Whether pid is (still) in the namespaces the helper entered: a process
+ * that unshared or setns'd since its executor was picked must not borrow the
+ * helper's (more privileged) user namespace. */
+static int same_nses(int pid, const struct icd_executor *x)
 {
+  char path[64];
+  struct stat st;
+
+  snprintf(path, sizeof path, "/proc/%d/ns/user", pid);
+  if (stat(path, &st) < 0)
+    return errno == ENOENT ? -ESRCH : -errno;
+  if (st.st_dev != x->user_dev || st.st_ino != x->user_ino)
+    return 0;
+  snprintf(path, sizeof path, "/proc/%d/ns/mnt", pid);
+  if (stat(path, &st) < 0)
+    return errno == ENOENT ? -ESRCH : -errno;
+  return st.st_dev == x->mnt_dev && st.st_ino == x->mnt_ino;
+}
+
+int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
+                  const char *s0, const char *s1, const char *s2, const char *s3,
+                  int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
+                  int timeout_ms, struct icd_exec_result *out)
+{
+  const char *const s[4] = { s0, s1, s2, s3 };
+  const int64_t a[6] = { a0, a1, a2, a3, a4, a5 };
+  int sock = x->sock;
   static __thread char buf[XBUF_MAX]; /* daemon threads call this concurrently */
   union {
     char b[CMSG_SPACE(XFDS_MAX * sizeof(int))];
@@ -438,7 +462,7 @@ int icd_exec_call(int sock, int pidfd, int pid, int op, const char *const s[4],
   out->ret = -1;
   out->err = 0;
   out->fd = -1;
-  if (op < ICD_OP_MOUNT || op > ICD_OP_FSPICK || pid <= 0 || pidfd < 0 || sock < 0)
+  if (op < ICD_OP_MOUNT || op > ICD_OP_LAST || pid <= 0 || pidfd < 0 || sock < 0)
     return -EINVAL;
   memset(&rq, 0, sizeof rq);
   rq.op = op;
@@ -462,6 +486,16 @@ int icd_exec_call(int sock, int pidfd, int pid, int op, const char *const s[4],
   memcpy(buf, &rq, sizeof rq);
 
   err = target_dirs(pidfd, pid, &root, &cwd);
+  if (!err) {
+    /* After the opens: root and cwd are of a process in these namespaces. */
+    ret = same_nses(pid, x);
+    if (ret == -ESRCH)
+      err = ESRCH;
+    else if (ret <= 0) {
+      ret = ret < 0 ? ret : -EXDEV;
+      goto done;
+    }
+  }
   if (err) {
     out->err = err;
     ret = 0;

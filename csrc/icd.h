@@ -101,6 +101,7 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
                            uint64_t id);
 
 /* nsexec.c: one mount-family operation inside a target's namespaces */
+int icd_fd_mnt_id(int fd); /* statx STATX_MNT_ID of an fd (mountinfo's id), or -errno */
 #define ICD_OP_MOUNT 1
 #define ICD_OP_UMOUNT2 2
 #define ICD_OP_OPEN_TREE 3
@@ -110,6 +111,10 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
 #define ICD_OP_FSCONFIG 7
 #define ICD_OP_FSMOUNT 8
 #define ICD_OP_FSPICK 9
+/* umount2(path, flags) only if path still resolves to mount id a[1] (else
+ * ESTALE): the daemon decides on one mount, this acts on that one. */
+#define ICD_OP_UMOUNT_CHECKED 10
+#define ICD_OP_LAST 10
 
 struct icd_exec_result {
   int64_t ret;
@@ -133,10 +138,14 @@ struct icd_executor {
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out);
 /* 0 with out->err set (ESRCH: target gone) or -errno when the helper failed
  * (EPIPE: it was dead before the request, ECONNABORTED: it died during it,
- * ETIMEDOUT: it did not answer); after a failure the helper
+ * ETIMEDOUT: it did not answer); -EXDEV (helper still usable): pid is not in
+ * the helper's user and mount namespaces.  Strings NULL or NUL-terminated,
+ * in the op's order, then the integers (see core.py).; after a failure the helper
  * is out of step and must be stopped. */
-int icd_exec_call(int sock, int pidfd, int pid, int op, const char *const s[4],
-                  const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
+                  const char *s0, const char *s1, const char *s2, const char *s3,
+                  int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
+                  int timeout_ms, struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -81,6 +82,40 @@ void icd_nsop_send_result(int sock, int64_t ret, int err, int fd)
     ;
 }
 
+int icd_fd_mnt_id(int fd)
+{
+  struct statx stx;
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0)
+    return -errno;
+  if (!(stx.stx_mask & STATX_MNT_ID))
+    return -EOPNOTSUPP;
+  return (int)stx.stx_mnt_id;
+}
+
+static int64_t umount_checked(const char *path, int flags, int64_t want)
+{
+  int fd, id;
+
+  if (!path) {
+    errno = EFAULT;
+    return -1;
+  }
+  fd = open(path, O_PATH | O_CLOEXEC | ((flags & UMOUNT_NOFOLLOW) ? O_NOFOLLOW : 0));
+  if (fd < 0)
+    return -1;
+  id = icd_fd_mnt_id(fd);
+  close(fd); /* before the umount: our reference would keep the mount busy */
+  if (id < 0) {
+    errno = -id;
+    return -1;
+  }
+  if (id != want) {
+    errno = ESTALE;
+    return -1;
+  }
+  return syscall(SYS_umount2, path, flags);
+}
+
 int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
 {
   struct icd_mount_attr attr;
@@ -104,6 +139,8 @@ int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
     return syscall(NR_fsmount, (int)a[0], (unsigned)a[1], (unsigned)a[2]);
   case ICD_OP_FSPICK:
     return syscall(NR_fspick, (int)a[0], s[0], (unsigned)a[1]);
+  case ICD_OP_UMOUNT_CHECKED:
+    return umount_checked(s[0], (int)a[0], a[1]);
   }
   errno = EINVAL;
   return -1;
@@ -315,7 +352,7 @@ int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
   out->ret = -1;
   out->err = 0;
   out->fd = -1;
-  if (op < ICD_OP_MOUNT || op > ICD_OP_FSPICK || pid <= 0 || pidfd < 0)
+  if (op < ICD_OP_MOUNT || op > ICD_OP_LAST || pid <= 0 || pidfd < 0)
     return -EINVAL;
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return -errno;

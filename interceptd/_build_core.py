@@ -26,6 +26,7 @@ CDEF = """
 #define ICD_OP_FSCONFIG ...
 #define ICD_OP_FSMOUNT ...
 #define ICD_OP_FSPICK ...
+#define ICD_OP_UMOUNT_CHECKED ...
 
 struct icd_item {
   int kind; int fd; uint64_t id; uint32_t pid; int32_t nr; uint32_t arch; uint64_t ip;
@@ -80,9 +81,12 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
                            uint64_t id);
 int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
                 const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_fd_mnt_id(int fd);
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out);
-int icd_exec_call(int sock, int pidfd, int pid, int op, const char *const s[4],
-                  const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
+                  const char *s0, const char *s1, const char *s2, const char *s3,
+                  int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
+                  int timeout_ms, struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
 """
 

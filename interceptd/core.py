@@ -285,6 +285,8 @@ _OPS: dict[str, tuple[int, str]] = {
     "fsconfig": (lib.ICD_OP_FSCONFIG, "iissi"),
     "fsmount": (lib.ICD_OP_FSMOUNT, "iii"),
     "fspick": (lib.ICD_OP_FSPICK, "isi"),
+    # umount2(path, flags) only if path still resolves to mount `mnt_id` (else ESTALE)
+    "umount2_checked": (lib.ICD_OP_UMOUNT_CHECKED, "sii"),
 }
 
 
@@ -334,8 +336,22 @@ def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: Any,
     return ExecResult(int(out.ret), int(out.err), int(out.fd))
 
 
+def fd_mnt_id(fd: int) -> int:
+    """The mount id (as in mountinfo) of the mount `fd` is on (statx STATX_MNT_ID)."""
+    return _check(lib.icd_fd_mnt_id(fd), "fd_mnt_id")
+
+
 class ExecutorDied(OSError):
     """The executor's helper is gone (or out of step) and could not be restarted."""
+
+
+class WrongNamespaces(OSError):
+    """The process is not in the executor's user and mount namespaces (nothing was done)."""
+
+
+_exec_call = lib.icd_exec_call
+_NULLS = [ffi.NULL] * 4
+_ZEROS = [0] * 6
 
 
 class Executor:
@@ -399,8 +415,30 @@ class Executor:
     def run(self, pidfd: int, pid: int, op: str, *args: Any) -> ExecResult:
         """Perform `op` (see ns_exec) as process `pid` would, in these namespaces.
         ExecResult.errno is ESRCH when `pidfd` shows the process is gone; `fd`
-        belongs to the caller. ExecutorDied if the helper cannot serve."""
-        cop, s, a, _keep = _op_args(op, args)
+        belongs to the caller. ExecutorDied if the helper cannot serve;
+        WrongNamespaces if `pid` is not in the helper's namespaces."""
+        try:
+            cop, kinds = _OPS[op]
+        except KeyError:
+            raise ValueError(f"unknown ns_exec op {op!r}") from None
+        if len(args) != len(kinds):
+            raise TypeError(f"{op} takes {len(kinds)} arguments, got {len(args)}")
+        # Strings go straight to C as char * (bytes are passed without a copy).
+        strs: list[Any] = []
+        ints: list[int] = []
+        for kind, v in zip(kinds, args, strict=True):
+            if kind == "i":
+                ints.append(v)
+            elif v is None:
+                strs.append(ffi.NULL)
+            else:
+                if isinstance(v, str):
+                    v = os.fsencode(v)
+                if not isinstance(v, bytes) or b"\0" in v:
+                    raise ValueError(f"bad string argument {v!r}")
+                strs.append(v)
+        strs += _NULLS[len(strs):]
+        ints += _ZEROS[len(ints):]
         out = ffi.new("struct icd_exec_result *")
         ms = int(self.timeout * 1000)
         with self._lock:
@@ -409,9 +447,12 @@ class Executor:
             for attempt in (0, 1):
                 if self._x.sock < 0:
                     self._restart(pidfd, pid)
-                ret = lib.icd_exec_call(self._x.sock, pidfd, pid, cop, s, a, ms, out)
+                ret = _exec_call(self._x, pidfd, pid, cop, *strs, *ints, ms, out)
                 if ret == 0:
-                    return ExecResult(int(out.ret), int(out.err), int(out.fd))
+                    return ExecResult(out.ret, out.err, out.fd)
+                if ret == -errno_mod.EXDEV:
+                    raise WrongNamespaces(errno_mod.EXDEV, "target not in the executor's "
+                                                          "namespaces")
                 # The helper died or is out of step: never reuse it. Only a failed
                 # send (EPIPE: it was dead before this request) is retried; one that
                 # died mid-request may have performed the op.

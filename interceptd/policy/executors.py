@@ -28,6 +28,7 @@ MAX_EXECUTORS = 64  # helpers alive at once, over all containers
 _Key = tuple[int, int, int, int, int]  # (container, userns dev, ino, mntns dev, ino)
 _cache: OrderedDict[_Key, Any] = OrderedDict()
 _watched: set[int] = set()  # containers with a finalizer closing their executors
+_recent: dict[int, Any] = {}  # container -> the executor it used last
 _lock = threading.Lock()
 
 
@@ -48,20 +49,35 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
     try:
         if not req.valid():
             raise core.TargetGone("notification no longer valid")
+        cid = id(req.container)
+        x = _recent.get(cid)
+        if x is not None:
+            # The container's last executor; the core checks that the caller is in its
+            # namespaces (WrongNamespaces otherwise, with nothing done).
+            try:
+                return x.run(pidfd, pid, op, *args)
+            except core.WrongNamespaces:
+                pass
+            except core.ExecutorDied as e:
+                _drop(x)
+                if e.errno == errno.ECONNABORTED:  # it may have acted: no second try
+                    raise
         try:
-            key = (id(req.container), *_ns(pid, "user"), *_ns(pid, "mnt"))
+            key = (cid, *_ns(pid, "user"), *_ns(pid, "mnt"))
         except FileNotFoundError:
             raise core.TargetGone("target gone") from None
         x = _get(req.container, key, pidfd, pid, core)
-        if x is None:  # could not start one here: the one-shot executor
-            return core.ns_exec(pidfd, pid, namespaces, op, *args)
-        try:
-            return x.run(pidfd, pid, op, *args)
-        except core.ExecutorDied as e:
-            _drop(key, x)
-            if e.errno != errno.ECONNABORTED:  # it died before it could act: once more
-                return core.ns_exec(pidfd, pid, namespaces, op, *args)
-            raise
+        if x is not None:
+            _recent[cid] = x
+            try:
+                return x.run(pidfd, pid, op, *args)
+            except core.WrongNamespaces:
+                pass  # it moved again meanwhile
+            except core.ExecutorDied as e:
+                _drop(x)
+                if e.errno == errno.ECONNABORTED:
+                    raise
+        return core.ns_exec(pidfd, pid, namespaces, op, *args)
     finally:
         os.close(pidfd)
 
@@ -90,6 +106,9 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
             _cache[key] = x
         while len(_cache) > MAX_EXECUTORS:
             evicted.append(_cache.popitem(last=False)[1])
+        for k, v in list(_recent.items()):
+            if any(v is e for e in evicted):
+                del _recent[k]
         cid = key[0]
         watch = cid not in _watched
         _watched.add(cid)
@@ -100,10 +119,14 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
     return x
 
 
-def _drop(key: _Key, x: Any) -> None:
+def _drop(x: Any) -> None:
     with _lock:
-        if _cache.get(key) is x:
-            del _cache[key]
+        for k, v in list(_cache.items()):
+            if v is x:
+                del _cache[k]
+        for k, v in list(_recent.items()):
+            if v is x:
+                del _recent[k]
     x.close()
 
 
@@ -113,6 +136,7 @@ def close_container(cid: int) -> None:
         keys = [k for k in _cache if k[0] == cid]
         gone = [_cache.pop(k) for k in keys]
         _watched.discard(cid)
+        _recent.pop(cid, None)
     for x in gone:
         x.close()
 
@@ -121,6 +145,7 @@ def close_all() -> None:
     with _lock:
         gone = list(_cache.values())
         _cache.clear()
+        _recent.clear()
     for x in gone:
         x.close()
 

@@ -63,6 +63,11 @@ from interceptd.policy.targetmem import (
 )
 from interceptd.verdict import Verdict
 
+try:
+    from interceptd import core as _core
+except ImportError:  # the C core is not built (kernel-free unit tests)
+    _core = None  # type: ignore[assignment]
+
 log = logging.getLogger("interceptd.policy")
 
 CLONE_NEWNS = 0x00020000
@@ -264,6 +269,12 @@ def _cgroupns_private(pid: int) -> bool:
 _exec = executors.run
 
 
+def _fd_mnt_id(fd: int) -> int | None:
+    if _core is not None:
+        return _core.fd_mnt_id(fd)  # statx: no fdinfo text to open and parse
+    return procinfo.fd_mnt_id(fd)
+
+
 def _context(req: Any, st: ContainerPolicy, table: MountTable | None = None, *,
              fstype: str | None = None) -> MountContext:
     """The decision's view; the mount table is read only if the decision looks at it, the
@@ -376,7 +387,7 @@ def _resolve_in_root(req: Any, path: str, nofollow: bool,
 def _fd_mount(req: Any, fd: int) -> FdMount:
     st = os.fstat(fd)
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    mnt_id = procinfo.fd_mnt_id(fd)
+    mnt_id = _fd_mnt_id(fd)
     table = LazyMountTable(req.pid)
     entry = table.get(mnt_id) if mnt_id is not None else None
     return FdMount(entry, dev, table)
@@ -566,13 +577,18 @@ def handle_umount2(req: Any) -> Verdict:
             d = decide_umount(UmountCall(target, flags, fm.entry if fm else None), ctx)
             if d.kind != "perform":
                 return _verdict(d)
-            # The umount acts on the path again (there is no umount-by-fd). A container
-            # that swaps a directory on the path between check and act could redirect it:
-            # see docs/policy.md "Residual races". Our O_PATH fd would keep the mount
-            # busy, so it goes first.
+            # The umount acts on the path again (there is no umount-by-fd): the executor
+            # re-resolves it and unmounts only if it is still the mount we checked (a
+            # swapped directory or symlink gets ESTALE, answered EBUSY). What remains is
+            # the executor's own resolve-to-umount window, see docs/policy.md "Residual
+            # races". Our O_PATH fd would keep the mount busy, so it goes first.
             fds.close()
             op = d.ops[0]
-            res = _exec(req, NS_MOUNT, "umount2", *op.args)
+            assert fm is not None and fm.entry is not None  # decide_umount refuses others
+            res = _exec(req, NS_MOUNT, "umount2_checked", *op.args, fm.entry.mount_id)
+            if res.errno == errno.ESTALE:
+                return Verdict.errno(errno.EBUSY, f"{_reason(d)}; the path changed "
+                                                  "between check and umount")
             if res.errno:
                 return _kernel_error(d, res.errno, "umount2")
             return Verdict.value(0, _reason(d))

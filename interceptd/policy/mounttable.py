@@ -10,6 +10,7 @@ keyed by dev alone (each procfs mount has its own superblock since Linux 5.8).
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -193,9 +194,15 @@ class LazyMountTable(MountTable):
 
     def _raw(self) -> str:
         if self._text is None:
-            with open(f"/proc/{self._pid}/mountinfo", encoding="utf-8",
-                      errors="surrogateescape") as f:
-                self._text = "\n" + f.read()
+            # Raw reads: no text layer; the kernel hands out whole lines per read.
+            fd = os.open(f"/proc/{self._pid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                parts = [b"\n"]
+                while chunk := os.read(fd, 65536):
+                    parts.append(chunk)
+            finally:
+                os.close(fd)
+            self._text = b"".join(parts).decode("utf-8", "surrogateescape")
         return self._text
 
     @property  # type: ignore[override]
