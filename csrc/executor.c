@@ -478,6 +478,12 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
     off += len;
   }
   mask = icd_nsop_fd_args(op);
+  /* Arguments that are fds only for some values: sending fd 0 for a zero aux
+   * would hand the helper a descriptor where the call wants a number. */
+  if (op == ICD_OP_FSCONFIG && a[1] != 5 /* FSCONFIG_SET_FD */)
+    mask &= ~4u;
+  if (op == ICD_OP_MOUNT_SETATTR && !(a[2] & 0x100000 /* MOUNT_ATTR_IDMAP */))
+    mask &= ~32u;
   for (i = 0; i < 6; i++)
     if ((mask & (1u << i)) && a[i] >= 0 && a[i] < (1 << 30)) {
       rq.fdmask |= 1u << i;
