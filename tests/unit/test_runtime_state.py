@@ -1,7 +1,8 @@
 """interceptd-runc's id pool, records, mountinfo parsing, settings (no containers)."""
 
-import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -21,14 +22,31 @@ def test_pool_unique_and_released(tmp_path):
         p.allocate("f")
 
 
-def _grab(args):
-    d, key = args
-    return idpool.IdPool(d, 1 << 20, 256).allocate(key)
+_GRAB = """
+import sys
+from interceptd.runtime import idpool
+d, prefix = sys.argv[1], sys.argv[2]
+pool = idpool.IdPool(d, 1 << 20, 256)
+print(" ".join(str(pool.allocate(f"{prefix}{i}")) for i in range(8)))
+"""
 
 
 def test_pool_concurrent_allocations_never_collide(tmp_path):
-    with multiprocessing.get_context("fork").Pool(8) as pool:
-        bases = pool.map(_grab, [(str(tmp_path), f"c{i}") for i in range(64)])
+    # Separate interpreters, not a fork of this (threaded) pytest process: a
+    # forked worker can inherit a held lock and hang the suite.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _GRAB, str(tmp_path), f"p{k}-"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        for k in range(8)
+    ]
+    bases = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        bases += [int(b) for b in out.split()]
+    assert len(bases) == 64
     assert len(set(bases)) == 64
     assert len(idpool.IdPool(str(tmp_path), 1 << 20, 256).allocated()) == 64
 
