@@ -4,8 +4,12 @@
   (b) the same pair vetted and performed by interceptd    target <= 3 x (a)
   (c) sysinfo(2), native (no interception)                baseline
   (d) sysinfo(2), emulated by interceptd                  (figure only)
-  (e) one namespace-executor operation (fork + setns into the container's user and mount
-      namespaces + a failing umount2), from this process   attribution of (b)
+  (e) one one-shot ns_exec (fork + setns into the container's user and mount namespaces
+      + a failing umount2), from this process              what (b) used to pay per op
+  (f) one persistent-executor operation (core.Executor, a failing umount2)
+                                                            what (b) pays per op now
+With --breakdown, the vetted loop runs once more under bench/vetting_timed_daemon.py and
+the time of each stage of the daemon's side is printed per pair.
 
 The loops run inside the container (tests/helpers/policy_mntapi.c, policy_misc.c) and time
 themselves; each row is the median of --runs runs.
@@ -61,6 +65,73 @@ def executor_us(env: ContainerEnv, n: int) -> float:
             os.close(pidfd)
 
 
+def persistent_executor_us(env: ContainerEnv, n: int) -> float:
+    """The cost of one persistent-executor operation against a running container."""
+    import os
+    import time
+
+    from interceptd import core
+
+    b = env.bundle(BundleSpec(args=["sleep", "60"], caps="all"))
+    cid = f"bench-pexec-{os.getpid()}"
+    with env.runtime.started(b, cid):
+        pid = env.runtime.state(cid)["pid"]
+        pidfd = os.pidfd_open(pid)
+        x = core.Executor(pidfd, pid)
+        try:
+            x.run(pidfd, pid, "umount2", "/nonexistent", 0)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                x.run(pidfd, pid, "umount2", "/nonexistent", 0)
+            return (time.perf_counter() - t0) / n * 1e6
+        finally:
+            x.close()
+            os.close(pidfd)
+
+
+def breakdown(env: ContainerEnv, pairs: int) -> list[list[str]]:
+    """Per-pair time of each daemon-side stage, from a timer-instrumented daemon."""
+    import os
+    import signal
+    import time
+
+    import tests.harness.daemon as hd
+
+    out = env.dir / "timings.json"
+    state = env.dir / "daemon-timed"
+    d = Daemon(state, render_config([], {}, ""), [], {"INTERCEPTD_BENCH_TIMINGS": str(out)},
+               log_level="info")
+    launcher = env.dir / "interceptd-timed"
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} "
+                        f"{Path(__file__).resolve().parent / 'vetting_timed_daemon.py'} \"$@\"\n")
+    launcher.chmod(0o755)
+    saved = hd.INTERCEPTD
+    hd.INTERCEPTD = launcher
+    try:
+        d.start()
+    finally:
+        hd.INTERCEPTD = saved
+    try:
+        cmd = "mkdir -p /mnt/l && policy_mntapi loop {n} /mnt/l"
+        env.run(spec(cmd.format(n=50), d.listener_path))
+        os.kill(d.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        base = json.loads(out.read_text())
+        pair = per_call_us(env.run(spec(cmd.format(n=pairs), d.listener_path)), "loop", pairs)
+        os.kill(d.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        now = json.loads(out.read_text())
+    finally:
+        d.stop()
+    rows = [["vetted pair (timed daemon), as the container sees it", f"{pair:.1f}", ""]]
+    for k, (ns, n) in now.items():
+        ns -= base.get(k, [0, 0])[0]
+        n -= base.get(k, [0, 0])[1]
+        if n:
+            rows.append([k, f"{ns / pairs / 1000:.1f}", f"{n / pairs:.1f}"])
+    return rows
+
+
 def spec(cmd: str, listener: str | None) -> BundleSpec:
     if listener is None:
         return BundleSpec(args=["sh", "-c", cmd], caps="all")
@@ -76,6 +147,8 @@ def main() -> int:
     ap.add_argument("--sysinfo", type=int, default=2000, help="sysinfo calls per run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", type=Path, default=OUT / "bench_vetting.json")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time each daemon-side stage of the vetted pair")
     args = ap.parse_args()
 
     mnt = "mkdir -p /mnt/l && policy_mntapi loop {n} /mnt/l"
@@ -98,8 +171,10 @@ def main() -> int:
             rows["(d) sysinfo, emulated"] = median(si, "sysinfo_loop", args.sysinfo,
                                                    d.listener_path)
             rows["(e) one ns_exec, user+mnt"] = executor_us(env, 200)
+            rows["(f) one persistent executor op"] = persistent_executor_us(env, 2000)
         finally:
             d.stop()
+        stages = breakdown(env, args.pairs) if args.breakdown else []
 
     a, b = rows["(a) mount+umount, no interception"], rows["(b) mount+umount, vetted"]
     c, e = rows["(c) sysinfo, native"], rows["(d) sysinfo, emulated"]
@@ -109,10 +184,17 @@ def main() -> int:
     print(f"vetted pair / uninterrupted pair = {ratio:.1f}x  "
           f"(target <= {TARGET_RATIO:.0f}x): {verdict}")
     print(f"emulated sysinfo / native sysinfo = {e / c:.1f}x (no target)")
-    print(f"a vetted pair performs 2 executor operations: "
-          f"{2 * rows['(e) one ns_exec, user+mnt'] / b * 100:.0f}% of its time")
+    print(f"a vetted pair performs 2 persistent-executor operations: "
+          f"{2 * rows['(f) one persistent executor op'] / b * 100:.0f}% of its time "
+          f"(with one-shot ns_exec they would cost "
+          f"{2 * rows['(e) one ns_exec, user+mnt']:.0f} us)")
+    if stages:
+        print("\ndaemon-side stages per vetted pair (nested: a row includes those below it "
+              "that it calls)")
+        print(table(["stage", "us/pair", "calls/pair"], stages))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"us_per_call": rows, "pair_ratio": ratio,
+                                     "stages": stages,
                                      "sysinfo_ratio": e / c, "verdict": verdict}, indent=1))
     return 0
 
