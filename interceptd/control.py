@@ -58,6 +58,8 @@ class ControlServer:
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._clients: dict[threading.Thread, socket.socket] = {}
+        self._clients_lock = threading.Lock()
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -73,15 +75,26 @@ class ControlServer:
         self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 2.0) -> None:
+        """Stop accepting, end every client (a trace gets its end line), unlink."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(wait)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        with self._clients_lock:
+            clients = dict(self._clients)
+        for conn in clients.values():
+            # Wakes a client thread blocked reading its next request; a tracing
+            # one notices the stop flag within its poll interval.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+        deadline = time.monotonic() + wait
+        for t in clients:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
@@ -103,6 +116,9 @@ class ControlServer:
                              daemon=True).start()
 
     def _client(self, conn: socket.socket) -> None:
+        me = threading.current_thread()
+        with self._clients_lock:
+            self._clients[me] = conn
         try:
             reader = _LineReader(conn, self._idle_timeout)
             while not self._stop.is_set():
@@ -116,6 +132,8 @@ class ControlServer:
         except (OSError, _LineTooLong) as e:
             self._counters.inc("control_errors", type(e).__name__)
         finally:
+            with self._clients_lock:
+                self._clients.pop(me, None)
             conn.close()
             self._slots.release()
 
@@ -164,6 +182,8 @@ class ControlServer:
             while not self._stop.is_set() and (count == 0 or sent < count):
                 ev = sub.get(timeout=0.5)
                 if ev is None:
+                    if self._stop.is_set():
+                        break
                     if _hung_up(conn):
                         return
                     continue

@@ -49,7 +49,9 @@ def test_state_dir_created_private_with_lock(tmp_path):
     with pytest.raises(StartupError, match="another interceptd holds"):
         Daemon(cfg_for(sd)).prepare_state_dir()
     d.shutdown()
-    Daemon(cfg_for(sd)).prepare_state_dir()  # the lock died with its holder's fd
+    again = Daemon(cfg_for(sd))
+    again.prepare_state_dir()  # the lock died with its holder's fd
+    again.shutdown()
 
 
 def test_stale_sockets_removed(tmp_path):
@@ -68,11 +70,13 @@ def test_live_daemon_on_control_sock_refused(tmp_path):
     srv = control.ControlServer(str(tmp_path / "control.sock"), status=lambda: {"pid": 99},
                                 containers=list, bus=None, counters=fakecore_counters())
     srv.start()
+    d = Daemon(cfg_for(tmp_path))
     try:
         with pytest.raises(StartupError, match=r"another interceptd \(pid 99\)"):
-            Daemon(cfg_for(tmp_path)).prepare_state_dir()
+            d.prepare_state_dir()
         assert (tmp_path / "control.sock").exists()  # not taken from the live one
     finally:
+        d.shutdown()
         srv.stop()
 
 
