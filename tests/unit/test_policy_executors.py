@@ -1,0 +1,180 @@
+"""The policy's executor cache (interceptd.policy.executors) with a stand-in core: one
+executor per (container, user ns, mount ns), reused, LRU-bounded, closed on detach, and
+the one-shot ns_exec where a persistent one cannot serve."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+from typing import Any
+
+import pytest
+
+from interceptd.policy import executors
+
+
+class TargetGone(OSError):
+    pass
+
+
+class ExecutorDied(OSError):
+    pass
+
+
+class WrongNamespaces(OSError):
+    pass
+
+
+class FakeCore:
+    TargetGone = TargetGone
+    ExecutorDied = ExecutorDied
+    WrongNamespaces = WrongNamespaces
+
+    def __init__(self) -> None:
+        self.started: list[FakeExecutor] = []
+        self.oneshot: list[tuple[Any, ...]] = []
+        self.ns = (1, 100, 1, 200)  # what a new helper reports it entered
+        self.next_run_error: Exception | None = None
+
+    def Executor(self, pidfd: int, pid: int, namespaces: int) -> FakeExecutor:
+        x = FakeExecutor(self)
+        self.started.append(x)
+        return x
+
+    def ns_exec(self, pidfd: int, pid: int, ns: int, op: str, *args: Any) -> str:
+        self.oneshot.append((op, *args))
+        return "oneshot"
+
+
+class FakeExecutor:
+    def __init__(self, core: FakeCore) -> None:
+        self.core = core
+        self.user_ns, self.mnt_ns = core.ns[:2], core.ns[2:]
+        self.closed = False
+        self.calls: list[tuple[Any, ...]] = []
+
+    def run(self, pidfd: int, pid: int, op: str, *args: Any) -> str:
+        if self.closed:
+            raise ExecutorDied(errno.EBADF, "closed")
+        err, self.core.next_run_error = self.core.next_run_error, None
+        if err is not None:
+            raise err
+        self.calls.append((op, *args))
+        return "persistent"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Container:
+    def __init__(self, cid: str) -> None:
+        self.id = cid
+
+
+class Req:
+    def __init__(self, container: Container, core: FakeCore, valid: bool = True) -> None:
+        self.container, self.core, self.pid, self._valid = container, core, os.getpid(), valid
+        self.exec_calls: list[tuple[Any, ...]] = []
+
+    def valid(self) -> bool:
+        return self._valid
+
+    def exec(self, ns: int, op: str, *args: Any) -> str:
+        self.exec_calls.append((ns, op, *args))
+        return "req.exec"
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch: pytest.MonkeyPatch) -> Any:
+    executors.close_all()
+    # Every process here is "in" the namespaces the fake helpers report.
+    monkeypatch.setattr(executors, "_ns", lambda pid, name: (1, 100) if name == "user"
+                        else (1, 200))
+    yield
+    executors.close_all()
+
+
+def test_one_executor_per_container_reused() -> None:
+    core = FakeCore()
+    c = Container("a")
+    for _ in range(5):
+        assert executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0) \
+            == "persistent"
+    assert len(core.started) == 1 and len(core.started[0].calls) == 5
+    d = Container("b")
+    executors.run(Req(d, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert len(core.started) == 2 and executors.live() == 2
+
+
+def test_other_namespaces_use_the_one_shot_executor() -> None:
+    core = FakeCore()
+    req = Req(Container("a"), core)
+    assert executors.run(req, executors.NS_MOUNT | 0x20000000, "mount", "proc") == "req.exec"
+    assert core.started == [] and len(req.exec_calls) == 1
+
+
+def test_invalid_notification_is_target_gone() -> None:
+    core = FakeCore()
+    with pytest.raises(TargetGone):
+        executors.run(Req(Container("a"), core, valid=False), executors.NS_MOUNT,
+                      "umount2", "/x", 0)
+    assert core.started == []
+
+
+def test_wrong_namespaces_pick_another_executor() -> None:
+    core = FakeCore()
+    c = Container("a")
+    executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    core.next_run_error = WrongNamespaces(errno.EXDEV, "moved")
+    assert executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0) \
+        == "persistent"
+    # The key is the same (the fake _ns), so the cached one served the retry.
+    assert len(core.started) == 1
+
+
+def test_a_helper_that_reports_other_namespaces_is_not_used() -> None:
+    core = FakeCore()
+    core.ns = (1, 101, 1, 200)  # the caller moved between our look and its start
+    assert executors.run(Req(Container("a"), core), executors.NS_MOUNT, "umount2", "/x",
+                         0) == "oneshot"
+    assert core.started[0].closed and executors.live() == 0
+
+
+def test_dead_executor_falls_back_unless_it_may_have_acted() -> None:
+    core = FakeCore()
+    c = Container("a")
+    executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    core.next_run_error = ExecutorDied(errno.EPIPE, "dead")
+    # Dropped, then a new one is started for the same key and serves the call.
+    assert executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0) \
+        == "persistent"
+    assert core.started[0].closed and len(core.started) == 2
+    core.next_run_error = ExecutorDied(errno.ECONNABORTED, "died mid-request")
+    with pytest.raises(ExecutorDied):
+        executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert core.started[1].closed
+
+
+def test_lru_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executors, "MAX_EXECUTORS", 3)
+    core = FakeCore()
+    cs = [Container(str(i)) for i in range(5)]
+    for c in cs:
+        executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert executors.live() == 3
+    assert [x.closed for x in core.started] == [True, True, False, False, False]
+    # An evicted container gets a fresh one.
+    assert executors.run(Req(cs[0], core), executors.NS_MOUNT, "umount2", "/x", 0) \
+        == "persistent"
+    assert len(core.started) == 6
+
+
+def test_closed_when_the_container_goes_away() -> None:
+    core = FakeCore()
+    c = Container("a")
+    executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    x = core.started[0]
+    del c
+    gc.collect()
+    assert x.closed and executors.live() == 0
