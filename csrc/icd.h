@@ -102,6 +102,24 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
 
 /* nsexec.c: one mount-family operation inside a target's namespaces */
 int icd_fd_mnt_id(int fd); /* statx STATX_MNT_ID of an fd (mountinfo's id), or -errno */
+
+/* One mount as statmount(2) reports it (strings NUL-terminated). */
+struct icd_mount_facts {
+  uint64_t mnt_uid, parent_uid; /* unique (never reused) ids */
+  uint32_t mnt_id, parent_id;   /* mountinfo's ids */
+  uint32_t dev_major, dev_minor;
+  uint64_t attr;                /* MOUNT_ATTR_* */
+  uint32_t sb_flags;
+  char fstype[64];
+  char root[4096];
+  char point[4096];
+};
+int64_t icd_fd_mnt_uid(int fd);  /* statx STATX_MNT_ID_UNIQUE, or -errno */
+int64_t icd_mntns_id(int nsfd);  /* NS_GET_MNTNS_ID of a mount-namespace fd, or -errno */
+int icd_statmount(uint64_t uid, uint64_t ns_id, struct icd_mount_facts *out);
+/* The mount fd is on and its parent, as seen in pid's mount namespace: the
+ * number of entries filled (1: no parent in the namespace), or -errno. */
+int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
 #define ICD_OP_MOUNT 1
 #define ICD_OP_UMOUNT2 2
 #define ICD_OP_OPEN_TREE 3

@@ -82,6 +82,15 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
 int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
                 const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
 int icd_fd_mnt_id(int fd);
+struct icd_mount_facts {
+  uint64_t mnt_uid; uint64_t parent_uid; uint32_t mnt_id; uint32_t parent_id;
+  uint32_t dev_major; uint32_t dev_minor; uint64_t attr; uint32_t sb_flags;
+  char fstype[64]; char root[4096]; char point[4096];
+};
+int64_t icd_fd_mnt_uid(int fd);
+int64_t icd_mntns_id(int nsfd);
+int icd_statmount(uint64_t uid, uint64_t ns_id, struct icd_mount_facts *out);
+int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out);
 int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
                   const char *s0, const char *s1, const char *s2, const char *s3,

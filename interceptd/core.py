@@ -341,6 +341,56 @@ def fd_mnt_id(fd: int) -> int:
     return _check(lib.icd_fd_mnt_id(fd), "fd_mnt_id")
 
 
+@dataclass(frozen=True, slots=True)
+class MountFacts:
+    """One mount as statmount(2) reports it."""
+
+    uid: int  # unique, never reused
+    parent_uid: int
+    mnt_id: int  # mountinfo's ids
+    parent_id: int
+    dev: str  # "major:minor"
+    attr: int  # MOUNT_ATTR_*
+    sb_flags: int
+    fstype: str
+    root: str
+    mountpoint: str  # relative to the mount namespace's root
+
+
+def fd_mount_uid(fd: int) -> int:
+    """The unique (never reused) id of the mount `fd` is on (statx STATX_MNT_ID_UNIQUE)."""
+    return _check(lib.icd_fd_mnt_uid(fd), "fd_mount_uid")
+
+
+def mntns_id(nsfd: int) -> int:
+    """The id of the mount namespace behind `nsfd` (NS_GET_MNTNS_ID)."""
+    return _check(lib.icd_mntns_id(nsfd), "mntns_id")
+
+
+def _facts(f: Any) -> MountFacts:
+    dec = os.fsdecode
+    return MountFacts(int(f.mnt_uid), int(f.parent_uid), int(f.mnt_id), int(f.parent_id),
+                      f"{f.dev_major}:{f.dev_minor}", int(f.attr), int(f.sb_flags),
+                      dec(ffi.string(f.fstype)), dec(ffi.string(f.root)),
+                      dec(ffi.string(f.point)))
+
+
+def statmount(uid: int, ns_id: int) -> MountFacts:
+    """statmount(2) of the mount with unique id `uid` in mount namespace `ns_id`."""
+    f = ffi.new("struct icd_mount_facts *")
+    _check(lib.icd_statmount(uid, ns_id, f), "statmount")
+    return _facts(f)
+
+
+def fd_mount_facts(fd: int, pid: int) -> list[MountFacts]:
+    """The mount `fd` is on and (if it has one in the namespace) its parent, as seen in
+    the mount namespace of `pid`: statx + statmount, no mountinfo generated. OSError
+    (ENOSYS, EINVAL on kernels before 6.11) when the kernel cannot tell."""
+    out = ffi.new("struct icd_mount_facts[2]")
+    n = _check(lib.icd_fd_mount_facts(fd, pid, out), "fd_mount_facts")
+    return [_facts(out[i]) for i in range(n)]
+
+
 class ExecutorDied(OSError):
     """The executor's helper is gone (or out of step) and could not be restarted."""
 

@@ -46,9 +46,11 @@ from interceptd.policy.mounts import (
 from interceptd.policy.mounttable import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
+    FactsTable,
     ImmutableSet,
     LazyMountTable,
     MountTable,
+    entry_from_facts,
     register_managed,
     snapshot,
 )
@@ -343,7 +345,8 @@ def _caller_fd(req: Any, fd: int, fds: _Fds) -> int:
 
 
 def _resolve(
-    req: Any, dfd: int, path: str, nofollow: bool, fds: _Fds, *, empty: bool = False
+    req: Any, dfd: int, path: str, nofollow: bool, fds: _Fds, *, empty: bool = False,
+    facts: bool = False,
 ) -> tuple[int, int, FdMount | None]:
     """Open `path` (relative to the daemon's copy `dfd` of the caller's dirfd) as the caller
     sees it: (0, fd, mount) with an O_PATH fd held by the daemon, or (errno, -1, None)."""
@@ -352,7 +355,7 @@ def _resolve(
         # through /proc/<pid>/root, and RESOLVE_IN_ROOT keeps "..", absolute symlinks and
         # magic links from leaving it (magic links are refused: they would resolve in the
         # daemon's context).
-        got = _resolve_in_root(req, path, nofollow, fds)
+        got = _resolve_in_root(req, path, nofollow, fds, facts)
         if got is not None:
             return got
     flags = c.OPEN_TREE_CLOEXEC
@@ -364,11 +367,11 @@ def _resolve(
     if res.errno or res.fd < 0:
         return (res.errno or errno.EINVAL, -1, None)
     fd = fds.add(res.fd)
-    return (0, fd, _fd_mount(req, fd))
+    return (0, fd, _fd_mount(req, fd, facts=facts))
 
 
-def _resolve_in_root(req: Any, path: str, nofollow: bool,
-                     fds: _Fds) -> tuple[int, int, FdMount | None] | None:
+def _resolve_in_root(req: Any, path: str, nofollow: bool, fds: _Fds,
+                     facts: bool = False) -> tuple[int, int, FdMount | None] | None:
     """(errno|0, fd, mount), or None to fall back to the executor (a magic link)."""
     root = fds.add(os.open(f"/proc/{req.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
     if not req.valid():  # the root we opened is the caller's, not a reused pid's
@@ -381,10 +384,24 @@ def _resolve_in_root(req: Any, path: str, nofollow: bool,
         if e.errno in (errno.ELOOP, errno.EXDEV):
             return None
         return (e.errno or errno.ENOENT, -1, None)
-    return (0, fd, _fd_mount(req, fd))
+    return (0, fd, _fd_mount(req, fd, facts=facts))
 
 
-def _fd_mount(req: Any, fd: int) -> FdMount:
+def _fd_mount(req: Any, fd: int, *, facts: bool = False) -> FdMount:
+    """The mount `fd` is on, looked up in the caller's mount table. With `facts` (callers
+    whose decision needs only that mount and its parent: umount), statmount(2) reports
+    both without generating the whole mountinfo (~20 us); the table is read only if the
+    decision asks for more, or if the kernel cannot tell (before 6.11)."""
+    if facts and _core is not None:
+        try:
+            got = _core.fd_mount_facts(fd, req.pid)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise ProcessLookupError(req.pid) from None
+        else:
+            entries = [entry_from_facts(f) for f in got]
+            table = FactsTable(entries, req.pid)
+            return FdMount(entries[0], entries[0].dev, table)
     st = os.fstat(fd)
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     mnt_id = _fd_mnt_id(fd)
@@ -570,7 +587,7 @@ def handle_umount2(req: Any) -> Verdict:
     with st.lock:
         try:
             err, _, fm = _resolve(req, c.AT_FDCWD, target, bool(flags & c.UMOUNT_NOFOLLOW),
-                                  fds)
+                                  fds, facts=True)
             if err:
                 return Verdict.errno(err, f"umount2: cannot resolve {target}")
             ctx = _context(req, st, fm.table if fm else None)

@@ -233,6 +233,47 @@ class LazyMountTable(MountTable):
         return self.get(e.parent_id)
 
 
+class FactsTable(MountTable):
+    """The mounts statmount(2) reported (an umount's target and its parent), with the
+    full table read only if a decision asks for anything else."""
+
+    def __init__(self, known: Iterable[MountEntry], pid: int) -> None:
+        self._known = {e.mount_id: e for e in known}
+        self._rest = LazyMountTable(pid)
+
+    @property  # type: ignore[override]
+    def entries(self) -> list[MountEntry]:
+        return self._rest.entries
+
+    @property  # type: ignore[override]
+    def by_id(self) -> dict[int, MountEntry]:
+        return self._rest.by_id
+
+    def get(self, mount_id: int) -> MountEntry | None:
+        e = self._known.get(mount_id)
+        return e if e is not None else self._rest.get(mount_id)
+
+    def parent(self, e: MountEntry) -> MountEntry | None:
+        if e.parent_id == e.mount_id:
+            return None
+        return self.get(e.parent_id)
+
+
+_ATTR_OPTS = ((MOUNT_ATTR_NOSUID, "nosuid"), (MOUNT_ATTR_NODEV, "nodev"),
+              (MOUNT_ATTR_NOEXEC, "noexec"))
+
+
+def entry_from_facts(f: Any) -> MountEntry:
+    """A MountEntry from core.MountFacts (mount point relative to the namespace's root;
+    no source or propagation fields: decisions that need them read the full table)."""
+    opts = {"ro" if f.attr & MOUNT_ATTR_RDONLY else "rw"}
+    opts.update(name for bit, name in _ATTR_OPTS if f.attr & bit)
+    return MountEntry(
+        mount_id=f.mnt_id, parent_id=f.parent_id, dev=f.dev, root=f.root,
+        mountpoint=f.mountpoint, opts=frozenset(opts), optional=(), fstype=f.fstype,
+        source="", super_opts=frozenset({"ro" if f.sb_flags & 1 else "rw"}))
+
+
 @dataclass(frozen=True)
 class ImmutableMount:
     dev: str

@@ -260,3 +260,36 @@ def test_helper_is_not_reachable_from_the_target(
         assert r.returncode != 0
     finally:
         x.close()
+
+
+def test_mount_facts_agree_with_mountinfo(chroot_target: tuple[int, int, Path]) -> None:
+    from interceptd.policy.mounttable import MountTable
+
+    pid, pidfd, _root = chroot_target
+    x = core.Executor(pidfd, pid)
+    try:
+        r = x.run(pidfd, pid, "mount", "tmpfs", "/mnt", "tmpfs", 0x2 | 0x8, None)
+        assert r.errno == 0
+        r = x.run(pidfd, pid, "open_tree", AT_FDCWD, "/mnt", 0)
+        assert r.errno == 0
+        fd = r.fd
+        try:
+            facts = core.fd_mount_facts(fd, pid)
+            table = MountTable.read(pid)
+            e = table.get(core.fd_mnt_id(fd))
+            assert e is not None and len(facts) == 2
+            f, parent = facts
+            assert (f.mnt_id, f.parent_id, f.dev, f.root, f.fstype) == (
+                e.mount_id, e.parent_id, e.dev, e.root, e.fstype)
+            assert f.attr & 0xF == 0x2 | 0x8  # nosuid, noexec
+            pe = table.get(e.parent_id)
+            assert pe is not None
+            assert (parent.mnt_id, parent.dev, parent.fstype) == (pe.mount_id, pe.dev,
+                                                                  pe.fstype)
+            assert parent.uid == f.parent_uid and f.uid == core.fd_mount_uid(fd)
+        finally:
+            os.close(fd)
+        r = x.run(pidfd, pid, "umount2", "/mnt", 0)
+        assert r.errno == 0
+    finally:
+        x.close()
