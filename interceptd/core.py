@@ -10,7 +10,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from interceptd._core import ffi, lib
 
@@ -71,8 +71,9 @@ class Decision:
     send_errno: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ExecResult:
+class ExecResult(NamedTuple):
+    """(A NamedTuple: made on every vetted operation; a frozen dataclass costs more.)"""
+
     ret: int
     errno: int
     fd: int  # -1 unless the operation made an fd
@@ -429,6 +430,7 @@ class Executor:
         self._lock = threading.Lock()
         self._x = ffi.new("struct icd_executor *")
         self._x.sock = self._x.pid = -1
+        self._out = ffi.new("struct icd_exec_result *")
         self.closed = False
         self.restarts = 0
         self._start(pidfd, pid)
@@ -482,16 +484,16 @@ class Executor:
             elif v is None:
                 strs.append(ffi.NULL)
             else:
-                if isinstance(v, str):
+                if v.__class__ is str:
                     v = os.fsencode(v)
-                if not isinstance(v, bytes) or b"\0" in v:
+                if v.__class__ is not bytes or b"\0" in v:
                     raise ValueError(f"bad string argument {v!r}")
                 strs.append(v)
         strs += _NULLS[len(strs):]
         ints += _ZEROS[len(ints):]
-        out = ffi.new("struct icd_exec_result *")
+        out = self._out
         ms = int(self.timeout * 1000)
-        with self._lock:
+        with self._lock:  # also guards the shared result buffer
             if self.closed:
                 raise ExecutorDied(errno_mod.EBADF, "executor closed")
             for attempt in (0, 1):
@@ -499,7 +501,7 @@ class Executor:
                     self._restart(pidfd, pid)
                 ret = _exec_call(self._x, pidfd, pid, cop, *strs, *ints, ms, out)
                 if ret == 0:
-                    return ExecResult(out.ret, out.err, out.fd)
+                    return ExecResult(out.ret, out.err, out.fd)  # copied out under the lock
                 if ret == -errno_mod.EXDEV:
                     raise WrongNamespaces(errno_mod.EXDEV, "target not in the executor's "
                                                           "namespaces")
