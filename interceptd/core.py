@@ -342,8 +342,7 @@ def fd_mnt_id(fd: int) -> int:
     return _check(lib.icd_fd_mnt_id(fd), "fd_mnt_id")
 
 
-@dataclass(frozen=True, slots=True)
-class MountFacts:
+class MountFacts(NamedTuple):
     """One mount as statmount(2) reports it."""
 
     uid: int  # unique, never reused
