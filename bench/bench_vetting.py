@@ -8,8 +8,8 @@
       + a failing umount2), from this process              what (b) used to pay per op
   (f) one persistent-executor operation (core.Executor, a failing umount2)
                                                             what (b) pays per op now
-With --breakdown, the vetted loop runs once more under bench/vetting_timed_daemon.py and
-the time of each stage of the daemon's side is printed per pair.
+Then (unless --no-breakdown) the vetted loop runs once more under
+bench/vetting_timed_daemon.py and the time of each daemon-side stage is printed per pair.
 
 The loops run inside the container (tests/helpers/policy_mntapi.c, policy_misc.c) and time
 themselves; each row is the median of --runs runs.
@@ -147,8 +147,8 @@ def main() -> int:
     ap.add_argument("--sysinfo", type=int, default=2000, help="sysinfo calls per run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", type=Path, default=OUT / "bench_vetting.json")
-    ap.add_argument("--breakdown", action="store_true",
-                    help="also time each daemon-side stage of the vetted pair")
+    ap.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time each daemon-side stage of the vetted pair (default)")
     args = ap.parse_args()
 
     mnt = "mkdir -p /mnt/l && policy_mntapi loop {n} /mnt/l"
