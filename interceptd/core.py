@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+import struct
 import threading
 import weakref
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ NR_MAX: int = lib.ICD_NR_MAX
 READ_MAX: int = lib.ICD_READ_MAX
 _ITEM_NOTIF: int = lib.ICD_ITEM_NOTIF
 _respond = lib.icd_channel_respond
+_wait = lib.icd_channel_wait
+# struct icd_item, unpacked in one go: reading a cdata struct field by field
+# costs several times more on the Python path.
+_ITEM = struct.Struct("=iiQIiI4xQ6Q")
+if _ITEM.size != ffi.sizeof("struct icd_item"):
+    raise ImportError("struct icd_item layout does not match core.py")
+_new_notification = tuple.__new__
 
 # Namespace flags for ns_exec (os.CLONE_* needs Python 3.12).
 CLONE_NEWNS = 0x00020000
@@ -43,8 +51,10 @@ class TargetGone(OSError):
         super().__init__(errno_mod.ENOENT, what)
 
 
-@dataclass(slots=True)
-class Notification:
+class Notification(NamedTuple):
+    """One Python-path notification.  (A NamedTuple: made on every Python-path
+    call, and a tuple is the cheapest object to build from the unpacked item.)"""
+
     id: int
     pid: int
     nr: int
@@ -150,23 +160,31 @@ class Channel:
     def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
         """Queued items, blocking up to `timeout` seconds (None: forever) for the
         first; [] on timeout or once the channel is closed."""
-        buf = getattr(self._tls, "buf", None)
+        tls = self._tls
+        try:
+            buf, mv = tls.buf
+        except AttributeError:
+            buf = mv = None
         if buf is None or len(buf) < max_items:
-            buf = self._tls.buf = ffi.new("struct icd_item[]", max_items)
+            buf = ffi.new("struct icd_item[]", max_items)
+            mv = ffi.buffer(buf)
+            tls.buf = (buf, mv)
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        n = lib.icd_channel_wait(self._ptr, buf, max_items, ms, self.spin_us)
+        n = _wait(self._ptr, buf, max_items, ms, self.spin_us)
         if n <= 0:
             if n < 0:
                 self.closed = True
             return []
         out: list[Any] = []
+        unpack = _ITEM.unpack_from
+        size = _ITEM.size
         for i in range(n):
-            it = buf[i]
-            if it.kind == _ITEM_NOTIF:
-                out.append(Notification(it.id, it.pid, it.nr, it.arch, it.ip, tuple(it.args),
-                                        it.fd))
+            t = unpack(mv, i * size)
+            if t[0] == _ITEM_NOTIF:
+                out.append(_new_notification(Notification, (t[2], t[3], t[4], t[5], t[6],
+                                                            t[7:13], t[1])))
             else:
-                out.append(Detached(it.fd))
+                out.append(Detached(t[1]))
         return out
 
     def respond(self, notif: Notification, *, value: int = 0, error: int = 0,

@@ -26,9 +26,17 @@ def parse_answer(text: str) -> Verdict:
     raise ValueError(f"bad test answer {text!r}")
 
 
-def answer(default: str, req: Any) -> Verdict:
+def answer(default: str, cache: dict[str, Verdict], req: Any) -> Verdict:
     annotations = getattr(req.container, "annotations", None) or {}
-    return parse_answer(annotations.get(ANNOTATION, default))
+    text = annotations.get(ANNOTATION, default)
+    # Verdicts are immutable: parse each answer text once, not on every call
+    # (this handler is what the Python-path benchmark measures).
+    v = cache.get(text)
+    if v is None:
+        if len(cache) >= 1024:
+            cache.clear()
+        v = cache[text] = parse_answer(text)
+    return v
 
 
 def register(handlers: Any, cfg: Any) -> None:
@@ -36,4 +44,4 @@ def register(handlers: Any, cfg: Any) -> None:
     default = section.get("answer", "value:4242")
     parse_answer(default)  # a bad default is a start-up error, not a per-call one
     for name in section.get("syscalls", ["sysfs"]):
-        handlers.register(name, partial(answer, default))
+        handlers.register(name, partial(answer, default, {}))
