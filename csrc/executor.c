@@ -350,18 +350,21 @@ int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_e
 }
 
 /* Opens pid's root and cwd and checks that the pidfd still names a live
- * process with that pid (so they were the pidfd's, not a reused pid's). */
-static int target_dirs(int pidfd, int pid, int *root, int *cwd)
+ * process with that pid (so they were the pidfd's, not a reused pid's).
+ * Leaves *piddir open (/proc/<pid>, for same_nses). */
+static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
 {
   char path[64];
   int r;
 
-  snprintf(path, sizeof path, "/proc/%d/root", pid);
-  *root = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  snprintf(path, sizeof path, "/proc/%d", pid);
+  *piddir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (*piddir < 0)
+    return errno == ENOENT ? ESRCH : errno;
+  *root = openat(*piddir, "root", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*root < 0)
     return errno == ENOENT ? ESRCH : errno;
-  snprintf(path, sizeof path, "/proc/%d/cwd", pid);
-  *cwd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  *cwd = openat(*piddir, "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*cwd < 0)
     return errno == ENOENT ? ESRCH : errno;
   r = icd_nsop_pidfd_pid(pidfd);
@@ -421,21 +424,18 @@ static int recv_reply(int sock, struct icd_exec_result *out, int timeout_ms)
   return 0;
 }
 
-/* Whether pid is (still) in the namespaces the helper entered: a process
- * that unshared or setns'd since its executor was picked must not borrow the
- * helper's (more privileged) user namespace. */
-static int same_nses(int pid, const struct icd_executor *x)
+/* Whether the process of piddir is (still) in the namespaces the helper
+ * entered: a process that unshared or setns'd since its executor was picked
+ * must not borrow the helper's (more privileged) user namespace. */
+static int same_nses(int piddir, const struct icd_executor *x)
 {
-  char path[64];
   struct stat st;
 
-  snprintf(path, sizeof path, "/proc/%d/ns/user", pid);
-  if (stat(path, &st) < 0)
+  if (fstatat(piddir, "ns/user", &st, 0) < 0)
     return errno == ENOENT ? -ESRCH : -errno;
   if (st.st_dev != x->user_dev || st.st_ino != x->user_ino)
     return 0;
-  snprintf(path, sizeof path, "/proc/%d/ns/mnt", pid);
-  if (stat(path, &st) < 0)
+  if (fstatat(piddir, "ns/mnt", &st, 0) < 0)
     return errno == ENOENT ? -ESRCH : -errno;
   return st.st_dev == x->mnt_dev && st.st_ino == x->mnt_ino;
 }
@@ -457,7 +457,7 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
   struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b };
   struct cmsghdr *c;
   struct xreq rq;
-  int fds[XFDS_MAX], nfds = 2, root = -1, cwd = -1, i, ret, err;
+  int fds[XFDS_MAX], nfds = 2, piddir = -1, root = -1, cwd = -1, i, ret, err;
   unsigned mask;
   size_t off = sizeof rq, len;
 
@@ -493,10 +493,10 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
     }
   memcpy(buf, &rq, sizeof rq);
 
-  err = target_dirs(pidfd, pid, &root, &cwd);
+  err = target_dirs(pidfd, pid, &piddir, &root, &cwd);
   if (!err) {
     /* After the opens: root and cwd are of a process in these namespaces. */
-    ret = same_nses(pid, x);
+    ret = same_nses(piddir, x);
     if (ret == -ESRCH)
       err = ESRCH;
     else if (ret <= 0) {
@@ -525,6 +525,8 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
   }
   ret = recv_reply(sock, out, timeout_ms);
 done:
+  if (piddir >= 0)
+    close(piddir);
   if (root >= 0)
     close(root);
   if (cwd >= 0)

@@ -16,6 +16,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -300,12 +301,42 @@ int icd_nsop_unshared(int pid, int nsflags)
 }
 
 /* The pid a pidfd names (-1 once it exited), from its fdinfo. */
+/* PIDFD_GET_INFO (Linux 6.13) on a pidfs file: the pid without opening and
+ * parsing fdinfo.  0 = unknown here (older kernel, not a pidfs file). */
+#define PID_FS_MAGIC_ 0x50494446
+#define PIDFD_INFO_PID_ 1ULL
+struct icd_pidfd_info { /* PIDFD_INFO_SIZE_VER0 */
+  uint64_t mask, cgroupid;
+  uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+  int32_t exit_code;
+};
+#define PIDFD_GET_INFO_ _IOWR(0xFF, 11, struct icd_pidfd_info)
+
+static int pidfd_info_pid(int pidfd)
+{
+  struct icd_pidfd_info info;
+  struct statfs sfs;
+
+  /* Only on a pidfs file: the ioctl number means nothing elsewhere. */
+  if (fstatfs(pidfd, &sfs) < 0 || sfs.f_type != PID_FS_MAGIC_)
+    return 0;
+  memset(&info, 0, sizeof info);
+  info.mask = PIDFD_INFO_PID_;
+  if (ioctl(pidfd, PIDFD_GET_INFO_, &info) < 0)
+    return errno == ESRCH ? -1 : 0; /* ESRCH: exited (and reaped) */
+  if (!(info.mask & PIDFD_INFO_PID_) || !info.pid)
+    return 0;
+  return (int)info.pid;
+}
+
 int icd_nsop_pidfd_pid(int pidfd)
 {
   char path[64], buf[512], *p;
   ssize_t n;
   int fd;
 
+  if ((n = pidfd_info_pid(pidfd)) != 0)
+    return (int)n;
   snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
