@@ -321,6 +321,7 @@ static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
     .cookie = ch->cookie, .id = n->id, .pid = n->pid, .nr = n->data.nr, .action = act,
     .send_errno = serr, .value = RULE_VAL(rule), .ns_time = now_ns(CLOCK_REALTIME),
   };
+  memcpy(d.args, n->data.args, sizeof d.args);
   ring_push(ch->eng, &d);
 }
 

@@ -40,6 +40,7 @@ struct icd_decision {
   int32_t send_errno; /* 0, or why SEND failed (ENOENT: the target went away) */
   int64_t value;
   int64_t ns_time;    /* CLOCK_REALTIME */
+  uint64_t args[6];   /* the call's raw arguments, for the event */
 };
 
 struct icd_chstats {

@@ -79,6 +79,7 @@ class Decision:
     value: int
     ns_time: int
     send_errno: int = 0
+    args: tuple[int, ...] = ()
 
 
 class ExecResult(NamedTuple):
@@ -277,7 +278,7 @@ class Engine:
                 for i in range(n):
                     d = buf[i]
                     out.append(Decision(d.cookie, d.id, d.pid, d.nr, d.action, d.value,
-                                        d.ns_time, d.send_errno))
+                                        d.ns_time, d.send_errno, tuple(d.args)))
                 if n < cap:
                     break
         return out

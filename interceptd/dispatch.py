@@ -45,6 +45,10 @@ UNHANDLED = Verdict.errno(errno_mod.EPERM, "unhandled")
 UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
 PUMP_INTERVAL = 0.075
 WAIT_TIMEOUT = 0.25
+# How long an exec'd process's message waits for its container's init message:
+# crun's `start` can return (and a `docker exec` follow) before the daemon has
+# registered the container, and a refused fd fails the process's calls (ENOSYS).
+EXEC_WAIT = 2.0
 
 
 def read_comm(pid: int) -> str:
@@ -94,6 +98,7 @@ class Dispatcher:
         self._rule_nrs = {e.nr: e for e in table if e.action != FAST_PYTHON}
         self._cookies = itertools.count(1)
         self._cookie_ids: dict[int, str] = {}
+        self._containers_by_cookie: dict[int, Container] = {}
         self._retired: collections.deque[tuple[float, int]] = collections.deque()
         self._workers: dict[str, threading.Thread] = {}
         self._routes: dict[int, tuple[str, Handler | None]] = {}
@@ -101,6 +106,8 @@ class Dispatcher:
         self._release_lock = threading.Lock()
         self._stop = threading.Event()
         self._pump: threading.Thread | None = None
+        self.exec_wait = EXEC_WAIT
+        self._registered = threading.Condition(registry.lock)  # a container was added
 
     # -- attach (listener thread) ------------------------------------------
 
@@ -110,10 +117,14 @@ class Dispatcher:
             raise ListenerReject("shutting down")
         with self.registry.lock:
             c = self.registry.get(st.state.id)
+            if c is None and not st.is_init:
+                c = self._await_init(st.state.id)
             if c is None:
                 if not st.is_init:
-                    raise ListenerReject("unknown container", st.state.id)
+                    raise ListenerReject("unknown container", f"{st.state.id}: no init message "
+                                                              f"within {self.exec_wait:g} s")
                 self._add_container(st, fd)
+                self._registered.notify_all()
                 return
             if not _same_container(c, st):
                 raise ListenerReject(
@@ -122,6 +133,25 @@ class Dispatcher:
                     f"init {st.init_pid} bundle {st.state.bundle}",
                 )
             self._attach_fd(c, fd, st.pid)
+
+    def _await_init(self, cid: str) -> Container | None:
+        """Under registry.lock (released while waiting): the container `cid` once
+        its init message has registered it, or None after `exec_wait` seconds.
+        The listener serves each connection on its own thread, so the init's
+        connection is not held up by this one."""
+        deadline = time.monotonic() + self.exec_wait
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._registered.wait(min(left, 0.25))
+            c = self.registry.get(cid)
+            if c is not None:
+                log.info("exec waited for init", extra={"fields": {
+                    "container": cid, "waited_ms": round((time.monotonic() - t0) * 1000)}})
+                return c
+        return None
 
     def _add_container(self, st: ProcessState, fd: int) -> None:
         pid = st.init_pid
@@ -166,6 +196,7 @@ class Dispatcher:
         c.notify_fds.append(fd)
         self.registry.add(c)
         self._cookie_ids[cookie] = c.id
+        self._containers_by_cookie[cookie] = c
         self.counters.inc("containers_attached")
         log.info(
             "attach",
@@ -250,7 +281,8 @@ class Dispatcher:
         return route
 
     def _handle(self, c: Container, n: Any, tally: LocalCounters) -> None:
-        # The hot path of every Python-path call: keep it lean.
+        # The hot path of every Python-path call: keep it lean, answer first,
+        # then do the bookkeeping.
         if n.arch == self._native_arch:
             name, fn = self._route(n.nr)
             if fn is not None:
@@ -261,13 +293,18 @@ class Dispatcher:
             name = f"arch_{n.arch:#x}_{n.nr}"
             verdict = UNSUPPORTED_ARCH
         value = self._answer(c, n, verdict)
-        tally.inc("decisions", verdict.kind)
+        kind = verdict.kind
+        tally.inc("decisions", kind)
+        comm = c.comms.get(n.pid)
+        if comm is None:
+            comm = c.comm(n.pid, self._comm_of)
         if self.bus.subscribers:
             self.bus.publish(Event(
-                time=time.time(), container=c.id, pid=n.pid, comm=self._comm_of(n.pid),
-                syscall=name, args=[int(a) for a in n.args], verdict=verdict.kind,
+                time=time.time(), container=c.id, pid=n.pid, comm=comm,
+                syscall=name, args=list(n.args), verdict=kind,
                 errno=verdict.error, reason=verdict.reason, source="seccomp",
-                value=value if verdict.kind in ("value", "fd") else None,
+                value=value if kind in ("value", "fd") else None,
+                details=verdict.details or None,
             ))
 
     def _answer(self, c: Container, n: Any, v: Verdict) -> int:
@@ -323,7 +360,6 @@ class Dispatcher:
             self._prune_cookies()
             return 0
         publish = self.bus.subscribers > 0
-        comms: dict[int, str] = {}
         tally: collections.Counter[str] = collections.Counter()
         gone = 0
         for d in decisions:
@@ -331,16 +367,24 @@ class Dispatcher:
             tally[verdict] += 1
             if getattr(d, "send_errno", 0):
                 gone += 1
+            # Every new pid's comm is cached on its container, events or not, so
+            # later events still name a caller that has exited meanwhile.
+            c = self._containers_by_cookie.get(d.cookie)
+            if c is not None:
+                comm = c.comms.get(d.pid)
+                if comm is None:
+                    comm = c.comm(d.pid, self._comm_of)
+            else:
+                comm = ""
             if not publish:
                 continue
             rule = self._rule_nrs.get(d.nr)
             reason = "rule" if rule is not None else "unhandled"
-            if d.pid not in comms:
-                comms[d.pid] = self._comm_of(d.pid)
             self.bus.publish(Event(
                 time=d.ns_time / 1e9 if d.ns_time else time.time(),
                 container=self._cookie_ids.get(d.cookie, f"cookie:{d.cookie}"),
-                pid=d.pid, comm=comms[d.pid], syscall=self._syscall_name(d.nr), args=[],
+                pid=d.pid, comm=comm or self._comm_of(d.pid), syscall=self._syscall_name(d.nr),
+                args=list(getattr(d, "args", ())),
                 verdict=verdict, errno=int(d.value) if verdict == "errno" else 0,
                 reason=reason, source="seccomp",
                 value=int(d.value) if verdict == "value" else None,
@@ -358,6 +402,7 @@ class Dispatcher:
         while self._retired and self._retired[0][0] < cutoff:
             _, cookie = self._retired.popleft()
             self._cookie_ids.pop(cookie, None)
+            self._containers_by_cookie.pop(cookie, None)
             self._released.discard(cookie)
 
     def _pump_loop(self) -> None:

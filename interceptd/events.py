@@ -10,8 +10,8 @@ import collections
 import json
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 VERDICTS = ("continue", "errno", "value", "fd")
@@ -33,11 +33,19 @@ class Event:
     reason: str
     source: str = "seccomp"
     value: int | None = None
+    # The arguments as a handler decoded them (Verdict.details): path, fstype,
+    # flags...; `args` stays the raw six values. Left out of the JSON when empty.
+    details: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if d["value"] is None:
-            del d["value"]
+        d = {"time": self.time, "container": self.container, "pid": self.pid,
+             "comm": self.comm, "syscall": self.syscall, "args": list(self.args),
+             "verdict": self.verdict, "errno": self.errno, "reason": self.reason,
+             "source": self.source}
+        if self.value is not None:
+            d["value"] = self.value
+        if self.details:
+            d["details"] = dict(self.details)
         return d
 
     def to_json(self) -> str:

@@ -6,8 +6,11 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+COMM_CACHE_MAX = 4096
 
 
 @dataclass
@@ -24,6 +27,17 @@ class Container:
     gid_map: list[tuple[int, int, int]] = field(default_factory=list)
     channel: Any = field(default=None, repr=False)
     cookie: int = 0
+    # pid -> comm, read from /proc when a pid is first seen (events name the
+    # caller even once it has exited); best effort, bounded, not persisted.
+    comms: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def comm(self, pid: int, read: Callable[[int], str]) -> str:
+        name = self.comms.get(pid)
+        if name is None:
+            if len(self.comms) >= COMM_CACHE_MAX:
+                self.comms.clear()  # pids get reused: start over rather than grow
+            name = self.comms[pid] = read(pid)
+        return name
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state; the channel and pidfd are process-local and left out."""

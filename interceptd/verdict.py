@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno as errno_mod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from interceptd.config import ConfigError, Rule
+
+NO_DETAILS: Mapping[str, Any] = MappingProxyType({})
 
 
 class Verdict(NamedTuple):
@@ -17,6 +20,9 @@ class Verdict(NamedTuple):
     made on every Python-path call, where a frozen dataclass costs 3x more.
     For `fd`, the daemon injects `inject_fd` into the target (ADDFD with SEND, so the
     syscall returns the new number) and then closes its own copy.
+    `details` are the arguments as the handler decoded them (path, fstype,
+    flags...: JSON-ready values); they go into the decision's event, so the
+    reason text need not carry them. Empty by default.
     """
 
     kind: str
@@ -25,25 +31,31 @@ class Verdict(NamedTuple):
     error: int = 0  # errno for "errno"
     inject_fd: int = -1  # daemon's fd to inject for "fd"
     fd_flags: int = 0
+    details: Mapping[str, Any] = NO_DETAILS
 
     @classmethod
-    def cont(cls, reason: str) -> Verdict:
-        return cls("continue", reason)
+    def cont(cls, reason: str, details: Mapping[str, Any] | None = None) -> Verdict:
+        return cls("continue", reason, details=details or NO_DETAILS)
 
     @classmethod
-    def errno(cls, e: int, reason: str) -> Verdict:
+    def errno(cls, e: int, reason: str, details: Mapping[str, Any] | None = None) -> Verdict:
         if e <= 0:
             raise ValueError(f"errno must be positive, got {e}")
-        return cls("errno", reason, error=e)
+        return cls("errno", reason, error=e, details=details or NO_DETAILS)
 
     @classmethod
-    def value(cls, v: int, reason: str) -> Verdict:
-        return cls("value", reason, val=v)
+    def value(cls, v: int, reason: str, details: Mapping[str, Any] | None = None) -> Verdict:
+        return cls("value", reason, val=v, details=details or NO_DETAILS)
 
     @classmethod
-    def fd(cls, fd: int, reason: str, flags: int = 0) -> Verdict:
+    def fd(cls, fd: int, reason: str, flags: int = 0,
+           details: Mapping[str, Any] | None = None) -> Verdict:
         """`flags` are the new fd's flags in the target (e.g. O_CLOEXEC)."""
-        return cls("fd", reason, inject_fd=fd, fd_flags=flags)
+        return cls("fd", reason, inject_fd=fd, fd_flags=flags, details=details or NO_DETAILS)
+
+    def with_details(self, **details: Any) -> Verdict:
+        """This verdict with `details` added (e.g. to a shared constant verdict)."""
+        return self._replace(details={**self.details, **details})
 
 
 EPERM_UNHANDLED = Verdict.errno(errno_mod.EPERM, "unhandled")

@@ -42,6 +42,7 @@ class Decision:
     value: int
     ns_time: int = 0
     send_errno: int = 0
+    args: tuple[int, ...] = ()
 
 
 class FakeChannel:

@@ -10,7 +10,7 @@ import pytest
 
 from interceptd.config import Rule
 from interceptd.dispatch import Dispatcher
-from interceptd.events import EventBus
+from interceptd.events import Event, EventBus
 from interceptd.handlers import HandlerRegistry, Request
 from interceptd.listener import ContainerState, ListenerReject, ProcessState
 from interceptd.registry import Registry
@@ -163,6 +163,7 @@ def test_exec_attaches_to_same_channel_and_detach_removes(rig):
 
 def test_duplicate_and_unknown_ids_rejected(rig):
     r = rig()
+    r.d.exec_wait = 0.05
     r.d.on_message(state(), 10)
     with pytest.raises(ListenerReject) as ei:
         r.d.on_message(state(bundle="/other"), 11)
@@ -174,6 +175,33 @@ def test_duplicate_and_unknown_ids_rejected(rig):
         r.d.on_message(state(cid="c2", status="running"), 13)
     assert ei.value.reason == "unknown container"
     assert r.registry.get("c1").notify_fds == [10]
+
+
+def test_exec_before_init_waits_for_the_init(rig):
+    # crun: `start` returns (and an exec may follow) before the init's message is in.
+    r = rig()
+    got = []
+    t = threading.Thread(target=lambda: got.append(
+        r.d.on_message(state(status="running", pid=0, bundle="."), 11)))
+    t.start()
+    time.sleep(0.2)
+    assert t.is_alive() and len(r.registry) == 0
+    r.d.on_message(state(), 10)
+    t.join(2)
+    assert not t.is_alive() and got == [None]
+    c = r.registry.get("c1")
+    assert c.notify_fds == [10, 11] and r.engine.channels[c.cookie].fds == [10, 11]
+
+
+def test_exec_without_init_refused_after_the_wait(rig):
+    r = rig()
+    r.d.exec_wait = 0.3
+    t0 = time.monotonic()
+    with pytest.raises(ListenerReject) as ei:
+        r.d.on_message(state(cid="c9", status="running", pid=0, bundle="."), 11)
+    assert ei.value.reason == "unknown container"
+    assert 0.25 <= time.monotonic() - t0 < 2
+    assert len(r.registry) == 0
 
 
 def test_dead_init_rejected(rig):
@@ -311,6 +339,39 @@ def test_pump_turns_decisions_into_events(rig):
                                                           "unhandled")
     assert r.counters.get("respond_errors", "target gone") == 1
     assert r.counters.snapshot()["decisions"] == {"value": 1, "errno": 1}
+
+
+def test_fast_path_events_carry_args_and_cached_comm(rig):
+    r = rig(rules=[Rule("sysfs", "value", value=7)])
+    comms = {50: "first"}
+    r.d._comm_of = lambda pid: comms.get(pid, "")
+    r.d.on_message(state(), 10)
+    c = r.registry.get("c1")
+    r.engine.decisions = [core.Decision(c.cookie, 1, 50, 139, core.ACT_VALUE, 7,
+                                        args=(3, 1, 2, 0, 0, 9))]
+    r.d.pump_once()
+    comms[50] = "changed"  # read once, when first seen
+    r.engine.decisions = [core.Decision(c.cookie, 2, 50, 139, core.ACT_VALUE, 7)]
+    r.d.pump_once()
+    a, b = r.events(2)
+    assert a.args == [3, 1, 2, 0, 0, 9] and (a.comm, b.comm) == ("first", "first")
+    assert c.comms == {50: "first"}
+
+
+def test_verdict_details_reach_the_event(rig):
+    h = HandlerRegistry()
+    h.register("mount", lambda req: Verdict.errno(errno.EPERM, "fstype refused",
+                                                  {"fstype": "debugfs", "flags": 0}))
+    r = rig(handlers=h)
+    r.d.on_message(state(), 10)
+    c = r.registry.get("c1")
+    r.engine.channels[c.cookie].items.put(core.Notification(1, 50, 165))
+    (ev,) = r.events(1)
+    assert ev.details == {"fstype": "debugfs", "flags": 0}
+    assert ev.to_dict()["details"] == {"fstype": "debugfs", "flags": 0}
+    assert 50 in c.comms  # cached after answering
+    assert Verdict.errno(1, "x").details == {} and "details" not in Event(
+        0.0, "c", 1, "", "x", [], "errno", 1, "x").to_dict()
 
 
 def test_close_releases_everything(rig):
