@@ -110,22 +110,22 @@ def main() -> int:
     ap.add_argument("--runtime", default="runc")
     ap.add_argument("--shim", help="interceptd-runc to measure (default: the native "
                     "launcher, built into a temporary directory)")
+    ap.add_argument("--python-row", action="store_true",
+                    help="also time the launcher's Python fallback (no prepare service)")
     args = ap.parse_args()
     become_subreaper()
     top = Path(tempfile.mkdtemp(prefix="icd-bench-", dir="/tmp"))
     os.chmod(top, 0o711)
     state = top / "interceptd"
+    # The real daemon, which also hosts the runtime's prepare service (runtime.sock).
     daemon = subprocess.Popen([str(INTERCEPTD), "--state-dir", str(state), "--metrics-address",
                                "off", "--log-level", "warning"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        service = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "python"), "-m", "interceptd.runtime.service",
-             "--state-dir", str(state)], stdout=subprocess.DEVNULL, cwd=str(REPO))
         deadline = time.monotonic() + 20
         while not ((state / "control.sock").exists() and (state / "runtime.sock").exists()):
             if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("interceptd did not start")
+                raise RuntimeError("interceptd (with its runtime.sock) did not start")
             time.sleep(0.02)
         real = shutil.which(args.runtime)
         assert real, args.runtime
@@ -143,38 +143,39 @@ def main() -> int:
         b_shim = make_bundle(top / "shim", userns=False)
         b_filt = make_bundle(top / "filt", userns=True, listener=str(state / "seccomp.sock"))
         py_env = dict(env, INTERCEPTD_RUNC_NO_SERVICE="1")
-        base, shimt, shimpy, filt, base_del, shim_del = [], [], [], [], [], []
-        for i in range(args.n + 2):  # two warm-up rounds, alternating to share drift
-            a, ad = one(base_cmd, b_base, f"base-{i}", env)
-            s, sd = one(shim_cmd, b_shim, f"shim-{i}", env)
-            p, _ = one(shim_cmd, b_shim, f"shimpy-{i}", py_env)
-            f, _ = one(base_cmd, b_filt, f"filt-{i}", env)
-            if i >= 2:
-                base.append(a)
-                shimt.append(s)
-                shimpy.append(p)
-                filt.append(f)
-                base_del.append(ad)
-                shim_del.append(sd)
-        mb, ms = statistics.median(base), statistics.median(shimt)
-        mf, mp = statistics.median(filt), statistics.median(shimpy)
+        rows: dict[str, list[float]] = {"base": [], "shim": [], "filt": [], "py": [],
+                                        "base_del": [], "shim_del": []}
+        for i in range(args.n + 2):  # two warm-up rounds
+            # Interleaved, and the order rotated each round, so drifting load from
+            # other work on the machine hits every row alike.
+            runs = [("base", base_cmd, b_base, env), ("shim", shim_cmd, b_shim, env),
+                    ("filt", base_cmd, b_filt, env)]
+            if args.python_row:
+                runs.append(("py", shim_cmd, b_shim, py_env))
+            k = i % len(runs)
+            for name, cmd, bundle, e in runs[k:] + runs[:k]:
+                t, d = one(cmd, bundle, f"{name}-{i}", e)
+                if i >= 2:
+                    rows[name].append(t)
+                    if name in ("base", "shim"):
+                        rows[name + "_del"].append(d)
+        med = {k: statistics.median(v) * 1000 for k, v in rows.items() if v}
+        mb, ms, mf = med["base"], med["shim"], med["filt"]
         ratio = ms / mb
-        print(f"container start ({args.runtime}, create+start+exit, median of {args.n}):")
-        print(f"  {args.runtime} + userns (chowned rootfs): {mb * 1000:7.1f} ms")
-        print(f"  interceptd-runc:                   {ms * 1000:7.1f} ms  (launcher + prepare "
-              "service)")
-        print(f"  interceptd-runc, no service:       {mp * 1000:7.1f} ms  (launcher + Python, "
-              f"{mp / mb:.2f}x)")
-        print(f"  (runc + userns + interceptd's seccomp/listener, no shim: {mf * 1000:.1f} ms, "
-              f"{mf / mb:.2f}x: the part of the cost that is the protection itself)")
-        print(f"  delete: {statistics.median(base_del) * 1000:.1f} ms vs "
-              f"{statistics.median(shim_del) * 1000:.1f} ms")
+        print(f"container start ({args.runtime}, create+start+exit, median of {args.n}, "
+              "interleaved):")
+        print(f"  baseline: {args.runtime} + userns (chowned rootfs): {mb:7.1f} ms")
+        print(f"  interceptd-runc (launcher + daemon's prepare service): {ms:7.1f} ms")
+        if "py" in med:
+            print(f"  interceptd-runc, Python fallback (no service): {med['py']:7.1f} ms "
+                  f"({med['py'] / mb:.2f}x)")
+        print(f"  context: {args.runtime} + userns + interceptd's seccomp filter/listener, no "
+              f"shim: {mf:.1f} ms ({mf / mb:.2f}x)")
+        print(f"  delete: {med['base_del']:.1f} ms vs {med['shim_del']:.1f} ms")
         verdict = "PASS" if ratio <= TARGET else "MISS"
         print(f"  ratio {ratio:.2f}x (target <= {TARGET}x): {verdict}")
         return 0
     finally:
-        service.terminate()
-        service.wait(20)
         daemon.terminate()
         daemon.wait(20)
         with open("/proc/self/mountinfo") as f:

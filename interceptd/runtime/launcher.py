@@ -25,11 +25,13 @@ def build(out: str, python: str | None = None, cc: str = "gcc") -> str:
     fd, tmp = tempfile.mkstemp(prefix=".interceptd-runc.", dir=os.path.dirname(out))
     os.close(fd)
     try:
-        subprocess.run(
-            [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", tmp,
-             f'-DINTERCEPTD_PYTHON="{python}"', f'-DINTERCEPTD_PKGROOT="{pkgroot}"',
-             os.path.join(here, "launcher.c")],
-            check=True)
+        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", tmp,
+               f'-DINTERCEPTD_PYTHON="{python}"', f'-DINTERCEPTD_PKGROOT="{pkgroot}"',
+               os.path.join(here, "launcher.c")]
+        # Static where libc.a is installed: it runs for every runtime call, and
+        # a static binary skips the dynamic loader (~0.5 ms per call here).
+        if subprocess.run([*cmd, "-static"], stderr=subprocess.DEVNULL).returncode != 0:
+            subprocess.run(cmd, check=True)
         os.chmod(tmp, 0o755)
         os.rename(tmp, out)
     except BaseException:

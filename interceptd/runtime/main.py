@@ -168,6 +168,34 @@ def _write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def _keep_original(cfg_path: str, orig_bytes: bytes) -> None:
+    """config.json.orig = the caller's config: a hard link when possible (the
+    rewrite is then renamed over config.json), else a copy."""
+    orig = cfg_path + ".orig"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(orig)
+    try:
+        os.link(cfg_path, orig)
+    except OSError:
+        _write_atomic(orig, orig_bytes)
+
+
+class HostFacts:
+    """What the rewrite needs from the host: the bounding set, host namespaces."""
+
+    __slots__ = ("bounding", "host_ns")
+
+    def __init__(self, bounding: set[str], host_ns: dict[str, set[tuple[int, int]]]) -> None:
+        self.bounding = bounding
+        self.host_ns = host_ns
+
+    @classmethod
+    def read(cls) -> HostFacts:
+        from .caps import host_bounding_set
+
+        return cls(host_bounding_set(), _host_namespaces())
+
+
 def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settings,
                  bounding: set[str], host_ns: dict, notified: list[str],
                  denied: list[dict]) -> dict:
@@ -206,12 +234,18 @@ class Create:
     # namespace with that mapping (an object with .fd and .close(), ours to
     # close), from a cache (saves a fork per container).
     userns_source = None
+    # Also set by a long-lived caller: host facts that do not change while it
+    # runs (its capability bounding set, the host's namespace identities).
+    host_facts: HostFacts | None = None
 
     def __init__(self, inv: argvmod.Invocation, st: settingsmod.Settings,
-                 cwd: str | None = None) -> None:
+                 cwd: str | None = None, daemon_status=None) -> None:
         self.inv = inv
         self.st = st
         self.cwd = cwd or os.getcwd()
+        # daemon_status() -> the daemon's status dict, when the caller lives in
+        # the daemon itself (no control-socket round trip needed).
+        self.daemon_status = daemon_status
         self.cid = inv.container_id
         self.rec = None
         self.cfg_path = ""
@@ -240,7 +274,8 @@ class Create:
         bundle, cfg_path, orig_bytes, spec, was_rewritten = _read_spec(inv, self.cwd)
         self.cfg_path = cfg_path
         try:
-            status = daemonlink.check(st.state_dir, st.daemon_timeout)
+            status = (self.daemon_status() if self.daemon_status is not None
+                      else daemonlink.check(st.state_dir, st.daemon_timeout))
         except daemonlink.DaemonUnreachable as e:
             raise Fail(f"refusing to start {cid} unprotected: interceptd daemon unreachable: "
                        f"{e}") from None
@@ -262,16 +297,22 @@ class Create:
             base = pool.allocate(key)
         except (idpool.PoolExhausted, OSError) as e:
             raise Fail(f"cannot allocate a user-namespace id range for {cid}: {e}") from None
+        # config_rewritten from the start: delete restores config.json only when
+        # it carries our marker, so a create killed before the rewrite is safe;
+        # and the record is written once (mounts all live under mount_dir, which
+        # teardown scans), not again after every step.
         self.rec = rec = records.Record(key=key, container_id=cid, bundle=bundle,
                                         host_base=base,
-                                        mount_dir=os.path.join(st.mount_root, key))
+                                        mount_dir=os.path.join(st.mount_root, key),
+                                        config_rewritten=True)
         store.save(rec)
+        facts = Create.host_facts or HostFacts(host_bounding_set(), _host_namespaces())
         try:
             notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
             # Rewrites work on a fresh parse (cheaper than deepcopy); `spec` stays
             # the original for root_path below.
             new = rewrite_spec(json.loads(orig_bytes), cid=cid, host_base=base, st=st,
-                               bounding=host_bounding_set(), host_ns=_host_namespaces(),
+                               bounding=facts.bounding, host_ns=facts.host_ns,
                                notified=notified, denied=denied)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
             self.entries = entries = mountinfo.read()
@@ -286,10 +327,10 @@ class Create:
                 ns.close()
             data = json.dumps(new, separators=(",", ":")).encode()
             if not was_rewritten:
-                _write_atomic(cfg_path + ".orig", orig_bytes)
+                _keep_original(cfg_path, orig_bytes)
             _write_atomic(cfg_path, data)
-            rec.config_rewritten = True
-            store.save(rec)
+            if rec.warnings:
+                store.save(rec)
         except sp.Refused as e:
             self._undo()
             raise Fail(f"container {cid} refused: {e}") from None
@@ -378,7 +419,8 @@ class Exec:
         from . import spec as sp
         from .caps import host_bounding_set
 
-        bounding = host_bounding_set()
+        facts = Create.host_facts
+        bounding = facts.bounding if facts is not None else host_bounding_set()
         flags: list[argvmod.Flag] = []
         for f in self.inv.flags:
             if f.name in ("cap", "c") and f.value is not None and \

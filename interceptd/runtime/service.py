@@ -21,6 +21,7 @@ import argparse
 import collections
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
@@ -29,8 +30,19 @@ import threading
 
 from . import argv as argvmod
 from . import settings as settingsmod
-from .main import Create, Delete, Exec, Fail, Passthrough, _log_file_error, _runtime_cmd
+from .main import (
+    Create,
+    Delete,
+    Exec,
+    Fail,
+    HostFacts,
+    Passthrough,
+    _log_file_error,
+    _runtime_cmd,
+)
 from .mountapi import UserNamespace
+
+log = logging.getLogger("interceptd.runtime.service")
 
 SOCK_NAME = "runtime.sock"
 ENV_KEYS = ("INTERCEPTD_RUNTIME", "INTERCEPTD_STATE_DIR", "INTERCEPTD_CONFIG")
@@ -87,15 +99,26 @@ class UsernsCache:
 
 
 class Service:
-    def __init__(self, state_dir: str) -> None:
+    """The prepare service on <state_dir>/runtime.sock.
+
+    Hosted by the daemon, it gets `status` (the daemon's own status function):
+    then a create needs no control-socket round trip to learn that the daemon
+    is up and which syscalls it vets. Standing alone, it asks control.sock.
+    """
+
+    def __init__(self, state_dir: str, status=None) -> None:
         self.state_dir = os.path.realpath(state_dir)
         self.path = os.path.join(state_dir, SOCK_NAME)
         self.sock: socket.socket | None = None
+        self.status = status
         self._stop = threading.Event()
 
     def start(self) -> Service:
         if Create.userns_source is None:
             Create.userns_source = UsernsCache()
+        # Read once: a long-lived root process's bounding set and the host's
+        # namespaces do not change while it runs.
+        Create.host_facts = HostFacts.read()
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
             os.unlink(self.path)
@@ -115,6 +138,7 @@ class Service:
         if isinstance(Create.userns_source, UsernsCache):
             Create.userns_source.close()
             Create.userns_source = None
+        Create.host_facts = None
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -136,9 +160,14 @@ class Service:
             conn.settimeout(30)
             try:
                 self._handle(conn, conn.makefile("rb"))
-            except (OSError, ValueError, KeyError, TypeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, settingsmod.SettingsError) as e:
                 with contextlib.suppress(OSError):
-                    conn.sendall(f"ERR prepare service: {e}\n".encode())
+                    conn.sendall(f"ERR prepare service: {e}\n".replace("\n", " ")
+                                 .rstrip().encode() + b"\n")
+            except Exception:
+                # Never let one request take its host (the daemon) down; the
+                # launcher falls back to the Python entry on a closed socket.
+                log.exception("prepare service: internal error")
 
     def _handle(self, conn: socket.socket, rfile) -> None:
         pid = _peer_pid(conn)
@@ -158,7 +187,7 @@ class Service:
         elif inv.command == "exec":
             job = Exec(inv, st, cwd, in_place=True)
         else:
-            job = Create(inv, st, cwd)
+            job = Create(inv, st, cwd, daemon_status=self.status)
         try:
             run_args = job.prepare()
         except Passthrough:
