@@ -82,6 +82,7 @@ class Daemon:
     stop_event: threading.Event = field(default_factory=threading.Event)
     _parts: dict[str, Any] = field(default_factory=dict)
     _lock_fd: int = -1
+    _runtime_policy_lists: dict[str, Any] | None = None
 
     @property
     def state_dir(self) -> str:
@@ -145,6 +146,7 @@ class Daemon:
         listener = Listener(self.path(SECCOMP_SOCK), dispatcher.on_message, self.counters)
         listener.start()
         self._parts["listener"] = listener
+        self._start_runtime_service()
         log.info("ready", extra={"fields": {
             "version": version(), "pid": os.getpid(), "state_dir": self.state_dir,
             "listener": listener.path, "control": ctl.path,
@@ -166,7 +168,31 @@ class Daemon:
             "counters": self.counters.snapshot(),
             "dropped_events": dropped,
             "features": self.features,
+            "runtime_policy": self._runtime_policy(),
         }
+
+    # -- interceptd-runc's prepare service, hosted here (interceptd/runtime) --
+
+    def _runtime_policy(self) -> dict[str, Any]:
+        """What interceptd-runc adds to each container's filter: the daemon's own lists."""
+        if self._runtime_policy_lists is None:
+            from interceptd.runtime import policylink
+
+            notified, denied, _src = policylink.syscalls(self.cfg.sections, None)
+            self._runtime_policy_lists = {"notified": notified, "denied": denied}
+        return self._runtime_policy_lists
+
+    def _start_runtime_service(self) -> None:
+        """runtime.sock: interceptd-runc's launcher has creates prepared here
+        instead of starting an interpreter. Optional: without it the launcher
+        falls back to its Python entry."""
+        from interceptd.runtime.service import Service
+
+        try:
+            self._parts["runtime"] = Service(self.state_dir, status=self.status).start()
+        except OSError as e:
+            log.warning("runtime prepare service not started",
+                        extra={"fields": {"error": str(e)}})
 
     def containers(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.registry.list()]
@@ -174,7 +200,7 @@ class Daemon:
     def shutdown(self) -> None:
         if self._parts:
             log.info("shutting down", extra={"fields": {"containers": len(self.registry)}})
-        for name in ("listener", "dispatcher", "engine", "control"):
+        for name in ("runtime", "listener", "dispatcher", "engine", "control"):
             part = self._parts.pop(name, None)
             if part is None:
                 continue
