@@ -20,7 +20,7 @@ APT_PACKAGES := runc crun busybox-static fuse3 libfuse3-dev python3-bpfcc bpfcc-
 # The C build is redone only when its inputs change.
 CORE_INPUTS := setup.py pyproject.toml $(wildcard csrc/*.c csrc/*.h interceptd/_build_core.py)
 
-.PHONY: help setup apt-packages kernel-headers venv run test bench clean distclean
+.PHONY: help setup apt-packages kernel-headers venv launcher run test bench clean distclean
 
 help:
 	@echo "make run    - set up, then run interceptd in the foreground ($(CONFIG))"
@@ -29,7 +29,7 @@ help:
 	@echo "make setup  - only the (idempotent) set-up"
 	@echo "make clean  - remove build products (distclean: also the virtualenv)"
 
-setup: apt-packages kernel-headers venv .stamp-build
+setup: apt-packages kernel-headers venv .stamp-build launcher
 
 apt-packages:
 	@missing=""; \
@@ -79,6 +79,18 @@ $(VENV)/.stamp-tools: $(VENV)/bin/python
 	  echo "interceptd/_build_core.py not present yet: skipping the C build" >&2; \
 	fi
 	@touch $@
+
+# pip installs interceptd-runc as a Python console script; the native launcher
+# (interceptd/runtime/launcher.c) takes its place, rebuilt whenever pip put the
+# script back or the launcher's sources changed.
+LAUNCHER := $(VENV)/bin/interceptd-runc
+launcher: .stamp-build
+	@if ! head -c4 $(LAUNCHER) 2>/dev/null | grep -q ELF \
+	    || [ interceptd/runtime/launcher.c -nt $(LAUNCHER) ] \
+	    || [ interceptd/runtime/launcher.py -nt $(LAUNCHER) ]; then \
+	  $(PY) -m interceptd.runtime.launcher $(LAUNCHER) >/dev/null; \
+	  echo "built the native launcher into $(LAUNCHER)"; \
+	fi
 
 run: setup
 	@echo "interceptd: state dir $(STATE), config $(CONFIG)"
