@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from interceptd.events import Counters, Event, EventBus, LocalCounters
+from interceptd.events import Counters, Event, EventBus
 from interceptd.handlers import Handler, HandlerRegistry, Request
 from interceptd.listener import ListenerReject, ProcessState
 from interceptd.registry import (
@@ -107,6 +107,9 @@ class Dispatcher:
         self._stop = threading.Event()
         self._pump: threading.Thread | None = None
         self.exec_wait = EXEC_WAIT
+        self._flag_continue = getattr(core, "FLAG_CONTINUE", 1)
+        gone = getattr(core, "TargetGone", None)
+        self._target_gone = gone if isinstance(gone, type) else OSError
         self._registered = threading.Condition(registry.lock)  # a container was added
 
     # -- attach (listener thread) ------------------------------------------
@@ -225,6 +228,7 @@ class Dispatcher:
         ch = c.channel
         detached_type = self.core.Detached
         tally = self.counters.local()
+        decisions = tally.bucket("decisions")
         try:
             while True:
                 stopping = self._stop.is_set()
@@ -234,7 +238,7 @@ class Dispatcher:
                         if self._detach(c, item.notify_fd):
                             return
                     else:
-                        self._handle(c, item, tally)
+                        self._handle(c, item, decisions)
                 if stopping:
                     return
         except Exception:
@@ -280,7 +284,7 @@ class Dispatcher:
             route = self._routes[nr] = (name, self.handlers.get(name))
         return route
 
-    def _handle(self, c: Container, n: Any, tally: LocalCounters) -> None:
+    def _handle(self, c: Container, n: Any, decisions: dict[str, int]) -> None:
         # The hot path of every Python-path call: keep it lean, answer first,
         # then do the bookkeeping.
         if n.arch == self._native_arch:
@@ -294,7 +298,7 @@ class Dispatcher:
             verdict = UNSUPPORTED_ARCH
         value = self._answer(c, n, verdict)
         kind = verdict.kind
-        tally.inc("decisions", kind)
+        decisions[kind] = decisions.get(kind, 0) + 1
         comm = c.comms.get(n.pid)
         if comm is None:
             comm = c.comm(n.pid, self._comm_of)
@@ -310,19 +314,24 @@ class Dispatcher:
     def _answer(self, c: Container, n: Any, v: Verdict) -> int:
         ch = c.channel
         kind = v.kind
-        try:
-            if kind == "value":
-                ch.respond(n, value=v.val)
-            elif kind == "errno":
-                ch.respond(n, error=v.error)
-            elif kind == "continue":
-                ch.respond(n, cont=True)
-            elif kind == "fd":
+        if kind == "value":
+            ret = ch.answer(n, v.val, 0, 0)
+        elif kind == "errno":
+            ret = ch.answer(n, 0, v.error, 0)
+        elif kind == "continue":
+            ret = ch.answer(n, 0, 0, self._flag_continue)
+        elif kind == "fd":
+            try:
                 return self._inject(ch, n, v)
-            else:
-                self.counters.inc("handler_errors", "bad verdict")
-                ch.respond(n, error=errno_mod.EPERM)
-        except Exception as e:
+            except Exception as e:
+                self._respond_failed(c, n, e)
+                return v.val
+        else:
+            self.counters.inc("handler_errors", "bad verdict")
+            ret = ch.answer(n, 0, errno_mod.EPERM, 0)
+        if ret < 0:
+            e: Exception = (self._target_gone("respond") if ret == -errno_mod.ENOENT
+                            else OSError(-ret, f"respond: {os.strerror(-ret)}"))
             self._respond_failed(c, n, e)
         return v.val
 

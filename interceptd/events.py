@@ -100,6 +100,9 @@ class EventBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
+        # A plain attribute (kept equal to len(_subs)): publishers test it on
+        # every decision, and a property costs more.
+        self.subscribers = 0
         self.published = 0
         self.dropped = 0
 
@@ -107,11 +110,13 @@ class EventBus:
         sub = Subscription(self, maxlen)
         with self._lock:
             self._subs = [*self._subs, sub]
+            self.subscribers = len(self._subs)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
             self._subs = [s for s in self._subs if s is not sub]
+            self.subscribers = len(self._subs)
 
     def publish(self, ev: Event) -> None:
         # The list is replaced, never mutated, so iterating a snapshot is safe.
@@ -124,10 +129,6 @@ class EventBus:
     def publish_many(self, evs: Iterable[Event]) -> None:
         for ev in evs:
             self.publish(ev)
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subs)
 
 
 class Counters:
@@ -191,6 +192,13 @@ class LocalCounters:
         if bucket is None:
             bucket = self._values[name] = {}
         bucket[label] = bucket.get(label, 0) + n
+
+    def bucket(self, name: str) -> dict[str, int]:
+        """The {label: n} table of `name`, for a hot path to bump directly."""
+        bucket = self._values.get(name)
+        if bucket is None:
+            bucket = self._values[name] = {}
+        return bucket
 
     def release(self) -> None:
         self._parent._release(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import queue
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ ACT_CONTINUE = 1
 ACT_ERRNO = 2
 ACT_VALUE = 3
 ACT_PYTHON = 4
+FLAG_CONTINUE = 1
 
 
 class TargetGone(Exception):
@@ -79,6 +81,15 @@ class FakeChannel:
         if self.fail_respond is not None:
             raise self.fail_respond
         self.responses.append((notif.id, {"value": value, "error": error, "cont": cont}))
+
+    def answer(self, notif: Any, value: int, error: int, flags: int) -> int:
+        try:
+            self.respond(notif, value=value, error=error, cont=bool(flags & FLAG_CONTINUE))
+        except TargetGone:
+            return -errno.ENOENT
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        return 0
 
     def addfd(self, notif: Any, srcfd: int, newfd_flags: int, send: bool = True) -> int:
         self.addfds.append((notif.id, srcfd, newfd_flags))
