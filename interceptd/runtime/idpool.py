@@ -50,12 +50,19 @@ class IdPool:
         return {str(k): int(v) for k, v in data.get("allocated", {}).items()}
 
     def _write(self, table: dict[str, int]) -> None:
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            # No fsync: the pool lives on /run and only has to be right between
-            # concurrent callers, which the lock and the atomic rename ensure.
-            json.dump({"start": self.start, "size": self.size, "allocated": table}, f)
-        os.rename(tmp, self.path)
+        # Rewritten in place under the lock: one pwrite, then a truncate to the new
+        # length (never to zero, which would make ext4 flush like a rename does).
+        # Creating a file per update (tmp + rename) costs ~0.3 ms on this VM's
+        # ext4, on every create and delete. No fsync: the pool lives on /run and
+        # only has to be right between concurrent callers, which the lock ensures.
+        data = json.dumps({"start": self.start, "size": self.size, "allocated": table}).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.pwrite(fd, data, 0) != len(data):
+                raise OSError(f"short write to {self.path}")
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def allocate(self, key: str) -> int:
         """The host base of `key`'s range; the same base again if key already holds one."""

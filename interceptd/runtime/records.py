@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import zlib
 
 
@@ -54,11 +55,26 @@ class RecordStore:
         return os.path.join(self.dir, key + ".json")
 
     def save(self, rec: Record) -> None:
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        tmp = self.path(rec.key) + f".{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(rec.to_dict(), f)
-        os.rename(tmp, self.path(rec.key))
+        path = self.path(rec.key)
+        data = json.dumps(rec.to_dict()).encode()
+        try:
+            # A new record is written straight to its place (a torn one loads as
+            # an empty record, which delete tolerates): a file created and renamed
+            # per container costs more than the rest of the bookkeeping.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            fd = -1
+        except FileNotFoundError:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            return self.save(rec)
+        if fd >= 0:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
 
     def load(self, key: str) -> Record | None:
         try:
