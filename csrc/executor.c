@@ -135,25 +135,15 @@ static int x_enter(pid_t parent, int pidfd, int pid, int nsflags, int sock, int 
   nsflags = icd_nsop_unshared(pid, nsflags);
   if (nsflags < 0)
     return nsflags == -ENOENT ? ESRCH : -nsflags;
-  r = icd_nsop_pidfd_pid(pidfd);
-  if (r < 0 && r != -1)
-    return -r;
-  if (r != pid)
-    return ESRCH;
+  if ((r = icd_nsop_check_pid(pidfd, pid)))
+    return r;
   keep[0] = sock;
   keep[1] = pidfd;
   keep[2] = procfd;
   if ((r = icd_nsop_close_others(keep, 3)))
     return -r;
-  if (nsflags && setns(pidfd, nsflags) < 0)
-    return errno == ESRCH ? ESRCH : errno;
-  if (nsflags & CLONE_NEWUSER) {
-    /* Act as the container's root where it is mapped; stay unmapped otherwise. */
-    if (setresgid(0, 0, 0) < 0 && errno != EINVAL)
-      return errno;
-    if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
-      return errno;
-  }
+  if ((r = icd_nsop_enter(pidfd, nsflags)))
+    return r;
   if (close(pidfd) < 0)
     return errno;
   /* After setns(CLONE_NEWNS) root and cwd are the namespace's root. */
@@ -299,32 +289,24 @@ static void reap(pid_t child)
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out)
 {
   struct xhello h;
-  int sv[2], ret;
+  int sock, ret;
   pid_t child, parent = getpid();
   ssize_t n;
 
   out->sock = out->pid = -1;
   if (pid <= 0 || pidfd < 0)
     return -EINVAL;
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    return -errno;
-  child = fork();
-  if (child < 0) {
-    ret = -errno;
-    close(sv[0]);
-    close(sv[1]);
-    return ret;
-  }
+  child = icd_nsop_fork_joined(&sock);
+  if (child < 0)
+    return child;
   if (child == 0) {
-    close(sv[0]);
-    x_main(parent, pidfd, pid, nsflags, sv[1]);
+    x_main(parent, pidfd, pid, nsflags, sock);
     _exit(0);
   }
-  close(sv[1]);
-  ret = wait_readable(sv[0], timeout_ms);
+  ret = wait_readable(sock, timeout_ms);
   if (ret == 0) {
     do
-      n = recv(sv[0], &h, sizeof h, 0);
+      n = recv(sock, &h, sizeof h, 0);
     while (n < 0 && errno == EINTR);
     if (n < 0)
       ret = -errno;
@@ -336,11 +318,11 @@ int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_e
   if (ret < 0) {
     if (kill(child, SIGKILL) < 0 && errno != ESRCH)
       ret = -errno;
-    close(sv[0]);
+    close(sock);
     reap(child);
     return ret;
   }
-  out->sock = sv[0];
+  out->sock = sock;
   out->pid = child;
   out->user_dev = h.user_dev;
   out->user_ino = h.user_ino;
@@ -367,13 +349,8 @@ static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
   *cwd = openat(*piddir, "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*cwd < 0)
     return errno == ENOENT ? ESRCH : errno;
-  r = icd_nsop_pidfd_pid(pidfd);
-  if (r < 0 && r != -1)
-    return -r;
-  if (r != pid)
-    return ESRCH;
-  if (syscall(NR_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
-    return errno;
+  if ((r = icd_nsop_check_pid(pidfd, pid)))
+    return r;
   return 0;
 }
 

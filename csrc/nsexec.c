@@ -350,6 +350,51 @@ int icd_nsop_pidfd_pid(int pidfd)
   return p ? atoi(p + 6) : -EBADF; /* -EBADF: not a pidfd */
 }
 
+int icd_nsop_check_pid(int pidfd, int pid)
+{
+  int r = icd_nsop_pidfd_pid(pidfd);
+  if (r < 0 && r != -1)
+    return -r;
+  if (r != pid)
+    return ESRCH;
+  if (syscall(NR_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
+    return errno;
+  return 0;
+}
+
+int icd_nsop_enter(int pidfd, int nsflags)
+{
+  if (nsflags && setns(pidfd, nsflags) < 0)
+    return errno;
+  if (nsflags & CLONE_NEWUSER) {
+    /* Act as the container's root where it is mapped; stay unmapped otherwise. */
+    if (setresgid(0, 0, 0) < 0 && errno != EINVAL)
+      return errno;
+    if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
+      return errno;
+  }
+  return 0;
+}
+
+int icd_nsop_fork_joined(int *sock)
+{
+  int sv[2], ret;
+  pid_t child;
+
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return -errno;
+  child = fork();
+  if (child < 0) {
+    ret = -errno;
+    close(sv[0]);
+    close(sv[1]);
+    return ret;
+  }
+  close(child == 0 ? sv[0] : sv[1]);
+  *sock = child == 0 ? sv[1] : sv[0];
+  return child;
+}
+
 /* Keeps only the fds the child needs, so nothing of the daemon's (notify
  * fds, sockets) is reachable once it stands inside the container. */
 int icd_nsop_close_others(int *keep, int n)
@@ -395,13 +440,8 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
     return nsflags == -ENOENT ? ESRCH : -nsflags;
   /* Everything above was opened by pid; it was our target only if the pidfd
    * still names a live process now (a reused pid would fail here). */
-  r = icd_nsop_pidfd_pid(pidfd);
-  if (r < 0 && r != -1)
-    return -r;
-  if (r != pid)
-    return ESRCH;
-  if (syscall(NR_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
-    return errno;
+  if ((r = icd_nsop_check_pid(pidfd, pid)))
+    return r;
 
   keep[nkeep++] = sock;
   keep[nkeep++] = rootfd;
@@ -413,15 +453,8 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
   if ((r = icd_nsop_close_others(keep, nkeep)))
     return -r;
 
-  if (nsflags && setns(pidfd, nsflags) < 0)
-    return errno;
-  if (nsflags & CLONE_NEWUSER) {
-    /* Act as the container's root where it is mapped; stay unmapped otherwise. */
-    if (setresgid(0, 0, 0) < 0 && errno != EINVAL)
-      return errno;
-    if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
-      return errno;
-  }
+  if ((r = icd_nsop_enter(pidfd, nsflags)))
+    return r;
   if (fchdir(rootfd) < 0 || chroot(".") < 0 || fchdir(cwdfd) < 0)
     return errno;
   close(rootfd);
@@ -500,7 +533,7 @@ static int recv_result(int sock, struct icd_exec_result *out)
 int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
                 const int64_t a[6], int timeout_ms, struct icd_exec_result *out)
 {
-  int sv[2], status, ret;
+  int sock, status, ret;
   struct pollfd p;
   pid_t child;
 
@@ -509,22 +542,14 @@ int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
   out->fd = -1;
   if (op < ICD_OP_MOUNT || op > ICD_OP_LAST || pid <= 0 || pidfd < 0)
     return -EINVAL;
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    return -errno;
-  child = fork();
-  if (child < 0) {
-    ret = -errno;
-    close(sv[0]);
-    close(sv[1]);
-    return ret;
-  }
+  child = icd_nsop_fork_joined(&sock);
+  if (child < 0)
+    return child;
   if (child == 0) {
-    close(sv[0]);
-    child_main(pidfd, pid, nsflags, op, s, a, sv[1]);
+    child_main(pidfd, pid, nsflags, op, s, a, sock);
     _exit(0);
   }
-  close(sv[1]);
-  p = (struct pollfd){ .fd = sv[0], .events = POLLIN };
+  p = (struct pollfd){ .fd = sock, .events = POLLIN };
   do
     ret = poll(&p, 1, timeout_ms);
   while (ret < 0 && errno == EINTR);
@@ -533,10 +558,10 @@ int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
   else if (ret == 0)
     ret = -ETIMEDOUT;
   else
-    ret = recv_result(sv[0], out);
+    ret = recv_result(sock, out);
   if (ret < 0 && kill(child, SIGKILL) < 0 && errno != ESRCH)
     ret = -errno;
-  close(sv[0]);
+  close(sock);
   while (waitpid(child, &status, 0) < 0)
     if (errno != EINTR)
       break; /* ECHILD: SIGCHLD is ignored and the kernel reaped it */

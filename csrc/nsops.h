@@ -27,5 +27,14 @@ int icd_nsop_same_ns(int pid, const char *name);
 int icd_nsop_unshared(int pid, int nsflags);
 int icd_nsop_pidfd_pid(int pidfd);
 int icd_nsop_close_others(int *keep, int n);
+/* 0 if the pidfd still names the live process `pid`, else a positive errno
+ * (ESRCH: gone or reused). Call it after opening anything by pid. */
+int icd_nsop_check_pid(int pidfd, int pid);
+/* setns into the pidfd's namespaces and become root there where mapped:
+ * 0 or a positive errno. */
+int icd_nsop_enter(int pidfd, int nsflags);
+/* fork() with a SEQPACKET socketpair between parent and child: the child's
+ * pid (0 in the child) with *sock set to this side's end, or -errno. */
+int icd_nsop_fork_joined(int *sock);
 
 #endif
