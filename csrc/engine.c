@@ -29,6 +29,14 @@
 #define RULE_VAL_MAX (INT64_MAX >> 3)
 #define RULE_VAL_MIN (INT64_MIN >> 3)
 
+/* Who receives on a receiver's fd (see "direct mode" below). */
+#define TURN_C 0       /* the receiver thread */
+#define TURN_PY_BUSY 1 /* handed to the Python waiter, which is handling an item */
+#define TURN_PY_RECV 2 /* the Python waiter is receiving on the fd itself */
+/* A parked receiver takes its fd back when the Python waiter has been busy
+ * this long: a slow handler delays the fd's other calls by about this much. */
+#define PARK_NS 5000000LL
+
 struct icd_receiver {
   struct icd_channel *ch;
   struct icd_receiver *next;
@@ -38,6 +46,12 @@ struct icd_receiver {
   int fd_open; /* under ch->fdlock */
   int sync;
   atomic_int stop;
+  /* Direct mode: TURN_*, a futex word the parked receiver sleeps on. */
+  atomic_uint turn;
+  _Atomic int64_t busy_since; /* CLOCK_MONOTONIC ns of the last TURN_PY_BUSY */
+  pthread_mutex_t py_lock;    /* py_in and the kicks of that thread */
+  atomic_int py_in;           /* a Python waiter is in direct_recv on this fd */
+  pthread_t py_tid;
 };
 
 struct icd_channel {
@@ -61,8 +75,9 @@ struct icd_channel {
   atomic_int nwaiters;
   int nlive, closed;
   pid_t owner; /* receivers are threads of this process only */
+  int direct;  /* direct mode allowed (icd_channel_set_direct) */
   struct icd_receiver *recvs;
-  _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached;
+  _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached, n_direct;
 };
 
 struct icd_engine {
@@ -163,6 +178,7 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
   ch->cookie = cookie;
   ch->owner = getpid();
   ch->qmax = qcap ? qcap : 1;
+  ch->direct = 1;
   ch->qsize = 64;
   ch->q = calloc(ch->qsize, sizeof *ch->q);
   atomic_init(&ch->deflt, RULE_ENC(ICD_ACT_ERRNO, EPERM));
@@ -269,6 +285,12 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
   memcpy(it.args, n->data.args, sizeof it.args);
   pthread_mutex_lock(&ch->lock);
   ret = ch->closed ? -EPIPE : queue_push(ch, &it);
+  if (ret == 0 && ch->direct && r->sync && ch->nlive == 1 && atomic_load(&ch->nwaiters) <= 1) {
+    /* Hand the fd to the Python waiter: once it has answered this one it
+     * receives the next notification itself (see direct_recv). */
+    atomic_store(&r->busy_since, now_ns(CLOCK_MONOTONIC));
+    atomic_store(&r->turn, TURN_PY_BUSY);
+  }
   pthread_mutex_unlock(&ch->lock);
   if (ret == 0) {
     wake_waiters(ch, 1);
@@ -281,7 +303,8 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
     atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
 }
 
-static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
+/* Answers a fast verdict (and records it); 1 if n is for Python instead. */
+static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
 {
   struct icd_channel *ch = r->ch;
   struct seccomp_notif_resp resp = { .id = n->id };
@@ -308,8 +331,7 @@ static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
     resp.val = RULE_VAL(rule);
     break;
   default:
-    to_python(r, n);
-    return;
+    return 1;
   }
   if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) {
     serr = errno;
@@ -323,6 +345,55 @@ static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
   };
   memcpy(d.args, n->data.args, sizeof d.args);
   ring_push(ch->eng, &d);
+  return 0;
+}
+
+static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
+{
+  if (fast_answer(r, n))
+    to_python(r, n);
+}
+
+/* While the Python waiter has the fd, the receiver sleeps; it takes the fd
+ * back when handed it, when stopped, or when the waiter has been busy (not
+ * receiving) for PARK_NS. */
+static void park(struct icd_receiver *r)
+{
+  for (;;) {
+    unsigned t = atomic_load(&r->turn);
+    struct timespec ts = { 0, PARK_NS };
+    if (t == TURN_C || atomic_load(&r->stop))
+      return;
+    if (t == TURN_PY_BUSY
+        && now_ns(CLOCK_MONOTONIC) - atomic_load(&r->busy_since) > PARK_NS) {
+      unsigned busy = TURN_PY_BUSY;
+      if (atomic_compare_exchange_strong(&r->turn, &busy, TURN_C))
+        return;
+      continue;
+    }
+    syscall(SYS_futex, &r->turn, FUTEX_WAIT_PRIVATE, t, &ts, NULL, 0);
+  }
+}
+
+/* Takes the fd back from a Python waiter (a second fd is attached, or the
+ * channel closes): a waiter inside direct_recv is signalled out of poll until
+ * it has left, and only while it is in there, so no other call of that thread
+ * sees EINTR. */
+static void revoke_turn(struct icd_receiver *r)
+{
+  atomic_store(&r->turn, TURN_C);
+  syscall(SYS_futex, &r->turn, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  for (;;) {
+    struct timespec ts = { 0, 200000 };
+    pthread_mutex_lock(&r->py_lock);
+    if (!r->py_in) {
+      pthread_mutex_unlock(&r->py_lock);
+      return;
+    }
+    pthread_kill(r->py_tid, ICD_STOP_SIGNAL);
+    pthread_mutex_unlock(&r->py_lock);
+    nanosleep(&ts, NULL);
+  }
 }
 
 /* ENOENT from RECV means either the target vanished between wake-up and RECV,
@@ -359,6 +430,23 @@ static void receiver_exit(struct icd_receiver *r, int detached)
 
 static void prune_receivers(struct icd_channel *ch);
 
+/* Receivers stay allocated (and in the list) until the channel is freed or a
+ * pruned one is no longer running and has no fd, so walking it under
+ * ch->lock and revoking outside it is safe only with the list snapshot taken
+ * under the lock; revocation is idempotent. */
+static void revoke_all(struct icd_channel *ch)
+{
+  struct icd_receiver *r, *todo[64];
+  int n = 0, i;
+  pthread_mutex_lock(&ch->lock);
+  for (r = ch->recvs; r && n < 64; r = r->next)
+    if (atomic_load(&r->turn) != TURN_C || r->py_in)
+      todo[n++] = r;
+  pthread_mutex_unlock(&ch->lock);
+  for (i = 0; i < n; i++)
+    revoke_turn(todo[i]);
+}
+
 static void *receiver_main(void *arg)
 {
   struct icd_receiver *r = arg;
@@ -366,6 +454,10 @@ static void *receiver_main(void *arg)
   int detached = 0;
 
   while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
+    if (atomic_load_explicit(&r->turn, memory_order_acquire) != TURN_C) {
+      park(r);
+      continue;
+    }
     if (!r->sync) {
       /* Kernels without sync wake-up may block RECV forever after the last
        * task exits; poll sees the hang-up. */
@@ -411,6 +503,10 @@ int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd)
     ret = -errno;
     free(r);
     return ret;
+  }
+  if (pthread_mutex_init(&r->py_lock, NULL)) {
+    free(r);
+    return -ENOMEM;
   }
   r->ch = ch;
   r->fd = fd;
@@ -458,6 +554,8 @@ int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd)
   r->next = ch->recvs;
   ch->recvs = r;
   pthread_mutex_unlock(&ch->lock);
+  /* Direct mode serves one fd only: the waiter must watch the queue again. */
+  revoke_all(ch);
   return 0;
 }
 
@@ -467,7 +565,7 @@ static void prune_receivers(struct icd_channel *ch)
 {
   struct icd_receiver **pp = &ch->recvs, *r;
   while ((r = *pp)) {
-    if (!r->running && !r->fd_open) {
+    if (!r->running && !r->fd_open && !atomic_load(&r->py_in)) {
       *pp = r->next;
       free(r);
     } else {
@@ -492,6 +590,120 @@ static int take(struct icd_channel *ch, struct icd_item *items, int max)
   return n;
 }
 
+/* Direct mode.  A Python-path notification costs the receiver a wake-up and
+ * the waiter another: three context switches per call where the minimal
+ * agent has two.  So once the receiver has queued one for Python, it parks
+ * (TURN_PY_BUSY), and when the waiter comes back for the next item it receives
+ * on the fd itself (TURN_PY_RECV): with sync wake-up the target's next call
+ * wakes the waiter directly.  Fast verdicts are answered here as on the
+ * receiver; a Python-path one is returned (TURN_PY_BUSY again).  Only for a
+ * channel with one fd, since the waiter then watches that fd and not the
+ * queue; a second attach or close takes the fd back (revoke).  The waiter
+ * holds fdlock shared throughout, so the fd cannot be closed under it. */
+static void give_back(struct icd_receiver *r)
+{
+  unsigned recv = TURN_PY_RECV;
+  atomic_compare_exchange_strong(&r->turn, &recv, TURN_C);
+  syscall(SYS_futex, &r->turn, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static void set_busy(struct icd_receiver *r)
+{
+  unsigned recv = TURN_PY_RECV;
+  atomic_store(&r->busy_since, now_ns(CLOCK_MONOTONIC));
+  atomic_compare_exchange_strong(&r->turn, &recv, TURN_PY_BUSY);
+}
+
+static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_ms)
+{
+  struct icd_channel *ch = r->ch;
+  struct seccomp_notif n;
+  int64_t end = timeout_ms > 0 ? now_ns(CLOCK_MONOTONIC) + (int64_t)timeout_ms * 1000000 : 0;
+
+  for (;;) {
+    struct pollfd p = { .fd = r->fd, .events = POLLIN };
+    int ms = -1, pr;
+    if (atomic_load(&r->turn) != TURN_PY_RECV || __atomic_load_n(&ch->closed, __ATOMIC_ACQUIRE))
+      return 0;
+    if (end) {
+      int64_t left = end - now_ns(CLOCK_MONOTONIC);
+      if (left <= 0) {
+        set_busy(r);
+        return -ETIMEDOUT;
+      }
+      ms = (int)((left + 999999) / 1000000);
+    }
+    pr = poll(&p, 1, ms);
+    if (pr < 0 && errno == EINTR)
+      continue;
+    if (pr == 0)
+      continue;
+    if (pr < 0 || !(p.revents & POLLIN)) {
+      give_back(r); /* hang-up or error: the receiver sees it and detaches */
+      return 0;
+    }
+    memset(&n, 0, sizeof n);
+    if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+      if (errno == EINTR || (errno == ENOENT && !filter_orphaned(r->fd)))
+        continue;
+      give_back(r);
+      return 0;
+    }
+    if (fast_answer(r, &n)) {
+      *it = (struct icd_item){
+        .kind = ICD_ITEM_NOTIF, .fd = r->fd, .id = n.id, .pid = n.pid, .nr = n.data.nr,
+        .arch = n.data.arch, .ip = n.data.instruction_pointer,
+      };
+      memcpy(it->args, n.data.args, sizeof it->args);
+      atomic_fetch_add_explicit(&ch->n_python, 1, memory_order_relaxed);
+      atomic_fetch_add_explicit(&ch->n_direct, 1, memory_order_relaxed);
+      set_busy(r); /* ours to answer even if revoked meanwhile */
+      return 1;
+    }
+  }
+}
+
+/* 1 item, 0 if direct mode is not possible now, -ETIMEDOUT. */
+static int try_direct(struct icd_channel *ch, struct icd_item *items, int timeout_ms)
+{
+  struct icd_receiver *r = NULL, *x;
+  unsigned busy = TURN_PY_BUSY;
+  int ret = 0;
+
+  pthread_mutex_lock(&ch->lock);
+  if (!ch->closed && ch->nlive == 1)
+    for (x = ch->recvs; x; x = x->next)
+      if (x->running && atomic_load(&x->turn) == TURN_PY_BUSY && !atomic_load(&x->py_in)) {
+        r = x;
+        pthread_mutex_lock(&r->py_lock);
+        atomic_store(&r->py_in, 1); /* also keeps prune_receivers off r */
+        r->py_tid = pthread_self();
+        pthread_mutex_unlock(&r->py_lock);
+        break;
+      }
+  pthread_mutex_unlock(&ch->lock);
+  if (!r)
+    return 0;
+  pthread_rwlock_rdlock(&ch->fdlock);
+  if (r->fd_open && atomic_compare_exchange_strong(&r->turn, &busy, TURN_PY_RECV))
+    ret = direct_recv(r, items, timeout_ms);
+  pthread_rwlock_unlock(&ch->fdlock);
+  pthread_mutex_lock(&r->py_lock);
+  atomic_store(&r->py_in, 0);
+  pthread_mutex_unlock(&r->py_lock);
+  return ret;
+}
+
+int icd_channel_set_direct(struct icd_channel *ch, int on)
+{
+  pthread_mutex_lock(&ch->lock);
+  ch->direct = !!on;
+  pthread_mutex_unlock(&ch->lock);
+  if (!on)
+    revoke_all(ch);
+  return 0;
+}
+
 int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
                      int spin_us)
 {
@@ -501,6 +713,14 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
 
   if (max <= 0)
     return -EINVAL;
+  if (ch->direct && timeout_ms != 0
+      && !atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
+    n = try_direct(ch, items, timeout_ms);
+    if (n == -ETIMEDOUT)
+      return 0;
+    if (n != 0)
+      return n;
+  }
   /* Spin by yielding, not by pausing: with sync wake-up our SEND put the
    * target on this very CPU, so yielding lets it run at once, and its next
    * notification is usually queued by the time we are back -- no futex
@@ -620,6 +840,7 @@ void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out)
   out->overflow = atomic_load(&ch->n_overflow);
   out->send_errors = atomic_load(&ch->n_send_err);
   out->detached = atomic_load(&ch->n_detached);
+  out->direct = atomic_load(&ch->n_direct);
   pthread_mutex_lock(&ch->lock);
   out->receivers = ch->nlive;
   pthread_mutex_unlock(&ch->lock);
@@ -665,10 +886,11 @@ void icd_channel_close(struct icd_channel *ch)
     pthread_mutex_unlock(&ch->lock);
     return;
   }
-  ch->closed = 1;
+  __atomic_store_n(&ch->closed, 1, __ATOMIC_RELEASE);
   atomic_fetch_add(&ch->seq, 1);
   pthread_mutex_unlock(&ch->lock);
   wake_waiters(ch, INT_MAX);
+  revoke_all(ch);
   stop_receivers(ch);
 
   /* Receivers are gone; answer what Python never took, then close the fds

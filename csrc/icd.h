@@ -50,6 +50,7 @@ struct icd_chstats {
   uint64_t send_errors;
   uint64_t detached;
   uint64_t receivers;  /* live receiver threads */
+  uint64_t direct;     /* Python-path notifications received by the waiter itself */
 };
 
 struct icd_probe {
@@ -81,6 +82,8 @@ int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
 struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap);
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
+/* Direct mode on (the default) or off; see engine.c. */
+int icd_channel_set_direct(struct icd_channel *ch, int on);
 int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
                      int spin_us);
 int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,

@@ -38,7 +38,7 @@ struct icd_decision {
 };
 struct icd_chstats {
   uint64_t fast; uint64_t python; uint64_t overflow; uint64_t send_errors; uint64_t detached;
-  uint64_t receivers;
+  uint64_t receivers; uint64_t direct;
 };
 struct icd_probe { int user_notif; int sync_wakeup; int addfd_send; int error; };
 struct icd_exec_result { int64_t ret; int32_t err; int32_t fd; };
@@ -63,6 +63,7 @@ int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
 struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap);
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
+int icd_channel_set_direct(struct icd_channel *ch, int on);
 int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
                      int spin_us);
 int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,

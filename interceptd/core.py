@@ -159,6 +159,10 @@ class Channel:
     def set_default(self, action: int, value: int = 0) -> None:
         _check(lib.icd_channel_set_default(self._ptr, action, value), "set_default")
 
+    def set_direct(self, on: bool) -> None:
+        """Direct mode (default on): see docs/INTERNALS.md."""
+        lib.icd_channel_set_direct(self._ptr, 1 if on else 0)
+
     def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
         """Queued items, blocking up to `timeout` seconds (None: forever) for the
         first; [] on timeout or once the channel is closed."""
@@ -242,7 +246,8 @@ class Channel:
         s = ffi.new("struct icd_chstats *")
         lib.icd_channel_stats(self._ptr, s)
         return {k: int(getattr(s, k)) for k in
-                ("fast", "python", "overflow", "send_errors", "detached", "receivers")}
+                ("fast", "python", "overflow", "send_errors", "detached", "receivers",
+                 "direct")}
 
     def close(self) -> None:
         """Stop the receivers, fail queued notifications with ENOSYS, close the fds."""
