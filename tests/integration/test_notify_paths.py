@@ -4,6 +4,7 @@ a chosen errno; and a process `exec`'d into the same container."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -108,3 +109,38 @@ def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_exec_message_before_the_init_message_waits_for_it(
+        runtime_factory: Callable[[str], Runtime], bundle_factory: Callable[..., Bundle],
+        daemon_factory: Callable[..., Daemon], new_id: Callable[[str], str],
+        helper_bins: dict[str, Any], workdir: Any) -> None:
+    """crun's `start` returns before the daemon has registered the container, so
+    an exec right after it can reach the daemon first: its fd is held (<= 2 s)
+    until the init's message arrives, then attached (not refused: ENOSYS)."""
+
+    d = daemon_factory(rules=[{"syscall": "sysfs", "action": "value", "value": 99}])
+    cid = new_id("early-exec")
+    # crun's exec shape: status "running", pid 0 and bundle "." in the state.
+    doc = {"ociVersion": "0.2.0", "fds": ["seccompFd"], "pid": "@PID@", "metadata": "",
+           "state": {"ociVersion": "1.0.2", "id": cid, "status": "running", "pid": 0,
+                     "bundle": ".", "annotations": {}}}
+    msg = workdir / "early-exec.json"
+    msg.write_text(json.dumps(doc).replace('"@PID@"', "@PID@"))
+    early = subprocess.Popen([str(helper_bins["notify_client"]), d.listener_path, str(msg)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # the exec's message is in, the init's not yet
+        rt = runtime_factory("runc")  # runc sends the init's message at create
+        b = bundle_factory(args=["sleep", "60"], notify=["sysfs"], listener_path=d.listener_path)
+        with rt.started(b, cid):
+            out, err = early.communicate(timeout=15)
+            assert early.returncode == 0, err
+            assert out.strip() == "ret=99 errno=0"
+            c = d.wait_container(cid)
+            assert len(c["notify_fds"]) >= 1
+    finally:
+        if early.poll() is None:
+            early.kill()
+            early.wait()
+    assert status_counters(d).get("listener_errors", {}).get("unknown container", 0) == 0
