@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,8 +44,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs per row (median)")
     ap.add_argument("--json", type=Path, default=OUT / "bench_notify.json",
                     help="also write the results here")
+    ap.add_argument("--cpus", default="",
+                    help="pin the bench, daemons and containers to these CPUs (e.g. 0): "
+                         "the same placement for every row")
     ap.add_argument("--rows", default="", help="only these rows (e.g. b,d), for profiling")
     args = ap.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
 
     loop = build_static("syscall_loop")
     agent = build_static("agent_minimal")

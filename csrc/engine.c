@@ -73,6 +73,7 @@ struct icd_channel {
    * signalled under the mutex, the woken waiter never blocks on that mutex. */
   atomic_uint seq;
   atomic_int nwaiters;
+  atomic_int kick; /* icd_channel_interrupt: the next wait returns, maybe empty */
   int nlive, closed;
   pid_t owner; /* receivers are threads of this process only */
   int direct;  /* direct mode allowed (icd_channel_set_direct) */
@@ -625,7 +626,10 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
     int ms = -1, pr;
     if (atomic_load(&r->turn) != TURN_PY_RECV || __atomic_load_n(&ch->closed, __ATOMIC_ACQUIRE))
       return 0;
-    if (end) {
+    if (!end)
+      goto recv; /* no deadline: block in RECV itself, one syscall less per call;
+                  * revoke's signal (interrupt, attach, close) gets us out */
+    {
       int64_t left = end - now_ns(CLOCK_MONOTONIC);
       if (left <= 0) {
         set_busy(r);
@@ -642,6 +646,7 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
       give_back(r); /* hang-up or error: the receiver sees it and detaches */
       return 0;
     }
+  recv:
     memset(&n, 0, sizeof n);
     if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
       if (errno == EINTR || (errno == ENOENT && !filter_orphaned(r->fd)))
@@ -694,6 +699,14 @@ static int try_direct(struct icd_channel *ch, struct icd_item *items, int timeou
   return ret;
 }
 
+void icd_channel_interrupt(struct icd_channel *ch)
+{
+  atomic_store(&ch->kick, 1);
+  atomic_fetch_add(&ch->seq, 1);
+  wake_waiters(ch, INT_MAX);
+  revoke_all(ch);
+}
+
 int icd_channel_set_direct(struct icd_channel *ch, int on)
 {
   pthread_mutex_lock(&ch->lock);
@@ -713,7 +726,7 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
 
   if (max <= 0)
     return -EINVAL;
-  if (ch->direct && timeout_ms != 0
+  if (ch->direct && timeout_ms != 0 && !atomic_load(&ch->kick)
       && !atomic_load_explicit(&ch->qpending, memory_order_acquire)) {
     n = try_direct(ch, items, timeout_ms);
     if (n == -ETIMEDOUT)
@@ -748,7 +761,7 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
   for (;;) {
     pthread_mutex_lock(&ch->lock);
     n = take(ch, items, max);
-    if (n || ch->closed || timeout_ms == 0) {
+    if (n || ch->closed || timeout_ms == 0 || atomic_exchange(&ch->kick, 0)) {
       if (!n && ch->closed)
         n = -EPIPE;
       pthread_mutex_unlock(&ch->lock);

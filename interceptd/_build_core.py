@@ -64,6 +64,7 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
 int icd_channel_set_direct(struct icd_channel *ch, int on);
+void icd_channel_interrupt(struct icd_channel *ch);
 int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
                      int spin_us);
 int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,

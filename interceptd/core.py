@@ -163,6 +163,11 @@ class Channel:
         """Direct mode (default on): see docs/INTERNALS.md."""
         lib.icd_channel_set_direct(self._ptr, 1 if on else 0)
 
+    def interrupt(self) -> None:
+        """Make a blocked `wait` (or the next one) return, with [] if nothing
+        is queued: how a waiter with no timeout is told to look up."""
+        lib.icd_channel_interrupt(self._ptr)
+
     def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
         """Queued items, blocking up to `timeout` seconds (None: forever) for the
         first; [] on timeout or once the channel is closed."""

@@ -44,7 +44,6 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 UNHANDLED = Verdict.errno(errno_mod.EPERM, "unhandled")
 UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
 PUMP_INTERVAL = 0.075
-WAIT_TIMEOUT = 0.25
 # How long an exec'd process's message waits for its container's init message:
 # crun's `start` can return (and a `docker exec` follow) before the daemon has
 # registered the container, and a refused fd fails the process's calls (ENOSYS).
@@ -232,14 +231,16 @@ class Dispatcher:
         try:
             while True:
                 stopping = self._stop.is_set()
-                items = ch.wait(0 if stopping else WAIT_TIMEOUT)
+                # No timeout: close() interrupts the wait (and a waiter in the
+                # core's direct mode then needs no poll per call).
+                items = ch.wait(0 if stopping else None)
                 for item in items:
                     if isinstance(item, detached_type):
                         if self._detach(c, item.notify_fd):
                             return
                     else:
                         self._handle(c, item, decisions)
-                if stopping:
+                if stopping or ch.closed:
                     return
         except Exception:
             self.counters.inc("worker_errors")
@@ -432,6 +433,10 @@ class Dispatcher:
     def close(self, wait: float = 3.0) -> None:
         """Answer what is queued, then close every channel so no target hangs."""
         self._stop.set()
+        for c in self.registry.list():
+            interrupt = getattr(c.channel, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
         deadline = time.monotonic() + wait
         for t in list(self._workers.values()):
             t.join(max(0.0, deadline - time.monotonic()))

@@ -155,3 +155,25 @@ def test_close_and_detach_while_the_waiter_receives(engine: core.Engine) -> None
         assert not w.is_alive() and out == [[]] and time.monotonic() - t0 < 2
     finally:
         t2.close()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_interrupt_ends_a_wait_without_timeout(engine: core.Engine, direct: bool) -> None:
+    ch = channel(engine)
+    ch.set_direct(direct)
+    t = attach(engine, ch, f"call:{SYSFS}:1", f"call:{GETPGID}:0", "sleep:5000")
+    try:
+        ch.respond(next_notification(ch), value=1)
+        out: list = []
+        w = threading.Thread(target=lambda: out.append(ch.wait(None)))
+        w.start()
+        time.sleep(0.2)  # direct: blocked in RECV on the fd (the fast call answered there)
+        assert w.is_alive()
+        t0 = time.monotonic()
+        ch.interrupt()
+        w.join(5)
+        assert not w.is_alive() and out == [[]] and time.monotonic() - t0 < 1
+        assert ch.stats()["fast"] == 1
+        assert ch.wait(0) == []  # the interrupt was used up
+    finally:
+        t.close()

@@ -47,6 +47,9 @@ class Decision:
     args: tuple[int, ...] = ()
 
 
+_KICK = object()
+
+
 class FakeChannel:
     def __init__(self, cookie: int) -> None:
         self.cookie = cookie
@@ -65,9 +68,10 @@ class FakeChannel:
     def set_default(self, action: int, value: int) -> None:
         self.default = (action, value)
 
-    def wait(self, timeout: float) -> list[Any]:
+    def wait(self, timeout: float | None) -> list[Any]:
         try:
-            first = self.items.get(timeout=timeout) if timeout else self.items.get_nowait()
+            first = (self.items.get_nowait() if timeout == 0
+                     else self.items.get(timeout=timeout))
         except queue.Empty:
             return []
         out = [first]
@@ -75,7 +79,10 @@ class FakeChannel:
             try:
                 out.append(self.items.get_nowait())
             except queue.Empty:
-                return out
+                return [i for i in out if i is not _KICK]
+
+    def interrupt(self) -> None:
+        self.items.put(_KICK)
 
     def respond(self, notif: Any, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
         if self.fail_respond is not None:
@@ -97,6 +104,7 @@ class FakeChannel:
 
     def close(self) -> None:
         self.closed = True
+        self.items.put(_KICK)
 
 
 class FakeEngine:
