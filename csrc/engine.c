@@ -12,6 +12,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -79,6 +80,9 @@ struct icd_channel {
   int direct;  /* direct mode allowed (icd_channel_set_direct) */
   struct icd_receiver *recvs;
   _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached, n_direct;
+  /* Pids whose comm was read lately (direct-mapped): a new one gets its comm
+   * read after the answer, so events name short-lived callers too. */
+  _Atomic int32_t seen_pids[256];
 };
 
 struct icd_engine {
@@ -304,6 +308,27 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
     atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
 }
 
+/* Best effort, after the answer: "" if the task is gone already. */
+static void read_comm(uint32_t pid, char out[16])
+{
+  char path[32];
+  ssize_t n;
+  int fd;
+  snprintf(path, sizeof path, "/proc/%u/comm", pid);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  n = read(fd, out, 15);
+  close(fd);
+  if (n <= 0) {
+    out[0] = 0;
+    return;
+  }
+  out[n] = 0;
+  if (out[n - 1] == '\n')
+    out[n - 1] = 0;
+}
+
 /* Answers a fast verdict (and records it); 1 if n is for Python instead. */
 static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
 {
@@ -345,6 +370,13 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
     .send_errno = serr, .value = RULE_VAL(rule), .ns_time = now_ns(CLOCK_REALTIME),
   };
   memcpy(d.args, n->data.args, sizeof d.args);
+  {
+    _Atomic int32_t *seen = &ch->seen_pids[n->pid & 255];
+    if (atomic_load_explicit(seen, memory_order_relaxed) != (int32_t)n->pid) {
+      atomic_store_explicit(seen, (int32_t)n->pid, memory_order_relaxed);
+      read_comm(n->pid, d.comm);
+    }
+  }
   ring_push(ch->eng, &d);
   return 0;
 }

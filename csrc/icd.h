@@ -41,6 +41,7 @@ struct icd_decision {
   int64_t value;
   int64_t ns_time;    /* CLOCK_REALTIME */
   uint64_t args[6];   /* the call's raw arguments, for the event */
+  char comm[16];      /* the caller's comm when its pid was new to the channel, else "" */
 };
 
 struct icd_chstats {

@@ -34,7 +34,7 @@ struct icd_item {
 };
 struct icd_decision {
   uint64_t cookie; uint64_t id; uint32_t pid; int32_t nr; int32_t action; int32_t send_errno;
-  int64_t value; int64_t ns_time; uint64_t args[6];
+  int64_t value; int64_t ns_time; uint64_t args[6]; char comm[16];
 };
 struct icd_chstats {
   uint64_t fast; uint64_t python; uint64_t overflow; uint64_t send_errors; uint64_t detached;

@@ -81,6 +81,7 @@ class Decision:
     ns_time: int
     send_errno: int = 0
     args: tuple[int, ...] = ()
+    comm: str = ""  # read by the core when the pid was new to the channel
 
 
 class ExecResult(NamedTuple):
@@ -294,7 +295,9 @@ class Engine:
                 for i in range(n):
                     d = buf[i]
                     out.append(Decision(d.cookie, d.id, d.pid, d.nr, d.action, d.value,
-                                        d.ns_time, d.send_errno, tuple(d.args)))
+                                        d.ns_time, d.send_errno, tuple(d.args),
+                                        ffi.string(d.comm).decode(errors="replace")
+                                        if d.comm[0] != b"\0" else ""))
                 if n < cap:
                     break
         return out

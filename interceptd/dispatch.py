@@ -382,6 +382,9 @@ class Dispatcher:
             c = self._containers_by_cookie.get(d.cookie)
             if c is not None:
                 comm = c.comms.get(d.pid)
+                if comm is None and getattr(d, "comm", ""):
+                    # read by the core right after answering: the caller may be gone now
+                    comm = c.comm(d.pid, lambda _pid, name=d.comm: name)
                 if comm is None:
                     comm = c.comm(d.pid, self._comm_of)
             else:

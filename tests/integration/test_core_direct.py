@@ -177,3 +177,15 @@ def test_interrupt_ends_a_wait_without_timeout(engine: core.Engine, direct: bool
         assert ch.wait(0) == []  # the interrupt was used up
     finally:
         t.close()
+
+
+def test_fast_decisions_carry_args_and_the_comm_of_a_new_pid(engine: core.Engine) -> None:
+    ch = channel(engine)
+    t = attach(engine, ch, f"call:{GETPGID}:7:8", f"call:{GETPGID}:9")
+    try:
+        t.finish()
+    finally:
+        t.close()
+    a, b = engine.drain_decisions()
+    assert a.args[:2] == (7, 8) and b.args[0] == 9
+    assert a.comm == "core_target" and b.comm == ""  # read once per new pid

@@ -45,6 +45,7 @@ class Decision:
     ns_time: int = 0
     send_errno: int = 0
     args: tuple[int, ...] = ()
+    comm: str = ""
 
 
 _KICK = object()
