@@ -323,21 +323,39 @@ def test_launcher_runtime_from_config(monkeypatch, launcher, workdir):
 
 @pytest.fixture
 def service(shim):
-    """The prepare service on the test daemon's state dir (a process of its own until
-    the daemon hosts it)."""
+    """The prepare service, hosted by the test daemon on <state-dir>/runtime.sock."""
     state = Path(shim.daemon.state_dir)  # type: ignore[attr-defined]
-    p = subprocess.Popen([sys.executable, "-m", "interceptd.runtime.service", "--state-dir",
-                          str(state)], cwd=str(REPO), stdout=subprocess.DEVNULL)
     for _ in range(500):
         if (state / "runtime.sock").exists():
             break
         time.sleep(0.01)
     else:
-        p.kill()
-        pytest.fail("prepare service did not start")
-    yield p
-    p.terminate()
-    assert p.wait(20) in (0, -15)
+        pytest.fail("the daemon does not serve runtime.sock")
+    return state / "runtime.sock"
+
+
+def test_daemon_hosts_service_and_reports_policy(shim, service):
+    from interceptd import control
+
+    status = control.request(str(Path(shim.daemon.state_dir) / "control.sock"),  # type: ignore[attr-defined]
+                             {"cmd": "status"})
+    rp = status["runtime_policy"]
+    assert "mount" in rp["notified"] and rp["denied"]
+    assert service.exists()
+
+
+def test_launcher_falls_back_to_python(shim, service, launcher, bundle_factory, new_id,
+                                       monkeypatch, workdir):
+    """INTERCEPTD_RUNC_NO_SERVICE (and an absent runtime.sock) take the Python entry."""
+    shim.binary = launcher
+    trace = workdir / "trace.log"
+    monkeypatch.setenv("INTERCEPTD_RUNC_TRACE", str(trace))
+    monkeypatch.setenv("INTERCEPTD_RUNC_NO_SERVICE", "1")
+    b = plain_bundle(bundle_factory, ["sh", "-c", PROBE])
+    res = shim.run(b, new_id("nosvc")).check()
+    assert res.stdout.split()[1] != "0" and "Seccomp:\t2" in res.stdout
+    assert_nothing_left(shim)
+    assert trace.exists()
 
 
 def test_launcher_with_prepare_service(shim, service, launcher, bundle_factory, new_id,

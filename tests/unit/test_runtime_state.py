@@ -138,3 +138,31 @@ def test_delete_releases_a_range_without_record(tmp_path, monkeypatch):
     pool.allocate(key)
     assert main.Delete(inv, st).finish(0) == 0
     assert pool.allocated() == {}
+
+
+def test_pool_rewritten_in_place_shrinks(tmp_path):
+    """The pool file is updated in place: a shorter table leaves no stale tail."""
+    import json
+
+    pool = idpool.IdPool(str(tmp_path), 1 << 20, 64)
+    keys = [f"container-with-a-long-name-{i}" for i in range(20)]
+    for k in keys:
+        pool.allocate(k)
+    ino = os.stat(pool.path).st_ino
+    for k in keys[1:]:
+        assert pool.release(k)
+    with open(pool.path) as f:
+        data = json.load(f)
+    assert data["allocated"] == {keys[0]: 1 << 20}
+    assert os.stat(pool.path).st_ino == ino
+    assert idpool.IdPool(str(tmp_path), 1 << 20, 64).allocated() == {keys[0]: 1 << 20}
+
+
+def test_record_first_save_in_place_then_replaced(tmp_path):
+    store = records.RecordStore(str(tmp_path / "containers"))
+    rec = records.Record(key="k", container_id="c", mount_dir="/m")
+    store.save(rec)  # creates the directory and the record
+    rec.warnings.append("volume x not id-mapped")
+    store.save(rec)
+    assert store.load("k") == rec
+    assert sorted(os.listdir(tmp_path / "containers")) == ["k.json"]
