@@ -3,7 +3,8 @@
 One sample = `create` + `start` + the container's exit (a busybox `true`),
 timed from the caller's side; `delete` is timed separately. The baseline is
 what a hardened container costs without interceptd: plain runc, a user
-namespace, and a rootfs chowned to the mapped root ahead of time. interceptd-runc
+namespace, a rootfs chowned to the mapped root ahead of time, and Docker's
+default masked and read-only paths (both rows get those). interceptd-runc
 gets an image-style root-owned rootfs and a config without a user namespace,
 and does everything itself (id range, id-mapped mount, seccomp attach, checks).
 
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from interceptd.runtime.spec import DOCKER_MASKED, DOCKER_READONLY
 
 REPO = Path(__file__).resolve().parents[1]
 INTERCEPTD = REPO / ".venv" / "bin" / "interceptd"
@@ -57,7 +60,10 @@ def config(userns: bool) -> dict:
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
                    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}],
-        "linux": {"namespaces": ns},
+        # Both rows start from what Docker passes any non-privileged container:
+        # its masked and read-only paths (the shim adds them where missing).
+        "linux": {"namespaces": ns, "maskedPaths": list(DOCKER_MASKED),
+                  "readonlyPaths": list(DOCKER_READONLY)},
     }
     if userns:
         ns.append({"type": "user"})

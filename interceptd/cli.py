@@ -105,7 +105,12 @@ def format_event(ev: dict[str, Any]) -> str:
         outcome = f"errno={ev.get('errno')}"
     elif "value" in ev:
         outcome = f"{outcome}={ev['value']}"
-    args = ",".join(hex(a) for a in ev.get("args", []))
+    # Decoded arguments (path, fstype, flags…) read better than raw pointers.
+    details = ev.get("details") or {}
+    if details:
+        args = ", ".join(f"{k}={v!r}" for k, v in details.items())
+    else:
+        args = ",".join(hex(a) for a in ev.get("args", []))
     return (f"{ts} {ev.get('container')} {ev.get('pid')}/{ev.get('comm')} "
             f"{ev.get('syscall')}({args}) -> {outcome} [{ev.get('reason')}]\n")
 

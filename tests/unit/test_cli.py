@@ -89,3 +89,12 @@ def test_format_event_errno():
                              "syscall": "mount", "args": [], "verdict": "errno", "errno": 1,
                              "reason": "denied"})
     assert line.endswith("mount() -> errno=1 [denied]\n")
+
+
+def test_format_event_shows_decoded_details_instead_of_raw_args():
+    line = cli.format_event({"time": 0, "container": "c", "pid": 1, "comm": "sh",
+                             "syscall": "mount", "args": [0x7FFE0, 0x7FFF0, 0, 0, 0, 0],
+                             "details": {"target": "/proc", "fstype": "proc"},
+                             "verdict": "errno", "errno": 16, "reason": "immutable"})
+    assert "mount(target='/proc', fstype='proc') -> errno=16 [immutable]" in line
+    assert "0x7ffe0" not in line
