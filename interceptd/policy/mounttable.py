@@ -16,19 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from interceptd.mountinfo import MountEntry, parse, parse_line
 from interceptd.policy.consts import (
     MOUNT_ATTR_NODEV,
     MOUNT_ATTR_NOEXEC,
     MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
 )
-
-_OPT_ATTR = {
-    "ro": MOUNT_ATTR_RDONLY,
-    "nosuid": MOUNT_ATTR_NOSUID,
-    "nodev": MOUNT_ATTR_NODEV,
-    "noexec": MOUNT_ATTR_NOEXEC,
-}
 
 # Docker's defaults; runc applies the config's lists, the runtime shim keeps these at least.
 DEFAULT_MASKED_PATHS = (
@@ -53,80 +47,11 @@ DEFAULT_READONLY_PATHS = (
 )
 
 
-def unescape(s: str) -> str:
-    """Undo mountinfo's octal escapes (\\040 space, \\011 tab, \\012 newline, \\134 backslash)."""
-    if "\\" not in s:
-        return s
-    out: list[str] = []
-    i = 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
 def path_within(path: str, base: str) -> bool:
     """True if `path` is `base` or beneath it (both normalised absolute paths)."""
     if base == "/":
         return path.startswith("/")
     return path == base or path.startswith(base + "/")
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    mount_id: int
-    parent_id: int
-    dev: str  # "major:minor"
-    root: str
-    mountpoint: str
-    opts: frozenset[str]
-    optional: tuple[str, ...]
-    fstype: str
-    source: str
-    super_opts: frozenset[str]
-
-    @property
-    def attrs(self) -> int:
-        """MOUNT_ATTR_* bits among ro/nosuid/nodev/noexec set on this mount."""
-        a = 0
-        for o, bit in _OPT_ATTR.items():
-            if o in self.opts:
-                a |= bit
-        return a
-
-    @property
-    def readonly(self) -> bool:
-        return "ro" in self.opts
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.dev, self.root)
-
-
-def parse_line(line: str) -> MountEntry:
-    parts = line.rstrip("\n").split(" ")
-    try:
-        sep = parts.index("-", 6)
-        mid, pid, dev, root, mp, opts = parts[:6]
-        fstype, source, sopts = parts[sep + 1 : sep + 4]
-    except (ValueError, IndexError) as e:
-        raise ValueError(f"malformed mountinfo line: {line[:200]!r}") from e
-    return MountEntry(
-        mount_id=int(mid),
-        parent_id=int(pid),
-        dev=dev,
-        root=unescape(root),
-        mountpoint=unescape(mp),
-        opts=frozenset(opts.split(",")),
-        optional=tuple(parts[6:sep]),
-        fstype=fstype,
-        source=unescape(source),
-        super_opts=frozenset(sopts.split(",")),
-    )
 
 
 class MountTable:
@@ -138,7 +63,7 @@ class MountTable:
 
     @classmethod
     def parse(cls, text: str) -> MountTable:
-        return cls(parse_line(ln) for ln in text.splitlines() if ln.strip())
+        return cls(parse(text))
 
     @classmethod
     def read(cls, pid: int) -> MountTable:
@@ -208,7 +133,7 @@ class LazyMountTable(MountTable):
     @property  # type: ignore[override]
     def entries(self) -> list[MountEntry]:
         if self._entries is None:
-            self._entries = [parse_line(ln) for ln in self._raw().splitlines() if ln.strip()]
+            self._entries = parse(self._raw())
         return self._entries
 
     @property  # type: ignore[override]
@@ -266,12 +191,12 @@ _ATTR_OPTS = ((MOUNT_ATTR_NOSUID, "nosuid"), (MOUNT_ATTR_NODEV, "nodev"),
 def entry_from_facts(f: Any) -> MountEntry:
     """A MountEntry from core.MountFacts (mount point relative to the namespace's root;
     no source or propagation fields: decisions that need them read the full table)."""
-    opts = {"ro" if f.attr & MOUNT_ATTR_RDONLY else "rw"}
-    opts.update(name for bit, name in _ATTR_OPTS if f.attr & bit)
+    opts = ["ro" if f.attr & MOUNT_ATTR_RDONLY else "rw"]
+    opts += [name for bit, name in _ATTR_OPTS if f.attr & bit]
     return MountEntry(
         mount_id=f.mnt_id, parent_id=f.parent_id, dev=f.dev, root=f.root,
-        mountpoint=f.mountpoint, opts=frozenset(opts), optional=(), fstype=f.fstype,
-        source="", super_opts=frozenset({"ro" if f.sb_flags & 1 else "rw"}))
+        mountpoint=f.mountpoint, options=",".join(opts), optional=(), fstype=f.fstype,
+        source="", super_options="ro" if f.sb_flags & 1 else "rw")
 
 
 @dataclass(frozen=True)

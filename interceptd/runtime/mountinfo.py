@@ -1,68 +1,22 @@
-"""Parsing /proc/self/mountinfo and overlayfs options (pure)."""
+"""The host's mount table as the shim needs it: lookups and overlayfs options (pure)."""
 
 from __future__ import annotations
 
 import os
 
-
-class MountEntry:
-    __slots__ = ("fstype", "mount_id", "mount_point", "options", "parent_id", "root",
-                 "source", "super_options")
-
-    def __init__(self, mount_id: int, parent_id: int, root: str, mount_point: str,
-                 options: str, fstype: str, source: str, super_options: str) -> None:
-        self.mount_id = mount_id
-        self.parent_id = parent_id
-        self.root = root
-        self.mount_point = mount_point
-        self.options = options
-        self.fstype = fstype
-        self.source = source
-        self.super_options = super_options
-
-
-def _unescape(s: str) -> str:
-    if "\\" not in s:
-        return s
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and s[i + 1 : i + 4].isdigit() and len(s[i + 1 : i + 4]) == 3:
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def parse(text: str) -> list[MountEntry]:
-    out = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        left, _, right = line.partition(" - ")
-        f = left.split()
-        r = right.split()
-        if len(f) < 6 or len(r) < 2:
-            continue
-        out.append(MountEntry(
-            mount_id=int(f[0]), parent_id=int(f[1]), root=_unescape(f[3]),
-            mount_point=_unescape(f[4]), options=f[5], fstype=r[0],
-            source=_unescape(r[1]), super_options=r[2] if len(r) > 2 else "",
-        ))
-    return out
+from interceptd.mountinfo import MountEntry, parse
 
 
 def read(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
     with open(path) as f:
-        return parse(f.read())
+        return parse(f.read(), skip_malformed=True)
 
 
 def mount_at(entries: list[MountEntry], path: str) -> MountEntry | None:
     """The topmost mount whose mount point is exactly `path`."""
     hit = None
     for e in entries:
-        if e.mount_point == path:
+        if e.mountpoint == path:
             hit = e
     return hit
 
@@ -70,7 +24,7 @@ def mount_at(entries: list[MountEntry], path: str) -> MountEntry | None:
 def cgroup2_mount(entries: list[MountEntry]) -> str | None:
     for e in entries:
         if e.fstype == "cgroup2":
-            return e.mount_point
+            return e.mountpoint
     return None
 
 

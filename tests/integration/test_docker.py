@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -145,13 +144,13 @@ def docker_env(request: pytest.FixtureRequest) -> Iterator[Dockerd]:
     sock_existed = os.path.lexists("/var/run/docker.sock")
     daemon = Daemon(top / "interceptd")
     daemon.start()
-    # The prepare service, as the launcher finds it in production (a process of
-    # its own here until the daemon hosts it).
-    service = subprocess.Popen([sys.executable, "-m", "interceptd.runtime.service",
-                                "--state-dir", str(daemon.state_dir)], cwd=str(REPO),
-                               stdout=subprocess.DEVNULL)
     d = Dockerd(top, daemon, request.param)
     try:
+        # The launcher's prepare service is the daemon's own runtime.sock, as in production.
+        deadline = time.monotonic() + 10
+        while not (Path(daemon.state_dir) / "runtime.sock").exists():
+            assert time.monotonic() < deadline, daemon.log()  # no runtime.sock
+            time.sleep(0.05)
         d.start()
         tar = top / "busybox.tar"
         _busybox_tar(tar)
@@ -159,8 +158,6 @@ def docker_env(request: pytest.FixtureRequest) -> Iterator[Dockerd]:
         yield d
     finally:
         d.stop()
-        service.terminate()
-        service.wait(20)
         rc = daemon.stop()
         _unmount_under(str(top))
         shutil.rmtree(top, ignore_errors=True)

@@ -17,9 +17,7 @@ from interceptd.policy.mounts import (
 from interceptd.policy.mounttable import (
     ImmutableSet,
     MountTable,
-    parse_line,
     snapshot,
-    unescape,
 )
 from tests.unit.policy_samples import RUNC_INIT, RUNC_LATER, UNSHARED
 
@@ -49,25 +47,6 @@ def umount(context: MountContext, path: str, flags: int = 0):
 
 
 # --- mount table -----------------------------------------------------------------------
-
-
-def test_parse_line_fields_and_escapes():
-    e = parse_line("103 67 254:0 /srv/ro\\040vol /da\\134ta ro,nosuid - ext4 /dev/vda rw,x")
-    assert (e.mount_id, e.parent_id, e.dev) == (103, 67, "254:0")
-    assert e.root == "/srv/ro vol" and e.mountpoint == "/da\\ta"
-    assert e.readonly and e.attrs == c.MOUNT_ATTR_RDONLY | c.MOUNT_ATTR_NOSUID
-    assert e.fstype == "ext4" and "x" in e.super_opts
-
-
-def test_parse_optional_fields():
-    e = parse_line("36 35 98:0 /mnt1 /mnt/2 rw,noatime master:1 shared:4 - ext3 /dev/root rw")
-    assert e.optional == ("master:1", "shared:4") and e.fstype == "ext3"
-
-
-def test_parse_rejects_garbage():
-    with pytest.raises(ValueError):
-        parse_line("1 2 3")
-    assert unescape("a\\04") == "a\\04"
 
 
 def test_snapshot_classifies_proc_sys_and_masks():

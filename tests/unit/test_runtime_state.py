@@ -1,4 +1,4 @@
-"""interceptd-runc's id pool, records, mountinfo parsing, settings (no containers)."""
+"""interceptd-runc's id pool, records, settings (no containers)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from interceptd.runtime import idpool, mountinfo, records, settings, shift
+from interceptd.runtime import idpool, records, settings, shift
 
 
 def test_pool_unique_and_released(tmp_path):
@@ -61,30 +61,6 @@ def test_records_roundtrip(tmp_path):
     store.remove(k)
     assert store.load(k) is None
     assert "/" not in records.container_key(None, "../../etc")
-
-
-MOUNTINFO = """\
-27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-90 27 0:50 / /var/lib/docker/overlay2/abc/merged rw,relatime - overlay overlay \
-rw,lowerdir=/var/lib/docker/overlay2/l/AAA:l/BBB,upperdir=/var/lib/docker/overlay2/abc/diff,\
-workdir=/var/lib/docker/overlay2/abc/work,index=off
-91 27 0:51 / /tmp/with\\040space rw - tmpfs tmpfs rw
-"""
-
-
-def test_mountinfo_and_overlay_layers():
-    ents = mountinfo.parse(MOUNTINFO)
-    assert mountinfo.cgroup2_mount(ents) == "/sys/fs/cgroup/unified"
-    assert mountinfo.mount_at(ents, "/tmp/with space").fstype == "tmpfs"
-    ov = mountinfo.mount_at(ents, "/var/lib/docker/overlay2/abc/merged")
-    lay = mountinfo.overlay_layers(ov.super_options, "/var/lib/docker/overlay2")
-    assert lay.lowers == ["/var/lib/docker/overlay2/l/AAA", "/var/lib/docker/overlay2/l/BBB"]
-    assert lay.upper == "/var/lib/docker/overlay2/abc/diff"
-    assert lay.work == "/var/lib/docker/overlay2/abc/work"
-    assert lay.other == ["index=off"]
-    with pytest.raises(ValueError):
-        mountinfo.overlay_layers("rw,upperdir=/u", "/")
 
 
 def test_settings_env_and_file(tmp_path):
