@@ -9,6 +9,7 @@ one, mqueue, cgroup) keep using the one-shot `req.exec` (core.ns_exec).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -113,7 +114,7 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
         watch = cid not in _watched
         _watched.add(cid)
     if watch:
-        weakref.finalize(container, close_container, cid)
+        weakref.finalize(container, _container_gone, cid)
     for e in evicted:
         e.close()
     return x
@@ -128,6 +129,14 @@ def _drop(x: Any) -> None:
             if v is x:
                 del _recent[k]
     x.close()
+
+
+def _container_gone(cid: int) -> None:
+    # A finalizer runs wherever the collector happens to run, also inside a section of
+    # this very thread that holds _lock (not reentrant): never take the lock here.
+    with contextlib.suppress(RuntimeError):  # at interpreter shutdown close_all() covers it
+        threading.Thread(target=close_container, args=(cid,), name="executor-close",
+                         daemon=True).start()
 
 
 def close_container(cid: int) -> None:

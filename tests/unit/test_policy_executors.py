@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import time
 from typing import Any
 
 import pytest
@@ -177,4 +178,22 @@ def test_closed_when_the_container_goes_away() -> None:
     x = core.started[0]
     del c
     gc.collect()
+    deadline = time.monotonic() + 5  # closed by a short-lived thread, off the collector
+    while not (x.closed and executors.live() == 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert x.closed and executors.live() == 0
+
+
+def test_container_collected_while_the_cache_lock_is_held_does_not_deadlock() -> None:
+    # The finalizer can fire inside any allocation, also in a section holding the lock.
+    core = FakeCore()
+    c = Container("b")
+    executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    x = core.started[-1]
+    del c
+    with executors._lock:
+        gc.collect()  # would deadlock if the finalizer took the lock itself
+    deadline = time.monotonic() + 5
+    while not x.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert x.closed
