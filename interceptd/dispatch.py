@@ -271,6 +271,7 @@ class Dispatcher:
             self._released.add(c.cookie)
         c.channel.close()
         close_container_fds(c)
+        self.handlers.released(c)
         self._workers.pop(c.id, None)
         self._retired.append((time.monotonic(), c.cookie))
         self.counters.inc("containers_detached")

@@ -96,12 +96,28 @@ Handler = Callable[[Request], Verdict]
 class HandlerRegistry:
     def __init__(self, counters: Counters | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._on_release: list[Callable[[Any], None]] = []
         self.counters = counters if counters is not None else Counters()
 
     def register(self, syscall_name: str, fn: Handler) -> None:
         if syscall_name in self._handlers:
             raise ValueError(f"a handler for {syscall_name!r} is already registered")
         self._handlers[syscall_name] = fn
+
+    def on_release(self, fn: Callable[[Any], None]) -> None:
+        """`fn(container)` once the container's last notify fd is gone, so per-container
+        state kept by handlers (executors, caches) goes with it, not with the GC."""
+        self._on_release.append(fn)
+
+    def released(self, container: Any) -> None:
+        """Run the release hooks; never raises."""
+        for fn in self._on_release:
+            try:
+                fn(container)
+            except Exception:
+                self.counters.inc("handler_errors", "release hook")
+                log.exception("release hook failed",
+                              extra={"fields": {"container": _cid(container)}})
 
     def get(self, syscall_name: str) -> Handler | None:
         return self._handlers.get(syscall_name)

@@ -83,3 +83,9 @@ def register(handlers: Any, cfg: Any = None) -> None:
     configure(cfg)
     for name in notified_syscalls(cfg):
         handlers.register(name, logged(HANDLERS[name]))
+    if hasattr(handlers, "on_release"):
+        from interceptd.policy import executors
+
+        # A detached container's executors (helper processes holding its namespaces)
+        # close at once rather than whenever its object happens to be collected.
+        handlers.on_release(lambda c: executors.close_container(id(c)))

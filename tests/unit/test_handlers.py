@@ -161,6 +161,24 @@ def test_exec_attaches_to_same_channel_and_detach_removes(rig):
     assert r.counters.get("containers_detached") == 1
 
 
+def test_release_hooks_run_once_when_the_last_fd_detaches(rig):
+    handlers = HandlerRegistry()
+    released = []
+    handlers.on_release(lambda c: 1 / 0)  # a failing hook doesn't stop the others
+    handlers.on_release(released.append)
+    r = rig(handlers=handlers)
+    r.d.on_message(state(), 10)
+    r.d.on_message(state(status="running", pid=0, bundle="."), 11)
+    c = r.registry.get("c1")
+    ch = r.engine.channels[c.cookie]
+    ch.items.put(core.Detached(11))
+    assert r.until(lambda: c.notify_fds == [10])
+    assert released == []
+    ch.items.put(core.Detached(10))
+    assert r.until(lambda: released == [c])
+    assert r.counters.get("handler_errors", "release hook") == 1
+
+
 def test_duplicate_and_unknown_ids_rejected(rig):
     r = rig()
     r.d.exec_wait = 0.05

@@ -197,3 +197,17 @@ def test_container_collected_while_the_cache_lock_is_held_does_not_deadlock() ->
     while not x.closed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert x.closed
+
+
+def test_policy_register_closes_executors_on_release() -> None:
+    from interceptd import policy
+    from interceptd.handlers import HandlerRegistry
+
+    handlers = HandlerRegistry()
+    policy.register(handlers, None)
+    core = FakeCore()
+    c = Container("r")
+    executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    x = core.started[-1]
+    handlers.released(c)  # what the dispatcher does at the last detach
+    assert x.closed
