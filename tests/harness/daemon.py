@@ -92,7 +92,11 @@ class Daemon:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         deadline = time.monotonic() + timeout
-        while not (self.seccomp_sock.exists() and self.control_sock.exists()):
+        # "ready" is logged once every part is up (the runtime's prepare service binds
+        # runtime.sock after the two sockets): tests that count the daemon's fds
+        # must not take their baseline before it.
+        while not (self.seccomp_sock.exists() and self.control_sock.exists()
+                   and self._ready_logged()):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"interceptd exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
@@ -103,6 +107,10 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def _ready_logged(self) -> bool:
+        text = self.log()
+        return " ready " in text or '"msg": "ready"' in text or '"msg":"ready"' in text
 
     def log(self) -> str:
         try:
