@@ -19,8 +19,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                          DEFAULT_STATE_DIR))
     p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("status", "containers"):
-        s = sub.add_parser(name)
+    for name, help_ in (("status", "the daemon's state and counters"),
+                        ("containers", "the containers attached to the daemon"),
+                        ("probe", "kernel features on this host (no daemon needed)"),
+                        ("policy", "what interceptd-runc adds to every container's filter")):
+        s = sub.add_parser(name, help=help_)
         s.add_argument("-o", "--output", choices=("table", "json"), default="table")
     t = sub.add_parser("trace", help="stream decisions as they happen")
     t.add_argument("-o", "--output", choices=("compact", "json"), default="compact")
@@ -36,10 +39,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = parse_args(argv)
     out = out or sys.stdout
     sock = os.path.join(args.state_dir, "control.sock")
+    if args.cmd == "probe":
+        return _probe(args, out)
     try:
         if args.cmd == "trace":
             return _trace(sock, args, out)
-        resp = control.request(sock, {"cmd": args.cmd}, timeout=args.timeout)
+        cmd = "status" if args.cmd == "policy" else args.cmd
+        resp = control.request(sock, {"cmd": cmd}, timeout=args.timeout)
     except (OSError, ConnectionError, ValueError) as e:
         print(f"interceptctl: cannot reach interceptd at {sock}: {e}", file=sys.stderr)
         return 1
@@ -49,8 +55,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(f"interceptctl: {resp.get('error', 'request failed')}", file=sys.stderr)
         return 1
     resp.pop("ok", None)
+    if args.cmd == "policy":
+        resp = resp.get("runtime_policy") or {"notified": [], "denied": []}
     if args.output == "json":
         out.write(json.dumps(resp, indent=2, sort_keys=True) + "\n")
+    elif args.cmd == "policy":
+        out.write(format_policy(resp))
     elif args.cmd == "status":
         out.write(format_status(resp))
     else:
@@ -71,7 +81,7 @@ def format_status(s: dict[str, Any]) -> str:
     feats = s.get("features") or {}
     if feats:
         lines.append("features        " + " ".join(
-            f"{k}={'yes' if v is True else 'no' if v is False else v}"
+            f"{k}={_yes_no(v)}"
             for k, v in sorted(feats.items())))
     counters = s.get("counters") or {}
     if counters:
@@ -79,6 +89,37 @@ def format_status(s: dict[str, Any]) -> str:
         for name in sorted(counters):
             for label, n in sorted(counters[name].items()):
                 lines.append(f"  {name}{'{' + label + '}' if label else ''}  {n}")
+    return "\n".join(lines) + "\n"
+
+
+def _yes_no(v: Any) -> str:
+    return "yes" if v is True else "no" if v is False else str(v)
+
+
+def format_probe(feats: dict[str, Any]) -> str:
+    width = max((len(k) for k in feats), default=0)
+    return "".join(f"{k.ljust(width)}  {_yes_no(v)}\n" for k, v in feats.items())
+
+
+def _probe(args: argparse.Namespace, out: TextIO) -> int:
+    from interceptd.probe import probe
+
+    feats = probe()
+    if args.output == "json":
+        out.write(json.dumps(feats, indent=2, sort_keys=True) + "\n")
+    else:
+        out.write(format_probe(feats))
+    return 0
+
+
+def format_policy(p: dict[str, Any]) -> str:
+    lines = ["notified (vetted by the daemon):"]
+    lines += [f"  {name}" for name in p.get("notified", [])]
+    lines.append("denied in the filter:")
+    for rule in p.get("denied", []):
+        names = ",".join(rule.get("names", []))
+        cond = " (with argument conditions)" if rule.get("args") else ""
+        lines.append(f"  {names} -> errno {rule.get('errnoRet')}{cond}")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,13 @@ from interceptd.events import Counters, Event, EventBus
 STATUS = {"version": "0.1.0", "pid": 4242, "uptime": 75.5, "state_dir": "/s",
           "metrics_address": "off", "containers": 1, "dropped_events": 0,
           "features": {"sync_wakeup": True, "addfd_send": False},
-          "counters": {"listener_errors": {"no fd": 2}, "containers_attached": {"": 1}}}
+          "counters": {"listener_errors": {"no fd": 2}, "containers_attached": {"": 1}},
+          "runtime_policy": {
+              "notified": ["mount", "umount2"],
+              "denied": [{"names": ["kexec_load", "init_module"], "action": "SCMP_ACT_ERRNO",
+                          "errnoRet": 1},
+                         {"names": ["seccomp"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+                          "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]}]}}
 CONTAINERS = [{"id": "web-1", "init_pid": 77, "notify_fds": [8, 9],
                "started_at": time.time() - 5, "bundle": "/b/web"}]
 
@@ -98,3 +104,27 @@ def test_format_event_shows_decoded_details_instead_of_raw_args():
                              "verdict": "errno", "errno": 16, "reason": "immutable"})
     assert "mount(target='/proc', fstype='proc') -> errno=16 [immutable]" in line
     assert "0x7ffe0" not in line
+
+
+def test_policy_shows_what_the_runtime_adds(daemon):
+    d, _ = daemon
+    rc, out = run("--state-dir", str(d), "policy")
+    assert rc == 0
+    assert "notified (vetted by the daemon):\n  mount\n  umount2\n" in out
+    assert "  kexec_load,init_module -> errno 1\n" in out
+    assert "  seccomp -> errno 22 (with argument conditions)\n" in out
+    rc, out = run("--state-dir", str(d), "policy", "-o", "json")
+    assert rc == 0 and json.loads(out) == STATUS["runtime_policy"]
+
+
+def test_policy_without_a_daemon_is_a_clear_error(tmp_path, capsys):
+    rc, _ = run("--state-dir", str(tmp_path), "policy")
+    assert rc == 1
+    assert "cannot reach interceptd" in capsys.readouterr().err
+
+
+def test_format_probe_aligns_and_says_yes_no():
+    out = cli.format_probe({"user_notif": True, "bpf_lsm": False,
+                            "cgroup2": "/sys/fs/cgroup/unified"})
+    assert out == ("user_notif  yes\nbpf_lsm     no\n"
+                   "cgroup2     /sys/fs/cgroup/unified\n")
