@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import select
 import socket
 import threading
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from interceptd.events import Counters, Event, EventBus
+from interceptd.unixsock import close_and_unlink, listen_private
 
 log = logging.getLogger("interceptd.control")
 
@@ -62,16 +62,7 @@ class ControlServer:
         self._clients_lock = threading.Lock()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
-        sock.listen(32)
-        sock.settimeout(0.25)
-        self._sock = sock
+        self._sock = listen_private(self.path, 32, accept_timeout=0.25)
         self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
         self._thread.start()
 
@@ -80,11 +71,8 @@ class ControlServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(wait)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        close_and_unlink(self._sock, self.path)
+        self._sock = None
         with self._clients_lock:
             clients = dict(self._clients)
         for conn in clients.values():

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interceptd.events import Counters
+from interceptd.unixsock import close_and_unlink, listen_private
 
 log = logging.getLogger("interceptd.listener")
 
@@ -255,16 +256,7 @@ class Listener:
         self._active_lock = threading.Lock()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
-        sock.listen(128)
-        sock.settimeout(0.25)
-        self._sock = sock
+        self._sock = listen_private(self.path, 128, accept_timeout=0.25)
         self._thread = threading.Thread(target=self._accept_loop, name="listener", daemon=True)
         self._thread.start()
 
@@ -273,11 +265,8 @@ class Listener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(wait)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        close_and_unlink(self._sock, self.path)
+        self._sock = None
         deadline = time.monotonic() + wait
         with self._active_lock:
             active = list(self._active)

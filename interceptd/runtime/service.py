@@ -28,6 +28,8 @@ import struct
 import sys
 import threading
 
+from interceptd.unixsock import listen_private
+
 from . import argv as argvmod
 from . import settings as settingsmod
 from .main import (
@@ -122,14 +124,8 @@ class Service:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
             os.unlink(self.path)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
-        try:
-            s.bind(self.path)  # 0600: preparing a container is root's business
-        finally:
-            os.umask(old)
-        s.listen(64)
-        self.sock = s
+        # 0600: preparing a container is root's business.
+        self.sock = listen_private(self.path, 64)
         threading.Thread(target=self._accept, name="runtime-service", daemon=True).start()
         return self
 
