@@ -329,25 +329,34 @@ _OPS: dict[str, tuple[int, str]] = {
 }
 
 
-def _cstr(v: Any) -> Any:
-    if v is None:
-        return ffi.NULL
-    if isinstance(v, str):
-        v = os.fsencode(v)
-    if not isinstance(v, bytes) or b"\0" in v:
-        raise ValueError(f"bad string argument {v!r}")
-    return ffi.new("char[]", v)
-
-
-def _op_args(op: str, args: tuple[Any, ...]) -> tuple[int, Any, Any, list[Any]]:
-    """(C op, strings, ints, keep-alive): the strings' buffers live as long as the
-    last item does."""
+def _op(op: str, args: tuple[Any, ...]) -> tuple[int, str]:
+    """(C op, argument kinds) of `op`, checked against the arguments given."""
     try:
         cop, kinds = _OPS[op]
     except KeyError:
         raise ValueError(f"unknown ns_exec op {op!r}") from None
     if len(args) != len(kinds):
         raise TypeError(f"{op} takes {len(kinds)} arguments, got {len(args)}")
+    return cop, kinds
+
+
+def _path_bytes(v: Any) -> bytes:
+    """A string argument as NUL-free bytes (what C will read up to its NUL)."""
+    if isinstance(v, str):
+        v = os.fsencode(v)
+    if not isinstance(v, bytes) or b"\0" in v:
+        raise ValueError(f"bad string argument {v!r}")
+    return bytes(v)
+
+
+def _cstr(v: Any) -> Any:
+    return ffi.NULL if v is None else ffi.new("char[]", _path_bytes(v))
+
+
+def _op_args(op: str, args: tuple[Any, ...]) -> tuple[int, Any, Any, list[Any]]:
+    """(C op, strings, ints, keep-alive): the strings' buffers live as long as the
+    last item does."""
+    cop, kinds = _op(op, args)
     strs: list[Any] = []
     ints: list[int] = []
     for kind, v in zip(kinds, args, strict=True):
@@ -506,26 +515,15 @@ class Executor:
         ExecResult.errno is ESRCH when `pidfd` shows the process is gone; `fd`
         belongs to the caller. ExecutorDied if the helper cannot serve;
         WrongNamespaces if `pid` is not in the helper's namespaces."""
-        try:
-            cop, kinds = _OPS[op]
-        except KeyError:
-            raise ValueError(f"unknown ns_exec op {op!r}") from None
-        if len(args) != len(kinds):
-            raise TypeError(f"{op} takes {len(kinds)} arguments, got {len(args)}")
+        cop, kinds = _op(op, args)
         # Strings go straight to C as char * (bytes are passed without a copy).
         strs: list[Any] = []
         ints: list[int] = []
         for kind, v in zip(kinds, args, strict=True):
             if kind == "i":
                 ints.append(v)
-            elif v is None:
-                strs.append(ffi.NULL)
             else:
-                if v.__class__ is str:
-                    v = os.fsencode(v)
-                if v.__class__ is not bytes or b"\0" in v:
-                    raise ValueError(f"bad string argument {v!r}")
-                strs.append(v)
+                strs.append(ffi.NULL if v is None else _path_bytes(v))
         strs += _NULLS[len(strs):]
         ints += _ZEROS[len(ints):]
         out = self._out
