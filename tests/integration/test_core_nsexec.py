@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,26 +42,6 @@ def wait_until(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-d
         if time.monotonic() > deadline:
             raise AssertionError("condition not met")
         time.sleep(0.01)
-
-
-@pytest.fixture
-def chroot_target(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
-    """A process in a new user+mount namespace, chrooted into a busybox root,
-    cwd /work: (pid, pidfd, root)."""
-    root = tmp_path / "root"
-    for d in ("bin", "work/rel", "mnt", "mnt2", "proc"):
-        (root / d).mkdir(parents=True)
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    os.chmod(tmp_path, 0o755)
-    p = start_in_ns("chroot", str(root), "/bin/busybox", "sh", "-c",
-                    "cd /work && exec /bin/busybox sleep 1000")
-    wait_until(lambda: os.readlink(f"/proc/{p.pid}/cwd").endswith("/work")
-               and os.readlink(f"/proc/{p.pid}/exe").endswith("busybox"))
-    pidfd = os.pidfd_open(p.pid)
-    yield p.pid, pidfd, root
-    os.close(pidfd)
-    p.kill()
-    p.wait()
 
 
 def test_tmpfs_mount_lands_in_the_targets_namespace(
