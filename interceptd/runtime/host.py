@@ -26,9 +26,15 @@ def _mkdir_traversable(path: str) -> None:
 
 
 def _target_like(src: str, target: str) -> None:
+    """A mount point for src: a directory or an empty file. The mount dir is reused
+    by the id range's next holder, so a left-over point of the other kind is replaced."""
     if os.path.isdir(src):
+        if os.path.lexists(target) and not os.path.isdir(target):
+            os.unlink(target)
         os.makedirs(target, exist_ok=True)
     else:
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.rmdir(target)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "a"):
             pass
@@ -46,16 +52,24 @@ class HostSetup:
         mountapi.move_mount(fd, target)
         self.rec.mounts.append(target)
 
-    def rootfs(self, root: str, entries: list[mountinfo.MountEntry]) -> str:
-        """Mount an id-mapped view of `root`; return the new root path."""
+    def rootfs(self, root: str, entries: list[mountinfo.MountEntry] | None = None) -> str:
+        """Mount an id-mapped view of `root`; return the new root path.
+
+        `entries` (the host's mount table) is read here only when `root` is on an
+        overlay: parsing the table costs more than the rest of a plain rootfs' set-up.
+        """
         if not os.path.isdir(root):
             raise SetupError(f"rootfs {root} is not a directory")
         real = os.path.realpath(root)
-        top = mountinfo.mount_at(entries, real)
+        top = None
+        if mountapi.fs_type(real) == mountapi.OVERLAYFS_SUPER_MAGIC:
+            top = mountinfo.mount_at(mountinfo.read() if entries is None else entries, real)
         target = os.path.join(self.rec.mount_dir, "rootfs")
-        for d in (os.path.dirname(self.rec.mount_dir), self.rec.mount_dir):
-            _mkdir_traversable(d)
-        os.makedirs(target, exist_ok=True)
+        # Usually there already (kept for the id range's next holder): no mkdir.
+        if not os.path.isdir(target):
+            for d in (os.path.dirname(self.rec.mount_dir), self.rec.mount_dir):
+                _mkdir_traversable(d)
+            os.makedirs(target, exist_ok=True)
         if top is not None and top.fstype == "overlay":
             self._overlay(real, top, target)
         else:
@@ -202,7 +216,7 @@ def teardown(rec: Record) -> list[str]:
             shift_tree(path, -delta, lo + delta, hi + delta)
         except OSError as e:
             problems.append(f"unshift {path}: {e}")
-    if rec.mount_dir and os.path.isdir(rec.mount_dir):
+    if rec.mount_dir and not rec.keep_dirs and os.path.isdir(rec.mount_dir):
         # rmdir/unlink of something still mounted fails (EBUSY), so this never
         # reaches into a filesystem; and nothing is walked recursively.
         leftovers = [os.path.join(rec.mount_dir, "rootfs")]

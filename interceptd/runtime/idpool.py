@@ -28,8 +28,11 @@ class IdPool:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, int]]:
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             # flock, not lockf: it excludes threads of one process too (the
             # prepare service), not only separate processes.

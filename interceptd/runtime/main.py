@@ -181,19 +181,24 @@ def _keep_original(cfg_path: str, orig_bytes: bytes) -> None:
 
 
 class HostFacts:
-    """What the rewrite needs from the host: the bounding set, host namespaces."""
+    """What the rewrite needs from the host: the bounding set, host namespaces,
+    where the cgroup v2 hierarchy is mounted (None: not found)."""
 
-    __slots__ = ("bounding", "host_ns")
+    __slots__ = ("bounding", "cgroup2", "host_ns")
 
-    def __init__(self, bounding: set[str], host_ns: dict[str, set[tuple[int, int]]]) -> None:
+    def __init__(self, bounding: set[str], host_ns: dict[str, set[tuple[int, int]]],
+                 cgroup2: str | None = None) -> None:
         self.bounding = bounding
         self.host_ns = host_ns
+        self.cgroup2 = cgroup2
 
     @classmethod
     def read(cls) -> HostFacts:
+        from . import mountinfo
         from .caps import host_bounding_set
 
-        return cls(host_bounding_set(), _host_namespaces())
+        return cls(host_bounding_set(), _host_namespaces(),
+                   mountinfo.cgroup2_mount(mountinfo.read()))
 
 
 def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settings,
@@ -264,7 +269,7 @@ class Create:
 
     def prepare(self) -> list[str]:
         """Rewrite bundle and host; the runtime's argv (after argv[0]) to run next."""
-        from . import daemonlink, host, idpool, mountapi, mountinfo, policylink, records
+        from . import daemonlink, host, idpool, mountapi, policylink, records
         from . import spec as sp
         from .caps import host_bounding_set
 
@@ -279,6 +284,11 @@ class Create:
         except daemonlink.DaemonUnreachable as e:
             raise Fail(f"refusing to start {cid} unprotected: interceptd daemon unreachable: "
                        f"{e}") from None
+
+        try:
+            root = sp.root_path(spec, bundle)
+        except sp.Refused as e:
+            raise Fail(f"container {cid} refused: {e}") from None
 
         self.key = key = records.container_key(inv.global_value("root"), cid)
         self.store = store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
@@ -300,28 +310,27 @@ class Create:
         # config_rewritten from the start: delete restores config.json only when
         # it carries our marker, so a create killed before the rewrite is safe;
         # and the record is written once (mounts all live under mount_dir, which
-        # teardown scans), not again after every step.
+        # teardown scans), not again after every step. The mount dir belongs to
+        # the id range, not the container: it is kept (empty) for the range's next
+        # holder, which saves creating directories on every start.
         self.rec = rec = records.Record(key=key, container_id=cid, bundle=bundle,
                                         host_base=base,
-                                        mount_dir=os.path.join(st.mount_root, key),
-                                        config_rewritten=True)
+                                        mount_dir=os.path.join(st.mount_root, f"r{base}"),
+                                        config_rewritten=True, keep_dirs=True)
         store.save(rec)
         facts = Create.host_facts or HostFacts(host_bounding_set(), _host_namespaces())
         try:
             notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
-            # Rewrites work on a fresh parse (cheaper than deepcopy); `spec` stays
-            # the original for root_path below.
-            new = rewrite_spec(json.loads(orig_bytes), cid=cid, host_base=base, st=st,
+            new = rewrite_spec(spec, cid=cid, host_base=base, st=st,
                                bounding=facts.bounding, host_ns=facts.host_ns,
                                notified=notified, denied=denied)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
-            self.entries = entries = mountinfo.read()
             source = Create.userns_source
             ns = (source.get(base, st.range_size) if source is not None
                   else mountapi.UserNamespace(base, st.range_size))
             try:
                 hs = host.HostSetup(rec, store, ns.fd)
-                new["root"]["path"] = hs.rootfs(sp.root_path(spec, bundle), entries)
+                new["root"]["path"] = hs.rootfs(root)
                 hs.volumes(new)
             finally:
                 ns.close()
@@ -360,7 +369,9 @@ class Create:
                 _restore_config(self.cfg_path)
             return rc
         if self.detached:
-            cg = st.cgroup2_mount or mountinfo.cgroup2_mount(self.entries)
+            facts = Create.host_facts
+            cg = st.cgroup2_mount or (facts.cgroup2 if facts and facts.cgroup2 else
+                                      mountinfo.cgroup2_mount(mountinfo.read()))
             if cg and self.pid_file:
                 try:
                     with open(self._abs(self.pid_file)) as f:

@@ -86,6 +86,18 @@ def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount2({target})")
 
 
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+_statfs = _libc.statfs
+_statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+
+
+def fs_type(path: str) -> int:
+    """statfs(2)'s f_type of the filesystem at path (the topmost mount there)."""
+    buf = ctypes.create_string_buffer(128)  # struct statfs is 120 bytes on x86_64
+    _check(_statfs(os.fsencode(path), buf), f"statfs({path})")
+    return int.from_bytes(buf.raw[:8], "little", signed=True)
+
+
 def idmapped_clone(path: str, userns_fd: int, recursive: bool = False) -> int:
     """A detached, id-mapped copy of the mount tree at `path` (an fd; caller closes it)."""
     fd = open_tree(path, recursive)

@@ -21,14 +21,15 @@ def container_key(runtime_root: str | None, container_id: str) -> str:
 
 
 FIELDS = ("key", "container_id", "bundle", "host_base", "mount_dir", "mounts", "shifted",
-          "cgroup_node", "config_rewritten", "warnings")
+          "cgroup_node", "config_rewritten", "warnings", "keep_dirs")
 
 
 class Record:
     def __init__(self, key: str, container_id: str, bundle: str = "", host_base: int = -1,
                  mount_dir: str = "", mounts: list[str] | None = None,
                  shifted: list[list] | None = None, cgroup_node: str = "",
-                 config_rewritten: bool = False, warnings: list[str] | None = None) -> None:
+                 config_rewritten: bool = False, warnings: list[str] | None = None,
+                 keep_dirs: bool = False) -> None:
         self.key = key
         self.container_id = container_id
         self.bundle = bundle
@@ -39,6 +40,9 @@ class Record:
         self.cgroup_node = cgroup_node  # a v2 node the shim made itself
         self.config_rewritten = config_rewritten
         self.warnings = list(warnings or [])
+        # mount_dir is the id range's (reused by its next holder): teardown unmounts
+        # but leaves the empty directories. Older records own a per-container dir.
+        self.keep_dirs = keep_dirs
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in FIELDS}

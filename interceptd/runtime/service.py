@@ -59,9 +59,9 @@ def _peer_pid(conn: socket.socket) -> int:
     return pid
 
 
-def _same_mount_ns(pid: int) -> bool:
-    a, b = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+def _mount_ns(pid: int | str) -> tuple[int, int]:
+    s = os.stat(f"/proc/{pid}/ns/mnt")
+    return s.st_dev, s.st_ino
 
 
 class _Fd:
@@ -114,6 +114,11 @@ class Service:
         self.sock: socket.socket | None = None
         self.status = status
         self._stop = threading.Event()
+        # Threads blocked in accept() (see _acceptor); spawned up to SPARE.
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._mnt_ns = (0, 0)
+        self._settings_cache: dict[tuple, tuple[settingsmod.Settings, str]] = {}
 
     def start(self) -> Service:
         if Create.userns_source is None:
@@ -121,12 +126,13 @@ class Service:
         # Read once: a long-lived root process's bounding set and the host's
         # namespaces do not change while it runs.
         Create.host_facts = HostFacts.read()
+        self._mnt_ns = _mount_ns("self")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
             os.unlink(self.path)
         # 0600: preparing a container is root's business.
         self.sock = listen_private(self.path, 64)
-        threading.Thread(target=self._accept, name="runtime-service", daemon=True).start()
+        self._replenish()
         return self
 
     def stop(self) -> None:
@@ -142,14 +148,45 @@ class Service:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
-    def _accept(self) -> None:
+    SPARE = 2  # idle acceptors kept, so a request never waits for a thread to start
+
+    def _replenish(self) -> None:
+        """Start acceptors until SPARE are idle."""
+        while True:
+            with self._lock:
+                if self._stop.is_set() or self._idle >= self.SPARE:
+                    return
+                self._idle += 1
+            threading.Thread(target=self._acceptor, name="runtime-service",
+                             daemon=True).start()
+
+    def _acceptor(self) -> None:
+        """Accept and serve, in a loop: the thread blocked in accept() serves the
+        request itself (no hand-off), then goes back to accept() unless SPARE others
+        already wait there. Sequential container starts thus create no threads; only
+        a burst does, when the last idle acceptor takes a request."""
         assert self.sock is not None
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
             except OSError:
+                with self._lock:
+                    self._idle -= 1
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            with self._lock:
+                self._idle -= 1
+                burst = self._idle == 0
+            if burst:
+                self._replenish()
+            try:
+                self._serve(conn)
+            finally:
+                with self._lock:
+                    stay = self._idle < self.SPARE and not self._stop.is_set()
+                    if stay:
+                        self._idle += 1
+            if not stay:
+                return
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -165,6 +202,27 @@ class Service:
                 # launcher falls back to the Python entry on a closed socket.
                 log.exception("prepare service: internal error")
 
+    def _settings(self, env: dict[str, str]) -> tuple[settingsmod.Settings, str]:
+        """Settings for these variables, parsed again only when the config file changed
+        (callers only read them)."""
+        path = env.get("INTERCEPTD_CONFIG") or settingsmod.DEFAULT_CONFIG
+        try:
+            s = os.stat(path)
+            sig: tuple | None = (s.st_dev, s.st_ino, s.st_mtime_ns, s.st_size)
+        except OSError:
+            sig = None
+        key = (tuple(sorted(env.items())), sig)
+        with self._lock:
+            hit = self._settings_cache.get(key)
+        if hit is None:
+            st = settingsmod.load(env)
+            hit = (st, os.path.realpath(st.state_dir))
+            with self._lock:
+                if len(self._settings_cache) >= 16:
+                    self._settings_cache.clear()
+                self._settings_cache[key] = hit
+        return hit
+
     def _handle(self, conn: socket.socket, rfile) -> None:
         pid = _peer_pid(conn)
         req = json.loads(rfile.readline(MAX_REQUEST))
@@ -172,9 +230,9 @@ class Service:
         cwd = str(req["cwd"])
         env = {k: str(v) for k, v in (req.get("env") or {}).items() if k in ENV_KEYS}
         env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        st = settingsmod.load(env)
+        st, state_dir = self._settings(env)
         inv = argvmod.parse(args)
-        if (not _same_mount_ns(pid) or os.path.realpath(st.state_dir) != self.state_dir
+        if (_mount_ns(pid) != self._mnt_ns or state_dir != self.state_dir
                 or inv.command not in ("create", "run", "delete", "exec")):
             conn.sendall(b"FALLBACK\n")
             return

@@ -7,7 +7,6 @@ None of them weakens the container's own configuration.
 
 from __future__ import annotations
 
-import copy
 import os
 import posixpath
 from collections.abc import Iterable
@@ -229,6 +228,17 @@ def _denies(action: str | None) -> bool:
     return action in DENY_ACTIONS
 
 
+def _rule_copy(rule: dict) -> dict:
+    """A seccomp rule's copy down to its argument conditions (the only nesting OCI has)."""
+    r = dict(rule)
+    for k, v in r.items():
+        if isinstance(v, list):
+            r[k] = [dict(x) if isinstance(x, dict) else x for x in v]
+        elif isinstance(v, dict):
+            r[k] = {kk: list(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
+    return r
+
+
 def add_seccomp(spec: dict, notified: list[str], denied: list[dict], listener_path: str,
                 metadata: str) -> None:
     """Attach the container to the daemon and add the deny list, keeping its own rules.
@@ -242,7 +252,9 @@ def add_seccomp(spec: dict, notified: list[str], denied: list[dict], listener_pa
     if not sc:
         sc = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": list(DEFAULT_ARCHES),
               "syscalls": []}
-    sc = copy.deepcopy(sc)
+    # A shallow copy: every rule kept below is a new dict, so the caller's profile
+    # is never changed (deepcopy of Docker's profile costs ~0.3 ms per start).
+    sc = dict(sc)
     rules: list[dict] = list(sc.get("syscalls") or [])
     default_denies = _denies(sc.get("defaultAction"))
 
@@ -272,7 +284,7 @@ def add_seccomp(spec: dict, notified: list[str], denied: list[dict], listener_pa
     if to_notify:
         kept.append({"names": sorted(set(to_notify)), "action": "SCMP_ACT_NOTIFY"})
     for d in denied:
-        kept.append(copy.deepcopy(d))
+        kept.append(_rule_copy(d))
     sc["syscalls"] = kept
     if not sc.get("architectures"):
         sc["architectures"] = list(DEFAULT_ARCHES)

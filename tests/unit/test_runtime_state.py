@@ -142,3 +142,71 @@ def test_record_first_save_in_place_then_replaced(tmp_path):
     store.save(rec)
     assert store.load("k") == rec
     assert sorted(os.listdir(tmp_path / "containers")) == ["k.json"]
+
+
+def test_teardown_keeps_range_dirs_but_not_per_container_ones(tmp_path):
+    """A range's mount dir stays for its next holder; an older per-container one goes."""
+    from interceptd.runtime import host
+
+    for keep in (True, False):
+        md = tmp_path / f"m{keep}"
+        for sub in ("rootfs", "lower/0", "vol/0"):
+            (md / sub).mkdir(parents=True)
+        (md / "vol" / "1").write_text("")
+        rec = records.Record(key="k", container_id="c", mount_dir=str(md), keep_dirs=keep)
+        assert host.teardown(rec) == []
+        assert md.exists() == keep
+        if keep:
+            assert sorted(os.listdir(md / "vol")) == ["0", "1"]
+
+
+def test_reused_volume_mount_point_changes_kind(tmp_path):
+    """vol/<n> of a range's previous holder may be a file where a directory is needed
+    now, and the other way round."""
+    from interceptd.runtime import host
+
+    src_dir, src_file = tmp_path / "d", tmp_path / "f"
+    src_dir.mkdir()
+    src_file.write_text("x")
+    t = tmp_path / "vol" / "0"
+    host._target_like(str(src_file), str(t))
+    assert t.is_file()
+    host._target_like(str(src_dir), str(t))
+    assert t.is_dir()
+    host._target_like(str(src_file), str(t))
+    assert t.is_file() and t.read_text() == ""
+
+
+def test_fs_type():
+    from interceptd.runtime import mountapi
+
+    assert mountapi.fs_type("/proc") == 0x9FA0  # PROC_SUPER_MAGIC
+    with pytest.raises(OSError):
+        mountapi.fs_type("/nonexistent/path")
+
+
+def test_record_without_keep_dirs_loads_as_per_container(tmp_path):
+    """Records written before range-owned mount dirs load with keep_dirs False."""
+    import json
+
+    store = records.RecordStore(str(tmp_path))
+    (tmp_path / "k.json").write_text(json.dumps({"key": "k", "container_id": "c",
+                                                 "mount_dir": "/x/k"}))
+    rec = store.load("k")
+    assert rec is not None and rec.keep_dirs is False
+
+
+def test_service_settings_cached_until_config_changes(tmp_path):
+    from interceptd.runtime.service import Service
+
+    cfg = tmp_path / "i.toml"
+    cfg.write_text('[runtime]\nruntime = "/bin/true"\nsensitive_paths = ["/a"]\n')
+    svc = Service(str(tmp_path / "state"))
+    env = {"INTERCEPTD_CONFIG": str(cfg), "INTERCEPTD_STATE_DIR": str(tmp_path / "state")}
+    st, state_dir = svc._settings(env)
+    assert st.extra_sensitive_paths == ["/a"] and state_dir == svc.state_dir
+    assert svc._settings(dict(env))[0] is st
+    cfg.write_text('[runtime]\nruntime = "/bin/true"\nsensitive_paths = ["/a", "/bb"]\n')
+    assert svc._settings(env)[0].extra_sensitive_paths == ["/a", "/bb"]
+    other = svc._settings({**env, "INTERCEPTD_RUNTIME": "/bin/false"})[0]
+    assert other.runtime == "/bin/false"
