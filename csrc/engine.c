@@ -53,6 +53,11 @@ struct icd_receiver {
   pthread_mutex_t py_lock;    /* py_in and the kicks of that thread */
   atomic_int py_in;           /* a Python waiter is in direct_recv on this fd */
   pthread_t py_tid;
+  /* The native helper that is to receive on this fd (icd_channel_set_native),
+   * and whether it does: the receiver then waits for what it forwards. */
+  struct icd_native *_Atomic delegate;
+  struct icd_native *native;
+  int delegated;
 };
 
 struct icd_channel {
@@ -80,6 +85,8 @@ struct icd_channel {
   int direct;  /* direct mode allowed (icd_channel_set_direct) */
   struct icd_receiver *recvs;
   _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached, n_direct;
+  /* The native mount path (native.c), set once by icd_channel_set_native. */
+  struct icd_native *_Atomic native;
   /* Pids whose comm was read lately (direct-mapped): a new one gets its comm
    * read after the answer, so events name short-lived callers too. */
   _Atomic int32_t seen_pids[256];
@@ -153,6 +160,7 @@ static void ring_push(struct icd_engine *e, const struct icd_decision *d)
 
 int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max)
 {
+  struct icd_channel *ch;
   int n = 0;
   pthread_mutex_lock(&e->lock);
   while (n < max && e->len) {
@@ -160,6 +168,11 @@ int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max)
     e->head = (e->head + 1) % e->cap;
     e->len--;
   }
+  /* And what the native helpers decided (channels leave this list before
+   * they are freed, under this lock). */
+  for (ch = e->chans; ch && n < max; ch = ch->next)
+    if (atomic_load(&ch->native))
+      n += icd_native_drain(atomic_load(&ch->native), out + n, max - n);
   pthread_mutex_unlock(&e->lock);
   return n;
 }
@@ -212,7 +225,7 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
 
 static int check_rule(int action, int64_t value)
 {
-  if (action < ICD_ACT_CONTINUE || action > ICD_ACT_PYTHON)
+  if (action < ICD_ACT_CONTINUE || action > ICD_ACT_NATIVE)
     return -EINVAL;
   if (value > RULE_VAL_MAX || value < RULE_VAL_MIN)
     return -ERANGE;
@@ -290,7 +303,8 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
   memcpy(it.args, n->data.args, sizeof it.args);
   pthread_mutex_lock(&ch->lock);
   ret = ch->closed ? -EPIPE : queue_push(ch, &it);
-  if (ret == 0 && ch->direct && r->sync && ch->nlive == 1 && atomic_load(&ch->nwaiters) <= 1) {
+  if (ret == 0 && ch->direct && r->sync && !r->delegated && ch->nlive == 1
+      && atomic_load(&ch->nwaiters) <= 1) {
     /* Hand the fd to the Python waiter: once it has answered this one it
      * receives the next notification itself (see direct_recv). */
     atomic_store(&r->busy_since, now_ns(CLOCK_MONOTONIC));
@@ -335,7 +349,7 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
   struct icd_channel *ch = r->ch;
   struct seccomp_notif_resp resp = { .id = n->id };
   struct icd_decision d;
-  int64_t rule = 0;
+  int64_t rule = 0, value;
   int act, serr = 0;
 
   if (n->data.arch == AUDIT_ARCH_X86_64 && n->data.nr >= 0 && n->data.nr < ICD_NR_MAX) {
@@ -346,15 +360,16 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
     rule = RULE_ENC(ICD_ACT_PYTHON, 0);
   }
   act = RULE_ACT(rule);
+  value = RULE_VAL(rule);
   switch (act) {
   case ICD_ACT_CONTINUE:
     resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
     break;
   case ICD_ACT_ERRNO:
-    resp.error = -(int32_t)RULE_VAL(rule);
+    resp.error = -(int32_t)value;
     break;
   case ICD_ACT_VALUE:
-    resp.val = RULE_VAL(rule);
+    resp.val = value;
     break;
   default:
     return 1;
@@ -367,7 +382,7 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
   /* Recorded after SEND so bookkeeping never sits on the target's round trip. */
   d = (struct icd_decision){
     .cookie = ch->cookie, .id = n->id, .pid = n->pid, .nr = n->data.nr, .action = act,
-    .send_errno = serr, .value = RULE_VAL(rule), .ns_time = now_ns(CLOCK_REALTIME),
+    .send_errno = serr, .value = value, .ns_time = now_ns(CLOCK_REALTIME),
   };
   memcpy(d.args, n->data.args, sizeof d.args);
   {
@@ -489,6 +504,25 @@ static void *receiver_main(void *arg)
   while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
     if (atomic_load_explicit(&r->turn, memory_order_acquire) != TURN_C) {
       park(r);
+      continue;
+    }
+    if (!r->delegated && atomic_load(&r->delegate)) {
+      /* From now on the helper receives; on failure this thread goes on. */
+      r->delegated = icd_native_delegate(atomic_load(&r->delegate), r->fd) == 0;
+      atomic_store(&r->delegate, NULL);
+      if (r->delegated)
+        r->native = atomic_load(&r->ch->native);
+    }
+    if (r->delegated) {
+      int what = icd_native_next(r->native, r->fd, &n);
+      if (what == ICD_NATIVE_FORWARD)
+        handle(r, &n);
+      else if (what == ICD_NATIVE_GONE)
+        r->delegated = 0;
+      else if (what == ICD_NATIVE_DETACHED) {
+        detached = 1;
+        break;
+      }
       continue;
     }
     if (!r->sync) {
@@ -886,6 +920,7 @@ void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out)
   out->send_errors = atomic_load(&ch->n_send_err);
   out->detached = atomic_load(&ch->n_detached);
   out->direct = atomic_load(&ch->n_direct);
+  out->native = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native)) : 0;
   pthread_mutex_lock(&ch->lock);
   out->receivers = ch->nlive;
   pthread_mutex_unlock(&ch->lock);
@@ -962,6 +997,46 @@ void icd_channel_close(struct icd_channel *ch)
     }
   pthread_mutex_unlock(&ch->lock);
   pthread_rwlock_unlock(&ch->fdlock);
+  /* No receiver or waiter is inside it any more: its helpers can go. */
+  if (atomic_load(&ch->native))
+    icd_native_close(atomic_load(&ch->native));
+}
+
+int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
+                           int pid, int notify_fd)
+{
+  struct icd_native *nv = atomic_load(&ch->native), *expect = NULL;
+  struct icd_receiver *r;
+  int ret;
+
+  if (!nv) {
+    nv = icd_native_new(ch->cookie);
+    if (!nv)
+      return -ENOMEM;
+    if (!atomic_compare_exchange_strong(&ch->native, &expect, nv)) {
+      icd_native_free(nv);
+      nv = expect;
+    }
+  }
+  if ((ret = icd_native_start(nv, pidfd, pid, list, len)))
+    return ret;
+  pthread_mutex_lock(&ch->lock);
+  for (r = ch->recvs; r; r = r->next)
+    if (r->fd == notify_fd && r->running && r->fd_open)
+      break;
+  if (!r || ch->closed) {
+    pthread_mutex_unlock(&ch->lock);
+    icd_native_close(nv);
+    return ch->closed ? -EPIPE : -ENOENT;
+  }
+  atomic_store(&r->delegate, nv);
+  /* Out of RECV: the receiver hands its fd over at the top of its loop (a
+   * kick lost just before RECV only delays that to the next notification). */
+  pthread_kill(r->tid, ICD_STOP_SIGNAL);
+  pthread_mutex_unlock(&ch->lock);
+  /* And out of direct mode, where a Python waiter would receive too. */
+  revoke_all(ch);
+  return 0;
 }
 
 void icd_channel_free(struct icd_channel *ch)
@@ -986,6 +1061,7 @@ void icd_channel_free(struct icd_channel *ch)
     next = r->next;
     free(r);
   }
+  icd_native_free(atomic_load(&ch->native));
   pthread_rwlock_destroy(&ch->fdlock);
   pthread_cond_destroy(&ch->cond);
   pthread_mutex_destroy(&ch->lock);

@@ -12,6 +12,9 @@
 #define ICD_ACT_ERRNO 2
 #define ICD_ACT_VALUE 3
 #define ICD_ACT_PYTHON 4
+/* mount/umount2: vetted and performed by the native helper (native.c) where
+ * the policy surely allows them; on the daemon's receivers, like PYTHON. */
+#define ICD_ACT_NATIVE 5
 
 #define ICD_NR_MAX 512          /* native x86_64 numbers below this are table-driven */
 #define ICD_READ_MAX (1 << 20)  /* cap of one read of target memory */
@@ -42,6 +45,7 @@ struct icd_decision {
   int64_t ns_time;    /* CLOCK_REALTIME */
   uint64_t args[6];   /* the call's raw arguments, for the event */
   char comm[16];      /* the caller's comm when its pid was new to the channel, else "" */
+  char reason[128];   /* why, for decisions the native path made; else "" */
 };
 
 struct icd_chstats {
@@ -52,6 +56,7 @@ struct icd_chstats {
   uint64_t detached;
   uint64_t receivers;  /* live receiver threads */
   uint64_t direct;     /* Python-path notifications received by the waiter itself */
+  uint64_t native;     /* mount-family calls answered by the native path */
 };
 
 struct icd_probe {
@@ -139,7 +144,12 @@ int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
 /* umount2(path, flags) only if path still resolves to mount id a[1] (else
  * ESTALE): the daemon decides on one mount, this acts on that one. */
 #define ICD_OP_UMOUNT_CHECKED 10
-#define ICD_OP_LAST 10
+/* umount2(path, flags) of a mount that is neither a procfs/sysfs nor sits on
+ * one (the only umounts the native path allows); anything else fails with
+ * ICD_EPOLICY and nothing done, for the Python policy to decide. */
+#define ICD_OP_UMOUNT_VETTED 11
+#define ICD_OP_LAST 11
+#define ICD_EPOLICY 4000 /* not an errno: "let the Python policy decide" */
 
 struct icd_exec_result {
   int64_t ret;
@@ -158,6 +168,7 @@ struct icd_executor {
   int sock;  /* the daemon's end; closing it ends the helper */
   int pid;   /* the helper, our child: reap with icd_exec_stop */
   uint64_t user_dev, user_ino, mnt_dev, mnt_ino; /* the namespaces it entered */
+  uint64_t root_dev, root_ino, root_mnt;         /* its root there (statx) */
 };
 
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out);
@@ -172,5 +183,39 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
                   int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
                   int timeout_ms, struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
+
+/* target.c, unchecked: the caller validates the notification afterwards.
+ * mem_file: fall back to /proc/<pid>/mem (only where /proc is the host's). */
+int icd_target_string(int pid, uint64_t addr, char *buf, int max_len, int mem_file);
+/* nsexec.c: ICD_OP_UMOUNT_VETTED itself (-1 with errno). */
+int64_t icd_nsop_umount_vetted(const char *path, int flags);
+
+/* native.c: the native mount path (see there).  engine.c owns one per
+ * channel and drives it through these. */
+struct icd_native;
+struct icd_native *icd_native_new(uint64_t cookie);
+/* Starts the helper in the namespaces of `pid` (its pidfd), which serves
+ * the NUL-separated filesystem types in list ("" ends it): 0 or -errno. */
+int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len);
+/* Hands the helper notify fd `fd` to receive on: 0 or -errno. */
+int icd_native_delegate(struct icd_native *nv, int fd);
+#define ICD_NATIVE_IDLE 0     /* nothing arrived (EINTR): look at the stop flag */
+#define ICD_NATIVE_FORWARD 1  /* *n is for the daemon: handle it as if received */
+#define ICD_NATIVE_DETACHED 2 /* every task behind the filter is gone */
+#define ICD_NATIVE_GONE 3     /* the helper died: receive on the fd again */
+struct seccomp_notif;
+/* The delegating receiver's wait for its helper's next message. */
+int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n);
+/* Moves up to max of the helper's decision records to out. */
+int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max);
+uint64_t icd_native_count(struct icd_native *nv);
+void icd_native_close(struct icd_native *nv); /* kills its helper */
+void icd_native_free(struct icd_native *nv);
+/* engine.c: the native path for a channel: its helper starts in the
+ * namespaces of pid and takes over receiving on notify_fd. */
+int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
+                           int pid, int notify_fd);
+/* Whether pid has `cap` in its effective set (capget): 1, 0 or -errno. */
+int icd_has_cap(int pid, int cap);
 
 #endif

@@ -241,6 +241,74 @@ static int64_t umount_checked(const char *path, int flags, int64_t want)
   return syscall(SYS_umount2, path, flags);
 }
 
+/* What the native umount needs of a mount (in this mount namespace): its old
+ * id, its parent's unique id and whether it is a procfs/sysfs.  No paths are
+ * asked for, so the kernel generates none. */
+static int mount_kind(uint64_t uid, uint32_t *id, uint64_t *parent, int *pseudo)
+{
+  static union {
+    struct icd_statmount sm;
+    char b[sizeof(struct icd_statmount) + 256];
+  } buf;
+  struct icd_mnt_id_req req = {
+    .size = sizeof req, .mnt_id = uid, .param = STATMOUNT_MNT_BASIC | STATMOUNT_FS_TYPE,
+  };
+  const char *t;
+
+  if (syscall(NR_statmount, &req, &buf, sizeof buf, 0) < 0)
+    return -errno;
+  if ((buf.sm.mask & req.param) != req.param || buf.sm.size < sizeof buf.sm
+      || buf.sm.size > sizeof buf || buf.sm.fs_type >= buf.sm.size - sizeof buf.sm)
+    return -EOPNOTSUPP;
+  t = buf.sm.str + buf.sm.fs_type;
+  if (!memchr(t, 0, buf.sm.size - sizeof buf.sm - buf.sm.fs_type))
+    return -EOPNOTSUPP;
+  *id = buf.sm.mnt_id_old;
+  *parent = buf.sm.mnt_parent_id;
+  *pseudo = !strcmp(t, "proc") || !strcmp(t, "sysfs");
+  return 0;
+}
+
+/* The umount the native path may do: the mount `path` names (as this process
+ * sees it) is no procfs/sysfs and does not sit on one.  Those are the /proc
+ * and /sys trees with their masks, read-only paths and emulated files, which
+ * the Python policy decides on; every other mount is the container's to
+ * unmount (mounts.decide_umount allows exactly these).  Errors of resolving
+ * also go to Python, for its answer and reason. */
+int64_t icd_nsop_umount_vetted(const char *path, int flags)
+{
+  uint64_t parent, pparent;
+  uint32_t id, pid_;
+  int64_t uid, r;
+  int fd, pseudo, ppseudo = 0;
+
+  if (!path) {
+    errno = EFAULT;
+    return -1;
+  }
+  fd = open(path, O_PATH | O_CLOEXEC | ((flags & UMOUNT_NOFOLLOW) ? O_NOFOLLOW : 0));
+  if (fd < 0)
+    goto python;
+  uid = icd_fd_mnt_uid(fd);
+  close(fd); /* before the umount: our reference would keep the mount busy */
+  if (uid < 0 || mount_kind((uint64_t)uid, &id, &parent, &pseudo) || pseudo)
+    goto python;
+  if (parent != (uint64_t)uid) {
+    r = mount_kind(parent, &pid_, &pparent, &ppseudo);
+    if (r && r != -ENOENT) /* ENOENT: the namespace's root, no parent here */
+      goto python;
+    if (ppseudo)
+      goto python;
+  }
+  r = umount_checked(path, flags, id);
+  if (r < 0 && errno == ESTALE)
+    errno = EBUSY; /* what the Python path answers when the path changed meanwhile */
+  return r;
+python:
+  errno = ICD_EPOLICY;
+  return -1;
+}
+
 int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
 {
   struct icd_mount_attr attr;
@@ -266,6 +334,8 @@ int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
     return syscall(NR_fspick, (int)a[0], s[0], (unsigned)a[1]);
   case ICD_OP_UMOUNT_CHECKED:
     return umount_checked(s[0], (int)a[0], a[1]);
+  case ICD_OP_UMOUNT_VETTED:
+    return icd_nsop_umount_vetted(s[0], (int)a[0]);
   }
   errno = EINVAL;
   return -1;

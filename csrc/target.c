@@ -29,7 +29,7 @@ static ssize_t read_mem_file(int pid, uint64_t addr, void *buf, size_t size)
 
 /* Reads at most size bytes; a short count means the range ran into an
  * unmapped page. */
-static ssize_t read_mem(int pid, uint64_t addr, void *buf, size_t size)
+static ssize_t read_mem(int pid, uint64_t addr, void *buf, size_t size, int mem_file)
 {
   struct iovec local = { .iov_base = buf, .iov_len = size };
   struct iovec remote = { .iov_base = (void *)(uintptr_t)addr, .iov_len = size };
@@ -37,7 +37,7 @@ static ssize_t read_mem(int pid, uint64_t addr, void *buf, size_t size)
 
   if (n >= 0)
     return n;
-  if (errno == EFAULT || errno == ESRCH)
+  if (errno == EFAULT || errno == ESRCH || !mem_file)
     return -errno;
   return read_mem_file(pid, addr, buf, size); /* EPERM under Yama, ENOSYS, ... */
 }
@@ -57,7 +57,7 @@ int icd_read_target(int pid, uint64_t addr, void *buf, int size, int notify_fd, 
   ssize_t n;
   if (size < 0 || size > ICD_READ_MAX)
     return -EINVAL;
-  n = read_mem(pid, addr, buf, size);
+  n = read_mem(pid, addr, buf, size, 1);
   if (n >= 0 && n < size)
     n = -EFAULT;
   return checked((int)n, notify_fd, id);
@@ -65,10 +65,8 @@ int icd_read_target(int pid, uint64_t addr, void *buf, int size, int notify_fd, 
 
 /* Reads page by page so a string ending just before an unmapped page still
  * reads; returns the length without the NUL, or -ENAMETOOLONG. */
-int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int notify_fd,
-                           uint64_t id)
+int icd_target_string(int pid, uint64_t addr, char *out, int max_len, int mem_file)
 {
-  char *out = buf;
   size_t have = 0, page = 4096;
   ssize_t n = 0;
 
@@ -79,20 +77,21 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
     char *nul;
     if (chunk > (size_t)max_len - have)
       chunk = max_len - have;
-    n = read_mem(pid, addr + have, out + have, chunk);
+    n = read_mem(pid, addr + have, out + have, chunk, mem_file);
     if (n < 0)
-      break;
-    if (n == 0) {
-      n = -EFAULT;
-      break;
-    }
+      return (int)n;
+    if (n == 0)
+      return -EFAULT;
     nul = memchr(out + have, 0, n);
-    if (nul) {
-      n = nul - out;
-      break;
-    }
+    if (nul)
+      return (int)(nul - out);
     have += n;
-    n = -ENAMETOOLONG;
   }
-  return checked((int)n, notify_fd, id);
+  return -ENAMETOOLONG;
+}
+
+int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int notify_fd,
+                           uint64_t id)
+{
+  return checked(icd_target_string(pid, addr, buf, max_len, 1), notify_fd, id);
 }

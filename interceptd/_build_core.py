@@ -12,6 +12,7 @@ CDEF = """
 #define ICD_ACT_ERRNO ...
 #define ICD_ACT_VALUE ...
 #define ICD_ACT_PYTHON ...
+#define ICD_ACT_NATIVE ...
 #define ICD_NR_MAX ...
 #define ICD_READ_MAX ...
 #define ICD_ETARGETGONE ...
@@ -27,6 +28,8 @@ CDEF = """
 #define ICD_OP_FSMOUNT ...
 #define ICD_OP_FSPICK ...
 #define ICD_OP_UMOUNT_CHECKED ...
+#define ICD_OP_UMOUNT_VETTED ...
+#define ICD_EPOLICY ...
 
 struct icd_item {
   int kind; int fd; uint64_t id; uint32_t pid; int32_t nr; uint32_t arch; uint64_t ip;
@@ -34,16 +37,17 @@ struct icd_item {
 };
 struct icd_decision {
   uint64_t cookie; uint64_t id; uint32_t pid; int32_t nr; int32_t action; int32_t send_errno;
-  int64_t value; int64_t ns_time; uint64_t args[6]; char comm[16];
+  int64_t value; int64_t ns_time; uint64_t args[6]; char comm[16]; char reason[128];
 };
 struct icd_chstats {
   uint64_t fast; uint64_t python; uint64_t overflow; uint64_t send_errors; uint64_t detached;
-  uint64_t receivers; uint64_t direct;
+  uint64_t receivers; uint64_t direct; uint64_t native;
 };
 struct icd_probe { int user_notif; int sync_wakeup; int addfd_send; int error; };
 struct icd_exec_result { int64_t ret; int32_t err; int32_t fd; };
 struct icd_executor {
   int sock; int pid; uint64_t user_dev; uint64_t user_ino; uint64_t mnt_dev; uint64_t mnt_ino;
+  uint64_t root_dev; uint64_t root_ino; uint64_t root_mnt;
 };
 struct icd_engine;
 struct icd_channel;
@@ -64,6 +68,9 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
 int icd_channel_set_direct(struct icd_channel *ch, int on);
+int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
+                           int pid, int notify_fd);
+int icd_has_cap(int pid, int cap);
 void icd_channel_interrupt(struct icd_channel *ch);
 int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,
                      int spin_us);

@@ -19,6 +19,7 @@ ACT_CONTINUE: int = lib.ICD_ACT_CONTINUE
 ACT_ERRNO: int = lib.ICD_ACT_ERRNO
 ACT_VALUE: int = lib.ICD_ACT_VALUE
 ACT_PYTHON: int = lib.ICD_ACT_PYTHON
+ACT_NATIVE: int = lib.ICD_ACT_NATIVE
 NR_MAX: int = lib.ICD_NR_MAX
 READ_MAX: int = lib.ICD_READ_MAX
 _ITEM_NOTIF: int = lib.ICD_ITEM_NOTIF
@@ -82,6 +83,7 @@ class Decision:
     send_errno: int = 0
     args: tuple[int, ...] = ()
     comm: str = ""  # read by the core when the pid was new to the channel
+    reason: str = ""  # the native path's reason ("" for table rules)
 
 
 class ExecResult(NamedTuple):
@@ -125,6 +127,11 @@ def read_target(pid: int, addr: int, size: int, notify_fd: int, notif_id: int) -
     buf = ffi.new("char[]", size)
     _check(lib.icd_read_target(pid, addr, buf, size, notify_fd, notif_id), "read_target")
     return ffi.buffer(buf, size)[:]
+
+
+def has_cap(pid: int, cap: int) -> bool:
+    """Whether process `pid` has capability `cap` in its effective set (capget)."""
+    return bool(_check(lib.icd_has_cap(pid, cap), "capget"))
 
 
 def read_target_string(pid: int, addr: int, max_len: int, notify_fd: int,
@@ -253,7 +260,16 @@ class Channel:
         lib.icd_channel_stats(self._ptr, s)
         return {k: int(getattr(s, k)) for k in
                 ("fast", "python", "overflow", "send_errors", "detached", "receivers",
-                 "direct")}
+                 "direct", "native")}
+
+    def enable_native(self, fstypes: list[str], pidfd: int, pid: int, notify_fd: int) -> None:
+        """Start the native mount helper in the namespaces of `pid` (`pidfd` names it) and
+        let it receive on `notify_fd` (csrc/native.c): it performs mount(2) of these
+        filesystem types and umount2(2) where the policy surely allows them and forwards
+        every other notification here. The caller then sets ACT_NATIVE rules for them."""
+        blob = b"".join(os.fsencode(t) + b"\0" for t in fstypes) + b"\0"
+        _check(lib.icd_channel_set_native(self._ptr, blob, len(blob), pidfd, pid, notify_fd),
+               "set_native")
 
     def close(self) -> None:
         """Stop the receivers, fail queued notifications with ENOSYS, close the fds."""
@@ -297,7 +313,9 @@ class Engine:
                     out.append(Decision(d.cookie, d.id, d.pid, d.nr, d.action, d.value,
                                         d.ns_time, d.send_errno, tuple(d.args),
                                         ffi.string(d.comm).decode(errors="replace")
-                                        if d.comm[0] != b"\0" else ""))
+                                        if d.comm[0] != b"\0" else "",
+                                        ffi.string(d.reason).decode(errors="replace")
+                                        if d.reason[0] != b"\0" else ""))
                 if n < cap:
                     break
         return out

@@ -392,8 +392,9 @@ class Dispatcher:
                 comm = ""
             if not publish:
                 continue
-            rule = self._rule_nrs.get(d.nr)
-            reason = "rule" if rule is not None else "unhandled"
+            reason = getattr(d, "reason", "")  # the native path says why
+            if not reason:
+                reason = "rule" if self._rule_nrs.get(d.nr) is not None else "unhandled"
             self.bus.publish(Event(
                 time=d.ns_time / 1e9 if d.ns_time else time.time(),
                 container=self._cookie_ids.get(d.cookie, f"cookie:{d.cookie}"),

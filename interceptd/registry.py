@@ -40,8 +40,12 @@ class Container:
         return name
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready state; the channel and pidfd are process-local and left out."""
+        """JSON-ready state; the channel and pidfd are process-local and left out (but for
+        the channel's call counts, see core.Channel.stats)."""
+        stats = getattr(self.channel, "stats", None)
+        calls = stats() if callable(stats) and not getattr(self.channel, "closed", False) else {}
         return {
+            "calls": calls,
             "id": self.id,
             "bundle": self.bundle,
             "annotations": dict(self.annotations),

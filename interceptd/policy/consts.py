@@ -91,3 +91,6 @@ PERF_FLAG_PID_CGROUP = 1 << 2
 
 # bpf(2) commands a container may use when the config allows "bpf" partially
 BPF_PROG_LOAD = 5
+
+# capabilities(7)
+CAP_SYS_ADMIN = 21

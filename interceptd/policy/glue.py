@@ -36,6 +36,7 @@ from interceptd.policy.mountapi import (
     decide_open_tree,
 )
 from interceptd.policy.mounts import (
+    ALLOWED_FSTYPES,
     MountCall,
     MountContext,
     UmountCall,
@@ -120,6 +121,7 @@ class ContainerPolicy:
     readonly: tuple[str, ...]
     lock: threading.Lock = field(default_factory=threading.Lock)
     sysinfo: sysinfo.Source | None = None
+    native: bool = False  # the native mount helper was started (or tried) for it
 
     def to_dict(self) -> dict[str, Any]:
         return {"immutable": self.imm.to_dict(), "masked": list(self.masked),
@@ -147,13 +149,67 @@ def _bundle_paths(container: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 _persist_dir: str | None = None
+_native_on = True
 
 
 def configure(cfg: Any) -> None:
-    """Where the per-container state is kept across daemon restarts (<state_dir>/policy)."""
-    global _persist_dir
+    """Where the per-container state is kept across daemon restarts (<state_dir>/policy),
+    and whether the native mount helper is used (`[policy] native`, default true)."""
+    global _persist_dir, _native_on
     state_dir = getattr(getattr(cfg, "daemon", None), "state_dir", None)
     _persist_dir = os.path.join(state_dir, "policy") if state_dir else None
+    from interceptd.policy.deny import policy_section
+
+    _native_on = bool(policy_section(cfg).get("native", True))
+
+
+# What the native helper may mount itself: the allowed filesystem types that need only
+# the caller's user and mount namespaces (mqueue and cgroup2 need others), whose options
+# name no caller fd (fuse) and no path relative to the caller's cwd (overlay).
+NATIVE_FSTYPES = tuple(sorted(t for t in ALLOWED_FSTYPES
+                              if _ns_for(t) == NS_MOUNT
+                              and t not in ("overlay", "fuse", "fuseblk", "none")))
+NR_MOUNT, NR_UMOUNT2 = 165, 166  # x86_64; the helper forwards other arches
+
+
+def _enable_native(req: Any, st: ContainerPolicy) -> None:
+    """Start the container's native mount helper (csrc/native.c): from now on it receives
+    the init's notifications, performs the plain mount/umount2 calls the policy surely
+    allows, and forwards everything else here.
+
+    Only after the attach-time snapshot (state_of) exists: the helper never consults it,
+    but a snapshot taken after a native mount would count that mount as attach-time state.
+    """
+    if st.native or not _native_on:
+        return
+    c = req.container
+    ch, core = getattr(c, "channel", None), getattr(req, "core", None)
+    fds = list(getattr(c, "notify_fds", ()))
+    if (ch is None or not hasattr(ch, "enable_native") or not hasattr(core, "ACT_NATIVE")
+            or not fds or getattr(c, "pidfd", -1) < 0):
+        return
+    st.native = True  # once: a helper that failed or died is not restarted
+    try:
+        ch.enable_native(list(NATIVE_FSTYPES), c.pidfd, c.init_pid, fds[0])
+        ch.set_rule(NR_MOUNT, core.ACT_NATIVE)
+        ch.set_rule(NR_UMOUNT2, core.ACT_NATIVE)
+    except OSError as e:
+        log.warning("native mount path not started: %s", e,
+                    extra={"fields": {"container": getattr(c, "id", "?")}})
+
+
+def _lacks_cap_sys_admin(req: Any) -> Verdict | None:
+    """EPERM for a caller without CAP_SYS_ADMIN (in its own user namespace): the kernel
+    would refuse it the call, and the executor that performs it has every capability."""
+    has_cap = getattr(_core, "has_cap", None) if _core is not None else None
+    if has_cap is None:
+        return None
+    try:
+        if has_cap(req.pid, c.CAP_SYS_ADMIN):
+            return None
+    except OSError:
+        raise ProcessLookupError(req.pid) from None
+    return Verdict.errno(errno.EPERM, f"{req.syscall}: the caller lacks CAP_SYS_ADMIN")
 
 
 def _start_ticks(pid: int) -> int:
@@ -439,6 +495,7 @@ def handle_mount(req: Any) -> Verdict:
     if target is None:
         return Verdict.errno(errno.EFAULT, "mount: NULL target")
     st = state_of(req.container)
+    _enable_native(req, st)
     fds = _Fds()
     with st.lock:
         try:
@@ -583,6 +640,7 @@ def handle_umount2(req: Any) -> Verdict:
     if target is None:
         return Verdict.errno(errno.EFAULT, "umount2: NULL target")
     st = state_of(req.container)
+    _enable_native(req, st)
     fds = _Fds()
     with st.lock:
         try:
@@ -902,14 +960,26 @@ def logged(fn: Any) -> Any:
     return wrapper
 
 
+def _with_cap_sys_admin(fn: Any) -> Any:
+    """`fn` for callers with CAP_SYS_ADMIN only: what the daemon performs, it performs with
+    every capability in the caller's user namespace."""
+
+    def wrapper(req: Any) -> Verdict:
+        return _lacks_cap_sys_admin(req) or fn(req)
+
+    wrapper.__name__ = getattr(fn, "__name__", "handler")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
 HANDLERS = {
-    "mount": handle_mount,
-    "umount2": handle_umount2,
-    "fsopen": handle_fsopen,
-    "fspick": handle_fspick,
+    "mount": _with_cap_sys_admin(handle_mount),
+    "umount2": _with_cap_sys_admin(handle_umount2),
+    "fsopen": _with_cap_sys_admin(handle_fsopen),
+    "fspick": _with_cap_sys_admin(handle_fspick),
     "open_tree": handle_open_tree,
-    "move_mount": handle_move_mount,
-    "mount_setattr": handle_mount_setattr,
+    "move_mount": _with_cap_sys_admin(handle_move_mount),
+    "mount_setattr": _with_cap_sys_admin(handle_mount_setattr),
     "ptrace": handle_ptrace,
     "process_vm_readv": handle_process_vm,
     "process_vm_writev": handle_process_vm,

@@ -81,3 +81,15 @@ def host_mounts() -> list[str]:
 
 def quote(s: str) -> str:
     return shlex.quote(s)
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of `pid` (threads that end meanwhile are skipped)."""
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            continue
+    return out

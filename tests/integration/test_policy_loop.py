@@ -3,24 +3,15 @@ behind (mounts in the container, fds or child processes in the daemon)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.harness import Daemon, Runtime
-from tests.integration.policy_support import privileged
+from tests.integration.policy_support import children, privileged
 
 pytestmark = pytest.mark.integration
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
-            out += [int(x) for x in f.read().split()]
-    return out
 
 
 def settle(daemon: Daemon, want: int, timeout: float = 10) -> int:

@@ -252,3 +252,32 @@ def test_sysfs_gets_sys_masks_and_emulated_files():
     assert ("mask", ("/mnt/firmware",)) in ops
     assert ("emulated", ("/run/x/online", "/mnt/devices/system/cpu/online")) in ops
     assert not any(o == "readonly" for o, _ in ops)
+
+
+# --- what the native helper (csrc/native.c) may decide: never more than the policy ---------
+
+
+def test_native_fstypes_are_ones_the_policy_mounts_in_user_and_mount_ns_only():
+    from interceptd.policy.glue import NATIVE_FSTYPES, NS_MOUNT, _ns_for
+
+    assert set(NATIVE_FSTYPES) == {"devpts", "ramfs", "tmpfs"}
+    for t in NATIVE_FSTYPES:
+        assert _ns_for(t) == NS_MOUNT
+        for flags in (0, c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC, c.MS_MGC_VAL):
+            d = decide_mount(MountCall("t", "/mnt/x", t, flags, "size=1k"), ctx())
+            assert d.kind == "perform" and [o.op for o in d.ops] == ["mount"], (t, flags, d)
+            assert d.reason == f"{t} allowed"
+
+
+def test_native_umount_rule_matches_decide_umount():
+    """The helper umounts a mount that is no procfs/sysfs and whose parent is none; the
+    policy allows exactly those (flags without MNT_FORCE)."""
+    context = ctx()
+    for e in context.table.entries:
+        parent = context.table.parent(e)
+        native = e.fstype not in ("proc", "sysfs") and (
+            parent is None or parent.fstype not in ("proc", "sysfs"))
+        d = decide_umount(UmountCall(e.mountpoint, 0, e), context)
+        if native:
+            assert d.kind == "perform", (e, d)
+            assert d.reason == "umount of the container's own mount"

@@ -27,7 +27,20 @@ def test_to_dict_is_json_and_complete():
         "id": "c1", "bundle": "/b/c1", "annotations": {"a": "b"}, "init_pid": 42,
         "notify_fds": [5, 9], "started_at": 100.0, "cgroup_paths": {"": "/x/c1"},
         "uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]], "cookie": 3,
+        "calls": {},
     }
+
+
+def test_to_dict_carries_the_channel_call_counts():
+    class Chan:
+        closed = False
+
+        def stats(self) -> dict[str, int]:
+            return {"fast": 2, "python": 1, "native": 7}
+
+    c = make()
+    c.channel = Chan()
+    assert c.to_dict()["calls"] == {"fast": 2, "python": 1, "native": 7}
 
 
 def test_registry_add_get_remove_list():

@@ -1,0 +1,731 @@
+/* The native mount path: mount(2) of a memory-backed filesystem and umount2(2)
+ * of the container's own mounts, vetted and performed without Python and
+ * without a hop between daemon threads.
+ *
+ * A helper process, forked by the daemon and standing in the container's user
+ * and mount namespaces as its root, receives on the container's notify fd in
+ * place of the daemon's receiver thread.  With sync wake-up the target and the
+ * helper then hand the CPU to each other directly, as with a minimal agent,
+ * and the helper performs the call where it stands.  It only ever allows, and
+ * only what the Python policy (mounts.decide_mount, decide_umount) would allow,
+ * performed the same way: on its own copies of the strings, never with
+ * CONTINUE.  Anything else - other syscalls, flags or filesystem types, a
+ * relative path, a caller in other namespaces, with another root or without
+ * CAP_SYS_ADMIN, a procfs/sysfs in sight, an unreadable argument - is
+ * forwarded untouched to the daemon's receiver, which handles it as if it had
+ * received it: the Python policy stays the one place refusals are decided.
+ *
+ * The helper is out of the container's reach: not in its pid namespace (no
+ * signal or ptrace can name it), not dumpable, its mm owned by the host's user
+ * namespace.  Its decisions reach the daemon through a shared ring; the
+ * notification it is working on is published too, so that if it dies the
+ * daemon fails that one call instead of leaving its caller blocked. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "icd.h"
+#include "nsops.h"
+#include "seccomp_compat.h"
+
+#define NATIVE_FSTYPES 512
+#define RING 256         /* decision records in flight to the daemon */
+#define PIDDIRS 64       /* /proc/<pid> fds kept by the helper, direct-mapped */
+#define START_TIMEOUT_MS 10000
+#define PATH_MAX_ 4096
+#define FSTYPE_MAX 256
+#define DATA_MAX 4096
+#define NR_mount_ 165
+#define NR_umount2_ 166
+
+#define MS_MGC_MSK_ 0xffff0000u
+#define MS_MGC_VAL_ 0xc0ed0000u
+#define MS_PROPAGATION_ (MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE)
+#define UMOUNT_FLAGS (MNT_DETACH | MNT_EXPIRE | UMOUNT_NOFOLLOW)
+
+/* Messages on the socketpair. */
+#define MSG_HELLO 1    /* helper -> daemon: err, after entering */
+#define MSG_TAKE 2     /* daemon -> helper: the notify fd (SCM_RIGHTS) */
+#define MSG_FORWARD 3  /* helper -> daemon: a notification for the daemon */
+#define MSG_DETACHED 4 /* helper -> daemon: the filter has no task left */
+
+struct msg {
+  int32_t kind;
+  int32_t err;
+  struct seccomp_notif n;
+};
+
+/* Shared (MAP_SHARED) between the daemon and its helper. */
+struct shared {
+  _Atomic uint64_t current;    /* notification the helper holds, 0 if none */
+  _Atomic uint32_t head, tail; /* ring: the helper writes at tail */
+  _Atomic uint64_t count, dropped;
+  struct icd_decision rec[RING];
+};
+
+struct icd_native {
+  pthread_mutex_t lock; /* start, close */
+  uint64_t cookie;
+  char fstypes[NATIVE_FSTYPES];
+  int sock;  /* the daemon's end, -1 once closed */
+  pid_t pid; /* the helper, our child */
+  int closed;
+  struct shared *sh;
+};
+
+/* ---- the helper -------------------------------------------------------- */
+
+struct helper {
+  int sock, fd, procfd;
+  uint64_t cookie, user_ino, root_dev, root_ino, root_mnt;
+  const char *fstypes;
+  struct shared *sh;
+  struct {
+    int pid, fd;
+  } piddir[PIDDIRS];
+  int32_t seen[256]; /* pids whose comm went with a record lately */
+};
+
+static int64_t now_ns(clockid_t clk)
+{
+  struct timespec ts;
+  clock_gettime(clk, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static ssize_t send_msg(int sock, const struct msg *m, int fd)
+{
+  union {
+    char b[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } cbuf;
+  struct iovec iov = { .iov_base = (void *)m, .iov_len = sizeof *m };
+  struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+  ssize_t n;
+
+  if (fd >= 0) {
+    struct cmsghdr *c;
+    memset(cbuf.b, 0, sizeof cbuf.b);
+    mh.msg_control = cbuf.b;
+    mh.msg_controllen = sizeof cbuf.b;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  do
+    n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+/* One message, and the fd it carries (or -1): bytes read, 0 at EOF, -errno. */
+static ssize_t recv_msg(int sock, struct msg *m, int *fd)
+{
+  union {
+    char b[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } cbuf;
+  struct iovec iov = { .iov_base = m, .iov_len = sizeof *m };
+  struct msghdr mh = {
+    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
+  };
+  struct cmsghdr *c;
+  ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+
+  if (fd)
+    *fd = -1;
+  if (n < 0)
+    return -errno;
+  for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int got;
+      memcpy(&got, CMSG_DATA(c), sizeof got);
+      if (fd && *fd < 0 && c->cmsg_len == CMSG_LEN(sizeof(int)))
+        *fd = got;
+      else
+        close(got);
+    }
+  if (n > 0 && (n != sizeof *m || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))))
+    return -EPROTO;
+  return n;
+}
+
+static int ns_ino(int dirfd, const char *name, uint64_t *ino)
+{
+  char buf[64], *lb;
+  ssize_t n = readlinkat(dirfd, name, buf, sizeof buf - 1);
+  if (n < 0)
+    return -errno;
+  buf[n] = 0;
+  lb = strchr(buf, '[');
+  if (!lb)
+    return -EIO;
+  *ino = strtoull(lb + 1, NULL, 10);
+  return 0;
+}
+
+static int root_of(int dirfd, const char *name, uint64_t *dev, uint64_t *ino, uint64_t *mnt)
+{
+  struct statx stx;
+  if (statx(dirfd, name, name[0] ? 0 : AT_EMPTY_PATH, STATX_INO | STATX_MNT_ID, &stx) < 0)
+    return -errno;
+  *dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+  *ino = stx.stx_ino;
+  *mnt = stx.stx_mnt_id;
+  return 0;
+}
+
+/* Whether the caller stands where the helper does: the same user namespace
+ * (a caller in a nested one lacks our capabilities over the mount namespace)
+ * and the same root (the helper resolves paths from its own).  The root's
+ * mount id also places the caller in our mount namespace: a mount belongs to
+ * one namespace, and a root in ours from elsewhere needs a deliberate
+ * chroot through an fd of ours by a process of our user namespace with
+ * CAP_SYS_ADMIN (checked next), which could setns into ours anyway.
+ * readlink of the ns link and statx of root cost about a microsecond each;
+ * the /proc/<pid> fd is kept: bound to its process, once that has exited
+ * every lookup under it fails, even if the pid is reused. */
+static int caller_matches(struct helper *h, int pid)
+{
+  uint64_t user, dev, ino, mid;
+  int slot = pid % PIDDIRS, d = h->piddir[slot].fd;
+  char name[16];
+
+  if (d < 0 || h->piddir[slot].pid != pid) {
+    if (d >= 0)
+      close(d);
+    snprintf(name, sizeof name, "%d", pid);
+    d = openat(h->procfd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    h->piddir[slot].fd = d;
+    h->piddir[slot].pid = pid;
+    if (d < 0)
+      return 0;
+  }
+  if (ns_ino(d, "ns/user", &user) || root_of(d, "root", &dev, &ino, &mid)) {
+    close(d); /* a former process of that pid: the next call reopens */
+    h->piddir[slot].fd = -1;
+    return 0;
+  }
+  return user == h->user_ino && dev == h->root_dev && ino == h->root_ino && mid == h->root_mnt;
+}
+
+int icd_has_cap(int pid, int cap)
+{
+  struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = pid };
+  struct __user_cap_data_struct data[2];
+
+  if (cap < 0 || cap > 63)
+    return -EINVAL;
+  if (syscall(SYS_capget, &hdr, data) < 0)
+    return -errno;
+  return !!(data[cap / 32].effective & (1u << (cap % 32)));
+}
+
+/* Reads the string arguments idx[0..n) into bufs (a NULL pointer stays NULL):
+ * one process_vm_readv for all, each up to the next 256-byte boundary (within
+ * the page a valid string starts on), then whatever did not end there. */
+static int arg_strings(const struct seccomp_notif *nt, const int *idx, int n, char **bufs,
+                       const int *max, const char **out)
+{
+  struct iovec local[4], remote[4];
+  size_t first[4];
+  ssize_t got;
+  int i, m = 0;
+
+  for (i = 0; i < n; i++) {
+    uint64_t addr = nt->data.args[idx[i]];
+    /* Short first: copying whole pages would cost more than a second read of
+     * the rare long string. */
+    size_t chunk = 256 - (addr & 255);
+    out[i] = NULL;
+    first[i] = 0;
+    if (!addr)
+      continue;
+    if (chunk > (size_t)max[i])
+      chunk = max[i];
+    local[m] = (struct iovec){ bufs[i], chunk };
+    remote[m] = (struct iovec){ (void *)(uintptr_t)addr, chunk };
+    first[i] = chunk;
+    m++;
+  }
+  got = m ? process_vm_readv(nt->pid, local, m, remote, m, 0) : 0;
+  for (i = 0; i < n; i++) {
+    uint64_t addr = nt->data.args[idx[i]];
+    size_t have = first[i];
+    if (!addr)
+      continue;
+    if (got < (ssize_t)have) { /* that read stopped short: this one alone */
+      if (icd_target_string(nt->pid, addr, bufs[i], max[i], 0) < 0)
+        return -1;
+    } else if (!memchr(bufs[i], 0, have)) {
+      if (have >= (size_t)max[i]
+          || icd_target_string(nt->pid, addr + have, bufs[i] + have, max[i] - (int)have, 0) < 0)
+        return -1;
+    }
+    got -= got >= (ssize_t)have ? (ssize_t)have : (got > 0 ? got : 0);
+    out[i] = bufs[i];
+  }
+  return 0;
+}
+
+static int fstype_native(const struct helper *h, const char *fstype)
+{
+  const char *p = h->fstypes;
+  while (*p) {
+    if (!strcmp(p, fstype))
+      return 1;
+    p += strlen(p) + 1;
+  }
+  return 0;
+}
+
+/* Reasons are cut to the record's size on purpose (paths can be long). */
+__attribute__((format(printf, 3, 4))) static int fmt(char *buf, int len, const char *f, ...)
+{
+  va_list ap;
+  int w;
+  va_start(ap, f);
+  w = vsnprintf(buf, len, f, ap);
+  va_end(ap);
+  return w;
+}
+
+static const char *errname(int err)
+{
+  const char *s = strerrorname_np(err);
+  return s ? s : "error";
+}
+
+/* The checks every native call makes once its strings are copied: the
+ * caller's identity and capability, then ID_VALID, so that everything read
+ * was the caller's.  1: go on; 0: forward. */
+static int caller_ok(struct helper *h, const struct seccomp_notif *n)
+{
+  if (!caller_matches(h, n->pid))
+    return 0;
+  /* Without CAP_SYS_ADMIN in its user namespace the kernel would refuse it;
+   * so does the policy (the helper has it). */
+  if (icd_has_cap(n->pid, CAP_SYS_ADMIN) != 1)
+    return 0;
+  return icd_notify_id_valid(h->fd, n->id) == 1;
+}
+
+/* 1 and *err / reason if performed, 0 to forward. */
+static int native_mount(struct helper *h, const struct seccomp_notif *n, int *err, char *reason,
+                        int rlen)
+{
+  static char fstype[FSTYPE_MAX], target[PATH_MAX_], source[PATH_MAX_], data[DATA_MAX];
+  static const int idx[4] = { 2, 1, 0, 4 };
+  static const int max[4] = { FSTYPE_MAX, PATH_MAX_, PATH_MAX_, DATA_MAX };
+  char *bufs[4] = { fstype, target, source, data };
+  const char *s[4];
+  uint32_t flags = (uint32_t)n->data.args[3];
+  int w;
+
+  if ((flags & MS_MGC_MSK_) == MS_MGC_VAL_)
+    flags &= ~MS_MGC_MSK_;
+  /* Remounts, binds, moves and propagation changes act on existing mounts:
+   * the Python policy's. */
+  if (flags & (MS_REMOUNT | MS_BIND | MS_MOVE | MS_PROPAGATION_))
+    return 0;
+  if (arg_strings(n, idx, 4, bufs, max, s) || !s[0] || !fstype_native(h, fstype) || !s[1]
+      || target[0] != '/') /* relative: the helper's cwd is not the caller's */
+    return 0;
+  if (!caller_ok(h, n))
+    return 0;
+  *err = syscall(SYS_mount, s[2], target, fstype, (unsigned long)flags, s[3]) < 0 ? errno : 0;
+  /* The Python policy's words for the same decision. */
+  w = fmt(reason, rlen, "%s allowed [%s%s%starget=%s fstype=%s flags=0x%x%s%s]", fstype,
+               s[2] ? "source=" : "", s[2] ? source : "", s[2] ? " " : "", target, fstype,
+               flags, s[3] ? " data=" : "", s[3] ? data : "");
+  if (*err && w >= 0 && w < rlen)
+    fmt(reason + w, rlen - w, "; mount: %s", errname(*err));
+  return 1;
+}
+
+static int native_umount(struct helper *h, const struct seccomp_notif *n, int *err,
+                         char *reason, int rlen)
+{
+  static char target[PATH_MAX_];
+  static const int idx[1] = { 0 }, max[1] = { PATH_MAX_ };
+  char *bufs[1] = { target };
+  const char *s[1];
+  uint32_t flags = (uint32_t)n->data.args[1];
+  int w;
+
+  /* Unknown flags and MNT_FORCE: the Python policy's. */
+  if (flags & ~UMOUNT_FLAGS)
+    return 0;
+  if (arg_strings(n, idx, 1, bufs, max, s) || !s[0] || target[0] != '/')
+    return 0;
+  if (!caller_ok(h, n))
+    return 0;
+  if (icd_nsop_umount_vetted(target, (int)flags) < 0) {
+    if (errno == ICD_EPOLICY)
+      return 0; /* a procfs/sysfs in sight, or unresolvable: nothing done */
+    *err = errno;
+  } else {
+    *err = 0;
+  }
+  w = fmt(reason, rlen, "umount of the container's own mount [target=%s flags=0x%x]",
+               target, flags);
+  if (*err && w >= 0 && w < rlen)
+    fmt(reason + w, rlen - w, "; umount2: %s", errname(*err));
+  return 1;
+}
+
+static void read_comm(int procfd, uint32_t pid, char out[16])
+{
+  char path[32];
+  ssize_t n;
+  int fd;
+  snprintf(path, sizeof path, "%u/comm", pid);
+  fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  n = read(fd, out, 15);
+  close(fd);
+  if (n <= 0) {
+    out[0] = 0;
+    return;
+  }
+  out[n] = 0;
+  if (out[n - 1] == '\n')
+    out[n - 1] = 0;
+}
+
+/* After the answer, off the caller's path. */
+static void record(struct helper *h, const struct seccomp_notif *n, int err, int send_err,
+                   const char *reason)
+{
+  struct shared *sh = h->sh;
+  uint32_t tail = atomic_load_explicit(&sh->tail, memory_order_relaxed);
+  struct icd_decision *d;
+
+  atomic_fetch_add_explicit(&sh->count, 1, memory_order_relaxed);
+  if (tail - atomic_load_explicit(&sh->head, memory_order_acquire) >= RING) {
+    atomic_fetch_add_explicit(&sh->dropped, 1, memory_order_relaxed);
+    return;
+  }
+  d = &sh->rec[tail % RING];
+  memset(d, 0, sizeof *d);
+  d->cookie = h->cookie;
+  d->id = n->id;
+  d->pid = n->pid;
+  d->nr = n->data.nr;
+  d->action = err ? ICD_ACT_ERRNO : ICD_ACT_VALUE;
+  d->value = err;
+  d->send_errno = send_err;
+  d->ns_time = now_ns(CLOCK_REALTIME);
+  memcpy(d->args, n->data.args, sizeof d->args);
+  fmt(d->reason, sizeof d->reason, "%s", reason);
+  if (h->seen[n->pid & 255] != (int32_t)n->pid) {
+    h->seen[n->pid & 255] = (int32_t)n->pid;
+    read_comm(h->procfd, n->pid, d->comm);
+  }
+  atomic_store_explicit(&sh->tail, tail + 1, memory_order_release);
+}
+
+/* 1: answered here; 0: for the daemon. */
+static int handle_here(struct helper *h, const struct seccomp_notif *n)
+{
+  char reason[sizeof(((struct icd_decision *)0)->reason)];
+  int err = 0, done, send_err;
+
+  if (n->data.arch != AUDIT_ARCH_X86_64)
+    return 0;
+  if (n->data.nr == NR_mount_)
+    done = native_mount(h, n, &err, reason, sizeof reason);
+  else if (n->data.nr == NR_umount2_)
+    done = native_umount(h, n, &err, reason, sizeof reason);
+  else
+    done = 0;
+  if (!done)
+    return 0;
+  send_err = -icd_notify_send(h->fd, n->id, 0, -err, 0);
+  record(h, n, err, send_err, reason);
+  return 1;
+}
+
+static int poll_hup(int fd)
+{
+  struct pollfd p = { .fd = fd, .events = POLLIN };
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
+static void helper_loop(struct helper *h)
+{
+  struct seccomp_notif n;
+  struct msg m;
+
+  for (;;) {
+    memset(&n, 0, sizeof n);
+    if (ioctl(h->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+      if (errno == EINTR || (errno == ENOENT && !poll_hup(h->fd)))
+        continue;
+      memset(&m, 0, sizeof m);
+      m.kind = MSG_DETACHED;
+      send_msg(h->sock, &m, -1);
+      return;
+    }
+    atomic_store(&h->sh->current, n.id);
+    if (!handle_here(h, &n)) {
+      memset(&m, 0, sizeof m);
+      m.kind = MSG_FORWARD;
+      m.n = n;
+      if (send_msg(h->sock, &m, -1) < 0)
+        return; /* the daemon is gone */
+    }
+    atomic_store(&h->sh->current, 0);
+  }
+}
+
+/* 0, or the errno to report. */
+static int helper_enter(pid_t parent, int pidfd, int pid, int sock, struct helper *h)
+{
+  int keep[3], nsflags, r;
+
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+    return errno;
+  if (getppid() != parent)
+    return ESRCH;
+  /* Non-dumpable, with the host's mm->user_ns: the container's root cannot
+   * ptrace it or read its memory or fds. */
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+    return errno;
+  /* The host's procfs, opened before the mount namespace changes: the
+   * callers' pids are the host's. */
+  h->procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (h->procfd < 0)
+    return errno;
+  nsflags = icd_nsop_unshared(pid, CLONE_NEWUSER | CLONE_NEWNS);
+  if (nsflags < 0)
+    return nsflags == -ENOENT ? ESRCH : -nsflags;
+  if ((r = icd_nsop_check_pid(pidfd, pid)))
+    return r;
+  keep[0] = sock;
+  keep[1] = pidfd;
+  keep[2] = h->procfd;
+  if ((r = icd_nsop_close_others(keep, 3)))
+    return -r;
+  if ((r = icd_nsop_enter(pidfd, nsflags)))
+    return r;
+  if (close(pidfd) < 0)
+    return errno;
+  /* After setns(CLONE_NEWNS) root and cwd are the namespace's root. */
+  if ((r = ns_ino(h->procfd, "self/ns/user", &h->user_ino))
+      || (r = root_of(AT_FDCWD, "/", &h->root_dev, &h->root_ino, &h->root_mnt)))
+    return -r;
+  return 0;
+}
+
+static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_native *nv)
+{
+  struct helper h;
+  struct msg m;
+  int i, fd;
+
+  memset(&h, 0, sizeof h);
+  h.sock = sock;
+  h.fd = -1;
+  h.cookie = nv->cookie;
+  h.fstypes = nv->fstypes; /* our copy of the daemon's memory, as of the fork */
+  h.sh = nv->sh;
+  for (i = 0; i < PIDDIRS; i++)
+    h.piddir[i].fd = -1;
+  memset(&m, 0, sizeof m);
+  m.kind = MSG_HELLO;
+  m.err = helper_enter(parent, pidfd, pid, sock, &h);
+  if (send_msg(sock, &m, -1) < 0 || m.err)
+    return;
+  if (recv_msg(sock, &m, &fd) <= 0 || m.kind != MSG_TAKE || fd < 0)
+    return;
+  h.fd = fd;
+  helper_loop(&h);
+}
+
+/* ---- the daemon's side -------------------------------------------------- */
+
+struct icd_native *icd_native_new(uint64_t cookie)
+{
+  struct icd_native *nv = calloc(1, sizeof *nv);
+  if (!nv)
+    return NULL;
+  nv->sh = mmap(NULL, sizeof *nv->sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (nv->sh == MAP_FAILED || pthread_mutex_init(&nv->lock, NULL)) {
+    if (nv->sh != MAP_FAILED)
+      munmap(nv->sh, sizeof *nv->sh);
+    free(nv);
+    return NULL;
+  }
+  nv->cookie = cookie;
+  nv->sock = -1;
+  nv->pid = -1;
+  return nv;
+}
+
+static void reap(pid_t child)
+{
+  int status;
+  while (waitpid(child, &status, 0) < 0)
+    if (errno != EINTR)
+      break;
+}
+
+/* Under nv->lock. */
+static void stop_helper(struct icd_native *nv)
+{
+  if (nv->pid > 0) {
+    /* Our own unreaped child: the pid cannot have been reused. */
+    kill(nv->pid, SIGKILL);
+    reap(nv->pid);
+    nv->pid = -1;
+  }
+  if (nv->sock >= 0) {
+    close(nv->sock);
+    nv->sock = -1;
+  }
+}
+
+int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len)
+{
+  struct pollfd p;
+  struct msg m;
+  pid_t child, parent = getpid();
+  int sock, r;
+
+  if (len < 1 || len >= NATIVE_FSTYPES || list[len - 1] || pid <= 0 || pidfd < 0)
+    return -EINVAL;
+  pthread_mutex_lock(&nv->lock);
+  if (nv->closed || nv->pid > 0) {
+    pthread_mutex_unlock(&nv->lock);
+    return nv->closed ? -EPIPE : -EBUSY;
+  }
+  memset(nv->fstypes, 0, sizeof nv->fstypes);
+  memcpy(nv->fstypes, list, len);
+  child = icd_nsop_fork_joined(&sock);
+  if (child < 0) {
+    pthread_mutex_unlock(&nv->lock);
+    return child;
+  }
+  if (child == 0) {
+    helper_main(parent, pidfd, pid, sock, nv);
+    _exit(0);
+  }
+  nv->pid = child;
+  nv->sock = sock;
+  p = (struct pollfd){ .fd = sock, .events = POLLIN };
+  do
+    r = poll(&p, 1, START_TIMEOUT_MS);
+  while (r < 0 && errno == EINTR);
+  r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
+  if (!r) {
+    ssize_t n = recv_msg(sock, &m, NULL);
+    r = n < 0 ? (int)n : n == 0 || m.kind != MSG_HELLO ? -EIO : -m.err;
+  }
+  if (r)
+    stop_helper(nv);
+  pthread_mutex_unlock(&nv->lock);
+  return r;
+}
+
+int icd_native_delegate(struct icd_native *nv, int fd)
+{
+  struct msg m;
+  int r = 0;
+
+  memset(&m, 0, sizeof m);
+  m.kind = MSG_TAKE;
+  pthread_mutex_lock(&nv->lock);
+  if (nv->closed || nv->sock < 0)
+    r = -EPIPE;
+  else if (send_msg(nv->sock, &m, fd) < 0)
+    r = -errno;
+  pthread_mutex_unlock(&nv->lock);
+  return r;
+}
+
+int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n)
+{
+  struct msg m;
+  ssize_t got = recv_msg(nv->sock, &m, NULL);
+  uint64_t id;
+
+  if (got == -EINTR)
+    return ICD_NATIVE_IDLE;
+  if (got > 0 && m.kind == MSG_FORWARD) {
+    *n = m.n;
+    return ICD_NATIVE_FORWARD;
+  }
+  if (got > 0 && m.kind == MSG_DETACHED)
+    return ICD_NATIVE_DETACHED;
+  /* It died (or spoke nonsense): the call it held is failed rather than
+   * left blocked, and the receiver takes the fd back. */
+  id = atomic_exchange(&nv->sh->current, 0);
+  if (id)
+    icd_notify_send(fd, id, 0, -EIO, 0);
+  pthread_mutex_lock(&nv->lock);
+  stop_helper(nv);
+  pthread_mutex_unlock(&nv->lock);
+  return ICD_NATIVE_GONE;
+}
+
+int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max)
+{
+  struct shared *sh = nv->sh;
+  uint32_t head = atomic_load_explicit(&sh->head, memory_order_relaxed);
+  uint32_t tail = atomic_load_explicit(&sh->tail, memory_order_acquire);
+  int n = 0;
+
+  while (n < max && head != tail)
+    out[n++] = sh->rec[head++ % RING];
+  atomic_store_explicit(&sh->head, head, memory_order_release);
+  return n;
+}
+
+uint64_t icd_native_count(struct icd_native *nv)
+{
+  return atomic_load(&nv->sh->count);
+}
+
+void icd_native_close(struct icd_native *nv)
+{
+  pthread_mutex_lock(&nv->lock);
+  nv->closed = 1;
+  stop_helper(nv);
+  pthread_mutex_unlock(&nv->lock);
+}
+
+void icd_native_free(struct icd_native *nv)
+{
+  if (!nv)
+    return;
+  icd_native_close(nv);
+  munmap(nv->sh, sizeof *nv->sh);
+  pthread_mutex_destroy(&nv->lock);
+  free(nv);
+}

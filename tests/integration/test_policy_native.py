@@ -1,0 +1,181 @@
+"""The native mount helper (csrc/native.c): after the first vetted mount-family call the
+container's init fd is received by a helper in its namespaces, which performs plain tmpfs
+mounts and umounts of the container's own mounts itself and forwards everything else.
+
+Each test checks both that the helper did the work (the channel's `native` count, events
+with its reasons) and that what it must not decide still gets the Python policy's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Daemon, Runtime
+from tests.harness.runtime import output
+from tests.integration.policy_support import EBUSY, EPERM, children, parse, privileged, probe
+
+pytestmark = pytest.mark.integration
+
+WARM = "mkdir -p /mnt/l && policy_mntapi loop 2 /mnt/l >/dev/null"  # turns the helper on
+
+
+def helper_pid(daemon_pid: int) -> int | None:
+    """The native helper among the daemon's children: the one that holds a notify fd
+    (an executor holds none)."""
+    for pid in children(daemon_pid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:seccomp notify":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def calls(daemon: Daemon, cid: str) -> dict[str, int]:
+    c = daemon.container(cid)
+    return c.get("calls", {}) if c else {}
+
+
+def test_helper_performs_plain_mounts_and_records_them(
+        runtime_factory: Callable[[str], Runtime], bundle_factory, daemon: Daemon, new_id):
+    rt = runtime_factory("runc")
+    cid = new_id("native")
+    events: list[dict[str, Any]] = []
+
+    def trace() -> None:
+        for line in daemon.control_lines("trace", timeout=60, count=40, container=cid):
+            events.append(json.loads(line) if isinstance(line, str) else line)
+
+    t = threading.Thread(target=trace, daemon=True)
+    t.start()
+    time.sleep(0.3)  # subscribed before the container's first call
+    b = privileged(bundle_factory, daemon,
+                   "mkdir -p /mnt/l && policy_mntapi loop 200 /mnt/l && "
+                   "echo left=$(grep -c ' /mnt/l ' /proc/self/mountinfo) && "
+                   "echo done && exec sleep 60")
+    with rt.started(b, cid):
+        wait_for(lambda: "done" in output(b)[0])
+        out = output(b)[0]
+        assert "loop ok=200 bad=0 first_errno=0 " in out, out
+        assert "left=0" in out, out
+        # 400 calls; the first mount went to Python and started the helper.
+        assert calls(daemon, cid).get("native", 0) >= 399, calls(daemon, cid)
+        # The helper (and the Python path's executor) live while the container runs.
+        assert children(daemon.pid)
+    t.join(timeout=60)
+    wait_for(lambda: not children(daemon.pid))  # gone with the container
+    native = [e for e in events if e.get("syscall") == "umount2"
+              and e.get("reason") == "umount of the container's own mount "
+                                     "[target=/mnt/l flags=0x0]"]
+    assert native, events
+    for e in native:
+        assert e["verdict"] == "value" and e["errno"] == 0 and e["source"] == "seccomp"
+        assert e["comm"] == "policy_mntapi" and e["pid"] > 0 and e["args"][0] != 0
+    mounts = [e for e in events if e.get("syscall") == "mount"]
+    assert mounts and all(
+        e["reason"] == "tmpfs allowed [source=t target=/mnt/l fstype=tmpfs flags=0x0 "
+                       "data=size=64k]" for e in mounts), mounts
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_caller_without_cap_sys_admin_is_refused(
+        runtime_factory: Callable[[str], Runtime], bundle_factory, daemon_factory, new_id,
+        native: bool):
+    d = daemon_factory(sections={"policy": {"native": native}})
+    rt = runtime_factory("runc")
+    script = "; ".join([
+        WARM,
+        probe("nocap_mount", "policy_mntapi nocap mount /mnt/l", last=True),
+        "mount -t tmpfs t /mnt/l",
+        probe("nocap_umount", "policy_mntapi nocap umount /mnt/l", last=True),
+        "echo still=$(grep -c ' /mnt/l ' /proc/self/mountinfo)",
+        probe("cap_umount", "policy_mntapi loop 1 /mnt/l >/dev/null; umount /mnt/l; "
+                            "echo ret=$? errno=0"),
+    ])
+    cid = new_id("nocap")
+    res = rt.run(privileged(bundle_factory, d, script), cid, timeout=60)
+    assert res.rc == 0, (res.stdout, res.stderr)
+    got = parse(res.stdout)
+    assert got["nocap_mount"] == (-1, EPERM), res.stdout
+    assert got["nocap_umount"] == (-1, EPERM), res.stdout
+    assert "still=1" in res.stdout, res.stdout
+    assert got["cap_umount"] == (0, 0), res.stdout
+    log = d.log()
+    assert "the caller lacks CAP_SYS_ADMIN" in log or native, log
+
+
+def test_chrooted_unshared_and_protected_calls_get_the_policy(
+        runtime_factory: Callable[[str], Runtime], bundle_factory, daemon: Daemon, new_id):
+    rt = runtime_factory("runc")
+    script = "; ".join([
+        WARM,
+        "mkdir -p /c /mnt/x /mnt/y && mount --bind / /c",
+        # In a chroot the helper's root is not the caller's: forwarded, mounted where the
+        # caller meant (/c/mnt/x), not at the container's /mnt/x.
+        "chroot /c mount -t tmpfs t /mnt/x",
+        "echo chroot_in=$(grep -c ' /c/mnt/x ' /proc/self/mountinfo)"
+        " chroot_out=$(grep -c ' /mnt/x ' /proc/self/mountinfo)",
+        # In a new mount namespace: forwarded too, and the mount stays there.
+        "unshare -m sh -c 'mount -t tmpfs t /mnt/y && "
+        "echo inner=$(grep -c \" /mnt/y \" /proc/self/mountinfo)'",
+        "echo outer=$(grep -c ' /mnt/y ' /proc/self/mountinfo)",
+        # What sits on procfs/sysfs is the Python policy's.
+        probe("umount_proc", "sys umount2 s:/proc 0"),
+        probe("umount_sys", "sys umount2 s:/sys 0"),
+        probe("umount_mask", "sys umount2 s:/proc/timer_list 0"),
+        "echo done",
+    ])
+    cid = new_id("fwd")
+    res = rt.run(privileged(bundle_factory, daemon, script), cid, timeout=60)
+    assert res.rc == 0, (res.stdout, res.stderr)
+    out = res.stdout
+    assert "chroot_in=1 chroot_out=0" in out, out
+    assert "inner=1" in out and "outer=0" in out, out
+    got = parse(out)
+    assert got["umount_proc"] == (-1, EBUSY), out
+    assert got["umount_sys"] == (-1, EBUSY), out
+    assert got["umount_mask"] == (-1, EPERM), out
+    assert "done" in out
+
+
+def test_a_dead_helper_hands_the_fd_back(runtime_factory: Callable[[str], Runtime],
+                                         bundle_factory, daemon: Daemon, new_id):
+    rt = runtime_factory("runc")
+    cid = new_id("death")
+    b = privileged(bundle_factory, daemon,
+                   WARM + " && echo warm && while [ ! -e /go ]; do sleep 0.05; done && "
+                   "policy_mntapi loop 5 /mnt/l && echo done && exec sleep 60")
+    with rt.started(b, cid):
+        wait_for(lambda: "warm" in output(b)[0])
+        native_before = wait_for(lambda: calls(daemon, cid).get("native"))
+        helper = wait_for(lambda: helper_pid(daemon.pid))
+        os.kill(helper, 9)  # our daemon's child, found by its pid
+        wait_for(lambda: helper_pid(daemon.pid) is None)
+        Path(b.rootfs, "go").touch()
+        wait_for(lambda: "done" in output(b)[0])
+        assert "loop ok=5 bad=0 first_errno=0 " in output(b)[0], output(b)
+        assert calls(daemon, cid)["native"] == native_before  # Python answered them
+        assert daemon.alive()
