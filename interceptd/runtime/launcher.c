@@ -213,6 +213,59 @@ static ssize_t read_some(int fd, struct buf *b)
 	return r;
 }
 
+/* The value of flag `name` (--name V, --name=V, -name V, -name=V) in args, or NULL. */
+static const char *flag_value(char **args, const char *name)
+{
+	size_t n = strlen(name);
+	for (int i = 0; args[i]; i++) {
+		const char *a = args[i];
+		if (a[0] != '-')
+			continue;
+		a += a[1] == '-' ? 2 : 1;
+		if (strncmp(a, name, n) != 0)
+			continue;
+		if (a[n] == '=')
+			return a + n + 1;
+		if (a[n] == '\0')
+			return args[i + 1];
+	}
+	return NULL;
+}
+
+/*
+ * After a successful create: does the container's init already sit in a cgroup v2
+ * node of its own (runc does that on hybrid hosts)? Then the service has nothing
+ * left to do and we need not wait for it. Any doubt: 0, and the service checks.
+ */
+static int init_in_own_cgroup2(char **args)
+{
+	const char *pid_file = flag_value(args, "pid-file");
+	if (!pid_file)
+		return 0;
+	FILE *f = fopen(pid_file, "re");
+	if (!f)
+		return 0;
+	long pid = 0;
+	int ok = fscanf(f, "%ld", &pid) == 1 && pid > 0;
+	fclose(f);
+	if (!ok)
+		return 0;
+	char path[64], line[4096];
+	snprintf(path, sizeof(path), "/proc/%ld/cgroup", pid);
+	if (!(f = fopen(path, "re")))
+		return 0;
+	int placed = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "0::", 3) == 0) {
+			const char *cg = line + 3;
+			placed = cg[0] == '/' && cg[1] != '\n' && cg[1] != '\0';
+			break;
+		}
+	}
+	fclose(f);
+	return placed;
+}
+
 static volatile pid_t child_pid;
 
 static void relay(int sig)
@@ -225,7 +278,7 @@ static void relay(int sig)
  * Returns -1 when the service is not usable (the caller falls back to Python);
  * otherwise the exit status to exit with.
  */
-static int via_service(int argc, char **argv)
+static int via_service(int argc, char **argv, const char *cmd)
 {
 	char *owned = NULL;
 	const char *dir = state_dir(&owned);
@@ -336,10 +389,12 @@ static int via_service(int argc, char **argv)
 	while (waitpid(child_pid, &status, 0) < 0 && errno == EINTR)
 		;
 	int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	/* A create whose init is placed already needs no finish: the caller can go on. */
+	int placed = rc == 0 && strcmp(cmd, "create") == 0 && init_in_own_cgroup2(args + 1);
 	char msg[32];
-	int len = snprintf(msg, sizeof(msg), "RC %d\n", rc);
-	/* The service finishes (rollback, cgroup, teardown) before we report. */
-	if (write_all(fd, msg, (size_t)len) == 0) {
+	int len = snprintf(msg, sizeof(msg), "RC %d%s\n", rc, placed ? " placed" : "");
+	/* Otherwise the service finishes (rollback, cgroup, teardown) before we report. */
+	if (write_all(fd, msg, (size_t)len) == 0 && !placed) {
 		struct buf done = {0};
 		while (!(done.p && memchr(done.p, '\n', done.len)))
 			if (read_some(fd, &done) <= 0)
@@ -363,7 +418,7 @@ int main(int argc, char **argv)
 	const char *no_service = getenv("INTERCEPTD_RUNC_NO_SERVICE");
 	if (cmd && in_list(cmd, shim_commands) &&
 	    !(no_service && *no_service)) {
-		int rc = via_service(argc, argv);
+		int rc = via_service(argc, argv, cmd);
 		if (rc >= 0)
 			return rc;
 	}

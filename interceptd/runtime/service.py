@@ -13,6 +13,9 @@ Protocol (one connection per container start):
      | "ERR <message>\\n" | "FALLBACK\\n"
   -> "RC <status>\\n"          (after the runtime exited)
   <- "DONE <status>\\n"
+  or, after a create whose init the launcher found in a cgroup v2 node of its own
+  (all that a successful create's finish checks), without waiting for a reply:
+  -> "RC 0 placed\\n"
 """
 
 from __future__ import annotations
@@ -254,13 +257,17 @@ class Service:
         out = [st.runtime, *cmd]
         conn.sendall(f"OK {len(out)}\n".encode() + b"".join(os.fsencode(a) + b"\0" for a in out))
         conn.settimeout(None)  # `run` lasts as long as the container
-        line = rfile.readline(64)
+        line = rfile.readline(64).split()
         try:
-            rc = int(line.split()[1])
+            rc = int(line[1])
         except (IndexError, ValueError):
             # The launcher went away without a status (killed?): the runtime may
             # still be working on the container, so undo nothing; `delete` (or a
             # new create of the same id) cleans up from the record.
+            return
+        if rc == 0 and line[2:] == [b"placed"] and inv.command == "create":
+            # The launcher saw the init in a cgroup v2 node of its own, which is
+            # all a successful create's finish checks, and did not wait for us.
             return
         rc = job.finish(rc)
         conn.sendall(f"DONE {rc}\n".encode())

@@ -433,3 +433,69 @@ def test_exec_through_prepare_service(shim, service, launcher, bundle_factory, n
         assert "CAP_SYS_RESOURCE" not in pf.read_text()  # rewritten in place
     assert not trace.exists()
     assert_nothing_left(shim)
+
+
+def _own_cgroup2(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next((ln[3:].strip() for ln in f if ln.startswith("0::")), "/")
+
+
+def test_launcher_skips_finish_when_init_is_placed(shim, service, launcher, bundle_factory,
+                                                   new_id, workdir):
+    """After a create the launcher reports `RC 0 placed` and exits without the
+    service's reply only when the init already sits in a cgroup v2 node of its own;
+    otherwise the service checks (and places it) before the launcher returns."""
+    b = plain_bundle(bundle_factory, ["sleep", "60"])
+    cid = new_id("placed")
+    log = workdir / "strace.log"
+    subprocess.run(["strace", "-o", str(log), "-e", "trace=write", "-s", "64", launcher,
+                    "--root", str(shim.root), "create", "--bundle", str(b.path), cid],
+                   check=True, timeout=30, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL)
+    try:
+        writes = log.read_text()
+        pid = shim.state(cid)["pid"]
+        node = _own_cgroup2(pid)
+        assert node not in ("/", "")  # placed either way, before create returned
+        placed = '"RC 0 placed\\n"' in writes
+        assert placed or '"RC 0\\n"' in writes
+        # Both runtimes make the v2 node themselves on this hybrid host.
+        assert placed, writes
+        r = shim._call("start", cid)
+        assert r.rc == 0
+    finally:
+        shim.delete(cid)
+    assert_nothing_left(shim)
+
+
+def test_service_takes_placed_without_reply(shim, service, bundle_factory, new_id):
+    """The service side of `RC 0 placed`: no finish, no reply, and it keeps serving."""
+    import socket
+
+    b = plain_bundle(bundle_factory, ["sleep", "60"])
+    cid = new_id("svcplaced")
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(service))
+    req = {"argv": ["--root", str(shim.root), "create", "--bundle", str(b.path), cid],
+           "cwd": str(b.path), "env": {"INTERCEPTD_RUNTIME": shim.name,
+                                       "INTERCEPTD_STATE_DIR": str(service.parent)}}
+    s.sendall(json.dumps(req).encode() + b"\n")
+    f = s.makefile("rb")
+    head = f.readline().split()
+    assert head[0] == b"OK"
+    out = [f.read1(1 << 16)]
+    while sum(x.count(b"\0") for x in out) < int(head[1]):
+        out.append(f.read1(1 << 16))
+    args = [a.decode() for a in b"".join(out).split(b"\0")[: int(head[1])]]
+    try:
+        subprocess.run(args[1:], executable=args[0], check=True, timeout=30,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        pid = shim.state(cid)["pid"]
+        assert _own_cgroup2(pid) not in ("/", "")  # runc placed it (hybrid host)
+        s.sendall(b"RC 0 placed\n")
+        s.settimeout(5)
+        assert f.read() == b""  # the service closed without a DONE
+    finally:
+        s.close()
+        shim.delete(cid)
+    assert_nothing_left(shim)
