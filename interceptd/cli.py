@@ -124,12 +124,15 @@ def format_policy(p: dict[str, Any]) -> str:
 
 
 def format_containers(cs: list[dict[str, Any]]) -> str:
-    rows = [("ID", "INIT PID", "FDS", "AGE", "BUNDLE")]
+    rows = [("ID", "INIT PID", "FDS", "AGE", "CALLS FAST/PY/NATIVE", "BUNDLE")]
     now = time.time()
     for c in cs:
+        calls = c.get("calls") or {}
         rows.append((
             str(c.get("id")), str(c.get("init_pid")), str(len(c.get("notify_fds", []))),
-            _duration(now - float(c.get("started_at", now))), str(c.get("bundle")),
+            _duration(now - float(c.get("started_at", now))),
+            "/".join(str(calls.get(k, 0)) for k in ("fast", "python", "native")),
+            str(c.get("bundle")),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "".join(

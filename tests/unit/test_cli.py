@@ -58,8 +58,10 @@ def test_containers_table_and_json(daemon):
     d, _ = daemon
     rc, out = run("--state-dir", str(d), "containers")
     lines = out.splitlines()
-    assert rc == 0 and lines[0].split() == ["ID", "INIT", "PID", "FDS", "AGE", "BUNDLE"]
+    assert rc == 0 and lines[0].split() == ["ID", "INIT", "PID", "FDS", "AGE", "CALLS",
+                                            "FAST/PY/NATIVE", "BUNDLE"]
     assert lines[1].split()[:3] == ["web-1", "77", "2"] and lines[1].endswith("/b/web")
+    assert "0/0/0" in lines[1].split()  # a container without counts yet
     rc, out = run("--state-dir", str(d), "containers", "-o", "json")
     assert json.loads(out) == {"containers": CONTAINERS}
 
@@ -128,3 +130,13 @@ def test_format_probe_aligns_and_says_yes_no():
                             "cgroup2": "/sys/fs/cgroup/unified"})
     assert out == ("user_notif  yes\nbpf_lsm     no\n"
                    "cgroup2     /sys/fs/cgroup/unified\n")
+
+
+def test_containers_table_shows_call_counts():
+    from interceptd.cli import format_containers
+
+    out = format_containers([{"id": "c1", "init_pid": 7, "notify_fds": [3], "started_at": 0,
+                              "bundle": "/b", "calls": {"fast": 4, "python": 2, "native": 90}}])
+    head, row = out.splitlines()
+    assert "CALLS FAST/PY/NATIVE" in head
+    assert row.split()[:2] == ["c1", "7"] and "4/2/90" in row.split()
