@@ -322,26 +322,6 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
     atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
 }
 
-/* Best effort, after the answer: "" if the task is gone already. */
-static void read_comm(uint32_t pid, char out[16])
-{
-  char path[32];
-  ssize_t n;
-  int fd;
-  snprintf(path, sizeof path, "/proc/%u/comm", pid);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return;
-  n = read(fd, out, 15);
-  close(fd);
-  if (n <= 0) {
-    out[0] = 0;
-    return;
-  }
-  out[n] = 0;
-  if (out[n - 1] == '\n')
-    out[n - 1] = 0;
-}
 
 /* Answers a fast verdict (and records it); 1 if n is for Python instead. */
 static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
@@ -389,7 +369,7 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
     _Atomic int32_t *seen = &ch->seen_pids[n->pid & 255];
     if (atomic_load_explicit(seen, memory_order_relaxed) != (int32_t)n->pid) {
       atomic_store_explicit(seen, (int32_t)n->pid, memory_order_relaxed);
-      read_comm(n->pid, d.comm);
+      icd_read_comm(AT_FDCWD, n->pid, d.comm);
     }
   }
   ring_push(ch->eng, &d);

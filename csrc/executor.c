@@ -118,34 +118,10 @@ static int ns_id(int procfd, const char *name, uint64_t *dev, uint64_t *ino)
 static int x_enter(pid_t parent, int pidfd, int pid, int nsflags, int sock, int *basefd,
                    struct xhello *h)
 {
-  int keep[4], procfd, r;
+  int procfd, r;
 
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-    return errno;
-  if (getppid() != parent) /* the daemon thread is gone already */
-    return ESRCH;
-  /* Non-dumpable, with the host's mm->user_ns: the container's root cannot
-   * ptrace it or read its memory. */
-  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-    return errno;
-  /* The host's procfs, opened before the mount namespace changes. */
-  procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (procfd < 0)
-    return errno;
-  nsflags = icd_nsop_unshared(pid, nsflags);
-  if (nsflags < 0)
-    return nsflags == -ENOENT ? ESRCH : -nsflags;
-  if ((r = icd_nsop_check_pid(pidfd, pid)))
+  if ((r = icd_nsop_become_helper(parent, pidfd, pid, nsflags, sock, &procfd)))
     return r;
-  keep[0] = sock;
-  keep[1] = pidfd;
-  keep[2] = procfd;
-  if ((r = icd_nsop_close_others(keep, 3)))
-    return -r;
-  if ((r = icd_nsop_enter(pidfd, nsflags)))
-    return r;
-  if (close(pidfd) < 0)
-    return errno;
   /* After setns(CLONE_NEWNS) root and cwd are the namespace's root. */
   *basefd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*basefd < 0)
@@ -278,13 +254,6 @@ static int wait_readable(int sock, int timeout_ms)
   return 0;
 }
 
-static void reap(pid_t child)
-{
-  int status;
-  while (waitpid(child, &status, 0) < 0)
-    if (errno != EINTR)
-      break; /* ECHILD: SIGCHLD is ignored and the kernel reaped it */
-}
 
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out)
 {
@@ -319,7 +288,7 @@ int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_e
     if (kill(child, SIGKILL) < 0 && errno != ESRCH)
       ret = -errno;
     close(sock);
-    reap(child);
+    icd_nsop_reap(child);
     return ret;
   }
   out->sock = sock;
@@ -524,7 +493,7 @@ int icd_exec_stop(int sock, int child)
     /* Our own unreaped child: the pid cannot have been reused. */
     if (kill(child, SIGKILL) < 0 && errno != ESRCH)
       ret = -errno;
-    reap(child);
+    icd_nsop_reap(child);
   }
   return ret;
 }

@@ -187,6 +187,9 @@ int icd_exec_stop(int sock, int child);
 /* target.c, unchecked: the caller validates the notification afterwards.
  * mem_file: fall back to /proc/<pid>/mem (only where /proc is the host's). */
 int icd_target_string(int pid, uint64_t addr, char *buf, int max_len, int mem_file);
+/* The task's comm, best effort ("" if it is gone); procfd a host /proc or
+ * AT_FDCWD. */
+void icd_read_comm(int procfd, uint32_t pid, char out[16]);
 /* nsexec.c: ICD_OP_UMOUNT_VETTED itself (-1 with errno). */
 int64_t icd_nsop_umount_vetted(const char *path, int flags);
 

@@ -398,25 +398,6 @@ static int native_umount(struct helper *h, const struct seccomp_notif *n, int *e
   return 1;
 }
 
-static void read_comm(int procfd, uint32_t pid, char out[16])
-{
-  char path[32];
-  ssize_t n;
-  int fd;
-  snprintf(path, sizeof path, "%u/comm", pid);
-  fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return;
-  n = read(fd, out, 15);
-  close(fd);
-  if (n <= 0) {
-    out[0] = 0;
-    return;
-  }
-  out[n] = 0;
-  if (out[n - 1] == '\n')
-    out[n - 1] = 0;
-}
 
 /* After the answer, off the caller's path. */
 static void record(struct helper *h, const struct seccomp_notif *n, int err, int send_err,
@@ -445,7 +426,7 @@ static void record(struct helper *h, const struct seccomp_notif *n, int err, int
   fmt(d->reason, sizeof d->reason, "%s", reason);
   if (h->seen[n->pid & 255] != (int32_t)n->pid) {
     h->seen[n->pid & 255] = (int32_t)n->pid;
-    read_comm(h->procfd, n->pid, d->comm);
+    icd_read_comm(h->procfd, n->pid, d->comm);
   }
   atomic_store_explicit(&sh->tail, tail + 1, memory_order_release);
 }
@@ -507,35 +488,12 @@ static void helper_loop(struct helper *h)
 /* 0, or the errno to report. */
 static int helper_enter(pid_t parent, int pidfd, int pid, int sock, struct helper *h)
 {
-  int keep[3], nsflags, r;
+  int r;
 
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-    return errno;
-  if (getppid() != parent)
-    return ESRCH;
-  /* Non-dumpable, with the host's mm->user_ns: the container's root cannot
-   * ptrace it or read its memory or fds. */
-  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-    return errno;
-  /* The host's procfs, opened before the mount namespace changes: the
-   * callers' pids are the host's. */
-  h->procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (h->procfd < 0)
-    return errno;
-  nsflags = icd_nsop_unshared(pid, CLONE_NEWUSER | CLONE_NEWNS);
-  if (nsflags < 0)
-    return nsflags == -ENOENT ? ESRCH : -nsflags;
-  if ((r = icd_nsop_check_pid(pidfd, pid)))
+  /* The host's /proc stays: the callers' pids are the host's. */
+  if ((r = icd_nsop_become_helper(parent, pidfd, pid, CLONE_NEWUSER | CLONE_NEWNS, sock,
+                                  &h->procfd)))
     return r;
-  keep[0] = sock;
-  keep[1] = pidfd;
-  keep[2] = h->procfd;
-  if ((r = icd_nsop_close_others(keep, 3)))
-    return -r;
-  if ((r = icd_nsop_enter(pidfd, nsflags)))
-    return r;
-  if (close(pidfd) < 0)
-    return errno;
   /* After setns(CLONE_NEWNS) root and cwd are the namespace's root. */
   if ((r = ns_ino(h->procfd, "self/ns/user", &h->user_ino))
       || (r = root_of(AT_FDCWD, "/", &h->root_dev, &h->root_ino, &h->root_mnt)))
@@ -588,13 +546,6 @@ struct icd_native *icd_native_new(uint64_t cookie)
   return nv;
 }
 
-static void reap(pid_t child)
-{
-  int status;
-  while (waitpid(child, &status, 0) < 0)
-    if (errno != EINTR)
-      break;
-}
 
 /* Under nv->lock. */
 static void stop_helper(struct icd_native *nv)
@@ -602,7 +553,7 @@ static void stop_helper(struct icd_native *nv)
   if (nv->pid > 0) {
     /* Our own unreaped child: the pid cannot have been reused. */
     kill(nv->pid, SIGKILL);
-    reap(nv->pid);
+    icd_nsop_reap(nv->pid);
     nv->pid = -1;
   }
   if (nv->sock >= 0) {

@@ -446,6 +446,48 @@ int icd_nsop_enter(int pidfd, int nsflags)
   return 0;
 }
 
+int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int sock,
+                           int *procfd)
+{
+  int keep[3], r;
+
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+    return errno;
+  if (getppid() != parent) /* the daemon thread is gone already */
+    return ESRCH;
+  /* Non-dumpable, with the host's mm->user_ns: the container's root cannot
+   * ptrace it or read its memory or fds. */
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+    return errno;
+  /* The host's procfs, opened before the mount namespace changes. */
+  *procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (*procfd < 0)
+    return errno;
+  nsflags = icd_nsop_unshared(pid, nsflags);
+  if (nsflags < 0)
+    return nsflags == -ENOENT ? ESRCH : -nsflags;
+  if ((r = icd_nsop_check_pid(pidfd, pid)))
+    return r;
+  keep[0] = sock;
+  keep[1] = pidfd;
+  keep[2] = *procfd;
+  if ((r = icd_nsop_close_others(keep, 3)))
+    return -r;
+  if ((r = icd_nsop_enter(pidfd, nsflags)))
+    return r;
+  if (close(pidfd) < 0)
+    return errno;
+  return 0;
+}
+
+void icd_nsop_reap(pid_t child)
+{
+  int status;
+  while (waitpid(child, &status, 0) < 0)
+    if (errno != EINTR)
+      break; /* ECHILD: SIGCHLD is ignored and the kernel reaped it */
+}
+
 int icd_nsop_fork_joined(int *sock)
 {
   int sv[2], ret;

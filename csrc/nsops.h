@@ -4,6 +4,7 @@
 #define ICD_NSOPS_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 #define NR_open_tree 428
 #define NR_move_mount 429
@@ -33,6 +34,14 @@ int icd_nsop_check_pid(int pidfd, int pid);
 /* setns into the pidfd's namespaces and become root there where mapped:
  * 0 or a positive errno. */
 int icd_nsop_enter(int pidfd, int nsflags);
+/* In a forked helper: dies with its parent, becomes non-dumpable, opens the
+ * host's /proc (*procfd, kept), keeps only sock, pidfd and that, then enters
+ * pidfd's namespaces among nsflags that differ from ours (pidfd is closed
+ * after).  0 or a positive errno. */
+int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int sock,
+                           int *procfd);
+/* waitpid on our own child, through EINTR. */
+void icd_nsop_reap(pid_t child);
 /* fork() with a SEQPACKET socketpair between parent and child: the child's
  * pid (0 in the child) with *sock set to this side's end, or -errno. */
 int icd_nsop_fork_joined(int *sock);

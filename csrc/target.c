@@ -95,3 +95,26 @@ int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int n
 {
   return checked(icd_target_string(pid, addr, buf, max_len, 1), notify_fd, id);
 }
+
+/* Best effort, after the answer: "" if the task is gone already.  procfd: a
+ * host /proc directory, or AT_FDCWD for "/proc". */
+void icd_read_comm(int procfd, uint32_t pid, char out[16])
+{
+  char path[32];
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof path, procfd == AT_FDCWD ? "/proc/%u/comm" : "%u/comm", pid);
+  fd = openat(procfd, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  n = read(fd, out, 15);
+  close(fd);
+  if (n <= 0) {
+    out[0] = 0;
+    return;
+  }
+  out[n] = 0;
+  if (out[n - 1] == '\n')
+    out[n - 1] = 0;
+}
