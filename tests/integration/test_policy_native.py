@@ -143,6 +143,10 @@ def test_chrooted_unshared_and_protected_calls_get_the_policy(
         "echo inner=$(grep -c \" /mnt/y \" /proc/self/mountinfo)'",
         "echo outer=$(grep -c ' /mnt/y ' /proc/self/mountinfo)",
         # What sits on procfs/sysfs is the Python policy's.
+        # Bad input reaches the Python path untouched and gets the kernel's answers.
+        probe("bad_target_ptr", "sys mount s:t 1 s:tmpfs 0 0"),
+        probe("long_target", "sys mount s:t s:/$(printf 'a%.0s' $(seq 5000)) s:tmpfs 0 0"),
+        probe("missing_target", "sys mount s:t s:/nonexistent s:tmpfs 0 0"),
         probe("umount_proc", "sys umount2 s:/proc 0"),
         probe("umount_sys", "sys umount2 s:/sys 0"),
         probe("umount_mask", "sys umount2 s:/proc/timer_list 0"),
@@ -155,6 +159,9 @@ def test_chrooted_unshared_and_protected_calls_get_the_policy(
     assert "chroot_in=1 chroot_out=0" in out, out
     assert "inner=1" in out and "outer=0" in out, out
     got = parse(out)
+    assert got["bad_target_ptr"] == (-1, 14), out  # EFAULT
+    assert got["long_target"] == (-1, 36), out  # ENAMETOOLONG
+    assert got["missing_target"] == (-1, 2), out  # ENOENT, answered by the helper
     assert got["umount_proc"] == (-1, EBUSY), out
     assert got["umount_sys"] == (-1, EBUSY), out
     assert got["umount_mask"] == (-1, EPERM), out
