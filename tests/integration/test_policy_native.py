@@ -59,9 +59,11 @@ def calls(daemon: Daemon, cid: str) -> dict[str, int]:
     return c.get("calls", {}) if c else {}
 
 
+@pytest.mark.parametrize("rt_name", ["runc", "crun"])
 def test_helper_performs_plain_mounts_and_records_them(
-        runtime_factory: Callable[[str], Runtime], bundle_factory, daemon: Daemon, new_id):
-    rt = runtime_factory("runc")
+        runtime_factory: Callable[[str], Runtime], bundle_factory, daemon: Daemon, new_id,
+        rt_name: str):
+    rt = runtime_factory(rt_name)
     cid = new_id("native")
     events: list[dict[str, Any]] = []
 
