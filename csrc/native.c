@@ -474,14 +474,17 @@ static void helper_loop(struct helper *h)
       return;
     }
     atomic_store(&h->sh->current, n.id);
-    if (!handle_here(h, &n)) {
-      memset(&m, 0, sizeof m);
-      m.kind = MSG_FORWARD;
-      m.n = n;
-      if (send_msg(h->sock, &m, -1) < 0)
-        return; /* the daemon is gone */
+    if (handle_here(h, &n)) {
+      atomic_store(&h->sh->current, 0);
+      continue;
     }
-    atomic_store(&h->sh->current, 0);
+    /* Forwarded: the daemon clears `current` when it takes it over, so a
+     * death in between fails neither a call twice nor none. */
+    memset(&m, 0, sizeof m);
+    m.kind = MSG_FORWARD;
+    m.n = n;
+    if (send_msg(h->sock, &m, -1) < 0)
+      return; /* the daemon is gone */
   }
 }
 
@@ -630,6 +633,8 @@ int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n)
     return ICD_NATIVE_IDLE;
   if (got > 0 && m.kind == MSG_FORWARD) {
     *n = m.n;
+    id = n->id;
+    atomic_compare_exchange_strong(&nv->sh->current, &id, 0); /* ours now */
     return ICD_NATIVE_FORWARD;
   }
   if (got > 0 && m.kind == MSG_DETACHED)
