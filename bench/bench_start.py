@@ -9,8 +9,8 @@ gets an image-style root-owned rootfs and a config without a user namespace,
 and does everything itself (id range, id-mapped mount, seccomp attach, checks).
 Both rows use the same real runtime (--runtime).
 
-Rows run interleaved, round by round, with the order rotated each round, after
-warm-up rounds: a VM's speed drifts by tens of percent within seconds, and this
+Rows run interleaved, round by round, cycling through every order of the rows,
+after warm-up rounds: a VM's speed drifts by tens of percent within seconds, and this
 way the drift hits every row alike. Prints each row's median (100 rounds by
 default) and quartiles, the ratio of the medians with PASS/MISS against 1.25x,
 and the median of the per-round ratios as a cross-check.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 import os
 import shutil
@@ -101,18 +102,21 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def one(cmd: list[str], bundle: Path, cid: str, env: dict[str, str]) -> tuple[float, float]:
+def one(cmd: list[str], bundle: Path, cid: str, env: dict[str, str]) -> list[float]:
+    """Seconds for [create + start + exit, create, start, exit, delete]."""
     pidfile = bundle / "pid"
     t0 = time.perf_counter()
     subprocess.run([*cmd, "create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid],
                    check=True, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     pid = int(pidfile.read_text())
-    subprocess.run([*cmd, "start", cid], check=True, env=env)
-    os.waitpid(pid, 0)
     t1 = time.perf_counter()
-    subprocess.run([*cmd, "delete", cid], check=True, env=env)
+    subprocess.run([*cmd, "start", cid], check=True, env=env)
     t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
+    os.waitpid(pid, 0)
+    t3 = time.perf_counter()
+    subprocess.run([*cmd, "delete", cid], check=True, env=env)
+    t4 = time.perf_counter()
+    return [t3 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3]
 
 
 def main() -> int:
@@ -157,25 +161,25 @@ def main() -> int:
         b_shim = make_bundle(top / "shim", userns=False)
         b_filt = make_bundle(top / "filt", userns=True, listener=str(state / "seccomp.sock"))
         py_env = dict(env, INTERCEPTD_RUNC_NO_SERVICE="1")
-        rows: dict[str, list[float]] = {"base": [], "shim": [], "filt": [], "py": [],
-                                        "base_del": [], "shim_del": []}
+        rows: dict[str, list[float]] = {"base": [], "shim": [], "filt": [], "py": []}
+        phases: dict[str, list[list[float]]] = {k: [] for k in rows}
         load0 = os.getloadavg()[0]
         t_start = time.monotonic()
+        runs = [("base", base_cmd, b_base, env), ("shim", shim_cmd, b_shim, env)]
+        if not args.no_context:
+            runs.append(("filt", base_cmd, b_filt, env))
+        if args.python_row:
+            runs.append(("py", shim_cmd, b_shim, py_env))
+        # Interleaved, round by round, cycling through every order of the rows: drifting
+        # load hits every row alike, and no row always follows the same other one
+        # (what a row leaves behind, say the daemon's detach work, lands on the next).
+        orders = list(itertools.permutations(runs))
         for i in range(args.warmup + args.n):
-            # Interleaved, and the order rotated each round, so drifting load from
-            # other work on the machine hits every row alike.
-            runs = [("base", base_cmd, b_base, env), ("shim", shim_cmd, b_shim, env)]
-            if not args.no_context:
-                runs.append(("filt", base_cmd, b_filt, env))
-            if args.python_row:
-                runs.append(("py", shim_cmd, b_shim, py_env))
-            k = i % len(runs)
-            for name, cmd, bundle, e in runs[k:] + runs[:k]:
-                t, d = one(cmd, bundle, f"{name}-{i}", e)
+            for name, cmd, bundle, e in orders[i % len(orders)]:
+                t = [x * 1000 for x in one(cmd, bundle, f"{name}-{i}", e)]
                 if i >= args.warmup:
-                    rows[name].append(t * 1000)
-                    if name in ("base", "shim"):
-                        rows[name + "_del"].append(d * 1000)
+                    rows[name].append(t[0])
+                    phases[name].append(t[1:])
         elapsed = time.monotonic() - t_start
         med = {k: statistics.median(v) for k, v in rows.items() if v}
         mb, ms = med["base"], med["shim"]
@@ -201,7 +205,11 @@ def main() -> int:
             mf = med["filt"]
             print(f"  context: {rt} + userns + interceptd's seccomp filter/listener, no "
                   f"shim: {mf:.1f} ms ({mf / mb:.2f}x)")
-        print(f"  delete: {med['base_del']:.1f} ms vs {med['shim_del']:.1f} ms")
+        print("  medians of create / start / exit / (delete, not counted), ms:")
+        for name in rows:
+            if phases[name]:
+                ph = [statistics.median(p[j] for p in phases[name]) for j in range(4)]
+                print(f"    {name:5s} {ph[0]:6.1f} {ph[1]:5.1f} {ph[2]:5.1f}  ({ph[3]:.1f})")
         print(f"  per-round ratio, median: {paired:.2f}x")
         verdict = "PASS" if ratio <= TARGET else "MISS"
         print(f"  ratio {ratio:.2f}x (+{ms - mb:.1f} ms; target <= {TARGET}x): {verdict}")
