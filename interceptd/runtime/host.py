@@ -25,6 +25,19 @@ def _mkdir_traversable(path: str) -> None:
     os.chmod(path, 0o711)
 
 
+def _clear_mount_point(target: str) -> None:
+    """Mount points are reused by the id range's next holder: should a teardown have
+    left something mounted there (it reports that), take it away rather than stack
+    the new mount on top. One umount2 that fails with EINVAL in the usual case."""
+    for _ in range(16):
+        try:
+            mountapi.umount(target, mountapi.MNT_DETACH)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOENT):
+                return
+            raise SetupError(f"cannot clear mount point {target}: {e}") from None
+
+
 def _target_like(src: str, target: str) -> None:
     """A mount point for src: a directory or an empty file. The mount dir is reused
     by the id range's next holder, so a left-over point of the other kind is replaced."""
@@ -49,6 +62,7 @@ class HostSetup:
     def _mount_fd(self, fd: int, target: str) -> None:
         # Not saved per mount (a rename costs a flush on ext4): every mount point
         # lives under rec.mount_dir, which teardown scans anyway.
+        _clear_mount_point(target)
         mountapi.move_mount(fd, target)
         self.rec.mounts.append(target)
 
@@ -123,6 +137,7 @@ class HostSetup:
             *[o for o in layers.other if not o.startswith(("uuid", "index"))],
         ]
         try:
+            _clear_mount_point(target)
             mountapi.mount("overlay", target, "overlay", 0, ",".join(opts))
         except OSError as e:
             raise SetupError(f"cannot mount the id-mapped overlay for {merged}: {e}") from None

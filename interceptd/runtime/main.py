@@ -264,8 +264,10 @@ class Create:
         from . import host
 
         host.teardown(self.rec)
-        self.pool.release(self.key)
+        # Record first, range second: a record never outlives its hold on the id
+        # range, so a stale one can never tear down the range's next holder's mounts.
         self.store.remove(self.key)
+        self.pool.release(self.key)
 
     def prepare(self) -> list[str]:
         """Rewrite bundle and host; the runtime's argv (after argv[0]) to run next."""
@@ -300,8 +302,8 @@ class Create:
                 # Let the runtime report the duplicate id; touch nothing of the live one.
                 raise Passthrough
             host.teardown(stale)
-            pool.release(key)
             store.remove(key)
+            pool.release(key)
 
         try:
             base = pool.allocate(key)
@@ -513,8 +515,8 @@ class Delete:
         problems = host.teardown(rec)
         if rec.bundle and rec.config_rewritten:
             _restore_config(os.path.join(rec.bundle, "config.json"))
+        store.remove(key)  # before the release: see Create._undo
         pool.release(key)
-        store.remove(key)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(st.runtime_dir, "containers", key + ".pid"))
         if problems:

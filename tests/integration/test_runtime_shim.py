@@ -499,3 +499,26 @@ def test_service_takes_placed_without_reply(shim, service, bundle_factory, new_i
         s.close()
         shim.delete(cid)
     assert_nothing_left(shim)
+
+
+def test_reused_range_dir_left_mounted_is_cleared(shim, bundle_factory, new_id):
+    """A mount left at an id range's mount point (a teardown that failed) is taken
+    away by the range's next holder, not shadowed: the container sees its own rootfs
+    and nothing stays mounted afterwards."""
+    b = plain_bundle(bundle_factory, ["sh", "-c", "ls /"])
+    shim.run(b, new_id("first")).check()
+    assert_nothing_left(shim)
+    mnt = Path(str(shim.daemon.state_dir).rstrip("/") + "-rootfs")  # type: ignore[attr-defined]
+    ranges = sorted(mnt.iterdir(), key=lambda p: int(p.name[1:]))
+    assert ranges, "the first container left no range dir"
+    target = ranges[0] / "rootfs"  # the lowest range: the one the next create takes
+    subprocess.run(["mount", "-t", "tmpfs", "leftover", str(target)], check=True)
+    try:
+        (target / "stale-marker").write_text("x")
+        res = shim.run(b, new_id("second")).check()
+        assert "bin" in res.stdout.split() and "stale-marker" not in res.stdout
+        with open("/proc/self/mountinfo") as f:
+            assert str(target) not in f.read()  # cleared by the create, not by us
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    assert_nothing_left(shim)

@@ -210,3 +210,32 @@ def test_service_settings_cached_until_config_changes(tmp_path):
     assert svc._settings(env)[0].extra_sensitive_paths == ["/a", "/bb"]
     other = svc._settings({**env, "INTERCEPTD_RUNTIME": "/bin/false"})[0]
     assert other.runtime == "/bin/false"
+
+
+def test_delete_drops_the_record_before_the_range(tmp_path, monkeypatch):
+    """Killed between the two steps, delete leaves a range without a record (freed by
+    the next delete), never a record whose range another container may get."""
+    from interceptd.runtime import argv, main
+
+    st = settings.from_dict({"runtime": {"state_dir": str(tmp_path), "runtime": "/bin/true"}},
+                            {})
+    inv = argv.parse(["--root", "/r", "delete", "c1"])
+    key = records.container_key("/r", "c1")
+    pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges)
+    base = pool.allocate(key)
+    store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
+    md = tmp_path / "mnt" / f"r{base}"
+    (md / "rootfs").mkdir(parents=True)
+    store.save(records.Record(key=key, container_id="c1", host_base=base, mount_dir=str(md),
+                              keep_dirs=True))
+
+    def killed(self, k):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(idpool.IdPool, "release", killed)
+    with pytest.raises(SystemExit):
+        main.Delete(inv, st).finish(0)
+    monkeypatch.undo()
+    assert store.load(key) is None and pool.allocated() == {key: base}
+    assert main.Delete(inv, st).finish(0) == 0
+    assert pool.allocated() == {}
