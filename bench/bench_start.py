@@ -11,7 +11,7 @@ Both rows use the same real runtime (--runtime).
 
 Rows run interleaved, round by round, cycling through every order of the rows,
 after warm-up rounds: a VM's speed drifts by tens of percent within seconds, and this
-way the drift hits every row alike. Prints each row's median (100 rounds by
+way the drift hits every row alike. Prints each row's median (150 rounds by
 default) and quartiles, the ratio of the medians with PASS/MISS against 1.25x,
 and the median of the per-round ratios as a cross-check.
 """
@@ -121,7 +121,7 @@ def one(cmd: list[str], bundle: Path, cid: str, env: dict[str, str]) -> list[flo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=100, help="measured rounds (default 100)")
+    ap.add_argument("-n", type=int, default=150, help="measured rounds (default 150)")
     ap.add_argument("--warmup", type=int, default=5, help="unmeasured rounds first")
     ap.add_argument("--runtime", default="runc")
     ap.add_argument("--shim", help="interceptd-runc to measure (default: the native "
