@@ -173,21 +173,26 @@ class HostSetup:
             m["source"] = t
 
 
-def place_in_cgroup2(rec: Record, store: RecordStore, pid: int, cgroup2_root: str,
-                     container_id: str) -> str:
-    """Make sure `pid` sits in a v2 node of its own; returns that node's path.
-
-    runc in hybrid mode already creates one at cgroupsPath; other runtimes may
-    leave the process in the root, then the shim makes /interceptd/<id>.
-    """
+def cgroup2_path(pid: int) -> str:
+    """The process's path in the cgroup v2 hierarchy ("/" when it has none)."""
     with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             if line.startswith("0::"):
-                cur = line[3:].strip()
-                break
-        else:
-            cur = "/"
-    if cur not in ("/", ""):
+                return line[3:].strip() or "/"
+    return "/"
+
+
+def place_in_cgroup2(rec: Record, store: RecordStore, pid: int, cgroup2_root: str,
+                     container_id: str, caller_pid: int | None = None) -> str:
+    """Make sure `pid` sits in a v2 node of its own; returns that node's path.
+
+    runc in hybrid mode already creates one at cgroupsPath; other runtimes may
+    leave the process in the root, or in the node it inherited from whoever ran the
+    runtime (`caller_pid`'s: not its own), then the shim makes /interceptd/<id>.
+    """
+    cur = cgroup2_path(pid)
+    inherited = cgroup2_path(caller_pid) if caller_pid else None
+    if cur != "/" and cur != inherited:
         return os.path.join(cgroup2_root, cur.lstrip("/"))
     node = os.path.join(cgroup2_root, "interceptd", container_id)
     rec.cgroup_node = node

@@ -232,10 +232,31 @@ static const char *flag_value(char **args, const char *name)
 	return NULL;
 }
 
+/* pid's path in the cgroup v2 hierarchy into out ("" if none); 0 if unreadable. */
+static int cgroup2_of(const char *pid, char *out, size_t cap)
+{
+	char path[64], line[4096];
+	snprintf(path, sizeof(path), "/proc/%s/cgroup", pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 0;
+	out[0] = '\0';
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "0::", 3) == 0) {
+			line[strcspn(line, "\n")] = '\0';
+			snprintf(out, cap, "%s", line + 3);
+			break;
+		}
+	}
+	fclose(f);
+	return 1;
+}
+
 /*
  * After a successful create: does the container's init already sit in a cgroup v2
- * node of its own (runc does that on hybrid hosts)? Then the service has nothing
- * left to do and we need not wait for it. Any doubt: 0, and the service checks.
+ * node of its own (runc does that on hybrid hosts): not the root, and not ours,
+ * which it would have inherited? Then the service has nothing left to do and we
+ * need not wait for it. Any doubt: 0, and the service checks.
  */
 static int init_in_own_cgroup2(char **args)
 {
@@ -250,19 +271,12 @@ static int init_in_own_cgroup2(char **args)
 	fclose(f);
 	if (!ok)
 		return 0;
-	char path[64], line[4096];
-	snprintf(path, sizeof(path), "/proc/%ld/cgroup", pid);
-	if (!(f = fopen(path, "re")))
+	char init_pid[32], init_cg[4096], own_cg[4096];
+	snprintf(init_pid, sizeof(init_pid), "%ld", pid);
+	if (!cgroup2_of(init_pid, init_cg, sizeof(init_cg)) ||
+	    !cgroup2_of("self", own_cg, sizeof(own_cg)))
 		return 0;
-	int placed = 0;
-	while (fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "0::", 3) == 0) {
-			const char *cg = line + 3;
-			placed = cg[0] == '/' && cg[1] != '\n' && cg[1] != '\0';
-			break;
-		}
-	}
-	fclose(f);
+	int placed = init_cg[0] == '/' && init_cg[1] != '\0' && strcmp(init_cg, own_cg) != 0;
 	return placed;
 }
 

@@ -256,6 +256,9 @@ class Create:
         self.cfg_path = ""
         self.pid_file: str | None = None
         self.detached = inv.command == "create" or inv.has_flag("detach", "d")
+        # Who runs the real runtime (its cgroup is what the init inherits): this
+        # process, or the launcher the service prepares for (service.py sets it).
+        self.caller_pid = os.getpid()
 
     def _abs(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
@@ -378,7 +381,8 @@ class Create:
                 try:
                     with open(self._abs(self.pid_file)) as f:
                         pid = int(f.read().strip())
-                    host.place_in_cgroup2(rec, self.store, pid, cg, self.cid)
+                    host.place_in_cgroup2(rec, self.store, pid, cg, self.cid,
+                                          self.caller_pid)
                 except (OSError, ValueError) as e:
                     rec.warnings.append(f"cgroup v2 placement: {e}")
                     self.store.save(rec)

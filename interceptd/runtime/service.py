@@ -245,6 +245,7 @@ class Service:
             job = Exec(inv, st, cwd, in_place=True)
         else:
             job = Create(inv, st, cwd, daemon_status=self.status)
+            job.caller_pid = pid
         try:
             run_args = job.prepare()
         except Passthrough:
