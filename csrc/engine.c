@@ -16,19 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "icd.h"
+#include "rules.h"
 #include "seccomp_compat.h"
 
 #define ICD_STOP_SIGNAL (SIGRTMIN + 7)
-#define RULE_ENC(act, val) ((int64_t)((uint64_t)(val) << 3) | (act))
-#define RULE_ACT(r) ((int)((r) & 7))
-#define RULE_VAL(r) ((r) >> 3)
-#define RULE_VAL_MAX (INT64_MAX >> 3)
-#define RULE_VAL_MIN (INT64_MIN >> 3)
 
 /* Who receives on a receiver's fd (see "direct mode" below). */
 #define TURN_C 0       /* the receiver thread */
@@ -64,8 +61,7 @@ struct icd_channel {
   struct icd_engine *eng;
   struct icd_channel *next; /* engine's list, under eng->lock */
   uint64_t cookie;
-  _Atomic int64_t rules[ICD_NR_MAX]; /* RULE_ENC(action, value); 0 = use deflt */
-  _Atomic int64_t deflt;
+  struct icd_rules *rt; /* the verdict table (MAP_SHARED, see rules.h) */
 
   pthread_mutex_t lock; /* queue, receivers, state */
   pthread_cond_t cond;  /* a receiver exited */
@@ -199,9 +195,17 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
   ch->direct = 1;
   ch->qsize = 64;
   ch->q = calloc(ch->qsize, sizeof *ch->q);
-  atomic_init(&ch->deflt, RULE_ENC(ICD_ACT_ERRNO, EPERM));
+  ch->rt = mmap(NULL, sizeof *ch->rt, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (ch->rt == MAP_FAILED) {
+    free(ch->q);
+    free(ch);
+    errno = ENOMEM;
+    return NULL;
+  }
+  atomic_init(&ch->rt->deflt, RULE_ENC(ICD_ACT_ERRNO, EPERM));
   /* Deadlines are CLOCK_MONOTONIC: a wall-clock step must not stretch a wait. */
   if (pthread_condattr_init(&ca) || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) {
+    munmap(ch->rt, sizeof *ch->rt);
     free(ch->q);
     free(ch);
     errno = EINVAL;
@@ -210,6 +214,7 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
   if (!ch->q || pthread_mutex_init(&ch->lock, NULL) || pthread_cond_init(&ch->cond, &ca)
       || pthread_rwlock_init(&ch->fdlock, NULL)) {
     pthread_condattr_destroy(&ca);
+    munmap(ch->rt, sizeof *ch->rt);
     free(ch->q);
     free(ch);
     errno = ENOMEM;
@@ -221,6 +226,17 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
   e->chans = ch;
   pthread_mutex_unlock(&e->lock);
   return ch;
+}
+
+int64_t icd_rule_for(struct icd_rules *t, uint32_t arch, int nr)
+{
+  int64_t rule;
+  if (arch != AUDIT_ARCH_X86_64 || nr < 0 || nr >= ICD_NR_MAX)
+    return RULE_ENC(ICD_ACT_PYTHON, 0);
+  rule = atomic_load_explicit(&t->rules[nr], memory_order_relaxed);
+  if (RULE_ACT(rule) == ICD_ACT_DEFAULT)
+    rule = atomic_load_explicit(&t->deflt, memory_order_relaxed);
+  return rule;
 }
 
 static int check_rule(int action, int64_t value)
@@ -240,12 +256,12 @@ int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t val
   if (nr < 0 || nr >= ICD_NR_MAX)
     return -EINVAL;
   if (action == ICD_ACT_DEFAULT) {
-    atomic_store(&ch->rules[nr], 0);
+    atomic_store(&ch->rt->rules[nr], 0);
     return 0;
   }
   if ((r = check_rule(action, value)))
     return r;
-  atomic_store(&ch->rules[nr], RULE_ENC(action, value));
+  atomic_store(&ch->rt->rules[nr], RULE_ENC(action, value));
   return 0;
 }
 
@@ -254,7 +270,7 @@ int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value)
   int r = check_rule(action, value);
   if (r)
     return r;
-  atomic_store(&ch->deflt, RULE_ENC(action, value));
+  atomic_store(&ch->rt->deflt, RULE_ENC(action, value));
   return 0;
 }
 
@@ -329,16 +345,10 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
   struct icd_channel *ch = r->ch;
   struct seccomp_notif_resp resp = { .id = n->id };
   struct icd_decision d;
-  int64_t rule = 0, value;
+  int64_t rule, value;
   int act, serr = 0;
 
-  if (n->data.arch == AUDIT_ARCH_X86_64 && n->data.nr >= 0 && n->data.nr < ICD_NR_MAX) {
-    rule = atomic_load_explicit(&ch->rules[n->data.nr], memory_order_relaxed);
-    if (RULE_ACT(rule) == ICD_ACT_DEFAULT)
-      rule = atomic_load_explicit(&ch->deflt, memory_order_relaxed);
-  } else {
-    rule = RULE_ENC(ICD_ACT_PYTHON, 0);
-  }
+  rule = icd_rule_for(ch->rt, n->data.arch, n->data.nr);
   act = RULE_ACT(rule);
   value = RULE_VAL(rule);
   switch (act) {
@@ -895,12 +905,14 @@ int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint6
 void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out)
 {
   out->fast = atomic_load(&ch->n_fast);
+  out->native_table = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native), 1) : 0;
+  out->fast += out->native_table;
   out->python = atomic_load(&ch->n_python);
   out->overflow = atomic_load(&ch->n_overflow);
   out->send_errors = atomic_load(&ch->n_send_err);
   out->detached = atomic_load(&ch->n_detached);
   out->direct = atomic_load(&ch->n_direct);
-  out->native = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native)) : 0;
+  out->native = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native), 0) : 0;
   pthread_mutex_lock(&ch->lock);
   out->receivers = ch->nlive;
   pthread_mutex_unlock(&ch->lock);
@@ -998,7 +1010,7 @@ int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, in
       nv = expect;
     }
   }
-  if ((ret = icd_native_start(nv, pidfd, pid, list, len)))
+  if ((ret = icd_native_start(nv, pidfd, pid, list, len, ch->rt)))
     return ret;
   pthread_mutex_lock(&ch->lock);
   for (r = ch->recvs; r; r = r->next)
@@ -1042,6 +1054,7 @@ void icd_channel_free(struct icd_channel *ch)
     free(r);
   }
   icd_native_free(atomic_load(&ch->native));
+  munmap(ch->rt, sizeof *ch->rt);
   pthread_rwlock_destroy(&ch->fdlock);
   pthread_cond_destroy(&ch->cond);
   pthread_mutex_destroy(&ch->lock);

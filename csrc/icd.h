@@ -56,7 +56,8 @@ struct icd_chstats {
   uint64_t detached;
   uint64_t receivers;  /* live receiver threads */
   uint64_t direct;     /* Python-path notifications received by the waiter itself */
-  uint64_t native;     /* mount-family calls answered by the native path */
+  uint64_t native;     /* mount-family calls the native helper performed */
+  uint64_t native_table; /* of `fast`, those the native helper answered */
 };
 
 struct icd_probe {
@@ -198,8 +199,11 @@ int64_t icd_nsop_umount_vetted(const char *path, int flags);
 struct icd_native;
 struct icd_native *icd_native_new(uint64_t cookie);
 /* Starts the helper in the namespaces of `pid` (its pidfd), which serves
- * the NUL-separated filesystem types in list ("" ends it): 0 or -errno. */
-int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len);
+ * the NUL-separated filesystem types in list ("" ends it) and answers by the
+ * channel's (shared) verdict table rt: 0 or -errno. */
+struct icd_rules;
+int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len,
+                     struct icd_rules *rt);
 /* Hands the helper notify fd `fd` to receive on: 0 or -errno. */
 int icd_native_delegate(struct icd_native *nv, int fd);
 #define ICD_NATIVE_IDLE 0     /* nothing arrived (EINTR): look at the stop flag */
@@ -211,7 +215,8 @@ struct seccomp_notif;
 int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n);
 /* Moves up to max of the helper's decision records to out. */
 int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max);
-uint64_t icd_native_count(struct icd_native *nv);
+/* Calls the helper performed (fast: answered by the verdict table). */
+uint64_t icd_native_count(struct icd_native *nv, int fast);
 void icd_native_close(struct icd_native *nv); /* kills its helper */
 void icd_native_free(struct icd_native *nv);
 /* engine.c: the native path for a channel: its helper starts in the

@@ -48,6 +48,7 @@
 
 #include "icd.h"
 #include "nsops.h"
+#include "rules.h"
 #include "seccomp_compat.h"
 
 #define NATIVE_FSTYPES 512
@@ -81,7 +82,9 @@ struct msg {
 struct shared {
   _Atomic uint64_t current;    /* notification the helper holds, 0 if none */
   _Atomic uint32_t head, tail; /* ring: the helper writes at tail */
-  _Atomic uint64_t count, dropped;
+  _Atomic uint64_t count;      /* mount-family calls it performed */
+  _Atomic uint64_t fast;       /* calls it answered by the channel's table */
+  _Atomic uint64_t dropped;
   struct icd_decision rec[RING];
 };
 
@@ -93,6 +96,7 @@ struct icd_native {
   pid_t pid; /* the helper, our child */
   int closed;
   struct shared *sh;
+  struct icd_rules *rt; /* the channel's table (shared with the helper) */
 };
 
 /* ---- the helper -------------------------------------------------------- */
@@ -102,6 +106,7 @@ struct helper {
   uint64_t cookie, user_ino, root_dev, root_ino, root_mnt;
   const char *fstypes;
   struct shared *sh;
+  struct icd_rules *rt;
   struct {
     int pid, fd;
   } piddir[PIDDIRS];
@@ -400,14 +405,13 @@ static int native_umount(struct helper *h, const struct seccomp_notif *n, int *e
 
 
 /* After the answer, off the caller's path. */
-static void record(struct helper *h, const struct seccomp_notif *n, int err, int send_err,
-                   const char *reason)
+static void record(struct helper *h, const struct seccomp_notif *n, int action, int64_t value,
+                   int send_err, const char *reason)
 {
   struct shared *sh = h->sh;
   uint32_t tail = atomic_load_explicit(&sh->tail, memory_order_relaxed);
   struct icd_decision *d;
 
-  atomic_fetch_add_explicit(&sh->count, 1, memory_order_relaxed);
   if (tail - atomic_load_explicit(&sh->head, memory_order_acquire) >= RING) {
     atomic_fetch_add_explicit(&sh->dropped, 1, memory_order_relaxed);
     return;
@@ -418,8 +422,8 @@ static void record(struct helper *h, const struct seccomp_notif *n, int err, int
   d->id = n->id;
   d->pid = n->pid;
   d->nr = n->data.nr;
-  d->action = err ? ICD_ACT_ERRNO : ICD_ACT_VALUE;
-  d->value = err;
+  d->action = action;
+  d->value = value;
   d->send_errno = send_err;
   d->ns_time = now_ns(CLOCK_REALTIME);
   memcpy(d->args, n->data.args, sizeof d->args);
@@ -435,20 +439,35 @@ static void record(struct helper *h, const struct seccomp_notif *n, int err, int
 static int handle_here(struct helper *h, const struct seccomp_notif *n)
 {
   char reason[sizeof(((struct icd_decision *)0)->reason)];
-  int err = 0, done, send_err;
+  int64_t rule = icd_rule_for(h->rt, n->data.arch, n->data.nr), value = RULE_VAL(rule);
+  int act = RULE_ACT(rule), err = 0, done = 0, send_err;
 
-  if (n->data.arch != AUDIT_ARCH_X86_64)
+  switch (act) {
+  case ICD_ACT_CONTINUE: /* the channel's table, as the daemon's receiver would */
+    send_err = -icd_notify_send(h->fd, n->id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
+    break;
+  case ICD_ACT_ERRNO:
+    send_err = -icd_notify_send(h->fd, n->id, 0, -(int32_t)value, 0);
+    break;
+  case ICD_ACT_VALUE:
+    send_err = -icd_notify_send(h->fd, n->id, value, 0, 0);
+    break;
+  case ICD_ACT_NATIVE:
+    if (n->data.nr == NR_mount_)
+      done = native_mount(h, n, &err, reason, sizeof reason);
+    else if (n->data.nr == NR_umount2_)
+      done = native_umount(h, n, &err, reason, sizeof reason);
+    if (!done)
+      return 0;
+    send_err = -icd_notify_send(h->fd, n->id, 0, -err, 0);
+    atomic_fetch_add_explicit(&h->sh->count, 1, memory_order_relaxed);
+    record(h, n, err ? ICD_ACT_ERRNO : ICD_ACT_VALUE, err, send_err, reason);
+    return 1;
+  default:
     return 0;
-  if (n->data.nr == NR_mount_)
-    done = native_mount(h, n, &err, reason, sizeof reason);
-  else if (n->data.nr == NR_umount2_)
-    done = native_umount(h, n, &err, reason, sizeof reason);
-  else
-    done = 0;
-  if (!done)
-    return 0;
-  send_err = -icd_notify_send(h->fd, n->id, 0, -err, 0);
-  record(h, n, err, send_err, reason);
+  }
+  atomic_fetch_add_explicit(&h->sh->fast, 1, memory_order_relaxed);
+  record(h, n, act, act == ICD_ACT_CONTINUE ? 0 : value, send_err, "");
   return 1;
 }
 
@@ -516,6 +535,7 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
   h.cookie = nv->cookie;
   h.fstypes = nv->fstypes; /* our copy of the daemon's memory, as of the fork */
   h.sh = nv->sh;
+  h.rt = nv->rt;
   for (i = 0; i < PIDDIRS; i++)
     h.piddir[i].fd = -1;
   memset(&m, 0, sizeof m);
@@ -565,7 +585,8 @@ static void stop_helper(struct icd_native *nv)
   }
 }
 
-int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len)
+int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len,
+                     struct icd_rules *rt)
 {
   struct pollfd p;
   struct msg m;
@@ -581,6 +602,7 @@ int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list
   }
   memset(nv->fstypes, 0, sizeof nv->fstypes);
   memcpy(nv->fstypes, list, len);
+  nv->rt = rt;
   child = icd_nsop_fork_joined(&sock);
   if (child < 0) {
     pthread_mutex_unlock(&nv->lock);
@@ -663,9 +685,9 @@ int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max)
   return n;
 }
 
-uint64_t icd_native_count(struct icd_native *nv)
+uint64_t icd_native_count(struct icd_native *nv, int fast)
 {
-  return atomic_load(&nv->sh->count);
+  return atomic_load(fast ? &nv->sh->fast : &nv->sh->count);
 }
 
 void icd_native_close(struct icd_native *nv)

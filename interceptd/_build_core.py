@@ -41,7 +41,7 @@ struct icd_decision {
 };
 struct icd_chstats {
   uint64_t fast; uint64_t python; uint64_t overflow; uint64_t send_errors; uint64_t detached;
-  uint64_t receivers; uint64_t direct; uint64_t native;
+  uint64_t receivers; uint64_t direct; uint64_t native; uint64_t native_table;
 };
 struct icd_probe { int user_notif; int sync_wakeup; int addfd_send; int error; };
 struct icd_exec_result { int64_t ret; int32_t err; int32_t fd; };

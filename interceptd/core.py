@@ -260,7 +260,7 @@ class Channel:
         lib.icd_channel_stats(self._ptr, s)
         return {k: int(getattr(s, k)) for k in
                 ("fast", "python", "overflow", "send_errors", "detached", "receivers",
-                 "direct", "native")}
+                 "direct", "native", "native_table")}
 
     def enable_native(self, fstypes: list[str], pidfd: int, pid: int, notify_fd: int) -> None:
         """Start the native mount helper in the namespaces of `pid` (`pidfd` names it) and

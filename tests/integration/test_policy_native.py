@@ -188,3 +188,33 @@ def test_a_dead_helper_hands_the_fd_back(runtime_factory: Callable[[str], Runtim
         assert "loop ok=5 bad=0 first_errno=0 " in output(b)[0], output(b)
         assert calls(daemon, cid)["native"] == native_before  # Python answered them
         assert daemon.alive()
+
+
+def test_helper_answers_the_channels_table_rules(runtime_factory: Callable[[str], Runtime],
+                                                 bundle_factory, daemon_factory, new_id):
+    """Once the helper receives, the channel's fast rules ([[rules]]) are answered by it,
+    with the same values and events, not forwarded."""
+    import interceptd.policy as policy
+
+    d = daemon_factory(rules=[{"syscall": "sysfs", "action": "value", "value": 42},
+                              {"syscall": "setdomainname", "action": "errno", "errno": 13}])
+    rt = runtime_factory("runc")
+    cid = new_id("table")
+    script = "; ".join([
+        WARM,
+        probe("sysfs", "sys -n 50 sysfs 3"),
+        probe("setdomainname", "sys setdomainname s:x 1"),
+        "echo done && exec sleep 60",
+    ])
+    b = bundle_factory(args=["sh", "-c", script], caps="all",
+                       notify=[*policy.notified_syscalls(None), "sysfs", "setdomainname"],
+                       seccomp_rules=policy.denied_syscalls(None), seccomp=True,
+                       listener_path=d.listener_path)
+    with rt.started(b, cid):
+        wait_for(lambda: "done" in output(b)[0])
+        got = parse(output(b)[0])
+        assert got["sysfs"] == (42, 0), output(b)
+        assert got["setdomainname"] == (-1, 13), output(b)
+        counts = wait_for(lambda: calls(d, cid) if calls(d, cid).get("native_table", 0) >= 51
+                          else None)
+        assert counts["fast"] >= counts["native_table"] >= 51, counts

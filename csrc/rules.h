@@ -1,0 +1,26 @@
+/* Internal to csrc/: a channel's verdict table.  It lives in a MAP_SHARED
+ * page of its own so that the channel's native helper (native.c), forked
+ * later, answers by the same rules as the daemon, changes included. */
+#ifndef ICD_RULES_H
+#define ICD_RULES_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "icd.h"
+
+#define RULE_ENC(act, val) ((int64_t)((uint64_t)(val) << 3) | (act))
+#define RULE_ACT(r) ((int)((r) & 7))
+#define RULE_VAL(r) ((r) >> 3)
+#define RULE_VAL_MAX (INT64_MAX >> 3)
+#define RULE_VAL_MIN (INT64_MIN >> 3)
+
+struct icd_rules {
+  _Atomic int64_t rules[ICD_NR_MAX]; /* RULE_ENC(action, value); 0 = use deflt */
+  _Atomic int64_t deflt;
+};
+
+/* The rule for a call: its own, the default, or PYTHON for another arch. */
+int64_t icd_rule_for(struct icd_rules *t, uint32_t arch, int nr);
+
+#endif
