@@ -145,11 +145,7 @@ int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
 /* umount2(path, flags) only if path still resolves to mount id a[1] (else
  * ESTALE): the daemon decides on one mount, this acts on that one. */
 #define ICD_OP_UMOUNT_CHECKED 10
-/* umount2(path, flags) of a mount that is neither a procfs/sysfs nor sits on
- * one (the only umounts the native path allows); anything else fails with
- * ICD_EPOLICY and nothing done, for the Python policy to decide. */
-#define ICD_OP_UMOUNT_VETTED 11
-#define ICD_OP_LAST 11
+#define ICD_OP_LAST 10
 #define ICD_EPOLICY 4000 /* not an errno: "let the Python policy decide" */
 
 struct icd_exec_result {
@@ -191,7 +187,10 @@ int icd_target_string(int pid, uint64_t addr, char *buf, int max_len, int mem_fi
 /* The task's comm, best effort ("" if it is gone); procfd a host /proc or
  * AT_FDCWD. */
 void icd_read_comm(int procfd, uint32_t pid, char out[16]);
-/* nsexec.c: ICD_OP_UMOUNT_VETTED itself (-1 with errno). */
+/* nsexec.c: umount2(path, flags) of a mount that is neither a procfs/sysfs
+ * nor sits on one (the only umounts the native helper performs); anything
+ * else fails with ICD_EPOLICY and nothing done, for the Python policy to
+ * decide.  -1 with errno on failure. */
 int64_t icd_nsop_umount_vetted(const char *path, int flags);
 
 /* native.c: the native mount path (see there).  engine.c owns one per

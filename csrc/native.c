@@ -339,17 +339,22 @@ static int caller_ok(struct helper *h, const struct seccomp_notif *n)
   return icd_notify_id_valid(h->fd, n->id) == 1;
 }
 
-/* 1 and *err / reason if performed, 0 to forward. */
-static int native_mount(struct helper *h, const struct seccomp_notif *n, int *err, char *reason,
-                        int rlen)
+/* The copies of the call being performed, kept for its reason, which is
+ * worded after the answer (the helper is single-threaded). */
+static struct {
+  char fstype[FSTYPE_MAX], target[PATH_MAX_], source[PATH_MAX_], data[DATA_MAX];
+  const char *s[4]; /* source, target, fstype, data as the call had them (NULL kept) */
+  uint32_t flags;
+} k;
+
+/* 1 and *err if performed, 0 to forward. */
+static int native_mount(struct helper *h, const struct seccomp_notif *n, int *err)
 {
-  static char fstype[FSTYPE_MAX], target[PATH_MAX_], source[PATH_MAX_], data[DATA_MAX];
   static const int idx[4] = { 2, 1, 0, 4 };
   static const int max[4] = { FSTYPE_MAX, PATH_MAX_, PATH_MAX_, DATA_MAX };
-  char *bufs[4] = { fstype, target, source, data };
-  const char *s[4];
+  char *bufs[4] = { k.fstype, k.target, k.source, k.data };
+  const char *got[4];
   uint32_t flags = (uint32_t)n->data.args[3];
-  int w;
 
   if ((flags & MS_MGC_MSK_) == MS_MGC_VAL_)
     flags &= ~MS_MGC_MSK_;
@@ -357,52 +362,61 @@ static int native_mount(struct helper *h, const struct seccomp_notif *n, int *er
    * the Python policy's. */
   if (flags & (MS_REMOUNT | MS_BIND | MS_MOVE | MS_PROPAGATION_))
     return 0;
-  if (arg_strings(n, idx, 4, bufs, max, s) || !s[0] || !fstype_native(h, fstype) || !s[1]
-      || target[0] != '/') /* relative: the helper's cwd is not the caller's */
+  if (arg_strings(n, idx, 4, bufs, max, got) || !got[0] || !fstype_native(h, k.fstype)
+      || !got[1] || k.target[0] != '/') /* relative: the helper's cwd is not the caller's */
     return 0;
   if (!caller_ok(h, n))
     return 0;
-  *err = syscall(SYS_mount, s[2], target, fstype, (unsigned long)flags, s[3]) < 0 ? errno : 0;
-  /* The Python policy's words for the same decision. */
-  w = fmt(reason, rlen, "%s allowed [%s%s%starget=%s fstype=%s flags=0x%x%s%s]", fstype,
-               s[2] ? "source=" : "", s[2] ? source : "", s[2] ? " " : "", target, fstype,
-               flags, s[3] ? " data=" : "", s[3] ? data : "");
-  if (*err && w >= 0 && w < rlen)
-    fmt(reason + w, rlen - w, "; mount: %s", errname(*err));
+  k.s[0] = got[2];
+  k.s[1] = got[1];
+  k.s[2] = got[0];
+  k.s[3] = got[3];
+  k.flags = flags;
+  *err = syscall(SYS_mount, k.s[0], k.target, k.fstype, (unsigned long)flags, k.s[3]) < 0
+             ? errno : 0;
   return 1;
 }
 
-static int native_umount(struct helper *h, const struct seccomp_notif *n, int *err,
-                         char *reason, int rlen)
+static int native_umount(struct helper *h, const struct seccomp_notif *n, int *err)
 {
-  static char target[PATH_MAX_];
   static const int idx[1] = { 0 }, max[1] = { PATH_MAX_ };
-  char *bufs[1] = { target };
-  const char *s[1];
+  char *bufs[1] = { k.target };
+  const char *got[1];
   uint32_t flags = (uint32_t)n->data.args[1];
-  int w;
 
   /* Unknown flags and MNT_FORCE: the Python policy's. */
   if (flags & ~UMOUNT_FLAGS)
     return 0;
-  if (arg_strings(n, idx, 1, bufs, max, s) || !s[0] || target[0] != '/')
+  if (arg_strings(n, idx, 1, bufs, max, got) || !got[0] || k.target[0] != '/')
     return 0;
   if (!caller_ok(h, n))
     return 0;
-  if (icd_nsop_umount_vetted(target, (int)flags) < 0) {
+  k.flags = flags;
+  if (icd_nsop_umount_vetted(k.target, (int)flags) < 0) {
     if (errno == ICD_EPOLICY)
       return 0; /* a procfs/sysfs in sight, or unresolvable: nothing done */
     *err = errno;
   } else {
     *err = 0;
   }
-  w = fmt(reason, rlen, "umount of the container's own mount [target=%s flags=0x%x]",
-               target, flags);
-  if (*err && w >= 0 && w < rlen)
-    fmt(reason + w, rlen - w, "; umount2: %s", errname(*err));
   return 1;
 }
 
+/* The Python policy's words for the same decision. */
+static void reason_of(int nr, int err, char *reason, int rlen)
+{
+  int w;
+  if (nr == NR_mount_)
+    w = fmt(reason, rlen, "%s allowed [%s%s%starget=%s fstype=%s flags=0x%x%s%s]", k.fstype,
+            k.s[0] ? "source=" : "", k.s[0] ? k.source : "", k.s[0] ? " " : "", k.target,
+            k.fstype, k.flags, k.s[3] ? " data=" : "", k.s[3] ? k.data : "");
+  else
+    w = fmt(reason, rlen, "umount of the container's own mount [target=%s flags=0x%x]",
+            k.target, k.flags);
+  if (err && w >= 0 && w < rlen)
+    fmt(reason + w, rlen - w, "; %s: %s", nr == NR_mount_ ? "mount" : "umount2",
+        errname(err));
+}
 
 /* After the answer, off the caller's path. */
 static void record(struct helper *h, const struct seccomp_notif *n, int action, int64_t value,
@@ -454,13 +468,15 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
     break;
   case ICD_ACT_NATIVE:
     if (n->data.nr == NR_mount_)
-      done = native_mount(h, n, &err, reason, sizeof reason);
+      done = native_mount(h, n, &err);
     else if (n->data.nr == NR_umount2_)
-      done = native_umount(h, n, &err, reason, sizeof reason);
+      done = native_umount(h, n, &err);
     if (!done)
       return 0;
     send_err = -icd_notify_send(h->fd, n->id, 0, -err, 0);
+    /* Bookkeeping after the answer: the caller runs meanwhile. */
     atomic_fetch_add_explicit(&h->sh->count, 1, memory_order_relaxed);
+    reason_of(n->data.nr, err, reason, sizeof reason);
     record(h, n, err ? ICD_ACT_ERRNO : ICD_ACT_VALUE, err, send_err, reason);
     return 1;
   default:

@@ -269,42 +269,95 @@ static int mount_kind(uint64_t uid, uint32_t *id, uint64_t *parent, int *pseudo)
   return 0;
 }
 
+/* "/" of this process, opened once (helpers never change their root). */
+static int root_fd(void)
+{
+  static int fd = -1;
+  if (fd < 0)
+    fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  return fd;
+}
+
 /* The umount the native path may do: the mount `path` names (as this process
  * sees it) is no procfs/sysfs and does not sit on one.  Those are the /proc
  * and /sys trees with their masks, read-only paths and emulated files, which
  * the Python policy decides on; every other mount is the container's to
- * unmount (mounts.decide_umount allows exactly these).  Errors of resolving
- * also go to Python, for its answer and reason. */
+ * unmount (mounts.decide_umount allows exactly these).  Unresolvable paths,
+ * a symlink as the last component, "." and ".." go to Python too.
+ *
+ * Race-free against path games: the check and the umount both look the last
+ * component up from the same held parent directory, never through the path
+ * again, and never follow a symlink there; a mount point can be neither
+ * renamed nor removed.  What is on top of it is checked once more (unique
+ * mount id) right before the umount.  Leaves the cwd at "/"; only for
+ * processes that do not change their root (the helpers). */
 int64_t icd_nsop_umount_vetted(const char *path, int flags)
 {
-  uint64_t parent, pparent;
+  char dir[4096];
+  const char *last;
+  struct statx stx;
+  uint64_t parent, pparent, uid;
   uint32_t id, pid_;
-  int64_t uid, r;
-  int fd, pseudo, ppseudo = 0;
+  size_t len;
+  int64_t r;
+  int dfd = -1, pseudo, ppseudo = 0, err;
 
   if (!path) {
     errno = EFAULT;
     return -1;
   }
-  fd = open(path, O_PATH | O_CLOEXEC | ((flags & UMOUNT_NOFOLLOW) ? O_NOFOLLOW : 0));
-  if (fd < 0)
+  len = strlen(path);
+  while (len > 1 && path[len - 1] == '/')
+    len--;
+  if (len >= sizeof dir || path[0] != '/' || len == 1)
     goto python;
-  uid = icd_fd_mnt_uid(fd);
-  close(fd); /* before the umount: our reference would keep the mount busy */
-  if (uid < 0 || mount_kind((uint64_t)uid, &id, &parent, &pseudo) || pseudo)
+  memcpy(dir, path, len);
+  dir[len] = 0;
+  last = strrchr(dir, '/') + 1;
+  if (!strcmp(last, ".") || !strcmp(last, ".."))
     goto python;
-  if (parent != (uint64_t)uid) {
+  if (last == dir + 1) {
+    dfd = dup(root_fd());
+  } else {
+    dir[last - dir - 1] = 0;
+    dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  }
+  if (dfd < 0)
+    goto python;
+  if (statx(dfd, last, AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_MNT_ID_UNIQUE_, &stx) < 0
+      || !(stx.stx_mask & STATX_MNT_ID_UNIQUE_) || S_ISLNK(stx.stx_mode))
+    goto python;
+  uid = stx.stx_mnt_id;
+  if (mount_kind(uid, &id, &parent, &pseudo) || pseudo)
+    goto python;
+  if (parent != uid) {
     r = mount_kind(parent, &pid_, &pparent, &ppseudo);
     if (r && r != -ENOENT) /* ENOENT: the namespace's root, no parent here */
       goto python;
     if (ppseudo)
       goto python;
   }
-  r = umount_checked(path, flags, id);
-  if (r < 0 && errno == ESTALE)
-    errno = EBUSY; /* what the Python path answers when the path changed meanwhile */
-  return r;
+  if (fchdir(dfd) < 0)
+    goto python;
+  /* Still the mount we checked on top (a concurrent Python-path call could
+   * have changed the stack meanwhile)?  Else EBUSY, as the Python path says. */
+  if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW, STATX_MNT_ID_UNIQUE_, &stx) < 0
+      || stx.stx_mnt_id != uid) {
+    err = EBUSY;
+    r = -1;
+  } else {
+    r = syscall(SYS_umount2, last, flags | UMOUNT_NOFOLLOW);
+    err = r < 0 ? errno : 0;
+  }
+  close(dfd);
+  /* Back to "/": a cwd there would keep that mount busy. */
+  if (fchdir(root_fd()) < 0 && !err)
+    err = errno;
+  errno = err;
+  return r < 0 || err ? -1 : 0;
 python:
+  if (dfd >= 0)
+    close(dfd);
   errno = ICD_EPOLICY;
   return -1;
 }
@@ -334,8 +387,6 @@ int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
     return syscall(NR_fspick, (int)a[0], s[0], (unsigned)a[1]);
   case ICD_OP_UMOUNT_CHECKED:
     return umount_checked(s[0], (int)a[0], a[1]);
-  case ICD_OP_UMOUNT_VETTED:
-    return icd_nsop_umount_vetted(s[0], (int)a[0]);
   }
   errno = EINVAL;
   return -1;
