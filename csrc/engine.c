@@ -175,9 +175,13 @@ int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max)
 
 uint64_t icd_engine_dropped(struct icd_engine *e)
 {
+  struct icd_channel *ch;
   uint64_t d;
   pthread_mutex_lock(&e->lock);
   d = e->dropped;
+  for (ch = e->chans; ch; ch = ch->next)
+    if (atomic_load(&ch->native))
+      d += icd_native_count(atomic_load(&ch->native), ICD_NATIVE_DROPPED);
   pthread_mutex_unlock(&e->lock);
   return d;
 }
@@ -905,14 +909,14 @@ int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint6
 void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out)
 {
   out->fast = atomic_load(&ch->n_fast);
-  out->native_table = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native), 1) : 0;
+  out->native_table = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native), ICD_NATIVE_FAST) : 0;
   out->fast += out->native_table;
   out->python = atomic_load(&ch->n_python);
   out->overflow = atomic_load(&ch->n_overflow);
   out->send_errors = atomic_load(&ch->n_send_err);
   out->detached = atomic_load(&ch->n_detached);
   out->direct = atomic_load(&ch->n_direct);
-  out->native = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native), 0) : 0;
+  out->native = atomic_load(&ch->native) ? icd_native_count(atomic_load(&ch->native), ICD_NATIVE_PERFORMED) : 0;
   pthread_mutex_lock(&ch->lock);
   out->receivers = ch->nlive;
   pthread_mutex_unlock(&ch->lock);
@@ -1047,6 +1051,8 @@ void icd_channel_free(struct icd_channel *ch)
         *pp = ch->next;
         break;
       }
+    if (atomic_load(&ch->native)) /* the engine's count never goes down */
+      e->dropped += icd_native_count(atomic_load(&ch->native), ICD_NATIVE_DROPPED);
     pthread_mutex_unlock(&e->lock);
   }
   for (r = ch->recvs; r; r = next) {

@@ -214,8 +214,12 @@ struct seccomp_notif;
 int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n);
 /* Moves up to max of the helper's decision records to out. */
 int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max);
-/* Calls the helper performed (fast: answered by the verdict table). */
-uint64_t icd_native_count(struct icd_native *nv, int fast);
+/* What the helper did: mount-family calls performed, table rules answered,
+ * or records it could not put in the ring (not drained in time). */
+#define ICD_NATIVE_PERFORMED 0
+#define ICD_NATIVE_FAST 1
+#define ICD_NATIVE_DROPPED 2
+uint64_t icd_native_count(struct icd_native *nv, int which);
 void icd_native_close(struct icd_native *nv); /* kills its helper */
 void icd_native_free(struct icd_native *nv);
 /* engine.c: the native path for a channel: its helper starts in the

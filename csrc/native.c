@@ -9,7 +9,8 @@
  * and the helper performs the call where it stands.  It only ever allows, and
  * only what the Python policy (mounts.decide_mount, decide_umount) would allow,
  * performed the same way: on its own copies of the strings, never with
- * CONTINUE.  Anything else - other syscalls, flags or filesystem types, a
+ * CONTINUE.  Calls the channel's verdict table answers ([[rules]]) it answers
+ * by that same table.  Anything else - other syscalls, flags or filesystem types, a
  * relative path, a caller in other namespaces, with another root or without
  * CAP_SYS_ADMIN, a procfs/sysfs in sight, an unreadable argument - is
  * forwarded untouched to the daemon's receiver, which handles it as if it had
@@ -26,7 +27,6 @@
 #include <linux/capability.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -701,9 +701,11 @@ int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max)
   return n;
 }
 
-uint64_t icd_native_count(struct icd_native *nv, int fast)
+uint64_t icd_native_count(struct icd_native *nv, int which)
 {
-  return atomic_load(fast ? &nv->sh->fast : &nv->sh->count);
+  return atomic_load(which == ICD_NATIVE_FAST      ? &nv->sh->fast
+                     : which == ICD_NATIVE_DROPPED ? &nv->sh->dropped
+                                                   : &nv->sh->count);
 }
 
 void icd_native_close(struct icd_native *nv)
