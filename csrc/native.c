@@ -52,7 +52,7 @@
 #include "seccomp_compat.h"
 
 #define NATIVE_FSTYPES 512
-#define RING 256         /* decision records in flight to the daemon */
+#define RING 4096        /* records in flight to the daemon: its pump drains every 75 ms */
 #define PIDDIRS 64       /* /proc/<pid> fds kept by the helper, direct-mapped */
 #define START_TIMEOUT_MS 10000
 #define PATH_MAX_ 4096

@@ -89,6 +89,7 @@ def test_helper_performs_plain_mounts_and_records_them(
         assert children(daemon.pid)
     t.join(timeout=60)
     wait_for(lambda: not children(daemon.pid))  # gone with the container
+    assert daemon.control("status")["dropped_events"] == 0  # every decision got through
     native = [e for e in events if e.get("syscall") == "umount2"
               and e.get("reason") == "umount of the container's own mount "
                                      "[target=/mnt/l flags=0x0]"]
