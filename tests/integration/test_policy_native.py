@@ -219,3 +219,16 @@ def test_helper_answers_the_channels_table_rules(runtime_factory: Callable[[str]
         counts = wait_for(lambda: calls(d, cid) if calls(d, cid).get("native_table", 0) >= 51
                           else None)
         assert counts["fast"] >= counts["native_table"] >= 51, counts
+
+
+def test_daemon_stop_takes_the_helper_along(runtime_factory: Callable[[str], Runtime],
+                                            bundle_factory, daemon_factory, new_id):
+    d = daemon_factory()
+    rt = runtime_factory("runc")
+    cid = new_id("stop")
+    b = privileged(bundle_factory, d, WARM + " && echo warm && exec sleep 60")
+    with rt.started(b, cid):
+        wait_for(lambda: "warm" in output(b)[0])
+        helper = wait_for(lambda: helper_pid(d.pid))
+        assert d.stop() == 0
+        wait_for(lambda: not os.path.exists(f"/proc/{helper}"))
