@@ -217,23 +217,28 @@ static int root_of(int dirfd, const char *name, uint64_t *dev, uint64_t *ino, ui
 static int caller_matches(struct helper *h, int pid)
 {
   uint64_t user, dev, ino, mid;
-  int slot = pid % PIDDIRS, d = h->piddir[slot].fd;
+  int slot = pid % PIDDIRS, d = h->piddir[slot].fd, fresh = 0;
   char name[16];
 
-  if (d < 0 || h->piddir[slot].pid != pid) {
-    if (d >= 0)
-      close(d);
-    snprintf(name, sizeof name, "%d", pid);
-    d = openat(h->procfd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    h->piddir[slot].fd = d;
-    h->piddir[slot].pid = pid;
-    if (d < 0)
-      return 0;
-  }
-  if (ns_ino(d, "ns/user", &user) || root_of(d, "root", &dev, &ino, &mid)) {
-    close(d); /* a former process of that pid: the next call reopens */
-    h->piddir[slot].fd = -1;
-    return 0;
+  for (;;) {
+    if (d < 0 || h->piddir[slot].pid != pid) {
+      if (d >= 0)
+        close(d);
+      snprintf(name, sizeof name, "%d", pid);
+      d = openat(h->procfd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
+      h->piddir[slot].fd = d;
+      h->piddir[slot].pid = pid;
+      if (d < 0)
+        return 0;
+      fresh = 1;
+    }
+    if (!ns_ino(d, "ns/user", &user) && !root_of(d, "root", &dev, &ino, &mid))
+      break;
+    close(d);
+    h->piddir[slot].fd = d = -1;
+    if (fresh)
+      return 0; /* gone (or not ours to look at) */
+    /* That fd was a former process of this pid: once more with a fresh one. */
   }
   return user == h->user_ino && dev == h->root_dev && ino == h->root_ino && mid == h->root_mnt;
 }
