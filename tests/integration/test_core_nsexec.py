@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -97,6 +99,7 @@ def test_proc_mount_sees_the_targets_pid_namespace(tmp_path: Path) -> None:
     d.mkdir()
     os.chmod(tmp_path, 0o755)
     p = start_in_ns("sleep", "1000", pid_ns=True)
+    sleeper = 0
     try:
         children = Path(f"/proc/{p.pid}/task/{p.pid}/children")
         wait_until(lambda: children.read_text().strip() != "")
@@ -113,6 +116,10 @@ def test_proc_mount_sees_the_targets_pid_namespace(tmp_path: Path) -> None:
         finally:
             os.close(pidfd)
     finally:
+        # unshare --fork's child first: killing unshare alone leaves it running.
+        if sleeper:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sleeper, signal.SIGKILL)
         p.kill()
         p.wait()
     assert sup.zombies_of(os.getpid()) == []
