@@ -334,7 +334,6 @@ static int recv_reply(int sock, struct icd_exec_result *out, int timeout_ms)
   struct msghdr mh = {
     .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
   };
-  struct cmsghdr *c;
   ssize_t n;
 
   int64_t end = mono_ns() + XSPIN_CALLER_NS;
@@ -357,10 +356,7 @@ static int recv_reply(int sock, struct icd_exec_result *out, int timeout_ms)
   }
   if (n < 0)
     return -errno;
-  for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS
-        && c->cmsg_len == CMSG_LEN(sizeof(int)))
-      memcpy(&out->fd, CMSG_DATA(c), sizeof(int));
+  out->fd = icd_nsop_take_fd(&mh);
   if (n == 0)
     return -ECONNABORTED; /* the helper died during the request */
   if (n != sizeof w || (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC)))

@@ -122,29 +122,7 @@ static int64_t now_ns(clockid_t clk)
 
 static ssize_t send_msg(int sock, const struct msg *m, int fd)
 {
-  union {
-    char b[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } cbuf;
-  struct iovec iov = { .iov_base = (void *)m, .iov_len = sizeof *m };
-  struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-  ssize_t n;
-
-  if (fd >= 0) {
-    struct cmsghdr *c;
-    memset(cbuf.b, 0, sizeof cbuf.b);
-    mh.msg_control = cbuf.b;
-    mh.msg_controllen = sizeof cbuf.b;
-    c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  do
-    n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
-  return n;
+  return icd_nsop_send_fd(sock, m, sizeof *m, fd);
 }
 
 /* One message, and the fd it carries (or -1): bytes read, 0 at EOF, -errno. */
@@ -158,22 +136,18 @@ static ssize_t recv_msg(int sock, struct msg *m, int *fd)
   struct msghdr mh = {
     .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
   };
-  struct cmsghdr *c;
   ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+  int got;
 
   if (fd)
     *fd = -1;
   if (n < 0)
     return -errno;
-  for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      int got;
-      memcpy(&got, CMSG_DATA(c), sizeof got);
-      if (fd && *fd < 0 && c->cmsg_len == CMSG_LEN(sizeof(int)))
-        *fd = got;
-      else
-        close(got);
-    }
+  got = icd_nsop_take_fd(&mh);
+  if (fd)
+    *fd = got;
+  else if (got >= 0)
+    close(got);
   if (n > 0 && (n != sizeof *m || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))))
     return -EPROTO;
   return n;

@@ -62,26 +62,56 @@ int icd_nsop_makes_fd(int op)
          || op == ICD_OP_FSPICK;
 }
 
-void icd_nsop_send_result(int sock, int64_t ret, int err, int fd)
+ssize_t icd_nsop_send_fd(int sock, const void *buf, size_t len, int fd)
 {
-  struct wire w = { .ret = ret, .err = err, .has_fd = fd >= 0 };
-  struct iovec iov = { .iov_base = &w, .iov_len = sizeof w };
-  char cbuf[CMSG_SPACE(sizeof(int))];
+  union {
+    char b[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } cbuf;
+  struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
   struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+  ssize_t n;
 
   if (fd >= 0) {
     struct cmsghdr *c;
-    memset(cbuf, 0, sizeof cbuf);
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
+    memset(cbuf.b, 0, sizeof cbuf.b);
+    mh.msg_control = cbuf.b;
+    mh.msg_controllen = sizeof cbuf.b;
     c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(c), &fd, sizeof fd);
   }
-  while (sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
-    ;
+  do
+    n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+int icd_nsop_take_fd(struct msghdr *mh)
+{
+  struct cmsghdr *c;
+  int fd = -1, got;
+
+  for (c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int i, k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+      for (i = 0; i < k; i++) {
+        memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+        if (fd < 0)
+          fd = got;
+        else
+          close(got); /* nobody sends more than one: never leak them */
+      }
+    }
+  return fd;
+}
+
+void icd_nsop_send_result(int sock, int64_t ret, int err, int fd)
+{
+  struct wire w = { .ret = ret, .err = err, .has_fd = fd >= 0 };
+  (void)icd_nsop_send_fd(sock, &w, sizeof w, fd);
 }
 
 int icd_fd_mnt_id(int fd)
@@ -672,7 +702,6 @@ static int recv_result(int sock, struct icd_exec_result *out)
   struct msghdr mh = {
     .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf,
   };
-  struct cmsghdr *c;
   ssize_t n;
 
   do
@@ -680,10 +709,7 @@ static int recv_result(int sock, struct icd_exec_result *out)
   while (n < 0 && errno == EINTR);
   if (n < 0)
     return -errno;
-  for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS
-        && c->cmsg_len == CMSG_LEN(sizeof(int)))
-      memcpy(&out->fd, CMSG_DATA(c), sizeof(int));
+  out->fd = icd_nsop_take_fd(&mh);
   if (n != sizeof w) /* the child died before reporting */
     return -EIO;
   if (mh.msg_flags & MSG_CTRUNC)

@@ -22,6 +22,12 @@ unsigned icd_nsop_fd_args(int op);
 int icd_nsop_makes_fd(int op);
 /* Performs `op`; -1 with errno on failure. */
 int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6]);
+/* sendmsg of len bytes and, if fd >= 0, that fd by SCM_RIGHTS (through
+ * EINTR, no SIGPIPE): bytes sent or -1. */
+ssize_t icd_nsop_send_fd(int sock, const void *buf, size_t len, int fd);
+/* The fd a received message carried, or -1; any further ones are closed. */
+struct msghdr;
+int icd_nsop_take_fd(struct msghdr *mh);
 /* (ret, err) and, if fd >= 0, the fd by SCM_RIGHTS. */
 void icd_nsop_send_result(int sock, int64_t ret, int err, int fd);
 int icd_nsop_same_ns(int pid, const char *name);
