@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument("--container")
     t.add_argument("--syscall")
     t.add_argument("--verdict")
-    t.add_argument("--source", choices=("seccomp", "bpf"))
+    t.add_argument("--source", choices=("seccomp",))  # "bpf" once the eBPF layer exists
     t.add_argument("--count", type=int, default=0, help="stop after N events (0: forever)")
     return p.parse_args(argv)
 
