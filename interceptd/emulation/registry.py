@@ -1,0 +1,69 @@
+"""Every path interceptd emulates in a container, and what produces its bytes.
+
+FILES are rendered per container from a `RenderInput`; EMPTY_DIRS are shown as empty
+directories; SYSCTL_ROOT is answered by procsys (a decision per write, not a render).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from interceptd.emulation import (
+    cpu_online,
+    cpuinfo,
+    diskstats,
+    loadavg,
+    meminfo,
+    stat,
+    swaps,
+    sysfs,
+    uptime,
+)
+from interceptd.emulation.hostfacts import HostFacts
+from interceptd.emulation.snapshot import CgroupSnapshot
+
+
+@dataclass(frozen=True)
+class RenderInput:
+    snap: CgroupSnapshot
+    host: HostFacts
+    now: float  # the host's CLOCK_BOOTTIME, seconds
+    container_id: str = ""
+    load: loadavg.LoadState | None = None
+
+
+Renderer = Callable[[RenderInput], bytes]
+
+
+def _plain(fn: Callable[[CgroupSnapshot, HostFacts, float], bytes]) -> Renderer:
+    return lambda i: fn(i.snap, i.host, i.now)
+
+
+FILES: dict[str, Renderer] = {
+    "/proc/meminfo": _plain(meminfo.render),
+    "/proc/cpuinfo": _plain(cpuinfo.render),
+    "/proc/stat": _plain(stat.render),
+    "/proc/uptime": _plain(uptime.render),
+    "/proc/loadavg": lambda i: loadavg.render(i.snap, i.host, i.now, i.load),
+    "/proc/swaps": _plain(swaps.render),
+    "/proc/diskstats": _plain(diskstats.render),
+    **{f"/sys/devices/system/cpu/{name}": _plain(cpu_online.render)
+       for name in cpu_online.FILES},
+    sysfs.PRODUCT_UUID: lambda i: sysfs.product_uuid(i.container_id),
+}
+EMPTY_DIRS: tuple[str, ...] = sysfs.EMPTY_DIRS
+SYSCTL_ROOT = "/proc/sys"
+
+
+def render(path: str, inp: RenderInput) -> bytes:
+    try:
+        fn = FILES[path]
+    except KeyError:
+        raise KeyError(f"{path} is not an emulated file") from None
+    return fn(inp)
+
+
+def emulated_paths() -> tuple[str, ...]:
+    """Every container path interceptd puts its own content on, files then directories."""
+    return (*FILES, *EMPTY_DIRS, SYSCTL_ROOT)

@@ -1,0 +1,212 @@
+"""One container's cgroup figures, read at once into a frozen `CgroupSnapshot`.
+
+`read_snapshot` takes the container's `CgroupPaths` (cgpaths.locate) and the host's facts
+and reads only files: v1 controllers are preferred where the container has them (this
+host's hybrid layout mounts them all), else the v2 unified tree. Limits are the smallest
+up the tree (a parent's limit binds the child) and never above the host's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from interceptd.emulation import iostat, tasks
+from interceptd.emulation.cgpaths import CgroupPaths, Hierarchy
+from interceptd.emulation.hostfacts import HostFacts, parse_cpulist
+
+V1_UNLIMITED = 1 << 62  # v1 prints PAGE_COUNTER_MAX pages as 0x7FFFFFFFFFFFF000
+
+# v1 memory.stat's hierarchical keys under v2's names (the renderers speak v2).
+V1_MEMSTAT = {
+    "total_cache": "file", "total_rss": "anon", "total_rss_huge": "anon_thp",
+    "total_shmem": "shmem", "total_mapped_file": "file_mapped", "total_dirty": "file_dirty",
+    "total_writeback": "file_writeback", "total_swap": "swap",
+    "total_inactive_anon": "inactive_anon", "total_active_anon": "active_anon",
+    "total_inactive_file": "inactive_file", "total_active_file": "active_file",
+    "total_unevictable": "unevictable",
+}
+
+
+@dataclass(frozen=True)
+class CgroupSnapshot:
+    layout: str  # "v1", "v2" or "hybrid"
+    mem_limit: int  # bytes: smallest limit up the tree, capped by the host's MemTotal
+    mem_accounted: bool  # False: no memory cgroup found, the host's figures are shown
+    mem_limited: bool  # False: no cgroup limit, mem_limit is the host's memory
+    mem_usage: int
+    mem_stats: dict[str, int] = field(default_factory=dict)  # v2 memory.stat names
+    swap_accounted: bool = False  # the kernel counts this cgroup's swap
+    swap_limit: int | None = None  # bytes of swap alone; None: no limit of its own
+    swap_usage: int = 0
+    cpuset: tuple[int, ...] = (0,)  # the CPUs it may run on (host numbering)
+    cpu_quota: float | None = None  # CPUs' worth of CFS quota, smallest up the tree
+    cpu_user_us: int = 0
+    cpu_system_us: int = 0
+    cpu_nice_us: int = 0
+    pids_current: int | None = None
+    io: dict[tuple[int, int], iostat.IoStat] = field(default_factory=dict)
+    start: float | None = None  # seconds after the host's boot its init started
+    tasks: tasks.TaskSummary | None = None
+
+    @property
+    def cpus(self) -> tuple[int, ...]:
+        """The CPUs shown: the cpuset, cut to ceil(quota) (at least one)."""
+        if self.cpu_quota is None:
+            return self.cpuset
+        return self.cpuset[: max(1, min(len(self.cpuset), math.ceil(self.cpu_quota)))]
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None
+
+
+def read_int(path: str) -> int | None:
+    """A single number; None for absent, unreadable, "max" or v1's no-limit value."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        n = int(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+    return None if n < 0 or n >= V1_UNLIMITED else n
+
+
+def flat_keyed(path: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (read_text(path) or "").splitlines():
+        k, _, v = line.partition(" ")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            continue
+    return out
+
+
+def min_up(h: Hierarchy, name: str) -> int | None:
+    vals = [v for d in h.chain() if (v := read_int(f"{d}/{name}")) is not None]
+    return min(vals) if vals else None
+
+
+def _memory(p: CgroupPaths, host_total: int) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if "memory" in p.v1:
+        h = p.v1["memory"]
+        d = h.cgroup
+        limit = min_up(h, "memory.limit_in_bytes")
+        usage = read_int(f"{d}/memory.usage_in_bytes") or 0
+        raw = flat_keyed(f"{d}/memory.stat")
+        out["mem_stats"] = {V1_MEMSTAT[k]: v for k, v in raw.items() if k in V1_MEMSTAT}
+        if read_text(f"{d}/memory.memsw.limit_in_bytes") is not None:
+            memsw = min_up(h, "memory.memsw.limit_in_bytes")
+            out["swap_accounted"] = True
+            if memsw is not None:
+                out["swap_limit"] = max(0, memsw - (limit if limit is not None else host_total))
+            memsw_use = read_int(f"{d}/memory.memsw.usage_in_bytes")
+            out["swap_usage"] = max(0, (memsw_use or usage) - usage)
+    elif p.v2 is not None and read_text(f"{p.v2.cgroup}/memory.current") is not None:
+        h = p.v2
+        limit = min_up(h, "memory.max")
+        usage = read_int(f"{h.cgroup}/memory.current") or 0
+        out["mem_stats"] = flat_keyed(f"{h.cgroup}/memory.stat")
+        if read_text(f"{h.cgroup}/memory.swap.max") is not None:
+            out["swap_accounted"] = True
+            out["swap_limit"] = min_up(h, "memory.swap.max")
+            out["swap_usage"] = read_int(f"{h.cgroup}/memory.swap.current") or 0
+    else:
+        return {"mem_limit": host_total, "mem_accounted": False, "mem_limited": False,
+                "mem_usage": 0}
+    out["mem_accounted"] = True
+    out["mem_limited"] = limit is not None and limit < host_total
+    out["mem_limit"] = limit if limit is not None and limit < host_total else host_total
+    out["mem_usage"] = usage
+    return out
+
+
+def _quota_v1(h: Hierarchy) -> float | None:
+    ratios = []
+    for d in h.chain():
+        q, per = read_int(f"{d}/cpu.cfs_quota_us"), read_int(f"{d}/cpu.cfs_period_us")
+        if q is not None and per:
+            ratios.append(q / per)
+    return min(ratios) if ratios else None
+
+
+def _quota_v2(h: Hierarchy) -> float | None:
+    ratios = []
+    for d in h.chain():
+        parts = (read_text(f"{d}/cpu.max") or "").split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and int(parts[1]):
+            ratios.append(int(parts[0]) / int(parts[1]))
+    return min(ratios) if ratios else None
+
+
+def _cpu(p: CgroupPaths, host: HostFacts) -> dict[str, object]:
+    out: dict[str, object] = {}
+    text = None
+    if "cpuset" in p.v1:
+        text = read_text(f"{p.v1['cpuset'].cgroup}/cpuset.effective_cpus")
+    elif p.v2 is not None:
+        text = read_text(f"{p.v2.cgroup}/cpuset.cpus.effective")
+    try:
+        cpus = parse_cpulist(text) if text and text.strip() else ()
+    except ValueError:
+        cpus = ()
+    online = set(host.online)
+    out["cpuset"] = tuple(c for c in cpus if c in online) or host.online
+    if "cpu" in p.v1:
+        out["cpu_quota"] = _quota_v1(p.v1["cpu"])
+    elif p.v2 is not None:
+        out["cpu_quota"] = _quota_v2(p.v2)
+    if "cpuacct" in p.v1:
+        d = p.v1["cpuacct"].cgroup
+        user, system = read_int(f"{d}/cpuacct.usage_user"), read_int(f"{d}/cpuacct.usage_sys")
+        if user is None or system is None:  # older kernels: ticks only
+            st = flat_keyed(f"{d}/cpuacct.stat")
+            tick_us = 1_000_000 // host.clk_tck
+            user, system = st.get("user", 0) * tick_us, st.get("system", 0) * tick_us
+        else:
+            user, system = user // 1000, system // 1000
+        out["cpu_user_us"], out["cpu_system_us"] = user, system
+    elif p.v2 is not None:
+        st = flat_keyed(f"{p.v2.cgroup}/cpu.stat")  # present without the cpu controller too
+        out["cpu_nice_us"] = st.get("nice_usec", 0)
+        out["cpu_user_us"] = max(0, st.get("user_usec", 0) - st.get("nice_usec", 0))
+        out["cpu_system_us"] = st.get("system_usec", 0)
+    return out
+
+
+def start_of(proc: str, pid: int, clk_tck: int) -> float | None:
+    """Seconds after boot that `pid` started (field 22 of its stat)."""
+    text = read_text(f"{proc}/{pid}/stat")
+    if text is None or ")" not in text:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    try:
+        return int(fields[19]) / clk_tck
+    except (IndexError, ValueError):
+        return None
+
+
+def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None = None,
+                  proc: str = "/proc", count_tasks: bool = True) -> CgroupSnapshot:
+    """Everything the renderers need; `proc` is where `/proc/<pid>` files are read."""
+    fields: dict[str, object] = {"layout": paths.layout}
+    fields.update(_memory(paths, host.mem_kb("MemTotal") * 1024))
+    fields.update(_cpu(paths, host))
+    if "pids" in paths.v1:
+        fields["pids_current"] = read_int(f"{paths.v1['pids'].cgroup}/pids.current")
+    elif paths.v2 is not None:
+        fields["pids_current"] = read_int(f"{paths.v2.cgroup}/pids.current")
+    fields["io"] = iostat.read(paths)
+    if init_pid is not None:
+        fields["start"] = start_of(proc, init_pid, host.clk_tck)
+    if count_tasks:
+        fields["tasks"] = tasks.summarize(paths, proc)
+    return CgroupSnapshot(**fields)  # type: ignore[arg-type]
+
