@@ -193,20 +193,33 @@ def start_of(proc: str, pid: int, clk_tck: int) -> float | None:
         return None
 
 
+ALL = frozenset({"memory", "cpu", "pids", "io", "tasks"})
+
+
 def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None = None,
-                  proc: str = "/proc", count_tasks: bool = True) -> CgroupSnapshot:
-    """Everything the renderers need; `proc` is where `/proc/<pid>` files are read."""
+                  proc: str = "/proc", parts: frozenset[str] = ALL) -> CgroupSnapshot:
+    """Everything the renderers need (or only `parts` of it: sysinfo(2) wants memory and
+    pids); `proc` is where `/proc/<pid>` files are read."""
     fields: dict[str, object] = {"layout": paths.layout}
-    fields.update(_memory(paths, host.mem_kb("MemTotal") * 1024))
-    fields.update(_cpu(paths, host))
-    if "pids" in paths.v1:
+    host_total = host.mem_kb("MemTotal") * 1024
+    if "memory" in parts:
+        fields.update(_memory(paths, host_total))
+    else:
+        fields.update(mem_limit=host_total, mem_accounted=False, mem_limited=False,
+                      mem_usage=0)
+    if "cpu" in parts:
+        fields.update(_cpu(paths, host))
+    else:
+        fields["cpuset"] = host.online
+    if "pids" in parts and "pids" in paths.v1:
         fields["pids_current"] = read_int(f"{paths.v1['pids'].cgroup}/pids.current")
-    elif paths.v2 is not None:
+    elif "pids" in parts and paths.v2 is not None:
         fields["pids_current"] = read_int(f"{paths.v2.cgroup}/pids.current")
-    fields["io"] = iostat.read(paths)
+    if "io" in parts:
+        fields["io"] = iostat.read(paths)
     if init_pid is not None:
         fields["start"] = start_of(proc, init_pid, host.clk_tck)
-    if count_tasks:
+    if "tasks" in parts:
         fields["tasks"] = tasks.summarize(paths, proc)
     return CgroupSnapshot(**fields)  # type: ignore[arg-type]
 
