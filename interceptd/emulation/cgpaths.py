@@ -81,11 +81,9 @@ def parse_mountinfo(text: str) -> Mounts:
 
 
 def _beneath(root: str, mount: str, path: str) -> Hierarchy | None:
-    if not path.startswith("/") or "\0" in path:
-        return None
+    if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
+        return None  # "/.." is another cgroup namespace's view: not ours to read
     rel = posixpath.normpath(path).lstrip("/")
-    if rel.startswith("..") or "/../" in f"/{rel}/":
-        return None  # another cgroup namespace's view: not ours to read
     base = posixpath.normpath(posixpath.join(root, mount.lstrip("/")))
     full = posixpath.normpath(posixpath.join(base, rel)) if rel and rel != "." else base
     if full != base and not full.startswith(base + "/"):

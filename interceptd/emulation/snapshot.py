@@ -220,6 +220,6 @@ def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None =
     if init_pid is not None:
         fields["start"] = start_of(proc, init_pid, host.clk_tck)
     if "tasks" in parts:
-        fields["tasks"] = tasks.summarize(paths, proc)
+        fields["tasks"] = tasks.summarize(paths, proc, init_pid)
     return CgroupSnapshot(**fields)  # type: ignore[arg-type]
 

@@ -44,32 +44,40 @@ def _tids(paths: CgroupPaths) -> list[int]:
     return out
 
 
-def parse_status(text: str) -> tuple[str, int]:
-    """(state letter, pid in the innermost namespace) from /proc/<tid>/status."""
-    state, nspid = "?", 0
+def parse_status(text: str) -> tuple[str, tuple[int, ...]]:
+    """(state letter, its pids from the host's namespace inward) from /proc/<tid>/status."""
+    state, nspid = "?", ()
     for line in text.splitlines():
         if line.startswith("State:"):
             parts = line.split()
             state = parts[1] if len(parts) > 1 else "?"
         elif line.startswith("NSpid:"):
-            parts = line.split()
-            nspid = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 0
+            nspid = tuple(int(p) for p in line.split()[1:] if p.isdigit())
             break  # NSpid comes after State
     return state, nspid
 
 
-def summarize(paths: CgroupPaths, proc: str = "/proc") -> TaskSummary:
+def _status(proc: str, tid: int) -> tuple[str, tuple[int, ...]] | None:
+    try:
+        with open(f"{proc}/{tid}/status", encoding="utf-8", errors="replace") as f:
+            return parse_status(f.read(8192))
+    except OSError:
+        return None  # exited since it was listed
+
+
+def summarize(paths: CgroupPaths, proc: str = "/proc", init_pid: int | None = None
+              ) -> TaskSummary:
+    """`last_pid` counts only threads of the init's pid namespace (a `runc exec` still
+    outside it, or a nested namespace inside, has other numbers)."""
     tids = _tids(paths)
     truncated = len(tids) > MAX_TASKS
-    threads = running = blocked = last = 0
-    for tid in tids[:MAX_TASKS]:
-        try:
-            with open(f"{proc}/{tid}/status", encoding="utf-8", errors="replace") as f:
-                state, nspid = parse_status(f.read(8192))
-        except OSError:
-            continue  # exited since it was listed
-        threads += 1
-        running += state == "R"
-        blocked += state == "D"
-        last = max(last, nspid)
-    return TaskSummary(threads, running, blocked, last, truncated)
+    seen = [s for tid in tids[:MAX_TASKS] if (s := _status(proc, tid)) is not None]
+    init = _status(proc, init_pid) if init_pid is not None else None
+    depth = len(init[1]) if init is not None else max((len(n) for _, n in seen), default=0)
+    return TaskSummary(
+        threads=len(seen),
+        running=sum(st == "R" for st, _ in seen),
+        blocked=sum(st == "D" for st, _ in seen),
+        last_pid=max((n[-1] for _, n in seen if len(n) == depth and n), default=0),
+        truncated=truncated,
+    )
