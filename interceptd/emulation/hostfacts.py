@@ -6,6 +6,7 @@ and the parsers turn them into a `HostFacts`, so tests feed recorded files inste
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -51,11 +52,12 @@ class HostFacts:
     swap_kb: int = 0  # host SwapTotal
     clk_tck: int = 100
 
+    @functools.cached_property
+    def _mem(self) -> dict[str, int]:
+        return {m.key: m.value for m in self.meminfo}
+
     def mem_kb(self, key: str, default: int = 0) -> int:
-        for line in self.meminfo:
-            if line.key == key:
-                return line.value
-        return default
+        return self._mem.get(key, default)
 
 
 def parse_cpulist(text: str) -> tuple[int, ...]:

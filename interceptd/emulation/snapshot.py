@@ -93,39 +93,48 @@ def min_up(h: Hierarchy, name: str) -> int | None:
     return min(vals) if vals else None
 
 
-def _memory(p: CgroupPaths, host_total: int) -> dict[str, object]:
-    out: dict[str, object] = {}
+@dataclass(frozen=True)
+class MemFigures:
+    limit: int
+    accounted: bool = False
+    limited: bool = False
+    usage: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    swap_accounted: bool = False
+    swap_limit: int | None = None
+    swap_usage: int = 0
+
+
+def _memory(p: CgroupPaths, host_total: int) -> MemFigures:
+    swap_accounted, swap_limit, swap_usage = False, None, 0
     if "memory" in p.v1:
         h = p.v1["memory"]
         d = h.cgroup
         limit = min_up(h, "memory.limit_in_bytes")
         usage = read_int(f"{d}/memory.usage_in_bytes") or 0
         raw = flat_keyed(f"{d}/memory.stat")
-        out["mem_stats"] = {V1_MEMSTAT[k]: v for k, v in raw.items() if k in V1_MEMSTAT}
+        stats = {V1_MEMSTAT[k]: v for k, v in raw.items() if k in V1_MEMSTAT}
         if read_text(f"{d}/memory.memsw.limit_in_bytes") is not None:
+            swap_accounted = True
             memsw = min_up(h, "memory.memsw.limit_in_bytes")
-            out["swap_accounted"] = True
-            if memsw is not None:
-                out["swap_limit"] = max(0, memsw - (limit if limit is not None else host_total))
+            if memsw is not None:  # v1 limits memory+swap: swap alone is the difference
+                swap_limit = max(0, memsw - (limit if limit is not None else host_total))
             memsw_use = read_int(f"{d}/memory.memsw.usage_in_bytes")
-            out["swap_usage"] = max(0, (memsw_use or usage) - usage)
+            swap_usage = max(0, (memsw_use or usage) - usage)
     elif p.v2 is not None and read_text(f"{p.v2.cgroup}/memory.current") is not None:
         h = p.v2
         limit = min_up(h, "memory.max")
         usage = read_int(f"{h.cgroup}/memory.current") or 0
-        out["mem_stats"] = flat_keyed(f"{h.cgroup}/memory.stat")
+        stats = flat_keyed(f"{h.cgroup}/memory.stat")
         if read_text(f"{h.cgroup}/memory.swap.max") is not None:
-            out["swap_accounted"] = True
-            out["swap_limit"] = min_up(h, "memory.swap.max")
-            out["swap_usage"] = read_int(f"{h.cgroup}/memory.swap.current") or 0
+            swap_accounted = True
+            swap_limit = min_up(h, "memory.swap.max")
+            swap_usage = read_int(f"{h.cgroup}/memory.swap.current") or 0
     else:
-        return {"mem_limit": host_total, "mem_accounted": False, "mem_limited": False,
-                "mem_usage": 0}
-    out["mem_accounted"] = True
-    out["mem_limited"] = limit is not None and limit < host_total
-    out["mem_limit"] = limit if limit is not None and limit < host_total else host_total
-    out["mem_usage"] = usage
-    return out
+        return MemFigures(host_total)
+    limited = limit is not None and limit < host_total
+    return MemFigures(limit if limit is not None and limited else host_total, True, limited,
+                      usage, stats, swap_accounted, swap_limit, swap_usage)
 
 
 def _quota_v1(h: Hierarchy) -> float | None:
@@ -146,8 +155,16 @@ def _quota_v2(h: Hierarchy) -> float | None:
     return min(ratios) if ratios else None
 
 
-def _cpu(p: CgroupPaths, host: HostFacts) -> dict[str, object]:
-    out: dict[str, object] = {}
+@dataclass(frozen=True)
+class CpuFigures:
+    cpuset: tuple[int, ...]
+    quota: float | None = None
+    user_us: int = 0
+    system_us: int = 0
+    nice_us: int = 0
+
+
+def _cpu(p: CgroupPaths, host: HostFacts) -> CpuFigures:
     text = None
     if "cpuset" in p.v1:
         text = read_text(f"{p.v1['cpuset'].cgroup}/cpuset.effective_cpus")
@@ -158,27 +175,28 @@ def _cpu(p: CgroupPaths, host: HostFacts) -> dict[str, object]:
     except ValueError:
         cpus = ()
     online = set(host.online)
-    out["cpuset"] = tuple(c for c in cpus if c in online) or host.online
+    cpuset = tuple(c for c in cpus if c in online) or host.online
+    quota = None
     if "cpu" in p.v1:
-        out["cpu_quota"] = _quota_v1(p.v1["cpu"])
+        quota = _quota_v1(p.v1["cpu"])
     elif p.v2 is not None:
-        out["cpu_quota"] = _quota_v2(p.v2)
+        quota = _quota_v2(p.v2)
     if "cpuacct" in p.v1:
         d = p.v1["cpuacct"].cgroup
         user, system = read_int(f"{d}/cpuacct.usage_user"), read_int(f"{d}/cpuacct.usage_sys")
         if user is None or system is None:  # older kernels: ticks only
             st = flat_keyed(f"{d}/cpuacct.stat")
             tick_us = 1_000_000 // host.clk_tck
-            user, system = st.get("user", 0) * tick_us, st.get("system", 0) * tick_us
-        else:
-            user, system = user // 1000, system // 1000
-        out["cpu_user_us"], out["cpu_system_us"] = user, system
-    elif p.v2 is not None:
-        st = flat_keyed(f"{p.v2.cgroup}/cpu.stat")  # present without the cpu controller too
-        out["cpu_nice_us"] = st.get("nice_usec", 0)
-        out["cpu_user_us"] = max(0, st.get("user_usec", 0) - st.get("nice_usec", 0))
-        out["cpu_system_us"] = st.get("system_usec", 0)
-    return out
+            return CpuFigures(cpuset, quota, st.get("user", 0) * tick_us,
+                              st.get("system", 0) * tick_us)
+        return CpuFigures(cpuset, quota, user // 1000, system // 1000)
+    if p.v2 is not None:
+        # cpu.stat is there without the cpu controller too; its user time includes nice.
+        st = flat_keyed(f"{p.v2.cgroup}/cpu.stat")
+        nice = st.get("nice_usec", 0)
+        return CpuFigures(cpuset, quota, max(0, st.get("user_usec", 0) - nice),
+                          st.get("system_usec", 0), nice)
+    return CpuFigures(cpuset, quota)
 
 
 def start_of(proc: str, pid: int, clk_tck: int) -> float | None:
@@ -200,26 +218,21 @@ def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None =
                   proc: str = "/proc", parts: frozenset[str] = ALL) -> CgroupSnapshot:
     """Everything the renderers need (or only `parts` of it: sysinfo(2) wants memory and
     pids); `proc` is where `/proc/<pid>` files are read."""
-    fields: dict[str, object] = {"layout": paths.layout}
     host_total = host.mem_kb("MemTotal") * 1024
-    if "memory" in parts:
-        fields.update(_memory(paths, host_total))
-    else:
-        fields.update(mem_limit=host_total, mem_accounted=False, mem_limited=False,
-                      mem_usage=0)
-    if "cpu" in parts:
-        fields.update(_cpu(paths, host))
-    else:
-        fields["cpuset"] = host.online
+    mem = _memory(paths, host_total) if "memory" in parts else MemFigures(host_total)
+    cpu = _cpu(paths, host) if "cpu" in parts else CpuFigures(host.online)
+    pids = None
     if "pids" in parts and "pids" in paths.v1:
-        fields["pids_current"] = read_int(f"{paths.v1['pids'].cgroup}/pids.current")
+        pids = read_int(f"{paths.v1['pids'].cgroup}/pids.current")
     elif "pids" in parts and paths.v2 is not None:
-        fields["pids_current"] = read_int(f"{paths.v2.cgroup}/pids.current")
-    if "io" in parts:
-        fields["io"] = iostat.read(paths)
-    if init_pid is not None:
-        fields["start"] = start_of(proc, init_pid, host.clk_tck)
-    if "tasks" in parts:
-        fields["tasks"] = tasks.summarize(paths, proc, init_pid)
-    return CgroupSnapshot(**fields)  # type: ignore[arg-type]
-
+        pids = read_int(f"{paths.v2.cgroup}/pids.current")
+    return CgroupSnapshot(
+        layout=paths.layout, mem_limit=mem.limit, mem_accounted=mem.accounted,
+        mem_limited=mem.limited, mem_usage=mem.usage, mem_stats=mem.stats,
+        swap_accounted=mem.swap_accounted, swap_limit=mem.swap_limit,
+        swap_usage=mem.swap_usage, cpuset=cpu.cpuset, cpu_quota=cpu.quota,
+        cpu_user_us=cpu.user_us, cpu_system_us=cpu.system_us, cpu_nice_us=cpu.nice_us,
+        pids_current=pids, io=iostat.read(paths) if "io" in parts else {},
+        start=start_of(proc, init_pid, host.clk_tck) if init_pid is not None else None,
+        tasks=tasks.summarize(paths, proc, init_pid) if "tasks" in parts else None,
+    )
