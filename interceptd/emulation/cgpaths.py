@@ -48,14 +48,20 @@ class CgroupPaths:
 
 def parse_proc_cgroup(text: str) -> dict[str, str]:
     """{controller: path}, "" for the v2 hierarchy; named v1 hierarchies (name=systemd)
-    are kept under their name."""
+    are kept under their name.
+
+    The kernel prints cgroup names unescaped, so a container allowed to make cgroups can
+    name one "x\n4:memory:/" and move a process there: a controller named twice is
+    refused (ValueError) rather than guessed at."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
-            continue
+            raise ValueError(f"not a /proc/<pid>/cgroup line: {line[:80]!r}")
         _, ctrls, path = parts
         for ctl in ctrls.split(",") if ctrls else [""]:
+            if ctl in out:
+                raise ValueError(f"cgroup hierarchy {ctl or 'v2'!r} named twice")
             out[ctl] = path
     return out
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from interceptd.emulation.cgpaths import CgroupPaths
 
 MAX_TASKS = 4096
+MAX_CGROUPS = 1024  # a container with delegated cgroups can make many: walk a bounded few
 
 
 @dataclass(frozen=True)
@@ -24,24 +25,27 @@ class TaskSummary:
     truncated: bool = False
 
 
-def _tids(paths: CgroupPaths) -> list[int]:
+def _tids(paths: CgroupPaths) -> tuple[list[int], bool]:
+    """The thread ids of the subtree, and whether a bound cut the list short."""
     h = next((paths.v1[c] for c in ("pids", "memory", "cpu", "cpuacct") if c in paths.v1),
              None)
     name = "tasks"
     if h is None and paths.v2 is not None:
         h, name = paths.v2, "cgroup.threads"
     if h is None:
-        return []
+        return [], False
     out: list[int] = []
-    for d, _, _ in os.walk(h.cgroup):
+    for n, (d, _, _) in enumerate(os.walk(h.cgroup)):
+        if n >= MAX_CGROUPS:
+            return out, True
         try:
             with open(f"{d}/{name}", encoding="ascii") as f:
                 out.extend(int(t) for t in f.read().split() if t.isdigit())
         except OSError:
             continue
         if len(out) > MAX_TASKS:
-            break
-    return out
+            return out[:MAX_TASKS], True
+    return out, False
 
 
 def parse_status(text: str) -> tuple[str, tuple[int, ...]]:
@@ -69,9 +73,8 @@ def summarize(paths: CgroupPaths, proc: str = "/proc", init_pid: int | None = No
               ) -> TaskSummary:
     """`last_pid` counts only threads of the init's pid namespace (a `runc exec` still
     outside it, or a nested namespace inside, has other numbers)."""
-    tids = _tids(paths)
-    truncated = len(tids) > MAX_TASKS
-    seen = [s for tid in tids[:MAX_TASKS] if (s := _status(proc, tid)) is not None]
+    tids, truncated = _tids(paths)
+    seen = [s for tid in tids if (s := _status(proc, tid)) is not None]
     init = _status(proc, init_pid) if init_pid is not None else None
     depth = len(init[1]) if init is not None else max((len(n) for _, n in seen), default=0)
     return TaskSummary(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from interceptd.emulation import cgpaths, snapshot
+import pytest
+
+from interceptd.emulation import cgpaths, hostfacts, snapshot, tasks
 from tests.unit.emulation_data import DATA, load, paths_of
 
 MiB = 1 << 20
@@ -117,3 +119,48 @@ def test_missing_files_give_an_unlimited_view(tmp_path):
     assert snap.mem_limit == host.mem_kb("MemTotal") << 10 and snap.cpus == host.online
     assert snap.start is None and snap.tasks == snapshot.tasks.TaskSummary()
     assert paths_of("v2-nested").layout == "v2"
+
+
+def test_a_controller_named_twice_is_refused():
+    # A cgroup named "x\n4:memory:/" would otherwise point the snapshot at the host's root.
+    with pytest.raises(ValueError, match="named twice"):
+        cgpaths.parse_proc_cgroup("4:memory:/docker/c/x\n4:memory:/\n0::/docker/c\n")
+    with pytest.raises(ValueError, match="named twice"):
+        cgpaths.parse_proc_cgroup("0::/a\n0::/\n")
+    with pytest.raises(ValueError, match="not a"):
+        cgpaths.parse_proc_cgroup("0::/a\ngarbage\n")
+
+
+def test_task_count_is_bounded(tmp_path, monkeypatch):
+    root = tmp_path / "sys/fs/cgroup/c"
+    for i in range(5):
+        d = root / f"n{i}"
+        d.mkdir(parents=True)
+        (d / "cgroup.threads").write_text(f"{100 + i}\n")
+        (tmp_path / "proc" / str(100 + i)).mkdir(parents=True)
+        (tmp_path / "proc" / str(100 + i) / "status").write_text(
+            f"State:\tR (running)\nNSpid:\t{100 + i}\t{i + 1}\n")
+    paths = cgpaths.locate({"": "/c"}, cgpaths.Mounts({}, "/sys/fs/cgroup"), str(tmp_path))
+    full = tasks.summarize(paths, str(tmp_path / "proc"))
+    assert full == tasks.TaskSummary(5, 5, 0, 5, False)
+    monkeypatch.setattr(tasks, "MAX_CGROUPS", 3)
+    cut = tasks.summarize(paths, str(tmp_path / "proc"))
+    assert cut.truncated and cut.threads == 2  # the root and two children were walked
+    monkeypatch.setattr(tasks, "MAX_CGROUPS", 1024)
+    monkeypatch.setattr(tasks, "MAX_TASKS", 3)
+    cut = tasks.summarize(paths, str(tmp_path / "proc"))
+    assert cut.truncated and cut.threads == 3
+
+
+@pytest.mark.parametrize(("text", "cpus"), [
+    ("0\n", (0,)), ("0-3\n", (0, 1, 2, 3)), ("0-1,4,6-7", (0, 1, 4, 6, 7)), ("", ())])
+def test_cpulist_round_trip(text, cpus):
+    assert hostfacts.parse_cpulist(text) == cpus
+    if cpus:
+        assert hostfacts.format_cpulist(cpus) == text.strip()
+
+
+@pytest.mark.parametrize("bad", ["3-1", "a", "0-99999999"])
+def test_bad_cpulists_are_refused(bad):
+    with pytest.raises(ValueError):
+        hostfacts.parse_cpulist(bad)
