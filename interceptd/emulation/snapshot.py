@@ -215,9 +215,12 @@ ALL = frozenset({"memory", "cpu", "pids", "io", "tasks"})
 
 
 def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None = None,
-                  proc: str = "/proc", parts: frozenset[str] = ALL) -> CgroupSnapshot:
+                  proc: str = "/proc", parts: frozenset[str] = ALL,
+                  boot: float | None = None) -> CgroupSnapshot:
     """Everything the renderers need (or only `parts` of it: sysinfo(2) wants memory and
-    pids); `proc` is where `/proc/<pid>` files are read."""
+    pids); `proc` is where `/proc/<pid>` files are read. `boot` is when the container
+    booted if the caller knows better than its init's start time (minus the boot-time
+    offset of its time namespace)."""
     host_total = host.mem_kb("MemTotal") * 1024
     mem = _memory(paths, host_total) if "memory" in parts else MemFigures(host_total)
     cpu = _cpu(paths, host) if "cpu" in parts else CpuFigures(host.online)
@@ -233,6 +236,7 @@ def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None =
         swap_usage=mem.swap_usage, cpuset=cpu.cpuset, cpu_quota=cpu.quota,
         cpu_user_us=cpu.user_us, cpu_system_us=cpu.system_us, cpu_nice_us=cpu.nice_us,
         pids_current=pids, io=iostat.read(paths) if "io" in parts else {},
-        start=start_of(proc, init_pid, host.clk_tck) if init_pid is not None else None,
+        start=boot if boot is not None else (
+            start_of(proc, init_pid, host.clk_tck) if init_pid is not None else None),
         tasks=tasks.summarize(paths, proc, init_pid) if "tasks" in parts else None,
     )

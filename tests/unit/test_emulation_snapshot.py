@@ -93,6 +93,13 @@ def test_v2_swap_quota_and_cpuset():
     assert snap.start == 2000.0 and snap.pids_current == 3
 
 
+def test_boot_given_by_the_caller_wins():
+    _, host, _ = load("v2-swap")
+    snap = snapshot.read_snapshot(paths_of("v2-swap"), host, init_pid=4242,
+                                  proc=str(DATA / "v2-swap" / "root" / "proc"), boot=1999.5)
+    assert snap.start == 1999.5
+
+
 def test_v2_limits_come_from_the_parent():
     snap, _, _ = load("v2-nested")
     assert snap.mem_limit == 128 * MiB and snap.mem_limited
