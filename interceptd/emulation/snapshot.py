@@ -8,6 +8,7 @@ up the tree (a parent's limit binds the child) and never above the host's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -216,11 +217,14 @@ ALL = frozenset({"memory", "cpu", "pids", "io", "tasks"})
 
 def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None = None,
                   proc: str = "/proc", parts: frozenset[str] = ALL,
-                  boot: float | None = None) -> CgroupSnapshot:
+                  boot: float | None = None, ns_last_pid: int | None = None
+                  ) -> CgroupSnapshot:
     """Everything the renderers need (or only `parts` of it: sysinfo(2) wants memory and
     pids); `proc` is where `/proc/<pid>` files are read. `boot` is when the container
     booted if the caller knows better than its init's start time (minus the boot-time
-    offset of its time namespace)."""
+    offset of its time namespace). `ns_last_pid` is /proc/sys/kernel/ns_last_pid read in
+    the container's pid namespace (through the namespace executor): exact, where the
+    highest live pid the task count finds goes down when that process exits."""
     host_total = host.mem_kb("MemTotal") * 1024
     mem = _memory(paths, host_total) if "memory" in parts else MemFigures(host_total)
     cpu = _cpu(paths, host) if "cpu" in parts else CpuFigures(host.online)
@@ -238,5 +242,13 @@ def read_snapshot(paths: CgroupPaths, host: HostFacts, *, init_pid: int | None =
         pids_current=pids, io=iostat.read(paths) if "io" in parts else {},
         start=boot if boot is not None else (
             start_of(proc, init_pid, host.clk_tck) if init_pid is not None else None),
-        tasks=tasks.summarize(paths, proc, init_pid) if "tasks" in parts else None,
+        tasks=_tasks(paths, proc, init_pid, ns_last_pid) if "tasks" in parts else None,
     )
+
+
+def _tasks(paths: CgroupPaths, proc: str, init_pid: int | None,
+           ns_last_pid: int | None) -> tasks.TaskSummary:
+    summary = tasks.summarize(paths, proc, init_pid)
+    if ns_last_pid is not None:
+        return dataclasses.replace(summary, last_pid=ns_last_pid)
+    return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -241,3 +242,22 @@ def test_registry_lists_every_emulated_path():
             "/sys/class/dmi/id/product_uuid", "/sys/kernel/debug", "/sys/kernel/tracing",
             "/sys/kernel/security", "/sys/kernel/config", "/sys/firmware",
             "/proc/sys"} == paths
+
+
+def test_stat_counters_only_grow_while_the_cpu_count_holds():
+    snap, host, _ = load("v1-quota150")  # two CPUs shown
+    assert snap.start is not None
+    prev: list[list[int]] | None = None
+    for step in range(50):
+        # Time goes on; the cgroup uses up to its 1.5 CPUs' worth of it.
+        now = snap.start + 100 + step * 0.37
+        s = dataclasses.replace(snap, cpu_user_us=snap.cpu_user_us + step * 370_000,
+                                cpu_system_us=snap.cpu_system_us + step * 185_000)
+        rows = [[int(v) for v in ln.split()[1:]]
+                for ln in stat.render(s, host, now).decode().splitlines()
+                if ln.startswith("cpu")]
+        if prev is not None:
+            for row, before in zip(rows, prev, strict=True):
+                assert all(a >= b for a, b in zip(row, before, strict=True)), (row, before)
+        prev = rows
+    assert prev is not None and len(prev) == 3

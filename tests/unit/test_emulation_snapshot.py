@@ -93,11 +93,12 @@ def test_v2_swap_quota_and_cpuset():
     assert snap.start == 2000.0 and snap.pids_current == 3
 
 
-def test_boot_given_by_the_caller_wins():
+def test_boot_and_last_pid_given_by_the_caller_win():
     _, host, _ = load("v2-swap")
     snap = snapshot.read_snapshot(paths_of("v2-swap"), host, init_pid=4242,
-                                  proc=str(DATA / "v2-swap" / "root" / "proc"), boot=1999.5)
-    assert snap.start == 1999.5
+                                  proc=str(DATA / "v2-swap" / "root" / "proc"), boot=1999.5,
+                                  ns_last_pid=123)
+    assert snap.start == 1999.5 and snap.tasks is not None and snap.tasks.last_pid == 123
 
 
 def test_v2_limits_come_from_the_parent():
