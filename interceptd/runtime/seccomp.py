@@ -305,33 +305,34 @@ def _regions(name: str, profile: list[tuple[Action, Conj]], default: Action,
     out += [a.rule(name, c) for a, c in pdeny]
 
     notify = want.notify
-    if notify is not None and notify != ALWAYS:
-        try:
-            not_notify = dnf_not(notify)
-        except TooComplex:
-            notify, not_notify = ALWAYS, []
-    else:
-        not_notify = [] if notify is not None else ALWAYS
 
-    def emit(action: Action, region: DNF) -> None:
-        for c in region:
-            out.append(action.rule(name, c))
+    def split(region: DNF, action: Action) -> list[dict]:
+        """Rules for `region`, where the profile answers `action` (a pass): NOTIFY on
+        the vetted part, `action` on the rest (left to the default when it is one)."""
+        if notify is None:
+            return [] if action == default else [action.rule(name, c) for c in region]
+        everything = [Action(NOTIFY).rule(name, c) for c in region]
+        if notify == ALWAYS:
+            return everything
+        try:
+            vetted = [Action(NOTIFY).rule(name, c) for c in dnf_and(region, notify)]
+            if action == default:
+                return vetted
+            return vetted + [action.rule(name, c)
+                             for c in dnf_and(region, dnf_not(notify))]
+        except TooComplex:
+            # The handlers take any argument: vet the whole region rather than write
+            # a narrowed notify set that does not fit beside the profile's conditions.
+            return everything
 
     try:
         # The profile's conditional pass rules: NOTIFY where vetted, their action elsewhere.
         for a, c in ppass:
-            region = dnf_and([c], open_region)
-            if notify is not None:
-                emit(Action(NOTIFY), dnf_and(region, notify))
-            if a != default:
-                emit(a, dnf_and(region, not_notify))
+            out.extend(split(dnf_and([c], open_region), a))
         # What no profile rule matched falls to `base`.
-        if base.passes:
+        if base.passes and (notify is not None or base != default):
             rest = dnf_and(dnf_not([c for _a, c in ppass]), open_region)
-            if notify is not None:
-                emit(Action(NOTIFY), dnf_and(rest, notify))
-            if base != default:
-                emit(base, dnf_and(rest, not_notify))
+            out.extend(split(rest, base))
     except TooComplex as e:
         raise Refused(f"seccomp profile: the argument conditions on {name} cannot be "
                       f"combined with interceptd's rules ({e})") from None
