@@ -263,12 +263,32 @@ def _wanted(notify_rules: Iterable[dict | str], deny_rules: Iterable[dict]
     return out
 
 
+def _frozen(c: Conj) -> tuple:
+    return tuple(sorted(c.items()))
+
+
 def _rules_for(name: str, profile: list[tuple[Action, Conj]], default: Action,
                want: Wanted) -> list[dict]:
-    """The rules for one touched syscall (see the module docstring for the invariant)."""
-    # libseccomp refuses a rule whose action is the filter's default: leave those out.
-    return [r for r in _regions(name, profile, default, want)
-            if Action.of_rule(r) != default]
+    """The rules for one touched syscall (see the module docstring for the invariant).
+    Memoised: every container of an image brings the same profile."""
+    key = (name, tuple((a, _frozen(c)) for a, c in profile), default,
+           tuple((e, _frozen(c)) for e, c in want.deny),
+           None if want.notify is None else tuple(_frozen(c) for c in want.notify))
+    rules = _memo.get(key)
+    if rules is None:
+        # libseccomp refuses a rule whose action is the filter's default: leave those out.
+        rules = tuple(r for r in _regions(name, profile, default, want)
+                      if Action.of_rule(r) != default)
+        if len(_memo) > 4096:
+            _memo.clear()
+        _memo[key] = rules
+    # Copies: the caller's spec may be changed after this.
+    return [dict(r, names=list(r["names"]), **({"args": [dict(a) for a in r["args"]]}
+                                                if "args" in r else {}))
+            for r in rules]
+
+
+_memo: dict[tuple, tuple[dict, ...]] = {}
 
 
 def _regions(name: str, profile: list[tuple[Action, Conj]], default: Action,

@@ -14,6 +14,7 @@ docs/policy.md lists the groups and the reasons.
 from __future__ import annotations
 
 import errno
+from functools import lru_cache
 
 from .seccomp import DEFAULT_ARCHES
 
@@ -115,16 +116,17 @@ PERSONALITY = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 DEFAULT_ERRNO = errno.ENOSYS
 
 
-def allowed_names() -> list[str]:
+@lru_cache(maxsize=1)
+def allowed_names() -> tuple[str, ...]:
     names = set(BASE) | set(EXTRA)
     for group in CAPABILITY_GATED.values():
         names.update(_words(group))
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 def profile() -> dict:
     """A fresh copy of the default profile (OCI `linux.seccomp`, without listener)."""
-    rules: list[dict] = [{"names": allowed_names(), "action": "SCMP_ACT_ALLOW"}]
+    rules: list[dict] = [{"names": list(allowed_names()), "action": "SCMP_ACT_ALLOW"}]
     rules += [{"names": ["personality"], "action": "SCMP_ACT_ALLOW",
                "args": [{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}]} for v in PERSONALITY]
     return {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": DEFAULT_ERRNO,
