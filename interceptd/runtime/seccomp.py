@@ -19,8 +19,9 @@ different action: each syscall has either one unconditional rule, or conditional
 whose regions are disjoint except deny/deny overlaps (both refuse). A region that is not
 the filter's default is written positively; the complement of a condition is computed
 exactly (EQ<->NE, LT<->GE, LE<->GT, MASKED_EQ bit by bit), one comparison per argument
-per rule (libseccomp's limit; runc splits a rule with two comparisons on one argument
-into an OR, so such rules are never emitted). What cannot be expressed exactly is refused
+per rule (libseccomp's limit; runc and crun both split a rule with two comparisons on
+one argument into an OR of one-comparison rules: a profile's such rule is read that way,
+and none is written). What cannot be expressed exactly is refused
 with the reason, never approximated in the weaker direction.
 """
 
@@ -185,8 +186,7 @@ def dnf_holds(d: DNF, args: list[int]) -> bool:
 
 
 def _conj_from_args(args: list[dict] | None) -> Conj:
-    """A rule's conditions as one conjunction; raises TooComplex for two comparisons on
-    one argument that cannot be merged."""
+    """A rule's conditions (one comparison per argument) as one conjunction."""
     out: Conj = {}
     for a in args or []:
         c = Cmp.from_oci(a)
@@ -315,11 +315,12 @@ def _regions(name: str, profile: list[tuple[Action, Conj]], default: Action,
     # A profile's own conditional allow and deny rules for one call may overlap; the
     # libseccomp tree then picks one arbitrarily. Read them the safe way: deny wins.
     blocked: DNF = [c for _e, c in want.deny] + [c for _a, c in pdeny]
-    try:
-        open_region = dnf_not(blocked)
-    except TooComplex as e:
-        raise Refused(f"seccomp profile: the argument conditions on {name} cannot be "
-                      f"combined with interceptd's rules ({e})") from None
+
+    def unblocked(region: DNF) -> DNF:
+        """`region` minus what a deny rule matches; only the deny rules that can meet it
+        are complemented (a profile's disjoint conditions need no complement)."""
+        meets = [d for d in blocked if any(_overlap(c, d) for c in region)]
+        return dnf_and(region, dnf_not(meets))
 
     out = [Action("SCMP_ACT_ERRNO", e).rule(name, c) for e, c in want.deny]
     out += [a.rule(name, c) for a, c in pdeny]
@@ -348,15 +349,21 @@ def _regions(name: str, profile: list[tuple[Action, Conj]], default: Action,
     try:
         # The profile's conditional pass rules: NOTIFY where vetted, their action elsewhere.
         for a, c in ppass:
-            out.extend(split(dnf_and([c], open_region), a))
+            out.extend(split(unblocked([c]), a))
         # What no profile rule matched falls to `base`.
         if base.passes and (notify is not None or base != default):
-            rest = dnf_and(dnf_not([c for _a, c in ppass]), open_region)
-            out.extend(split(rest, base))
+            out.extend(split(unblocked(dnf_not([c for _a, c in ppass])), base))
     except TooComplex as e:
         raise Refused(f"seccomp profile: the argument conditions on {name} cannot be "
                       f"combined with interceptd's rules ({e})") from None
     return out
+
+
+def _overlap(a: Conj, b: Conj) -> bool:
+    try:
+        return conj_and(a, b) is not None
+    except TooComplex:
+        return True
 
 
 def _check_no_listener(sc: dict) -> None:
@@ -399,18 +406,10 @@ def compose(sc: dict, notify_rules: Iterable[dict | str], deny_rules: Iterable[d
         if not touched:
             continue
         act = Action.of_rule(r)
-        try:
-            if act.denies:
-                # Two comparisons on one argument: runc adds one rule per comparison
-                # (an OR); reading a deny rule that way refuses at least as much.
-                conjs = ([_conj_from_args([a]) for a in r["args"]]
-                         if _dup_index(r.get("args")) else [_conj_from_args(r.get("args"))])
-            else:
-                conjs = [_conj_from_args(r.get("args"))]
-        except TooComplex:
-            # An allow rule whose comparisons on one argument cannot be merged: reading
-            # it as matching nothing refuses more, never less.
-            conjs = []
+        # Two comparisons on one argument: runc 1.1.5 and crun 1.8.1 both add one rule
+        # per comparison, an OR (runc's seccomp test profiles rely on it; checked here).
+        conjs = ([_conj_from_args([a]) for a in r["args"]]
+                 if _dup_index(r.get("args")) else [_conj_from_args(r.get("args"))])
         for n in touched:
             per_name[n].extend((act, c) for c in conjs)
 

@@ -10,7 +10,7 @@ import errno
 
 import pytest
 
-from tests.harness import mobyprofile
+from tests.harness import seccompprofiles as profiles
 from tests.harness.bundle import bounding_caps
 from tests.integration.policy_support import parse, probe
 
@@ -71,7 +71,7 @@ def test_docker_default_profile_unchanged_and_composed(shim, runtime_factory,
     """Each probe answers through the shim as under the plain runtime with the same
     profile; what interceptd adds is refused on top."""
     plain = runtime_factory(shim.name)
-    b = docker_bundle(bundle_factory, DOCKER_PROBES, mobyprofile.resolved())
+    b = docker_bundle(bundle_factory, DOCKER_PROBES, profiles.resolved())
     res = plain.run(b, new_id("mobyraw"), timeout=60)
     assert res.rc == 0, res.stderr
     want = parse(res.stdout)
@@ -83,7 +83,7 @@ def test_docker_default_profile_unchanged_and_composed(shim, runtime_factory,
     assert want["clone_plain"] == (-1, errno.EINVAL) and want["pers_query"][0] >= 0
     assert want["socket_unix"][0] >= 0 and want["seccomp_avail"] == (0, 0)
 
-    b2 = docker_bundle(bundle_factory, {**DOCKER_PROBES, **ADDED}, mobyprofile.resolved())
+    b2 = docker_bundle(bundle_factory, {**DOCKER_PROBES, **ADDED}, profiles.resolved())
     res = shim.run(b2, new_id("moby"), timeout=60)
     assert res.rc == 0, res.stderr
     got = parse(res.stdout)
@@ -91,6 +91,45 @@ def test_docker_default_profile_unchanged_and_composed(shim, runtime_factory,
     assert got["io_uring_setup"] == (-1, errno.EPERM)
     assert got["listener"] == (-1, errno.EINVAL)
     assert "syscall=mount" not in shim.daemon.log()  # refused by the profile, not vetted
+    assert_nothing_left(shim)
+
+
+# runc's own seccomp test (seccomp_syscall_test1): every answer as under the plain
+# runtime, the allowed kcmp/process_vm_readv then vetted by the daemon.
+RUNC_TEST1_PROBES = {
+    "pvr_100": "sys process_vm_readv 100 0 0 0 0 -1",  # allowed (OR): EINVAL (flags)
+    "pvr_9001": "sys process_vm_readv 9001 0 0 0 0 -1",
+    "pvr_0": "sys process_vm_readv 0 0 0 0 0 -1",  # default
+    "pvw_1337": "sys process_vm_writev 1337 0 0 0 0 -1",  # ERRNO 55 (OR)
+    "pvw_2020": "sys process_vm_writev 2020 0 0 0 0 -1",
+    "pvw_0": "sys process_vm_writev 0 0 0 0 0 -1",
+    "kcmp_and": "sys kcmp 0 1337 0 0 0",  # allowed (AND): ESRCH
+    "kcmp_half": "sys kcmp 0 0 0 0 0",
+    "kcmp_other": "sys kcmp 500 1337 0 0 0",
+    "dup3_1": "sys dup3 1 -100 0xffff",  # allowed: EINVAL
+    "dup3_0": "sys dup3 0 -100 0xffff",
+    "socket_ok": "sys socket 1 1 0",
+    "socket_masked": "sys socket 1 1 0x100",
+    "unshare": "sys unshare 0",
+}
+
+
+def test_runc_test_profile_answers_as_plain_runtime(shim, runtime_factory, bundle_factory,
+                                                    new_id):
+    plain = runtime_factory(shim.name)
+    res = plain.run(docker_bundle(bundle_factory, RUNC_TEST1_PROBES, profiles.runc_test1()),
+                    new_id("runcraw"), timeout=60)
+    assert res.rc == 0, res.stderr
+    want = parse(res.stdout)
+    assert want["pvr_100"] == want["pvr_9001"] == (-1, errno.EINVAL), want
+    assert want["pvw_1337"] == (-1, 55) and want["kcmp_and"] == (-1, errno.ESRCH), want
+    assert want["kcmp_half"] == (-1, errno.EPERM) and want["pvr_0"] == (-1, errno.EPERM)
+    res = shim.run(docker_bundle(bundle_factory, RUNC_TEST1_PROBES, profiles.runc_test1()),
+                   new_id("runc1"), timeout=60)
+    assert res.rc == 0, res.stderr
+    assert parse(res.stdout) == want, res.stdout
+    log = shim.daemon.log()
+    assert "syscall=kcmp" in log and "syscall=process_vm_readv" in log
     assert_nothing_left(shim)
 
 
@@ -106,7 +145,7 @@ CONDITIONAL = [
 
 
 def test_argument_conditions_kept(shim, bundle_factory, new_id):
-    prof = mobyprofile.resolved()
+    prof = profiles.resolved()
     only = {"kcmp", "process_vm_readv"}
     prof["syscalls"] = [dict(r, names=[n for n in r["names"] if n not in only])
                         for r in prof["syscalls"]] + CONDITIONAL

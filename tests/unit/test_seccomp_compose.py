@@ -30,7 +30,7 @@ from interceptd.runtime.seccomp import (
     dnf_not,
 )
 from interceptd.runtime.spec import Refused
-from tests.harness import mobyprofile
+from tests.harness import seccompprofiles as profiles
 
 U64 = (1 << 64) - 1
 NOTIFY_RULES = policy.notify_rules(None)
@@ -202,7 +202,7 @@ def test_complement_is_exact(cmp):
 # ---------------------------------------------------------------- profiles
 
 def test_docker_default_profile():
-    out = check(mobyprofile.resolved())
+    out = check(profiles.resolved())
     # Docker's argument conditions are untouched (personality, clone, socket).
     pers = [r for r in out["syscalls"] if r["names"] == ["personality"]]
     assert len(pers) == 5 and all(r["args"] for r in pers)
@@ -216,7 +216,7 @@ def test_docker_default_profile():
 
 
 def test_docker_profile_with_admin_ptrace_perfmon():
-    out = check(mobyprofile.resolved([*mobyprofile.DOCKER_CAPS, "CAP_SYS_ADMIN",
+    out = check(profiles.resolved([*profiles.DOCKER_CAPS, "CAP_SYS_ADMIN",
                                       "CAP_SYS_PTRACE", "CAP_PERFMON"]))
     assert decide(out, "mount", [0] * 6).name == NOTIFY
     assert decide(out, "perf_event_open", [0, 0xFFFFFFFF, 0, 0, 0, 0]).denies
@@ -245,7 +245,7 @@ def test_default_allow_profile_with_conditional_denies():
 
 def test_default_deny_profile_with_conditional_allows():
     """runc's tests: kcmp and process_vm_readv allowed only for some arguments."""
-    prof = mobyprofile.resolved()
+    prof = profiles.resolved()
     prof["syscalls"] = [dict(r, names=[n for n in r["names"] if n != "process_vm_readv"])
                         for r in prof["syscalls"]] + [
         {"names": ["kcmp"], "action": "SCMP_ACT_ALLOW",
@@ -262,6 +262,21 @@ def test_default_deny_profile_with_conditional_allows():
     kcmp = [r for r in out["syscalls"] if "kcmp" in r["names"]]
     assert kcmp == [{"names": ["kcmp"], "action": NOTIFY,
                      "args": [{"index": 2, "value": 0, "op": "SCMP_CMP_EQ"}]}]
+
+
+def test_runc_test_profile():
+    """runc's own test profile: an OR on one argument, an AND on two, a conditional
+    ERRNO in a default-deny profile, for calls the daemon vets (kcmp, process_vm_*)."""
+    out = check(profiles.runc_test1())
+    assert decide(out, "process_vm_readv", [9001, 0, 0, 0, 0, 0]).name == NOTIFY
+    assert decide(out, "process_vm_readv", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "process_vm_writev", [2020, 0, 0, 0, 0, 0]) == Action(
+        "SCMP_ACT_ERRNO", 55)
+    assert decide(out, "process_vm_writev", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "kcmp", [0, 1337, 0, 0, 0, 0]).name == NOTIFY
+    assert decide(out, "kcmp", [0, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 1)
+    assert not any(len({a["index"] for a in r.get("args", [])}) != len(r.get("args", []))
+                   for r in out["syscalls"] if set(r["names"]) & touched())
 
 
 def test_profile_denying_a_notified_call_keeps_its_action():
@@ -353,7 +368,7 @@ def test_inexpressible_profile_refused_not_weakened():
 
 
 def test_input_profile_not_changed():
-    prof = mobyprofile.resolved()
+    prof = profiles.resolved()
     before = repr(prof)
     compose(prof, NOTIFY_RULES, DENY_RULES, "/l", "m")
     assert repr(prof) == before
