@@ -169,6 +169,40 @@ def test_argument_conditions_kept(shim, bundle_factory, new_id):
     assert_nothing_left(shim)
 
 
+def test_default_allow_profile_conditional_errno_kept(shim, bundle_factory, new_id):
+    """A default-allow profile refusing a vetted call for some arguments: those still get
+    the profile's errno from the filter, the others are vetted by the daemon."""
+    caps = bounding_caps()
+    probes = {
+        "mount_tmpfs": "sys mount s:t s:/mnt s:tmpfs 0 0",  # vetted, performed
+        "mount_remount": "sys mount s:t s:/mnt s:tmpfs 0x20 0",  # the profile: EACCES
+        "kcmp_vm": f"sys kcmp 1 1 {KCMP_VM} 0 0",  # the profile: EACCES
+        "kcmp_file": f"sys kcmp 1 1 {KCMP_FILE} 0 0",  # vetted, 0
+    }
+    b = plain_bundle(bundle_factory, ["sh", "-c", script(probes)])
+    b.config["process"]["capabilities"] = {k: caps for k in ("bounding", "effective",
+                                                             "permitted")}
+    b.config["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mount"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES,
+             "args": [{"index": 3, "value": 0x20, "valueTwo": 0x20,
+                       "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["kcmp"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES,
+             "args": [{"index": 2, "value": KCMP_VM, "op": "SCMP_CMP_EQ"}]},
+        ]}
+    b.write_config()
+    res = shim.run(b, new_id("dallow"), timeout=60)
+    assert res.rc == 0, res.stderr
+    got = parse(res.stdout)
+    assert got["mount_remount"] == (-1, errno.EACCES) and got["kcmp_vm"] == (-1, errno.EACCES)
+    assert got["mount_tmpfs"] == (0, 0) and got["kcmp_file"] == (0, 0), res.stdout
+    log = shim.daemon.log()
+    assert "syscall=mount" in log and "syscall=kcmp" in log
+    assert_nothing_left(shim)
+
+
 @pytest.mark.parametrize("key", ["listenerPath", "listenerMetadata"])
 def test_own_listener_refused(shim, bundle_factory, new_id, workdir, key):
     b = plain_bundle(bundle_factory, ["true"])
