@@ -12,6 +12,8 @@ import errno
 from typing import Any
 
 from interceptd.policy.consts import (
+    AF_MAX,
+    AF_VSOCK,
     PERF_FLAG_PID_CGROUP,
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     UFFD_USER_MODE_ONLY,
@@ -126,4 +128,15 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
     rules.append(_rule(["userfaultfd"], errno.EPERM,
                        [_masked_eq(0, 0, UFFD_USER_MODE_ONLY)],
                        "interceptd: userfaultfd needs UFFD_USER_MODE_ONLY"))
+    # socket(AF_VSOCK, ...): vsock is not network-namespaced; it reaches the host's (or
+    # the hypervisor's) vsock services from any container. Docker refuses it too. The
+    # family is an int below AF_MAX (46): its low 6 bits decide it, any higher bit makes
+    # an invalid family the kernel refuses anyway, so one masked compare is the test and
+    # its complement (beside a default-deny profile) is 6 one-bit rules.
+    rules.append(_rule(["socket"], errno.EPERM, [_masked_eq(0, AF_VSOCK, _SIX_BITS)],
+                       "interceptd: AF_VSOCK"))
     return rules
+
+
+_SIX_BITS = 0x3F
+assert AF_MAX <= _SIX_BITS + 1

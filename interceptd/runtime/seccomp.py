@@ -435,7 +435,7 @@ def _dup_index(args: list[dict] | None) -> bool:
 def decide(sc: dict, name: str, args: list[int]) -> Action:
     """What a filter built from `sc` by libseccomp answers for one call, on the
     composer's invariant (an unconditional rule wins; else the matching conditional
-    rule, deny before pass when several match). For tests and `interceptctl`."""
+    rule, deny before pass when several match). For tests."""
     default = Action.of_rule({"action": sc.get("defaultAction"),
                               "errnoRet": sc.get("defaultErrnoRet")})
     hits: list[Action] = []

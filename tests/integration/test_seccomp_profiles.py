@@ -47,9 +47,11 @@ DOCKER_PROBES = {
     "seccomp_avail": "sys seccomp 2 0 b:4",  # SECCOMP_GET_ACTION_AVAIL: allowed
 }
 # What interceptd adds to Docker's profile: io_uring (allowed by this 2023 profile),
-# a nested listener.
+# AF_VSOCK however passed, a nested listener.
 ADDED = {
     "io_uring_setup": "sys io_uring_setup 1 b:120",
+    # AF_VSOCK with the register's upper half set: Docker's `!= 40` lets it through.
+    "vsock_hi": "sys socket 0x100000028 1 0",
     "listener": "policy_misc listener",
 }
 
@@ -89,6 +91,7 @@ def test_docker_default_profile_unchanged_and_composed(shim, runtime_factory,
     got = parse(res.stdout)
     assert {k: got[k] for k in DOCKER_PROBES} == want, res.stdout
     assert got["io_uring_setup"] == (-1, errno.EPERM)
+    assert got["vsock_hi"] == (-1, errno.EPERM)
     assert got["listener"] == (-1, errno.EINVAL)
     assert "syscall=mount" not in shim.daemon.log()  # refused by the profile, not vetted
     assert_nothing_left(shim)
@@ -225,6 +228,9 @@ NO_PROFILE_PROBES = {
     "io_uring_register": "sys io_uring_register -1 0 0 0",
     "uffd_kernel": "sys userfaultfd 0",
     "uffd_user_only": "sys userfaultfd 1",  # UFFD_USER_MODE_ONLY
+    "vsock": "sys socket 40 1 0",  # AF_VSOCK
+    "vsock_hi": "sys socket 0x100000028 1 0",  # the same int with the upper half set
+    "unix_socket": "sys socket 1 1 0",
     "sysfs": "sys sysfs 3",  # outside the allow list
     "kexec_load": "sys kexec_load 0 0 0 0",
     # What system containers (runc, dockerd, systemd inside) need:
@@ -249,9 +255,9 @@ def test_no_profile_gets_default_profile(shim, bundle_factory, new_id):
     got = parse(res.stdout)
     assert "busybox ok" in res.stdout
     for k in ("io_uring_setup", "io_uring_enter", "io_uring_register", "uffd_kernel",
-              "kexec_load"):
+              "kexec_load", "vsock", "vsock_hi"):
         assert got[k] == (-1, errno.EPERM), (k, res.stdout)
-    assert got["uffd_user_only"][0] >= 0, res.stdout
+    assert got["uffd_user_only"][0] >= 0 and got["unix_socket"][0] >= 0, res.stdout
     assert got["sysfs"] == (-1, errno.ENOSYS), res.stdout
     assert got["unshare"] == (0, 0) and got["mount_tmpfs"] == (0, 0), res.stdout
     assert got["pivot_root"] == (-1, errno.ENOENT), res.stdout

@@ -187,6 +187,9 @@ def test_deny_list_shape():
     for n in ("io_uring_setup", "io_uring_enter", "io_uring_register", "umount", "uselib",
               "nfsservctl", "vm86", "vm86old", "stime", "clock_settime64"):
         assert n in everything, n
+    vsock = next(r for r in rules if r["names"] == ["socket"])
+    assert vsock["args"] == [{"index": 0, "value": 0x3F, "valueTwo": 40,
+                              "op": "SCMP_CMP_MASKED_EQ"}]
     uffd = next(r for r in rules if r["names"] == ["userfaultfd"])
     assert uffd["args"] == [{"index": 0, "value": 1, "valueTwo": 0,
                              "op": "SCMP_CMP_MASKED_EQ"}]

@@ -315,6 +315,9 @@ def test_default_profile():
     assert decide(out, "userfaultfd", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
     assert decide(out, "userfaultfd", [1 | 1 << 40, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
     assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "socket", [40, 1, 0, 0, 0, 0]).denies
+    assert decide(out, "socket", [40 | 1 << 32, 1, 0, 0, 0, 0]).denies
+    assert decide(out, "socket", [1, 1, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
     cfg = Config(sections={"policy": {"keyring": True}})
     out = check(prof, policy.notify_rules(cfg), policy.denied_syscalls(cfg))
     assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ALLOW")
