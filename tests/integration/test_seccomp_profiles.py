@@ -117,20 +117,29 @@ RUNC_TEST1_PROBES = {
 }
 
 
+@pytest.mark.parametrize("default_errno", [None, errno.ENXIO])
 def test_runc_test_profile_answers_as_plain_runtime(shim, runtime_factory, bundle_factory,
-                                                    new_id):
+                                                    new_id, default_errno):
+    """runc's seccomp_syscall_test1 rules; with defaultErrnoRet=ENXIO (its test2's point)
+    the default's errno is kept too, and the deny list's EPERM stays distinct from it."""
+    prof = profiles.runc_test1()
+    if default_errno:
+        prof["defaultErrnoRet"] = default_errno
+    dflt = default_errno or errno.EPERM
     plain = runtime_factory(shim.name)
-    res = plain.run(docker_bundle(bundle_factory, RUNC_TEST1_PROBES, profiles.runc_test1()),
+    res = plain.run(docker_bundle(bundle_factory, RUNC_TEST1_PROBES, prof),
                     new_id("runcraw"), timeout=60)
     assert res.rc == 0, res.stderr
     want = parse(res.stdout)
     assert want["pvr_100"] == want["pvr_9001"] == (-1, errno.EINVAL), want
     assert want["pvw_1337"] == (-1, 55) and want["kcmp_and"] == (-1, errno.ESRCH), want
-    assert want["kcmp_half"] == (-1, errno.EPERM) and want["pvr_0"] == (-1, errno.EPERM)
-    res = shim.run(docker_bundle(bundle_factory, RUNC_TEST1_PROBES, profiles.runc_test1()),
+    assert want["kcmp_half"] == (-1, dflt) and want["pvr_0"] == (-1, dflt), want
+    res = shim.run(docker_bundle(bundle_factory, {**RUNC_TEST1_PROBES, **ADDED}, prof),
                    new_id("runc1"), timeout=60)
     assert res.rc == 0, res.stderr
-    assert parse(res.stdout) == want, res.stdout
+    got = parse(res.stdout)
+    assert {k: got[k] for k in RUNC_TEST1_PROBES} == want, res.stdout
+    assert got["io_uring_setup"] == (-1, errno.EPERM), res.stdout
     log = shim.daemon.log()
     assert "syscall=kcmp" in log and "syscall=process_vm_readv" in log
     assert_nothing_left(shim)
