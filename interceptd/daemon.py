@@ -180,8 +180,11 @@ class Daemon:
         if self._runtime_policy_lists is None:
             from interceptd.runtime import policylink
 
-            notified, denied, _src = policylink.syscalls(self.cfg.sections, None)
-            self._runtime_policy_lists = {"notified": notified, "denied": denied}
+            notify, denied, _src = policylink.syscalls(self.cfg.sections, None)
+            names = sorted({n for r in notify for n in
+                            ([r] if isinstance(r, str) else r.get("names", []))})
+            self._runtime_policy_lists = {"notified": names, "notify": notify,
+                                          "denied": denied}
         return self._runtime_policy_lists
 
     def _start_runtime_service(self) -> None:

@@ -89,6 +89,13 @@ SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 # perf_event_open(2)
 PERF_FLAG_PID_CGROUP = 1 << 2
 
+# userfaultfd(2)
+UFFD_USER_MODE_ONLY = 1
+
+# socket(2) families
+AF_VSOCK = 40
+AF_MAX = 46
+
 # bpf(2) commands a container may use when the config allows "bpf" partially
 BPF_PROG_LOAD = 5
 

@@ -12,15 +12,21 @@ import errno
 from typing import Any
 
 from interceptd.policy.consts import (
+    AF_MAX,
+    AF_VSOCK,
     PERF_FLAG_PID_CGROUP,
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
-    SECCOMP_SET_MODE_FILTER,
+    UFFD_USER_MODE_ONLY,
 )
 
 U32 = 0xFFFFFFFF
+INT_SIGN = 0x80000000
 
 # Kernel-global: they act on the whole machine (modules, kexec, swap, clocks, quotas,
-# accounting, the kernel log, raw I/O ports) or bypass the mount namespace (handles).
+# accounting, the kernel log, raw I/O ports) or bypass the mount namespace (handles);
+# or they escape the filter itself (io_uring), or are obsolete attack surface (uselib,
+# vm86), or would change mounts without the daemon (i386's umount). docs/policy.md has
+# the reason for each.
 ALWAYS_DENIED = (
     "kexec_load",
     "kexec_file_load",
@@ -39,6 +45,19 @@ ALWAYS_DENIED = (
     "quotactl",
     "quotactl_fd",
     "lookup_dcookie",
+    "stime",
+    "clock_settime64",
+    "nfsservctl",
+    "uselib",
+    "vm86",
+    "vm86old",
+    # An io_uring's operations (IORING_OP_OPENAT, _SOCKET, _CONNECT, ...) run without
+    # passing seccomp: a ring would reach whatever the filter refuses. Docker denies them.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    # i386's oldumount(path): the daemon vets umount2 (x86_64's only umount).
+    "umount",
     # request_key can make the kernel run /sbin/request-key on the host, as host root,
     # with a description the container chose.
     "request_key",
@@ -87,17 +106,37 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
     rules = [_rule(names, errno.EPERM, why="kernel-global")]
     # perf_event_open(attr, pid, cpu, group_fd, flags): pid == -1 watches every process on
     # a CPU; PERF_FLAG_PID_CGROUP watches a whole cgroup. Per-process use stays allowed.
-    rules.append(_rule(["perf_event_open"], errno.EPERM, [_masked_eq(1, U32)],
+    # The sign bit of the 32-bit pid: -1 whatever the upper half holds, and other negative
+    # pids, which the kernel refuses anyway (ESRCH), so one bit is the whole test (its
+    # complement, needed beside a default-deny profile, is one rule, not 32).
+    rules.append(_rule(["perf_event_open"], errno.EPERM, [_masked_eq(1, INT_SIGN, INT_SIGN)],
                        "interceptd: system-wide perf_event_open"))
     rules.append(_rule(["perf_event_open"], errno.EPERM,
                        [_masked_eq(4, PERF_FLAG_PID_CGROUP, PERF_FLAG_PID_CGROUP)],
                        "interceptd: cgroup-wide perf_event_open"))
-    # seccomp(SECCOMP_SET_MODE_FILTER, flags & NEW_LISTENER): a nested supervisor would
-    # take the notifications of its own filter; EINVAL as if the flag were unknown.
+    # seccomp(op, flags & NEW_LISTENER): a nested supervisor would take the notifications
+    # of its own filter; EINVAL as if the flag were unknown. Only SET_MODE_FILTER accepts
+    # flags (every other op answers EINVAL to any), so the flag alone is the test, and its
+    # complement is one rule.
     rules.append(_rule(
         ["seccomp"], errno.EINVAL,
-        [_masked_eq(0, SECCOMP_SET_MODE_FILTER),
-         _masked_eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER)],
+        [_masked_eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER)],
         "interceptd: no nested seccomp listener",
     ))
+    # userfaultfd without UFFD_USER_MODE_ONLY handles faults in kernel mode too: a
+    # classic way to stop the kernel mid-copy and win a race. User-mode-only is harmless.
+    rules.append(_rule(["userfaultfd"], errno.EPERM,
+                       [_masked_eq(0, 0, UFFD_USER_MODE_ONLY)],
+                       "interceptd: userfaultfd needs UFFD_USER_MODE_ONLY"))
+    # socket(AF_VSOCK, ...): vsock is not network-namespaced; it reaches the host's (or
+    # the hypervisor's) vsock services from any container. Docker refuses it too. The
+    # family is an int below AF_MAX (46): its low 6 bits decide it, any higher bit makes
+    # an invalid family the kernel refuses anyway, so one masked compare is the test and
+    # its complement (beside a default-deny profile) is 6 one-bit rules.
+    rules.append(_rule(["socket"], errno.EPERM, [_masked_eq(0, AF_VSOCK, _SIX_BITS)],
+                       "interceptd: AF_VSOCK"))
     return rules
+
+
+_SIX_BITS = 0x3F
+assert AF_MAX <= _SIX_BITS + 1

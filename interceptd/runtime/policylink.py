@@ -1,24 +1,13 @@
-"""The syscalls the daemon vets and the static deny list, from the daemon's own policy.
+"""The rules the shim adds to every container's filter, from the daemon's own policy.
 
-Until interceptd.policy is importable, a minimal built-in list keeps containers
-attached (so the runtime and daemon never disagree, the policy module wins).
+There is no built-in fallback: a list kept here would drift from interceptd.policy (it
+did: issue 9), and a container must never start with a filter the daemon did not vet.
+When the policy cannot be imported, the container is refused with the reason.
 """
 
 from __future__ import annotations
 
-FALLBACK_NOTIFIED = [
-    "mount", "umount2", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount",
-    "fspick", "mount_setattr",
-]
-FALLBACK_DENIED = [
-    {
-        "names": ["kexec_load", "kexec_file_load", "init_module", "finit_module",
-                  "delete_module", "open_by_handle_at", "iopl", "ioperm", "swapon",
-                  "swapoff", "acct", "lookup_dcookie", "nfsservctl", "vm86", "vm86old"],
-        "action": "SCMP_ACT_ERRNO",
-        "errnoRet": 1,
-    }
-]
+from .spec import Refused
 
 
 class _Sections:
@@ -30,23 +19,25 @@ class _Sections:
 
 
 def syscalls(raw: dict, path: str | None, status: dict | None = None
-             ) -> tuple[list[str], list[dict], str]:
-    """(notified, denied, source) where source says where the lists came from.
+             ) -> tuple[list[dict | str], list[dict], str]:
+    """(notify, denied, source): notify is a list of OCI SCMP_ACT_NOTIFY rules (or bare
+    names from a daemon that predates the rules), denied the deny list's rules, and
+    source says where they came from.
 
-    The running daemon's own lists win (its status reply may carry
-    `runtime_policy: {notified, denied}`): then the two cannot disagree, and the
+    The running daemon's own lists win (its status reply carries
+    `runtime_policy: {notify, notified, denied}`): then the two cannot disagree, and the
     shim does not pay for importing the policy package on every start.
     """
     rp = (status or {}).get("runtime_policy")
-    if isinstance(rp, dict) and isinstance(rp.get("notified"), list) \
-            and isinstance(rp.get("denied"), list):
-        return [str(n) for n in rp["notified"]], [dict(d) for d in rp["denied"]], "daemon"
+    if isinstance(rp, dict) and isinstance(rp.get("denied"), list):
+        if isinstance(rp.get("notify"), list):
+            return [dict(r) for r in rp["notify"]], [dict(d) for d in rp["denied"]], "daemon"
+        if isinstance(rp.get("notified"), list):
+            return [str(n) for n in rp["notified"]], [dict(d) for d in rp["denied"]], "daemon"
     try:
-        from interceptd import policy  # type: ignore[attr-defined]
-
-        notified_fn = policy.notified_syscalls
-        denied_fn = policy.denied_syscalls
-    except (ImportError, AttributeError):
-        return list(FALLBACK_NOTIFIED), [dict(d) for d in FALLBACK_DENIED], "builtin"
+        from interceptd import policy
+    except ImportError as e:
+        raise Refused(f"interceptd's policy package cannot be imported ({e}): refusing to "
+                      f"start a container without its seccomp rules (config {path})") from None
     cfg = _Sections(raw)
-    return list(notified_fn(cfg)), list(denied_fn(cfg)), "policy"
+    return list(policy.notify_rules(cfg)), list(policy.denied_syscalls(cfg)), "policy"

@@ -178,11 +178,21 @@ def test_deny_list_shape():
         assert n in everything, n
     seccomp = next(r for r in rules if r["names"] == ["seccomp"])
     assert seccomp["errnoRet"] == errno.EINVAL
-    assert {"index": 1, "value": 8, "valueTwo": 8, "op": "SCMP_CMP_MASKED_EQ"} in seccomp["args"]
+    assert seccomp["args"] == [{"index": 1, "value": 8, "valueTwo": 8,
+                                "op": "SCMP_CMP_MASKED_EQ"}]
     perf = [r for r in rules if r["names"] == ["perf_event_open"]]
-    # pid is an int: compared on its low 32 bits only.
-    assert {"index": 1, "value": 0xFFFFFFFF, "valueTwo": 0xFFFFFFFF,
+    # pid is an int: its sign bit (bit 31), whatever the upper half of the register holds.
+    assert {"index": 1, "value": 0x80000000, "valueTwo": 0x80000000,
             "op": "SCMP_CMP_MASKED_EQ"} in perf[0]["args"]
+    for n in ("io_uring_setup", "io_uring_enter", "io_uring_register", "umount", "uselib",
+              "nfsservctl", "vm86", "vm86old", "stime", "clock_settime64"):
+        assert n in everything, n
+    vsock = next(r for r in rules if r["names"] == ["socket"])
+    assert vsock["args"] == [{"index": 0, "value": 0x3F, "valueTwo": 40,
+                              "op": "SCMP_CMP_MASKED_EQ"}]
+    uffd = next(r for r in rules if r["names"] == ["userfaultfd"])
+    assert uffd["args"] == [{"index": 0, "value": 1, "valueTwo": 0,
+                             "op": "SCMP_CMP_MASKED_EQ"}]
 
 
 def test_config_switches():

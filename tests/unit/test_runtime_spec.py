@@ -1,9 +1,12 @@
 """The pure config.json rewrites of interceptd-runc (no kernel)."""
 
+import errno
+
 import pytest
 
 from interceptd.runtime import spec as sp
 from interceptd.runtime.caps import CAP_NAMES, names_in_mask
+from interceptd.runtime.seccomp import Action, decide
 
 
 def base_spec() -> dict:
@@ -163,14 +166,18 @@ def rules_for(sc: dict, name: str) -> list[dict]:
 
 
 def test_seccomp_added_when_absent():
+    """No profile: the daemon's default profile (default deny, ENOSYS), not allow-all."""
     s = base_spec()
     sp.add_seccomp(s, ["mount", "sysfs"], DENY, "/run/interceptd/seccomp.sock", "cid")
     sc = s["linux"]["seccomp"]
-    assert sc["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert sc["defaultAction"] == "SCMP_ACT_ERRNO" and sc["defaultErrnoRet"] == errno.ENOSYS
     assert sc["listenerPath"] == "/run/interceptd/seccomp.sock"
     assert sc["listenerMetadata"] == "cid"
-    assert rules_for(sc, "mount") == [{"names": ["mount", "sysfs"], "action": "SCMP_ACT_NOTIFY"}]
-    assert rules_for(sc, "kexec_load")[0]["action"] == "SCMP_ACT_ERRNO"
+    assert rules_for(sc, "mount") == [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]
+    assert decide(sc, "kexec_load", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    # sysfs is not in the default allow list: it stays refused, never notified.
+    assert decide(sc, "sysfs", [0] * 6) == Action("SCMP_ACT_ERRNO", errno.ENOSYS)
+    assert decide(sc, "getpid", [0] * 6) == Action("SCMP_ACT_ALLOW")
     assert "SCMP_ARCH_X86_64" in sc["architectures"]
 
 
@@ -192,10 +199,10 @@ def test_seccomp_keeps_own_rules_and_never_weakens():
     # allowed before -> vetted now; refused before -> still refused; mount fell to
     # the ERRNO default before -> stays refused (not notified).
     assert [r["action"] for r in rules_for(sc, "sysfs")] == ["SCMP_ACT_NOTIFY"]
-    assert [r["action"] for r in rules_for(sc, "umount2")] == ["SCMP_ACT_ERRNO"]
+    assert decide(sc, "umount2", [0] * 6).denies
     assert rules_for(sc, "mount") == []
-    # the deny list wins over the container's allow
-    assert [r["action"] for r in rules_for(sc, "kexec_load")] == ["SCMP_ACT_ERRNO"]
+    # the deny list wins over the container's allow (its EPERM is the default here)
+    assert decide(sc, "kexec_load", [0] * 6).denies
     assert rules_for(sc, "read")[0]["action"] == "SCMP_ACT_ALLOW"
     assert rules_for(sc, "personality")[0]["args"]
     assert sc["architectures"] == ["SCMP_ARCH_X86_64"]

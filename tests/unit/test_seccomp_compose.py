@@ -1,0 +1,394 @@
+"""Composition of a container's seccomp profile with interceptd's rules (no kernel).
+
+The real runtimes are in tests/integration/test_seccomp_profiles.py; here every touched
+syscall is checked on many argument vectors against what the profile decided, and the
+libseccomp behaviour the composer relies on is pinned on the host's libseccomp."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import itertools
+import random
+import sys
+import tempfile
+
+import pytest
+
+from interceptd import policy
+from interceptd.config import Config
+from interceptd.runtime import policylink, seccomp_default
+from interceptd.runtime.seccomp import (
+    ALWAYS,
+    NOTIFY,
+    Action,
+    Cmp,
+    compose,
+    decide,
+    dnf_holds,
+    dnf_not,
+)
+from interceptd.runtime.spec import Refused
+from tests.harness import seccompprofiles as profiles
+
+U64 = (1 << 64) - 1
+NOTIFY_RULES = policy.notify_rules(None)
+DENY_RULES = policy.denied_syscalls(None)
+
+
+def touched(notify=NOTIFY_RULES, deny=DENY_RULES) -> set[str]:
+    return {n for r in [*notify, *deny] for n in r["names"]}
+
+
+def samples(rules: list[dict]) -> list[list[int]]:
+    """Argument vectors around every comparison in `rules`, with upper halves set too."""
+    per_index: dict[int, set[int]] = {i: {0, 1, 0xFFFFFFFF, U64} for i in range(6)}
+    for r in rules:
+        for a in r.get("args") or []:
+            i, v, v2 = a["index"], a["value"], a.get("valueTwo", 0)
+            vals = {v, v + 1, max(v - 1, 0), v2, v | 0xFFFFFFFF00000000}
+            if a["op"] == "SCMP_CMP_MASKED_EQ":
+                vals |= {v2 ^ (1 << b) for b in range(64) if v >> b & 1}
+                vals |= {(v2 | 0xFFFF0000_00000000), v2 ^ v}
+            per_index[i] |= {x & U64 for x in vals}
+    rng = random.Random(8)
+    out = [[0] * 6]
+    for i, vals in per_index.items():
+        for x in vals:
+            vec = [0] * 6
+            vec[i] = x
+            out.append(vec)
+    idx = [i for i in per_index if len(per_index[i]) > 4]
+    for i, j in itertools.combinations(idx, 2):
+        for x, y in itertools.product(sorted(per_index[i]), sorted(per_index[j])):
+            vec = [0] * 6
+            vec[i], vec[j] = x, y
+            out.append(vec)
+    for _ in range(300):
+        out.append([rng.choice(sorted(per_index[i])) for i in range(6)])
+    return out
+
+
+def matching(sc: dict, name: str, args: list[int]) -> list[tuple[Action, bool]]:
+    """Every rule of `name` that matches: (action, unconditional)."""
+    out = []
+    for r in sc["syscalls"]:
+        if name in r["names"] and all(Cmp.from_oci(a).holds(args[a["index"]])
+                                      for a in r.get("args") or []):
+            out.append((Action.of_rule(r), not r.get("args")))
+    return out
+
+
+def check(profile: dict, notify=NOTIFY_RULES, deny=DENY_RULES) -> dict:
+    out = compose(profile, notify, deny, "/l", "m")
+    for name in sorted(touched(notify, deny)):
+        n_rules = [r for r in notify if name in r["names"]]
+        d_rules = [r for r in deny if name in r["names"]]
+        p_rules = [r for r in profile.get("syscalls", []) if name in r["names"]]
+        mine = [r for r in out["syscalls"] if name in r["names"]]
+        # The invariant libseccomp needs: never an unconditional rule beside others, and
+        # no two matching rules with different actions unless both refuse.
+        if any(not r.get("args") for r in mine):
+            assert len(mine) == 1, (name, mine)
+        for args in samples(p_rules + n_rules + d_rules):
+            hits = matching(out, name, args)
+            acts = {a for a, _ in hits}
+            assert len(acts) <= 1 or all(a.denies for a in acts), (name, args, hits)
+            got = decide(out, name, args)
+            orig = decide(profile, name, args)
+            denied = any(all(Cmp.from_oci(a).holds(args[a["index"]])
+                             for a in r.get("args") or []) for r in d_rules)
+            notified = any(all(Cmp.from_oci(a).holds(args[a["index"]])
+                               for a in r.get("args") or []) for r in n_rules)
+            ctx = (name, [hex(x) for x in args], orig, got)
+            if orig.denies:
+                assert got == orig or (denied and got.denies), ctx
+            elif denied:
+                assert got.denies, ctx
+            elif notified:
+                assert got.name == NOTIFY, ctx
+            elif n_rules:
+                # A narrowed notify set may be widened (the handlers take any argument).
+                assert got in (orig, Action(NOTIFY)), ctx
+            else:
+                assert got == orig, ctx
+    return out
+
+
+# ---------------------------------------------------------------- libseccomp facts
+
+def _libseccomp():
+    path = ctypes.util.find_library("seccomp")
+    if not path:
+        pytest.skip("libseccomp is not installed (the runtimes link it)")
+    lib = ctypes.CDLL(path, use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_export_pfc.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+class _Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+ALLOW, SC_NOTIFY, SC_EQ = 0x7FFF0000, 0x7FC00000, 4
+
+
+def _errno_act(e: int) -> int:
+    return 0x00050000 | e
+
+
+def _pfc(lib, default: int, rules: list[tuple[int, int | None]]) -> tuple[list[int], str]:
+    """Add kcmp rules (action, arg0 == value or None for unconditional); the return
+    codes and libseccomp's pseudo-code of the filter."""
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(_Cmp)]
+    ctx = lib.seccomp_init(default)
+    nr = lib.seccomp_syscall_resolve_name(b"kcmp")
+    rcs = []
+    for act, val in rules:
+        arr = (_Cmp * 1)(_Cmp(0, SC_EQ, val or 0, 0))
+        rcs.append(lib.seccomp_rule_add_array(ctx, act, nr, 0 if val is None else 1, arr))
+    with tempfile.TemporaryFile() as f:
+        lib.seccomp_export_pfc(ctx, f.fileno())
+        f.seek(0)
+        text = f.read().decode()
+    lib.seccomp_release(ctx)
+    at = text.find('"kcmp"')
+    return rcs, (text[at:].split("# default action")[0] if at >= 0 else "")
+
+
+def test_libseccomp_unconditional_rule_overrides_conditional_ones():
+    """Why compose() never writes an unconditional rule beside conditional ones."""
+    lib = _libseccomp()
+    for order in ([(SC_NOTIFY, None), (_errno_act(1), 5)],
+                  [(_errno_act(1), 5), (SC_NOTIFY, None)]):
+        rcs, kcmp = _pfc(lib, ALLOW, order)
+        assert rcs == [0, 0]
+        assert "a0" not in kcmp and "0x7fc00000" in kcmp, kcmp  # the ERRNO rule is gone
+
+
+def test_libseccomp_same_conditions_other_action_fails():
+    lib = _libseccomp()
+    rcs, _ = _pfc(lib, _errno_act(1), [(ALLOW, 5), (SC_NOTIFY, 5)])
+    assert rcs == [0, -errno.EEXIST]
+    rcs, _ = _pfc(lib, ALLOW, [(ALLOW, None)])
+    assert rcs == [-errno.EACCES]  # a rule with the default's action is refused
+
+
+# ---------------------------------------------------------------- condition algebra
+
+@pytest.mark.parametrize("cmp", [
+    Cmp(0, "SCMP_CMP_EQ", 5), Cmp(0, "SCMP_CMP_NE", 5), Cmp(0, "SCMP_CMP_LT", 5),
+    Cmp(0, "SCMP_CMP_LE", 5), Cmp(0, "SCMP_CMP_GT", 5), Cmp(0, "SCMP_CMP_GE", 5),
+    Cmp(0, "SCMP_CMP_MASKED_EQ", 0x7E020000, 0), Cmp(0, "SCMP_CMP_MASKED_EQ", 0xFFFFFFFF, 40),
+    Cmp(0, "SCMP_CMP_MASKED_EQ", 1, 3),
+])
+def test_complement_is_exact(cmp):
+    conj = {0: cmp, 2: Cmp(2, "SCMP_CMP_MASKED_EQ", 0x8000, 0x8000)}
+    neg = dnf_not([conj], limit=1000)
+    vals = [0, 1, 4, 5, 6, 40, 41, 0x28 | 1 << 33, 0x10000000, 0x7E020000, 0xFFFFFFFF, U64]
+    for a0, a2 in itertools.product(vals, [0, 0x8000, 0x18000]):
+        args = [a0, 0, a2, 0, 0, 0]
+        assert dnf_holds(neg, args) != dnf_holds([conj], args), (cmp, a0, a2)
+    assert dnf_not([]) == ALWAYS and dnf_not(ALWAYS) == []
+
+
+# ---------------------------------------------------------------- profiles
+
+def test_docker_default_profile():
+    out = check(profiles.resolved())
+    # Docker's argument conditions are untouched (personality, clone, socket).
+    pers = [r for r in out["syscalls"] if r["names"] == ["personality"]]
+    assert len(pers) == 5 and all(r["args"] for r in pers)
+    clone = [r for r in out["syscalls"] if "clone" in r["names"]]
+    assert clone == [{"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                      "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]}]
+    assert decide(out, "mount", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)  # not notified
+    # seccomp: allowed by the profile, the listener flag refused beside it.
+    assert decide(out, "seccomp", [1, 8, 0, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 22)
+    assert decide(out, "seccomp", [1, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+
+
+def test_docker_profile_with_admin_ptrace_perfmon():
+    out = check(profiles.resolved([*profiles.DOCKER_CAPS, "CAP_SYS_ADMIN",
+                                      "CAP_SYS_PTRACE", "CAP_PERFMON"]))
+    assert decide(out, "mount", [0] * 6).name == NOTIFY
+    assert decide(out, "perf_event_open", [0, 0xFFFFFFFF, 0, 0, 0, 0]).denies
+    assert decide(out, "perf_event_open", [0, 7, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+
+
+def test_default_allow_profile_with_conditional_denies():
+    prof = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["kcmp"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+         "args": [{"index": 2, "value": 1, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["mount"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+         "args": [{"index": 3, "value": 0x20, "valueTwo": 0x20, "op": "SCMP_CMP_MASKED_EQ"}]},
+        {"names": ["ptrace"], "action": "SCMP_ACT_KILL",
+         "args": [{"index": 0, "value": 16, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["userfaultfd"], "action": "SCMP_ACT_ALLOW"},
+    ]}
+    out = check(prof)
+    assert decide(out, "kcmp", [1, 1, 1, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 13)
+    assert decide(out, "kcmp", [1, 1, 0, 0, 0, 0]).name == NOTIFY
+    assert decide(out, "mount", [0, 0, 0, 0x21, 0, 0]) == Action("SCMP_ACT_ERRNO", 13)
+    assert decide(out, "mount", [0, 0, 0, 0x1, 0, 0]).name == NOTIFY
+    assert decide(out, "ptrace", [16, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_KILL")
+    assert decide(out, "userfaultfd", [0] * 6).denies
+    assert decide(out, "userfaultfd", [1, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+
+
+def test_default_deny_profile_with_conditional_allows():
+    """runc's tests: kcmp and process_vm_readv allowed only for some arguments."""
+    prof = profiles.resolved()
+    prof["syscalls"] = [dict(r, names=[n for n in r["names"] if n != "process_vm_readv"])
+                        for r in prof["syscalls"]] + [
+        {"names": ["kcmp"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 2, "value": 0, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["process_vm_readv"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["process_vm_readv"], "action": "SCMP_ACT_LOG",
+         "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}]},
+    ]
+    out = check(prof)
+    assert decide(out, "kcmp", [1, 1, 1, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "kcmp", [1, 1, 0, 0, 0, 0]).name == NOTIFY
+    assert decide(out, "process_vm_readv", [3, 0, 0, 0, 0, 0]).denies
+    kcmp = [r for r in out["syscalls"] if "kcmp" in r["names"]]
+    assert kcmp == [{"names": ["kcmp"], "action": NOTIFY,
+                     "args": [{"index": 2, "value": 0, "op": "SCMP_CMP_EQ"}]}]
+
+
+def test_runc_test_profile():
+    """runc's own test profile: an OR on one argument, an AND on two, a conditional
+    ERRNO in a default-deny profile, for calls the daemon vets (kcmp, process_vm_*)."""
+    out = check(profiles.runc_test1())
+    assert decide(out, "process_vm_readv", [9001, 0, 0, 0, 0, 0]).name == NOTIFY
+    assert decide(out, "process_vm_readv", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "process_vm_writev", [2020, 0, 0, 0, 0, 0]) == Action(
+        "SCMP_ACT_ERRNO", 55)
+    assert decide(out, "process_vm_writev", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "kcmp", [0, 1337, 0, 0, 0, 0]).name == NOTIFY
+    assert decide(out, "kcmp", [0, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 1)
+    assert not any(len({a["index"] for a in r.get("args", [])}) != len(r.get("args", []))
+                   for r in out["syscalls"] if set(r["names"]) & touched())
+
+
+def test_profile_denying_a_notified_call_keeps_its_action():
+    prof = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mount", "umount2"], "action": "SCMP_ACT_KILL_PROCESS"},
+        {"names": ["mount"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]}]}
+    out = check(prof)
+    assert [r for r in out["syscalls"] if "mount" in r["names"]] == [
+        {"names": ["mount"], "action": "SCMP_ACT_KILL_PROCESS"}]
+
+
+def test_narrowed_notify_in_default_allow_profile():
+    out = check({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []})
+    ptrace = [r for r in out["syscalls"] if "ptrace" in r["names"]]
+    assert len(ptrace) == 5 and all(r["action"] == NOTIFY for r in ptrace)
+    assert decide(out, "ptrace", [2, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+
+
+def test_default_profile():
+    prof = seccomp_default.profile()
+    assert prof["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert prof["defaultErrnoRet"] == errno.ENOSYS
+    out = check(prof)
+    allowed = set(seccomp_default.allowed_names())
+    # What runtimes, dockerd and systemd inside need.
+    for n in ("mount", "umount2", "unshare", "setns", "clone", "clone3", "pivot_root",
+              "chroot", "keyctl", "add_key", "fsopen", "move_mount", "open_tree", "reboot",
+              "sethostname", "seccomp", "prctl", "capset"):
+        assert n in allowed, n
+    for n in ("io_uring_setup", "io_uring_enter", "io_uring_register", "umount", "sysfs"):
+        assert n not in allowed, n
+    assert decide(out, "io_uring_setup", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "umount", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "sysfs", [0] * 6) == Action("SCMP_ACT_ERRNO", errno.ENOSYS)
+    assert decide(out, "userfaultfd", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "userfaultfd", [1 | 1 << 40, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+    assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "socket", [40, 1, 0, 0, 0, 0]).denies
+    assert decide(out, "socket", [40 | 1 << 32, 1, 0, 0, 0, 0]).denies
+    assert decide(out, "socket", [1, 1, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+    cfg = Config(sections={"policy": {"keyring": True}})
+    out = check(prof, policy.notify_rules(cfg), policy.denied_syscalls(cfg))
+    assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ALLOW")
+    assert decide(out, "request_key", [0] * 6).denies
+
+
+def test_every_default_name_is_a_syscall():
+    from interceptd.syscalls import NUMBERS
+
+    i386_only = {"chown32", "fchown32", "fcntl64", "fstat64", "fstatat64", "fstatfs64",
+                 "ftruncate64", "getegid32", "geteuid32", "getgid32", "getgroups32",
+                 "getresgid32", "getresuid32", "getuid32", "lchown32", "_llseek", "lstat64",
+                 "mmap2", "_newselect", "recv", "send", "setfsgid32", "setfsuid32",
+                 "setgid32", "setgroups32", "setregid32", "setresgid32", "setresuid32",
+                 "setreuid32", "setuid32", "sigprocmask", "sigreturn", "socketcall", "stat64",
+                 "statfs64", "truncate64", "ugetrlimit", "waitpid", "ipc", "stime",
+                 "sendfile64", "fadvise64_64", "epoll_ctl_old", "epoll_wait_old"}
+    unknown = [n for n in seccomp_default.allowed_names()
+               if n not in NUMBERS and n not in i386_only and not n.endswith("time64")
+               and n not in ("clock_adjtime64", "clock_settime64", "futex_time64")]
+    assert unknown == []
+
+
+# ---------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("extra", [{"listenerPath": "/run/agent.sock"},
+                                   {"listenerMetadata": "x"}])
+def test_own_listener_refused(extra):
+    prof = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [], **extra}
+    with pytest.raises(Refused, match="one seccomp listener per filter chain"):
+        compose(prof, NOTIFY_RULES, DENY_RULES, "/l", "m")
+
+
+def test_notify_rules_in_profile_refused():
+    prof = {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["sysfs"], "action": "SCMP_ACT_NOTIFY"}]}
+    with pytest.raises(Refused, match="SCMP_ACT_NOTIFY rules for sysfs"):
+        compose(prof, NOTIFY_RULES, DENY_RULES, "/l", "m")
+
+
+def test_inexpressible_profile_refused_not_weakened():
+    # A default-allow profile refusing mount on two unmergeable ranges of one argument:
+    # the NOTIFY region would need "a3 >= 8 and a3 <= 3 ..." per rule: refused.
+    prof = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mount"], "action": "SCMP_ACT_ERRNO",
+         "args": [{"index": 3, "value": 4, "op": "SCMP_CMP_LT"}]},
+        {"names": ["mount"], "action": "SCMP_ACT_ERRNO",
+         "args": [{"index": 3, "value": 8, "op": "SCMP_CMP_GT"}]}]}
+    with pytest.raises(Refused, match="cannot be combined"):
+        compose(prof, NOTIFY_RULES, DENY_RULES, "/l", "m")
+
+
+def test_input_profile_not_changed():
+    prof = profiles.resolved()
+    before = repr(prof)
+    compose(prof, NOTIFY_RULES, DENY_RULES, "/l", "m")
+    assert repr(prof) == before
+
+
+# ---------------------------------------------------------------- policylink
+
+def test_policylink_prefers_daemon_rules_and_has_no_fallback(monkeypatch):
+    status = {"runtime_policy": {"notify": NOTIFY_RULES, "notified": ["x"],
+                                 "denied": DENY_RULES}}
+    notify, denied, src = policylink.syscalls({}, None, status)
+    assert src == "daemon" and notify == NOTIFY_RULES and denied == DENY_RULES
+    notify, denied, src = policylink.syscalls({}, None, None)
+    assert src == "policy" and notify == NOTIFY_RULES and denied == DENY_RULES
+    monkeypatch.setitem(sys.modules, "interceptd.policy", None)
+    monkeypatch.delattr(sys.modules["interceptd"], "policy", raising=False)
+    with pytest.raises(Refused, match="cannot be imported"):
+        policylink.syscalls({}, "/etc/interceptd/config.toml", None)
+    assert not hasattr(policylink, "FALLBACK_DENIED")
+
