@@ -101,7 +101,7 @@ struct alias {
 struct parked {
   uint64_t unique, key;
   int file;
-  int64_t deadline;
+  int64_t t0, deadline;
   struct parked *next;
 };
 
@@ -519,6 +519,7 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
     p->unique = h->unique;
     p->key = c->key;
     p->file = file;
+    p->t0 = t0;
     p->deadline = now + (int64_t)f->wait_ms * 1000000;
     p->next = f->parked;
     f->parked = p;
@@ -556,6 +557,16 @@ static void do_read(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_re
 
   if (file < 0 || !b)
     return (void)reply_err(f, h->unique, EISDIR);
+  /* A READ without a lock owner fills the page cache (splice, sendfile,
+   * copy_file_range and mmap go through it even with FOPEN_DIRECT_IO on
+   * kernels without "fuse: use copy_splice_read() for FOPEN_DIRECT_IO").
+   * That cache is the inode's, shared by every container: a page of one
+   * container's bytes would be served to the next.  Refused; EINVAL makes
+   * sendfile's users (busybox cat, coreutils) fall back to read(2). */
+  if (!(in->read_flags & FUSE_READ_LOCKOWNER)) {
+    add(&f->files[file].st.cached_reads, 1);
+    return (void)reply_err(f, h->unique, EINVAL);
+  }
   add(&f->files[file].st.reads, 1);
   if (in->offset < b->len) {
     iov[1].iov_base = b->data + in->offset;
@@ -828,6 +839,7 @@ static void answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, 
         add(&f->files[p->file].st.timeouts, 1);
       reply_err(f, p->unique, err);
     }
+    note_latency(&f->files[p->file], p->t0, 0);
     free(p);
   }
 }

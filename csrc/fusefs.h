@@ -18,9 +18,10 @@ struct icd_fuse_fstats {
   uint64_t refreshes; /* render requests handed to Python */
   uint64_t renders;   /* bytes pushed by icd_fuse_set */
   uint64_t failures;  /* render failures pushed by icd_fuse_fail */
+  uint64_t cached_reads; /* page-cache reads refused (see do_read) */
   uint64_t open_ns, read_ns; /* summed server-side handling time (request read to reply) */
   uint64_t max_ns;
-  uint64_t hist[ICD_FUSE_HIST]; /* opens and reads answered at once (parked opens excluded) */
+  uint64_t hist[ICD_FUSE_HIST]; /* opens (waits included) and reads */
 };
 
 struct icd_fuse_stats {
@@ -47,7 +48,8 @@ struct icd_fuse *icd_fuse_new(int workers, int wait_ms);
  * directories are made as needed).  fresh_ms: bytes younger than this are
  * served as they are; up to max_stale_ms they are served while a refresh is
  * requested; older (or never rendered) an open waits up to wait_ms for a
- * render.  size: what stat reports (0 like procfs, 4096 like sysfs). */
+ * render.  size: what stat reports (reads go to EOF whatever it is; 0 would
+ * make sendfile see EOF at once on kernels that splice through the page cache). */
 int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
                       uint64_t size);
 /* Mounts at `mountpoint` (a stale FUSE mount there is detached first) and

@@ -110,6 +110,7 @@ int icd_exec_stop(int sock, int child);
 struct icd_fuse_fstats {
   uint64_t opens; uint64_t reads; uint64_t releases; uint64_t errors; uint64_t waits;
   uint64_t timeouts; uint64_t stale; uint64_t refreshes; uint64_t renders; uint64_t failures;
+  uint64_t cached_reads;
   uint64_t open_ns; uint64_t read_ns; uint64_t max_ns; uint64_t hist[...];
 };
 struct icd_fuse_stats {

@@ -583,7 +583,8 @@ class Executor:
 
 
 _FUSE_FILE_FIELDS = ("opens", "reads", "releases", "errors", "waits", "timeouts", "stale",
-                     "refreshes", "renders", "failures", "open_ns", "read_ns", "max_ns")
+                     "refreshes", "renders", "failures", "cached_reads", "open_ns", "read_ns",
+                     "max_ns")
 _FUSE_FIELDS = ("requests", "unknown", "interrupts", "queue_full", "aliases", "containers",
                 "parked", "handles", "write_errors")
 FUSE_HIST: int = lib.ICD_FUSE_HIST
@@ -608,11 +609,11 @@ class FuseServer:
         self._reqlock = threading.Lock()
 
     def add_file(self, path: str, fresh: float = 0.25, max_stale: float = 2.0,
-                 size: int = 0) -> int:
+                 size: int = 4096) -> int:
         """Declare the read-only file `path` (relative, e.g. "proc/meminfo"): bytes
         younger than `fresh` seconds are served as they are, up to `max_stale` while a
         re-render is requested, older ones wait for it. `size` is what stat reports
-        (0 like procfs, 4096 like sysfs; reads always go to EOF). Returns the file id."""
+        (reads always go to EOF); not 0: see docs/emulation-fuse.md. Returns the file id."""
         fid = _check(lib.icd_fuse_add_file(self._ptr, _path_bytes(path), int(fresh * 1000),
                                            int(max_stale * 1000), size), f"add_file({path})")
         self.paths.append(path)

@@ -33,7 +33,7 @@ class EmulatedFile:
     path: str  # relative to the tree, e.g. "proc/meminfo"
     fresh: float = 0.25  # seconds: served as rendered
     max_stale: float = 2.0  # seconds: served while a re-render is requested
-    size: int = 0  # what stat reports: 0 like procfs, 4096 like sysfs
+    size: int = 4096  # what stat reports (not 0: see docs/emulation-fuse.md)
 
 
 def fs_dir(state_dir: str) -> str:
