@@ -1048,6 +1048,10 @@ int icd_fuse_register(struct icd_fuse *f, uint64_t key, int nsfd)
     return -EINVAL;
   if (fstat(nsfd, &st) < 0)
     return -errno;
+  /* Our own namespace as a container would hand its bytes to every host
+   * process (and make nested host namespaces resolve to it). */
+  if (st.st_ino == f->self_ino)
+    return -EINVAL;
   if (!(c = calloc(1, sizeof *c + (size_t)f->nfiles * sizeof c->e[0])))
     return -ENOMEM;
   if ((fd = fcntl(nsfd, F_DUPFD_CLOEXEC, 0)) < 0) {

@@ -199,6 +199,9 @@ def test_unknown_readers_get_eio(service, shells) -> None:
     with pytest.raises(OSError) as e:
         (mnt / "proc/meminfo").read_bytes()  # the host (this process) is no container
     assert e.value.errno == errno.EIO
+    with pytest.raises(OSError) as e:  # and cannot be made one
+        svc.register(9, os.getpid())
+    assert e.value.errno == errno.EINVAL
     a = shells()  # a pid namespace nobody registered
     rc, out = a.run(f"cat {mnt}/proc/meminfo")
     assert rc != 0 and "Input/output error" in out
