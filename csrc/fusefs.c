@@ -108,6 +108,7 @@ struct parked {
 struct icd_fuse {
   int fd, procfd;
   int nworkers, nthreads, wait_ms;
+  pid_t owner; /* threads and mount are this process's (not a fork's) */
   uint32_t minor;
   uint64_t dev, self_ino;
   int64_t t_start;
@@ -973,7 +974,7 @@ int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
   char opts[128];
   int ret, i;
 
-  if (f->started)
+  if (f->mountpoint) /* one start per server: make a new one after a stop */
     return -EBUSY;
   if (!(f->mountpoint = strdup(mountpoint)))
     return -ENOMEM;
@@ -985,20 +986,23 @@ int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
   if ((f->procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
     return -errno;
   if (fstatat(f->procfd, "self/ns/pid", &st, 0) < 0)
-    return -errno;
+    goto fail;
   f->self_ino = st.st_ino;
-  if ((ret = clear_stale(mountpoint)) < 0)
-    return ret;
+  if ((ret = clear_stale(mountpoint)) < 0) {
+    errno = -ret;
+    goto fail;
+  }
   /* CLOEXEC: a child holding this fd would keep the connection alive after
    * the daemon died. */
   if ((f->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0)
-    return -errno;
+    goto fail;
   snprintf(opts, sizeof opts,
            "fd=%d,rootmode=40000,user_id=%u,group_id=%u,allow_other,default_permissions",
            f->fd, geteuid(), getegid());
   if (mount("interceptd", mountpoint, "fuse.interceptd",
             MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, opts) < 0)
-    return -errno;
+    goto fail;
+  f->owner = getpid();
   f->started = 1;
   {
     struct timespec rt;
@@ -1034,6 +1038,10 @@ int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
   }
   f->dev = st.st_dev;
   return 0;
+fail:
+  ret = -errno;
+  icd_fuse_stop(f); /* closes what was opened */
+  return ret;
 }
 
 int icd_fuse_register(struct icd_fuse *f, uint64_t key, int nsfd)
@@ -1246,7 +1254,9 @@ int icd_fuse_stop(struct icd_fuse *f)
   struct parked *p;
   int ret = 0;
 
-  if (!f->started)
+  /* In a forked child the threads do not exist and the mount is the
+   * parent's: only the fds (copies) are closed. */
+  if (!f->started || f->owner != getpid())
     goto close_fds;
   /* Parked opens get EIO while the fd is still ours to write to. */
   pthread_mutex_lock(&f->mu);

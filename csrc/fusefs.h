@@ -53,7 +53,7 @@ struct icd_fuse *icd_fuse_new(int workers, int wait_ms);
 int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
                       uint64_t size);
 /* Mounts at `mountpoint` (a stale FUSE mount there is detached first) and
- * starts the threads. */
+ * starts the threads; once per server. */
 int icd_fuse_start(struct icd_fuse *f, const char *mountpoint);
 /* `nsfd`: a pid-namespace fd (duplicated; the namespace is pinned while
  * registered, so its inode number cannot be reused by another). */
@@ -70,7 +70,8 @@ void icd_fuse_stats(struct icd_fuse *f, struct icd_fuse_stats *out);
 /* The connection's device number (st_dev of the mount), 0 before start. */
 uint64_t icd_fuse_dev(struct icd_fuse *f);
 /* Detaches the mount, ends the threads, closes /dev/fuse (which aborts the
- * connection: binds of the files elsewhere then fail with ENOTCONN). */
+ * connection: binds of the files elsewhere then fail with ENOTCONN).  In a
+ * forked child only its copies of the fds are closed. */
 int icd_fuse_stop(struct icd_fuse *f);
 void icd_fuse_free(struct icd_fuse *f);
 

@@ -621,7 +621,7 @@ class FuseServer:
 
     def start(self, mountpoint: str) -> None:
         """Mount the tree at `mountpoint` (a stale FUSE mount there is detached
-        first) and start serving."""
+        first) and start serving. Once per server (make a new one after `stop`)."""
         _check(lib.icd_fuse_start(self._ptr, _path_bytes(mountpoint)), "fuse start")
 
     def register(self, key: int, pid: int) -> None:
@@ -689,5 +689,6 @@ class FuseServer:
 
     def stop(self) -> None:
         """Detach the mount, end the threads and close /dev/fuse (binds of the
-        files elsewhere then fail with ENOTCONN). Idempotent."""
+        files elsewhere then fail with ENOTCONN). Idempotent; in a forked child it
+        only closes the child's copies of the fds."""
         _check(lib.icd_fuse_stop(self._ptr), "fuse stop")

@@ -454,3 +454,23 @@ def test_concurrent_readers_get_whole_renders_of_their_own_container(tmp_path, s
         assert s["renders"] > 2 and s["stale"] > 0 and s["errors"] == 0
     finally:
         svc.stop()
+
+
+def test_a_forked_child_stopping_its_copy_leaves_the_server(bare, shells) -> None:
+    srv, mnt = bare
+    a = shells()
+    srv.register(1, a.pid)
+    srv.set(1, 1, b"ok\n")
+    pid = os.fork()
+    if pid == 0:  # e.g. a helper the daemon forks, collecting its copy of the server
+        try:
+            srv.stop()
+            del srv
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert mounted(mnt)
+    assert a.run(f"cat {mnt}/proc/ok") == (0, "ok\n")
+    with pytest.raises(OSError) as e:  # one start per server
+        srv.start(str(mnt))
+    assert e.value.errno == errno.EBUSY
