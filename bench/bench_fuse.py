@@ -151,6 +151,10 @@ def main() -> int:
             ratio = med["interceptd FUSE"][0] / med["LXCFS"][0]
             print(f"target interceptd <= 0.5 x LXCFS (p50): {ratio:.2f} "
                   f"({'met' if ratio <= 0.5 else 'NOT met'})")
+        before = srv.stats()["requests"]
+        runner.run(f"{loop} {sources['interceptd FUSE']} 1000")
+        per = (srv.stats()["requests"] - before) / 1000
+        print(f"FUSE requests per open+read+close: {per:.2f}")
         st = srv.stats()["files"]["proc/meminfo"]
         print(f"server side: {st['opens']} opens ({st['open_ns'] / max(1, st['opens']):.0f} ns "
               f"each), {st['reads']} reads ({st['read_ns'] / max(1, st['reads']):.0f} ns each), "

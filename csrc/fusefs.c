@@ -53,7 +53,7 @@
 #define RQ_CAP 4096
 #define BUF_SIZE (FUSE_MIN_READ_BUFFER + 65536)
 #define MAX_WRITE 4096       /* nothing is ever written; the kernel wants a value */
-#define TTL_S 3600           /* names and attributes never change while mounted */
+#define TTL_S 3600           /* names (and directories) never change while mounted */
 
 struct node {
   char *name;
@@ -135,6 +135,8 @@ struct icd_fuse {
 
   atomic_ullong requests, unknown, interrupts, queue_full, handles, write_errors;
 };
+
+static struct ctr *reader_ctr(struct icd_fuse *f, uint32_t pid);
 
 static void stop_handler(int sig) { (void)sig; }
 
@@ -228,9 +230,18 @@ static void reply_open(struct icd_fuse *f, uint64_t unique, struct blob *b)
 
 /* ---- tree ---- */
 
-static void fill_attr(struct icd_fuse *f, uint32_t idx, struct fuse_attr *a)
+/* A file's size is that of the reader's container's current bytes (at
+ * least 1: 0 would make sendfile see EOF at once, see do_read), or the
+ * file's configured size for a reader in no container or before the first
+ * render; so readers that trust st_size (fstat, then read that much) get it
+ * all.  Hence a file's attributes are never cached (attr_valid 0), which
+ * costs nothing on open: without default_permissions the kernel sends no
+ * GETATTR for an open. */
+static void fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_attr *a)
 {
   struct node *n = &f->nodes[idx];
+  struct ctr *c;
+  struct blob *b;
 
   memset(a, 0, sizeof *a);
   a->ino = idx + 1;
@@ -239,10 +250,15 @@ static void fill_attr(struct icd_fuse *f, uint32_t idx, struct fuse_attr *a)
   if (n->file < 0) {
     a->mode = S_IFDIR | 0555;
     a->nlink = 2;
-  } else {
-    a->mode = S_IFREG | 0444;
-    a->nlink = 1;
-    a->size = f->files[n->file].size;
+    return;
+  }
+  a->mode = S_IFREG | 0444;
+  a->nlink = 1;
+  a->size = f->files[n->file].size;
+  if ((c = reader_ctr(f, pid))) {
+    if ((b = c->e[n->file].b))
+      a->size = b->len ? b->len : 1;
+    pthread_mutex_unlock(&f->mu);
   }
 }
 
@@ -445,6 +461,33 @@ static int walk_up(struct icd_fuse *f, const char *path, uint64_t *key)
   return ret;
 }
 
+/* The container of the reader `pid`, returned with mu held; NULL (mu not
+ * held) for a reader in none.  pid 0: a reader outside our pid namespace.
+ * Otherwise the reader is blocked in its request, so its pid names it (not
+ * a reused one) here. */
+static struct ctr *reader_ctr(struct icd_fuse *f, uint32_t pid)
+{
+  struct stat st;
+  struct ctr *c;
+  uint64_t key = 0;
+  char path[32];
+
+  snprintf(path, sizeof path, "%u/ns/pid", pid);
+  if (!pid || fstatat(f->procfd, path, &st, 0) < 0 || st.st_ino == f->self_ino)
+    return NULL;
+  pthread_mutex_lock(&f->mu);
+  if ((c = ctr_by_ino(f, st.st_ino)))
+    return c;
+  pthread_mutex_unlock(&f->mu);
+  if (walk_up(f, path, &key) < 0)
+    return NULL;
+  pthread_mutex_lock(&f->mu);
+  if ((c = ctr_by_key(f, key)))
+    return c;
+  pthread_mutex_unlock(&f->mu);
+  return NULL;
+}
+
 /* Queues a render request unless one is outstanding (and not overdue). */
 static void request_render(struct icd_fuse *f, struct ctr *c, int file, int64_t now)
 {
@@ -468,14 +511,11 @@ static void request_render(struct icd_fuse *f, struct ctr *c, int file, int64_t 
 static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_open_in *in,
                     uint32_t idx, int64_t t0)
 {
-  struct stat st;
   struct ctr *c;
   struct entry *e;
   struct fspec *s;
   struct blob *b = NULL;
   struct parked *p;
-  uint64_t key = 0;
-  char path[32];
   int file = f->nodes[idx].file, err = 0;
   int64_t now, age;
 
@@ -485,23 +525,8 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
     return (void)reply_err(f, h->unique, EROFS);
   s = &f->files[file];
   add(&s->st.opens, 1);
-  snprintf(path, sizeof path, "%u/ns/pid", h->pid);
-  /* pid 0: a reader outside our pid namespace.  Otherwise the reader is
-   * blocked in this open, so its pid names it (not a reused one) here. */
-  if (!h->pid || fstatat(f->procfd, path, &st, 0) < 0 || st.st_ino == f->self_ino)
+  if (!(c = reader_ctr(f, h->pid)))
     goto unknown;
-  pthread_mutex_lock(&f->mu);
-  c = ctr_by_ino(f, st.st_ino);
-  if (!c) {
-    pthread_mutex_unlock(&f->mu);
-    if (walk_up(f, path, &key) < 0)
-      goto unknown;
-    pthread_mutex_lock(&f->mu);
-    if (!(c = ctr_by_key(f, key))) {
-      pthread_mutex_unlock(&f->mu);
-      goto unknown;
-    }
-  }
   e = &c->e[file];
   now = now_ns();
   age = now - e->at;
@@ -707,16 +732,17 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
     memset(&o, 0, sizeof o);
     o.nodeid = c;
     o.generation = 1;
-    o.entry_valid = o.attr_valid = TTL_S;
-    fill_attr(f, c - 1, &o.attr);
+    o.entry_valid = TTL_S;
+    o.attr_valid = f->nodes[c - 1].file < 0 ? TTL_S : 0;
+    fill_attr(f, c - 1, h->pid, &o.attr);
     return (void)reply(f, h->unique, &o, sizeof o);
   }
   case FUSE_GETATTR: {
     struct fuse_attr_out o;
 
     memset(&o, 0, sizeof o);
-    o.attr_valid = TTL_S;
-    fill_attr(f, idx, &o.attr);
+    o.attr_valid = f->nodes[idx].file < 0 ? TTL_S : 0;
+    fill_attr(f, idx, h->pid, &o.attr);
     return (void)reply(f, h->unique, &o, sizeof o);
   }
   case FUSE_OPEN:
@@ -763,7 +789,12 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
     struct fuse_access_in *in = arg;
 
     NEED(struct fuse_access_in);
-    return (void)reply_err(f, h->unique, (in->mask & W_OK) ? EROFS : 0);
+    /* Only access(2) and chdir ask (no default_permissions): what the modes
+     * (0444 files, 0555 directories) and the read-only mount say. */
+    if (in->mask & W_OK)
+      return (void)reply_err(f, h->unique, EROFS);
+    return (void)reply_err(f, h->unique,
+                           (in->mask & X_OK) && f->nodes[idx].file >= 0 ? EACCES : 0);
   }
   case FUSE_INTERRUPT:
     NEED(struct fuse_interrupt_in);
@@ -997,7 +1028,7 @@ int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
   if ((f->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0)
     goto fail;
   snprintf(opts, sizeof opts,
-           "fd=%d,rootmode=40000,user_id=%u,group_id=%u,allow_other,default_permissions",
+           "fd=%d,rootmode=40000,user_id=%u,group_id=%u,allow_other",
            f->fd, geteuid(), getegid());
   if (mount("interceptd", mountpoint, "fuse.interceptd",
             MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, opts) < 0)

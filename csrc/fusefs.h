@@ -48,8 +48,8 @@ struct icd_fuse *icd_fuse_new(int workers, int wait_ms);
  * directories are made as needed).  fresh_ms: bytes younger than this are
  * served as they are; up to max_stale_ms they are served while a refresh is
  * requested; older (or never rendered) an open waits up to wait_ms for a
- * render.  size: what stat reports (reads go to EOF whatever it is; 0 would
- * make sendfile see EOF at once on kernels that splice through the page cache). */
+ * render.  size: what stat reports to a reader in no container or before
+ * the first render (others see their bytes' length); not 0, see fusefs.c. */
 int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
                       uint64_t size);
 /* Mounts at `mountpoint` (a stale FUSE mount there is detached first) and

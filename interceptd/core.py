@@ -612,8 +612,9 @@ class FuseServer:
                  size: int = 4096) -> int:
         """Declare the read-only file `path` (relative, e.g. "proc/meminfo"): bytes
         younger than `fresh` seconds are served as they are, up to `max_stale` while a
-        re-render is requested, older ones wait for it. `size` is what stat reports
-        (reads always go to EOF); not 0: see docs/emulation-fuse.md. Returns the file id."""
+        re-render is requested, older ones wait for it. Readers of a container see
+        its bytes' length as st_size; others (and before the first render) see
+        `size` (not 0: see docs/emulation-fuse.md). Returns the file id."""
         fid = _check(lib.icd_fuse_add_file(self._ptr, _path_bytes(path), int(fresh * 1000),
                                            int(max_stale * 1000), size), f"add_file({path})")
         self.paths.append(path)

@@ -33,7 +33,7 @@ class EmulatedFile:
     path: str  # relative to the tree, e.g. "proc/meminfo"
     fresh: float = 0.25  # seconds: served as rendered
     max_stale: float = 2.0  # seconds: served while a re-render is requested
-    size: int = 4096  # what stat reports (not 0: see docs/emulation-fuse.md)
+    size: int = 4096  # st_size before a render / for no container (docs/emulation-fuse.md)
 
 
 def fs_dir(state_dir: str) -> str:

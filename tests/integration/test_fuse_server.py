@@ -172,14 +172,22 @@ def test_containers_read_their_own_bytes(service, shells) -> None:
     for key, sh in ((1, a), (2, b)):
         rc, out = sh.run(f"md5sum {mnt}/proc/big")
         assert rc == 0 and out.split()[0] == hashlib.md5(big_bytes(key)).hexdigest()
-    st = os.stat(mnt / "sys/devices/system/cpu/online")
+    # st_size is the reader's container's bytes: readers that trust it get all.
+    for key, sh in ((1, a), (2, b)):
+        assert sh.run(f"stat -c %s {mnt}/proc/big") == (0, f"{len(big_bytes(key))}\n")
+        rc, out = sh.run(f"{sys.executable} -c 'import os; fd = os.open(\"{mnt}/proc/big\", 0);"
+                         f" print(len(os.read(fd, os.fstat(fd).st_size)))'")
+        assert (rc, out) == (0, f"{len(big_bytes(key))}\n")
+    st = os.stat(mnt / "sys/devices/system/cpu/online")  # no container: the declared size
     assert (st.st_size, st.st_mode & 0o777) == (4096, 0o444)
+    assert os.access(mnt / "proc/big", os.R_OK) and not os.access(mnt / "proc/big", os.W_OK)
+    assert not os.access(mnt / "proc/big", os.X_OK) and os.access(mnt / "proc", os.X_OK)
     assert sorted(os.listdir(mnt / "proc")) == ["big", "broken", "loadavg", "meminfo",
                                                 "uptime"]
     s = svc.stats()
     assert s["containers"] == 2 and s["unknown"] == 0
     f = s["files"]["proc/big"]
-    assert f["opens"] == 2 and f["renders"] == 2 and f["reads"] >= 4 and f["errors"] == 0
+    assert f["opens"] == 4 and f["renders"] == 2 and f["reads"] >= 6 and f["errors"] == 0
     assert f["open_ns"] > 0 and sum(f["hist"]) >= f["reads"]
 
 
