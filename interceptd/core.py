@@ -608,7 +608,7 @@ class FuseServer:
         self._reqbuf = ffi.new("struct icd_fuse_req[]", 256)
         self._reqlock = threading.Lock()
 
-    def add_file(self, path: str, fresh: float = 0.25, max_stale: float = 2.0,
+    def add_file(self, path: str, fresh: float = 0.25, max_stale: float = 1.0,
                  size: int = 4096) -> int:
         """Declare the read-only file `path` (relative, e.g. "proc/meminfo"): bytes
         younger than `fresh` seconds are served as they are, up to `max_stale` while a

@@ -32,7 +32,7 @@ MAX_BYTES = 1 << 20  # one rendered file (csrc/fusefs.c MAX_BLOB)
 class EmulatedFile:
     path: str  # relative to the tree, e.g. "proc/meminfo"
     fresh: float = 0.25  # seconds: served as rendered
-    max_stale: float = 2.0  # seconds: served while a re-render is requested
+    max_stale: float = 1.0  # seconds: served while a re-render is requested
     size: int = 4096  # st_size before a render / for no container (docs/emulation-fuse.md)
 
 
