@@ -133,7 +133,7 @@ struct icd_fuse {
   int rq_head, rq_len, kick;
   int writers; /* threads outside mu about to write replies (icd_fuse_set/fail) */
 
-  atomic_ullong requests, unknown, interrupts, queue_full, handles, write_errors;
+  atomic_ullong requests, unknown, interrupts, queue_full, handles, write_errors, read_errors;
 };
 
 static struct ctr *reader_ctr(struct icd_fuse *f, uint32_t pid);
@@ -815,20 +815,26 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
 static void *worker(void *arg)
 {
   struct icd_fuse *f = arg;
-  char *buf = malloc(BUF_SIZE);
+  uint64_t buf[BUF_SIZE / sizeof(uint64_t)]; /* aligned for the request structs */
+  struct timespec pause = {0, 10000000};
   ssize_t n;
 
-  while (buf && !atomic_load(&f->stopping)) {
-    n = read(f->fd, buf, BUF_SIZE);
+  while (!atomic_load(&f->stopping)) {
+    n = read(f->fd, buf, sizeof buf);
     if (n < 0) {
       /* EINTR: the stop signal; ENOENT: a request interrupted while read. */
       if (errno == EINTR || errno == ENOENT || errno == EAGAIN)
         continue;
-      break; /* ENODEV: the connection is gone */
+      if (errno == ENODEV) /* the connection is gone */
+        break;
+      /* Anything else: a worker that left would leave readers waiting
+       * forever on a live connection, so it stays (without spinning). */
+      atomic_fetch_add(&f->read_errors, 1);
+      nanosleep(&pause, NULL);
+      continue;
     }
-    handle(f, buf, (size_t)n, now_ns());
+    handle(f, (char *)buf, (size_t)n, now_ns());
   }
-  free(buf);
   pthread_mutex_lock(&f->mu);
   f->nlive--;
   pthread_cond_broadcast(&f->livecond);
@@ -1271,6 +1277,7 @@ void icd_fuse_stats(struct icd_fuse *f, struct icd_fuse_stats *out)
   out->queue_full = atomic_load(&f->queue_full);
   out->handles = atomic_load(&f->handles);
   out->write_errors = atomic_load(&f->write_errors);
+  out->read_errors = atomic_load(&f->read_errors);
   pthread_mutex_lock(&f->mu);
   out->aliases = (uint64_t)f->naliases;
   out->containers = (uint64_t)f->ncontainers;

@@ -34,6 +34,7 @@ struct icd_fuse_stats {
   uint64_t parked;     /* opens waiting for a render now */
   uint64_t handles;    /* files open now */
   uint64_t write_errors; /* replies the kernel refused (mostly: the reader was gone) */
+  uint64_t read_errors;  /* unexpected read(2) failures on /dev/fuse */
 };
 
 struct icd_fuse_req {

@@ -116,7 +116,7 @@ struct icd_fuse_fstats {
 struct icd_fuse_stats {
   uint64_t requests; uint64_t unknown; uint64_t interrupts; uint64_t queue_full;
   uint64_t aliases; uint64_t containers; uint64_t parked; uint64_t handles;
-  uint64_t write_errors;
+  uint64_t write_errors; uint64_t read_errors;
 };
 struct icd_fuse_req { uint64_t key; int32_t file; int32_t pad; };
 struct icd_fuse;

@@ -586,7 +586,7 @@ _FUSE_FILE_FIELDS = ("opens", "reads", "releases", "errors", "waits", "timeouts"
                      "refreshes", "renders", "failures", "cached_reads", "open_ns", "read_ns",
                      "max_ns")
 _FUSE_FIELDS = ("requests", "unknown", "interrupts", "queue_full", "aliases", "containers",
-                "parked", "handles", "write_errors")
+                "parked", "handles", "write_errors", "read_errors")
 FUSE_HIST: int = lib.ICD_FUSE_HIST
 
 
