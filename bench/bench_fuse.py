@@ -6,7 +6,10 @@ pid namespace registered as a container:
   (l) LXCFS's /proc/meminfo (Debian's lxcfs on its own temp mountpoint)
   (n) the native /proc/meminfo
 
-Target (issue 10): (f) <= 0.5 x (l), p50 and p99. Each row is the median of
+and the aggregate reads/s of --parallel containers reading at once, (f) vs (l),
+with the serving process's CPU seconds per 10,000 reads.
+
+Targets (issue 10): (f) <= 0.5 x (l) latency, >= 2 x its throughput. Each row is the median of
 --runs runs of bench/read_loop (--n iterations each, p50/p99 of single
 iterations); the runs interleave the sources. Figures only: nothing is gated.
 """
@@ -47,13 +50,20 @@ class NsRunner:
             time.sleep(0.01)
         self.pid = int(kids.read_text().split()[0])
 
-    def run(self, cmd: str) -> dict[str, int]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+    def send(self, cmd: str) -> None:
+        assert self.proc.stdin is not None
         self.proc.stdin.write(cmd + "\n")
+
+    def result(self) -> dict[str, int]:
+        assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("{"):
-            raise RuntimeError(f"{cmd}: {line!r}")
+            raise RuntimeError(f"read_loop: {line!r}")
         return json.loads(line)
+
+    def run(self, cmd: str) -> dict[str, int]:
+        self.send(cmd)
+        return self.result()
 
     def close(self) -> None:
         self.proc.kill()
@@ -87,11 +97,34 @@ def stop_lxcfs(p: subprocess.Popen[bytes], mnt: Path) -> None:
     subprocess.run(["umount", "-l", str(mnt)], stderr=subprocess.DEVNULL, check=False)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parallel(runners: list[NsRunner], loop: Path, path: Path, n: int,
+             server_pid: int) -> tuple[float, float]:
+    """(aggregate reads/s, server CPU seconds per 10,000 reads) of every runner
+    reading `path` n times at once."""
+    cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
+    for r in runners:
+        r.send(f"{loop} {path} {n}")
+    for r in runners:
+        r.result()
+    wall, cpu = time.monotonic() - t0, cpu_seconds(server_pid) - cpu0
+    total = n * len(runners)
+    return total / wall, cpu * 10000 / total
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20000, help="iterations per run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="FUSE server threads")
+    ap.add_argument("--parallel", type=int, default=8,
+                    help="containers reading at once for the throughput figure (0: skip)")
+    ap.add_argument("--parallel-n", type=int, default=5000, help="iterations per container")
     args = ap.parse_args()
 
     loop = build_static("read_loop")
@@ -104,6 +137,7 @@ def main() -> int:
     (work / "lxcfs").mkdir()
     lxcfs = None
     runner = None
+    crowd: list[NsRunner] = []
     stop = threading.Event()
     try:
         srv.start(str(work / "fs"))
@@ -155,14 +189,34 @@ def main() -> int:
         runner.run(f"{loop} {sources['interceptd FUSE']} 1000")
         per = (srv.stats()["requests"] - before) / 1000
         print(f"FUSE requests per open+read+close: {per:.2f}")
+        if args.parallel:
+            for i in range(args.parallel):
+                crowd.append(NsRunner())
+                srv.register(100 + i, crowd[-1].pid)
+            prow = []
+            for name, path, pid in (("interceptd FUSE", sources["interceptd FUSE"], os.getpid()),
+                                    ("LXCFS", sources.get("LXCFS"), lxcfs.pid if lxcfs else 0)):
+                if path is None:
+                    continue
+                for r in crowd:  # warm-up (first renders)
+                    r.run(f"{loop} {path} 10")
+                rate, cpu = parallel(crowd, loop, path, args.parallel_n, pid)
+                prow.append([name, f"{rate:.0f}", f"{cpu:.3f}"])
+            if len(prow) == 2:
+                prow[0].append(f"{float(prow[0][1]) / float(prow[1][1]):.2f}")
+                prow[1].append("1.00")
+            print(f"{args.parallel} containers reading at once, {args.parallel_n} each "
+                  f"(CPU: the serving process, all threads)")
+            print(table(["source", "reads/s", "CPU s / 10k reads", "vs LXCFS"][:len(prow[0])],
+                        prow))
         st = srv.stats()["files"]["proc/meminfo"]
         print(f"server side: {st['opens']} opens ({st['open_ns'] / max(1, st['opens']):.0f} ns "
               f"each), {st['reads']} reads ({st['read_ns'] / max(1, st['reads']):.0f} ns each), "
               f"{st['renders']} renders, {st['stale']} stale opens, {st['waits']} waits")
     finally:
         stop.set()
-        if runner:
-            runner.close()
+        for r in [*crowd, *([runner] if runner else [])]:
+            r.close()
         srv.stop()
         if lxcfs:
             stop_lxcfs(lxcfs, work / "lxcfs")
