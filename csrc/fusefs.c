@@ -311,18 +311,55 @@ static int new_node(struct icd_fuse *f, uint32_t parent, const char *name, size_
   return (int)f->nnodes++;
 }
 
+/* Walks `path` ('/'-separated, relative) in the tree: checks it (dry run:
+ * nothing made, so a refused path leaves no directories behind) or makes
+ * its missing directories and the file.  The file's node index, or -errno. */
+static int make_path(struct icd_fuse *f, const char *path, int dry)
+{
+  uint32_t dir = 0, c = 0;
+  const char *p = path, *e;
+  size_t len;
+  int ret, missing = 0;
+
+  while (*p == '/')
+    p++;
+  for (;;) {
+    e = strchrnul(p, '/');
+    len = (size_t)(e - p);
+    if (!len || len > NAME_MAX || (len == 1 && p[0] == '.') ||
+        (len == 2 && p[0] == '.' && p[1] == '.'))
+      return -EINVAL; /* also a trailing or doubled '/' */
+    if (!missing && !(c = child_named(f, dir, p, len)))
+      missing = 1;
+    if (!*e) /* the file itself */
+      break;
+    if (!missing && f->nodes[c - 1].file >= 0)
+      return -ENOTDIR;
+    if (missing && !dry) {
+      if ((ret = new_node(f, dir, p, len, -1)) < 0)
+        return ret;
+      c = (uint32_t)ret + 1;
+    }
+    if (!missing || !dry)
+      dir = c - 1;
+    p = e + 1;
+  }
+  if (!missing)
+    return -EEXIST;
+  return dry ? 0 : new_node(f, dir, p, len, f->nfiles);
+}
+
 int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
                       uint64_t size)
 {
-  uint32_t dir = 0, c;
-  const char *p = path, *e;
-  size_t len;
   int ret;
 
-  if (f->started)
+  if (f->mountpoint)
     return -EBUSY;
   if (fresh_ms < 0 || max_stale_ms < fresh_ms)
     return -EINVAL;
+  if ((ret = make_path(f, path, 1)) < 0)
+    return ret;
   if (f->nfiles == f->capfiles) {
     int cap = f->capfiles ? f->capfiles * 2 : 32;
     struct fspec *s = realloc(f->files, (size_t)cap * sizeof *s);
@@ -331,32 +368,8 @@ int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int ma
     f->files = s;
     f->capfiles = cap;
   }
-  for (;;) {
-    while (*p == '/')
-      p++;
-    e = strchrnul(p, '/');
-    len = (size_t)(e - p);
-    if (!len || len > NAME_MAX || (len == 1 && p[0] == '.') ||
-        (len == 2 && p[0] == '.' && p[1] == '.'))
-      return -EINVAL;
-    c = child_named(f, dir, p, len);
-    if (!*e || !e[1]) { /* the file itself */
-      if (c)
-        return -EEXIST;
-      if ((ret = new_node(f, dir, p, len, f->nfiles)) < 0)
-        return ret;
-      break;
-    }
-    if (c && f->nodes[c - 1].file >= 0)
-      return -ENOTDIR;
-    if (!c) {
-      if ((ret = new_node(f, dir, p, len, -1)) < 0)
-        return ret;
-      c = (uint32_t)ret + 1;
-    }
-    dir = c - 1;
-    p = e + 1;
-  }
+  if ((ret = make_path(f, path, 0)) < 0)
+    return ret;
   memset(&f->files[f->nfiles], 0, sizeof f->files[0]);
   f->files[f->nfiles].node = (uint32_t)ret;
   f->files[f->nfiles].fresh_ns = (int64_t)fresh_ms * 1000000;

@@ -482,3 +482,27 @@ def test_a_forked_child_stopping_its_copy_leaves_the_server(bare, shells) -> Non
     with pytest.raises(OSError) as e:  # one start per server
         srv.start(str(mnt))
     assert e.value.errno == errno.EBUSY
+
+
+@pytest.mark.parametrize(("path", "err"), [
+    ("", errno.EINVAL), ("/", errno.EINVAL), ("sys/../x", errno.EINVAL),
+    ("sys/./x", errno.EINVAL), ("sys//x", errno.EINVAL), ("sys/x/", errno.EINVAL),
+    ("sys/" + "x" * 256, errno.EINVAL), ("proc/meminfo", errno.EEXIST),
+    ("proc/meminfo/x", errno.ENOTDIR), ("proc", errno.EEXIST)])
+def test_bad_file_paths_are_refused_and_leave_no_trace(tmp_path, shells, path: str,
+                                                       err: int) -> None:
+    srv = core.FuseServer()
+    srv.add_file("proc/meminfo")
+    with pytest.raises(OSError) as e:
+        srv.add_file(path)
+    assert e.value.errno == err
+    with pytest.raises(OSError) as e:
+        srv.add_file("proc/x", fresh=2.0, max_stale=1.0)  # max_stale < fresh
+    assert e.value.errno == errno.EINVAL
+    assert srv.add_file("/sys/ok") == 1
+    srv.start(str(tmp_path))
+    try:
+        assert sorted(os.listdir(tmp_path)) == ["proc", "sys"]
+        assert os.listdir(tmp_path / "sys") == ["ok"]  # no directory of a refused path
+    finally:
+        srv.stop()
