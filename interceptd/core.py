@@ -635,6 +635,8 @@ class FuseServer:
             os.close(fd)
 
     def register_nsfd(self, key: int, nsfd: int) -> None:
+        """`register` from a pid-namespace fd (duplicated; EINVAL if it is not one,
+        or is the daemon's own; EEXIST if the key or namespace is registered)."""
         _check(lib.icd_fuse_register(self._ptr, key, nsfd), "fuse register")
 
     def unregister(self, key: int) -> None:

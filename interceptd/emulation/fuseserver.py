@@ -73,6 +73,11 @@ class FuseService:
         container `key`."""
         self.server.register(key, pid)
 
+    def register_nsfd(self, key: int, nsfd: int) -> None:
+        """The same from a pid-namespace fd (e.g. opened from /proc/<pid>/ns/pid
+        while a pidfd showed the process alive); the caller keeps its fd."""
+        self.server.register_nsfd(key, nsfd)
+
     def unregister(self, key: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.server.unregister(key)

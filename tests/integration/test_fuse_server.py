@@ -210,10 +210,24 @@ def test_unknown_readers_get_eio(service, shells) -> None:
     with pytest.raises(OSError) as e:  # and cannot be made one
         svc.register(9, os.getpid())
     assert e.value.errno == errno.EINVAL
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as e:  # only pid namespaces identify containers
+            svc.register_nsfd(9, fd)
+        assert e.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
     a = shells()  # a pid namespace nobody registered
     rc, out = a.run(f"cat {mnt}/proc/meminfo")
     assert rc != 0 and "Input/output error" in out
-    svc.register(1, a.pid)
+    fd = os.open(f"/proc/{a.pid}/ns/pid", os.O_RDONLY)
+    try:
+        svc.register_nsfd(1, fd)
+        with pytest.raises(OSError) as e:
+            svc.register_nsfd(2, fd)
+        assert e.value.errno == errno.EEXIST
+    finally:
+        os.close(fd)  # the server holds its own
     assert a.run(f"cat {mnt}/proc/meminfo") == (0, MEMINFO)
     svc.unregister(1)
     rc, out = a.run(f"cat {mnt}/proc/meminfo")
