@@ -105,13 +105,43 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
                   int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
                   int timeout_ms, struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
+
+#define ICD_FUSE_HIST ...
+struct icd_fuse_fstats {
+  uint64_t opens; uint64_t reads; uint64_t releases; uint64_t errors; uint64_t waits;
+  uint64_t timeouts; uint64_t stale; uint64_t refreshes; uint64_t renders; uint64_t failures;
+  uint64_t cached_reads;
+  uint64_t open_ns; uint64_t read_ns; uint64_t max_ns; uint64_t hist[...];
+};
+struct icd_fuse_stats {
+  uint64_t requests; uint64_t unknown; uint64_t interrupts; uint64_t queue_full;
+  uint64_t aliases; uint64_t containers; uint64_t parked; uint64_t handles;
+  uint64_t write_errors; uint64_t read_errors;
+};
+struct icd_fuse_req { uint64_t key; int32_t file; int32_t pad; };
+struct icd_fuse;
+struct icd_fuse *icd_fuse_new(int workers, int wait_ms);
+int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
+                      uint64_t size);
+int icd_fuse_start(struct icd_fuse *f, const char *mountpoint);
+int icd_fuse_register(struct icd_fuse *f, uint64_t key, int nsfd);
+int icd_fuse_unregister(struct icd_fuse *f, uint64_t key);
+int icd_fuse_set(struct icd_fuse *f, uint64_t key, int file, const void *data, uint32_t len);
+int icd_fuse_fail(struct icd_fuse *f, uint64_t key, int file, int err);
+int icd_fuse_requests(struct icd_fuse *f, struct icd_fuse_req *out, int max, int timeout_ms);
+void icd_fuse_wake(struct icd_fuse *f);
+int icd_fuse_file_stats(struct icd_fuse *f, int file, struct icd_fuse_fstats *out);
+void icd_fuse_stats(struct icd_fuse *f, struct icd_fuse_stats *out);
+uint64_t icd_fuse_dev(struct icd_fuse *f);
+int icd_fuse_stop(struct icd_fuse *f);
+void icd_fuse_free(struct icd_fuse *f);
 """
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "interceptd._core",
-    '#include "icd.h"',
+    '#include "icd.h"\n#include "fusefs.h"',
     sources=[str(p.relative_to(CSRC.parent)) for p in sorted(CSRC.glob("*.c"))],
     include_dirs=[str(CSRC)],
     libraries=["pthread"],

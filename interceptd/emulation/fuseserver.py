@@ -1,0 +1,141 @@
+"""The emulated files' FUSE tree under <state-dir>/fs and the threads that render
+what it asks for.
+
+Readers are served by C threads (core.FuseServer, csrc/fusefs.c) from bytes held
+per (container, file); Python runs only here, off the readers' path: it renders a
+file for a container when the C side finds its bytes missing or stale, and pushes
+them back. docs/emulation-fuse.md has the bounds and the failure answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from interceptd import core
+
+log = logging.getLogger("interceptd.emulation.fuse")
+
+# (container key, file path as declared) -> the file's bytes; raises on failure.
+Render = Callable[[int, str], bytes]
+MAX_BYTES = 1 << 20  # one rendered file (csrc/fusefs.c MAX_BLOB)
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatedFile:
+    path: str  # relative to the tree, e.g. "proc/meminfo"
+    fresh: float = 0.25  # seconds: served as rendered
+    max_stale: float = 1.0  # seconds: served while a re-render is requested
+    size: int = 4096  # st_size before a render / for no container (docs/emulation-fuse.md)
+
+
+def fs_dir(state_dir: str) -> str:
+    """The one mountpoint of the tree: <state-dir>/fs."""
+    return os.path.join(state_dir, "fs")
+
+
+class FuseService:
+    """A mounted FuseServer plus `renderers` threads answering its render requests."""
+
+    def __init__(self, mountpoint: str, files: Sequence[EmulatedFile], render: Render, *,
+                 workers: int = 2, wait_timeout: float = 1.0, renderers: int = 1) -> None:
+        self.mountpoint = mountpoint
+        self.render = render
+        self.server = core.FuseServer(workers=workers, wait_timeout=wait_timeout)
+        self.ids: dict[str, int] = {}
+        for f in files:
+            self.ids[f.path] = self.server.add_file(f.path, f.fresh, f.max_stale, f.size)
+        self.paths = list(self.ids)
+        self._nrenderers = renderers
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.render_errors = 0
+        self.render_seconds = 0.0
+        self._stopped = False
+
+    def start(self) -> None:
+        os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
+        self.server.start(self.mountpoint)
+        for i in range(self._nrenderers):
+            t = threading.Thread(target=self._loop, name=f"fuse-render-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def register(self, key: int, pid: int) -> None:
+        """Readers in the pid namespace of `pid` (and those nested in it) are
+        container `key`."""
+        self.server.register(key, pid)
+
+    def register_nsfd(self, key: int, nsfd: int) -> None:
+        """The same from a pid-namespace fd (e.g. opened from /proc/<pid>/ns/pid
+        while a pidfd showed the process alive); the caller keeps its fd."""
+        self.server.register_nsfd(key, nsfd)
+
+    def unregister(self, key: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.server.unregister(key)
+
+    def stats(self) -> dict[str, Any]:
+        out = self.server.stats()
+        with self._lock:
+            out["render_errors"] = self.render_errors
+            out["render_seconds"] = self.render_seconds
+        return out
+
+    def stop(self) -> None:
+        """Unmount (the mount is gone afterwards) and end the threads. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.stop()  # a blocked requests() returns ESHUTDOWN
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads.clear()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                reqs = self.server.requests(None)
+            except OSError as e:
+                if e.errno != errno.ESHUTDOWN:
+                    log.exception("fuse render requests failed")
+                return
+            for key, fid in dict.fromkeys(reqs):  # one render per (container, file)
+                self._render_one(key, fid)
+
+    def _render_one(self, key: int, fid: int) -> None:
+        path = self.paths[fid]
+        t0 = time.perf_counter()
+        try:
+            data = self.render(key, path)
+            if not isinstance(data, bytes):
+                raise TypeError(f"renderer returned {type(data).__name__}, not bytes")
+            if len(data) > MAX_BYTES:
+                raise ValueError(f"rendered {len(data)} bytes, more than {MAX_BYTES}")
+        except Exception as e:  # any renderer bug is the reader's EIO, never a hang
+            with self._lock:
+                self.render_errors += 1
+            log.warning("render of %s failed", path, exc_info=True,
+                        extra={"fields": {"container": key, "file": path,
+                                          "error": repr(e)}})
+            self._push(self.server.fail, key, fid, errno.EIO)
+            return
+        with self._lock:
+            self.render_seconds += time.perf_counter() - t0
+        self._push(self.server.set, key, fid, data)
+
+    @staticmethod
+    def _push(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except OSError as e:
+            # ENOENT: the container was unregistered meanwhile; ESHUTDOWN: stopping.
+            if e.errno not in (errno.ENOENT, errno.ESHUTDOWN):
+                log.warning("fuse push failed: %s", e)
