@@ -41,9 +41,9 @@ from .main import (
     Exec,
     Fail,
     HostFacts,
-    Passthrough,
     _log_file_error,
     _runtime_cmd,
+    refusal,
 )
 from .mountapi import UserNamespace
 
@@ -235,8 +235,11 @@ class Service:
         env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         st, state_dir = self._settings(env)
         inv = argvmod.parse(args)
+        if inv.decision == argvmod.REFUSE:
+            self._refuse(conn, inv, refusal(inv))
+            return
         if (_mount_ns(pid) != self._mnt_ns or state_dir != self.state_dir
-                or inv.command not in ("create", "run", "delete", "exec")):
+                or inv.decision != argvmod.SHIM):
             conn.sendall(b"FALLBACK\n")
             return
         if inv.command == "delete":
@@ -248,11 +251,8 @@ class Service:
             job.caller_pid = pid
         try:
             run_args = job.prepare()
-        except Passthrough:
-            run_args = list(inv.argv)
         except Fail as e:
-            _log_file_error(inv, str(e))
-            conn.sendall(f"ERR {e}\n".replace("\n", " ").rstrip().encode() + b"\n")
+            self._refuse(conn, inv, str(e))
             return
         cmd = _runtime_cmd(st, run_args)
         out = [st.runtime, *cmd]
@@ -272,6 +272,12 @@ class Service:
             return
         rc = job.finish(rc)
         conn.sendall(f"DONE {rc}\n".encode())
+
+    @staticmethod
+    def _refuse(conn: socket.socket, inv: argvmod.Invocation, msg: str) -> None:
+        """ERR: the launcher prints it and exits 1; the runtime's --log gets it too."""
+        _log_file_error(inv, msg)
+        conn.sendall(f"ERR {msg}\n".replace("\n", " ").rstrip().encode() + b"\n")
 
 
 def main() -> int:
