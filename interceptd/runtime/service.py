@@ -10,7 +10,8 @@ here would not be the caller's), the launcher falls back to the Python entry.
 Protocol (one connection per container start):
   -> {"argv": [...], "cwd": "...", "env": {"INTERCEPTD_RUNTIME": ...}}\\n
   <- "OK <n>\\n" + n NUL-terminated strings (runtime path, argv0, args...)
-     | "ERR <message>\\n" | "FALLBACK\\n"
+     | "ERR <message>\\n" (a refusal: argv.parse's, or the rewrite's)
+     | "FALLBACK\\n" (run the Python entry instead)
   -> "RC <status>\\n"          (after the runtime exited)
   <- "DONE <status>\\n"
   or, after a create whose init the launcher found in a cgroup v2 node of its own
