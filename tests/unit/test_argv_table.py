@@ -179,4 +179,8 @@ def test_launcher_decides_like_python(decide_launcher):
         py = kind(args)
         assert p.stdout.strip() == py, (args, p.stdout, py)
         seen.add(py)
+        # The full parse never passes through what decide() does not, nor lets
+        # through what it refuses (it may only refuse more, for SHIM commands).
+        full = argv.parse(args).decision
+        assert full == py or (py == SHIM and full == REFUSE), args
     assert seen == {PASS, SHIM, REFUSE}
