@@ -5,7 +5,8 @@ The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run/exec
 then reports its exit status so the service can finish (roll back, place the
 cgroup, tear down). This saves starting an interpreter per container. When the
 service is absent, or the caller is in another mount namespace (mounts made
-here would not be the caller's), the launcher falls back to the Python entry.
+here would not be the caller's) or has another root directory (its paths would
+name other files here), the launcher falls back to the Python entry.
 
 Protocol (one connection per container start):
   -> {"argv": [...], "cwd": "...", "env": {"INTERCEPTD_RUNTIME": ...}}\\n
@@ -63,9 +64,12 @@ def _peer_pid(conn: socket.socket) -> int:
     return pid
 
 
-def _mount_ns(pid: int | str) -> tuple[int, int]:
+def _mount_ns(pid: int | str) -> tuple[int, int, int, int]:
+    """pid's view of paths: its mount namespace and its root directory (a chrooted
+    caller's paths mean something else here, even in the same namespace)."""
     s = os.stat(f"/proc/{pid}/ns/mnt")
-    return s.st_dev, s.st_ino
+    r = os.stat(f"/proc/{pid}/root")
+    return s.st_dev, s.st_ino, r.st_dev, r.st_ino
 
 
 class _Fd:
@@ -121,7 +125,7 @@ class Service:
         # Threads blocked in accept() (see _acceptor); spawned up to SPARE.
         self._lock = threading.Lock()
         self._idle = 0
-        self._mnt_ns = (0, 0)
+        self._mnt_ns = (0, 0, 0, 0)
         self._settings_cache: dict[tuple, tuple[settingsmod.Settings, str]] = {}
 
     def start(self) -> Service:

@@ -251,3 +251,35 @@ def test_shim_first_in_path_as_runc(shim, bundle_factory, new_id, workdir, monke
     assert p.returncode == 0, p.stderr
     assert p.stdout.split()[1] != "0", p.stdout
     assert_nothing_left(shim)
+
+
+def test_service_sends_chrooted_caller_to_python(daemon, workdir):
+    """A caller chrooted in the service's mount namespace: its paths name other
+    files here, so the service does not prepare for it (FALLBACK)."""
+    import socket
+
+    sock_path = Path(daemon.state_dir) / "runtime.sock"
+    jail = workdir / "jail"
+    jail.mkdir()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(sock_path))
+            os.chroot(jail)
+            os.chdir("/")
+            req = {"argv": ["create", "--bundle", "/b", "cj1"], "cwd": "/",
+                   "env": {"INTERCEPTD_STATE_DIR": str(daemon.state_dir),
+                           "INTERCEPTD_RUNTIME": "runc"}}
+            s.sendall(json.dumps(req).encode() + b"\n")
+            os.write(w, s.recv(4096))
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        reply = os.read(r, 4096)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert reply == b"FALLBACK\n", reply
