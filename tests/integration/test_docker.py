@@ -450,3 +450,29 @@ def test_daemon_down_refuses_every_runtime_name(docker_env):
         assert_clean(d)
     finally:
         d.daemon.start()
+
+
+def test_dockerd_refuses_to_redefine_runc():
+    """Why the set-up goes through PATH: dockerd will not let daemon.json point
+    the name `runc` at another binary."""
+    top = Path(tempfile.mkdtemp(prefix="icd-dr-", dir="/tmp"))
+    try:
+        (top / "daemon.json").write_text(json.dumps(
+            {"runtimes": {"runc": {"path": "/usr/local/bin/interceptd-runc"}}}))
+        proc = subprocess.Popen(
+            [DOCKERD, "--config-file", str(top / "daemon.json"), "--data-root", str(top / "d"),
+             "--exec-root", str(top / "e"), "--pidfile", str(top / "pid"),
+             "-H", f"unix://{top / 'sock'}", "--bridge=none", "--iptables=false"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # it started after all: stop the one we started
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+        assert proc.returncode != 0
+        assert b"runtime name 'runc' is reserved" in out, out[-2000:]
+    finally:
+        _unmount_under(str(top))
+        shutil.rmtree(top, ignore_errors=True)
