@@ -283,3 +283,19 @@ def test_service_sends_chrooted_caller_to_python(daemon, workdir):
         os.close(r)
         os.waitpid(pid, 0)
     assert reply == b"FALLBACK\n", reply
+
+
+def test_duplicate_create_refused_not_passed(shim, bundle_factory, new_id):
+    """A create of a live container's id: refused by the shim (the runtime is never
+    handed the unrewritten config), the live container untouched."""
+    first = plain_bundle(bundle_factory, ["sleep", "60"])
+    second = plain_bundle(bundle_factory, ["true"])
+    orig = second.config_path.read_bytes()
+    cid = new_id("dup")
+    with shim.started(first, cid):
+        pid = shim.state(cid)["pid"]
+        p = run_shim(shim, "create", "--bundle", str(second.path), cid)
+        assert p.returncode != 0 and f"container {cid} already exists" in p.stderr, p.stderr
+        assert second.config_path.read_bytes() == orig
+        assert shim.state(cid)["pid"] == pid and shim.state(cid)["status"] == "running"
+    assert_nothing_left(shim)
