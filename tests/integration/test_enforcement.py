@@ -299,3 +299,26 @@ def test_duplicate_create_refused_not_passed(shim, bundle_factory, new_id):
         assert second.config_path.read_bytes() == orig
         assert shim.state(cid)["pid"] == pid and shim.state(cid)["status"] == "running"
     assert_nothing_left(shim)
+
+
+def test_hooks_calling_the_runtime_are_not_taken_for_a_loop(shim, bundle_factory, new_id):
+    """The loop guard names one pid: a hook the real runtime starts (which may
+    inherit its environment) can still call interceptd-runc."""
+    b = plain_bundle(bundle_factory, ["true"])
+    env_file = b.path / "hook.env"
+    b.config["hooks"] = {"prestart": [
+        {"path": "/bin/sh", "args": ["sh", "-c", f"env > {env_file}"]},
+        {"path": str(SHIM), "args": ["runc", "--root", str(shim.root), "list", "-q"]},
+    ]}
+    b.write_config()
+    cid = new_id("hook")
+    shim._ids.add(cid)
+    try:
+        p = run_shim(shim, "run", "--bundle", str(b.path), cid)
+    finally:
+        shim.delete(cid)
+    assert p.returncode == 0, p.stderr
+    assert "its own real runtime" not in p.stderr
+    if shim.name == "runc":  # runc gives a hook without env its own environment
+        assert "INTERCEPTD_RUNC_GUARD=" in env_file.read_text()
+    assert_nothing_left(shim)
