@@ -47,3 +47,21 @@ def test_docs_describe_the_same_setup():
                    "packaging/systemd/containerd.service.d/interceptd.conf",
                    "packaging/containerd/interceptd.toml", "--runtime=runc"):
         assert needle in doc, needle
+
+
+def test_containerd_reads_the_config():
+    """containerd itself (1.6 here) takes the file and keeps both settings."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("containerd") is None:  # pragma: no cover - in the set-up here
+        pytest.skip("containerd is not installed")
+    p = subprocess.run(["containerd", "--config", str(PKG / "containerd" / "interceptd.toml"),
+                        "config", "dump"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    dumped = tomllib.loads(p.stdout)["plugins"]
+    cri = dumped["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]
+    assert cri["options"]["BinaryName"] == SHIM
+    assert dumped["io.containerd.runtime.v1.linux"]["runtime"] == SHIM
