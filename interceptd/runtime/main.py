@@ -140,8 +140,11 @@ def _read_spec(inv: argvmod.Invocation, cwd: str) -> tuple[str, str, bytes, dict
     bundle = os.path.realpath(os.path.join(cwd, (inv.flag_values("bundle", "b") or ["."])[-1]))
     if not os.path.isdir(bundle):
         raise Fail(f"bundle {bundle}: no such directory")
-    name = (inv.flag_values("config", "f") or ["config.json"])[-1]
-    path = name if os.path.isabs(name) else os.path.join(bundle, name)
+    given = inv.flag_values("config", "f")
+    # crun's --config (runc has none) is taken relative to the caller's cwd, not
+    # the bundle (crun realpath()s it before its chdir); config.json is the bundle's.
+    path = (os.path.realpath(os.path.join(cwd, given[-1])) if given
+            else os.path.join(bundle, "config.json"))
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -368,9 +371,12 @@ class Create:
             raise Fail(f"cannot prepare container {cid}: {e}") from None
 
         self.pid_file = (inv.flag_values("pid-file") or [None])[-1]
-        # The bundle the runtime chdirs to is the one resolved and rewritten here.
-        flags = [f for f in inv.flags if f.name not in ("bundle", "b")]
+        # The bundle the runtime chdirs to, and the config it reads, are the ones
+        # resolved and rewritten here.
+        flags = [f for f in inv.flags if f.name not in ("bundle", "b", "config", "f")]
         flags.append(argvmod.Flag("bundle", bundle, ["--bundle", bundle]))
+        if inv.flag_values("config", "f"):
+            flags.append(argvmod.Flag("config", cfg_path, ["--config", cfg_path]))
         if self.detached and not self.pid_file:
             self.pid_file = os.path.join(st.runtime_dir, "containers", key + ".pid")
             flags.append(argvmod.Flag("pid-file", self.pid_file, ["--pid-file", self.pid_file]))

@@ -322,3 +322,39 @@ def test_hooks_calling_the_runtime_are_not_taken_for_a_loop(shim, bundle_factory
     if shim.name == "runc":  # runc gives a hook without env its own environment
         assert "INTERCEPTD_RUNC_GUARD=" in env_file.read_text()
     assert_nothing_left(shim)
+
+
+def test_crun_config_flag_relative_to_cwd(runtime_factory, daemon, bundle_factory, new_id,
+                                          workdir, monkeypatch):
+    """crun's `--config FILE` is read relative to the caller's cwd, not the bundle:
+    the shim rewrites that file (a decoy of the same name in the bundle stays
+    untouched), and the container gets its user namespace."""
+    rt = runtime_factory("crun")
+    monkeypatch.setenv("INTERCEPTD_RUNTIME", "crun")
+    monkeypatch.setenv("INTERCEPTD_STATE_DIR", str(daemon.state_dir))
+    monkeypatch.delenv("INTERCEPTD_CONFIG", raising=False)
+    b = plain_bundle(bundle_factory, ["sh", "-c", "echo real; cat /proc/self/uid_map"])
+    cwd = workdir / "cwd"
+    cwd.mkdir()
+    cfg = json.loads(b.config_path.read_text())
+    cfg["root"]["path"] = str(b.rootfs)
+    (cwd / "alt.json").write_text(json.dumps(cfg))
+    real_orig = (cwd / "alt.json").read_bytes()
+    cfg["process"]["args"] = ["sh", "-c", "echo decoy; cat /proc/self/uid_map"]
+    (b.path / "alt.json").write_text(json.dumps(cfg))
+    decoy_orig = (b.path / "alt.json").read_bytes()
+    cid = new_id("cfg")
+    rt._ids.add(cid)
+    try:
+        p = subprocess.run([str(SHIM), "--root", str(rt.root), "run", "--bundle", str(b.path),
+                            "--config", "alt.json", cid], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL, cwd=str(cwd))
+    finally:
+        subprocess.run([str(SHIM), "--root", str(rt.root), "delete", "-f", cid],
+                       capture_output=True)
+        rt._ids.discard(cid)
+    assert p.returncode == 0, p.stderr
+    which, inside, outside, size = p.stdout.split()
+    assert which == "real" and (inside, size) == ("0", "65536") and outside != "0", p.stdout
+    assert (b.path / "alt.json").read_bytes() == decoy_orig
+    assert (cwd / "alt.json").read_bytes() == real_orig  # restored after the run
