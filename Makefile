@@ -87,7 +87,8 @@ LAUNCHER := $(VENV)/bin/interceptd-runc
 launcher: .stamp-build
 	@if ! head -c4 $(LAUNCHER) 2>/dev/null | grep -q ELF \
 	    || [ interceptd/runtime/launcher.c -nt $(LAUNCHER) ] \
-	    || [ interceptd/runtime/launcher.py -nt $(LAUNCHER) ]; then \
+	    || [ interceptd/runtime/launcher.py -nt $(LAUNCHER) ] \
+	    || [ interceptd/runtime/argv.py -nt $(LAUNCHER) ]; then \
 	  $(PY) -m interceptd.runtime.launcher $(LAUNCHER) >/dev/null; \
 	  echo "built the native launcher into $(LAUNCHER)"; \
 	fi

@@ -3,14 +3,20 @@
  *
  * Docker/containerd call the runtime for every state, start, kill, ps...; a
  * Python interpreter per call would cost more than runc itself. This launcher
- * execs the real runtime directly for every subcommand that needs no rewrite,
- * and starts the Python shim (isolated, without site: ~10 ms instead of ~40)
- * only for create, run, exec and delete. For those it first asks the
- * prepare service (<state-dir>/runtime.sock, service.py) to do the rewrite, so
- * no interpreter starts at all; without the service it falls back to Python.
+ * decides from the command line alone, with the tables of argv.py (rendered
+ * into argv_table.h by launcher.py at build time):
+ *   CMD_PASS   a command that cannot start a process from a config: exec the
+ *              real runtime directly;
+ *   CMD_SHIM   create, run, exec, delete: ask the prepare service
+ *              (<state-dir>/runtime.sock, service.py) to do the rewrite, so no
+ *              interpreter starts at all; without the service, the Python shim
+ *              (isolated, without site: ~10 ms instead of ~40);
+ *   CMD_REFUSE anything else, or anything it cannot parse: the Python shim,
+ *              which refuses with the reason (stderr and the runtime's --log).
  *
  * Build-time constants: INTERCEPTD_PYTHON (interpreter) and INTERCEPTD_PKGROOT
- * (the directory holding the interceptd package).
+ * (the directory holding the interceptd package). INTERCEPTD_DECIDE_ONLY builds
+ * a variant that prints its decision and exits (the parity test's).
  */
 #include <errno.h>
 #include <limits.h>
@@ -19,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,11 +38,23 @@
 #endif
 
 #define DEFAULT_CONFIG "/etc/interceptd/interceptd.toml"
+/*
+ * Set to the pid of each process the shim turns into the real runtime (and to
+ * "py:<pid>" for the Python shim it execs): a launcher that finds its own pid
+ * there was started as the real runtime by the shim itself, a loop.
+ */
+#define GUARD_ENV "INTERCEPTD_RUNC_GUARD"
 
-static const char *const value_globals[] = {
-	"root", "log", "log-format", "criu", "rootless", "cgroup-manager", NULL,
+enum { CMD_PASS, CMD_SHIM, CMD_REFUSE };
+struct global_opt {
+	const char *name;
+	int takes_value;
 };
-static const char *const shim_commands[] = {"create", "run", "exec", "delete", NULL};
+struct command {
+	const char *name;
+	int kind;
+};
+#include "argv_table.h"
 
 static int in_list(const char *s, const char *const *list)
 {
@@ -45,22 +64,61 @@ static int in_list(const char *s, const char *const *list)
 	return 0;
 }
 
-/* The subcommand, skipping global flags the way argv.py does; NULL if none. */
-static const char *find_command(int argc, char **argv)
+static int command_kind(const char *name)
 {
+	for (const struct command *c = commands; c->name; c++)
+		if (strcmp(name, c->name) == 0)
+			return c->kind;
+	return CMD_REFUSE;
+}
+
+/* argv.py's decide(), from the same tables: the parity test holds them equal. */
+static int decide(int argc, char **argv, const char **cmd)
+{
+	*cmd = NULL;
+	if (argc == 1 || (argc == 2 && in_list(argv[1], info_args)))
+		return CMD_PASS;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (strcmp(a, "--") == 0)
-			return i + 1 < argc ? argv[i + 1] : NULL;
-		if (a[0] != '-' || a[1] == '\0')
-			return a;
+		if (strcmp(a, "--") == 0) {
+			if (i + 1 >= argc)
+				return CMD_REFUSE;
+			*cmd = argv[i + 1];
+			return command_kind(*cmd);
+		}
+		if (a[0] != '-' || a[1] == '\0') {
+			*cmd = a;
+			return command_kind(a);
+		}
+		if (in_list(a, info_args))
+			return CMD_REFUSE;
 		const char *name = a + (a[1] == '-' ? 2 : 1);
-		if (strchr(name, '='))
-			continue;
-		if (in_list(name, value_globals))
+		if (name[0] == '\0' || name[0] == '-' || name[0] == '=')
+			return CMD_REFUSE;
+		size_t n = strcspn(name, "=");
+		const struct global_opt *o = global_options;
+		while (o->name && !(strlen(o->name) == n && strncmp(o->name, name, n) == 0))
+			o++;
+		if (!o->name)
+			return CMD_REFUSE;
+		if (o->takes_value && name[n] == '\0') {
+			if (i + 1 >= argc)
+				return CMD_REFUSE;
 			i++;
+		}
 	}
-	return NULL;
+	return CMD_REFUSE;
+}
+
+/* Mark this process as one the shim turns into `what` (see GUARD_ENV). */
+static void set_guard(const char *prefix)
+{
+	char v[48];
+	snprintf(v, sizeof(v), "%s%ld", prefix, (long)getpid());
+	if (setenv(GUARD_ENV, v, 1) < 0) {
+		perror("interceptd-runc: setenv");
+		_exit(1);
+	}
 }
 
 /* `key = "..."` in table [section] of the config file (basic strings only). */
@@ -121,6 +179,7 @@ static int run_python(int argc, char **argv)
 	for (int i = 1; i < argc; i++)
 		args[n++] = argv[i];
 	args[n] = NULL;
+	set_guard("py:");
 	execv(INTERCEPTD_PYTHON, args);
 	fprintf(stderr, "interceptd-runc: cannot exec %s: %s\n", INTERCEPTD_PYTHON,
 		strerror(errno));
@@ -389,6 +448,7 @@ static int via_service(int argc, char **argv, const char *cmd)
 		return 1;
 	}
 	if (child_pid == 0) {
+		set_guard("");
 		execv(args[0], args + 1);
 		fprintf(stderr, "interceptd-runc: cannot exec %s: %s\n", args[0], strerror(errno));
 		_exit(127);
@@ -426,19 +486,18 @@ fallback:
 	return -1;
 }
 
-int main(int argc, char **argv)
+/* Is path this very launcher (or a link to it)? */
+static int is_self(const char *path)
 {
-	const char *cmd = find_command(argc, argv);
-	const char *no_service = getenv("INTERCEPTD_RUNC_NO_SERVICE");
-	if (cmd && in_list(cmd, shim_commands) &&
-	    !(no_service && *no_service)) {
-		int rc = via_service(argc, argv, cmd);
-		if (rc >= 0)
-			return rc;
-	}
-	if (cmd && in_list(cmd, shim_commands))
-		return run_python(argc, argv);
+	struct stat me, it;
+	if (stat("/proc/self/exe", &me) < 0 || stat(path, &it) < 0)
+		return 0;
+	return me.st_dev == it.st_dev && me.st_ino == it.st_ino;
+}
 
+/* Exec the real runtime for a pass-through command; returns only on failure. */
+static int exec_runtime(char **argv)
+{
 	const char *rt = getenv("INTERCEPTD_RUNTIME");
 	char *from_cfg = NULL;
 	if (!rt || !*rt)
@@ -447,30 +506,76 @@ int main(int argc, char **argv)
 		rt = "runc";
 	const char *base = strrchr(rt, '/');
 	argv[0] = (char *)(base ? base + 1 : rt);
-	char self[PATH_MAX], target[PATH_MAX], path[PATH_MAX];
+	set_guard("");
 	if (strchr(rt, '/')) {
 		/* A runtime that is this launcher would exec itself forever. */
-		if (realpath("/proc/self/exe", self) && realpath(rt, target) &&
-		    strcmp(self, target) == 0) {
+		if (is_self(rt)) {
 			fprintf(stderr, "interceptd-runc: real runtime %s is interceptd-runc itself\n",
 				rt);
+			free(from_cfg);
 			return 1;
 		}
 		execv(rt, argv);
-	} else {
-		execvp(rt, argv);
-		/* containerd's PATH may lack the sbin directories runc lives in. */
-		static const char *const dirs[] = {"/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
-						   "/usr/bin", "/sbin", "/bin", NULL};
-		for (int i = 0; dirs[i]; i++) {
-			if ((size_t)snprintf(path, sizeof(path), "%s/%s", dirs[i], rt) >= sizeof(path))
-				continue;
-			if (access(path, X_OK) == 0 && realpath(path, target) &&
-			    !(realpath("/proc/self/exe", self) && strcmp(self, target) == 0))
-				execv(path, argv);
-		}
+		fprintf(stderr, "interceptd-runc: cannot exec real runtime %s: %s\n", rt,
+			strerror(errno));
+		free(from_cfg);
+		return 1;
 	}
-	fprintf(stderr, "interceptd-runc: cannot exec real runtime %s: %s\n", rt, strerror(errno));
+	/*
+	 * A bare name: PATH, then the sbin directories containerd's PATH may lack,
+	 * skipping this launcher, which a set-up puts first in dockerd's and
+	 * containerd's PATH as `runc` (packaging/systemd).
+	 */
+	static const char *const fallback = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	const char *env_path = getenv("PATH");
+	size_t len = (env_path ? strlen(env_path) : 0) + strlen(fallback) + 2;
+	char *dirs = malloc(len), path[PATH_MAX];
+	if (!dirs) {
+		perror("interceptd-runc: malloc");
+		return 1;
+	}
+	snprintf(dirs, len, "%s:%s", env_path ? env_path : "", fallback);
+	for (char *save = NULL, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+		if (d[0] != '/')
+			continue; /* a relative PATH entry depends on the caller's cwd */
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", d, rt) >= sizeof(path))
+			continue;
+		if (access(path, X_OK) != 0 || is_self(path))
+			continue;
+		execv(path, argv);
+	}
+	free(dirs);
+	fprintf(stderr, "interceptd-runc: real runtime %s not found (interceptd-runc itself "
+		"skipped)\n", rt);
 	free(from_cfg);
 	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd;
+	int kind = decide(argc, argv, &cmd);
+#ifdef INTERCEPTD_DECIDE_ONLY
+	printf("%s\n", kind == CMD_PASS ? "pass" : kind == CMD_SHIM ? "shim" : "refuse");
+	return 0;
+#endif
+	const char *guard = getenv(GUARD_ENV);
+	char mine[32];
+	snprintf(mine, sizeof(mine), "%ld", (long)getpid());
+	if (guard && strcmp(guard, mine) == 0) {
+		fprintf(stderr, "interceptd-runc: refusing to run as its own real runtime "
+			"(the real runtime resolves to interceptd-runc; set [runtime] runtime "
+			"to the path of runc or crun)\n");
+		return 1;
+	}
+	if (kind == CMD_PASS)
+		return exec_runtime(argv);
+	const char *no_service = getenv("INTERCEPTD_RUNC_NO_SERVICE");
+	if (kind == CMD_SHIM && !(no_service && *no_service)) {
+		int rc = via_service(argc, argv, cmd);
+		if (rc >= 0)
+			return rc;
+	}
+	/* The shim, or its refusal with the reason. */
+	return run_python(argc, argv);
 }

@@ -3,18 +3,25 @@
     python -m interceptd.runtime.launcher OUT   # e.g. .venv/bin/interceptd-runc
 
 The launcher execs the real runtime for pass-through subcommands and this
-interpreter (isolated, no site) for create/run/exec/delete.
+interpreter (isolated, no site) for create/run/exec/delete and for refusals.
+Its command and option tables are argv.py's, rendered into argv_table.h here.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
 
-def build(out: str, python: str | None = None, cc: str = "gcc") -> str:
+def build(out: str, python: str | None = None, cc: str = "gcc",
+          decide_only: bool = False) -> str:
+    """Compile the launcher into out. decide_only: a variant that prints its
+    decision (pass, shim, refuse) for its argv and exits, for the parity test."""
+    from .argv import c_header
+
     here = os.path.dirname(os.path.abspath(__file__))
     pkgroot = os.path.dirname(os.path.dirname(here))
     python = python or sys.executable
@@ -24,9 +31,13 @@ def build(out: str, python: str | None = None, cc: str = "gcc") -> str:
     out = os.path.abspath(out)
     fd, tmp = tempfile.mkstemp(prefix=".interceptd-runc.", dir=os.path.dirname(out))
     os.close(fd)
+    incdir = tempfile.mkdtemp(prefix="interceptd-launcher-")
     try:
-        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", tmp,
+        with open(os.path.join(incdir, "argv_table.h"), "w") as f:
+            f.write(c_header())
+        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", tmp, "-I", incdir,
                f'-DINTERCEPTD_PYTHON="{python}"', f'-DINTERCEPTD_PKGROOT="{pkgroot}"',
+               *(["-DINTERCEPTD_DECIDE_ONLY"] if decide_only else []),
                os.path.join(here, "launcher.c")]
         # Static where libc.a is installed: it runs for every runtime call, and
         # a static binary skips the dynamic loader (~0.5 ms per call here).
@@ -38,6 +49,8 @@ def build(out: str, python: str | None = None, cc: str = "gcc") -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        shutil.rmtree(incdir, ignore_errors=True)
     return out
 
 

@@ -3,7 +3,8 @@
 create/run: harden config.json (user namespace, id-mapped rootfs and volumes,
 seccomp attached to the daemon, caps, masks, no host namespaces, no sensitive
 mounts, own cgroup). exec: clamp the process spec. delete: undo the host-side
-set-up. Everything else is an execv of the real runtime, untouched.
+set-up. The commands argv.py lists as pass-through are an execv of the real
+runtime, untouched; everything else is refused (fail closed).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from . import argv as argvmod
 from . import settings as settingsmod
 
 PROG = "interceptd-runc"
+# See launcher.c: the pid of each process turned into the real runtime, or
+# "py:<pid>" for this interpreter started by the launcher.
+GUARD_ENV = "INTERCEPTD_RUNC_GUARD"
 MARKER = "io.interceptd.runtime"
 NS_PROC_NAME = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
                 "cgroup": "cgroup", "time": "time"}
@@ -35,7 +39,9 @@ def _log_error(inv: argvmod.Invocation, msg: str) -> None:
 def _log_file_error(inv: argvmod.Invocation, msg: str) -> None:
     """The runtime's --log file: containerd shows its last error line to the user."""
     log = inv.global_value("log")
-    if not log:
+    if log and log.startswith("file:"):  # crun's spelling of a file
+        log = log[5:]
+    if not log or log.startswith(("journald:", "syslog:")):
         return
     import datetime
 
@@ -59,10 +65,17 @@ def _spawn(cmd: list[str], executable: str, quiet: bool = False) -> int:
                 fd = os.open(os.devnull, os.O_RDWR)
                 for n in (0, 1, 2):
                     os.dup2(fd, n)
-            os.execv(executable, cmd)
+            _exec_runtime(executable, cmd)
         finally:
             os._exit(127)
     return pid
+
+
+def _exec_runtime(executable: str, cmd: list[str]) -> None:
+    """execv the real runtime, marked (GUARD_ENV) so that a runtime that turns out
+    to be interceptd-runc itself refuses instead of looping."""
+    os.environ[GUARD_ENV] = str(os.getpid())
+    os.execv(executable, cmd)
 
 
 def _wait(pid: int) -> int:
@@ -120,11 +133,18 @@ def _host_namespaces() -> dict[str, set[tuple[int, int]]]:
 
 
 def _read_spec(inv: argvmod.Invocation, cwd: str) -> tuple[str, str, bytes, dict, bool]:
-    bundle = os.path.normpath(os.path.join(cwd, (inv.flag_values("bundle", "b") or ["."])[-1]))
+    # As runc and crun do: chdir(bundle) (relative to the caller's cwd, through
+    # symlinks), then read config.json there. realpath resolves `link/..` as
+    # chdir does, which a textual normpath does not; the runtime is then given
+    # this resolved path (Create.prepare), so it reads what was checked.
+    bundle = os.path.realpath(os.path.join(cwd, (inv.flag_values("bundle", "b") or ["."])[-1]))
     if not os.path.isdir(bundle):
         raise Fail(f"bundle {bundle}: no such directory")
-    name = (inv.flag_values("config", "f") or ["config.json"])[-1]
-    path = name if os.path.isabs(name) else os.path.join(bundle, name)
+    given = inv.flag_values("config", "f")
+    # crun's --config (runc has none) is taken relative to the caller's cwd, not
+    # the bundle (crun realpath()s it before its chdir); config.json is the bundle's.
+    path = (os.path.realpath(os.path.join(cwd, given[-1])) if given
+            else os.path.join(bundle, "config.json"))
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -224,10 +244,6 @@ def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settin
     return new
 
 
-class Passthrough(Exception):
-    """Nothing to prepare: run the real runtime with the original arguments."""
-
-
 class Create:
     """One create/run: prepare() the bundle and host, then finish() after the runtime.
 
@@ -279,8 +295,8 @@ class Create:
         from .caps import host_bounding_set
 
         inv, st, cid = self.inv, self.st, self.cid
-        if not cid:
-            raise Passthrough
+        if not cid:  # argv.parse refuses this already
+            raise Fail(f"{inv.command}: no container id")
         bundle, cfg_path, orig_bytes, spec, was_rewritten = _read_spec(inv, self.cwd)
         self.cfg_path = cfg_path
         try:
@@ -302,8 +318,9 @@ class Create:
         stale = store.load(key)
         if stale is not None:
             if _container_exists(st, inv, cid):
-                # Let the runtime report the duplicate id; touch nothing of the live one.
-                raise Passthrough
+                # Touch nothing of the live one; and never hand the runtime the
+                # unrewritten config (it could be gone by the time it looks).
+                raise Fail(f"container {cid} already exists")
             host.teardown(stale)
             store.remove(key)
             pool.release(key)
@@ -354,12 +371,16 @@ class Create:
             raise Fail(f"cannot prepare container {cid}: {e}") from None
 
         self.pid_file = (inv.flag_values("pid-file") or [None])[-1]
+        # The bundle the runtime chdirs to, and the config it reads, are the ones
+        # resolved and rewritten here.
+        flags = [f for f in inv.flags if f.name not in ("bundle", "b", "config", "f")]
+        flags.append(argvmod.Flag("bundle", bundle, ["--bundle", bundle]))
+        if inv.flag_values("config", "f"):
+            flags.append(argvmod.Flag("config", cfg_path, ["--config", cfg_path]))
         if self.detached and not self.pid_file:
             self.pid_file = os.path.join(st.runtime_dir, "containers", key + ".pid")
-            flags = [*inv.flags,
-                     argvmod.Flag("pid-file", self.pid_file, ["--pid-file", self.pid_file])]
-            return argvmod.rebuild(inv, flags)
-        return list(inv.argv)
+            flags.append(argvmod.Flag("pid-file", self.pid_file, ["--pid-file", self.pid_file]))
+        return argvmod.rebuild(inv, flags)
 
     def finish(self, rc: int) -> int:
         """After the runtime exited with rc: roll back, place the cgroup, or tear down."""
@@ -394,10 +415,7 @@ class Create:
 
 def cmd_create(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
     job = Create(inv, st)
-    try:
-        args = job.prepare()
-    except Passthrough:
-        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
+    args = job.prepare()
     rc = _run_forwarding(_runtime_cmd(st, args), st.runtime)
     return job.finish(rc)
 
@@ -456,7 +474,7 @@ class Exec:
 
 
 def cmd_exec(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
-    os.execv(st.runtime, _runtime_cmd(st, Exec(inv, st).prepare()))
+    _exec_runtime(st.runtime, _runtime_cmd(st, Exec(inv, st).prepare()))
     return 1  # not reached
 
 
@@ -496,8 +514,8 @@ class Delete:
         self.cid = inv.container_id
 
     def prepare(self) -> list[str]:
-        if not self.cid:
-            raise Passthrough
+        if not self.cid:  # argv.parse refuses this already
+            raise Fail("delete: no container id")
         return list(self.inv.argv)
 
     def finish(self, rc: int) -> int:
@@ -530,14 +548,18 @@ class Delete:
 
 def cmd_delete(inv: argvmod.Invocation, st: settingsmod.Settings) -> int:
     job = Delete(inv, st)
-    try:
-        args = job.prepare()
-    except Passthrough:
-        os.execv(st.runtime, _runtime_cmd(st, inv.argv))
+    args = job.prepare()
     return job.finish(_run_forwarding(_runtime_cmd(st, args), st.runtime))
 
 
 # ------------------------------------------------------------------ entry
+
+def refusal(inv: argvmod.Invocation) -> str:
+    """The message for a command line argv.parse refused."""
+    return (f"refused: {inv.reason} (interceptd-runc passes to the real runtime only "
+            "commands that cannot start a container from a config, and runs nothing "
+            "it cannot parse)")
+
 
 def main(args: list[str] | None = None) -> int:
     args = sys.argv[1:] if args is None else args
@@ -546,6 +568,14 @@ def main(args: list[str] | None = None) -> int:
         with contextlib.suppress(OSError), open(trace, "a") as f:
             f.write(json.dumps({"argv": args, "cwd": os.getcwd(), "pid": os.getpid()}) + "\n")
     inv = argvmod.parse(args)
+    if os.environ.get(GUARD_ENV) == str(os.getpid()):
+        _log_error(inv, "refusing to run as its own real runtime (the real runtime "
+                        "resolves to interceptd-runc; set [runtime] runtime to the path "
+                        "of runc or crun)")
+        return 1
+    if inv.decision == argvmod.REFUSE:
+        _log_error(inv, refusal(inv))
+        return 1
     try:
         st = settingsmod.load()
     except settingsmod.SettingsError as e:
@@ -558,7 +588,9 @@ def main(args: list[str] | None = None) -> int:
             return cmd_exec(inv, st)
         if inv.command == "delete":
             return cmd_delete(inv, st)
-        os.execv(st.runtime, _runtime_cmd(st, args))
+        if inv.decision != argvmod.PASS:
+            raise Fail(refusal(inv))
+        _exec_runtime(st.runtime, _runtime_cmd(st, args))
     except Fail as e:
         _log_error(inv, str(e))
         return 1

@@ -5,12 +5,14 @@ The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run/exec
 then reports its exit status so the service can finish (roll back, place the
 cgroup, tear down). This saves starting an interpreter per container. When the
 service is absent, or the caller is in another mount namespace (mounts made
-here would not be the caller's), the launcher falls back to the Python entry.
+here would not be the caller's) or has another root directory (its paths would
+name other files here), the launcher falls back to the Python entry.
 
 Protocol (one connection per container start):
   -> {"argv": [...], "cwd": "...", "env": {"INTERCEPTD_RUNTIME": ...}}\\n
   <- "OK <n>\\n" + n NUL-terminated strings (runtime path, argv0, args...)
-     | "ERR <message>\\n" | "FALLBACK\\n"
+     | "ERR <message>\\n" (a refusal: argv.parse's, or the rewrite's)
+     | "FALLBACK\\n" (run the Python entry instead)
   -> "RC <status>\\n"          (after the runtime exited)
   <- "DONE <status>\\n"
   or, after a create whose init the launcher found in a cgroup v2 node of its own
@@ -41,9 +43,9 @@ from .main import (
     Exec,
     Fail,
     HostFacts,
-    Passthrough,
     _log_file_error,
     _runtime_cmd,
+    refusal,
 )
 from .mountapi import UserNamespace
 
@@ -62,9 +64,12 @@ def _peer_pid(conn: socket.socket) -> int:
     return pid
 
 
-def _mount_ns(pid: int | str) -> tuple[int, int]:
+def _mount_ns(pid: int | str) -> tuple[int, int, int, int]:
+    """pid's view of paths: its mount namespace and its root directory (a chrooted
+    caller's paths mean something else here, even in the same namespace)."""
     s = os.stat(f"/proc/{pid}/ns/mnt")
-    return s.st_dev, s.st_ino
+    r = os.stat(f"/proc/{pid}/root")
+    return s.st_dev, s.st_ino, r.st_dev, r.st_ino
 
 
 class _Fd:
@@ -120,7 +125,7 @@ class Service:
         # Threads blocked in accept() (see _acceptor); spawned up to SPARE.
         self._lock = threading.Lock()
         self._idle = 0
-        self._mnt_ns = (0, 0)
+        self._mnt_ns = (0, 0, 0, 0)
         self._settings_cache: dict[tuple, tuple[settingsmod.Settings, str]] = {}
 
     def start(self) -> Service:
@@ -235,8 +240,11 @@ class Service:
         env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         st, state_dir = self._settings(env)
         inv = argvmod.parse(args)
+        if inv.decision == argvmod.REFUSE:
+            self._refuse(conn, inv, refusal(inv))
+            return
         if (_mount_ns(pid) != self._mnt_ns or state_dir != self.state_dir
-                or inv.command not in ("create", "run", "delete", "exec")):
+                or inv.decision != argvmod.SHIM):
             conn.sendall(b"FALLBACK\n")
             return
         if inv.command == "delete":
@@ -248,11 +256,8 @@ class Service:
             job.caller_pid = pid
         try:
             run_args = job.prepare()
-        except Passthrough:
-            run_args = list(inv.argv)
         except Fail as e:
-            _log_file_error(inv, str(e))
-            conn.sendall(f"ERR {e}\n".replace("\n", " ").rstrip().encode() + b"\n")
+            self._refuse(conn, inv, str(e))
             return
         cmd = _runtime_cmd(st, run_args)
         out = [st.runtime, *cmd]
@@ -272,6 +277,12 @@ class Service:
             return
         rc = job.finish(rc)
         conn.sendall(f"DONE {rc}\n".encode())
+
+    @staticmethod
+    def _refuse(conn: socket.socket, inv: argvmod.Invocation, msg: str) -> None:
+        """ERR: the launcher prints it and exits 1; the runtime's --log gets it too."""
+        _log_file_error(inv, msg)
+        conn.sendall(f"ERR {msg}\n".replace("\n", " ").rstrip().encode() + b"\n")
 
 
 def main() -> int:

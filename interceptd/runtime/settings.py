@@ -51,10 +51,18 @@ def _find_runtime(name: str) -> str:
     dirs = [*os.environ.get("PATH", "").split(":"),
             "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
     for d in dirs:
-        p = os.path.join(d or ".", name)
-        if os.path.isfile(p) and os.access(p, os.X_OK):
+        if not d.startswith("/"):
+            continue  # a relative PATH entry depends on the caller's cwd
+        p = os.path.join(d, name)
+        # A set-up puts interceptd-runc first in dockerd's and containerd's PATH
+        # as `runc` (a link to it): that is not the real runtime.
+        if os.path.isfile(p) and os.access(p, os.X_OK) and not _is_shim(p):
             return p
-    raise SettingsError(f"real runtime {name!r} not found in PATH")
+    raise SettingsError(f"real runtime {name!r} not found in PATH (interceptd-runc skipped)")
+
+
+def _is_shim(path: str) -> bool:
+    return os.path.basename(os.path.realpath(path)) == "interceptd-runc"
 
 
 def load(environ: dict[str, str] | None = None) -> Settings:
@@ -91,7 +99,7 @@ def from_dict(raw: dict, env: dict[str, str], path: str | None = None) -> Settin
         "state_dir", DEFAULT_STATE_DIR
     )
     s.runtime = _find_runtime(env.get("INTERCEPTD_RUNTIME") or rt.get("runtime") or "runc")
-    if os.path.realpath(s.runtime).endswith("interceptd-runc"):
+    if _is_shim(s.runtime):
         raise SettingsError(f"real runtime {s.runtime} is interceptd-runc itself")
     for key in ("id_pool_start", "id_pool_ranges"):
         if key in rt:

@@ -1,5 +1,10 @@
 """End to end: a private dockerd (Debian's docker.io) with interceptd-runc as a runtime.
 
+Set up as packaging/ ships it: the `interceptd` runtime registered in
+daemon.json, and interceptd-runc first in dockerd's (and so its containerd's)
+PATH as `runc` and `crun`, so that every runtime name (`--runtime=runc`, the
+containerd shims' own, `ctr run`) goes through the shim.
+
 The dockerd has its own data root, exec root and socket, no bridge and no
 iptables; it is stopped by the pid this module started and everything it made
 is removed at the end.
@@ -66,6 +71,7 @@ class Dockerd:
         self.sock = top / "docker.sock"
         self.pidfile = top / "docker.pid"
         self.log_path = top / "dockerd.log"
+        self.shadow = top / "runtime-path"
         self.daemon = daemon
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,9 +83,14 @@ class Dockerd:
         cfg = json.loads((REPO / "packaging" / "docker" / "daemon.json").read_text())
         cfg["runtimes"]["interceptd"]["path"] = shim
         (self.top / "daemon.json").write_text(json.dumps(cfg))
+        # packaging/systemd's drop-ins: the shim as `runc` and `crun` first in PATH.
+        self.shadow.mkdir()
+        for name in ("runc", "crun"):
+            (self.shadow / name).symlink_to(shim)
         env = dict(os.environ, INTERCEPTD_STATE_DIR=str(self.daemon.state_dir),
-                   INTERCEPTD_RUNTIME=self.runtime,
-                   INTERCEPTD_RUNC_TRACE=str(self.top / "python-entry.log"))
+                   INTERCEPTD_RUNTIME=self.runtime,  # a bare name: the shim skips itself
+                   INTERCEPTD_RUNC_TRACE=str(self.top / "python-entry.log"),
+                   PATH=f"{self.shadow}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}")
         env.pop("INTERCEPTD_CONFIG", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -312,3 +323,156 @@ def test_tty_and_console_socket(docker_env):
     assert "/dev/pts/0" in p.stdout
     assert p.stdout.split()[-2] != "0"
     assert_clean(docker_env)
+
+
+# ------------------------------------------------------------------ enforcement
+
+# What a privileged container could do to the isolation if it ran on plain runc.
+ESCAPE = ("umount -l /proc 2>&1 && echo proc-detached; "
+          "umount /proc/kcore 2>&1 && echo mask-removed; "
+          "test -r /proc/self/status && echo proc-still-there")
+
+
+V1_BROKEN = "cgroups: cannot find cgroup mount destination"
+
+
+def _delete_leaked_v1(d: Dockerd) -> None:
+    """The v1 shim leaves its failed container `created` in the runtime (plain runc
+    too). It was made through interceptd-runc all the same: its init waits in a
+    user namespace of its own. Delete it through the shim, which tears down."""
+    runc = [str(d.shadow / "runc"), "--root", str(d.top / "exec" / "runtime-runc" / "moby")]
+    env = dict(os.environ, INTERCEPTD_STATE_DIR=str(d.daemon.state_dir),
+               INTERCEPTD_RUNTIME=d.runtime)
+    ids = subprocess.run([*runc, "list", "-q"], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert len(ids) == 1, ids
+    pid = json.loads(subprocess.run([*runc, "state", ids[0]], capture_output=True, text=True,
+                                    env=env, check=True).stdout)["pid"]
+    assert Path(f"/proc/{pid}/uid_map").read_text().split()[1] != "0"
+    subprocess.run([*runc, "delete", "-f", ids[0]], env=env, check=True)
+
+
+def _normalized(out: str) -> str:
+    """The probe's output without what differs between two runs (the id range)."""
+    lines = out.splitlines()
+    inside, _outside, size = lines[0].split()
+    return "\n".join([f"{inside} HOSTBASE {size}", *lines[1:]])
+
+
+def _runtimes(d: Dockerd) -> list[str]:
+    info = json.loads(d.docker("info", "--format", "{{json .Runtimes}}").stdout)
+    return sorted(info)
+
+
+def test_every_runtime_name_goes_through_the_shim(docker_env):
+    """`docker run --runtime=runc --privileged` (and every other runtime name
+    this dockerd knows) gets the user namespace, the masks and the daemon's
+    vetting exactly like the default interceptd runtime."""
+    d = docker_env
+    names = _runtimes(d)
+    assert {"runc", "interceptd"} <= set(names), names
+    ref = d.run("--privileged", IMAGE, "sh", "-c", PROBE + "; " + ESCAPE)
+    assert ref.returncode == 0, ref.stderr
+    _check_probe(ref.stdout)
+    for name in names:
+        p = d.docker("run", "--rm", "--network=none", f"--runtime={name}", "--privileged",
+                     IMAGE, "sh", "-c", PROBE + "; " + ESCAPE, check=False)
+        if name == "io.containerd.runtime.v1.linux" and V1_BROKEN in p.stderr:
+            # containerd's deprecated v1 shim fails on this host after create, with
+            # plain runc too (its cgroup v1 loader); nothing runs, nothing is left.
+            assert p.returncode != 0
+            assert d.docker("ps", "-aq").stdout.strip() == ""
+            _delete_leaked_v1(d)
+            assert_clean(d)
+            continue
+        assert p.returncode == 0, (name, p.stderr)
+        assert not p.stdout.startswith("0 0 4294967295"), (name, p.stdout)
+        _check_probe(p.stdout)
+        assert "proc-detached" not in p.stdout and "mask-removed" not in p.stdout, p.stdout
+        assert "proc-still-there" in p.stdout
+        assert _normalized(p.stdout) == _normalized(ref.stdout), name
+        assert_clean(d)
+    # The daemon saw the refusals: they were its decisions, not the kernel's.
+    assert "umount2" in d.daemon.log()
+
+
+def _rootfs_dir(d: Dockerd) -> Path:
+    root = d.top / "ctr-rootfs"
+    if not root.exists():
+        root.mkdir()
+        with tarfile.open(d.top / "busybox.tar") as tf:
+            tf.extractall(root)
+    return root
+
+
+def _ctr(d: Dockerd, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    sock = d.top / "exec" / "containerd" / "containerd.sock"
+    p = subprocess.run(["ctr", "-a", str(sock), "-n", "icd-test", *args], capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise AssertionError(f"ctr {' '.join(args)}: rc={p.returncode}\n{p.stderr}")
+    return p
+
+
+@pytest.mark.skipif(shutil.which("ctr") is None, reason="ctr is in the set-up (containerd)")
+def test_ctr_run_goes_through_the_shim(docker_env):
+    """A container created directly through containerd (not dockerd) is contained."""
+    d = docker_env
+    cid = f"icd-ctr-{d.runtime}-{os.getpid()}"
+    try:
+        p = _ctr(d, "run", "--rm", "--env", "PATH=/bin", "--rootfs", str(_rootfs_dir(d)), cid,
+                 "/bin/sh", "-c",
+                 "cat /proc/self/uid_map; grep Seccomp: /proc/self/status; " + ESCAPE,
+                 check=False)
+        assert p.returncode == 0, p.stderr
+        assert not p.stdout.startswith("0 0 4294967295") and p.stdout.split()[1] != "0", p.stdout
+        assert "Seccomp:\t2" in p.stdout
+        assert "proc-detached" not in p.stdout and "mask-removed" not in p.stdout, p.stdout
+    finally:
+        _ctr(d, "task", "kill", "-s", "KILL", cid, check=False)
+        _ctr(d, "container", "rm", cid, check=False)
+        _ctr(d, "namespaces", "rm", "icd-test", check=False)
+    assert_clean(d)
+
+
+def test_daemon_down_refuses_every_runtime_name(docker_env):
+    """No interceptd daemon: no container, whatever the runtime name (last in this
+    module: it stops the daemon and starts it again)."""
+    d = docker_env
+    assert d.daemon.stop() == 0
+    try:
+        for name in ("runc", "interceptd"):
+            p = d.docker("run", "--rm", "--network=none", f"--runtime={name}", "--privileged",
+                         IMAGE, "true", check=False)
+            assert p.returncode != 0, name
+            assert "refusing to start" in p.stderr and "unreachable" in p.stderr, p.stderr
+        assert d.docker("ps", "-q").stdout.strip() == ""
+        assert_clean(d)
+    finally:
+        d.daemon.start()
+
+
+def test_dockerd_refuses_to_redefine_runc():
+    """Why the set-up goes through PATH: dockerd will not let daemon.json point
+    the name `runc` at another binary."""
+    top = Path(tempfile.mkdtemp(prefix="icd-dr-", dir="/tmp"))
+    try:
+        (top / "daemon.json").write_text(json.dumps(
+            {"runtimes": {"runc": {"path": "/usr/local/bin/interceptd-runc"}}}))
+        proc = subprocess.Popen(
+            [DOCKERD, "--config-file", str(top / "daemon.json"), "--data-root", str(top / "d"),
+             "--exec-root", str(top / "e"), "--pidfile", str(top / "pid"),
+             "-H", f"unix://{top / 'sock'}", "--bridge=none", "--iptables=false"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # it started after all: stop the one we started
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+        assert proc.returncode != 0
+        assert b"runtime name 'runc' is reserved" in out, out[-2000:]
+    finally:
+        _unmount_under(str(top))
+        shutil.rmtree(top, ignore_errors=True)
