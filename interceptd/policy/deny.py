@@ -12,6 +12,8 @@ import errno
 from typing import Any
 
 from interceptd.policy.consts import (
+    AT_RECURSIVE,
+    OPEN_TREE_CLONE,
     PERF_FLAG_PID_CGROUP,
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     SECCOMP_SET_MODE_FILTER,
@@ -100,4 +102,16 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
          _masked_eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER)],
         "interceptd: no nested seccomp listener",
     ))
+    rules.append(open_tree_flat_clone())
     return rules
+
+
+def open_tree_flat_clone() -> dict[str, Any]:
+    """open_tree(OPEN_TREE_CLONE) without AT_RECURSIVE: a copy of one mount without the
+    mounts on it, so a flat clone of /proc or /sys shows what their masks hide. Refused in
+    the filter (the daemon's decide_open_tree refuses it too, for filters that notify
+    every open_tree: libseccomp drops a conditional rule when the same syscall also has an
+    unconditional one)."""
+    return _rule(["open_tree"], errno.EPERM,
+                 [_masked_eq(2, OPEN_TREE_CLONE, OPEN_TREE_CLONE | AT_RECURSIVE)],
+                 "interceptd: non-recursive open_tree clone")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -458,10 +460,20 @@ def _fd_mount(req: Any, fd: int, *, facts: bool = False) -> FdMount:
             entries = [entry_from_facts(f) for f in got]
             table = FactsTable(entries, req.pid)
             return FdMount(entries[0], entries[0].dev, table)
-    st = os.fstat(fd)
-    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    mnt_id = _fd_mnt_id(fd)
     table = LazyMountTable(req.pid)
+    try:
+        st = os.fstat(fd)
+        mnt_id = _fd_mnt_id(fd)
+    except PermissionError:
+        if _fs_magic(fd) != FUSE_SUPER_MAGIC:
+            raise
+        # A FUSE filesystem answers only its own users' stat (the daemon is host root
+        # outside the container's user namespace, so EACCES, never a request the server
+        # could leave unanswered): fdinfo and the table name the mount without asking it.
+        mnt_id = procinfo.fd_mnt_id(fd)
+        entry = table.get(mnt_id) if mnt_id is not None else None
+        return FdMount(entry, entry.dev if entry else "fuse:detached", table)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     entry = table.get(mnt_id) if mnt_id is not None else None
     return FdMount(entry, dev, table)
 
@@ -521,14 +533,37 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
         if err:
             return Verdict.errno(err, f"mount: cannot resolve source {source}")
         smount = resolved.entry if resolved else None
+    elif flags & c.MS_PROPAGATION == c.MS_UNBINDABLE:
+        err, tfd, resolved = _resolve(req, c.AT_FDCWD, target, False, fds)
+        if err:
+            return Verdict.errno(err, f"mount: cannot resolve target {target}")
+        tmount = resolved.entry if resolved else None
     call = MountCall(source, target, fstype, flags, data, tmount, smount)
     ctx = _context(req, st, resolved.table if resolved else None, fstype=fstype)
     d = decide_mount(call, ctx)
     if d.kind != "perform":
         return _verdict(d)
-    if flags & c.MS_REMOUNT and flags & c.MS_BIND:
-        # On the fd of the very mount we checked: a path swapped meanwhile cannot redirect it.
-        return _remount_bind_fd(req, d, tfd, flags)
+    if flags & c.MS_REMOUNT:
+        # On the fd of the very mount we checked: a path swapped meanwhile (a renamed
+        # directory, a symlink put in its place) cannot redirect it; nothing walks the
+        # path again.
+        if flags & c.MS_BIND:
+            return _remount_bind_fd(req, d, tfd, flags)
+        attr_set, attr_clr = _remount_attrs(flags)
+        res = _exec(req, NS_MOUNT, "remount_fd", tfd, flags, data, attr_set, attr_clr)
+        if res.errno:
+            return _kernel_error(d, res.errno, "remount (fspick/fsconfig/mount_setattr)")
+        return Verdict.value(0, _reason(d))
+    if d.ops and d.ops[0].op == "unbindable":
+        # mount_setattr on the checked fd, for the same reason.
+        rec = c.AT_RECURSIVE if d.ops[0].args[0] else 0
+        res = _exec(req, NS_MOUNT, "mount_setattr", tfd, "", c.AT_EMPTY_PATH | rec, 0, 0,
+                    c.MS_UNBINDABLE, 0)
+        if res.errno:
+            return _kernel_error(d, res.errno, "mount_setattr")
+        return Verdict.value(0, _reason(d))
+    if d.ops and d.ops[0].op == "mount_fuse":
+        return _mount_fuse(req, d, fds)
     if flags & c.MS_MOVE:
         # move_mount on the checked fd, for the same reason.
         res = _exec(req, NS_MOUNT, "move_mount", sfd, "", c.AT_FDCWD, target,
@@ -545,6 +580,45 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
 
 
 def _remount_bind_fd(req: Any, d: Decision, fd: int, flags: int) -> Verdict:
+    attr_set, attr_clr = _remount_attrs(flags)
+    res = _exec(req, NS_MOUNT, "mount_setattr", fd, "", c.AT_EMPTY_PATH, attr_set, attr_clr, 0, 0)
+    if res.errno:
+        return _kernel_error(d, res.errno, "mount_setattr")
+    return Verdict.value(0, _reason(d))
+
+
+FUSE_DEV = (10, 229)  # /dev/fuse
+
+
+def _mount_fuse(req: Any, d: Decision, fds: _Fds) -> Verdict:
+    """A FUSE mount with the caller's /dev/fuse file: its "fd=N" names the caller's table,
+    so the daemon takes that file (pidfd_getfd) and the executor mounts with its own copy
+    (SCM_RIGHTS, fd= rewritten there). Only a /dev/fuse file is passed on: the kernel
+    would refuse anything else too, this says why."""
+    source, target, fstype, flags, rest, caller_fd = d.ops[0].args
+    try:
+        fd = _caller_fd(req, caller_fd, fds)
+    except OSError as e:
+        if isinstance(e, ProcessLookupError):
+            raise
+        return Verdict.errno(e.errno or errno.EBADF,
+                             f"{_reason(d)}; fd={caller_fd} is not an open fd of the caller")
+    st = os.fstat(fd)
+    is_fuse = (stat.S_ISCHR(st.st_mode)
+               and (os.major(st.st_rdev), os.minor(st.st_rdev)) == FUSE_DEV
+               and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH)  # O_PATH: not opened
+    if not is_fuse:
+        return Verdict.errno(errno.EINVAL, f"{_reason(d)}; fd={caller_fd} is not an open "
+                                           "/dev/fuse (char 10:229)")
+    res = _exec(req, NS_MOUNT, "mount_fuse", source, target, fstype, flags, rest, fd)
+    if res.errno:
+        return _kernel_error(d, res.errno, "mount")
+    return Verdict.value(0, _reason(d))
+
+
+def _remount_attrs(flags: int) -> tuple[int, int]:
+    """(attr_set, attr_clr) for mount_setattr that give a mount the per-mount flags a
+    remount with `flags` gives it (they replace all of them, as mount(2) does)."""
     attr_set = attrs_from_msflags(flags)
     attr_clr = c.MOUNT_ATTR_LOCKED & ~attr_set
     if flags & c.MS_NOSYMFOLLOW:
@@ -563,10 +637,7 @@ def _remount_bind_fd(req: Any, d: Decision, fd: int, flags: int) -> Verdict:
         attr_clr |= c.MOUNT_ATTR__ATIME
     elif flags & c.MS_RELATIME:
         attr_clr |= c.MOUNT_ATTR__ATIME
-    res = _exec(req, NS_MOUNT, "mount_setattr", fd, "", c.AT_EMPTY_PATH, attr_set, attr_clr, 0, 0)
-    if res.errno:
-        return _kernel_error(d, res.errno, "mount_setattr")
-    return Verdict.value(0, _reason(d))
+    return attr_set, attr_clr
 
 
 def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flags: int,
@@ -701,7 +772,8 @@ def handle_fspick(req: Any) -> Verdict:
                                    fds, empty=bool(flags & c.FSPICK_EMPTY_PATH))
             if err:
                 return Verdict.errno(err, f"fspick: cannot resolve {path}")
-            d = decide_fspick(fm, _context(req, st), {"path": path, "flags": hex(flags)})
+            d = decide_fspick(fm, _context(req, st), {"path": path, "flags": hex(flags)},
+                              _fs_type_of(fd))
             if d.kind != "perform":
                 return _verdict(d)
             res = _exec(req, NS_MOUNT, "fspick", fd, "", c.FSPICK_EMPTY_PATH | c.FSPICK_CLOEXEC)
@@ -754,8 +826,12 @@ def _fd_readonly(fd: int) -> bool:
     return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
 
 
-def _fs_type_of(fd: int) -> str:
-    """'proc', 'sysfs' or '' from the superblock magic of the fd's filesystem."""
+FUSE_SUPER_MAGIC = 0x65735546
+
+
+def _fs_magic(fd: int) -> int:
+    """The superblock magic of the fd's filesystem (0 if fstatfs fails). FUSE answers a
+    stranger's statfs with its magic alone, without asking its server."""
     import ctypes
 
     class _Statfs(ctypes.Structure):
@@ -764,8 +840,28 @@ def _fs_type_of(fd: int) -> str:
     buf = _Statfs()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.fstatfs(fd, ctypes.byref(buf)) != 0:
-        return ""
-    return {0x9FA0: "proc", 0x62656572: "sysfs"}.get(buf.f_type & 0xFFFFFFFF, "")
+        return 0
+    return int(buf.f_type) & 0xFFFFFFFF
+
+
+def _fs_type_of(fd: int) -> str:
+    """'proc', 'sysfs' or '' from the superblock magic of the fd's filesystem."""
+    return {0x9FA0: "proc", 0x62656572: "sysfs"}.get(_fs_magic(fd), "")
+
+
+def _detached_on_pseudo(fd: int) -> bool:
+    """Whether the mount `fd` is the root of sits on a procfs/sysfs of its (detached)
+    tree: ".." from a mount's root is its mount point in the parent mount."""
+    try:
+        parent = os.open("..", os.O_PATH | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        return True  # cannot tell: treated as a mask
+    try:
+        if procinfo.fd_mnt_id(parent) == procinfo.fd_mnt_id(fd):
+            return False  # the tree's root, or fd is no mount root (the kernel says EINVAL)
+        return _fs_type_of(parent) in ("proc", "sysfs")
+    finally:
+        os.close(parent)
 
 
 def handle_move_mount(req: Any) -> Verdict:
@@ -823,7 +919,9 @@ def handle_mount_setattr(req: Any) -> Verdict:
             if err:
                 return Verdict.errno(err, f"mount_setattr: cannot resolve {path}")
             details = {"path": path, "flags": hex(flags)}
-            d = decide_mount_setattr(flags, attr, fm, _context(req, st), details)
+            on_pseudo = (attr.propagation == c.MS_UNBINDABLE and fm is not None
+                         and fm.entry is None and _detached_on_pseudo(fd))
+            d = decide_mount_setattr(flags, attr, fm, _context(req, st), details, on_pseudo)
             if d.kind != "perform":
                 return _verdict(d)
             userns = -1
