@@ -19,7 +19,7 @@ import pytest
 
 import interceptd.policy as policy
 from tests.harness import Bundle, Daemon, Runtime
-from tests.integration.policy_support import EPERM, privileged, run_script
+from tests.integration.policy_support import EPERM, parse, privileged, run_script
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +220,43 @@ def test_fuse_mount_inside_a_container_works(rt, bundle_factory, daemon, new_id,
     assert out["notfuse"] == (-1, 22) and out["nofd"] == (-1, 22)
     log = daemon.log()
     assert "is not an open /dev/fuse" in log and "fuse mount needs exactly one fd=N" in log
+
+
+MS_RDONLY, MS_NOSUID, MS_NOEXEC = 0x1, 0x2, 0x8
+REMOUNTS = "\n".join([
+    "mkdir -p /mnt/t && mount -t tmpfs -o size=1m t /mnt/t && mkdir /mnt/t/sub",
+    call("ro", f"sys mount 0 s:/mnt/t 0 {MS_REMOUNT | MS_RDONLY | MS_NOSUID} s:size=2m"),
+    "awk '$5 == \"/mnt/t\" {print \"MI_ro\", $6, $NF}' /proc/self/mountinfo",
+    call("write_ro", "sh -c 'touch /mnt/t/x && echo ret=0 errno=0 || echo ret=-1 errno=30'"),
+    call("rw", f"sys mount 0 s:/mnt/t 0 {MS_REMOUNT} 0"),
+    "awk '$5 == \"/mnt/t\" {print \"MI_rw\", $6, $NF}' /proc/self/mountinfo",
+    call("write_rw", "sh -c 'touch /mnt/t/x && echo ret=0 errno=0 || echo ret=-1 errno=30'"),
+    call("relative", f"sh -c 'cd /mnt && sys mount 0 s:t 0 {MS_REMOUNT | MS_NOEXEC} 0'"),
+    "awk '$5 == \"/mnt/t\" {print \"MI_rel\", $6, $NF}' /proc/self/mountinfo",
+    call("not_root", f"sys mount 0 s:/mnt/t/sub 0 {MS_REMOUNT} 0"),
+    call("bad_option", f"sys mount 0 s:/mnt/t 0 {MS_REMOUNT} s:nosuchoption"),
+])
+
+
+def test_plain_remount_by_fd_does_what_mount_does(rt, bundle_factory, daemon, new_id):
+    """The fd-based plain remount gives the container what the kernel's own would: the
+    same results and the same mount and superblock options as in an unvetted container."""
+    outs = []
+    for d in (daemon, None):
+        res = rt.run(privileged(bundle_factory, d, REMOUNTS), new_id("rmt"), timeout=60)
+        assert res.rc == 0, res.stderr
+        # uid=/gid= show the bundle's own (host) id range: compare without them.
+        outs.append((parse(res.stdout), sorted(re.sub(r",[ug]id=\d+", "", ln)
+                                               for ln in res.stdout.splitlines()
+                                               if ln.startswith("MI_"))))
+    (vetted, vmi), (plain, pmi) = outs
+    print(vetted, vmi)
+    assert vetted == plain and vmi == pmi
+    assert vetted["ro"] == (0, 0) and vetted["write_ro"] == (-1, 30)
+    assert vetted["rw"] == (0, 0) and vetted["write_rw"] == (0, 0)
+    assert vetted["relative"] == (0, 0)
+    assert vetted["not_root"] == (-1, 22) and vetted["bad_option"] == (-1, 22)
+    mi = dict(ln.split(" ", 1) for ln in vmi)
+    assert mi["MI_ro"].startswith("ro,nosuid") and "size=2048k" in mi["MI_ro"]
+    assert mi["MI_rw"].startswith("rw,") and "nosuid" not in mi["MI_rw"]
+    assert "noexec" in mi["MI_rel"].split()[0]
