@@ -564,6 +564,8 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
         return Verdict.value(0, _reason(d))
     if d.ops and d.ops[0].op == "mount_fuse":
         return _mount_fuse(req, d, fds)
+    if d.ops and d.ops[0].op == "overlay":
+        return _mount_overlay(req, d, fds)
     if flags & c.MS_MOVE:
         # move_mount on the checked fd, for the same reason.
         res = _exec(req, NS_MOUNT, "move_mount", sfd, "", c.AT_FDCWD, target,
@@ -613,6 +615,64 @@ def _mount_fuse(req: Any, d: Decision, fds: _Fds) -> Verdict:
     res = _exec(req, NS_MOUNT, "mount_fuse", source, target, fstype, flags, rest, fd)
     if res.errno:
         return _kernel_error(d, res.errno, "mount")
+    return Verdict.value(0, _reason(d))
+
+
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_SET_FD, FSCONFIG_CMD_CREATE = 0, 1, 5, 6
+FSMOUNT_CLOEXEC = 1
+_SB_FLAGS = ((c.MS_RDONLY, "ro"), (c.MS_SYNCHRONOUS, "sync"), (c.MS_DIRSYNC, "dirsync"),
+             (c.MS_LAZYTIME, "lazytime"))
+
+
+def _mount_overlay(req: Any, d: Decision, fds: _Fds) -> Verdict:
+    """overlay from checked fds: each layer is resolved once as the caller sees it, one on a
+    procfs/sysfs is refused (a layer shows its directory without the mounts beneath it, so
+    /sys as a layer would show what the /sys/firmware mask hides), and the overlay is built
+    in the executor from those fds (fsopen + fsconfig FSCONFIG_SET_FD + fsmount), then
+    attached at the target. mount(2)'s flags become the superblock's and the mount's."""
+    source, target, flags, layers, rest = d.ops[0].args
+    layer_fds = []
+    for key, path in layers:
+        err, fd, _ = _resolve(req, c.AT_FDCWD, path, False, fds)
+        if err:
+            return Verdict.errno(err, f"{_reason(d)}; cannot resolve overlay layer {path}")
+        kind = _fs_type_of(fd)
+        if kind:
+            return Verdict.errno(errno.EPERM, f"overlay layer {path} is on {kind}: a layer "
+                                              "shows it without its masks " + _reason(d))
+        layer_fds.append((key, fd))
+    steps: list[tuple[int, str | None, str | None, int]] = []
+    if source:
+        steps.append((FSCONFIG_SET_STRING, "source", source, 0))
+    steps += [(FSCONFIG_SET_FLAG, name, None, 0) for ms, name in _SB_FLAGS if flags & ms]
+    steps += [(FSCONFIG_SET_FD, key, None, fd) for key, fd in layer_fds]
+    for opt in rest:
+        key, sep, val = opt.partition("=")
+        steps.append((FSCONFIG_SET_STRING, key, val, 0) if sep
+                     else (FSCONFIG_SET_FLAG, key, None, 0))
+    steps.append((FSCONFIG_CMD_CREATE, None, None, 0))
+    res = _exec(req, NS_MOUNT, "fsopen", "overlay", c.FSOPEN_CLOEXEC)
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsopen")
+    fc = fds.add(res.fd)
+    for cmd, key, val, aux in steps:
+        res = _exec(req, NS_MOUNT, "fsconfig", fc, cmd, key, val, aux)
+        if res.errno:
+            return _kernel_error(d, res.errno, f"fsconfig {key or 'create'}")
+    attrs = attrs_from_msflags(flags)
+    for ms, attr in ((c.MS_NOATIME, 0x10), (c.MS_STRICTATIME, 0x20),
+                     (c.MS_NODIRATIME, c.MOUNT_ATTR_NODIRATIME),
+                     (c.MS_NOSYMFOLLOW, c.MOUNT_ATTR_NOSYMFOLLOW)):
+        if flags & ms:
+            attrs |= attr
+    res = _exec(req, NS_MOUNT, "fsmount", fc, FSMOUNT_CLOEXEC, attrs)
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsmount")
+    tree = fds.add(res.fd)
+    res = _exec(req, NS_MOUNT, "move_mount", tree, "", c.AT_FDCWD, target,
+                c.MOVE_MOUNT_F_EMPTY_PATH)
+    if res.errno:
+        return _kernel_error(d, res.errno, "move_mount")
     return Verdict.value(0, _reason(d))
 
 

@@ -84,6 +84,12 @@ def decide_fsopen(fsname: str, flags: int, ctx: MountContext) -> Decision:
             f"fsopen({fsname}) refused: mount it with mount(2) so the daemon can mask it",
             **d,
         )
+    if fsname == "overlay":
+        # Its layers are set with fsconfig, which the daemon does not see: a layer on /sys
+        # would show what the masks hide. mount(2) checks each layer and builds the overlay
+        # from the checked fds.
+        return deny(errno.EPERM, "fsopen(overlay) refused: its layers cannot be vetted; "
+                                 "mount it with mount(2)", **d)
     if fsname == "cgroup" and not ctx.cgroupns_private:
         return deny(errno.EPERM, "cgroup v1 from the host cgroup namespace (release_agent)", **d)
     if fsname in REFUSED_FSTYPES:

@@ -325,6 +325,8 @@ def _decide_new(call: MountCall, flags: int, ctx: MountContext, d: dict[str, obj
         return deny(errno.EPERM, f"{fstype} refused: block-device filesystem", **d)
     if base in ("fuse", "fuseblk"):
         return _decide_fuse(call, fstype, flags, d)
+    if fstype == "overlay":
+        return _decide_overlay(call, flags, d)
     if base in ALLOWED_FSTYPES or fstype in ctx.extra_fstypes:
         return perform(
             f"{fstype} allowed",
@@ -352,6 +354,56 @@ def _decide_fuse(call: MountCall, fstype: str, flags: int, d: dict[str, object])
         f"{fstype} allowed (with the caller's /dev/fuse fd {int(fds[0])})",
         ExecOp("mount_fuse", (call.source, call.target, fstype, flags, ",".join(rest),
                               int(fds[0]))),
+        **d,
+    )
+
+
+# Overlay options naming a layer directory, as fsconfig keys taking an fd: an overlay layer
+# shows its directory *without the mounts beneath it*, so a layer on /sys would show what
+# the /sys/firmware mask hides (procfs the kernel refuses to stack on).
+_OVERLAY_FD_KEYS = {"upperdir": "upperdir", "workdir": "workdir", "lowerdir+": "lowerdir+",
+                    "datadir+": "datadir+"}
+
+
+def overlay_layers(data: str | None) -> tuple[list[tuple[str, str]], list[str]] | str:
+    """(layers as (fsconfig key, path), other options) of overlay mount data, or why it is
+    refused. Legacy `lowerdir=top:...:bottom[::data...]` becomes `lowerdir+`/`datadir+`
+    in the same order. Escaped paths (a backslash) are not taken apart here: refused."""
+    layers: list[tuple[str, str]] = []
+    rest: list[str] = []
+    for opt in (data or "").split(","):
+        key, sep, val = opt.partition("=")
+        if not opt:
+            continue
+        if key == "lowerdir" and sep:
+            parts = val.split("::")
+            paths = [("lowerdir+", p) for p in parts[0].split(":")]
+            paths += [("datadir+", p) for part in parts[1:] for p in part.split(":")]
+        elif key in _OVERLAY_FD_KEYS and sep:
+            paths = [(_OVERLAY_FD_KEYS[key], val)]
+        else:
+            rest.append(opt)
+            continue
+        for k, path in paths:
+            if not path or "\\" in path:
+                return f"overlay layer {path!r}: empty or escaped layer paths not supported"
+            layers.append((k, path))
+    if not any(k == "lowerdir+" for k, _ in layers):
+        return "overlay needs a lowerdir"
+    return layers, rest
+
+
+def _decide_overlay(call: MountCall, flags: int, d: dict[str, object]) -> Decision:
+    got = overlay_layers(call.data)
+    if isinstance(got, str):
+        return deny(errno.EINVAL, got, **d)
+    layers, rest = got
+    # The glue resolves each layer once as the caller sees it, refuses procfs/sysfs ones,
+    # and builds the overlay from those very fds (fsconfig FSCONFIG_SET_FD): no path is
+    # walked again, so no layer can be swapped for /sys after the check.
+    return perform(
+        "overlay allowed (layers checked and passed by fd)",
+        ExecOp("overlay", (call.source, call.target, flags, tuple(layers), tuple(rest))),
         **d,
     )
 

@@ -260,3 +260,41 @@ def test_plain_remount_by_fd_does_what_mount_does(rt, bundle_factory, daemon, ne
     assert mi["MI_ro"].startswith("ro,nosuid") and "size=2048k" in mi["MI_ro"]
     assert mi["MI_rw"].startswith("rw,") and "nosuid" not in mi["MI_rw"]
     assert "noexec" in mi["MI_rel"].split()[0]
+
+
+OVERLAYS = "\n".join([
+    "mkdir -p /tmp/l1 /tmp/l2 /tmp/u /tmp/w /tmp/e /mnt/ov /mnt/os /mnt/od /mnt/or /mnt/fo",
+    "echo one > /tmp/l1/a; echo two > /tmp/l2/b",
+    # An overlay layer shows its directory without the mounts beneath it.
+    call("ovl_sys", "sys mount s:o s:/mnt/os s:overlay 0 s:lowerdir=/sys:/tmp/e"),
+    f"cat /mnt/os/{FIRMWARE} >/dev/null 2>&1 && echo 'ovl_sys_read ret=1 errno=0' "
+    "|| echo 'ovl_sys_read ret=0 errno=0'",
+    call("ovl_devices", "sys mount s:o s:/mnt/od s:overlay 0 s:lowerdir=/tmp/e:/sys/devices"),
+    call("ovl_copy", "sh -c 'mkdir -p /mnt/sc && mount --rbind /sys /mnt/sc && "
+                     "sys mount s:o s:/mnt/od s:overlay 0 s:lowerdir=/mnt/sc:/tmp/e'"),
+    # The container's own overlays work, with absolute and relative layers.
+    call("ovl_rw", "sys mount s:o s:/mnt/ov s:overlay 0 "
+                   "s:lowerdir=/tmp/l1:/tmp/l2,upperdir=/tmp/u,workdir=/tmp/w,userxattr"),
+    "cat /mnt/ov/a /mnt/ov/b | tr '\\n' ' ' | sed 's/^/OV_read /'; echo",
+    call("ovl_write", "sh -c 'echo three > /mnt/ov/c && test -f /tmp/u/c && "
+                      "echo ret=0 errno=0 || echo ret=-1 errno=5'"),
+    call("ovl_rel", "sh -c 'cd /tmp && sys mount s:o s:/mnt/or s:overlay 1 s:lowerdir=l2:l1'"),
+    "grep -q ' /mnt/or ro,' /proc/self/mountinfo && echo 'ovl_rel_ro ret=1 errno=0' "
+    "|| echo 'ovl_rel_ro ret=0 errno=0'",
+    steps("ovl_fsopen", "policy_mntapi fsmount overlay /mnt/fo"),
+])
+
+
+def test_overlay_layers_are_checked_and_passed_by_fd(rt, bundle_factory, daemon, new_id):
+    out = run_script(rt, privileged(bundle_factory, daemon, OVERLAYS), new_id("ovl"))
+    raw = run_script(rt, privileged(bundle_factory, None, OVERLAYS), new_id("raw"))
+    # Without the policy, /sys as a layer reads what the firmware mask hides.
+    assert raw["ovl_sys"] == (0, 0) and raw["ovl_sys_read"] == (1, 0)
+    assert out["ovl_sys"] == (-1, EPERM) and out["ovl_sys_read"] == (0, 0)
+    assert out["ovl_devices"] == (-1, EPERM) and out["ovl_copy"] == (-1, EPERM)
+    # fsopen("overlay") would take its layers from fsconfig, unseen: refused.
+    assert out["ovl_fsopen_fsopen"] == (-1, EPERM)
+    for k in ("ovl_rw", "ovl_write", "ovl_rel", "ovl_rel_ro"):
+        assert out[k] == raw[k], (k, out, raw)
+    assert out["ovl_rw"] == (0, 0) and out["ovl_write"] == (0, 0)
+    assert out["ovl_rel"] == (0, 0) and out["ovl_rel_ro"] == (1, 0)

@@ -42,7 +42,7 @@ def attached(path: str) -> FdMount:
 # --- new mount API ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fs", ["tmpfs", "overlay", "mqueue", "fuse.x"])
+@pytest.mark.parametrize("fs", ["tmpfs", "mqueue", "fuse.x"])
 def test_fsopen_allowed_is_performed_with_fd(fs):
     d = decide_fsopen(fs, 0, ctx())
     assert d.kind == "perform" and d.ops[0].op == "fsopen" and d.ops[0].inject_fd
@@ -50,6 +50,7 @@ def test_fsopen_allowed_is_performed_with_fd(fs):
 
 @pytest.mark.parametrize(("fs", "word"), [("proc", "mount(2)"), ("sysfs", "mount(2)"),
                                           ("debugfs", "debugfs"), ("ext4", "block"),
+                                          ("overlay", "mount(2)"),
                                           ("nope", "not allowed")])
 def test_fsopen_refused(fs, word):
     d = decide_fsopen(fs, 0, ctx())

@@ -9,7 +9,7 @@ import errno
 import interceptd.policy as policy
 from interceptd.policy import consts as c
 from interceptd.policy.mountapi import FdMount, MountAttr, decide_fspick, decide_mount_setattr
-from interceptd.policy.mounts import MountCall, MountContext, decide_mount
+from interceptd.policy.mounts import MountCall, MountContext, decide_mount, overlay_layers
 from interceptd.policy.mounttable import MountTable, snapshot
 from tests.unit.policy_samples import RUNC_INIT, RUNC_LATER
 
@@ -132,3 +132,23 @@ def test_fuse_mount_without_one_clear_fd_refused():
     for data in (None, "rootmode=40000", "fd=3,fd=4", "fd=x", "fd=-1"):
         d = mount("/mnt", 0, "fuse", data, resolved=False)
         assert d.errno == errno.EINVAL and "fd=" in d.reason, data
+
+
+# --- overlay: layers by fd, none on procfs/sysfs -----------------------------------------
+
+
+def test_overlay_layers_become_fd_keys_in_order():
+    got = overlay_layers("lowerdir=/a:/b::/d1::/d2,upperdir=/u,workdir=/w,index=off,userxattr")
+    assert got == ([("lowerdir+", "/a"), ("lowerdir+", "/b"), ("datadir+", "/d1"),
+                    ("datadir+", "/d2"), ("upperdir", "/u"), ("workdir", "/w")],
+                   ["index=off", "userxattr"])
+    assert overlay_layers("lowerdir+=/a,lowerdir+=b")[0] == [("lowerdir+", "/a"),
+                                                              ("lowerdir+", "b")]
+
+
+def test_overlay_performed_by_fd_or_refused():
+    d = mount("/mnt", 0, "overlay", "lowerdir=/a:/b,upperdir=/u,workdir=/w", resolved=False)
+    assert d.kind == "perform" and d.ops[0].op == "overlay"
+    assert d.ops[0].args[3][0] == ("lowerdir+", "/a")
+    for data in (None, "upperdir=/u,workdir=/w", "lowerdir=/a\\:b", "lowerdir=/a::"):
+        assert mount("/mnt", 0, "overlay", data, resolved=False).errno == errno.EINVAL, data
