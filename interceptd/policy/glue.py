@@ -979,8 +979,8 @@ def handle_mount_setattr(req: Any) -> Verdict:
             if err:
                 return Verdict.errno(err, f"mount_setattr: cannot resolve {path}")
             details = {"path": path, "flags": hex(flags)}
-            on_pseudo = (attr.propagation == c.MS_UNBINDABLE and fm is not None
-                         and fm.entry is None and _detached_on_pseudo(fd))
+            on_pseudo = bool(attr.propagation & c.MS_UNBINDABLE and fm is not None
+                             and fm.entry is None and _detached_on_pseudo(fd))
             d = decide_mount_setattr(flags, attr, fm, _context(req, st), details, on_pseudo)
             if d.kind != "perform":
                 return _verdict(d)

@@ -225,7 +225,7 @@ def decide_mount_setattr(
     d.update(attr_set=hex(attr.attr_set), attr_clr=hex(attr.attr_clr))
     if target is None:
         return deny(errno.EINVAL, "mount_setattr: target is not a mount", **d)
-    if attr.propagation == MS_UNBINDABLE:
+    if attr.propagation & MS_UNBINDABLE:  # the kernel takes exactly one propagation type
         d["propagation"] = "unbindable"
         recursive = bool(flags & AT_RECURSIVE)
         if target.entry is not None:
