@@ -618,8 +618,6 @@ def _mount_fuse(req: Any, d: Decision, fds: _Fds) -> Verdict:
     return Verdict.value(0, _reason(d))
 
 
-FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_SET_FD, FSCONFIG_CMD_CREATE = 0, 1, 5, 6
-FSMOUNT_CLOEXEC = 1
 _SB_FLAGS = ((c.MS_RDONLY, "ro"), (c.MS_SYNCHRONOUS, "sync"), (c.MS_DIRSYNC, "dirsync"),
              (c.MS_LAZYTIME, "lazytime"))
 
@@ -643,14 +641,14 @@ def _mount_overlay(req: Any, d: Decision, fds: _Fds) -> Verdict:
         layer_fds.append((key, fd))
     steps: list[tuple[int, str | None, str | None, int]] = []
     if source:
-        steps.append((FSCONFIG_SET_STRING, "source", source, 0))
-    steps += [(FSCONFIG_SET_FLAG, name, None, 0) for ms, name in _SB_FLAGS if flags & ms]
-    steps += [(FSCONFIG_SET_FD, key, None, fd) for key, fd in layer_fds]
+        steps.append((fsapi.FSCONFIG_SET_STRING, "source", source, 0))
+    steps += [(fsapi.FSCONFIG_SET_FLAG, name, None, 0) for ms, name in _SB_FLAGS if flags & ms]
+    steps += [(fsapi.FSCONFIG_SET_FD, key, None, fd) for key, fd in layer_fds]
     for opt in rest:
         key, sep, val = opt.partition("=")
-        steps.append((FSCONFIG_SET_STRING, key, val, 0) if sep
-                     else (FSCONFIG_SET_FLAG, key, None, 0))
-    steps.append((FSCONFIG_CMD_CREATE, None, None, 0))
+        steps.append((fsapi.FSCONFIG_SET_STRING, key, val, 0) if sep
+                     else (fsapi.FSCONFIG_SET_FLAG, key, None, 0))
+    steps.append((fsapi.FSCONFIG_CMD_CREATE, None, None, 0))
     res = _exec(req, NS_MOUNT, "fsopen", "overlay", c.FSOPEN_CLOEXEC)
     if res.errno:
         return _kernel_error(d, res.errno, "fsopen")
@@ -665,7 +663,7 @@ def _mount_overlay(req: Any, d: Decision, fds: _Fds) -> Verdict:
                      (c.MS_NOSYMFOLLOW, c.MOUNT_ATTR_NOSYMFOLLOW)):
         if flags & ms:
             attrs |= attr
-    res = _exec(req, NS_MOUNT, "fsmount", fc, FSMOUNT_CLOEXEC, attrs)
+    res = _exec(req, NS_MOUNT, "fsmount", fc, fsapi.FSMOUNT_CLOEXEC, attrs)
     if res.errno:
         return _kernel_error(d, res.errno, "fsmount")
     tree = fds.add(res.fd)
