@@ -430,7 +430,7 @@ def _resolve(
 
 def _resolve_in_root(req: Any, path: str, nofollow: bool, fds: _Fds,
                      facts: bool = False) -> tuple[int, int, FdMount | None] | None:
-    """(errno|0, fd, mount), or None to fall back to the executor (a magic link)."""
+    """(errno|0, fd, mount), or None to fall back to the executor (a magic link, FUSE)."""
     root = fds.add(os.open(f"/proc/{req.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
     if not req.valid():  # the root we opened is the caller's, not a reused pid's
         raise ProcessLookupError(req.pid)
@@ -439,7 +439,10 @@ def _resolve_in_root(req: Any, path: str, nofollow: bool, fds: _Fds,
         fd = fds.add(openat2(root, path.lstrip("/") or ".", flags,
                              RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS))
     except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EXDEV):
+        # EACCES: a FUSE filesystem on the way refuses the daemon (host root, not its
+        # server's user) without asking the server; the executor walks as the container's
+        # root, which it answers. The daemon's DAC would have allowed anything else.
+        if e.errno in (errno.ELOOP, errno.EXDEV, errno.EACCES):
             return None
         return (e.errno or errno.ENOENT, -1, None)
     return (0, fd, _fd_mount(req, fd, facts=facts))

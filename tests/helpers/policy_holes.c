@@ -26,7 +26,10 @@
  *   policy_holes fuse DIR                          open /dev/fuse, mount fuse on DIR with
  *                                                  fd=N and serve it (INIT, GETATTR) while
  *                                                  a child stats DIR ("stat" ret = st_size
- *                                                  the server gave: 4242) and unmounts it
+ *                                                  the server gave: 4242), mounts,
+ *                                                  remounts ro and unmounts a tmpfs on
+ *                                                  DIR/d, and unmounts
+ *                                                  DIR
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -179,11 +182,21 @@ static int serve_one(int dev)
 		reply(dev, in->unique, 0, &o, sizeof o);
 	} else if (in->opcode == FUSE_GETATTR) {
 		struct fuse_attr_out o = { .attr_valid = 0 };
-		o.attr.ino = 1;
+		o.attr.ino = in->nodeid;
 		o.attr.mode = S_IFDIR | 0755;
 		o.attr.nlink = 2;
-		o.attr.size = 4242;
+		o.attr.size = in->nodeid == FUSE_ROOT_ID ? 4242 : 0;
 		reply(dev, in->unique, 0, &o, sizeof o);
+	} else if (in->opcode == FUSE_LOOKUP && in->nodeid == FUSE_ROOT_ID
+		   && strcmp((char *)(in + 1), "d") == 0) {
+		/* One subdirectory, "d", to mount on. */
+		struct fuse_entry_out o = { .nodeid = 2, .generation = 1 };
+		o.attr.ino = 2;
+		o.attr.mode = S_IFDIR | 0755;
+		o.attr.nlink = 2;
+		reply(dev, in->unique, 0, &o, sizeof o);
+	} else if (in->opcode == FUSE_LOOKUP) {
+		reply(dev, in->unique, ENOENT, NULL, 0);
 	} else if (in->opcode == FUSE_DESTROY || in->opcode == FUSE_FORGET) {
 		return 0;
 	} else {
@@ -216,6 +229,12 @@ static int fuse(const char *dir)
 			step("stat", -1);
 		else
 			step("stat", (long)st.st_size);
+		/* A mount of the container's own on a FUSE directory, and its umount:
+		 * the daemon cannot walk into FUSE (it is not the server's user). */
+		snprintf(opts, sizeof opts, "%s/d", dir);
+		step("sub_mount", mount("t", opts, "tmpfs", 0, NULL));
+		step("sub_remount", mount(NULL, opts, NULL, MS_REMOUNT | MS_RDONLY, NULL));
+		step("sub_umount", umount2(opts, 0));
 		step("umount", umount2(dir, MNT_DETACH));
 		_exit(0);
 	}

@@ -216,6 +216,8 @@ def test_fuse_mount_inside_a_container_works(rt, bundle_factory, daemon, new_id,
     assert out["fuse_open_dev"][0] >= 0
     assert out["fuse_mount"] == (0, 0)
     assert out["fuse_stat"] == (4242, 0)  # answered by the container's own server
+    for k in ("fuse_sub_mount", "fuse_sub_remount", "fuse_sub_umount"):
+        assert out[k] == (0, 0), (k, out)
     assert out["fuse_umount"] == (0, 0)
     assert out["notfuse"] == (-1, 22) and out["nofd"] == (-1, 22)
     log = daemon.log()
