@@ -116,10 +116,13 @@ void icd_nsop_send_result(int sock, int64_t ret, int err, int fd)
   (void)icd_nsop_send_fd(sock, &w, sizeof w, fd);
 }
 
+/* Mount ids are the VFS's: AT_STATX_DONT_SYNC keeps statx from asking the
+ * filesystem for fresh attributes (a FUSE server of the container's could
+ * leave that request unanswered and hold the executor). */
 int icd_fd_mnt_id(int fd)
 {
   struct statx stx;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0)
+  if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &stx) < 0)
     return -errno;
   if (!(stx.stx_mask & STATX_MNT_ID))
     return -EOPNOTSUPP;
@@ -159,7 +162,7 @@ struct icd_statmount { /* the fixed 512-byte head; strings follow in str[] */
 int64_t icd_fd_mnt_uid(int fd)
 {
   struct statx stx;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE_, &stx) < 0)
+  if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE_, &stx) < 0)
     return -errno;
   if (!(stx.stx_mask & STATX_MNT_ID_UNIQUE_))
     return -EOPNOTSUPP;
@@ -356,7 +359,8 @@ int64_t icd_nsop_umount_vetted(const char *path, int flags)
   }
   if (dfd < 0)
     goto python;
-  if (statx(dfd, last, AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_MNT_ID_UNIQUE_, &stx) < 0
+  if (statx(dfd, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+            STATX_TYPE | STATX_MNT_ID_UNIQUE_, &stx) < 0
       || !(stx.stx_mask & STATX_MNT_ID_UNIQUE_) || S_ISLNK(stx.stx_mode))
     goto python;
   uid = stx.stx_mnt_id;
@@ -373,7 +377,8 @@ int64_t icd_nsop_umount_vetted(const char *path, int flags)
     goto python;
   /* Still the mount we checked on top (a concurrent Python-path call could
    * have changed the stack meanwhile)?  Else EBUSY, as the Python path says. */
-  if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW, STATX_MNT_ID_UNIQUE_, &stx) < 0
+  if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE_,
+            &stx) < 0
       || stx.stx_mnt_id != uid) {
     err = EBUSY;
     r = -1;
