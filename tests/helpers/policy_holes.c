@@ -15,14 +15,16 @@
  *                                                  MS_UNBINDABLE)
  *   policy_holes clone_fspick SRC                  recursive clone of SRC, fspick of it,
  *                                                  fsconfig(RECONFIGURE)
- *   policy_holes remount_race DIR LINK N           N plain remounts (MS_REMOUNT, no flags:
- *                                                  they would clear ro/nosuid/nodev/noexec)
- *                                                  of DIR/d/sys, a tmpfs of the container's
- *                                                  own, while a second thread keeps
- *                                                  swapping DIR/d with a symlink to LINK
- *                                                  (renameat2 RENAME_EXCHANGE), so that
- *                                                  DIR/d/sys is sometimes LINK/sys;
- *                                                  prints "race ok=.. eperm=.. other=.."
+ *   policy_holes remount_race DIR LINK SUB N [unbindable]
+ *                                                  N plain remounts (MS_REMOUNT, no flags:
+ *                                                  they would clear ro/nosuid/nodev/noexec;
+ *                                                  or MS_UNBINDABLE) of DIR/d/SUB, a tmpfs
+ *                                                  of the container's own, while a second
+ *                                                  thread keeps swapping DIR/d with a
+ *                                                  symlink to LINK (renameat2
+ *                                                  RENAME_EXCHANGE), so that DIR/d/SUB is
+ *                                                  sometimes LINK/SUB; prints
+ *                                                  "race ok=.. eperm=.. other=.."
  *   policy_holes fuse DIR                          open /dev/fuse, mount fuse on DIR with
  *                                                  fd=N and serve it (INIT, GETATTR) while
  *                                                  a child stats DIR ("stat" ret = st_size
@@ -117,7 +119,8 @@ static void *swapper(void *p)
 	return NULL;
 }
 
-static int remount_race(const char *dir, const char *link, long n)
+static int remount_race(const char *dir, const char *link, const char *sub, long n,
+			unsigned long flags)
 {
 	char d[256], l[256], target[256];
 	struct race r = { d, l, 0, 0 };
@@ -127,13 +130,13 @@ static int remount_race(const char *dir, const char *link, long n)
 
 	snprintf(d, sizeof d, "%s/d", dir);
 	snprintf(l, sizeof l, "%s/l", dir);
-	snprintf(target, sizeof target, "%s/d/sys", dir);
+	snprintf(target, sizeof target, "%s/d/%s", dir, sub);
 	if (step("symlink", symlink(link, l)) < 0)
 		return 0;
 	if (pthread_create(&t, NULL, swapper, &r) != 0)
 		return 1;
 	for (i = 0; i < n; i++) {
-		if (mount(NULL, target, NULL, MS_REMOUNT, NULL) == 0) {
+		if (mount(NULL, target, NULL, flags, NULL) == 0) {
 			ok++;
 		} else if (errno == EPERM) {
 			eperm++;
@@ -270,8 +273,10 @@ int main(int argc, char **argv)
 						 NULL, NULL, 0));
 		return 0;
 	}
-	if (argc >= 5 && strcmp(argv[1], "remount_race") == 0)
-		return remount_race(argv[2], argv[3], strtol(argv[4], NULL, 10));
+	if (argc >= 6 && strcmp(argv[1], "remount_race") == 0)
+		return remount_race(argv[2], argv[3], argv[4], strtol(argv[5], NULL, 10),
+				    argc > 6 && strcmp(argv[6], "unbindable") == 0 ? MS_UNBINDABLE
+										    : MS_REMOUNT);
 	if (argc >= 3 && strcmp(argv[1], "fuse") == 0)
 		return fuse(argv[2]);
 	fprintf(stderr, "usage: see the comment at the top of policy_holes.c\n");

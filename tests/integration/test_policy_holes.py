@@ -144,11 +144,15 @@ RACE_TRIES = 5000  # per target: /proc/sys and /sys, 10,000 in all
 
 
 def race_script(tries: int) -> str:
+    """Plain remounts racing /proc/sys and /sys, then (a few) MS_UNBINDABLE racing the
+    /sys/firmware mask."""
     return "\n".join([
         "echo BEFORE; cat /proc/self/mountinfo; echo END",
-        *[f"mkdir -p /tmp/{n}/d/sys && mount -t tmpfs t /tmp/{n}/d/sys && "
-          f"policy_holes remount_race /tmp/{n} {link} {tries}"
-          for n, link in (("rp", "/proc"), ("rs", "/"))],
+        *[f"mkdir -p /tmp/{n}/d/{sub} && mount -t tmpfs t /tmp/{n}/d/{sub} && "
+          f"policy_holes remount_race /tmp/{n} {link} {sub} {count} {mode}"
+          for n, link, sub, count, mode in (("rp", "/proc", "sys", tries, "remount"),
+                                            ("rs", "/", "sys", tries, "remount"),
+                                            ("ru", "/sys", "firmware", 1000, "unbindable"))],
         "echo AFTER; cat /proc/self/mountinfo; echo END",
     ])
 
@@ -169,9 +173,10 @@ def test_remount_race_never_clears_proc_or_sys_flags(rtname, runtime_factory, bu
     assert res.rc == 0, res.stderr
     races = re.findall(r"race ok=(\d+) eperm=(\d+) other=(\d+) first_errno=(\d+) swaps=(\d+)",
                        res.stdout)
-    assert len(races) == 2, res.stdout
-    for ok, eperm, other, _, swaps in races:
-        assert int(ok) + int(eperm) + int(other) == RACE_TRIES
+    assert len(races) == 3, res.stdout
+    for (ok, eperm, other, _, swaps), tries in zip(races, (RACE_TRIES, RACE_TRIES, 1000),
+                                                   strict=True):
+        assert int(ok) + int(eperm) + int(other) == tries
         # Both ways were taken many times: the race was really run.
         assert int(ok) > 50 and int(eperm) > 50 and int(swaps) > 1000, races
     points = ("/proc/sys", "/sys", "/proc", "/sys/firmware", "/proc/bus")
@@ -179,6 +184,10 @@ def test_remount_race_never_clears_proc_or_sys_flags(rtname, runtime_factory, bu
     after = _flags(_between(res.stdout, "AFTER"), points)
     assert before == after, (before, after)
     assert "ro" in after["/proc/sys"]
+    # The /sys/firmware mask never became unbindable (mountinfo's optional fields).
+    firmware = [ln for ln in _between(res.stdout, "AFTER").splitlines()
+                if ln.split()[4] == "/sys/firmware"]
+    assert firmware and not any("unbindable" in ln.split(" - ")[0] for ln in firmware)
     assert {"ro", "nosuid", "nodev", "noexec"} <= after["/sys"]
     print(races)
 
