@@ -167,7 +167,8 @@ def test_remount_race_never_clears_proc_or_sys_flags(rtname, runtime_factory, bu
     """Two threads: one swaps a directory holding the container's own tmpfs with a
     symlink to /proc (or /), so that the remount target is now the tmpfs, now /proc/sys
     (or /sys); the other remounts it without flags. The daemon checks one resolution and
-    acts on that same mount (an fd), so /proc/sys and /sys keep ro,nosuid,nodev,noexec."""
+    acts on that same mount (an fd), so /proc/sys and /sys keep ro,nosuid,nodev,noexec.
+    The same race with MS_UNBINDABLE never makes the /sys/firmware mask unbindable."""
     b = privileged(bundle_factory, daemon, race_script(RACE_TRIES))
     res = runtime_factory(rtname).run(b, new_id("race"), timeout=120)
     assert res.rc == 0, res.stderr
