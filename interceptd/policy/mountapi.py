@@ -155,7 +155,7 @@ def decide_open_tree(flags: int, details: dict[str, object]) -> Decision:
                                  "masks behind", **details)
     # CONTINUE is safe for recursive clones, whatever path the kernel re-reads: the copy
     # keeps every mount of the tree (no mount sitting on procfs/sysfs is ever unbindable,
-    # see decide_propagation, so copy_tree skips none) and every flag; it can only become
+    # mounts.unbindable_refusal, so copy_tree skips none) and every flag; it can only become
     # visible through move_mount, which verifies that a procfs/sysfs tree still has its
     # masks and read-only paths, and only be weakened through mount_setattr, which refuses
     # clearing a locked flag on anything sharing a superblock with an immutable mount; the
