@@ -145,7 +145,16 @@ int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
 /* umount2(path, flags) only if path still resolves to mount id a[1] (else
  * ESTALE): the daemon decides on one mount, this acts on that one. */
 #define ICD_OP_UMOUNT_CHECKED 10
-#define ICD_OP_LAST 10
+/* A plain (superblock) remount of the mount fd a[0] names, on that fd, with no
+ * path walk: fspick(a[0]) + fsconfig of the legacy flags a[1] and of the
+ * comma-separated options s[0] + FSCONFIG_CMD_RECONFIGURE, then mount_setattr
+ * (set a[2], clear a[3]) for the per-mount flags. */
+#define ICD_OP_REMOUNT_FD 11
+/* mount(s[0], s[1], s[2], a[0], "fd=<a[1]>[,s[3]]"): a FUSE mount with the
+ * caller's /dev/fuse file a[1] (received by SCM_RIGHTS, so the number in the
+ * mount data is the one the helper holds). */
+#define ICD_OP_MOUNT_FUSE 12
+#define ICD_OP_LAST 12
 #define ICD_EPOLICY 4000 /* not an errno: "let the Python policy decide" */
 
 struct icd_exec_result {

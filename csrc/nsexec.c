@@ -51,6 +51,8 @@ unsigned icd_nsop_fd_args(int op)
   case ICD_OP_OPEN_TREE: case ICD_OP_FSPICK: case ICD_OP_FSMOUNT: return 1;
   case ICD_OP_MOVE_MOUNT: return 3;
   case ICD_OP_MOUNT_SETATTR: return 1 | 32;
+  case ICD_OP_REMOUNT_FD: return 1;
+  case ICD_OP_MOUNT_FUSE: return 2;
   case ICD_OP_FSCONFIG: return 1 | 4;
   default: return 0;
   }
@@ -114,10 +116,13 @@ void icd_nsop_send_result(int sock, int64_t ret, int err, int fd)
   (void)icd_nsop_send_fd(sock, &w, sizeof w, fd);
 }
 
+/* Mount ids are the VFS's: AT_STATX_DONT_SYNC keeps statx from asking the
+ * filesystem for fresh attributes (a FUSE server of the container's could
+ * leave that request unanswered and hold the executor). */
 int icd_fd_mnt_id(int fd)
 {
   struct statx stx;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) < 0)
+  if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &stx) < 0)
     return -errno;
   if (!(stx.stx_mask & STATX_MNT_ID))
     return -EOPNOTSUPP;
@@ -157,7 +162,7 @@ struct icd_statmount { /* the fixed 512-byte head; strings follow in str[] */
 int64_t icd_fd_mnt_uid(int fd)
 {
   struct statx stx;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE_, &stx) < 0)
+  if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE_, &stx) < 0)
     return -errno;
   if (!(stx.stx_mask & STATX_MNT_ID_UNIQUE_))
     return -EOPNOTSUPP;
@@ -354,7 +359,8 @@ int64_t icd_nsop_umount_vetted(const char *path, int flags)
   }
   if (dfd < 0)
     goto python;
-  if (statx(dfd, last, AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_MNT_ID_UNIQUE_, &stx) < 0
+  if (statx(dfd, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+            STATX_TYPE | STATX_MNT_ID_UNIQUE_, &stx) < 0
       || !(stx.stx_mask & STATX_MNT_ID_UNIQUE_) || S_ISLNK(stx.stx_mode))
     goto python;
   uid = stx.stx_mnt_id;
@@ -371,7 +377,8 @@ int64_t icd_nsop_umount_vetted(const char *path, int flags)
     goto python;
   /* Still the mount we checked on top (a concurrent Python-path call could
    * have changed the stack meanwhile)?  Else EBUSY, as the Python path says. */
-  if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW, STATX_MNT_ID_UNIQUE_, &stx) < 0
+  if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE_,
+            &stx) < 0
       || stx.stx_mnt_id != uid) {
     err = EBUSY;
     r = -1;
@@ -390,6 +397,86 @@ python:
     close(dfd);
   errno = ICD_EPOLICY;
   return -1;
+}
+
+#define FSCONFIG_SET_FLAG_ 0
+#define FSCONFIG_SET_STRING_ 1
+#define FSCONFIG_CMD_RECONFIGURE_ 7
+#define FSPICK_CLOEXEC_ 0x1
+#define FSPICK_EMPTY_PATH_ 0x8
+#define AT_EMPTY_PATH_ 0x1000
+#define MS_LAZYTIME_ (1 << 25)
+#define MOUNT_DATA_MAX 4096 /* the kernel copies one page of mount data */
+
+static int fsconfig_(int fc, unsigned cmd, const char *key, const char *val)
+{
+  return (int)syscall(NR_fsconfig, fc, cmd, key, val, 0);
+}
+
+/* What mount(MS_REMOUNT) without MS_BIND does, on the mount `fd` names
+ * instead of on a path: the superblock gets the flags a legacy remount
+ * always sets (ro/rw, sync/async, lazytime/nolazytime) and the options of
+ * `data`, then the mount gets its flags (mount_setattr: set, clr).  Options
+ * are split at commas, as the kernel splits legacy mount data. */
+static int64_t remount_fd(int fd, unsigned long ms, const char *data, uint64_t set,
+                          uint64_t clr)
+{
+  char buf[MOUNT_DATA_MAX], *opt, *rest, *eq;
+  struct icd_mount_attr attr = { set, clr, 0, 0 };
+  int fc, err = 0;
+
+  if (data && strlen(data) >= sizeof buf) {
+    errno = EINVAL;
+    return -1;
+  }
+  fc = (int)syscall(NR_fspick, fd, "", FSPICK_EMPTY_PATH_ | FSPICK_CLOEXEC_);
+  if (fc < 0)
+    return -1;
+  if (fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_RDONLY ? "ro" : "rw", NULL) < 0
+      || fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_SYNCHRONOUS ? "sync" : "async", NULL) < 0
+      || fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_LAZYTIME_ ? "lazytime" : "nolazytime",
+                   NULL) < 0) {
+    err = errno;
+    goto out;
+  }
+  snprintf(buf, sizeof buf, "%s", data ? data : "");
+  for (rest = buf; (opt = strsep(&rest, ","));) {
+    if (!*opt)
+      continue;
+    eq = strchr(opt, '=');
+    if (eq)
+      *eq++ = 0;
+    if (fsconfig_(fc, eq ? FSCONFIG_SET_STRING_ : FSCONFIG_SET_FLAG_, opt, eq) < 0) {
+      err = errno;
+      goto out;
+    }
+  }
+  if (fsconfig_(fc, FSCONFIG_CMD_RECONFIGURE_, NULL, NULL) < 0) {
+    err = errno;
+    goto out;
+  }
+  if (syscall(NR_mount_setattr, fd, "", AT_EMPTY_PATH_, &attr, sizeof attr) < 0)
+    err = errno;
+out:
+  close(fc);
+  errno = err;
+  return err ? -1 : 0;
+}
+
+/* mount(2) of a FUSE filesystem whose /dev/fuse file is our `fd`: the
+ * caller's "fd=N" named its own table, ours is what the kernel reads. */
+static int64_t mount_fuse(const char *src, const char *target, const char *fstype,
+                          unsigned long flags, const char *data, int fd)
+{
+  char buf[MOUNT_DATA_MAX];
+  int n = snprintf(buf, sizeof buf, "fd=%d%s%s", fd, data && *data ? "," : "",
+                   data ? data : "");
+
+  if (n < 0 || (size_t)n >= sizeof buf) {
+    errno = EINVAL;
+    return -1;
+  }
+  return syscall(SYS_mount, src, target, fstype, flags, buf);
 }
 
 int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
@@ -417,6 +504,10 @@ int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
     return syscall(NR_fspick, (int)a[0], s[0], (unsigned)a[1]);
   case ICD_OP_UMOUNT_CHECKED:
     return umount_checked(s[0], (int)a[0], a[1]);
+  case ICD_OP_REMOUNT_FD:
+    return remount_fd((int)a[0], (unsigned long)a[1], s[0], (uint64_t)a[2], (uint64_t)a[3]);
+  case ICD_OP_MOUNT_FUSE:
+    return mount_fuse(s[0], s[1], s[2], (unsigned long)a[0], s[3], (int)a[1]);
   }
   errno = EINVAL;
   return -1;

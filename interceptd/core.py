@@ -344,6 +344,11 @@ _OPS: dict[str, tuple[int, str]] = {
     "fspick": (lib.ICD_OP_FSPICK, "isi"),
     # umount2(path, flags) only if path still resolves to mount `mnt_id` (else ESTALE)
     "umount2_checked": (lib.ICD_OP_UMOUNT_CHECKED, "sii"),
+    # remount_fd(fd, ms_flags, data, attr_set, attr_clr): fspick + fsconfig on the
+    # mount fd names, then mount_setattr on it (no path walk)
+    "remount_fd": (lib.ICD_OP_REMOUNT_FD, "iisii"),
+    # mount_fuse(source, target, fstype, flags, data without fd=, fuse_fd)
+    "mount_fuse": (lib.ICD_OP_MOUNT_FUSE, "sssisi"),
 }
 
 

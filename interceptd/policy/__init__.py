@@ -46,10 +46,12 @@ def _masked_eq(index: int, datum: int, mask: int = 0xFFFFFFFF) -> dict[str, Any]
 
 # Calls worth a round trip only for some argument values: everything else is allowed by the
 # filter itself (the handlers would answer CONTINUE anyway). ptrace(request) for the
-# requests that make a link or write a tracee; open_tree only with OPEN_TREE_CLONE.
+# requests that make a link or write a tracee; open_tree only for a recursive clone (a
+# non-recursive one is refused by the deny list's rule, which must not overlap: libseccomp
+# keeps one action per argument value).
 _NARROWED: dict[str, list[list[dict[str, Any]]]] = {
     "ptrace": [[_masked_eq(0, req)] for req in (16, 0x4206, 4, 5, 6)],
-    "open_tree": [[_masked_eq(2, 1, 1)]],
+    "open_tree": [[_masked_eq(2, 0x8001, 0x8001)]],  # OPEN_TREE_CLONE | AT_RECURSIVE
 }
 
 

@@ -14,6 +14,8 @@ from typing import Any
 from interceptd.policy.consts import (
     AF_MAX,
     AF_VSOCK,
+    AT_RECURSIVE,
+    OPEN_TREE_CLONE,
     PERF_FLAG_PID_CGROUP,
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     UFFD_USER_MODE_ONLY,
@@ -135,8 +137,20 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
     # its complement (beside a default-deny profile) is 6 one-bit rules.
     rules.append(_rule(["socket"], errno.EPERM, [_masked_eq(0, AF_VSOCK, _SIX_BITS)],
                        "interceptd: AF_VSOCK"))
+    rules.append(open_tree_flat_clone())
     return rules
 
 
 _SIX_BITS = 0x3F
 assert AF_MAX <= _SIX_BITS + 1
+
+
+def open_tree_flat_clone() -> dict[str, Any]:
+    """open_tree(OPEN_TREE_CLONE) without AT_RECURSIVE: a copy of one mount without the
+    mounts on it, so a flat clone of /proc or /sys shows what their masks hide. Refused in
+    the filter (the daemon's decide_open_tree refuses it too, for filters that notify
+    every open_tree: libseccomp drops a conditional rule when the same syscall also has an
+    unconditional one)."""
+    return _rule(["open_tree"], errno.EPERM,
+                 [_masked_eq(2, OPEN_TREE_CLONE, OPEN_TREE_CLONE | AT_RECURSIVE)],
+                 "interceptd: non-recursive open_tree clone")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -428,7 +430,7 @@ def _resolve(
 
 def _resolve_in_root(req: Any, path: str, nofollow: bool, fds: _Fds,
                      facts: bool = False) -> tuple[int, int, FdMount | None] | None:
-    """(errno|0, fd, mount), or None to fall back to the executor (a magic link)."""
+    """(errno|0, fd, mount), or None to fall back to the executor (a magic link, FUSE)."""
     root = fds.add(os.open(f"/proc/{req.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
     if not req.valid():  # the root we opened is the caller's, not a reused pid's
         raise ProcessLookupError(req.pid)
@@ -437,7 +439,10 @@ def _resolve_in_root(req: Any, path: str, nofollow: bool, fds: _Fds,
         fd = fds.add(openat2(root, path.lstrip("/") or ".", flags,
                              RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS))
     except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EXDEV):
+        # EACCES: a FUSE filesystem on the way refuses the daemon (host root, not its
+        # server's user) without asking the server; the executor walks as the container's
+        # root, which it answers. The daemon's DAC would have allowed anything else.
+        if e.errno in (errno.ELOOP, errno.EXDEV, errno.EACCES):
             return None
         return (e.errno or errno.ENOENT, -1, None)
     return (0, fd, _fd_mount(req, fd, facts=facts))
@@ -458,10 +463,20 @@ def _fd_mount(req: Any, fd: int, *, facts: bool = False) -> FdMount:
             entries = [entry_from_facts(f) for f in got]
             table = FactsTable(entries, req.pid)
             return FdMount(entries[0], entries[0].dev, table)
-    st = os.fstat(fd)
-    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    mnt_id = _fd_mnt_id(fd)
     table = LazyMountTable(req.pid)
+    try:
+        st = os.fstat(fd)
+        mnt_id = _fd_mnt_id(fd)
+    except PermissionError:
+        if _fs_magic(fd) != FUSE_SUPER_MAGIC:
+            raise
+        # A FUSE filesystem answers only its own users' stat (the daemon is host root
+        # outside the container's user namespace, so EACCES, never a request the server
+        # could leave unanswered): fdinfo and the table name the mount without asking it.
+        mnt_id = procinfo.fd_mnt_id(fd)
+        entry = table.get(mnt_id) if mnt_id is not None else None
+        return FdMount(entry, entry.dev if entry else "fuse:detached", table)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     entry = table.get(mnt_id) if mnt_id is not None else None
     return FdMount(entry, dev, table)
 
@@ -521,14 +536,39 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
         if err:
             return Verdict.errno(err, f"mount: cannot resolve source {source}")
         smount = resolved.entry if resolved else None
+    elif flags & c.MS_PROPAGATION == c.MS_UNBINDABLE:
+        err, tfd, resolved = _resolve(req, c.AT_FDCWD, target, False, fds)
+        if err:
+            return Verdict.errno(err, f"mount: cannot resolve target {target}")
+        tmount = resolved.entry if resolved else None
     call = MountCall(source, target, fstype, flags, data, tmount, smount)
     ctx = _context(req, st, resolved.table if resolved else None, fstype=fstype)
     d = decide_mount(call, ctx)
     if d.kind != "perform":
         return _verdict(d)
-    if flags & c.MS_REMOUNT and flags & c.MS_BIND:
-        # On the fd of the very mount we checked: a path swapped meanwhile cannot redirect it.
-        return _remount_bind_fd(req, d, tfd, flags)
+    if flags & c.MS_REMOUNT:
+        # On the fd of the very mount we checked: a path swapped meanwhile (a renamed
+        # directory, a symlink put in its place) cannot redirect it; nothing walks the
+        # path again.
+        if flags & c.MS_BIND:
+            return _remount_bind_fd(req, d, tfd, flags)
+        attr_set, attr_clr = _remount_attrs(flags)
+        res = _exec(req, NS_MOUNT, "remount_fd", tfd, flags, data, attr_set, attr_clr)
+        if res.errno:
+            return _kernel_error(d, res.errno, "remount (fspick/fsconfig/mount_setattr)")
+        return Verdict.value(0, _reason(d))
+    if d.ops and d.ops[0].op == "unbindable":
+        # mount_setattr on the checked fd, for the same reason.
+        rec = c.AT_RECURSIVE if d.ops[0].args[0] else 0
+        res = _exec(req, NS_MOUNT, "mount_setattr", tfd, "", c.AT_EMPTY_PATH | rec, 0, 0,
+                    c.MS_UNBINDABLE, 0)
+        if res.errno:
+            return _kernel_error(d, res.errno, "mount_setattr")
+        return Verdict.value(0, _reason(d))
+    if d.ops and d.ops[0].op == "mount_fuse":
+        return _mount_fuse(req, d, fds)
+    if d.ops and d.ops[0].op == "overlay":
+        return _mount_overlay(req, d, fds)
     if flags & c.MS_MOVE:
         # move_mount on the checked fd, for the same reason.
         res = _exec(req, NS_MOUNT, "move_mount", sfd, "", c.AT_FDCWD, target,
@@ -545,6 +585,101 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
 
 
 def _remount_bind_fd(req: Any, d: Decision, fd: int, flags: int) -> Verdict:
+    attr_set, attr_clr = _remount_attrs(flags)
+    res = _exec(req, NS_MOUNT, "mount_setattr", fd, "", c.AT_EMPTY_PATH, attr_set, attr_clr, 0, 0)
+    if res.errno:
+        return _kernel_error(d, res.errno, "mount_setattr")
+    return Verdict.value(0, _reason(d))
+
+
+FUSE_DEV = (10, 229)  # /dev/fuse
+
+
+def _mount_fuse(req: Any, d: Decision, fds: _Fds) -> Verdict:
+    """A FUSE mount with the caller's /dev/fuse file: its "fd=N" names the caller's table,
+    so the daemon takes that file (pidfd_getfd) and the executor mounts with its own copy
+    (SCM_RIGHTS, fd= rewritten there). Only a /dev/fuse file is passed on: the kernel
+    would refuse anything else too, this says why."""
+    source, target, fstype, flags, rest, caller_fd = d.ops[0].args
+    try:
+        fd = _caller_fd(req, caller_fd, fds)
+    except OSError as e:
+        if isinstance(e, ProcessLookupError):
+            raise
+        return Verdict.errno(e.errno or errno.EBADF,
+                             f"{_reason(d)}; fd={caller_fd} is not an open fd of the caller")
+    st = os.fstat(fd)
+    is_fuse = (stat.S_ISCHR(st.st_mode)
+               and (os.major(st.st_rdev), os.minor(st.st_rdev)) == FUSE_DEV
+               and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH)  # O_PATH: not opened
+    if not is_fuse:
+        return Verdict.errno(errno.EINVAL, f"{_reason(d)}; fd={caller_fd} is not an open "
+                                           "/dev/fuse (char 10:229)")
+    res = _exec(req, NS_MOUNT, "mount_fuse", source, target, fstype, flags, rest, fd)
+    if res.errno:
+        return _kernel_error(d, res.errno, "mount")
+    return Verdict.value(0, _reason(d))
+
+
+_SB_FLAGS = ((c.MS_RDONLY, "ro"), (c.MS_SYNCHRONOUS, "sync"), (c.MS_DIRSYNC, "dirsync"),
+             (c.MS_LAZYTIME, "lazytime"))
+
+
+def _mount_overlay(req: Any, d: Decision, fds: _Fds) -> Verdict:
+    """overlay from checked fds: each layer is resolved once as the caller sees it, one on a
+    procfs/sysfs is refused (a layer shows its directory without the mounts beneath it, so
+    /sys as a layer would show what the /sys/firmware mask hides), and the overlay is built
+    in the executor from those fds (fsopen + fsconfig FSCONFIG_SET_FD + fsmount), then
+    attached at the target. mount(2)'s flags become the superblock's and the mount's."""
+    source, target, flags, layers, rest = d.ops[0].args
+    layer_fds = []
+    for key, path in layers:
+        err, fd, _ = _resolve(req, c.AT_FDCWD, path, False, fds)
+        if err:
+            return Verdict.errno(err, f"{_reason(d)}; cannot resolve overlay layer {path}")
+        kind = _fs_type_of(fd)
+        if kind:
+            return Verdict.errno(errno.EPERM, f"overlay layer {path} is on {kind}: a layer "
+                                              "shows it without its masks " + _reason(d))
+        layer_fds.append((key, fd))
+    steps: list[tuple[int, str | None, str | None, int]] = []
+    if source:
+        steps.append((fsapi.FSCONFIG_SET_STRING, "source", source, 0))
+    steps += [(fsapi.FSCONFIG_SET_FLAG, name, None, 0) for ms, name in _SB_FLAGS if flags & ms]
+    steps += [(fsapi.FSCONFIG_SET_FD, key, None, fd) for key, fd in layer_fds]
+    for opt in rest:
+        key, sep, val = opt.partition("=")
+        steps.append((fsapi.FSCONFIG_SET_STRING, key, val, 0) if sep
+                     else (fsapi.FSCONFIG_SET_FLAG, key, None, 0))
+    steps.append((fsapi.FSCONFIG_CMD_CREATE, None, None, 0))
+    res = _exec(req, NS_MOUNT, "fsopen", "overlay", c.FSOPEN_CLOEXEC)
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsopen")
+    fc = fds.add(res.fd)
+    for cmd, key, val, aux in steps:
+        res = _exec(req, NS_MOUNT, "fsconfig", fc, cmd, key, val, aux)
+        if res.errno:
+            return _kernel_error(d, res.errno, f"fsconfig {key or 'create'}")
+    attrs = attrs_from_msflags(flags)
+    for ms, attr in ((c.MS_NOATIME, 0x10), (c.MS_STRICTATIME, 0x20),
+                     (c.MS_NODIRATIME, c.MOUNT_ATTR_NODIRATIME),
+                     (c.MS_NOSYMFOLLOW, c.MOUNT_ATTR_NOSYMFOLLOW)):
+        if flags & ms:
+            attrs |= attr
+    res = _exec(req, NS_MOUNT, "fsmount", fc, fsapi.FSMOUNT_CLOEXEC, attrs)
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsmount")
+    tree = fds.add(res.fd)
+    res = _exec(req, NS_MOUNT, "move_mount", tree, "", c.AT_FDCWD, target,
+                c.MOVE_MOUNT_F_EMPTY_PATH)
+    if res.errno:
+        return _kernel_error(d, res.errno, "move_mount")
+    return Verdict.value(0, _reason(d))
+
+
+def _remount_attrs(flags: int) -> tuple[int, int]:
+    """(attr_set, attr_clr) for mount_setattr that give a mount the per-mount flags a
+    remount with `flags` gives it (they replace all of them, as mount(2) does)."""
     attr_set = attrs_from_msflags(flags)
     attr_clr = c.MOUNT_ATTR_LOCKED & ~attr_set
     if flags & c.MS_NOSYMFOLLOW:
@@ -563,10 +698,7 @@ def _remount_bind_fd(req: Any, d: Decision, fd: int, flags: int) -> Verdict:
         attr_clr |= c.MOUNT_ATTR__ATIME
     elif flags & c.MS_RELATIME:
         attr_clr |= c.MOUNT_ATTR__ATIME
-    res = _exec(req, NS_MOUNT, "mount_setattr", fd, "", c.AT_EMPTY_PATH, attr_set, attr_clr, 0, 0)
-    if res.errno:
-        return _kernel_error(d, res.errno, "mount_setattr")
-    return Verdict.value(0, _reason(d))
+    return attr_set, attr_clr
 
 
 def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flags: int,
@@ -701,7 +833,8 @@ def handle_fspick(req: Any) -> Verdict:
                                    fds, empty=bool(flags & c.FSPICK_EMPTY_PATH))
             if err:
                 return Verdict.errno(err, f"fspick: cannot resolve {path}")
-            d = decide_fspick(fm, _context(req, st), {"path": path, "flags": hex(flags)})
+            d = decide_fspick(fm, _context(req, st), {"path": path, "flags": hex(flags)},
+                              _fs_type_of(fd))
             if d.kind != "perform":
                 return _verdict(d)
             res = _exec(req, NS_MOUNT, "fspick", fd, "", c.FSPICK_EMPTY_PATH | c.FSPICK_CLOEXEC)
@@ -754,8 +887,12 @@ def _fd_readonly(fd: int) -> bool:
     return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
 
 
-def _fs_type_of(fd: int) -> str:
-    """'proc', 'sysfs' or '' from the superblock magic of the fd's filesystem."""
+FUSE_SUPER_MAGIC = 0x65735546
+
+
+def _fs_magic(fd: int) -> int:
+    """The superblock magic of the fd's filesystem (0 if fstatfs fails). FUSE answers a
+    stranger's statfs with its magic alone, without asking its server."""
     import ctypes
 
     class _Statfs(ctypes.Structure):
@@ -764,8 +901,28 @@ def _fs_type_of(fd: int) -> str:
     buf = _Statfs()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.fstatfs(fd, ctypes.byref(buf)) != 0:
-        return ""
-    return {0x9FA0: "proc", 0x62656572: "sysfs"}.get(buf.f_type & 0xFFFFFFFF, "")
+        return 0
+    return int(buf.f_type) & 0xFFFFFFFF
+
+
+def _fs_type_of(fd: int) -> str:
+    """'proc', 'sysfs' or '' from the superblock magic of the fd's filesystem."""
+    return {0x9FA0: "proc", 0x62656572: "sysfs"}.get(_fs_magic(fd), "")
+
+
+def _detached_on_pseudo(fd: int) -> bool:
+    """Whether the mount `fd` is the root of sits on a procfs/sysfs of its (detached)
+    tree: ".." from a mount's root is its mount point in the parent mount."""
+    try:
+        parent = os.open("..", os.O_PATH | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        return True  # cannot tell: treated as a mask
+    try:
+        if procinfo.fd_mnt_id(parent) == procinfo.fd_mnt_id(fd):
+            return False  # the tree's root, or fd is no mount root (the kernel says EINVAL)
+        return _fs_type_of(parent) in ("proc", "sysfs")
+    finally:
+        os.close(parent)
 
 
 def handle_move_mount(req: Any) -> Verdict:
@@ -823,7 +980,9 @@ def handle_mount_setattr(req: Any) -> Verdict:
             if err:
                 return Verdict.errno(err, f"mount_setattr: cannot resolve {path}")
             details = {"path": path, "flags": hex(flags)}
-            d = decide_mount_setattr(flags, attr, fm, _context(req, st), details)
+            on_pseudo = bool(attr.propagation & c.MS_UNBINDABLE and fm is not None
+                             and fm.entry is None and _detached_on_pseudo(fd))
+            d = decide_mount_setattr(flags, attr, fm, _context(req, st), details, on_pseudo)
             if d.kind != "perform":
                 return _verdict(d)
             userns = -1

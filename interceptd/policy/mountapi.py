@@ -26,6 +26,7 @@ from interceptd.policy.consts import (
     MOUNT_ATTR_IDMAP,
     MOUNT_ATTR_LOCKED,
     MOVE_MOUNT_SET_GROUP,
+    MS_UNBINDABLE,
     OPEN_TREE_CLONE,
 )
 from interceptd.policy.decision import Decision, ExecOp, allow_continue, deny, perform
@@ -38,6 +39,7 @@ from interceptd.policy.mounts import (
     attr_names,
     is_protected_fs,
     protected_kind,
+    unbindable_refusal,
 )
 from interceptd.policy.mounttable import MountEntry
 
@@ -82,6 +84,12 @@ def decide_fsopen(fsname: str, flags: int, ctx: MountContext) -> Decision:
             f"fsopen({fsname}) refused: mount it with mount(2) so the daemon can mask it",
             **d,
         )
+    if fsname == "overlay":
+        # Its layers are set with fsconfig, which the daemon does not see: a layer on /sys
+        # would show what the masks hide. mount(2) checks each layer and builds the overlay
+        # from the checked fds.
+        return deny(errno.EPERM, "fsopen(overlay) refused: its layers cannot be vetted; "
+                                 "mount it with mount(2)", **d)
     if fsname == "cgroup" and not ctx.cgroupns_private:
         return deny(errno.EPERM, "cgroup v1 from the host cgroup namespace (release_agent)", **d)
     if fsname in REFUSED_FSTYPES:
@@ -112,7 +120,16 @@ def _locked(m: FdMount, ctx: MountContext) -> int:
     return bits
 
 
-def decide_fspick(target: FdMount, ctx: MountContext, details: dict[str, object]) -> Decision:
+def decide_fspick(target: FdMount, ctx: MountContext, details: dict[str, object],
+                  fstype: str = "") -> Decision:
+    """`fstype`: "proc" or "sysfs" when the fd's superblock is one (its magic, so a
+    detached clone or a copy in another namespace is recognised as well)."""
+    if fstype in ("proc", "sysfs") or (target.entry is not None
+                                       and is_protected_fs(target.entry, ctx)):
+        # Reconfiguring a procfs/sysfs superblock (hidepid, subset, ro -> rw) would change
+        # every mount of it, the container's /proc and /sys included.
+        return deny(errno.EPERM, f"fspick of a {fstype or target.entry.fstype} superblock "
+                                 "refused", dev=target.dev, **details)
     if target.dev in ctx.imm.protected_devs or _locked(target, ctx):
         return deny(
             errno.EPERM,
@@ -129,14 +146,24 @@ def decide_open_tree(flags: int, details: dict[str, object]) -> Decision:
         # open(O_PATH), which gives no mount and is never vetted; no rewritten path can turn
         # it into a clone.
         return allow_continue("open_tree without clone is open(O_PATH)", **details)
-    # CONTINUE is safe for clones too, whatever path the kernel re-reads: a clone is a
-    # detached tree that keeps every flag of what it copies; it can only become visible
-    # through move_mount, which verifies that a procfs/sysfs tree still has its masks and
-    # read-only paths, and only be weakened through mount_setattr, which refuses clearing
-    # a locked flag on anything sharing a superblock with an immutable mount. (The daemon
+    if not flags & AT_RECURSIVE:
+        # A copy of one mount without the mounts on it: a flat clone of /proc or /sys shows
+        # what their masks hide (reading through the clone fd needs no move_mount). The
+        # filter refuses it already (deny.open_tree_flat_clone); this is the second line
+        # for filters that notify every open_tree.
+        return deny(errno.EPERM, "open_tree clone without AT_RECURSIVE would leave the "
+                                 "masks behind", **details)
+    # CONTINUE is safe for recursive clones, whatever path the kernel re-reads: the copy
+    # keeps every mount of the tree (no mount sitting on procfs/sysfs is ever unbindable,
+    # mounts.unbindable_refusal, so copy_tree skips none) and every flag; it can only become
+    # visible through move_mount, which verifies that a procfs/sysfs tree still has its
+    # masks and read-only paths, and only be weakened through mount_setattr, which refuses
+    # clearing a locked flag on anything sharing a superblock with an immutable mount; the
+    # kernel refuses umount and move_mount of a mount inside a detached tree. (The daemon
     # cannot clone on the container's behalf: the result is an O_PATH fd, which seccomp's
     # ADDFD cannot inject.)
-    return allow_continue("open_tree clone: vetted when attached or changed", **details)
+    return allow_continue("recursive open_tree clone: vetted when attached or changed",
+                          **details)
 
 
 def decide_detached_tree(
@@ -190,11 +217,27 @@ def decide_mount_setattr(
     target: FdMount | None,
     ctx: MountContext,
     details: dict[str, object],
+    detached_on_pseudo: bool = False,
 ) -> Decision:
+    """`detached_on_pseudo`: the target is a detached mount sitting on a procfs/sysfs of
+    its tree (the glue looks at its parent through ".."; no table shows detached trees)."""
     d = dict(details)
     d.update(attr_set=hex(attr.attr_set), attr_clr=hex(attr.attr_clr))
     if target is None:
         return deny(errno.EINVAL, "mount_setattr: target is not a mount", **d)
+    if attr.propagation & MS_UNBINDABLE:  # the kernel takes exactly one propagation type
+        d["propagation"] = "unbindable"
+        recursive = bool(flags & AT_RECURSIVE)
+        if target.entry is not None:
+            why = unbindable_refusal(target.entry, recursive, ctx)
+        elif recursive:
+            why = "recursive unbindable on a detached tree cannot be vetted (its masks)"
+        elif detached_on_pseudo:
+            why = "making a mask of a detached tree unbindable would leave it out of copies"
+        else:
+            why = None
+        if why is not None:
+            return deny(errno.EPERM, why, **d)
     clearing = attr.attr_clr & ~attr.attr_set & MOUNT_ATTR_LOCKED
     if clearing:
         cleared = clearing & _locked(target, ctx)

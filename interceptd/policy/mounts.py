@@ -31,6 +31,7 @@ from interceptd.policy.consts import (
     MS_REC,
     MS_REMOUNT,
     MS_SILENT,
+    MS_UNBINDABLE,
     UMOUNT_NOFOLLOW,
 )
 from interceptd.policy.decision import Decision, ExecOp, allow_continue, deny, perform
@@ -180,13 +181,51 @@ def decide_mount(call: MountCall, ctx: MountContext) -> Decision:
         return _decide_move(call, ctx, d)
     if flags & MS_BIND:
         return _decide_bind(call, flags, ctx, d)
+    if flags & MS_PROPAGATION == MS_UNBINDABLE and not flags & ~(
+            MS_PROPAGATION | MS_REC | MS_SILENT):
+        return _decide_unbindable(call, flags, ctx, d)
     if flags & MS_PROPAGATION and not flags & ~(MS_PROPAGATION | MS_REC | MS_SILENT):
         # CONTINUE is safe: the flags are a register value the container cannot rewrite,
-        # and a propagation change makes no mount appear, disappear or lose a flag, whatever
-        # path the kernel re-reads. The container's mount namespace is a slave of the host
-        # at most, so nothing propagates out.
+        # and a shared/slave/private change makes no mount appear, disappear or lose a
+        # flag, whatever path the kernel re-reads. The container's mount namespace is a
+        # slave of the host at most, so nothing propagates out. (MS_UNBINDABLE, which
+        # changes what a recursive copy contains, is vetted above.)
         return allow_continue("propagation change", **d)
     return _decide_new(call, flags, ctx, d)
+
+
+def unbindable_refusal(target: MountEntry, recursive: bool, ctx: MountContext) -> str | None:
+    """Why making `target` (and with `recursive` its subtree) unbindable is refused, or None.
+
+    A recursive copy (open_tree(OPEN_TREE_CLONE|AT_RECURSIVE), an rbind) silently leaves out
+    every unbindable mount of the tree: an unbindable mask would not be in a copy of /proc
+    or /sys, which would then show what the mask hides. So no mount sitting on a
+    procfs/sysfs (mask, read-only path, emulated file, /sys/fs/cgroup) may become
+    unbindable. /proc or /sys themselves may: a copy of their parent then leaves out the
+    whole tree, masks and all, and a copy of them fails (EINVAL)."""
+    for m in [target, *(ctx.table.subtree(target) if recursive else [])]:
+        if is_protected_child(m, ctx):
+            return (f"making {m.mountpoint} unbindable would leave it out of recursive "
+                    "copies, showing what it covers")
+    return None
+
+
+def _decide_unbindable(
+    call: MountCall, flags: int, ctx: MountContext, d: dict[str, object]
+) -> Decision:
+    t = call.target_mount
+    if t is None:
+        return deny(errno.EINVAL, "propagation change: target is not a mount", **d)
+    why = unbindable_refusal(t, bool(flags & MS_REC), ctx)
+    if why is not None:
+        return deny(errno.EPERM, why, mount=t.mountpoint, **d)
+    # Performed with mount_setattr on the fd of the mount checked (no second path walk).
+    return perform(
+        "unbindable: no mask in the tree",
+        ExecOp("unbindable", (bool(flags & MS_REC),)),
+        mount=t.mountpoint,
+        **d,
+    )
 
 
 def _decide_remount(
@@ -200,6 +239,11 @@ def _decide_remount(
         # procfs/sysfs superblocks keep their flags: a read-write /proc/sys is the classic
         # escape, so even a not-yet-ro protected mount may not lose flags it has.
         locked |= t.attrs
+    if is_protected_fs(t, ctx) and not flags & MS_BIND and (call.data or "").strip(","):
+        # A plain remount reconfigures the superblock with these options (hidepid, subset,
+        # "rw" in the data), for every mount of it: procfs/sysfs keep theirs.
+        return deny(errno.EPERM, f"remount would change the options of the {t.fstype} "
+                                 f"superblock of {t.mountpoint}", mount=t.mountpoint, **d)
     cleared = locked & ~attrs_from_msflags(flags)
     if cleared:
         return deny(
@@ -279,6 +323,10 @@ def _decide_new(call: MountCall, flags: int, ctx: MountContext, d: dict[str, obj
         return deny(errno.EPERM, f"{fstype} refused: {REFUSED_FSTYPES[fstype]}", **d)
     if fstype in BLOCK_FSTYPES:
         return deny(errno.EPERM, f"{fstype} refused: block-device filesystem", **d)
+    if base in ("fuse", "fuseblk"):
+        return _decide_fuse(call, fstype, flags, d)
+    if fstype == "overlay":
+        return _decide_overlay(call, flags, d)
     if base in ALLOWED_FSTYPES or fstype in ctx.extra_fstypes:
         return perform(
             f"{fstype} allowed",
@@ -286,6 +334,78 @@ def _decide_new(call: MountCall, flags: int, ctx: MountContext, d: dict[str, obj
             **d,
         )
     return deny(errno.EPERM, f"filesystem type {fstype!r} not allowed", **d)
+
+
+def _decide_fuse(call: MountCall, fstype: str, flags: int, d: dict[str, object]) -> Decision:
+    """FUSE: its "fd=N" option names a /dev/fuse file in the caller's fd table, which the
+    daemon's executor does not share; the glue takes that file from the caller and the
+    executor mounts with its own copy (op mount_fuse: fd= is rewritten there)."""
+    fds: list[str] = []
+    rest: list[str] = []
+    for opt in (call.data or "").split(","):
+        if opt.startswith("fd="):
+            fds.append(opt[3:])
+        elif opt:
+            rest.append(opt)
+    if len(fds) != 1 or not fds[0].isdigit() or int(fds[0]) >= 1 << 30:
+        return deny(errno.EINVAL, "fuse mount needs exactly one fd=N (an open /dev/fuse)",
+                    **d)
+    return perform(
+        f"{fstype} allowed (with the caller's /dev/fuse fd {int(fds[0])})",
+        ExecOp("mount_fuse", (call.source, call.target, fstype, flags, ",".join(rest),
+                              int(fds[0]))),
+        **d,
+    )
+
+
+# Overlay options naming a layer directory, as fsconfig keys taking an fd: an overlay layer
+# shows its directory *without the mounts beneath it*, so a layer on /sys would show what
+# the /sys/firmware mask hides (procfs the kernel refuses to stack on).
+_OVERLAY_FD_KEYS = {"upperdir": "upperdir", "workdir": "workdir", "lowerdir+": "lowerdir+",
+                    "datadir+": "datadir+"}
+
+
+def overlay_layers(data: str | None) -> tuple[list[tuple[str, str]], list[str]] | str:
+    """(layers as (fsconfig key, path), other options) of overlay mount data, or why it is
+    refused. Legacy `lowerdir=top:...:bottom[::data...]` becomes `lowerdir+`/`datadir+`
+    in the same order. Escaped paths (a backslash) are not taken apart here: refused."""
+    layers: list[tuple[str, str]] = []
+    rest: list[str] = []
+    for opt in (data or "").split(","):
+        key, sep, val = opt.partition("=")
+        if not opt:
+            continue
+        if key == "lowerdir" and sep:
+            parts = val.split("::")
+            paths = [("lowerdir+", p) for p in parts[0].split(":")]
+            paths += [("datadir+", p) for part in parts[1:] for p in part.split(":")]
+        elif key in _OVERLAY_FD_KEYS and sep:
+            paths = [(_OVERLAY_FD_KEYS[key], val)]
+        else:
+            rest.append(opt)
+            continue
+        for k, path in paths:
+            if not path or "\\" in path:
+                return f"overlay layer {path!r}: empty or escaped layer paths not supported"
+            layers.append((k, path))
+    if not any(k == "lowerdir+" for k, _ in layers):
+        return "overlay needs a lowerdir"
+    return layers, rest
+
+
+def _decide_overlay(call: MountCall, flags: int, d: dict[str, object]) -> Decision:
+    got = overlay_layers(call.data)
+    if isinstance(got, str):
+        return deny(errno.EINVAL, got, **d)
+    layers, rest = got
+    # The glue resolves each layer once as the caller sees it, refuses procfs/sysfs ones,
+    # and builds the overlay from those very fds (fsconfig FSCONFIG_SET_FD): no path is
+    # walked again, so no layer can be swapped for /sys after the check.
+    return perform(
+        "overlay allowed (layers checked and passed by fd)",
+        ExecOp("overlay", (call.source, call.target, flags, tuple(layers), tuple(rest))),
+        **d,
+    )
 
 
 def managed_fs_ops(
