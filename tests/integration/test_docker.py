@@ -12,7 +12,6 @@ is removed at the end.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -26,54 +25,26 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import dockerd
 from tests.harness.daemon import Daemon
+from tests.harness.dockerd import IMAGE
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKERD = shutil.which("dockerd")
-DOCKER = shutil.which("docker")
-IMAGE = "interceptd-busybox:test"
 
-if DOCKERD is None or DOCKER is None:  # pragma: no cover - docker.io is in the set-up
+if dockerd.DOCKERD is None or dockerd.DOCKER is None:  # pragma: no cover - in the set-up
     pytest.skip("docker.io is not installed", allow_module_level=True)
 
 
-def _busybox_tar(path: Path) -> None:
-    """A busybox image rootfs as a tarball, every entry owned by root."""
-    def add(tf: tarfile.TarFile, name: str, *, kind: bytes = tarfile.DIRTYPE,
-            data: bytes = b"", mode: int = 0o755, link: str = "") -> None:
-        ti = tarfile.TarInfo(name)
-        ti.type, ti.mode, ti.uid, ti.gid, ti.mtime = kind, mode, 0, 0, int(time.time())
-        ti.linkname = link
-        ti.size = len(data) if kind == tarfile.REGTYPE else 0
-        tf.addfile(ti, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+class Dockerd(dockerd.Dockerd):
+    """The private dockerd with interceptd-runc as its `interceptd` runtime."""
 
-    busybox = Path("/bin/busybox").read_bytes()
-    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    with tarfile.open(path, "w") as tf:
-        for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "root", "data"):
-            add(tf, d, mode=0o1777 if d == "tmp" else 0o755)
-        add(tf, "bin/busybox", kind=tarfile.REGTYPE, data=busybox)
-        for a in applets:
-            if a != "busybox":
-                add(tf, f"bin/{a}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
-        add(tf, "etc/passwd", kind=tarfile.REGTYPE, data=b"root:x:0:0:root:/root:/bin/sh\n",
-            mode=0o644)
-        add(tf, "etc/group", kind=tarfile.REGTYPE, data=b"root:x:0:\n", mode=0o644)
-
-
-class Dockerd:
     def __init__(self, top: Path, daemon: Daemon, runtime: str) -> None:
-        self.top = top
+        super().__init__(top)
         self.runtime = runtime
-        self.sock = top / "docker.sock"
-        self.pidfile = top / "docker.pid"
-        self.log_path = top / "dockerd.log"
         self.shadow = top / "runtime-path"
         self.daemon = daemon
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         from interceptd.runtime.launcher import build
@@ -92,57 +63,11 @@ class Dockerd:
                    INTERCEPTD_RUNC_TRACE=str(self.top / "python-entry.log"),
                    PATH=f"{self.shadow}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}")
         env.pop("INTERCEPTD_CONFIG", None)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [DOCKERD, "--config-file", str(self.top / "daemon.json"),
-                 "--data-root", str(self.top / "data"), "--exec-root", str(self.top / "exec"),
-                 "--pidfile", str(self.pidfile), "-H", f"unix://{self.sock}",
-                 "--bridge=none", "--iptables=false", "--ip6tables=false",
-                 "--storage-driver=overlay2"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True)
-        deadline = time.monotonic() + 60
-        while self.docker("version", check=False).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not come up:\n{self.log()}")
-            time.sleep(0.2)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def docker(self, *args: str, check: bool = True, timeout: float = 120
-               ) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True,
-                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        if check and p.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)}: rc={p.returncode}\n{p.stderr}")
-        return p
+        self.launch(cfg, env)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.docker("run", "--rm", "--network=none", "--runtime=interceptd", *args,
                            check=False)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        ids = self.docker("ps", "-aq", check=False).stdout.split()
-        if ids:
-            self.docker("rm", "-f", *ids, check=False)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _unmount_under(top: str) -> None:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for p in reversed(points):
-        if p == top or p.startswith(top + "/"):
-            subprocess.run(["umount", "-l", p], check=False)
 
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
@@ -163,14 +88,12 @@ def docker_env(request: pytest.FixtureRequest) -> Iterator[Dockerd]:
             assert time.monotonic() < deadline, daemon.log()  # no runtime.sock
             time.sleep(0.05)
         d.start()
-        tar = top / "busybox.tar"
-        _busybox_tar(tar)
-        d.docker("import", str(tar), IMAGE)
+        d.import_busybox()
         yield d
     finally:
         d.stop()
         rc = daemon.stop()
-        _unmount_under(str(top))
+        dockerd.unmount_under(str(top))
         shutil.rmtree(top, ignore_errors=True)
         # `-v /var/run/docker.sock:...` makes dockerd create the missing source.
         if not sock_existed and os.path.isdir("/var/run/docker.sock"):
@@ -460,7 +383,8 @@ def test_dockerd_refuses_to_redefine_runc():
         (top / "daemon.json").write_text(json.dumps(
             {"runtimes": {"runc": {"path": "/usr/local/bin/interceptd-runc"}}}))
         proc = subprocess.Popen(
-            [DOCKERD, "--config-file", str(top / "daemon.json"), "--data-root", str(top / "d"),
+            [dockerd.DOCKERD, "--config-file", str(top / "daemon.json"),
+             "--data-root", str(top / "d"),
              "--exec-root", str(top / "e"), "--pidfile", str(top / "pid"),
              "-H", f"unix://{top / 'sock'}", "--bridge=none", "--iptables=false"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -474,5 +398,5 @@ def test_dockerd_refuses_to_redefine_runc():
         assert proc.returncode != 0
         assert b"runtime name 'runc' is reserved" in out, out[-2000:]
     finally:
-        _unmount_under(str(top))
+        dockerd.unmount_under(str(top))
         shutil.rmtree(top, ignore_errors=True)

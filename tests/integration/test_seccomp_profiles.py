@@ -37,8 +37,6 @@ DOCKER_PROBES = {
     "clone_newuser": f"sys clone {CLONE_NEWUSER | CLONE_FS} 0 0 0 0",
     "clone_plain": f"sys clone {CLONE_SIGHAND} 0 0 0 0",
     "clone3": "sys clone3 0 0",  # ENOSYS by Docker's rule: libc falls back to clone
-    # socket: every family but AF_VSOCK (40).
-    "socket_vsock": "sys socket 40 1 0",
     "socket_unix": "sys socket 1 1 0",
     "unshare": "sys unshare 0x20000",  # CAP_SYS_ADMIN-gated: refused
     "mount": "sys mount s:none s:/mnt s:tmpfs 0 0",  # same
@@ -46,11 +44,11 @@ DOCKER_PROBES = {
     "kexec_load": "sys kexec_load 0 0 0 0",
     "seccomp_avail": "sys seccomp 2 0 b:4",  # SECCOMP_GET_ACTION_AVAIL: allowed
 }
-# What interceptd adds to Docker's profile: io_uring (allowed by this 2023 profile),
-# AF_VSOCK however passed, a nested listener.
+# What interceptd adds to Docker's profile: io_uring and AF_VSOCK (dockerd 20.10's
+# profile allows both), AF_VSOCK with the register's upper half set too, a nested listener.
 ADDED = {
     "io_uring_setup": "sys io_uring_setup 1 b:120",
-    # AF_VSOCK with the register's upper half set: Docker's `!= 40` lets it through.
+    "vsock": "sys socket 40 1 0",
     "vsock_hi": "sys socket 0x100000028 1 0",
     "listener": "policy_misc listener",
 }
@@ -79,7 +77,7 @@ def test_docker_default_profile_unchanged_and_composed(shim, runtime_factory,
     want = parse(res.stdout)
     assert want.keys() == DOCKER_PROBES.keys(), res.stdout
     # The profile does refuse these (a control for the comparison below).
-    for k in ("pers_other", "clone_newuser", "socket_vsock", "unshare", "mount", "keyctl"):
+    for k in ("pers_other", "clone_newuser", "unshare", "mount", "keyctl"):
         assert want[k] == (-1, errno.EPERM), (k, want)
     assert want["clone3"] == (-1, errno.ENOSYS)
     assert want["clone_plain"] == (-1, errno.EINVAL) and want["pers_query"][0] >= 0
@@ -91,63 +89,77 @@ def test_docker_default_profile_unchanged_and_composed(shim, runtime_factory,
     got = parse(res.stdout)
     assert {k: got[k] for k in DOCKER_PROBES} == want, res.stdout
     assert got["io_uring_setup"] == (-1, errno.EPERM)
-    assert got["vsock_hi"] == (-1, errno.EPERM)
+    assert got["vsock"] == got["vsock_hi"] == (-1, errno.EPERM)
     assert got["listener"] == (-1, errno.EINVAL)
     assert "syscall=mount" not in shim.daemon.log()  # refused by the profile, not vetted
     assert_nothing_left(shim)
 
 
-# runc's own seccomp test (seccomp_syscall_test1): every answer as under the plain
-# runtime, the allowed kcmp/process_vm_readv then vetted by the daemon.
-RUNC_TEST1_PROBES = {
-    "pvr_100": "sys process_vm_readv 100 0 0 0 0 -1",  # allowed (OR): EINVAL (flags)
-    "pvr_9001": "sys process_vm_readv 9001 0 0 0 0 -1",
-    "pvr_0": "sys process_vm_readv 0 0 0 0 0 -1",  # default
-    "pvw_1337": "sys process_vm_writev 1337 0 0 0 0 -1",  # ERRNO 55 (OR)
-    "pvw_2020": "sys process_vm_writev 2020 0 0 0 0 -1",
+CLONE_NEWPID = 0x20000000
+# interceptd's argument-shapes profile (tests/harness/seccompprofiles.py): every answer as
+# under the plain runtime, the allowed kcmp/process_vm_readv then vetted by the daemon.
+# Each call the profile lets through fails cheaply in the kernel (bad flags, no such pid).
+SHAPES_PROBES = {
+    "pvr_a": f"sys process_vm_readv {profiles.PVR_PIDS[0]} 0 0 0 0 -1",  # OR: EINVAL
+    "pvr_b": f"sys process_vm_readv {profiles.PVR_PIDS[1]} 0 0 0 0 -1",
+    "pvr_hi": f"sys process_vm_readv {profiles.PVR_PIDS[0] | 1 << 32} 0 0 0 0 -1",
+    "pvr_0": "sys process_vm_readv 0 0 0 0 0 -1",  # the default
+    "pvw_eq": f"sys process_vm_writev {profiles.PVW_PIDS[0]} 0 0 0 0 -1",  # the rule's errno
+    "pvw_ge": f"sys process_vm_writev {profiles.PVW_PIDS[1] + 7} 0 0 0 0 -1",
     "pvw_0": "sys process_vm_writev 0 0 0 0 0 -1",
-    "kcmp_and": "sys kcmp 0 1337 0 0 0",  # allowed (AND): ESRCH
-    "kcmp_half": "sys kcmp 0 0 0 0 0",
-    "kcmp_other": "sys kcmp 500 1337 0 0 0",
-    "dup3_1": "sys dup3 1 -100 0xffff",  # allowed: EINVAL
-    "dup3_0": "sys dup3 0 -100 0xffff",
-    "socket_ok": "sys socket 1 1 0",
-    "socket_masked": "sys socket 1 1 0x100",
-    "unshare": "sys unshare 0",
+    "kcmp_and": f"sys kcmp {profiles.KCMP_PID1} 1 {profiles.KCMP_TYPE} 0 0",  # AND: 0
+    "kcmp_type": f"sys kcmp {profiles.KCMP_PID1} 1 0 0 0",
+    "kcmp_pid": f"sys kcmp 2 1 {profiles.KCMP_TYPE} 0 0",
+    "clone_plain": f"sys clone {CLONE_SIGHAND} 0 0 0 0",  # masked: EINVAL
+    "clone_newpid": f"sys clone {CLONE_NEWPID | CLONE_SIGHAND} 0 0 0 0",
+    "socket_stream": "sys socket 1 1 0",
+    "socket_flags": "sys socket 1 0x80801 0",  # STREAM|NONBLOCK|CLOEXEC
+    "socket_dgram": "sys socket 1 2 0",
 }
 
 
 @pytest.mark.parametrize("default_errno", [None, errno.ENXIO])
-def test_runc_test_profile_answers_as_plain_runtime(shim, runtime_factory, bundle_factory,
-                                                    new_id, default_errno):
-    """runc's seccomp_syscall_test1 rules; with defaultErrnoRet=ENXIO (its test2's point)
-    the default's errno is kept too, and the deny list's EPERM stays distinct from it."""
-    prof = profiles.runc_test1()
+def test_argument_shapes_answer_as_plain_runtime(shim, runtime_factory, bundle_factory,
+                                                 new_id, default_errno):
+    """interceptd's argument-shapes profile; with defaultErrnoRet=ENXIO the default's
+    errno is kept too, and the deny list's EPERM stays distinct from it."""
+    prof = profiles.argument_shapes()
     if default_errno:
         prof["defaultErrnoRet"] = default_errno
     dflt = default_errno or errno.EPERM
     plain = runtime_factory(shim.name)
-    res = plain.run(docker_bundle(bundle_factory, RUNC_TEST1_PROBES, prof),
-                    new_id("runcraw"), timeout=60)
+    res = plain.run(docker_bundle(bundle_factory, SHAPES_PROBES, prof),
+                    new_id("shapesraw"), timeout=60)
     assert res.rc == 0, res.stderr
     want = parse(res.stdout)
-    assert want["pvr_100"] == want["pvr_9001"] == (-1, errno.EINVAL), want
-    assert want["pvw_1337"] == (-1, 55) and want["kcmp_and"] == (-1, errno.ESRCH), want
-    assert want["kcmp_half"] == (-1, dflt) and want["pvr_0"] == (-1, dflt), want
-    res = shim.run(docker_bundle(bundle_factory, {**RUNC_TEST1_PROBES, **ADDED}, prof),
-                   new_id("runc1"), timeout=60)
+    assert want.keys() == SHAPES_PROBES.keys(), res.stdout
+    assert want["pvr_a"] == want["pvr_b"] == (-1, errno.EINVAL), want
+    assert want["pvr_hi"] == want["pvr_0"] == (-1, dflt), want
+    assert want["pvw_eq"] == want["pvw_ge"] == (-1, profiles.PVW_ERRNO), want
+    assert want["pvw_0"] == (-1, dflt), want
+    assert want["kcmp_and"] == (0, 0), want
+    assert want["kcmp_type"] == want["kcmp_pid"] == (-1, dflt), want
+    assert want["clone_plain"] == (-1, errno.EINVAL), want
+    assert want["clone_newpid"] == (-1, dflt), want
+    assert want["socket_stream"][0] >= 0 and want["socket_flags"][0] >= 0, want
+    assert want["socket_dgram"] == (-1, dflt), want
+    res = shim.run(docker_bundle(bundle_factory, {**SHAPES_PROBES, **ADDED}, prof),
+                   new_id("shapes"), timeout=60)
     assert res.rc == 0, res.stderr
     got = parse(res.stdout)
-    assert {k: got[k] for k in RUNC_TEST1_PROBES} == want, res.stdout
+    assert {k: got[k] for k in SHAPES_PROBES} == want, res.stdout
+    # Outside the profile's allow list and in the deny list: the deny list's EPERM.
     assert got["io_uring_setup"] == (-1, errno.EPERM), res.stdout
+    assert got["vsock"] == got["vsock_hi"] == (-1, errno.EPERM), res.stdout  # deny list
+    assert got["listener"] == (-1, errno.EINVAL), res.stdout
     log = shim.daemon.log()
     assert "syscall=kcmp" in log and "syscall=process_vm_readv" in log
     assert_nothing_left(shim)
 
 
 KCMP_VM, KCMP_FILE = 1, 0
-# A default-deny profile (Docker's base set) that allows kcmp only for KCMP_FILE and
-# process_vm_readv only on pid 1, as runc's own seccomp tests do with their arguments.
+# Docker's default profile (default deny) narrowed to allow kcmp only for KCMP_FILE and
+# process_vm_readv only on pid 1 (the container's init).
 CONDITIONAL = [
     {"names": ["kcmp"], "action": "SCMP_ACT_ALLOW",
      "args": [{"index": 2, "value": KCMP_FILE, "op": "SCMP_CMP_EQ"}]},

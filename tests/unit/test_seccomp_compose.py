@@ -1,8 +1,10 @@
 """Composition of a container's seccomp profile with interceptd's rules (no kernel).
 
-The real runtimes are in tests/integration/test_seccomp_profiles.py; here every touched
-syscall is checked on many argument vectors against what the profile decided, and the
-libseccomp behaviour the composer relies on is pinned on the host's libseccomp."""
+The real runtimes are in tests/integration/test_seccomp_profiles.py, Docker's own
+(captured) profiles in tests/integration/test_seccomp_compose_docker.py; here every
+touched syscall is checked on many argument vectors against what the profile decided
+(tests/harness/seccompcheck.py), and the libseccomp behaviour the composer relies on is
+pinned on the host's libseccomp."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import ctypes
 import ctypes.util
 import errno
 import itertools
-import random
 import sys
 import tempfile
 
@@ -31,90 +32,7 @@ from interceptd.runtime.seccomp import (
 )
 from interceptd.runtime.spec import Refused
 from tests.harness import seccompprofiles as profiles
-
-U64 = (1 << 64) - 1
-NOTIFY_RULES = policy.notify_rules(None)
-DENY_RULES = policy.denied_syscalls(None)
-
-
-def touched(notify=NOTIFY_RULES, deny=DENY_RULES) -> set[str]:
-    return {n for r in [*notify, *deny] for n in r["names"]}
-
-
-def samples(rules: list[dict]) -> list[list[int]]:
-    """Argument vectors around every comparison in `rules`, with upper halves set too."""
-    per_index: dict[int, set[int]] = {i: {0, 1, 0xFFFFFFFF, U64} for i in range(6)}
-    for r in rules:
-        for a in r.get("args") or []:
-            i, v, v2 = a["index"], a["value"], a.get("valueTwo", 0)
-            vals = {v, v + 1, max(v - 1, 0), v2, v | 0xFFFFFFFF00000000}
-            if a["op"] == "SCMP_CMP_MASKED_EQ":
-                vals |= {v2 ^ (1 << b) for b in range(64) if v >> b & 1}
-                vals |= {(v2 | 0xFFFF0000_00000000), v2 ^ v}
-            per_index[i] |= {x & U64 for x in vals}
-    rng = random.Random(8)
-    out = [[0] * 6]
-    for i, vals in per_index.items():
-        for x in vals:
-            vec = [0] * 6
-            vec[i] = x
-            out.append(vec)
-    idx = [i for i in per_index if len(per_index[i]) > 4]
-    for i, j in itertools.combinations(idx, 2):
-        for x, y in itertools.product(sorted(per_index[i]), sorted(per_index[j])):
-            vec = [0] * 6
-            vec[i], vec[j] = x, y
-            out.append(vec)
-    for _ in range(300):
-        out.append([rng.choice(sorted(per_index[i])) for i in range(6)])
-    return out
-
-
-def matching(sc: dict, name: str, args: list[int]) -> list[tuple[Action, bool]]:
-    """Every rule of `name` that matches: (action, unconditional)."""
-    out = []
-    for r in sc["syscalls"]:
-        if name in r["names"] and all(Cmp.from_oci(a).holds(args[a["index"]])
-                                      for a in r.get("args") or []):
-            out.append((Action.of_rule(r), not r.get("args")))
-    return out
-
-
-def check(profile: dict, notify=NOTIFY_RULES, deny=DENY_RULES) -> dict:
-    out = compose(profile, notify, deny, "/l", "m")
-    for name in sorted(touched(notify, deny)):
-        n_rules = [r for r in notify if name in r["names"]]
-        d_rules = [r for r in deny if name in r["names"]]
-        p_rules = [r for r in profile.get("syscalls", []) if name in r["names"]]
-        mine = [r for r in out["syscalls"] if name in r["names"]]
-        # The invariant libseccomp needs: never an unconditional rule beside others, and
-        # no two matching rules with different actions unless both refuse.
-        if any(not r.get("args") for r in mine):
-            assert len(mine) == 1, (name, mine)
-        for args in samples(p_rules + n_rules + d_rules):
-            hits = matching(out, name, args)
-            acts = {a for a, _ in hits}
-            assert len(acts) <= 1 or all(a.denies for a in acts), (name, args, hits)
-            got = decide(out, name, args)
-            orig = decide(profile, name, args)
-            denied = any(all(Cmp.from_oci(a).holds(args[a["index"]])
-                             for a in r.get("args") or []) for r in d_rules)
-            notified = any(all(Cmp.from_oci(a).holds(args[a["index"]])
-                               for a in r.get("args") or []) for r in n_rules)
-            ctx = (name, [hex(x) for x in args], orig, got)
-            if orig.denies:
-                assert got == orig or (denied and got.denies), ctx
-            elif denied:
-                assert got.denies, ctx
-            elif notified:
-                assert got.name == NOTIFY, ctx
-            elif n_rules:
-                # A narrowed notify set may be widened (the handlers take any argument).
-                assert got in (orig, Action(NOTIFY)), ctx
-            else:
-                assert got == orig, ctx
-    return out
-
+from tests.harness.seccompcheck import DENY_RULES, NOTIFY_RULES, U64, check, touched
 
 # ---------------------------------------------------------------- libseccomp facts
 
@@ -201,28 +119,6 @@ def test_complement_is_exact(cmp):
 
 # ---------------------------------------------------------------- profiles
 
-def test_docker_default_profile():
-    out = check(profiles.resolved())
-    # Docker's argument conditions are untouched (personality, clone, socket).
-    pers = [r for r in out["syscalls"] if r["names"] == ["personality"]]
-    assert len(pers) == 5 and all(r["args"] for r in pers)
-    clone = [r for r in out["syscalls"] if "clone" in r["names"]]
-    assert clone == [{"names": ["clone"], "action": "SCMP_ACT_ALLOW",
-                      "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]}]
-    assert decide(out, "mount", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)  # not notified
-    # seccomp: allowed by the profile, the listener flag refused beside it.
-    assert decide(out, "seccomp", [1, 8, 0, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 22)
-    assert decide(out, "seccomp", [1, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
-
-
-def test_docker_profile_with_admin_ptrace_perfmon():
-    out = check(profiles.resolved([*profiles.DOCKER_CAPS, "CAP_SYS_ADMIN",
-                                      "CAP_SYS_PTRACE", "CAP_PERFMON"]))
-    assert decide(out, "mount", [0] * 6).name == NOTIFY
-    assert decide(out, "perf_event_open", [0, 0xFFFFFFFF, 0, 0, 0, 0]).denies
-    assert decide(out, "perf_event_open", [0, 7, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
-
-
 def test_default_allow_profile_with_conditional_denies():
     prof = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["kcmp"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
@@ -243,38 +139,31 @@ def test_default_allow_profile_with_conditional_denies():
     assert decide(out, "userfaultfd", [1, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
 
 
-def test_default_deny_profile_with_conditional_allows():
-    """runc's tests: kcmp and process_vm_readv allowed only for some arguments."""
-    prof = profiles.resolved()
-    prof["syscalls"] = [dict(r, names=[n for n in r["names"] if n != "process_vm_readv"])
-                        for r in prof["syscalls"]] + [
-        {"names": ["kcmp"], "action": "SCMP_ACT_ALLOW",
-         "args": [{"index": 2, "value": 0, "op": "SCMP_CMP_EQ"}]},
-        {"names": ["process_vm_readv"], "action": "SCMP_ACT_ALLOW",
-         "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]},
-        {"names": ["process_vm_readv"], "action": "SCMP_ACT_LOG",
-         "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}]},
-    ]
-    out = check(prof)
-    assert decide(out, "kcmp", [1, 1, 1, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 1)
-    assert decide(out, "kcmp", [1, 1, 0, 0, 0, 0]).name == NOTIFY
-    assert decide(out, "process_vm_readv", [3, 0, 0, 0, 0, 0]).denies
-    kcmp = [r for r in out["syscalls"] if "kcmp" in r["names"]]
-    assert kcmp == [{"names": ["kcmp"], "action": NOTIFY,
-                     "args": [{"index": 2, "value": 0, "op": "SCMP_CMP_EQ"}]}]
-
-
-def test_runc_test_profile():
-    """runc's own test profile: an OR on one argument, an AND on two, a conditional
-    ERRNO in a default-deny profile, for calls the daemon vets (kcmp, process_vm_*)."""
-    out = check(profiles.runc_test1())
-    assert decide(out, "process_vm_readv", [9001, 0, 0, 0, 0, 0]).name == NOTIFY
-    assert decide(out, "process_vm_readv", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
-    assert decide(out, "process_vm_writev", [2020, 0, 0, 0, 0, 0]) == Action(
-        "SCMP_ACT_ERRNO", 55)
-    assert decide(out, "process_vm_writev", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
-    assert decide(out, "kcmp", [0, 1337, 0, 0, 0, 0]).name == NOTIFY
-    assert decide(out, "kcmp", [0, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ERRNO", 1)
+def test_argument_shapes_profile():
+    """interceptd's own argument-shapes profile (default deny): an OR on one argument, an
+    AND on two, a conditional ERRNO, masked compares; on vetted calls and others."""
+    out = check(profiles.argument_shapes())
+    eperm = Action("SCMP_ACT_ERRNO", errno.EPERM)
+    for pid in profiles.PVR_PIDS:
+        assert decide(out, "process_vm_readv", [pid, 0, 0, 0, 0, 0]).name == NOTIFY
+    assert decide(out, "process_vm_readv", [0] * 6) == eperm
+    assert decide(out, "process_vm_readv", [profiles.PVR_PIDS[0] | 1 << 32, 0, 0, 0, 0, 0]
+                  ) == eperm
+    pvw = Action("SCMP_ACT_ERRNO", profiles.PVW_ERRNO)
+    assert decide(out, "process_vm_writev", [profiles.PVW_PIDS[0], 0, 0, 0, 0, 0]) == pvw
+    assert decide(out, "process_vm_writev", [profiles.PVW_PIDS[1] + 9, 0, 0, 0, 0, 0]) == pvw
+    assert decide(out, "process_vm_writev", [601, 0, 0, 0, 0, 0]) == eperm
+    kcmp = [profiles.KCMP_PID1, 5, profiles.KCMP_TYPE, 0, 0, 0]
+    assert decide(out, "kcmp", kcmp).name == NOTIFY
+    assert decide(out, "kcmp", [*kcmp[:2], 0, 0, 0, 0]) == eperm  # one side of the AND
+    assert decide(out, "kcmp", [2, *kcmp[1:]]) == eperm
+    assert decide(out, "clone", [0x11, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+    assert decide(out, "clone", [0x11 | 0x20000000, 0, 0, 0, 0, 0]) == eperm
+    assert decide(out, "socket", [1, 0x80001, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
+    assert decide(out, "socket", [1, 2, 0, 0, 0, 0]) == eperm
+    # AF_VSOCK stream: allowed by the profile, refused by the deny list.
+    assert decide(out, "socket", [40, 1, 0, 0, 0, 0]).denies
+    # Composed rules keep one comparison per argument (what runc and crun both express).
     assert not any(len({a["index"] for a in r.get("args", [])}) != len(r.get("args", []))
                    for r in out["syscalls"] if set(r["names"]) & touched())
 
@@ -371,7 +260,7 @@ def test_inexpressible_profile_refused_not_weakened():
 
 
 def test_input_profile_not_changed():
-    prof = profiles.resolved()
+    prof = profiles.argument_shapes()
     before = repr(prof)
     compose(prof, NOTIFY_RULES, DENY_RULES, "/l", "m")
     assert repr(prof) == before
