@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 
 from . import mountapi, mountinfo, spec
 from .records import Record, RecordStore
@@ -38,10 +39,10 @@ def _clear_mount_point(target: str) -> None:
             raise SetupError(f"cannot clear mount point {target}: {e}") from None
 
 
-def _target_like(src: str, target: str) -> None:
-    """A mount point for src: a directory or an empty file. The mount dir is reused
-    by the id range's next holder, so a left-over point of the other kind is replaced."""
-    if os.path.isdir(src):
+def _target_like(is_dir: bool, target: str) -> None:
+    """A mount point: a directory or an empty file. The mount dir is reused by the
+    id range's next holder, so a left-over point of the other kind is replaced."""
+    if is_dir:
         if os.path.lexists(target) and not os.path.isdir(target):
             os.unlink(target)
         os.makedirs(target, exist_ok=True)
@@ -51,6 +52,88 @@ def _target_like(src: str, target: str) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "a"):
             pass
+
+
+def open_checked(src: str, what: str) -> tuple[int, str]:
+    """Open `src` once (O_PATH, no symlink anywhere after resolving the configured
+    path): the fd and the path it really is. Everything after works on this fd."""
+    real = os.path.realpath(src)
+    try:
+        fd = mountapi.open_nofollow(real)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise spec.Refused(f"{what} {src} does not exist") from None
+        raise spec.Refused(f"cannot open {what} {src}: {e} (it changed while being "
+                           "checked?)") from None
+    try:
+        if mountapi.fd_path(fd) != real:
+            raise spec.Refused(f"{what} {src} is not where it resolved ({real})")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, real
+
+
+class MountTable:
+    """The host's mount table, read at most once per create (only when needed)."""
+
+    def __init__(self, entries: list[mountinfo.MountEntry] | None = None) -> None:
+        self._entries = entries
+
+    @property
+    def entries(self) -> list[mountinfo.MountEntry]:
+        if self._entries is None:
+            self._entries = mountinfo.read()
+        return self._entries
+
+    def by_id(self, mnt_id: int) -> mountinfo.MountEntry | None:
+        return next((e for e in self.entries if e.mount_id == mnt_id), None)
+
+    def below(self, path: str) -> list[mountinfo.MountEntry]:
+        top = path.rstrip("/") + "/"
+        return [e for e in self.entries if e.mountpoint.startswith(top)]
+
+    def host_path(self, e: mountinfo.MountEntry) -> str | None:
+        """Where a bind mount's root lies on the host (a mount of the same filesystem
+        at its own root), or None when none is mounted."""
+        if e.root == "/":
+            return e.mountpoint
+        for o in self.entries:
+            if o.dev == e.dev and o.root == "/":
+                return os.path.normpath(o.mountpoint.rstrip("/") + "/" + e.root.lstrip("/"))
+        return None
+
+
+def check_source_fs(fd: int, real: str, what: str, table: MountTable,
+                    recursive: bool, policy: spec.BindPolicy | None = None) -> None:
+    """Refuse a source on a kernel pseudo-filesystem of the host (by the fd's statfs
+    magic and its mount's type), a device node, and, for a recursive bind, any mount
+    below it of that kind; a bind-mounted source (a volume with o=bind) is checked
+    at the place it really comes from."""
+    magic = mountapi.fd_fs_type(fd)
+    if magic in spec.PSEUDO_FS_MAGIC:
+        raise spec.Refused(f"{what} {real} is on the host's {spec.PSEUDO_FS_MAGIC[magic]} "
+                           "filesystem: refused by interceptd")
+    sx = mountapi.statx(fd)
+    if stat.S_ISCHR(sx.mode) or stat.S_ISBLK(sx.mode):
+        raise spec.Refused(f"{what} {real} is a device node: refused by interceptd")
+    mounts = [table.by_id(sx.mnt_id)]
+    if recursive:
+        mounts += table.below(real)
+    for e in mounts:
+        if e is None:
+            continue
+        if e.fstype in spec.PSEUDO_FS_NAMES:
+            raise spec.Refused(f"{what} {real} carries the host's {e.fstype} filesystem "
+                               f"(mounted at {e.mountpoint}): refused by interceptd")
+        if policy is not None and e.root != "/":
+            origin = table.host_path(e)
+            if origin is not None and not _under_any(origin, real):
+                policy.check(origin, f"{real} (a bind mount of {origin})", "the container")
+
+
+def _under_any(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 class HostSetup:
@@ -66,17 +149,47 @@ class HostSetup:
         mountapi.move_mount(fd, target)
         self.rec.mounts.append(target)
 
-    def rootfs(self, root: str, entries: list[mountinfo.MountEntry] | None = None) -> str:
-        """Mount an id-mapped view of `root`; return the new root path.
+    def _cover(self, view: str, root_fd: int, real: str) -> None:
+        """Mount the view over the original root path itself, so root.path stays what
+        the caller wrote: hooks that mount into <bundle>/rootfs (in the container's
+        mount namespace, or propagating from the host's) reach the container."""
+        self.rec.mounts.append(real)
+        self.store.save(self.rec)
+        try:
+            clone = mountapi.open_tree(view)
+            try:
+                mountapi.move_mount_to_fd(clone, root_fd, real)
+            finally:
+                os.close(clone)
+        except OSError as e:
+            self.rec.mounts.pop()
+            self.store.save(self.rec)
+            raise SetupError(f"cannot mount the id-mapped view over {real}: {e}") from None
+
+    def rootfs(self, root: str, entries: list[mountinfo.MountEntry] | None = None,
+               sensitive: list[str] | None = None, own: list[str] | None = None) -> str:
+        """Mount an id-mapped view of `root` over root itself; return the view's path.
 
         `entries` (the host's mount table) is read here only when `root` is on an
         overlay: parsing the table costs more than the rest of a plain rootfs' set-up.
         """
-        if not os.path.isdir(root):
-            raise SetupError(f"rootfs {root} is not a directory")
-        real = os.path.realpath(root)
+        fd, real = open_checked(root, "rootfs")
+        try:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise SetupError(f"rootfs {root} is not a directory")
+            spec.check_root(real, sensitive or [], own or [])
+            magic = mountapi.fd_fs_type(fd)
+            if magic in spec.PSEUDO_FS_MAGIC:
+                raise spec.Refused(f"rootfs {real} is on the host's "
+                                   f"{spec.PSEUDO_FS_MAGIC[magic]} filesystem")
+            return self._rootfs(fd, real, magic, entries)
+        finally:
+            os.close(fd)
+
+    def _rootfs(self, fd: int, real: str, magic: int,
+                entries: list[mountinfo.MountEntry] | None) -> str:
         top = None
-        if mountapi.fs_type(real) == mountapi.OVERLAYFS_SUPER_MAGIC:
+        if magic == mountapi.OVERLAYFS_SUPER_MAGIC:
             top = mountinfo.mount_at(mountinfo.read() if entries is None else entries, real)
         target = os.path.join(self.rec.mount_dir, "rootfs")
         # Usually there already (kept for the id range's next holder): no mkdir.
@@ -86,16 +199,28 @@ class HostSetup:
             os.makedirs(target, exist_ok=True)
         if top is not None and top.fstype == "overlay":
             self._overlay(real, top, target)
+            # Docker's overlay at `real` is gone; open the place again for the cover.
+            fd2, _ = open_checked(real, "rootfs")
+            try:
+                self._cover(target, fd2, real)
+            finally:
+                os.close(fd2)
         else:
             try:
-                fd = mountapi.idmapped_clone(real, self.userns_fd, recursive=True)
+                clone = mountapi.open_tree_fd(fd, recursive=True)
+                try:
+                    mountapi.set_idmap(clone, self.userns_fd, recursive=True)
+                except OSError:
+                    os.close(clone)
+                    raise
             except OSError as e:
                 raise SetupError(f"cannot make an id-mapped mount of rootfs {real}: {e} "
                                  "(the filesystem must support id-mapped mounts)") from None
             try:
-                self._mount_fd(fd, target)
+                self._mount_fd(clone, target)
             finally:
-                os.close(fd)
+                os.close(clone)
+            self._cover(target, fd, real)
         return target
 
     def _overlay(self, merged: str, top: mountinfo.MountEntry, target: str) -> None:
@@ -142,35 +267,59 @@ class HostSetup:
         except OSError as e:
             raise SetupError(f"cannot mount the id-mapped overlay for {merged}: {e}") from None
         self.rec.mounts.append(target)
-        # Keep the caller's view (docker cp, docker export) on the same filesystem.
-        self.rec.mounts.append(merged)
-        self.store.save(self.rec)
-        try:
-            mountapi.mount(target, merged, "", 0x1000)  # MS_BIND
-        except OSError:
-            self.rec.mounts.pop()
-            self.store.save(self.rec)
 
-    def volumes(self, cfg: dict) -> None:
+    def volumes(self, cfg: dict, policy: spec.BindPolicy, host_base: int, size: int,
+                table: MountTable | None = None) -> None:
+        """Every bind: its source opened once and checked (policy on the path the fd
+        really is, no kernel filesystem, no device), then that fd cloned, id-mapped
+        so the container's root is the source's owner (never host root), mounted
+        under the range's mount dir, and the config pointed there."""
+        table = table or MountTable()
         mounts = cfg.get("mounts") or []
-        for n, idx in enumerate(spec.idmappable_binds(cfg)):
-            m = mounts[idx]
-            src = os.path.realpath(m["source"])
-            if not os.path.exists(src):
-                continue  # the runtime reports a missing source itself
-            t = os.path.join(self.rec.mount_dir, "vol", str(n))
-            recursive = "rbind" in (m.get("options") or [])
-            try:
-                fd = mountapi.idmapped_clone(src, self.userns_fd, recursive=recursive)
-            except OSError as e:
-                self.rec.warnings.append(f"volume {src} not id-mapped: {e}")
-                continue
-            try:
-                _target_like(src, t)
-                self._mount_fd(fd, t)
-            finally:
-                os.close(fd)
-            m["source"] = t
+        nss: dict[tuple[str, str], mountapi.UserNamespace] = {}
+        try:
+            for n, idx in enumerate(spec.bind_indexes(cfg)):
+                m = mounts[idx]
+                src = m.get("source") or ""
+                recursive = "rbind" in (m.get("options") or [])
+                fd, real = open_checked(src, "bind mount source")
+                try:
+                    policy.check(real, src, m.get("destination"))
+                    check_source_fs(fd, real, "bind mount source", table, recursive, policy)
+                    st = os.fstat(fd)
+                    t = os.path.join(self.rec.mount_dir, "vol", str(n))
+                    clone = self._bind_clone(fd, real, st, recursive, host_base, size, nss)
+                    try:
+                        _target_like(stat.S_ISDIR(st.st_mode), t)
+                        self._mount_fd(clone, t)
+                    finally:
+                        os.close(clone)
+                finally:
+                    os.close(fd)
+                m["source"] = t
+        finally:
+            for ns in nss.values():
+                ns.close()
+
+    def _bind_clone(self, fd: int, real: str, st: os.stat_result, recursive: bool,
+                    host_base: int, size: int,
+                    nss: dict[tuple[str, str], mountapi.UserNamespace]) -> int:
+        uid_map, gid_map = spec.bind_maps(st.st_uid, st.st_gid, host_base, size)
+        clone = mountapi.open_tree_fd(fd, recursive)
+        if uid_map is None and gid_map is None:
+            return clone  # the container's own range: nothing to map
+        own = f"{host_base} {host_base} {size}\n"
+        key = (uid_map or own, gid_map or own)
+        try:
+            if key not in nss:
+                nss[key] = mountapi.UserNamespace(host_base, size, *key)
+            mountapi.set_idmap(clone, nss[key].fd, recursive)
+        except OSError as e:
+            # The container's own range then: safe, only less convenient.
+            self.rec.warnings.append(f"bind {real} not id-mapped to its owner: {e}")
+            os.close(clone)
+            clone = mountapi.open_tree_fd(fd, recursive)
+        return clone
 
 
 def cgroup2_path(pid: int) -> str:

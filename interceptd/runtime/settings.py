@@ -6,6 +6,9 @@ import os
 
 DEFAULT_CONFIG = "/etc/interceptd/interceptd.toml"
 DEFAULT_STATE_DIR = "/run/interceptd"
+# Docker's named volumes and users' homes; Docker's per-container files (and the
+# volumes of a dockerd with another data root) are derived from each config.
+DEFAULT_SHARED_PATHS = ("/var/lib/docker/volumes", "/home")
 
 
 class SettingsError(Exception):
@@ -22,8 +25,12 @@ class Settings:
         self.id_pool_start = 1 << 20
         self.id_pool_ranges = 1024
         self.range_size = 65536
-        # Image names / digests allowed to bind-mount sensitive paths (e.g. docker.sock).
+        # Image names / digests allowed to bind-mount sensitive paths (e.g. docker.sock),
+        # matched on annotations: honoured only when the admin trusts those.
         self.sensitive_mount_allow: list[str] = []
+        self.sensitive_mount_trust_annotations = False
+        # Where bind mount sources may come from (the positive model).
+        self.shared_paths: list[str] = list(DEFAULT_SHARED_PATHS)
         self.extra_sensitive_paths: list[str] = []
         self.daemon_timeout = 2.0
         self.cgroup2_mount: str | None = None  # autodetected when None
@@ -106,6 +113,15 @@ def from_dict(raw: dict, env: dict[str, str], path: str | None = None) -> Settin
     if not all(isinstance(x, str) for x in [*allow, *extra]):
         raise SettingsError("[runtime] sensitive_mount_allow / sensitive_paths must be strings")
     s.sensitive_mount_allow = list(allow)
+    trust = rt.get("sensitive_mount_trust_annotations", False)
+    if not isinstance(trust, bool):
+        raise SettingsError("[runtime] sensitive_mount_trust_annotations must be true or false")
+    s.sensitive_mount_trust_annotations = trust
+    shared = rt.get("shared_paths", list(DEFAULT_SHARED_PATHS))
+    if not isinstance(shared, list) or not all(
+            isinstance(x, str) and x.startswith("/") for x in shared):
+        raise SettingsError("[runtime] shared_paths must be a list of absolute paths")
+    s.shared_paths = [os.path.normpath(x) for x in shared]
     s.extra_sensitive_paths = list(extra)
     s.daemon_timeout = float(rt.get("daemon_timeout", 2.0))
     s.cgroup2_mount = rt.get("cgroup2_mount")

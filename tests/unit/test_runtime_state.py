@@ -165,15 +165,12 @@ def test_reused_volume_mount_point_changes_kind(tmp_path):
     now, and the other way round."""
     from interceptd.runtime import host
 
-    src_dir, src_file = tmp_path / "d", tmp_path / "f"
-    src_dir.mkdir()
-    src_file.write_text("x")
     t = tmp_path / "vol" / "0"
-    host._target_like(str(src_file), str(t))
+    host._target_like(False, str(t))
     assert t.is_file()
-    host._target_like(str(src_dir), str(t))
+    host._target_like(True, str(t))
     assert t.is_dir()
-    host._target_like(str(src_file), str(t))
+    host._target_like(False, str(t))
     assert t.is_file() and t.read_text() == ""
 
 
