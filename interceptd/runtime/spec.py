@@ -312,8 +312,10 @@ def check_root(path: str, sensitive: list[str], own: list[str]) -> None:
     """Refuse a root.path (resolved) that is the host's root, a parent of a sensitive
     path, or interceptd's own state / rootfs views (another container's view)."""
     for top in own:
-        if _under(path, top) or _under(top, path):
-            raise Refused(f"root.path {path} is interceptd's own directory ({top})")
+        if _under(path, top):
+            raise Refused(f"root.path {path} is inside interceptd's own directory {top}")
+        if _under(top, path):
+            raise Refused(f"root.path {path} contains interceptd's own directory {top}")
     for top in sensitive:
         if _under(top, path):
             raise Refused(f"root.path {path} contains sensitive host path {top}")

@@ -1,0 +1,332 @@
+"""Host bind mounts, the rootfs view and the upper-dir shift through interceptd-runc,
+over real runc and crun with a real daemon (issue 8, items 1, 2, 7 and the hooks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_runtime_shim import assert_nothing_left, plain_bundle, shim  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+HOST_USER = 4242  # a non-root host owner, as /home/alice would be
+
+
+@pytest.fixture
+def shared(monkeypatch, workdir):
+    """shared(*paths): run the shim with [runtime] shared_paths = paths."""
+    def set_paths(*paths: Path) -> None:
+        cfg = workdir / "interceptd-shared.toml"
+        cfg.write_text("[runtime]\nshared_paths = %s\n" % json.dumps([str(p) for p in paths]))
+        monkeypatch.setenv("INTERCEPTD_CONFIG", str(cfg))
+    return set_paths
+
+
+def with_bind(b, src: Path | str, dest: str = "/data", opts=("rbind", "rw")) -> None:
+    b.config["mounts"].append({"destination": dest, "type": "bind", "source": str(src),
+                               "options": list(opts)})
+    b.write_config()
+
+
+def refused(rt, b, cid: str, pattern: str) -> str:
+    orig = b.config_path.read_bytes()
+    res = rt.run(b, cid)
+    assert res.rc != 0
+    assert pattern in res.stderr, res.stderr
+    assert res.stderr.startswith("interceptd-runc: ")
+    assert b.config_path.read_bytes() == orig
+    assert_nothing_left(rt)
+    return res.stderr
+
+
+# ------------------------------------------------------------------ the bind model
+
+def test_bind_owned_by_host_user_maps_root_to_that_user(shim, bundle_factory, new_id,
+                                                        workdir, shared):
+    """Binding a user's directory: the container's root is that user there."""
+    home = workdir / "home"
+    alice = home / "alice"
+    alice.mkdir(parents=True)
+    os.chown(alice, HOST_USER, HOST_USER)
+    (alice / "from-host").write_text("x")
+    os.chown(alice / "from-host", HOST_USER, HOST_USER)
+    (alice / "roots").write_text("r")  # host root's file in her directory
+    shared(home)
+    b = plain_bundle(bundle_factory, ["sh", "-c",
+                                      "stat -c '%u:%g' /data/from-host /data/roots; "
+                                      "echo v > /data/new; mkdir /data/d; "
+                                      "cp /bin/busybox /data/suid; chmod 4755 /data/suid; "
+                                      "echo x >> /data/roots || echo denied"])
+    with_bind(b, alice)
+    res = shim.run(b, new_id("alice")).check()
+    lines = res.stdout.split()
+    assert lines[0] == "0:0"  # her files are the container root's
+    assert lines[1] == "65534:65534"  # host root's are nobody's ...
+    assert "denied" in res.stdout  # ... and not writable
+    for name in ("new", "d", "suid"):
+        st = os.lstat(alice / name)
+        assert (st.st_uid, st.st_gid) == (HOST_USER, HOST_USER), name
+    st = os.stat(alice / "suid")
+    assert st.st_mode & stat.S_ISUID and st.st_uid != 0  # setuid, but hers: not root's
+    assert (alice / "roots").read_text() == "r"
+    assert_nothing_left(shim)
+
+
+def test_root_owned_bind_never_yields_host_root_files(shim, bundle_factory, new_id,
+                                                      workdir, shared):
+    """A root-owned directory under a shared path: nothing the container does there
+    creates a file owned by host uid 0, nor a setuid-root file."""
+    top = workdir / "shared"
+    d = top / "rootdir"
+    d.mkdir(parents=True)
+    os.chmod(d, 0o777)  # writable for anyone, so the container's writes do happen
+    (d / "victim").write_bytes(Path("/bin/busybox").read_bytes())
+    os.chmod(d / "victim", 0o755)
+    shared(top)
+    script = ("stat -c '%u' /data/victim; touch /data/t; mkdir /data/dd; "
+              "cp /bin/busybox /data/s; chmod 4755 /data/s; chmod 6755 /data/s; "
+              "chmod u+s /data/victim 2>/dev/null || echo nochmod; "
+              "chown 0:0 /data/t; ls -ln /data")
+    b = plain_bundle(bundle_factory, ["sh", "-c", script])
+    with_bind(b, d)
+    res = shim.run(b, new_id("rootbind")).check()
+    assert res.stdout.split()[0] == "65534"
+    assert "nochmod" in res.stdout
+    made = [p for p in d.iterdir() if p.name != "victim"]
+    assert {p.name for p in made} == {"t", "dd", "s"}
+    for p in d.iterdir():
+        st = os.lstat(p)
+        if p.name == "victim":
+            assert st.st_mode & 0o7777 == 0o755 and st.st_uid == 0
+            continue
+        assert st.st_uid != 0 and st.st_gid != 0, (p, st)
+        assert not (st.st_uid == 0 and st.st_mode & stat.S_ISUID)
+    assert_nothing_left(shim)
+
+
+def test_bind_outside_shared_paths_refused(shim, bundle_factory, new_id, workdir, shared):
+    shared(workdir / "nothing-here")
+    vol = workdir / "vol"
+    vol.mkdir()
+    b = plain_bundle(bundle_factory, ["true"])
+    with_bind(b, vol)
+    err = refused(shim, b, new_id("outside"), "outside [runtime] shared_paths")
+    assert str(vol) in err
+
+
+def test_symlink_source_resolving_outside_refused(shim, bundle_factory, new_id, workdir,
+                                                  shared):
+    top = workdir / "shared"
+    top.mkdir()
+    outside = workdir / "secret"
+    outside.mkdir()
+    (top / "link").symlink_to(outside)
+    shared(top)
+    b = plain_bundle(bundle_factory, ["true"])
+    with_bind(b, top / "link")
+    refused(shim, b, new_id("symlink"), "outside [runtime] shared_paths")
+
+
+@pytest.mark.parametrize("src", ["/proc", "/sys", "/dev", "/sys/firmware", "/proc/1",
+                                 "/dev/null", "/sys/fs/cgroup/unified"])
+def test_host_kernel_filesystems_refused_even_when_shared(shim, bundle_factory, new_id,
+                                                          src, shared):
+    """Refused by what the opened source is (statfs magic, its mount's type), even
+    with an admin who listed the path as shared."""
+    shared(Path(src))
+    b = plain_bundle(bundle_factory, ["true"])
+    with_bind(b, src)
+    err = refused(shim, b, new_id("kfs"), "refused by interceptd")
+    assert any(f in err for f in ("proc", "sysfs", "devtmpfs", "device node", "cgroup2"))
+
+
+def test_kernel_filesystem_mounted_inside_a_shared_path_refused(shim, bundle_factory, new_id,
+                                                                workdir, shared):
+    """A proc mount below a shared directory: refused as the bind's source, and as a
+    submount a recursive bind would carry."""
+    top = workdir / "shared"
+    (top / "vol" / "p").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(top / "vol" / "p")], check=True)
+    try:
+        shared(top)
+        b = plain_bundle(bundle_factory, ["true"])
+        with_bind(b, top / "vol" / "p")
+        refused(shim, b, new_id("procsrc"), "proc")
+        b = plain_bundle(bundle_factory, ["true"])
+        with_bind(b, top / "vol")
+        refused(shim, b, new_id("procsub"), "proc")
+    finally:
+        subprocess.run(["umount", "-l", str(top / "vol" / "p")], check=False)
+
+
+def test_bind_mount_of_outside_dir_inside_shared_path_refused(shim, bundle_factory, new_id,
+                                                              workdir, shared):
+    """What Docker's `local` volume driver does with o=bind,device=/somewhere: the
+    source is under a shared path but is really another place, which is checked."""
+    top = workdir / "shared"
+    (top / "v").mkdir(parents=True)
+    outside = workdir / "private"
+    outside.mkdir()
+    subprocess.run(["mount", "--bind", str(outside), str(top / "v")], check=True)
+    try:
+        shared(top)
+        b = plain_bundle(bundle_factory, ["true"])
+        with_bind(b, top / "v")
+        refused(shim, b, new_id("bindvol"), "outside [runtime] shared_paths")
+    finally:
+        subprocess.run(["umount", "-l", str(top / "v")], check=False)
+
+
+def test_interceptd_own_dirs_refused(shim, bundle_factory, new_id, shared):
+    state = Path(shim.daemon.state_dir)  # type: ignore[attr-defined]
+    views = Path(str(state) + "-rootfs")
+    views.mkdir(exist_ok=True)
+    for src in (state, views):
+        shared(src)
+        b = plain_bundle(bundle_factory, ["true"])
+        with_bind(b, src)
+        refused(shim, b, new_id("own"), "sensitive")
+
+
+def test_root_path_checked(shim, bundle_factory, new_id):
+    b = plain_bundle(bundle_factory, ["true"])
+    b.config["root"]["path"] = "/"
+    b.write_config()
+    refused(shim, b, new_id("hostroot"), "root.path / contains")
+    b = plain_bundle(bundle_factory, ["true"])
+    b.config["root"]["path"] = "/proc"
+    b.write_config()
+    refused(shim, b, new_id("procroot"), "proc")
+
+
+# ------------------------------------------------------------------ hooks
+
+def test_create_runtime_hook_bind_reaches_container(shim, bundle_factory, new_id, workdir):
+    """A createRuntime hook binding a file into <bundle>/rootfs (in the container's
+    mount namespace, as GPU hooks do) reaches the container; root.path is unchanged."""
+    src = workdir / "hooked-src"
+    src.write_text("from-hook\n")
+    b = plain_bundle(bundle_factory, ["cat", "/hooked"])
+    (b.rootfs / "hooked").write_text("")
+    seen = workdir / "hook-saw"
+    hook = workdir / "hook.sh"
+    hook.write_text(f"""#!/bin/sh
+set -e
+st=$(cat)
+bundle=$(echo "$st" | sed -n 's/.*"bundle":"\\([^"]*\\)".*/\\1/p')
+pid=$(echo "$st" | sed -n 's/.*"pid":\\([0-9]*\\).*/\\1/p')
+grep -o '"root":{{[^}}]*}}' "$bundle/config.json" > {seen}
+nsenter -t "$pid" -m mount --bind {src} "$bundle/rootfs/hooked"
+""")
+    hook.chmod(0o755)
+    b.config["hooks"] = {"createRuntime": [{"path": str(hook)}]}
+    b.write_config()
+    res = shim.run(b, new_id("hook")).check()
+    assert res.stdout == "from-hook\n"
+    assert json.loads("{" + seen.read_text().strip() + "}")["root"]["path"] == "rootfs"
+    assert (b.rootfs / "hooked").read_text() == ""  # the host's file untouched
+    assert_nothing_left(shim)
+
+
+# ------------------------------------------------------------------ the upper-dir shift
+
+@pytest.fixture
+def overlay_bundle(bundle_factory, workdir):
+    """A bundle whose rootfs is an overlay (like Docker's overlay2): lower = the
+    busybox copy, its own upper and work dirs."""
+    made = []
+
+    def make(args: list[str]):
+        b = plain_bundle(bundle_factory, args)
+        n = len(made)
+        lower = workdir / f"lower{n}"
+        b.rootfs.rename(lower)
+        upper, work = workdir / f"upper{n}", workdir / f"work{n}"
+        for d in (b.rootfs, upper, work):
+            d.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={lower},upperdir={upper},workdir={work}", str(b.rootfs)],
+                       check=True)
+        made.append(b.rootfs)
+        return b, upper
+    yield make
+    for p in made:
+        subprocess.run(["umount", "-l", str(p)], check=False)
+
+
+def test_shift_leaves_mounts_devices_and_symlinks_in_upper_alone(
+        shim, overlay_bundle, new_id, workdir):
+    """Bind mounts, device nodes and symlinks planted in the upper dir: the host's
+    files behind them are untouched by the create-time shift and the delete-time one.
+    Without the fix (os.walk + chown) the victim's files and the node were chowned
+    to the container's range."""
+    b, upper = overlay_bundle(["sh", "-c", "id -u"])
+    victim = workdir / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "f").write_text("host")
+    (upper / "mnt").mkdir()
+    subprocess.run(["mount", "--bind", str(victim), str(upper / "mnt")], check=True)
+    vfile = upper / "file-mnt"
+    vfile.write_text("")
+    hostfile = workdir / "hostfile"
+    hostfile.write_text("h")
+    subprocess.run(["mount", "--bind", str(hostfile), str(vfile)], check=True)
+    os.mknod(upper / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (upper / "link").symlink_to(victim / "sub")
+    try:
+        res = shim.run(b, new_id("shift")).check()
+        assert res.stdout.strip() == "0"
+    finally:
+        subprocess.run(["umount", "-l", str(upper / "mnt")], check=False)
+        subprocess.run(["umount", "-l", str(vfile)], check=False)
+    for p in (victim, victim / "sub", victim / "sub" / "f", hostfile):
+        st = os.lstat(p)
+        assert (st.st_uid, st.st_gid) == (0, 0), p
+    st = os.lstat(upper / "null")
+    assert (st.st_uid, st.st_gid) == (0, 0) and stat.S_ISCHR(st.st_mode)
+    assert_nothing_left(shim)
+
+
+def test_shift_tracks_mounts_while_container_runs(shim, overlay_bundle, new_id, workdir):
+    """Mid-run, the upper dir's own entries are in the container's range; a mount in
+    it (created before) is not."""
+    b, upper = overlay_bundle(["sleep", "60"])
+    victim = workdir / "victim2"
+    victim.mkdir()
+    (upper / "mnt").mkdir()
+    subprocess.run(["mount", "--bind", str(victim), str(upper / "mnt")], check=True)
+    try:
+        with shim.started(b, new_id("shiftrun")):
+            assert os.stat(upper).st_uid != 0  # shifted into the range
+            assert os.stat(upper / "mnt").st_uid == 0  # the mount's root: untouched
+    finally:
+        subprocess.run(["umount", "-l", str(upper / "mnt")], check=False)
+    assert os.stat(victim).st_uid == 0
+    assert_nothing_left(shim)
+
+
+def test_setuid_file_from_container_root_not_setuid_root_after_delete(
+        shim, overlay_bundle, new_id):
+    """The container's root makes setuid/setgid files in its
+    own layer; once shifted back at delete none is a set-id file of host
+    root's. Without the fix the shift back restored S_ISUID on a root-owned file."""
+    b, upper = overlay_bundle(["sh", "-c",
+                               "cp /bin/busybox /s; chmod 6755 /s; "
+                               "cp /bin/busybox /u; chown 0:5 /u; chmod 4755 /u; "
+                               "mkdir /sgd; chmod 2775 /sgd; ls -ln /s /u"])
+    res = shim.run(b, new_id("suid")).check()
+    assert res.stdout.count("rws") == 2  # set inside the container
+    for name in ("s", "u"):
+        st = os.lstat(upper / name)
+        assert st.st_uid == 0  # back to the image's owner ...
+        assert not st.st_mode & stat.S_ISUID, oct(st.st_mode)  # ... without setuid
+    assert not os.lstat(upper / "s").st_mode & stat.S_ISGID  # group root: no setgid
+    assert os.lstat(upper / "u").st_gid == 5
+    assert os.lstat(upper / "sgd").st_mode & stat.S_ISGID  # a directory keeps it
+    assert_nothing_left(shim)
