@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_runtime_shim import assert_nothing_left, plain_bundle, shim  # noqa: F401
+from tests.integration import test_runtime_shim as base
+from tests.integration.test_runtime_shim import assert_nothing_left, plain_bundle
 
 pytestmark = pytest.mark.integration
+shim = base.shim  # the same fixture: interceptd-runc over runc and crun, a live daemon
 
 HOST_USER = 4242  # a non-root host owner, as /home/alice would be
 
@@ -23,7 +25,7 @@ def shared(monkeypatch, workdir):
     """shared(*paths): run the shim with [runtime] shared_paths = paths."""
     def set_paths(*paths: Path) -> None:
         cfg = workdir / "interceptd-shared.toml"
-        cfg.write_text("[runtime]\nshared_paths = %s\n" % json.dumps([str(p) for p in paths]))
+        cfg.write_text(f"[runtime]\nshared_paths = {json.dumps([str(p) for p in paths])}\n")
         monkeypatch.setenv("INTERCEPTD_CONFIG", str(cfg))
     return set_paths
 
@@ -263,10 +265,11 @@ def overlay_bundle(bundle_factory, workdir):
 def test_shift_leaves_mounts_devices_and_symlinks_in_upper_alone(
         shim, overlay_bundle, new_id, workdir):
     """Bind mounts, device nodes and symlinks planted in the upper dir: the host's
-    files behind them are untouched by the create-time shift and the delete-time one.
-    Without the fix (os.walk + chown) the victim's files and the node were chowned
-    to the container's range."""
-    b, upper = overlay_bundle(["sh", "-c", "id -u"])
+    files behind them are untouched by the create-time shift (checked while the
+    container runs: the shift back at delete would hide it) and the delete-time one.
+    Without the fix (os.walk + chown) the victim's files and the node were owned by
+    the container's range while it ran."""
+    b, upper = overlay_bundle(["sleep", "60"])
     victim = workdir / "victim"
     (victim / "sub").mkdir(parents=True)
     (victim / "sub" / "f").write_text("host")
@@ -279,17 +282,22 @@ def test_shift_leaves_mounts_devices_and_symlinks_in_upper_alone(
     subprocess.run(["mount", "--bind", str(hostfile), str(vfile)], check=True)
     os.mknod(upper / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     (upper / "link").symlink_to(victim / "sub")
+    host_files = (victim, victim / "sub", victim / "sub" / "f", hostfile, upper / "null")
+
+    def untouched() -> None:
+        for p in host_files:
+            st = os.lstat(p)
+            assert (st.st_uid, st.st_gid) == (0, 0), p
+        assert stat.S_ISCHR(os.lstat(upper / "null").st_mode)
+
     try:
-        res = shim.run(b, new_id("shift")).check()
-        assert res.stdout.strip() == "0"
+        with shim.started(b, new_id("shift")):
+            assert os.lstat(upper / "link").st_uid != 0  # the link itself is the layer's
+            untouched()
     finally:
         subprocess.run(["umount", "-l", str(upper / "mnt")], check=False)
         subprocess.run(["umount", "-l", str(vfile)], check=False)
-    for p in (victim, victim / "sub", victim / "sub" / "f", hostfile):
-        st = os.lstat(p)
-        assert (st.st_uid, st.st_gid) == (0, 0), p
-    st = os.lstat(upper / "null")
-    assert (st.st_uid, st.st_gid) == (0, 0) and stat.S_ISCHR(st.st_mode)
+    untouched()
     assert_nothing_left(shim)
 
 
