@@ -117,23 +117,50 @@ def check_source_fs(fd: int, real: str, what: str, table: MountTable,
     sx = mountapi.statx(fd)
     if stat.S_ISCHR(sx.mode) or stat.S_ISBLK(sx.mode):
         raise spec.Refused(f"{what} {real} is a device node: refused by interceptd")
-    mounts = [table.by_id(sx.mnt_id)]
+    own = table.by_id(sx.mnt_id)
+    mounts = [(own, real)] if own is not None else []
     if recursive:
-        mounts += table.below(real)
-    for e in mounts:
-        if e is None:
-            continue
+        mounts += [(e, e.mountpoint) for e in table.below(real)]
+    for e, path in mounts:
         if e.fstype in spec.PSEUDO_FS_NAMES:
             raise spec.Refused(f"{what} {real} carries the host's {e.fstype} filesystem "
                                f"(mounted at {e.mountpoint}): refused by interceptd")
-        if policy is not None and e.root != "/":
-            origin = table.host_path(e)
-            if origin is not None and not _under_any(origin, real):
-                policy.check(origin, f"{real} (a bind mount of {origin})", "the container")
+        if policy is None or e.root == "/":
+            continue
+        # A bind mount: `path` really is this place of its filesystem.
+        base = table.host_path(e)
+        if base is None or not _under_any(path, e.mountpoint):
+            continue
+        origin = os.path.normpath(base + "/" + path[len(e.mountpoint):].lstrip("/"))
+        if origin != path:
+            policy.check(origin, f"{path} (a bind mount of {origin})", "the container")
 
 
 def _under_any(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _adopt_volume(data: str, volume_base: int, size: int) -> None:
+    """A Docker named volume still owned by host root (fresh: dockerd made it and
+    copied the image's files in as root) is shifted once into the volume range, as
+    dockerd's userns-remap keeps its volumes: from then on the container's root
+    is volume_base there, never host root. Only a plain directory of Docker's
+    volumes dir is shifted; a volume some driver mounted (tmpfs, nfs, a bind of
+    another place) keeps its owners and only gets the mapping."""
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError(f"cannot open volume {data}: {e}") from None
+    try:
+        top = mountapi.statx(fd)
+        if top.uid != 0 or top.mount_root:
+            return
+        parent = mountapi.statx(fd, "..")
+        if parent.mnt_id != top.mnt_id:
+            return
+    finally:
+        os.close(fd)
+    shift_tree(data, volume_base, 0, size)
 
 
 class HostSetup:
@@ -150,12 +177,14 @@ class HostSetup:
         self.rec.mounts.append(target)
 
     def _cover(self, view: str, root_fd: int, real: str) -> None:
-        """Mount the view over the original root path itself, so root.path stays what
-        the caller wrote: hooks that mount into <bundle>/rootfs (in the container's
-        mount namespace, or propagating from the host's) reach the container."""
+        """Mount the view over the original root path itself, as a peer of the view
+        (both shared): hooks that mount into <bundle>/rootfs reach the container,
+        whether they enter its mount namespace (root.path unchanged) or mount in the
+        host's (propagated to the view, and from there to the container's copy)."""
         self.rec.mounts.append(real)
         self.store.save(self.rec)
         try:
+            mountapi.mount("", view, "", mountapi.MS_SHARED)
             clone = mountapi.open_tree(view)
             try:
                 mountapi.move_mount_to_fd(clone, root_fd, real)
@@ -167,8 +196,11 @@ class HostSetup:
             raise SetupError(f"cannot mount the id-mapped view over {real}: {e}") from None
 
     def rootfs(self, root: str, entries: list[mountinfo.MountEntry] | None = None,
-               sensitive: list[str] | None = None, own: list[str] | None = None) -> str:
-        """Mount an id-mapped view of `root` over root itself; return the view's path.
+               sensitive: list[str] | None = None, own: list[str] | None = None
+               ) -> str | None:
+        """Mount an id-mapped view of `root` over root itself. Returns None when
+        root.path stays as it is, or the view's own path for root.path when the
+        container's root could not walk to the original (Docker's data root is 0710).
 
         `entries` (the host's mount table) is read here only when `root` is on an
         overlay: parsing the table costs more than the rest of a plain rootfs' set-up.
@@ -187,7 +219,7 @@ class HostSetup:
             os.close(fd)
 
     def _rootfs(self, fd: int, real: str, magic: int,
-                entries: list[mountinfo.MountEntry] | None) -> str:
+                entries: list[mountinfo.MountEntry] | None) -> str | None:
         top = None
         if magic == mountapi.OVERLAYFS_SUPER_MAGIC:
             top = mountinfo.mount_at(mountinfo.read() if entries is None else entries, real)
@@ -221,7 +253,8 @@ class HostSetup:
             finally:
                 os.close(clone)
             self._cover(target, fd, real)
-        return target
+        return None if _walkable(real) else target
+
 
     def _overlay(self, merged: str, top: mountinfo.MountEntry, target: str) -> None:
         # Docker's overlay2 home is two levels up from <home>/<id>/merged.
@@ -269,7 +302,7 @@ class HostSetup:
         self.rec.mounts.append(target)
 
     def volumes(self, cfg: dict, policy: spec.BindPolicy, host_base: int, size: int,
-                table: MountTable | None = None) -> None:
+                volume_base: int | None = None, table: MountTable | None = None) -> None:
         """Every bind: its source opened once and checked (policy on the path the fd
         really is, no kernel filesystem, no device), then that fd cloned, id-mapped
         so the container's root is the source's owner (never host root), mounted
@@ -288,7 +321,8 @@ class HostSetup:
                     check_source_fs(fd, real, "bind mount source", table, recursive, policy)
                     st = os.fstat(fd)
                     t = os.path.join(self.rec.mount_dir, "vol", str(n))
-                    clone = self._bind_clone(fd, real, st, recursive, host_base, size, nss)
+                    maps = self._maps(policy, real, st, host_base, size, volume_base)
+                    clone = self._bind_clone(fd, real, recursive, maps, host_base, size, nss)
                     try:
                         _target_like(stat.S_ISDIR(st.st_mode), t)
                         self._mount_fd(clone, t)
@@ -301,10 +335,19 @@ class HostSetup:
             for ns in nss.values():
                 ns.close()
 
-    def _bind_clone(self, fd: int, real: str, st: os.stat_result, recursive: bool,
-                    host_base: int, size: int,
+    def _maps(self, policy: spec.BindPolicy, real: str, st: os.stat_result, host_base: int,
+              size: int, volume_base: int | None) -> tuple[str | None, str | None]:
+        vol = policy.docker_volume(real) if volume_base is not None else None
+        if vol is None:
+            return spec.bind_maps(st.st_uid, st.st_gid, host_base, size)
+        assert volume_base is not None
+        _adopt_volume(vol, volume_base, size)
+        return spec.volume_maps(volume_base, host_base, size)
+
+    def _bind_clone(self, fd: int, real: str, recursive: bool,
+                    maps: tuple[str | None, str | None], host_base: int, size: int,
                     nss: dict[tuple[str, str], mountapi.UserNamespace]) -> int:
-        uid_map, gid_map = spec.bind_maps(st.st_uid, st.st_gid, host_base, size)
+        uid_map, gid_map = maps
         clone = mountapi.open_tree_fd(fd, recursive)
         if uid_map is None and gid_map is None:
             return clone  # the container's own range: nothing to map
@@ -320,6 +363,21 @@ class HostSetup:
             os.close(clone)
             clone = mountapi.open_tree_fd(fd, recursive)
         return clone
+
+
+def _walkable(path: str) -> bool:
+    """Whether any user (the container's root is one, unprivileged on the host) may
+    walk to path: every directory above it searchable by others."""
+    d = os.path.dirname(path)
+    while True:
+        try:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
 
 
 def cgroup2_path(pid: int) -> str:

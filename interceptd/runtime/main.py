@@ -361,10 +361,14 @@ class Create:
                   else mountapi.UserNamespace(base, st.range_size))
             try:
                 hs = host.HostSetup(rec, store, ns.fd)
-                # The view is mounted over root.path itself: root.path is unchanged.
-                hs.rootfs(root, sensitive=sensitive_paths(st),
-                          own=[st.state_dir, st.mount_root])
-                hs.volumes(new, bind_policy(new, st, root), base, st.range_size)
+                # The view is mounted over root.path itself; root.path changes only
+                # when the container's root cannot walk there (Docker's data root).
+                view = hs.rootfs(root, sensitive=sensitive_paths(st),
+                                 own=[st.state_dir, st.mount_root])
+                if view is not None:
+                    new["root"]["path"] = view
+                hs.volumes(new, bind_policy(new, st, root), base, st.range_size,
+                           st.volume_id_base)
             finally:
                 ns.close()
             data = json.dumps(new, separators=(",", ":")).encode()

@@ -262,6 +262,16 @@ class BindPolicy:
         # <D>/volumes/<name>/_data and below (volume subpaths)
         return len(parts) >= 3 and parts[0] == "volumes" and parts[2] == "_data"
 
+    def docker_volume(self, path: str) -> str | None:
+        """The `<D>/volumes/<name>/_data` a source lies in (D the derived data root)."""
+        d = self.docker_root
+        if d is None or not _under(path, d):
+            return None
+        parts = path[len(d.rstrip("/")):].strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == "volumes" and parts[2] == "_data":
+            return "/".join([d.rstrip("/"), *parts[:3]])
+        return None
+
     def check(self, path: str, src: str, dest: str | None) -> None:
         """Refuse a bind whose source really is `path` (resolved); `src` as configured."""
         if not path.startswith("/"):
@@ -333,6 +343,14 @@ PSEUDO_FS_MAGIC = {
     0x0187: "autofs", 0x50495045: "pipefs", 0x534F434B: "sockfs", 0x09041934: "anon_inode",
 }
 PSEUDO_FS_NAMES = frozenset({*PSEUDO_FS_MAGIC.values(), "devtmpfs", "hugetlbfs"})
+
+
+def volume_maps(volume_base: int, host_base: int, size: int) -> tuple[str, str]:
+    """A Docker named volume's maps: the volume range (volume_base..+size, shared by
+    every container, as dockerd's userns-remap shares one range) is the container's
+    0..size-1."""
+    line = f"{volume_base} {host_base} {size}\n"
+    return line, line
 
 
 def bind_maps(uid: int, gid: int, host_base: int, size: int) -> tuple[str | None, str | None]:

@@ -84,7 +84,7 @@ def test_settings_env_and_file(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_shift_tree_roundtrip_keeps_setuid(tmp_path):
+def test_shift_tree_roundtrip_keeps_setuid_until_root_owned(tmp_path):
     top = tmp_path / "upper"
     (top / "d").mkdir(parents=True)
     f = top / "d" / "f"
@@ -100,6 +100,24 @@ def test_shift_tree_roundtrip_keeps_setuid(tmp_path):
     shift.shift_tree(str(top), -(1 << 20), 1 << 20, (1 << 20) + 65536)
     assert (os.stat(f).st_uid, os.stat(f).st_gid) == (0, 5)
     assert os.stat(top).st_uid == 0
+    # Host root's now: never setuid (the container's root may have set it).
+    assert os.stat(f).st_mode & 0o7777 == 0o755
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_shift_tree_skips_devices_mounts_and_symlinked_top(tmp_path):
+    top = tmp_path / "upper"
+    top.mkdir()
+    os.mknod(top / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.mknod(top / "fifo", 0o600 | 0o010000)
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    shift.shift_tree(str(top), 1 << 20, 0, 65536)
+    assert os.lstat(top / "null").st_uid == 0  # a device node is never the layer's
+    assert os.lstat(top / "fifo").st_uid == 1 << 20
+    with pytest.raises(OSError):
+        shift.shift_tree(str(tmp_path / "link"), 1 << 20, 0, 65536)
+    assert os.stat(tmp_path / "real").st_uid == 0
 
 
 def test_delete_releases_a_range_without_record(tmp_path, monkeypatch):
