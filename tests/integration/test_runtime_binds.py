@@ -338,3 +338,54 @@ def test_setuid_file_from_container_root_not_setuid_root_after_delete(
     assert os.lstat(upper / "u").st_gid == 5
     assert os.lstat(upper / "sgd").st_mode & stat.S_ISGID  # a directory keeps it
     assert_nothing_left(shim)
+
+
+@pytest.mark.parametrize("how", ["host-namespace", "container-namespace"])
+def test_hook_reaches_container_when_root_is_not_walkable(shim, bundle_factory, new_id,
+                                                          workdir, how):
+    """A rootfs the container's root cannot walk to (Docker's data root is 0710):
+    root.path becomes the view's own path, and the original is covered by a shared
+    peer of the view. A hook binding into the original path in the host's mount
+    namespace reaches a runc container (propagated to the view; plain runc on this
+    host, whose / is private, does not manage that); one that enters the container's
+    mount namespace and uses root.path from config.json reaches it with either runtime."""
+    src = workdir / "hooked-src"
+    src.write_text("from-hook\n")
+    b = plain_bundle(bundle_factory, ["cat", "/hooked"])
+    locked = workdir / "locked"
+    locked.mkdir(mode=0o700)
+    os.chmod(locked, 0o710)
+    root = locked / "rootfs"
+    b.rootfs.rename(root)
+    (root / "hooked").write_text("")
+    b.config["root"]["path"] = str(root)
+    if how == "host-namespace":
+        action = f'mount --bind {src} {root}/hooked'
+    else:
+        action = ('r=$(grep -o \'"root":{"path":"[^"]*"\' "$bundle/config.json" | '
+                  'cut -d\'"\' -f6)\n'
+                  f'nsenter -t "$pid" -m mount --bind {src} "$r/hooked"')
+    hook = workdir / "hook.sh"
+    hook.write_text(f"""#!/bin/sh
+set -e
+st=$(cat)
+bundle=$(echo "$st" | sed -n 's/.*"bundle":"\\([^"]*\\)".*/\\1/p')
+pid=$(echo "$st" | sed -n 's/.*"pid":\\([0-9]*\\).*/\\1/p')
+{action}
+""")
+    hook.chmod(0o755)
+    b.config["hooks"] = {"createRuntime": [{"path": str(hook)}]}
+    b.write_config()
+    try:
+        res = shim.run(b, new_id("hooklocked")).check()
+        if how == "host-namespace" and shim.name == "crun":
+            # crun makes the container's mounts private (runc: rslave), so a mount
+            # made in the host's namespace after the container's was copied never
+            # reaches it, with or without interceptd.
+            assert res.stdout == ""
+        else:
+            assert res.stdout == "from-hook\n"
+    finally:
+        subprocess.run(["umount", "-l", str(root / "hooked")], capture_output=True)
+    assert (root / "hooked").read_text() == ""
+    assert_nothing_left(shim)
