@@ -207,9 +207,10 @@ def bind_indexes(spec: dict) -> list[int]:
     return [i for i, m in enumerate(spec.get("mounts") or []) if is_bind(m)]
 
 
-# Storage drivers whose rootfs dockerd places at <data-root>/<driver>/...
+# Storage drivers whose rootfs dockerd places at <data-root>/<driver>/... ("rootfs":
+# dockerd with the containerd image store, <data-root>/rootfs/<snapshotter>/<id>).
 DOCKER_DRIVERS = frozenset({"overlay2", "overlay", "fuse-overlayfs", "vfs", "btrfs", "zfs",
-                            "devicemapper", "aufs"})
+                            "devicemapper", "aufs", "rootfs"})
 _DOCKER_NET_FILES = ("resolv.conf", "hostname", "hosts")
 
 
