@@ -127,7 +127,13 @@ def check_source_fs(fd: int, real: str, what: str, table: MountTable,
                                f"(mounted at {e.mountpoint}): refused by interceptd")
         if policy is None or e.root == "/":
             continue
-        # A bind mount: `path` really is this place of its filesystem.
+        # A bind mount. Made at or above the shared directory (an admin's
+        # /var/lib/docker or /home from another disk): that is the shared place.
+        # Made inside it (a volume driver's o=bind,device=..., anyone's bind):
+        # `path` really is another place, which must be allowed itself.
+        area = policy.area(path)
+        if area is not None and _under_any(area, e.mountpoint):
+            continue
         base = table.host_path(e)
         if base is None or not _under_any(path, e.mountpoint):
             continue

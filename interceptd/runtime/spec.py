@@ -273,6 +273,13 @@ class BindPolicy:
             return "/".join([d.rstrip("/"), *parts[:3]])
         return None
 
+    def area(self, path: str) -> str | None:
+        """The shared directory (or Docker data root) that allows `path`."""
+        if self.docker_own(path):
+            return self.docker_root
+        tops = [t for t in self.shared if _under(path, t)]
+        return max(tops, key=len) if tops else None
+
     def check(self, path: str, src: str, dest: str | None) -> None:
         """Refuse a bind whose source really is `path` (resolved); `src` as configured."""
         if not path.startswith("/"):

@@ -185,6 +185,27 @@ def test_bind_mount_of_outside_dir_inside_shared_path_refused(shim, bundle_facto
         subprocess.run(["umount", "-l", str(top / "v")], check=False)
 
 
+def test_shared_path_that_is_itself_a_bind_mount_allowed(shim, bundle_factory, new_id,
+                                                         workdir, shared):
+    """An admin's /home (or data root) mounted from another disk: the shared
+    directory itself is the bind, which is the admin's doing, not a way out."""
+    disk = workdir / "disk"
+    (disk / "alice").mkdir(parents=True)
+    os.chown(disk / "alice", HOST_USER, HOST_USER)
+    top = workdir / "home"
+    top.mkdir()
+    subprocess.run(["mount", "--bind", str(disk), str(top)], check=True)
+    try:
+        shared(top)
+        b = plain_bundle(bundle_factory, ["sh", "-c", "touch /data/x"])
+        with_bind(b, top / "alice")
+        shim.run(b, new_id("sharedbind")).check()
+        assert os.stat(disk / "alice" / "x").st_uid == HOST_USER
+    finally:
+        subprocess.run(["umount", "-l", str(top)], check=False)
+    assert_nothing_left(shim)
+
+
 def test_interceptd_own_dirs_refused(shim, bundle_factory, new_id, shared):
     state = Path(shim.daemon.state_dir)  # type: ignore[attr-defined]
     views = Path(str(state) + "-rootfs")
