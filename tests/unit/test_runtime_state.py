@@ -254,3 +254,29 @@ def test_delete_drops_the_record_before_the_range(tmp_path, monkeypatch):
     assert store.load(key) is None and pool.allocated() == {key: base}
     assert main.Delete(inv, st).finish(0) == 0
     assert pool.allocated() == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown and security.* xattrs need root")
+def test_shift_back_strips_file_capability_of_a_file_becoming_roots(tmp_path):
+    import struct
+
+    top = tmp_path / "upper"
+    top.mkdir()
+    f = top / "capped"
+    f.write_text("x")
+    # VFS_CAP_REVISION_2 | effective, CAP_NET_RAW permitted.
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+    base = 1 << 20
+    os.chown(f, base, base)
+    os.setxattr(f, "security.capability", cap)
+    os.chown(top, base, base)
+    g = top / "other"  # stays in the range (not root's after the shift): keeps it
+    g.write_text("y")
+    os.chown(g, base + 1000, base + 1000)
+    os.setxattr(g, "security.capability", cap)
+    shift.shift_tree(str(top), -base, base, base + 65536)
+    assert os.stat(f).st_uid == 0
+    with pytest.raises(OSError):
+        os.getxattr(f, "security.capability")
+    assert os.stat(g).st_uid == 1000
+    assert os.getxattr(g, "security.capability") == cap
