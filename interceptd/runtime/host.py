@@ -191,7 +191,7 @@ class HostSetup:
         self.store.save(self.rec)
         try:
             mountapi.mount("", view, "", mountapi.MS_SHARED)
-            clone = mountapi.open_tree(view)
+            clone = mountapi.open_tree(view, recursive=True)
             try:
                 mountapi.move_mount_to_fd(clone, root_fd, real)
             finally:

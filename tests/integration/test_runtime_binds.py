@@ -228,6 +228,20 @@ def test_root_path_checked(shim, bundle_factory, new_id):
     refused(shim, b, new_id("procroot"), "proc")
 
 
+def test_rootfs_submounts_kept_in_view(shim, bundle_factory, new_id):
+    """The view over root.path is recursive: a mount inside the rootfs stays visible."""
+    b = plain_bundle(bundle_factory, ["cat", "/mnt/marker"])
+    (b.rootfs / "mnt").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "sub", str(b.rootfs / "mnt")], check=True)
+    try:
+        (b.rootfs / "mnt" / "marker").write_text("sub\n")
+        res = shim.run(b, new_id("submnt")).check()
+        assert res.stdout == "sub\n"
+    finally:
+        subprocess.run(["umount", "-l", str(b.rootfs / "mnt")], check=False)
+    assert_nothing_left(shim)
+
+
 # ------------------------------------------------------------------ hooks
 
 @pytest.mark.parametrize("how", ["container-namespace", "host-namespace"])
