@@ -93,15 +93,24 @@ class MountTable:
         top = path.rstrip("/") + "/"
         return [e for e in self.entries if e.mountpoint.startswith(top)]
 
-    def host_path(self, e: mountinfo.MountEntry) -> str | None:
-        """Where a bind mount's root lies on the host (a mount of the same filesystem
-        at its own root), or None when none is mounted."""
-        if e.root == "/":
-            return e.mountpoint
+    def origins(self, e: mountinfo.MountEntry, path: str) -> list[str]:
+        """The other places on the host where `path` (on mount e) shows: through every
+        other mount of the same filesystem whose root contains e's root."""
+        if not _under_any(path, e.mountpoint):
+            return []
+        inner = _join(e.root, path[len(e.mountpoint):])
+        out = []
         for o in self.entries:
-            if o.dev == e.dev and o.root == "/":
-                return os.path.normpath(o.mountpoint.rstrip("/") + "/" + e.root.lstrip("/"))
-        return None
+            if o.dev != e.dev or o.mount_id == e.mount_id or not _under_any(inner, o.root):
+                continue
+            place = _join(o.mountpoint, inner[len(o.root.rstrip("/")):])
+            if place != path and not _under_any(place, path):
+                out.append(place)
+        return out
+
+
+def _join(top: str, rest: str) -> str:
+    return os.path.normpath(top.rstrip("/") + "/" + rest.lstrip("/"))
 
 
 def check_source_fs(fd: int, real: str, what: str, table: MountTable,
@@ -125,21 +134,18 @@ def check_source_fs(fd: int, real: str, what: str, table: MountTable,
         if e.fstype in spec.PSEUDO_FS_NAMES:
             raise spec.Refused(f"{what} {real} carries the host's {e.fstype} filesystem "
                                f"(mounted at {e.mountpoint}): refused by interceptd")
-        if policy is None or e.root == "/":
+        if policy is None:
             continue
-        # A bind mount. Made at or above the shared directory (an admin's
-        # /var/lib/docker or /home from another disk): that is the shared place.
-        # Made inside it (a volume driver's o=bind,device=..., anyone's bind):
-        # `path` really is another place, which must be allowed itself.
+        # Made at or above the shared directory (an admin's /home or data root
+        # from another disk): that is the shared place. Made inside it (a volume
+        # driver's o=bind,device=... or type=ext4,device=/dev/..., anyone's bind):
+        # wherever else the same filesystem shows on the host, `path` is that place
+        # too, which must be allowed itself.
         area = policy.area(path)
         if area is not None and _under_any(area, e.mountpoint):
             continue
-        base = table.host_path(e)
-        if base is None or not _under_any(path, e.mountpoint):
-            continue
-        origin = os.path.normpath(base + "/" + path[len(e.mountpoint):].lstrip("/"))
-        if origin != path:
-            policy.check(origin, f"{path} (a bind mount of {origin})", "the container")
+        for origin in table.origins(e, path):
+            policy.check(origin, f"{path} (also {origin} on the host)", "the container")
 
 
 def _under_any(path: str, top: str) -> bool:

@@ -185,6 +185,26 @@ def test_bind_mount_of_outside_dir_inside_shared_path_refused(shim, bundle_facto
         subprocess.run(["umount", "-l", str(top / "v")], check=False)
 
 
+def test_host_disk_mounted_inside_shared_path_refused(shim, bundle_factory, new_id,
+                                                     workdir, shared):
+    """What `docker volume create -o type=ext4 -o device=<the host's disk>` makes: the
+    host's root filesystem mounted again inside a shared directory (its mount root
+    is "/", not a bind): it shows at / on the host, which is refused."""
+    with open("/proc/self/mountinfo") as f:
+        root = next(line.split() for line in f if line.split()[4] == "/")
+    dev, fstype = root[root.index("-") + 2], root[root.index("-") + 1]
+    top = workdir / "shared"
+    (top / "disk").mkdir(parents=True)
+    subprocess.run(["mount", "-t", fstype, dev, str(top / "disk")], check=True)
+    try:
+        shared(top)
+        b = plain_bundle(bundle_factory, ["true"])
+        with_bind(b, top / "disk")
+        refused(shim, b, new_id("disk"), "also / on the host")
+    finally:
+        subprocess.run(["umount", "-l", str(top / "disk")], check=False)
+
+
 def test_shared_path_that_is_itself_a_bind_mount_allowed(shim, bundle_factory, new_id,
                                                          workdir, shared):
     """An admin's /home (or data root) mounted from another disk: the shared
