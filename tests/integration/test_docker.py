@@ -273,6 +273,25 @@ def test_host_kernel_filesystem_bind_refused(docker_env, src):
     assert_clean(docker_env)
 
 
+def test_bind_volume_of_outside_place_refused(docker_env):
+    """`docker volume create -o type=none -o o=bind -o device=X`: dockerd binds X at the
+    volume's _data, under its (allowed) volumes dir; X itself is outside the shared
+    paths, so the volume is refused."""
+    d = docker_env
+    private = d.top / "private"
+    private.mkdir(exist_ok=True)
+    name = f"icd-bindvol-{d.runtime}"
+    d.docker("volume", "create", "-o", "type=none", "-o", "o=bind", "-o",
+             f"device={private}", name)
+    try:
+        p = d.run("-v", f"{name}:/data", IMAGE, "true")
+        assert p.returncode != 0
+        assert "outside [runtime] shared_paths" in p.stderr, p.stderr
+    finally:
+        d.docker("volume", "rm", "-f", name, check=False)
+    assert_clean(d)
+
+
 def test_named_volume(docker_env):
     """A fresh named volume (dockerd made it, root's) is shifted once into the
     volume range: the container's root writes there as that range, not host root,
