@@ -126,6 +126,10 @@ def check_source_fs(fd: int, real: str, what: str, table: MountTable,
     sx = mountapi.statx(fd)
     if stat.S_ISCHR(sx.mode) or stat.S_ISBLK(sx.mode):
         raise spec.Refused(f"{what} {real} is a device node: refused by interceptd")
+    if not recursive and magic not in _SHARED_MAGIC and _on_area_mount(sx, real, policy):
+        # The common case (Docker's per-container files): on the very mount of the
+        # shared directory, nothing below: the mount table has nothing to add.
+        return
     own = table.by_id(sx.mnt_id)
     mounts = [(own, real)] if own is not None else []
     if recursive:
@@ -146,6 +150,21 @@ def check_source_fs(fd: int, real: str, what: str, table: MountTable,
             continue
         for origin in table.origins(e, path):
             policy.check(origin, f"{path} (also {origin} on the host)", "the container")
+
+
+# Filesystems whose statfs magic other kinds share (devtmpfs is a tmpfs): only the
+# mount table's type tells them apart.
+_SHARED_MAGIC = frozenset({0x01021994, 0x858458F6})  # tmpfs, ramfs
+
+
+def _on_area_mount(sx: mountapi.Statx, real: str, policy: spec.BindPolicy | None) -> bool:
+    area = policy.area(real) if policy is not None else None
+    if area is None:
+        return False
+    try:
+        return mountapi.statx(-100, area, follow=True).mnt_id == sx.mnt_id
+    except OSError:
+        return False
 
 
 def _under_any(path: str, top: str) -> bool:
