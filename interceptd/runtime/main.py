@@ -244,10 +244,8 @@ def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settin
 def bind_policy(spec: dict, st: settingsmod.Settings, root: str):
     from . import spec as sp
 
-    allowed = st.sensitive_mount_trust_annotations and bool(
-        sp.image_refs(spec) & set(st.sensitive_mount_allow))
-    return sp.BindPolicy(shared_paths(st), sensitive_paths(st), allowed,
-                         sp.docker_data_root(spec, root))
+    return sp.bind_policy(spec, shared_paths(st), sensitive_paths(st),
+                          st.sensitive_mount_allow, root, st.sensitive_mount_trust_annotations)
 
 
 class Passthrough(Exception):

@@ -299,6 +299,15 @@ class BindPolicy:
                       f"({', '.join(self.shared) or 'empty'})")
 
 
+def bind_policy(spec: dict, shared: Iterable[str], sensitive: list[str], allow: list[str],
+                root: str | None, trust_annotations: bool = False) -> BindPolicy:
+    """The bind policy for this config. `allow` (image names/digests) is matched on
+    annotations, which whoever creates the container sets: only with trust_annotations."""
+    allowed = trust_annotations and bool(image_refs(spec) & set(allow))
+    return BindPolicy(shared, sensitive, allowed,
+                      docker_data_root(spec, root) if root else None)
+
+
 def check_mounts(spec: dict, sensitive: list[str], allow: list[str],
                  resolve=os.path.realpath, shared: Iterable[str] = (),
                  root: str | None = None, trust_annotations: bool = False) -> BindPolicy:
@@ -309,9 +318,7 @@ def check_mounts(spec: dict, sensitive: list[str], allow: list[str],
     `allow` (image names/digests) is matched on annotations, which whoever creates
     the container sets: it is honoured only with `trust_annotations`.
     """
-    allowed = trust_annotations and bool(image_refs(spec) & set(allow))
-    policy = BindPolicy(shared, sensitive, allowed,
-                        docker_data_root(spec, root) if root else None)
+    policy = bind_policy(spec, shared, sensitive, allow, root, trust_annotations)
     for m in spec.get("mounts") or []:
         if not is_bind(m):
             continue
