@@ -149,6 +149,7 @@ class Daemon:
         listener.start()
         self._parts["listener"] = listener
         self._start_runtime_service()
+        self._start_metrics(dispatcher)
         log.info("ready", extra={"fields": {
             "version": version(), "pid": os.getpid(), "state_dir": self.state_dir,
             "listener": listener.path, "control": ctl.path,
@@ -196,13 +197,33 @@ class Daemon:
             log.warning("runtime prepare service not started",
                         extra={"fields": {"error": str(e)}})
 
+    def _start_metrics(self, dispatcher: Dispatcher) -> None:
+        """`--metrics-address`: /metrics for Prometheus (interceptd/metrics.py). A
+        missing prometheus-client or a taken port costs the metrics, not the daemon."""
+        addr = self.cfg.daemon.metrics_address
+        if addr is None:
+            return
+        try:
+            from interceptd import metrics
+
+            src = metrics.Sources(
+                version=version(), started=self.started, counters=self.counters,
+                bus=self.bus, dispatcher=dispatcher, registry=self.registry,
+                bpf=self._parts.get("bpf"),
+                containers=metrics_containers(self.cfg),
+            )
+            self._parts["metrics"] = metrics.MetricsServer(addr.host, addr.port, src).start()
+        except (ImportError, OSError) as e:
+            log.error("metrics endpoint not started", extra={"fields": {
+                "address": str(addr), "error": str(e)}})
+
     def containers(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.registry.list()]
 
     def shutdown(self) -> None:
         if self._parts:
             log.info("shutting down", extra={"fields": {"containers": len(self.registry)}})
-        for name in ("runtime", "listener", "dispatcher", "engine", "control"):
+        for name in ("metrics", "runtime", "listener", "dispatcher", "engine", "control"):
             part = self._parts.pop(name, None)
             if part is None:
                 continue
@@ -214,6 +235,19 @@ class Daemon:
             os.close(self._lock_fd)
             self._lock_fd = -1
             log.info("stopped")
+
+
+def metrics_containers(cfg: Config) -> tuple[str, ...]:
+    """`[metrics] containers`: the containers (id prefixes or names) that get their own
+    label value; bounded so a metric's series count stays bounded."""
+    from interceptd.metrics import MAX_LABELLED_CONTAINERS
+
+    names = cfg.sections.get("metrics", {}).get("containers", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError("metrics.containers: must be a list of container ids or names")
+    if len(names) > MAX_LABELLED_CONTAINERS:
+        raise ConfigError(f"metrics.containers: at most {MAX_LABELLED_CONTAINERS}")
+    return tuple(names)
 
 
 def _register_policy(handlers: HandlerRegistry, cfg: Config) -> None:

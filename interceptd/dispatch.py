@@ -29,6 +29,7 @@ from interceptd.registry import (
     read_cgroup_paths,
     read_id_maps,
 )
+from interceptd.tally import CallTally, LocalTally
 from interceptd.verdict import (
     FAST_CONTINUE,
     FAST_ERRNO,
@@ -110,6 +111,11 @@ class Dispatcher:
         gone = getattr(core, "TargetGone", None)
         self._target_gone = gone if isinstance(gone, type) else OSError
         self._registered = threading.Condition(registry.lock)  # a container was added
+        # For the metrics exporter (read at scrape time): calls by path, syscall
+        # and verdict, and the channel counts of containers already gone.
+        self.calls = CallTally()
+        self.retired_stats: collections.Counter[str] = collections.Counter()
+        self._pump_tally = self.calls.local()
 
     # -- attach (listener thread) ------------------------------------------
 
@@ -228,6 +234,7 @@ class Dispatcher:
         detached_type = self.core.Detached
         tally = self.counters.local()
         decisions = tally.bucket("decisions")
+        calls = self.calls.local()
         try:
             while True:
                 stopping = self._stop.is_set()
@@ -239,7 +246,7 @@ class Dispatcher:
                         if self._detach(c, item.notify_fd):
                             return
                     else:
-                        self._handle(c, item, decisions)
+                        self._handle(c, item, decisions, calls)
                 if stopping or ch.closed:
                     return
         except Exception:
@@ -250,6 +257,7 @@ class Dispatcher:
             self._release(c, "worker failed")
         finally:
             tally.release()
+            calls.release()
 
     def _detach(self, c: Container, fd: int) -> bool:
         """Forget `fd`; returns True once the container has no fd left."""
@@ -270,6 +278,8 @@ class Dispatcher:
                 return
             self._released.add(c.cookie)
         c.channel.close()
+        with contextlib.suppress(Exception):  # a test double may have no stats
+            self.retired_stats.update(c.channel.stats())
         close_container_fds(c)
         self.handlers.released(c)
         self._workers.pop(c.id, None)
@@ -286,9 +296,11 @@ class Dispatcher:
             route = self._routes[nr] = (name, self.handlers.get(name))
         return route
 
-    def _handle(self, c: Container, n: Any, decisions: dict[str, int]) -> None:
+    def _handle(self, c: Container, n: Any, decisions: dict[str, int],
+                calls: LocalTally | None = None) -> None:
         # The hot path of every Python-path call: keep it lean, answer first,
         # then do the bookkeeping.
+        t0 = time.perf_counter_ns()
         if n.arch == self._native_arch:
             name, fn = self._route(n.nr)
             if fn is not None:
@@ -301,6 +313,9 @@ class Dispatcher:
         value = self._answer(c, n, verdict)
         kind = verdict.kind
         decisions[kind] = decisions.get(kind, 0) + 1
+        if calls is not None:
+            calls.histogram("python").observe_ns(time.perf_counter_ns() - t0)
+            calls.count("python", name, kind)
         comm = c.comms.get(n.pid)
         if comm is None:
             comm = c.comm(n.pid, self._comm_of)
@@ -373,9 +388,13 @@ class Dispatcher:
         publish = self.bus.subscribers > 0
         tally: collections.Counter[str] = collections.Counter()
         gone = 0
+        calls = self._pump_tally
         for d in decisions:
             verdict = self._verdict_of_action.get(d.action, "errno")
             tally[verdict] += 1
+            # The native helper's records say why; the daemon's fast path's do not.
+            calls.count("native" if getattr(d, "reason", "") else "fast",
+                        self._syscall_name(d.nr), verdict)
             if getattr(d, "send_errno", 0):
                 gone += 1
             # Every new pid's comm is cached on its container, events or not, so
