@@ -25,12 +25,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         ("policy", "what interceptd-runc adds to every container's filter")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    st = sub.add_parser("stats", help="top syscalls per container (the eBPF counters)")
+    st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    st.add_argument("-n", "--top", type=int, default=10, help="syscalls per container")
+    st.add_argument("-w", "--watch", type=float, nargs="?", const=2.0, default=None,
+                    metavar="SECONDS", help="refresh like top (default every 2 s)")
     t = sub.add_parser("trace", help="stream decisions as they happen")
     t.add_argument("-o", "--output", choices=("compact", "json"), default="compact")
     t.add_argument("--container")
     t.add_argument("--syscall")
     t.add_argument("--verdict")
-    t.add_argument("--source", choices=("seccomp",))  # "bpf" once the eBPF layer exists
+    t.add_argument("--source", choices=("seccomp", "bpf"))
+    t.add_argument("--pid", type=int, help="the caller's pid (thread id) as the host sees it")
+    t.add_argument("--comm", help="the caller's command name")
     t.add_argument("--count", type=int, default=0, help="stop after N events (0: forever)")
     return p.parse_args(argv)
 
@@ -44,6 +51,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     try:
         if args.cmd == "trace":
             return _trace(sock, args, out)
+        if args.cmd == "stats":
+            return _stats(sock, args, out)
         cmd = "status" if args.cmd == "policy" else args.cmd
         resp = control.request(sock, {"cmd": cmd}, timeout=args.timeout)
     except (OSError, ConnectionError, ValueError) as e:
@@ -97,8 +106,13 @@ def _yes_no(v: Any) -> str:
 
 
 def format_probe(feats: dict[str, Any]) -> str:
-    width = max((len(k) for k in feats), default=0)
-    return "".join(f"{k.ljust(width)}  {_yes_no(v)}\n" for k, v in feats.items())
+    reasons = feats.get("reasons") or {}
+    rows = {k: v for k, v in feats.items() if k != "reasons"}
+    width = max((len(k) for k in rows), default=0)
+    return "".join(
+        f"{k.ljust(width)}  {_yes_no(v)}"
+        + (f" ({reasons[k]})" if v is False and k in reasons else "") + "\n"
+        for k, v in rows.items())
 
 
 def _probe(args: argparse.Namespace, out: TextIO) -> int:
@@ -161,8 +175,8 @@ def format_event(ev: dict[str, Any]) -> str:
 
 def _trace(sock: str, args: argparse.Namespace, out: TextIO) -> int:
     req: dict[str, Any] = {"cmd": "trace", "count": args.count}
-    for key in ("container", "syscall", "verdict", "source"):
-        if getattr(args, key):
+    for key in ("container", "syscall", "verdict", "source", "pid", "comm"):
+        if getattr(args, key) is not None and getattr(args, key) != "":
             req[key] = getattr(args, key)
     try:
         for i, obj in enumerate(control.stream(sock, req, timeout=args.timeout)):
@@ -180,6 +194,52 @@ def _trace(sock: str, args: argparse.Namespace, out: TextIO) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def format_stats(s: dict[str, Any], top: int, previous: dict[str, Any] | None = None,
+                 interval: float = 0.0) -> str:
+    """Per container its `top` syscalls by count (and per second since `previous`)."""
+    eb = s.get("ebpf") or {}
+    if not eb.get("up"):
+        return f"eBPF layer off: {eb.get('reason') or 'unknown'}\n"
+    lines = []
+    before = (previous or {}).get("containers", {})
+    for cid, calls in sorted(s.get("containers", {}).items()):
+        total = sum(v[0] for v in calls.values())
+        errs = sum(v[1] for v in calls.values())
+        lines.append(f"{cid}  calls {total}  errors {errs}")
+        rows = sorted(calls.items(), key=lambda kv: -kv[1][0])[:max(1, top)]
+        for name, (n, err) in rows:
+            rate = ""
+            if previous is not None and interval > 0:
+                old = before.get(cid, {}).get(name, [0, 0])[0]
+                rate = f"  {(n - old) / interval:>10.0f}/s"
+            lines.append(f"  {name:<20} {n:>12}  {err:>8} err{rate}")
+    return "\n".join(lines) + "\n" if lines else "no container tracked\n"
+
+
+def _stats(sock: str, args: argparse.Namespace, out: TextIO) -> int:
+    previous = None
+    while True:
+        resp = control.request(sock, {"cmd": "stats"}, timeout=args.timeout)
+        if not resp.get("ok"):
+            print(f"interceptctl: {resp.get('error', 'request failed')}", file=sys.stderr)
+            return 1
+        resp.pop("ok", None)
+        if args.output == "json":
+            out.write(json.dumps(resp, indent=2, sort_keys=True) + "\n")
+        else:
+            if args.watch and out.isatty():
+                out.write("\x1b[H\x1b[2J")
+            out.write(format_stats(resp, args.top, previous, args.watch or 0.0))
+        out.flush()
+        if not args.watch:
+            return 0
+        previous = resp
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _duration(sec: float) -> str:

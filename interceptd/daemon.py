@@ -141,7 +141,7 @@ class Daemon:
         self._parts["dispatcher"] = dispatcher
         ctl = control.ControlServer(
             self.path(CONTROL_SOCK), status=self.status, containers=self.containers,
-            bus=self.bus, counters=self.counters,
+            bus=self.bus, counters=self.counters, stats=self.stats,
         )
         ctl.start()
         self._parts["control"] = ctl
@@ -149,7 +149,9 @@ class Daemon:
         listener.start()
         self._parts["listener"] = listener
         self._start_runtime_service()
+        self._start_ebpf(dispatcher)
         self._start_metrics(dispatcher)
+        threading.Thread(target=self._probe_features, name="probe", daemon=True).start()
         log.info("ready", extra={"fields": {
             "version": version(), "pid": os.getpid(), "state_dir": self.state_dir,
             "listener": listener.path, "control": ctl.path,
@@ -170,9 +172,42 @@ class Daemon:
             "containers": len(self.registry),
             "counters": self.counters.snapshot(),
             "dropped_events": dropped,
+            "trace_clients": self.bus.subscribers,
             "features": self.features,
+            "ebpf": self._ebpf_status(),
             "runtime_policy": self._runtime_policy(),
         }
+
+    def _probe_features(self) -> None:
+        """The kernel's other features (interceptd/probe.py, without the bcc checks the
+        eBPF layer makes itself), after start: status shows them, the log names the
+        missing ones once."""
+        from interceptd import probe
+
+        try:
+            found = probe.probe(bcc=False)
+        except Exception:
+            log.exception("feature probe failed")
+            return
+        reasons = found.pop("reasons", {})
+        self.features = {**found, **self.features}
+        if reasons:
+            log.info("kernel features missing", extra={"fields": reasons})
+
+    def _ebpf_status(self) -> dict[str, Any]:
+        layer = self._parts.get("bpf")
+        if layer is None:
+            return {"up": False, "reason": "disabled in the configuration ([ebpf] enabled)"}
+        return dict(layer.status())
+
+    def stats(self) -> dict[str, Any]:
+        """Per container, {syscall: [calls, errors]} as the eBPF counters have them."""
+        layer = self._parts.get("bpf")
+        if layer is None or not layer.up:
+            return {"ebpf": self._ebpf_status(), "containers": {}}
+        return {"ebpf": self._ebpf_status(), "containers": {
+            cid: {name: list(v) for name, v in layer.counts(cid).items()}
+            for cid in layer.tracked()}}
 
     # -- interceptd-runc's prepare service, hosted here (interceptd/runtime) --
 
@@ -196,6 +231,24 @@ class Daemon:
         except OSError as e:
             log.warning("runtime prepare service not started",
                         extra={"fields": {"error": str(e)}})
+
+    def _start_ebpf(self, dispatcher: Dispatcher) -> None:
+        """The eBPF layer (interceptd/ebpf.py), loaded in the background: the
+        listener already serves; without bcc or headers the daemon runs without it."""
+        section = self.cfg.sections.get("ebpf", {})
+        if section.get("enabled", True) is False:
+            return
+        from interceptd import ebpf, metrics, probe
+
+        sensitive = section.get("sensitive", list(metrics.SENSITIVE_SYSCALLS))
+        if not isinstance(sensitive, list) or not all(isinstance(n, str) for n in sensitive):
+            raise ConfigError("ebpf.sensitive: must be a list of syscall names")
+        configured = metrics_containers(self.cfg)
+        layer = ebpf.BpfLayer(
+            self.bus, sensitive=sensitive, cgroup2_mount=probe.cgroup2_mount(),
+            label_of=lambda cid: metrics.container_label(cid, (), configured))
+        dispatcher.watchers.append(layer)
+        self._parts["bpf"] = layer.start()
 
     def _start_metrics(self, dispatcher: Dispatcher) -> None:
         """`--metrics-address`: /metrics for Prometheus (interceptd/metrics.py). A
@@ -223,7 +276,8 @@ class Daemon:
     def shutdown(self) -> None:
         if self._parts:
             log.info("shutting down", extra={"fields": {"containers": len(self.registry)}})
-        for name in ("metrics", "runtime", "listener", "dispatcher", "engine", "control"):
+        for name in ("metrics", "runtime", "listener", "dispatcher", "engine", "control",
+                     "bpf"):
             part = self._parts.pop(name, None)
             if part is None:
                 continue

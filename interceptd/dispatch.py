@@ -116,6 +116,9 @@ class Dispatcher:
         self.calls = CallTally()
         self.retired_stats: collections.Counter[str] = collections.Counter()
         self._pump_tally = self.calls.local()
+        # Told of each container's attach and release (the eBPF layer): objects with
+        # track(container_id, cgroup_v2_path) and untrack(container_id).
+        self.watchers: list[Any] = []
 
     # -- attach (listener thread) ------------------------------------------
 
@@ -206,6 +209,7 @@ class Dispatcher:
         self._cookie_ids[cookie] = c.id
         self._containers_by_cookie[cookie] = c
         self.counters.inc("containers_attached")
+        self._tell_watchers("track", c.id, cgroups.get("", ""))
         log.info(
             "attach",
             extra={"fields": {"container": c.id, "pid": st.pid, "fd": fd, "status": st.state.status,
@@ -282,12 +286,21 @@ class Dispatcher:
             self.retired_stats.update(c.channel.stats())
         close_container_fds(c)
         self.handlers.released(c)
+        self._tell_watchers("untrack", c.id)
         self._workers.pop(c.id, None)
         self._retired.append((time.monotonic(), c.cookie))
         self.counters.inc("containers_detached")
         log.info("container removed", extra={"fields": {"container": c.id, "why": why,
                                                           "lifetime_s": round(time.time()
                                                                               - c.started_at, 3)}})
+
+    def _tell_watchers(self, what: str, *args: Any) -> None:
+        for w in self.watchers:
+            try:
+                getattr(w, what)(*args)
+            except Exception:  # an observer never costs a container its attach
+                self.counters.inc("worker_errors", f"watcher {what}")
+                log.exception("watcher failed", extra={"fields": {"call": what}})
 
     def _route(self, nr: int) -> tuple[str, Handler | None]:
         route = self._routes.get(nr)

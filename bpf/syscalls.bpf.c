@@ -1,0 +1,147 @@
+// interceptd's eBPF layer, compiled by bcc (interceptd/ebpf_load.py).
+//
+// Counts every syscall (and every failed one) of the containers the daemon
+// tracks, per (container slot, syscall number), and streams an event for each
+// call of the sensitive set, at its exit (with its result). Only tracepoint data and BPF helpers are used:
+// no kernel struct is read, so the headers bcc compiles against need not be
+// the running kernel's.
+//
+// The daemon owns the slots: at attach it writes the container's cgroup v2 id
+// -> slot into `tracked` (and zeroes the slot's counters first); at detach it
+// reads the counters and deletes the id. Processes of untracked cgroups pay
+// one array lookup per syscall entry and a cgroup-id read and one hash lookup
+// per exit.
+
+#define NR_SLOTS 512      /* syscall numbers counted one by one; larger ones (x32) go to NR_SLOTS-1 */
+#define MAX_TRACKED 256   /* containers followed at once */
+
+struct event_t {
+  u64 ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+  u64 cgroup;    /* cgroup v2 id */
+  u64 args[6];   /* as the call entered; zeros when it never did (see has_args) */
+  s64 ret;       /* the call's return value (-errno) */
+  u32 tgid;      /* the caller's pid as the host sees it */
+  u32 tid;
+  u32 slot;
+  s32 nr;
+  u32 has_args;  /* 0: refused by the seccomp filter before entry, args unseen */
+  u32 pad;
+  char comm[16];
+};
+
+struct pending_t {
+  u64 args[6];
+  s64 nr;
+};
+
+BPF_HASH(tracked, u64, u32, MAX_TRACKED);
+// calls and errors: index slot * NR_SLOTS + nr; mmap-able so the daemon reads
+// them without a syscall per key.
+BPF_F_TABLE("array", u32, u64, calls, MAX_TRACKED * NR_SLOTS, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, u64, errors, MAX_TRACKED * NR_SLOTS, BPF_F_MMAPABLE);
+// sensitive[nr] != 0: stream an event for this syscall.
+BPF_ARRAY(sensitive, u8, NR_SLOTS);
+// The arguments of a sensitive call between its entry and its exit, per thread.
+BPF_HASH(pending, u32, struct pending_t, 4096);
+// lost[0]: events dropped because the ring was full.
+BPF_ARRAY(lost, u64, 1);
+BPF_RINGBUF_OUTPUT(events, RING_PAGES);
+
+#define NR_EXIT 60
+#define NR_EXIT_GROUP 231
+
+static __always_inline u32 nr_index(long nr)
+{
+  return (nr >= 0 && nr < NR_SLOTS) ? (u32)nr : NR_SLOTS - 1;
+}
+
+static __always_inline void count(u32 slot, u32 nr, int failed)
+{
+  u32 idx = (slot % MAX_TRACKED) * NR_SLOTS + nr;
+  u64 *c = calls.lookup(&idx);
+  if (c)
+    __sync_fetch_and_add(c, 1);
+  if (failed) {
+    c = errors.lookup(&idx);
+    if (c)
+      __sync_fetch_and_add(c, 1);
+  }
+}
+
+// Seccomp runs before this tracepoint: a call the filter refuses (the daemon's
+// errno, a deny rule) never enters, so calls are counted at their exit, which
+// every call but exit/exit_group reaches. Here: those two, and the arguments
+// of sensitive calls for their exit's event.
+TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+{
+  u32 nr = nr_index(args->id);
+  u8 *s = sensitive.lookup(&nr);
+  int is_sensitive = s && *s;
+  if (!is_sensitive && nr != NR_EXIT && nr != NR_EXIT_GROUP)
+    return 0;
+  u64 cg = bpf_get_current_cgroup_id();
+  u32 *slot = tracked.lookup(&cg);
+  if (!slot)
+    return 0;
+  if (!is_sensitive) {
+    count(*slot, nr, 0);
+    return 0;
+  }
+  struct pending_t p = { .nr = args->id };
+#pragma unroll
+  for (int i = 0; i < 6; i++)
+    p.args[i] = args->args[i];
+  u32 tid = (u32)bpf_get_current_pid_tgid();
+  pending.update(&tid, &p);
+  return 0;
+}
+
+TRACEPOINT_PROBE(raw_syscalls, sys_exit)
+{
+  u64 cg = bpf_get_current_cgroup_id();
+  u32 *slot = tracked.lookup(&cg);
+  if (!slot)
+    return 0;
+  u32 nr = nr_index(args->id);
+  count(*slot, nr, args->ret < 0);
+  u8 *s = sensitive.lookup(&nr);
+  if (!s || !*s)
+    return 0;
+  u64 id = bpf_get_current_pid_tgid();
+  u32 tid = (u32)id;
+  struct pending_t *p = pending.lookup(&tid);
+  struct event_t *e = events.ringbuf_reserve(sizeof(struct event_t));
+  if (!e) {
+    u32 zero = 0;
+    u64 *l = lost.lookup(&zero);
+    if (l)
+      __sync_fetch_and_add(l, 1);
+    if (p)
+      pending.delete(&tid);
+    return 0;
+  }
+  e->ns = bpf_ktime_get_ns();
+  e->cgroup = cg;
+  e->tgid = id >> 32;
+  e->tid = tid;
+  e->slot = *slot;
+  e->nr = (s32)args->id;
+  e->ret = args->ret;
+  e->pad = 0;
+  if (p && p->nr == args->id) {
+    e->has_args = 1;
+#pragma unroll
+    for (int i = 0; i < 6; i++)
+      e->args[i] = p->args[i];
+  } else {
+    e->has_args = 0;
+#pragma unroll
+    for (int i = 0; i < 6; i++)
+      e->args[i] = 0;
+  }
+  if (p)
+    pending.delete(&tid);
+  bpf_get_current_comm(&e->comm, sizeof(e->comm));
+  events.ringbuf_submit(e, 0);
+  return 0;
+}
