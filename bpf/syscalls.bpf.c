@@ -41,10 +41,18 @@ BPF_F_TABLE("array", u32, u64, calls, MAX_TRACKED * NR_SLOTS, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", u32, u64, errors, MAX_TRACKED * NR_SLOTS, BPF_F_MMAPABLE);
 // sensitive[nr] != 0: stream an event for this syscall.
 BPF_ARRAY(sensitive, u8, NR_SLOTS);
-// The arguments of a sensitive call between its entry and its exit, per thread.
-BPF_HASH(pending, u32, struct pending_t, 4096);
-// lost[0]: events dropped because the ring was full.
-BPF_ARRAY(lost, u64, 1);
+// The arguments of a sensitive call between its entry and its exit, per thread
+// (LRU: a thread killed inside its call never reaches the exit that deletes it).
+BPF_TABLE("lru_hash", u32, struct pending_t, pending, 4096);
+// lost[0]: events dropped because the ring was full; lost[1]: because their
+// container streamed more than EVENTS_PER_SEC (a container looping on a refused
+// call must not make the daemon spend a CPU reading its events).
+BPF_ARRAY(lost, u64, 2);
+struct rate_t {
+  u64 window;
+  u64 n;
+};
+BPF_ARRAY(rate, struct rate_t, MAX_TRACKED);
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
 
 #define NR_EXIT 60
@@ -110,10 +118,22 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit)
   u64 id = bpf_get_current_pid_tgid();
   u32 tid = (u32)id;
   struct pending_t *p = pending.lookup(&tid);
-  struct event_t *e = events.ringbuf_reserve(sizeof(struct event_t));
+  u32 sl = *slot % MAX_TRACKED, why = 1;
+  struct rate_t *r = rate.lookup(&sl);
+  struct event_t *e = NULL;
+  if (r) {
+    u64 now = bpf_ktime_get_ns();
+    if (now - r->window > 1000000000ULL) {  /* approximate across CPUs: a bound, not a meter */
+      r->window = now;
+      r->n = 0;
+    }
+    if (++r->n <= EVENTS_PER_SEC) {
+      why = 0;
+      e = events.ringbuf_reserve(sizeof(struct event_t));
+    }
+  }
   if (!e) {
-    u32 zero = 0;
-    u64 *l = lost.lookup(&zero);
+    u64 *l = lost.lookup(&why);
     if (l)
       __sync_fetch_and_add(l, 1);
     if (p)

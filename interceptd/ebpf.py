@@ -40,6 +40,7 @@ log = logging.getLogger("interceptd.ebpf")
 NR_SLOTS = 512  # bpf/syscalls.bpf.c
 MAX_TRACKED = 256
 RING_PAGES = 64  # 256 KiB of events; a power of two
+EVENTS_PER_SEC = 2000  # per container; beyond, events are dropped and counted
 OTHER_NR = NR_SLOTS - 1
 EVENT = struct.Struct("<QQ6QqIIIiII16s")  # struct event_t
 LOAD_TIMEOUT = 60.0
@@ -108,7 +109,8 @@ def run_loader(python: str = sys.executable) -> tuple[dict[str, Any], list[int]]
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with parent, child:
         proc = subprocess.Popen(
-            [python, "-m", "interceptd.ebpf_load", str(child.fileno()), str(RING_PAGES)],
+            [python, "-m", "interceptd.ebpf_load", str(child.fileno()), str(RING_PAGES),
+             str(EVENTS_PER_SEC)],
             pass_fds=[child.fileno()], stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         child.close()
@@ -139,7 +141,8 @@ class Figures:
     up: bool
     compile_seconds: float
     tracked: int
-    lost: int
+    lost: int  # the ring was full
+    throttled: int = 0  # a container streamed more than EVENTS_PER_SEC
     # (container id or label, names, syscall) -> (calls, errors)
     counts: dict[tuple[str, tuple[str, ...], str], tuple[int, int]] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # syscall -> events streamed
@@ -330,7 +333,8 @@ class BpfLayer:
     def figures(self) -> Figures:
         with self._lock:
             fig = Figures(up=self.up, compile_seconds=self.compile_seconds,
-                          tracked=len(self._by_cid), lost=self._lost())
+                          tracked=len(self._by_cid), lost=self._lost(0),
+                          throttled=self._lost(1))
             if not self.up:
                 return fig
             for (label, name), (n, err) in self._retired.items():
@@ -342,11 +346,11 @@ class BpfLayer:
             fig.events = dict(self._events)
         return fig
 
-    def _lost(self) -> int:
+    def _lost(self, index: int) -> int:
         fd = self._maps.get("lost")
         if fd is None:
             return 0
-        raw = map_lookup(fd, struct.pack("<I", 0), 8)
+        raw = map_lookup(fd, struct.pack("<I", index), 8)
         return struct.unpack("<Q", raw)[0] if raw else 0
 
     def status(self) -> dict[str, Any]:
@@ -408,5 +412,6 @@ class BpfLayer:
             args=list(args), verdict="errno" if failed else "value",
             errno=-ret if failed else 0,
             reason=("sensitive syscall" if has_args
-                    else "sensitive syscall, refused by the seccomp filter before entry"),
+                    else "sensitive syscall; refused by the seccomp filter before entry "
+                         "(arguments not seen)"),
             source="bpf", value=None if failed else ret, details=details or None))

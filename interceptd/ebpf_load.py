@@ -1,6 +1,6 @@
 """The short-lived child that compiles and attaches interceptd's eBPF programs.
 
-`python -m interceptd.ebpf_load FD RING_PAGES`: compiles bpf/syscalls.bpf.c
+`python -m interceptd.ebpf_load FD RING_PAGES EVENTS_PER_SEC`: compiles bpf/syscalls.bpf.c
 with bcc, attaches it to the raw_syscalls tracepoints, and sends the daemon,
 over the unix socket FD, one JSON line describing the maps with their fds
 (SCM_RIGHTS) and the tracepoints' perf-event fds that keep the programs
@@ -59,7 +59,7 @@ def ensure_tracefs() -> str:
     return "mounted"
 
 
-def load(ring_pages: int) -> tuple[dict[str, Any], list[int]]:
+def load(ring_pages: int, events_per_sec: int) -> tuple[dict[str, Any], list[int]]:
     t0 = time.monotonic()
     if os.environ.get("INTERCEPTD_BPF_DISABLE"):
         raise RuntimeError("disabled by INTERCEPTD_BPF_DISABLE")
@@ -72,7 +72,8 @@ def load(ring_pages: int) -> tuple[dict[str, Any], list[int]]:
     if not headers():
         raise RuntimeError(f"no kernel headers at /lib/modules/{os.uname().release}/build")
     text = source_path().read_text()
-    b = BPF(text=text, cflags=[f"-DRING_PAGES={ring_pages}", "-Wno-visibility"])
+    b = BPF(text=text, cflags=[f"-DRING_PAGES={ring_pages}",
+                               f"-DEVENTS_PER_SEC={events_per_sec}", "-Wno-visibility"])
     t_done = time.monotonic()
     fds: list[int] = []
     desc: dict[str, Any] = {"maps": {}, "links": [], "headers": headers(), "tracefs": tracefs,
@@ -91,9 +92,9 @@ def load(ring_pages: int) -> tuple[dict[str, Any], list[int]]:
 
 def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=int(argv[0]))
-    ring_pages = int(argv[1])
+    ring_pages, events_per_sec = int(argv[1]), int(argv[2])
     try:
-        desc, fds = load(ring_pages)
+        desc, fds = load(ring_pages, events_per_sec)
     except Exception as e:  # every failure becomes the daemon's one log line
         msg = json.dumps({"error": str(e) or type(e).__name__}).encode() + b"\n"
         with contextlib.suppress(OSError):

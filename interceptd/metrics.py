@@ -142,7 +142,9 @@ SERIES: tuple[Series, ...] = (
     Series("interceptd_bpf_events_total", "counter",
            "Sensitive-syscall events eBPF streamed, by kind.", ("kind",), source="eBPF"),
     Series("interceptd_bpf_lost_events_total", "counter",
-           "eBPF events lost (the perf buffer was full).", source="eBPF"),
+           "eBPF events not delivered, by reason (ring_full: the daemon fell behind; "
+           "rate_limit: a container streamed more than 2,000 a second).", ("reason",),
+           source="eBPF"),
     Series("interceptd_fuse_requests_total", "counter",
            "Reads of emulated /proc and /sys files, by file.", ("file",), source="FUSE"),
     Series("interceptd_fuse_request_duration_seconds", "histogram",
@@ -341,7 +343,9 @@ class Collector:
                 events[kind] += n
         for kind, n in events.items():
             fams["interceptd_bpf_events_total"].add_metric([kind], n)
-        fams["interceptd_bpf_lost_events_total"].add_metric([], fig.lost)
+        fams["interceptd_bpf_lost_events_total"].add_metric(["ring_full"], fig.lost)
+        fams["interceptd_bpf_lost_events_total"].add_metric(
+            ["rate_limit"], getattr(fig, "throttled", 0))
 
     def _fuse(self, fams: dict[str, Any]) -> None:
         if self.src.fuse is None:

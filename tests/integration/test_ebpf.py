@@ -192,3 +192,49 @@ def test_without_bcc_the_daemon_serves_and_probe_says_why(runtime: Runtime, bund
     assert feats["bcc"] is False and feats["bcc_compile"] is False
     assert "bcc removed for this test" in feats["reasons"]["bcc"]
     assert d.alive()
+
+
+def test_ebpf_metrics_bounded_and_rate_limited(runtime: Runtime, bundle_factory,
+                                               daemon_factory, new_id):
+    """A container looping on a failing sensitive call: every call counted under its
+    configured label (kept after it is gone), events capped at 2,000 a second with
+    the rest counted as lost, and the sibling only under "other"."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.integration.test_metrics_endpoint import free_port, get
+
+    port = free_port()
+    loud = new_id("loud")
+    d = daemon_factory(sections={**EBPF, "metrics": {"containers": [loud[:8]]}},
+                       args=["--metrics-address", f"127.0.0.1:{port}"])
+    assert wait_ebpf(d)["up"]
+    # The counting starts when the daemon attaches the container (its notify fd
+    # arrives, which `runc run` does not wait for): let the attach land first.
+    b = bundle_factory(args=["sh", "-c", "sleep 0.3; sys -n 5000 setns -1 0"], notify=["sysfs"],
+                       listener_path=d.listener_path)
+    assert "errno=9" in runtime.run(b, loud).check().stdout  # EBADF, 5,000 times
+    quiet = bundle_factory(args=["sh", "-c", "sleep 0.3; sys -n 300 getppid"], notify=["sysfs"],
+                           listener_path=d.listener_path)
+    runtime.run(quiet, new_id("quiet")).check()
+    time.sleep(0.3)  # the event reader's poll
+    fams = {f.name: f for f in text_string_to_metric_families(
+        get(f"http://127.0.0.1:{port}/metrics"))}
+
+    def val(family: str, name: str, **labels: str) -> float:
+        return sum(s.value for s in fams[family].samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    calls = "interceptd_bpf_syscalls"
+    assert val(calls, calls + "_total", container=loud[:8], syscall="setns") >= 5000
+    assert val("interceptd_bpf_syscall_errors", "interceptd_bpf_syscall_errors_total",
+               container=loud[:8], syscall="setns") >= 5000
+    assert val(calls, calls + "_total", container="other", syscall="getppid") >= 300, [
+        (s.labels, s.value) for s in fams[calls].samples]
+    assert {s.labels["container"] for s in fams[calls].samples} <= {loud[:8], "other"}
+    assert val("interceptd_escape_attempts", "interceptd_escape_attempts_total",
+               kind="namespace", source="bpf") >= 5000
+    events = val("interceptd_bpf_events", "interceptd_bpf_events_total", kind="namespace")
+    lost = val("interceptd_bpf_lost_events", "interceptd_bpf_lost_events_total",
+               reason="rate_limit")
+    assert 1000 <= events <= 4500 and lost >= 500 and events + lost >= 5000, (events, lost)
+    assert val("interceptd_bpf_up", "interceptd_bpf_up") == 1

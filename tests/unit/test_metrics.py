@@ -134,7 +134,8 @@ def test_collector_reads_the_daemons_counters_with_bounded_labels():
 
 def test_bpf_figures_bounded_by_configured_containers():
     fig = SimpleNamespace(
-        up=True, compile_seconds=1.5, tracked=2, lost=3, events={"mount": 2, "ptrace": 1},
+        up=True, compile_seconds=1.5, tracked=2, lost=3, throttled=5,
+        events={"mount": 2, "ptrace": 1},
         counts={("web-1234", ("web",), "getppid"): (100, 0),
                 ("db-5678", (), "getppid"): (50, 0),
                 ("db-5678", (), "rare_syscall_name"): (1, 1),
@@ -150,7 +151,8 @@ def test_bpf_figures_bounded_by_configured_containers():
     assert esc[(("kind", "mount"), ("source", "bpf"))] == 4
     ev = samples(fams, "interceptd_bpf_events", "_total")
     assert ev[(("kind", "mount"),)] == 2 and ev[(("kind", "ptrace"),)] == 1
-    assert samples(fams, "interceptd_bpf_lost_events", "_total")[()] == 3
+    lost = samples(fams, "interceptd_bpf_lost_events", "_total")
+    assert lost[(("reason", "ring_full"),)] == 3 and lost[(("reason", "rate_limit"),)] == 5
     assert samples(fams, "interceptd_bpf_up")[()] == 1
 
 
