@@ -220,7 +220,8 @@ class BpfLayer:
             self.ready.set()
             return
         self.compile_seconds = time.monotonic() - t0
-        self.detail = {k: desc.get(k) for k in ("headers", "tracefs", "import_s", "compile_s")}
+        self.detail = {k: desc.get(k) for k in ("headers", "tracefs", "import_s", "compile_s",
+                                                "loader_maxrss_kb")}
         with self._lock:
             self.up = True
             self.reason = ""

@@ -81,6 +81,9 @@ def load(ring_pages: int, events_per_sec: int) -> tuple[dict[str, Any], list[int
     for name in MAPS:
         desc["maps"][name] = len(fds)
         fds.append(b[name].map_fd)
+    import resource
+
+    desc["loader_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for tp in TRACEPOINTS:
         fd = b.tracepoint_fds.get(tp)
         if fd is None:
