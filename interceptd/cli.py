@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno as errno_mod
 import json
 import os
 import sys
@@ -25,6 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         ("policy", "what interceptd-runc adds to every container's filter")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("-o", "--output", choices=("table", "json"), default="table")
+        if name == "containers":
+            s.add_argument("-v", "--verbose", action="store_true",
+                           help="also cgroups, id maps and the eBPF counts")
     st = sub.add_parser("stats", help="top syscalls per container (the eBPF counters)")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
     st.add_argument("-n", "--top", type=int, default=10, help="syscalls per container")
@@ -55,6 +59,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return _stats(sock, args, out)
         cmd = "status" if args.cmd == "policy" else args.cmd
         resp = control.request(sock, {"cmd": cmd}, timeout=args.timeout)
+        if args.cmd == "containers" and args.verbose and resp.get("ok"):
+            st = control.request(sock, {"cmd": "stats"}, timeout=args.timeout)
+            counts = st.get("containers", {}) if st.get("ok") else {}
+            for c in resp["containers"]:
+                c["ebpf"] = counts.get(c.get("id"), {})
     except (OSError, ConnectionError, ValueError) as e:
         print(f"interceptctl: cannot reach interceptd at {sock}: {e}", file=sys.stderr)
         return 1
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         out.write(format_policy(resp))
     elif args.cmd == "status":
         out.write(format_status(resp))
+    elif args.verbose:
+        out.write(format_containers_verbose(resp["containers"]))
     else:
         out.write(format_containers(resp["containers"]))
     return 0
@@ -156,21 +167,66 @@ def format_containers(cs: list[dict[str, Any]]) -> str:
     )
 
 
-def format_event(ev: dict[str, Any]) -> str:
-    ts = time.strftime("%H:%M:%S", time.localtime(float(ev.get("time", 0))))
-    outcome = ev.get("verdict", "?")
+_RED, _GREEN, _CYAN, _DIM, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[36m", "\x1b[2m", "\x1b[0m"
+
+
+def format_containers_verbose(cs: list[dict[str, Any]], top: int = 5) -> str:
+    """The table, then per container its cgroup v2 path, id maps and eBPF counts."""
+    lines = [format_containers(cs).rstrip("\n")]
+    for c in cs:
+        lines.append("")
+        lines.append(f"{c.get('id')}")
+        cg = (c.get("cgroup_paths") or {}).get("")
+        lines.append(f"  cgroup v2   {cg if cg is not None else '-'}")
+        for key in ("uid_map", "gid_map"):
+            maps = "; ".join(" ".join(str(x) for x in m) for m in c.get(key) or []) or "-"
+            lines.append(f"  {key.replace('_', ' '):<11} {maps}")
+        counts = c.get("ebpf") or {}
+        if counts:
+            total = sum(v[0] for v in counts.values())
+            errs = sum(v[1] for v in counts.values())
+            best = sorted(counts.items(), key=lambda kv: -kv[1][0])[:top]
+            lines.append(f"  syscalls    {total} ({errs} failed); top: "
+                         + ", ".join(f"{k} {v[0]}" for k, v in best))
+        else:
+            lines.append("  syscalls    - (not counted: see `interceptctl stats`)")
+    return "\n".join(lines) + "\n"
+
+
+def format_event(ev: dict[str, Any], colour: bool = False) -> str:
+    """One line: time, source, container, pid/comm, the call, its outcome, why."""
+    t = float(ev.get("time", 0))
+    ts = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    outcome = str(ev.get("verdict", "?"))
+    err = int(ev.get("errno") or 0)
     if outcome == "errno":
-        outcome = f"errno={ev.get('errno')}"
+        outcome = f"errno={err}" + (f"({errno_mod.errorcode[err]})"
+                                    if err in errno_mod.errorcode else "")
     elif "value" in ev:
         outcome = f"{outcome}={ev['value']}"
     # Decoded arguments (path, fstype, flags…) read better than raw pointers.
-    details = ev.get("details") or {}
+    details = {k: v for k, v in (ev.get("details") or {}).items()
+               if k not in ("tgid", "args_seen")}
     if details:
         args = ", ".join(f"{k}={v!r}" for k, v in details.items())
+    elif (ev.get("details") or {}).get("args_seen") is False:
+        args = "?"
     else:
         args = ",".join(hex(a) for a in ev.get("args", []))
-    return (f"{ts} {ev.get('container')} {ev.get('pid')}/{ev.get('comm')} "
+    source = str(ev.get("source", "seccomp"))
+    if colour:
+        hue = _RED if ev.get("verdict") == "errno" else _GREEN
+        outcome = f"{hue}{outcome}{_RESET}"
+        source = f"{_CYAN if source == 'bpf' else ''}{source:<7}{_RESET}"
+        ts = f"{_DIM}{ts}{_RESET}"
+    else:
+        source = f"{source:<7}"
+    return (f"{ts} {source} {ev.get('container')} {ev.get('pid')}/{ev.get('comm')} "
             f"{ev.get('syscall')}({args}) -> {outcome} [{ev.get('reason')}]\n")
+
+
+def _colour(out: TextIO) -> bool:
+    return out.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def _trace(sock: str, args: argparse.Namespace, out: TextIO) -> int:
@@ -178,6 +234,7 @@ def _trace(sock: str, args: argparse.Namespace, out: TextIO) -> int:
     for key in ("container", "syscall", "verdict", "source", "pid", "comm"):
         if getattr(args, key) is not None and getattr(args, key) != "":
             req[key] = getattr(args, key)
+    colour = _colour(out)
     try:
         for i, obj in enumerate(control.stream(sock, req, timeout=args.timeout)):
             if i == 0:
@@ -189,7 +246,8 @@ def _trace(sock: str, args: argparse.Namespace, out: TextIO) -> int:
                 if obj.get("dropped"):
                     print(f"interceptctl: {obj['dropped']} events dropped", file=sys.stderr)
                 return 0
-            out.write(json.dumps(obj) + "\n" if args.output == "json" else format_event(obj))
+            out.write(json.dumps(obj) + "\n" if args.output == "json"
+                      else format_event(obj, colour))
             out.flush()
     except KeyboardInterrupt:
         return 0

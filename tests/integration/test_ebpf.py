@@ -55,6 +55,13 @@ def test_getppid_counted_for_its_container_only(runtime: Runtime, bundle_factory
         assert n < 10100, cs.get(a)  # the shell's own few, no more
         assert cs.get(b, {}).get("getppid", [0, 0])[0] <= 5, cs.get(b)
         assert b in cs  # tracked, just quiet
+        verbose = subprocess.run([*CTL, "--state-dir", str(d.state_dir), "containers", "-v"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+        block = verbose.split(f"\n{a}\n", 1)[1].split("\n\n", 1)[0]
+        assert "  cgroup v2   /" in block and "top: getppid " in block, verbose
+        table = subprocess.run([*CTL, "--state-dir", str(d.state_dir), "stats", "-n", "1"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        assert f"{a}  calls " in table and "getppid" in table
 
 
 class Trace:
