@@ -221,8 +221,18 @@ def format_event(ev: dict[str, Any], colour: bool = False) -> str:
         ts = f"{_DIM}{ts}{_RESET}"
     else:
         source = f"{source:<7}"
-    return (f"{ts} {source} {ev.get('container')} {ev.get('pid')}/{ev.get('comm')} "
-            f"{ev.get('syscall')}({args}) -> {outcome} [{ev.get('reason')}]\n")
+    return (f"{ts} {source} {_clean(ev.get('container'))} {ev.get('pid')}/"
+            f"{_clean(ev.get('comm'))} {_clean(ev.get('syscall'))}({_clean(args)}) -> "
+            f"{outcome} [{_clean(ev.get('reason'))}]\n")
+
+
+def _clean(v: Any) -> str:
+    """A container chooses its comm (prctl) and much of what reasons quote: escape
+    control characters so a trace line cannot drive the operator's terminal."""
+    text = str(v)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _colour(out: TextIO) -> bool:

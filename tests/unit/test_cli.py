@@ -176,3 +176,12 @@ def test_format_stats_top_and_rates():
     assert "getppid" in out and "100/s" in out and "read" not in out
     assert cli.format_stats({"ebpf": {"up": False, "reason": "no bcc"}}, 5) == (
         "eBPF layer off: no bcc\n")
+
+
+def test_format_event_escapes_what_a_container_controls():
+    line = cli.format_event({"time": 0, "container": "c", "pid": 1,
+                             "comm": "\x1b]0;owned\x07", "syscall": "mount", "args": [],
+                             "verdict": "errno", "errno": 1, "reason": "bad\npath\x1b[2J",
+                             "details": {"path": "/x\x1b[31m"}})
+    assert "\x1b" not in line and line.count("\n") == 1
+    assert "1/\\x1b]0;owned\\x07 " in line and "[bad\\npath\\x1b[2J]" in line
