@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if args.cmd == "containers" and args.verbose and resp.get("ok"):
             st = control.request(sock, {"cmd": "stats"}, timeout=args.timeout)
             counts = st.get("containers", {}) if st.get("ok") else {}
+            net = control.request(sock, {"cmd": "network"}, timeout=args.timeout)
+            nets = net.get("containers", {}) if net.get("ok") else {}
             for c in resp["containers"]:
                 c["ebpf"] = counts.get(c.get("id"), {})
+                c["network"] = nets.get(c.get("id"))
     except (OSError, ConnectionError, ValueError) as e:
         print(f"interceptctl: cannot reach interceptd at {sock}: {e}", file=sys.stderr)
         return 1
@@ -190,6 +193,17 @@ def format_containers_verbose(cs: list[dict[str, Any]], top: int = 5) -> str:
                          + ", ".join(f"{k} {v[0]}" for k, v in best))
         else:
             lines.append("  syscalls    - (not counted: see `interceptctl stats`)")
+        net = c.get("network")
+        if isinstance(net, dict):
+            lines.append(f"  network     - ({_clean(net.get('error'))})")
+        elif net:
+            lines.append("  network     IFACE            RX BYTES   RX PKTS  RX DROP"
+                         "     TX BYTES   TX PKTS  TX DROP")
+            for i in net:
+                lines.append(
+                    f"              {_clean(i['name']):<12} {i['rx_bytes']:>12} "
+                    f"{i['rx_packets']:>9} {i['rx_dropped']:>8} {i['tx_bytes']:>12} "
+                    f"{i['tx_packets']:>9} {i['tx_dropped']:>8}")
     return "\n".join(lines) + "\n"
 
 

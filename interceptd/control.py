@@ -1,10 +1,11 @@
 """`<state-dir>/control.sock`: JSON-lines requests from interceptctl.
 
 Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "stats"}` (the
-eBPF counters per container), `{"cmd": "trace", "container": ID-PREFIX, "syscall":
-NAME, "verdict": V, "source": S, "pid": N, "comm": C, "count": N}` (all filters
-optional). Every answer starts with one object carrying `"ok"`; a trace
-then streams one event per line and ends with `{"end": true, "dropped": n}`
+eBPF counters per container), `{"cmd": "network"}` (each container's interfaces),
+`{"cmd": "trace", "container": ID-PREFIX, "syscall": NAME, "verdict": V, "source": S,
+"pid": N, "comm": C, "count": N}` (all filters optional). Every answer starts
+with one object carrying `"ok"`; a trace then streams one event per line and ends
+with `{"end": true, "dropped": n}`
 (when `count` is reached or the daemon stops) or when the client hangs up.
 
 Each client has its own thread with a send timeout, so a client that stops
@@ -46,6 +47,7 @@ class ControlServer:
         bus: EventBus | None,
         counters: Counters,
         stats: Callable[[], dict[str, Any]] | None = None,
+        network: Callable[[], dict[str, Any]] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
@@ -55,6 +57,7 @@ class ControlServer:
         self._bus = bus
         self._counters = counters
         self._stats = stats
+        self._network = network
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
@@ -145,6 +148,8 @@ class ControlServer:
             self._send(conn, {"ok": True, "containers": self._containers()})
         elif cmd == "stats" and self._stats is not None:
             self._send(conn, {"ok": True, **self._stats()})
+        elif cmd == "network" and self._network is not None:
+            self._send(conn, {"ok": True, "containers": self._network()})
         elif cmd == "trace":
             self._trace(conn, req)
             return False

@@ -141,7 +141,7 @@ class Daemon:
         self._parts["dispatcher"] = dispatcher
         ctl = control.ControlServer(
             self.path(CONTROL_SOCK), status=self.status, containers=self.containers,
-            bus=self.bus, counters=self.counters, stats=self.stats,
+            bus=self.bus, counters=self.counters, stats=self.stats, network=self.network,
         )
         ctl.start()
         self._parts["control"] = ctl
@@ -199,6 +199,55 @@ class Daemon:
         if layer is None:
             return {"up": False, "reason": "disabled in the configuration ([ebpf] enabled)"}
         return dict(layer.status())
+
+    def _pidfds(self, only: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
+        """(id, a dup of its init's pidfd) per container (or per configured one): taken
+        under the registry's lock while the container is registered, so the fd is not
+        one a release closed meanwhile (and maybe reused). The caller closes them."""
+        from interceptd.metrics import OTHER, container_label
+
+        out = []
+        with self.registry.lock:
+            for c in self.registry.list():
+                if only is not None and container_label(c.id, (), only) == OTHER:
+                    continue
+                with contextlib.suppress(OSError):
+                    out.append((c.id, os.dup(c.pidfd)))
+        return out
+
+    def network(self, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """{container: [interfaces with their counters] or {"error": why}} (netview.py)."""
+        from interceptd import netview
+
+        view = self._parts.get("netview")
+        if view is None:
+            view = self._parts["netview"] = netview.NetView()
+        out: dict[str, Any] = {}
+        for cid, fd in self._pidfds(only):
+            try:
+                out[cid] = [i.to_dict() for i in view.get(cid, fd)]
+            except (OSError, ImportError, TimeoutError) as e:
+                out[cid] = {"error": str(e)}
+            finally:
+                os.close(fd)
+        return out
+
+    def network_totals(self, configured: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        """Per configured container label, the sums over its interfaces but lo."""
+        from interceptd import metrics, netview
+
+        sums: dict[str, dict[str, int]] = {}
+        for cid, ifaces in self.network(configured).items():
+            if isinstance(ifaces, dict):
+                continue
+            label = metrics.container_label(cid, (), configured)
+            t = netview.totals([netview.Iface(**i) for i in ifaces])
+            acc = sums.setdefault(label, dict.fromkeys(netview.STATS, 0))
+            for k, v in t.items():
+                acc[k] += v
+            acc["interfaces"] = acc.get("interfaces", 0) + sum(
+                1 for i in ifaces if i["name"] != "lo")
+        return sums
 
     def stats(self) -> dict[str, Any]:
         """Per container, {syscall: [calls, errors]} as the eBPF counters have them."""
@@ -264,6 +313,7 @@ class Daemon:
                 bus=self.bus, dispatcher=dispatcher, registry=self.registry,
                 bpf=self._parts.get("bpf"),
                 containers=metrics_containers(self.cfg),
+                network=functools.partial(self.network_totals, metrics_containers(self.cfg)),
             )
             self._parts["metrics"] = metrics.MetricsServer(addr.host, addr.port, src).start()
         except (ImportError, OSError) as e:

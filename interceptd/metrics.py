@@ -145,6 +145,17 @@ SERIES: tuple[Series, ...] = (
            "eBPF events not delivered, by reason (ring_full: the daemon fell behind; "
            "rate_limit: a container streamed more than 2,000 a second).", ("reason",),
            source="eBPF"),
+    Series("interceptd_container_network_interfaces", "gauge",
+           "Interfaces in a configured container's network namespace, loopback aside.",
+           ("container",)),
+    Series("interceptd_container_network_bytes_total", "counter",
+           "Bytes through a configured container's interfaces (loopback aside), by "
+           "direction (rx, tx), read in its network namespace.", ("container", "direction")),
+    Series("interceptd_container_network_packets_total", "counter",
+           "Packets through a configured container's interfaces, by direction.",
+           ("container", "direction")),
+    Series("interceptd_container_network_drops_total", "counter",
+           "Packets its interfaces dropped, by direction.", ("container", "direction")),
     Series("interceptd_fuse_requests_total", "counter",
            "Reads of emulated /proc and /sys files, by file.", ("file",), source="FUSE"),
     Series("interceptd_fuse_request_duration_seconds", "histogram",
@@ -184,6 +195,8 @@ class Sources:
     registry: Any = None  # registry.Registry
     bpf: Any = None  # bpf loader: snapshot() -> BpfFigures
     fuse: Callable[[], Mapping[str, Any]] | None = None
+    # {configured container label: {rx_bytes, tx_bytes, ..., interfaces}} (netview.py)
+    network: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
     containers: tuple[str, ...] = ()  # [metrics] containers: id prefixes or names
     clock: Callable[[], float] = field(default=lambda: __import__("time").monotonic())
 
@@ -230,6 +243,7 @@ class Collector:
         self._channels(fams)
         self._drops(fams, snap)
         self._bpf(fams)
+        self._network(fams)
         self._fuse(fams)
         yield from fams.values()
 
@@ -346,6 +360,27 @@ class Collector:
         fams["interceptd_bpf_lost_events_total"].add_metric(["ring_full"], fig.lost)
         fams["interceptd_bpf_lost_events_total"].add_metric(
             ["rate_limit"], getattr(fig, "throttled", 0))
+
+    def _network(self, fams: dict[str, Any]) -> None:
+        if self.src.network is None or not self.src.containers:
+            return
+        try:
+            sums = self.src.network()
+        except Exception:  # a scrape never fails for one container's namespace
+            log.exception("network view failed")
+            return
+        for label, t in sorted(sums.items()):
+            if label not in self.src.containers:
+                continue  # bounded: configured containers only
+            fams["interceptd_container_network_interfaces"].add_metric(
+                [label], t.get("interfaces", 0))
+            for d in ("rx", "tx"):
+                fams["interceptd_container_network_bytes_total"].add_metric(
+                    [label, d], t.get(f"{d}_bytes", 0))
+                fams["interceptd_container_network_packets_total"].add_metric(
+                    [label, d], t.get(f"{d}_packets", 0))
+                fams["interceptd_container_network_drops_total"].add_metric(
+                    [label, d], t.get(f"{d}_dropped", 0))
 
     def _fuse(self, fams: dict[str, Any]) -> None:
         if self.src.fuse is None:
