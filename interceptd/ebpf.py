@@ -109,9 +109,10 @@ def run_loader(python: str = sys.executable) -> tuple[dict[str, Any], list[int]]
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with parent, child:
         proc = subprocess.Popen(
-            [python, "-m", "interceptd.ebpf_load", str(child.fileno()), str(RING_PAGES),
-             str(EVENTS_PER_SEC)],
-            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL,
+            # -P and cwd /: the child runs as root; never import from the daemon's cwd.
+            [python, "-P", "-m", "interceptd.ebpf_load", str(child.fileno()),
+             str(RING_PAGES), str(EVENTS_PER_SEC)],
+            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, cwd="/",
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         child.close()
         try:
@@ -199,6 +200,9 @@ class BpfLayer:
             self._reader.join(2)
         with self._lock:
             self.up = False
+            for view in (self._calls, self._errors):
+                if view is not None:
+                    view.release()
             self._calls = self._errors = None
             for m in self._mmaps:
                 with contextlib.suppress(BufferError):
@@ -222,12 +226,16 @@ class BpfLayer:
         self.compile_seconds = time.monotonic() - t0
         self.detail = {k: desc.get(k) for k in ("headers", "tracefs", "import_s", "compile_s",
                                                 "loader_maxrss_kb")}
-        with self._lock:
+        with self._lock:  # one step: a container detaching meanwhile is not left tracked
             self.up = True
             self.reason = ""
             pending, self._pending = self._pending, {}
-        for cid, path in pending.items():
-            self.track(cid, path)
+            for cid, path in pending.items():
+                try:
+                    self._track_locked(cid, path)
+                except OSError as e:
+                    log.warning("container not counted by eBPF", extra={"fields": {
+                        "container": cid, "error": str(e)}})
         self._reader = threading.Thread(target=self._read_events, name="ebpf-events",
                                         daemon=True)
         self._reader.start()
@@ -265,26 +273,29 @@ class BpfLayer:
                 if not self._stop.is_set() and self.reason == "starting":
                     self._pending[cid] = cgroup_v2_path
                 return
-            if cid in self._by_cid:
-                return
-            try:
-                cg = cgroup2_id(self._cg2 or "", cgroup_v2_path)
-            except (OSError, ValueError) as e:
-                log.warning("container not counted by eBPF", extra={"fields": {
-                    "container": cid, "cgroup": cgroup_v2_path, "error": str(e)}})
-                return
-            if any(t.cgroup == cg for t in self._by_cid.values()):
-                log.warning("container shares a cgroup v2 with another: not counted apart",
-                            extra={"fields": {"container": cid, "cgroup": cgroup_v2_path}})
-                return
-            if not self._free:
-                log.warning("eBPF tracks at most %d containers", MAX_TRACKED,
-                            extra={"fields": {"container": cid}})
-                return
-            slot = self._free.pop()
-            self._zero(slot)
-            map_update(self._maps["tracked"], struct.pack("<Q", cg), struct.pack("<I", slot))
-            self._by_cid[cid] = _Tracked(cid, cg, slot)
+            self._track_locked(cid, cgroup_v2_path)
+
+    def _track_locked(self, cid: str, cgroup_v2_path: str) -> None:
+        if cid in self._by_cid:
+            return
+        try:
+            cg = cgroup2_id(self._cg2 or "", cgroup_v2_path)
+        except (OSError, ValueError) as e:
+            log.warning("container not counted by eBPF", extra={"fields": {
+                "container": cid, "cgroup": cgroup_v2_path, "error": str(e)}})
+            return
+        if any(t.cgroup == cg for t in self._by_cid.values()):
+            log.warning("container shares a cgroup v2 with another: not counted apart",
+                        extra={"fields": {"container": cid, "cgroup": cgroup_v2_path}})
+            return
+        if not self._free:
+            log.warning("eBPF tracks at most %d containers", MAX_TRACKED,
+                        extra={"fields": {"container": cid}})
+            return
+        slot = self._free.pop()
+        self._zero(slot)
+        map_update(self._maps["tracked"], struct.pack("<Q", cg), struct.pack("<I", slot))
+        self._by_cid[cid] = _Tracked(cid, cg, slot)
 
     def untrack(self, cid: str) -> None:
         """Stop counting `cid` (detach); its figures are kept under its metrics label."""

@@ -50,8 +50,8 @@ def _bcc_importable() -> bool | str:
     """In a child: importing bcc maps LLVM (~60 MiB) into whoever imports it."""
     code = "import bcc"
     try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True,
+                              text=True, timeout=60, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"bcc import not checked: {e}"
     if proc.returncode == 0:
