@@ -101,6 +101,12 @@ def format_status(s: dict[str, Any]) -> str:
         f"containers      {s.get('containers')}",
         f"dropped events  {s.get('dropped_events', 0)}",
     ]
+    eb = s.get("ebpf")
+    if isinstance(eb, dict):
+        lines.append("ebpf            " + (
+            f"up ({eb.get('tracked', 0)} containers tracked, loaded in {eb.get('seconds')} s, "
+            f"headers {eb.get('headers')})" if eb.get("up")
+            else f"off: {_clean(eb.get('reason') or 'unknown')}"))
     feats = s.get("features") or {}
     if feats:
         lines.append("features        " + " ".join(

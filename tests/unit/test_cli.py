@@ -185,3 +185,11 @@ def test_format_event_escapes_what_a_container_controls():
                              "details": {"path": "/x\x1b[31m"}})
     assert "\x1b" not in line and line.count("\n") == 1
     assert "1/\\x1b]0;owned\\x07 " in line and "[bad\\npath\\x1b[2J]" in line
+
+
+def test_status_says_whether_ebpf_is_up_and_why_not():
+    up = cli.format_status({"ebpf": {"up": True, "tracked": 2, "seconds": 0.4,
+                                     "headers": "/usr/src/h"}})
+    assert "ebpf            up (2 containers tracked, loaded in 0.4 s, headers /usr/src/h)" in up
+    off = cli.format_status({"ebpf": {"up": False, "reason": "bcc not importable: x"}})
+    assert "ebpf            off: bcc not importable: x\n" in off
