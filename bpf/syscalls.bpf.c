@@ -8,9 +8,8 @@
 //
 // The daemon owns the slots: at attach it writes the container's cgroup v2 id
 // -> slot into `tracked` (and zeroes the slot's counters first); at detach it
-// reads the counters and deletes the id. Processes of untracked cgroups pay
-// one array lookup per syscall entry and a cgroup-id read and one hash lookup
-// per exit.
+// reads the counters and deletes the id. Processes of untracked cgroups pay,
+// per syscall, a cgroup-id read and one hash lookup at its exit.
 
 #define NR_SLOTS 512      /* syscall numbers counted one by one; larger ones (x32) go to NR_SLOTS-1 */
 #define MAX_TRACKED 256   /* containers followed at once */
@@ -55,9 +54,6 @@ struct rate_t {
 BPF_ARRAY(rate, struct rate_t, MAX_TRACKED);
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
 
-#define NR_EXIT 60
-#define NR_EXIT_GROUP 231
-
 static __always_inline u32 nr_index(long nr)
 {
   return (nr >= 0 && nr < NR_SLOTS) ? (u32)nr : NR_SLOTS - 1;
@@ -76,31 +72,60 @@ static __always_inline void count(u32 slot, u32 nr, int failed)
   }
 }
 
-// Seccomp runs before this tracepoint: a call the filter refuses (the daemon's
-// errno, a deny rule) never enters, so calls are counted at their exit, which
-// every call but exit/exit_group reaches. Here: those two, and the arguments
-// of sensitive calls for their exit's event.
-TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+// The record of a syscalls:sys_enter_<name> tracepoint: the common header,
+// the syscall's number, then its arguments, one unsigned long each (as many as
+// the call has).
+struct enter_rec {
+  u64 common;
+  s32 nr;
+  u32 pad;
+  u64 args[6];
+};
+
+// Seccomp runs before the entry tracepoints: a call the filter refuses (the
+// daemon's errno, a deny rule) never enters, so calls are counted at their exit
+// (raw_syscalls:sys_exit), which every call but exit/exit_group reaches; those
+// two are counted at their own entry. The entry of each sensitive call is
+// watched through its own syscalls:sys_enter_<name> event, which costs the
+// other syscalls nothing, to keep its arguments for its exit's event.
+// One program per argument count: the kernel refuses to attach a program that
+// reads past the end of an event's record, so each reads exactly its call's.
+static __always_inline int sensitive_enter(struct enter_rec *ctx, int nargs)
 {
-  u32 nr = nr_index(args->id);
+  u32 nr = nr_index(ctx->nr);
   u8 *s = sensitive.lookup(&nr);
-  int is_sensitive = s && *s;
-  if (!is_sensitive && nr != NR_EXIT && nr != NR_EXIT_GROUP)
+  if (!s || !*s)
     return 0;
   u64 cg = bpf_get_current_cgroup_id();
   u32 *slot = tracked.lookup(&cg);
   if (!slot)
     return 0;
-  if (!is_sensitive) {
-    count(*slot, nr, 0);
-    return 0;
-  }
-  struct pending_t p = { .nr = args->id };
+  struct pending_t p = { .nr = ctx->nr };
 #pragma unroll
   for (int i = 0; i < 6; i++)
-    p.args[i] = args->args[i];
+    if (i < nargs)
+      p.args[i] = ctx->args[i];
   u32 tid = (u32)bpf_get_current_pid_tgid();
   pending.update(&tid, &p);
+  return 0;
+}
+
+#define SENSITIVE_ENTER(n) \
+  int on_sensitive_enter_##n(struct enter_rec *ctx) { return sensitive_enter(ctx, n); }
+SENSITIVE_ENTER(0)
+SENSITIVE_ENTER(1)
+SENSITIVE_ENTER(2)
+SENSITIVE_ENTER(3)
+SENSITIVE_ENTER(4)
+SENSITIVE_ENTER(5)
+SENSITIVE_ENTER(6)
+
+int on_exit_enter(struct enter_rec *ctx)
+{
+  u64 cg = bpf_get_current_cgroup_id();
+  u32 *slot = tracked.lookup(&cg);
+  if (slot)
+    count(*slot, nr_index(ctx->nr), 0);
   return 0;
 }
 

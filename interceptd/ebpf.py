@@ -103,7 +103,8 @@ def _now_offset() -> float:
     return time.time() - time.monotonic()
 
 
-def run_loader(python: str = sys.executable) -> tuple[dict[str, Any], list[int]]:
+def run_loader(python: str = sys.executable,
+               sensitive: Iterable[str] = ()) -> tuple[dict[str, Any], list[int]]:
     """Run interceptd/ebpf_load.py in a child: (its description, the fds it handed over),
     or RuntimeError with the child's reason."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -111,7 +112,7 @@ def run_loader(python: str = sys.executable) -> tuple[dict[str, Any], list[int]]
         proc = subprocess.Popen(
             # -P and cwd /: the child runs as root; never import from the daemon's cwd.
             [python, "-P", "-m", "interceptd.ebpf_load", str(child.fileno()),
-             str(RING_PAGES), str(EVENTS_PER_SEC)],
+             str(RING_PAGES), str(EVENTS_PER_SEC), ",".join(sensitive)],
             pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, cwd="/",
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         child.close()
@@ -247,7 +248,7 @@ class BpfLayer:
     def _run_loader(self) -> tuple[dict[str, Any], list[int]]:
         if self._cg2 is None:
             raise RuntimeError("no cgroup v2 hierarchy mounted (containers have no v2 id)")
-        return run_loader(self._python)
+        return run_loader(self._python, [syscalls.name(nr) for nr in self._sensitive])
 
     def _adopt(self, desc: dict[str, Any], fds: list[int]) -> None:
         self._fds = fds
@@ -424,6 +425,6 @@ class BpfLayer:
             args=list(args), verdict="errno" if failed else "value",
             errno=-ret if failed else 0,
             reason=("sensitive syscall" if has_args
-                    else "sensitive syscall; refused by the seccomp filter before entry "
-                         "(arguments not seen)"),
+                    else "sensitive syscall; arguments not seen (refused by the seccomp "
+                         "filter before entry)"),
             source="bpf", value=None if failed else ret, details=details or None))

@@ -1,7 +1,8 @@
 """The short-lived child that compiles and attaches interceptd's eBPF programs.
 
-`python -m interceptd.ebpf_load FD RING_PAGES EVENTS_PER_SEC`: compiles bpf/syscalls.bpf.c
-with bcc, attaches it to the raw_syscalls tracepoints, and sends the daemon,
+`python -m interceptd.ebpf_load FD RING_PAGES EVENTS_PER_SEC SENSITIVE`: compiles
+bpf/syscalls.bpf.c with bcc, attaches it to raw_syscalls:sys_exit and the entry events
+of exit/exit_group and of the SENSITIVE syscalls (comma-separated), and sends the daemon,
 over the unix socket FD, one JSON line describing the maps with their fds
 (SCM_RIGHTS) and the tracepoints' perf-event fds that keep the programs
 attached. Then it leaves with os._exit, skipping bcc's clean-up (which would
@@ -25,8 +26,26 @@ from pathlib import Path
 from typing import Any
 
 MAPS = ("tracked", "calls", "errors", "sensitive", "lost", "events")
-TRACEPOINTS = (b"raw_syscalls:sys_enter", b"raw_syscalls:sys_exit")
 TRACEFS = "/sys/kernel/tracing"
+# The kernel's names of syscall events where they differ from the syscall's.
+EVENT_NAMES = {"umount2": "umount"}
+
+
+def entry_event(name: str) -> tuple[str, int] | None:
+    """(syscalls:sys_enter_<x>, how many arguments its record carries) or None."""
+    event = f"sys_enter_{EVENT_NAMES.get(name, name)}"
+    try:
+        with open(f"{TRACEFS}/events/syscalls/{event}/format") as f:
+            fmt = f.read()
+    except OSError:
+        return None
+    fields = [ln for ln in fmt.splitlines() if ln.strip().startswith("field:")]
+    # After the common fields and __syscall_nr, one field per argument.
+    try:
+        after = next(i for i, ln in enumerate(fields) if "__syscall_nr" in ln)
+    except StopIteration:
+        return None
+    return f"syscalls:{event}", min(6, len(fields) - after - 1)
 
 
 def source_path() -> Path:
@@ -59,7 +78,8 @@ def ensure_tracefs() -> str:
     return "mounted"
 
 
-def load(ring_pages: int, events_per_sec: int) -> tuple[dict[str, Any], list[int]]:
+def load(ring_pages: int, events_per_sec: int,
+         sensitive: list[str]) -> tuple[dict[str, Any], list[int]]:
     t0 = time.monotonic()
     if os.environ.get("INTERCEPTD_BPF_DISABLE"):
         raise RuntimeError("disabled by INTERCEPTD_BPF_DISABLE")
@@ -84,20 +104,35 @@ def load(ring_pages: int, events_per_sec: int) -> tuple[dict[str, Any], list[int
     import resource
 
     desc["loader_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for tp in TRACEPOINTS:
-        fd = b.tracepoint_fds.get(tp)
-        if fd is None:
-            raise RuntimeError(f"tracepoint {tp.decode()} not attached")
+    from interceptd import syscalls
+
+    # Counting: every call at its exit (the TRACEPOINT_PROBE bcc attached while
+    # loading), exit/exit_group at their entry.
+    for name in ("exit", "exit_group"):
+        ev = entry_event(name)
+        if ev is not None:
+            b.attach_tracepoint(tp=ev[0].encode(), fn_name=b"on_exit_enter")
+    # Sensitive calls: their arguments at entry, where the kernel has the event.
+    desc["nargs"] = {}
+    for name in sensitive:
+        ev = entry_event(name)
+        if ev is None or name not in syscalls.NUMBERS:
+            continue
+        b.attach_tracepoint(tp=ev[0].encode(), fn_name=f"on_sensitive_enter_{ev[1]}".encode())
+        desc["nargs"][str(syscalls.nr(name))] = ev[1]
+    for fd in b.tracepoint_fds.values():
         desc["links"].append(len(fds))
         fds.append(fd)
+    desc["tracepoints"] = len(b.tracepoint_fds)
     return desc, fds
 
 
 def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=int(argv[0]))
     ring_pages, events_per_sec = int(argv[1]), int(argv[2])
+    sensitive = [n for n in (argv[3] if len(argv) > 3 else "").split(",") if n]
     try:
-        desc, fds = load(ring_pages, events_per_sec)
+        desc, fds = load(ring_pages, events_per_sec, sensitive)
     except Exception as e:  # every failure becomes the daemon's one log line
         msg = json.dumps({"error": str(e) or type(e).__name__}).encode() + b"\n"
         with contextlib.suppress(OSError):
