@@ -2,9 +2,9 @@
 //
 // Counts every syscall (and every failed one) of the containers the daemon
 // tracks, per (container slot, syscall number), and streams an event for each
-// call of the sensitive set, at its exit (with its result). Only tracepoint data and BPF helpers are used:
-// no kernel struct is read, so the headers bcc compiles against need not be
-// the running kernel's.
+// call of the sensitive set, at its exit (with its result). Only tracepoint
+// data and BPF helpers are used: no kernel struct is read, so the headers bcc
+// compiles against need not be the running kernel's.
 //
 // The daemon owns the slots: at attach it writes the container's cgroup v2 id
 // -> slot into `tracked` (and zeroes the slot's counters first); at detach it
