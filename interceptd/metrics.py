@@ -44,7 +44,10 @@ LISTENER_REJECT_REASONS = (
     "target gone", "timeout", "too large", "too many connections", "unknown container",
     "duplicate id", "accept failed",
 )
-DROP_PLACES = ("event_bus", "decision_ring", "trace_client")
+# subscriber_queue: a slow subscriber's (a trace client's) full queue, as the bus counts
+# it (the control socket's own trace_dropped_events counts the same drops again);
+# decision_ring: the C rings of fast-path and native-helper records.
+DROP_PLACES = ("subscriber_queue", "decision_ring")
 ERROR_KINDS = ("worker", "handler", "respond", "pump", "control")
 
 # Syscalls that read as an attempt to leave the container when refused; the
@@ -116,8 +119,8 @@ SERIES: tuple[Series, ...] = (
     Series("interceptd_listener_rejects_total", "counter",
            "Notify fds the listener refused, by reason.", ("reason",)),
     Series("interceptd_events_dropped_total", "counter",
-           "Events lost: by the event bus's subscribers, the C decision rings, trace clients.",
-           ("place",)),
+           "Event records lost (the decisions were made and answered), by place: a slow "
+           "subscriber's queue (a trace client), the C decision rings.", ("place",)),
     Series("interceptd_events_published_total", "counter", "Events published on the bus."),
     Series("interceptd_trace_clients", "gauge", "Subscribers of the event bus (traces)."),
     Series("interceptd_errors_total", "counter",
@@ -241,7 +244,7 @@ class Collector:
         self._daemon_counters(fams, snap)
         self._calls(fams)
         self._channels(fams)
-        self._drops(fams, snap)
+        self._drops(fams)
         self._bpf(fams)
         self._network(fams)
         self._fuse(fams)
@@ -312,12 +315,11 @@ class Collector:
         fams["interceptd_native_mounts_total"].add_metric([], totals.get("native", 0))
         fams["interceptd_notify_overflows_total"].add_metric([], totals.get("overflow", 0))
 
-    def _drops(self, fams: dict[str, Any], snap: dict[str, dict[str, int]]) -> None:
+    def _drops(self, fams: dict[str, Any]) -> None:
         bus, d = self.src.bus, self.src.dispatcher
         drops = {
-            "event_bus": getattr(bus, "dropped", 0) if bus is not None else 0,
+            "subscriber_queue": getattr(bus, "dropped", 0) if bus is not None else 0,
             "decision_ring": d.dropped_decisions() if d is not None else 0,
-            "trace_client": sum(snap.get("trace_dropped_events", {}).values()),
         }
         for place in DROP_PLACES:
             fams["interceptd_events_dropped_total"].add_metric([place], drops[place])
