@@ -285,13 +285,21 @@ class Daemon:
         """The eBPF layer (interceptd/ebpf.py), loaded in the background: the
         listener already serves; without bcc or headers the daemon runs without it."""
         section = self.cfg.sections.get("ebpf", {})
+        unknown = set(section) - {"enabled", "sensitive"}
+        if unknown:
+            raise ConfigError(f"ebpf: unknown key(s) {', '.join(sorted(unknown))}")
+        if not isinstance(section.get("enabled", True), bool):
+            raise ConfigError("ebpf.enabled: must be true or false")
         if section.get("enabled", True) is False:
             return
-        from interceptd import ebpf, metrics, probe
+        from interceptd import ebpf, metrics, probe, syscalls
 
         sensitive = section.get("sensitive", list(metrics.SENSITIVE_SYSCALLS))
         if not isinstance(sensitive, list) or not all(isinstance(n, str) for n in sensitive):
             raise ConfigError("ebpf.sensitive: must be a list of syscall names")
+        bad = [n for n in sensitive if n not in syscalls.NUMBERS]
+        if bad:
+            raise ConfigError(f"ebpf.sensitive: unknown syscall(s) {', '.join(bad)}")
         configured = metrics_containers(self.cfg)
         layer = ebpf.BpfLayer(
             self.bus, sensitive=sensitive, cgroup2_mount=probe.cgroup2_mount(),
