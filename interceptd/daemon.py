@@ -151,7 +151,7 @@ class Daemon:
         self._start_runtime_service()
         self._start_ebpf(dispatcher)
         self._start_metrics(dispatcher)
-        threading.Thread(target=self._probe_features, name="probe", daemon=True).start()
+        self._probe_features()
         log.info("ready", extra={"fields": {
             "version": version(), "pid": os.getpid(), "state_dir": self.state_dir,
             "listener": listener.path, "control": ctl.path,
@@ -179,13 +179,13 @@ class Daemon:
         }
 
     def _probe_features(self) -> None:
-        """The kernel's other features (interceptd/probe.py, without the bcc checks the
-        eBPF layer makes itself), after start: status shows them, the log names the
-        missing ones once."""
+        """The kernel's other features (interceptd/probe.py, but for the bcc checks the
+        eBPF layer makes itself and the BTF ones `interceptctl probe` makes), once the
+        listener serves: status shows them, the log names the missing ones once."""
         from interceptd import probe
 
         try:
-            found = probe.probe(bcc=False)
+            found = probe.probe(bcc=False, btf=False)
         except Exception:
             log.exception("feature probe failed")
             return

@@ -108,9 +108,10 @@ def _kernel_config(option: str) -> bool | str:
     return "unknown (no kernel config to read)"
 
 
-def probe(bcc: bool = True) -> dict[str, Any]:
+def probe(bcc: bool = True, btf: bool = True) -> dict[str, Any]:
     """feature -> True, a path where that says more, or False with its reason in
-    out["reasons"]. `bcc=False` leaves out the bcc checks (a child each)."""
+    out["reasons"]. `bcc=False` leaves out the bcc checks (a child each), `btf=False`
+    the fentry and BPF LSM checks (each parses the kernel's 5 MiB BTF)."""
     try:
         from interceptd import core
 
@@ -131,8 +132,7 @@ def probe(bcc: bool = True) -> dict[str, Any]:
         "fuse_passthrough": _kernel_config("CONFIG_FUSE_PASSTHROUGH"),
         "bpf_tracepoints": bpfprobe.tracepoint(),
         "bpf_raw_tracepoints": bpfprobe.raw_tracepoint(),
-        "bpf_lsm": bpfprobe.lsm(),
-        "bpf_fentry": bpfprobe.fentry(),
+        **({"bpf_lsm": bpfprobe.lsm(), "bpf_fentry": bpfprobe.fentry()} if btf else {}),
         "tracefs": bpfprobe.tracefs(),
         "kernel_headers": (os.path.realpath(headers) if os.path.isdir(headers)
                            else f"no {headers}"),
