@@ -27,6 +27,8 @@ from typing import Any
 
 MAPS = ("tracked", "calls", "errors", "sensitive", "lost", "events")
 TRACEFS = "/sys/kernel/tracing"
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 # The kernel's names of syscall events where they differ from the syscall's.
 EVENT_NAMES = {"umount2": "umount"}
 
@@ -63,19 +65,28 @@ def headers() -> str:
 
 
 def ensure_tracefs() -> str:
-    """Tracepoints are attached through tracefs; systemd mounts it at boot, a
-    minimal host may not have. Mounting it is what systemd would have done."""
+    """Tracepoints are found through tracefs; systemd mounts it at boot, a minimal
+    host may not have. Then this child mounts it in a mount namespace of its own:
+    an attached tracepoint does not need the mount to last, and the host's mounts
+    stay as they were."""
     if os.path.isdir(f"{TRACEFS}/events/raw_syscalls"):
         return "present"
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mount tracefs on {TRACEFS}: {os.strerror(e)}")
+
+    def check(ret: int, what: str) -> None:
+        if ret != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"{what}: {os.strerror(e)}")
+
+    check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    check(libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None),
+          f"mount tracefs on {TRACEFS}")
     if not os.path.isdir(f"{TRACEFS}/events/raw_syscalls"):
         raise OSError(0, "tracefs has no raw_syscalls events")
-    return "mounted"
+    return "mounted in the loader's own mount namespace"
 
 
 def load(ring_pages: int, events_per_sec: int,
