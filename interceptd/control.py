@@ -1,9 +1,11 @@
 """`<state-dir>/control.sock`: JSON-lines requests from interceptctl.
 
-Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "trace",
-"container": ID, "syscall": NAME, "verdict": V, "source": S, "count": N}` (all
-filters optional). Every answer starts with one object carrying `"ok"`; a trace
-then streams one event per line and ends with `{"end": true, "dropped": n}`
+Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "stats"}` (the
+eBPF counters per container), `{"cmd": "network"}` (each container's interfaces),
+`{"cmd": "trace", "container": ID-PREFIX, "syscall": NAME, "verdict": V, "source": S,
+"pid": N, "comm": C, "count": N}` (all filters optional). Every answer starts
+with one object carrying `"ok"`; a trace then streams one event per line and ends
+with `{"end": true, "dropped": n}`
 (when `count` is reached or the daemon stops) or when the client hangs up.
 
 Each client has its own thread with a send timeout, so a client that stops
@@ -44,6 +46,8 @@ class ControlServer:
         containers: Callable[[], list[dict[str, Any]]],
         bus: EventBus | None,
         counters: Counters,
+        stats: Callable[[], dict[str, Any]] | None = None,
+        network: Callable[[], dict[str, Any]] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
@@ -52,6 +56,8 @@ class ControlServer:
         self._containers = containers
         self._bus = bus
         self._counters = counters
+        self._stats = stats
+        self._network = network
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
@@ -140,6 +146,10 @@ class ControlServer:
             self._send(conn, {"ok": True, **self._status()})
         elif cmd == "containers":
             self._send(conn, {"ok": True, "containers": self._containers()})
+        elif cmd == "stats" and self._stats is not None:
+            self._send(conn, {"ok": True, **self._stats()})
+        elif cmd == "network" and self._network is not None:
+            self._send(conn, {"ok": True, "containers": self._network()})
         elif cmd == "trace":
             self._trace(conn, req)
             return False
@@ -185,16 +195,28 @@ class ControlServer:
 
 
 def trace_filter(req: dict[str, Any]) -> Callable[[Event], bool]:
+    """The events a trace request selects: `container` is an id prefix, `pid` a
+    number (the caller's thread id as the host sees it), the rest exact."""
     want: dict[str, str] = {}
-    for key in ("container", "syscall", "verdict", "source"):
+    for key in ("syscall", "verdict", "source", "comm"):
         v = req.get(key)
         if v is None or v == "":
             continue
         if not isinstance(v, str):
             raise ValueError(f"{key} must be a string")
         want[key] = v
+    prefix = req.get("container") or ""
+    if not isinstance(prefix, str):
+        raise ValueError("container must be a string")
+    pid = req.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0):
+        raise ValueError("pid must be a non-negative integer")
 
     def match(ev: Event) -> bool:
+        if prefix and not ev.container.startswith(prefix):
+            return False
+        if pid is not None and ev.pid != pid:
+            return False
         return all(getattr(ev, k) == v for k, v in want.items())
 
     return match

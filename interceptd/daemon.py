@@ -141,7 +141,7 @@ class Daemon:
         self._parts["dispatcher"] = dispatcher
         ctl = control.ControlServer(
             self.path(CONTROL_SOCK), status=self.status, containers=self.containers,
-            bus=self.bus, counters=self.counters,
+            bus=self.bus, counters=self.counters, stats=self.stats, network=self.network,
         )
         ctl.start()
         self._parts["control"] = ctl
@@ -149,6 +149,9 @@ class Daemon:
         listener.start()
         self._parts["listener"] = listener
         self._start_runtime_service()
+        self._start_ebpf(dispatcher)
+        self._start_metrics(dispatcher)
+        self._probe_features()
         log.info("ready", extra={"fields": {
             "version": version(), "pid": os.getpid(), "state_dir": self.state_dir,
             "listener": listener.path, "control": ctl.path,
@@ -169,9 +172,91 @@ class Daemon:
             "containers": len(self.registry),
             "counters": self.counters.snapshot(),
             "dropped_events": dropped,
+            "trace_clients": self.bus.subscribers,
             "features": self.features,
+            "ebpf": self._ebpf_status(),
             "runtime_policy": self._runtime_policy(),
         }
+
+    def _probe_features(self) -> None:
+        """The kernel's other features (interceptd/probe.py, but for the bcc checks the
+        eBPF layer makes itself and the BTF ones `interceptctl probe` makes), once the
+        listener serves: status shows them, the log names the missing ones once."""
+        from interceptd import probe
+
+        try:
+            found = probe.probe(bcc=False, btf=False)
+        except Exception:
+            log.exception("feature probe failed")
+            return
+        reasons = found.pop("reasons", {})
+        self.features = {**found, **self.features}
+        if reasons:
+            log.info("kernel features missing", extra={"fields": reasons})
+
+    def _ebpf_status(self) -> dict[str, Any]:
+        layer = self._parts.get("bpf")
+        if layer is None:
+            return {"up": False, "reason": "disabled in the configuration ([ebpf] enabled)"}
+        return dict(layer.status())
+
+    def _pidfds(self, only: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
+        """(id, a dup of its init's pidfd) per container (or per configured one): taken
+        under the registry's lock while the container is registered, so the fd is not
+        one a release closed meanwhile (and maybe reused). The caller closes them."""
+        from interceptd.metrics import OTHER, container_label
+
+        out = []
+        with self.registry.lock:
+            for c in self.registry.list():
+                if only is not None and container_label(c.id, (), only) == OTHER:
+                    continue
+                with contextlib.suppress(OSError):
+                    out.append((c.id, os.dup(c.pidfd)))
+        return out
+
+    def network(self, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """{container: [interfaces with their counters] or {"error": why}} (netview.py)."""
+        from interceptd import netview
+
+        view = self._parts.get("netview")
+        if view is None:
+            view = self._parts["netview"] = netview.NetView()
+        out: dict[str, Any] = {}
+        for cid, fd in self._pidfds(only):
+            try:
+                out[cid] = [i.to_dict() for i in view.get(cid, fd)]
+            except (OSError, ImportError, TimeoutError) as e:
+                out[cid] = {"error": str(e)}
+            finally:
+                os.close(fd)
+        return out
+
+    def network_totals(self, configured: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        """Per configured container label, the sums over its interfaces but lo."""
+        from interceptd import metrics, netview
+
+        sums: dict[str, dict[str, int]] = {}
+        for cid, ifaces in self.network(configured).items():
+            if isinstance(ifaces, dict):
+                continue
+            label = metrics.container_label(cid, (), configured)
+            t = netview.totals([netview.Iface(**i) for i in ifaces])
+            acc = sums.setdefault(label, dict.fromkeys(netview.STATS, 0))
+            for k, v in t.items():
+                acc[k] += v
+            acc["interfaces"] = acc.get("interfaces", 0) + sum(
+                1 for i in ifaces if i["name"] != "lo")
+        return sums
+
+    def stats(self) -> dict[str, Any]:
+        """Per container, {syscall: [calls, errors]} as the eBPF counters have them."""
+        layer = self._parts.get("bpf")
+        if layer is None or not layer.up:
+            return {"ebpf": self._ebpf_status(), "containers": {}}
+        return {"ebpf": self._ebpf_status(), "containers": {
+            cid: {name: list(v) for name, v in layer.counts(cid).items()}
+            for cid in layer.tracked()}}
 
     # -- interceptd-runc's prepare service, hosted here (interceptd/runtime) --
 
@@ -199,13 +284,61 @@ class Daemon:
             log.warning("runtime prepare service not started",
                         extra={"fields": {"error": str(e)}})
 
+    def _start_ebpf(self, dispatcher: Dispatcher) -> None:
+        """The eBPF layer (interceptd/ebpf.py), loaded in the background: the
+        listener already serves; without bcc or headers the daemon runs without it."""
+        section = self.cfg.sections.get("ebpf", {})
+        unknown = set(section) - {"enabled", "sensitive"}
+        if unknown:
+            raise ConfigError(f"ebpf: unknown key(s) {', '.join(sorted(unknown))}")
+        if not isinstance(section.get("enabled", True), bool):
+            raise ConfigError("ebpf.enabled: must be true or false")
+        if section.get("enabled", True) is False:
+            return
+        from interceptd import ebpf, metrics, probe, syscalls
+
+        sensitive = section.get("sensitive", list(metrics.SENSITIVE_SYSCALLS))
+        if not isinstance(sensitive, list) or not all(isinstance(n, str) for n in sensitive):
+            raise ConfigError("ebpf.sensitive: must be a list of syscall names")
+        bad = [n for n in sensitive if n not in syscalls.NUMBERS]
+        if bad:
+            raise ConfigError(f"ebpf.sensitive: unknown syscall(s) {', '.join(bad)}")
+        configured = metrics_containers(self.cfg)
+        layer = ebpf.BpfLayer(
+            self.bus, sensitive=sensitive, cgroup2_mount=probe.cgroup2_mount(),
+            label_of=lambda cid: metrics.container_label(cid, (), configured))
+        dispatcher.watchers.append(layer)
+        self._parts["bpf"] = layer.start()
+
+    def _start_metrics(self, dispatcher: Dispatcher) -> None:
+        """`--metrics-address`: /metrics for Prometheus (interceptd/metrics.py). A
+        missing prometheus-client or a taken port costs the metrics, not the daemon."""
+        addr = self.cfg.daemon.metrics_address
+        if addr is None:
+            return
+        try:
+            from interceptd import metrics
+
+            src = metrics.Sources(
+                version=version(), started=self.started, counters=self.counters,
+                bus=self.bus, dispatcher=dispatcher, registry=self.registry,
+                bpf=self._parts.get("bpf"),
+                containers=metrics_containers(self.cfg),
+                network=functools.partial(self.network_totals, metrics_containers(self.cfg)),
+            )
+            self._parts["metrics"] = metrics.MetricsServer(addr.host, addr.port, src).start()
+        except (ImportError, OSError) as e:
+            log.error("metrics endpoint not started", extra={"fields": {
+                "address": str(addr), "error": str(e)}})
+
     def containers(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.registry.list()]
 
     def shutdown(self) -> None:
         if self._parts:
             log.info("shutting down", extra={"fields": {"containers": len(self.registry)}})
-        for name in ("runtime", "listener", "dispatcher", "engine", "control"):
+        for name in ("metrics", "runtime", "listener", "dispatcher", "engine", "control",
+                     "bpf"):
             part = self._parts.pop(name, None)
             if part is None:
                 continue
@@ -217,6 +350,19 @@ class Daemon:
             os.close(self._lock_fd)
             self._lock_fd = -1
             log.info("stopped")
+
+
+def metrics_containers(cfg: Config) -> tuple[str, ...]:
+    """`[metrics] containers`: the containers (id prefixes or names) that get their own
+    label value; bounded so a metric's series count stays bounded."""
+    from interceptd.metrics import MAX_LABELLED_CONTAINERS
+
+    names = cfg.sections.get("metrics", {}).get("containers", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError("metrics.containers: must be a list of container ids or names")
+    if len(names) > MAX_LABELLED_CONTAINERS:
+        raise ConfigError(f"metrics.containers: at most {MAX_LABELLED_CONTAINERS}")
+    return tuple(names)
 
 
 def _register_policy(handlers: HandlerRegistry, cfg: Config) -> None:

@@ -29,6 +29,7 @@ from interceptd.registry import (
     read_cgroup_paths,
     read_id_maps,
 )
+from interceptd.tally import CallTally, LocalTally
 from interceptd.verdict import (
     FAST_CONTINUE,
     FAST_ERRNO,
@@ -110,6 +111,14 @@ class Dispatcher:
         gone = getattr(core, "TargetGone", None)
         self._target_gone = gone if isinstance(gone, type) else OSError
         self._registered = threading.Condition(registry.lock)  # a container was added
+        # For the metrics exporter (read at scrape time): calls by path, syscall
+        # and verdict, and the channel counts of containers already gone.
+        self.calls = CallTally()
+        self.retired_stats: collections.Counter[str] = collections.Counter()
+        self._pump_tally = self.calls.local()
+        # Told of each container's attach and release (the eBPF layer): objects with
+        # track(container_id, cgroup_v2_path) and untrack(container_id).
+        self.watchers: list[Any] = []
 
     # -- attach (listener thread) ------------------------------------------
 
@@ -200,6 +209,7 @@ class Dispatcher:
         self._cookie_ids[cookie] = c.id
         self._containers_by_cookie[cookie] = c
         self.counters.inc("containers_attached")
+        self._tell_watchers("track", c.id, cgroups.get("", ""))
         log.info(
             "attach",
             extra={"fields": {"container": c.id, "pid": st.pid, "fd": fd, "status": st.state.status,
@@ -228,6 +238,7 @@ class Dispatcher:
         detached_type = self.core.Detached
         tally = self.counters.local()
         decisions = tally.bucket("decisions")
+        calls = self.calls.local()
         try:
             while True:
                 stopping = self._stop.is_set()
@@ -239,7 +250,7 @@ class Dispatcher:
                         if self._detach(c, item.notify_fd):
                             return
                     else:
-                        self._handle(c, item, decisions)
+                        self._handle(c, item, decisions, calls)
                 if stopping or ch.closed:
                     return
         except Exception:
@@ -250,6 +261,7 @@ class Dispatcher:
             self._release(c, "worker failed")
         finally:
             tally.release()
+            calls.release()
 
     def _detach(self, c: Container, fd: int) -> bool:
         """Forget `fd`; returns True once the container has no fd left."""
@@ -270,14 +282,25 @@ class Dispatcher:
                 return
             self._released.add(c.cookie)
         c.channel.close()
+        with contextlib.suppress(Exception):  # a test double may have no stats
+            self.retired_stats.update(c.channel.stats())
         close_container_fds(c)
         self.handlers.released(c)
+        self._tell_watchers("untrack", c.id)
         self._workers.pop(c.id, None)
         self._retired.append((time.monotonic(), c.cookie))
         self.counters.inc("containers_detached")
         log.info("container removed", extra={"fields": {"container": c.id, "why": why,
                                                           "lifetime_s": round(time.time()
                                                                               - c.started_at, 3)}})
+
+    def _tell_watchers(self, what: str, *args: Any) -> None:
+        for w in self.watchers:
+            try:
+                getattr(w, what)(*args)
+            except Exception:  # an observer never costs a container its attach
+                self.counters.inc("worker_errors", f"watcher {what}")
+                log.exception("watcher failed", extra={"fields": {"call": what}})
 
     def _route(self, nr: int) -> tuple[str, Handler | None]:
         route = self._routes.get(nr)
@@ -286,9 +309,11 @@ class Dispatcher:
             route = self._routes[nr] = (name, self.handlers.get(name))
         return route
 
-    def _handle(self, c: Container, n: Any, decisions: dict[str, int]) -> None:
+    def _handle(self, c: Container, n: Any, decisions: dict[str, int],
+                calls: LocalTally | None = None) -> None:
         # The hot path of every Python-path call: keep it lean, answer first,
         # then do the bookkeeping.
+        t0 = time.perf_counter_ns()
         if n.arch == self._native_arch:
             name, fn = self._route(n.nr)
             if fn is not None:
@@ -301,6 +326,9 @@ class Dispatcher:
         value = self._answer(c, n, verdict)
         kind = verdict.kind
         decisions[kind] = decisions.get(kind, 0) + 1
+        if calls is not None:
+            calls.histogram("python").observe_ns(time.perf_counter_ns() - t0)
+            calls.count("python", name, kind)
         comm = c.comms.get(n.pid)
         if comm is None:
             comm = c.comm(n.pid, self._comm_of)
@@ -373,9 +401,13 @@ class Dispatcher:
         publish = self.bus.subscribers > 0
         tally: collections.Counter[str] = collections.Counter()
         gone = 0
+        calls = self._pump_tally
         for d in decisions:
             verdict = self._verdict_of_action.get(d.action, "errno")
             tally[verdict] += 1
+            # The native helper's records say why; the daemon's fast path's do not.
+            calls.count("native" if getattr(d, "reason", "") else "fast",
+                        self._syscall_name(d.nr), verdict)
             if getattr(d, "send_errno", 0):
                 gone += 1
             # Every new pid's comm is cached on its container, events or not, so

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import subprocess
+import sys
 from typing import Any
 
 from interceptd import mountinfo
@@ -35,7 +37,7 @@ def _read(path: str) -> str:
         return ""
 
 
-def _cgroup2_mount() -> str | None:
+def cgroup2_mount() -> str | None:
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             entries = mountinfo.parse(f.read(), skip_malformed=True)
@@ -44,16 +46,72 @@ def _cgroup2_mount() -> str | None:
     return next((e.mountpoint for e in entries if e.fstype == "cgroup2"), None)
 
 
-def _bcc_importable() -> bool:
+def _bcc_importable() -> bool | str:
+    """In a child: importing bcc maps LLVM (~60 MiB) into whoever imports it."""
+    code = "import bcc"
     try:
-        import bcc  # noqa: F401
-    except Exception:  # bcc raises more than ImportError without kernel headers
-        return False
-    return True
+        proc = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True,
+                              text=True, timeout=60, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bcc import not checked: {e}"
+    if proc.returncode == 0:
+        return True
+    lines = proc.stderr.strip().splitlines()
+    return f"bcc not importable: {lines[-1] if lines else proc.returncode}"
 
 
-def probe() -> dict[str, Any]:
-    """feature -> True/False, or a path/string where that says more."""
+def _bcc_compile() -> tuple[bool | str, str]:
+    """(whether bcc compiles and attaches the daemon's programs, the headers it used):
+    the daemon's own loader child, its fds closed at once."""
+    from interceptd import ebpf
+
+    try:
+        desc, fds = ebpf.run_loader()
+    except Exception as e:
+        return f"refused: {e}", ""
+    for fd in fds:
+        os.close(fd)
+    return True, str(desc.get("headers") or "")
+
+
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+NR_SECCOMP = 317
+
+
+def _wait_killable_recv() -> bool | str:
+    # A NULL program: the kernel checks the flags first (EINVAL for one it does
+    # not know) and then fails to copy the program (EFAULT): nothing is installed.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+    if libc.syscall(ctypes.c_long(NR_SECCOMP), SECCOMP_SET_MODE_FILTER, flags, None) == 0:
+        return "unexpected: a NULL filter was accepted"
+    e = ctypes.get_errno()
+    return True if e == errno.EFAULT else f"no ({errno.errorcode.get(e, e)}; Linux >= 5.19)"
+
+
+def _kernel_config(option: str) -> bool | str:
+    import gzip
+
+    for path, opener in ((f"/boot/config-{os.uname().release}", open),
+                         ("/proc/config.gz", gzip.open)):
+        try:
+            with opener(path, "rt") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if f"\n{option}=y" in text or f"\n{option}=m" in text:
+            return True
+        return f"no ({option} not set in {path})"
+    return "unknown (no kernel config to read)"
+
+
+def probe(bcc: bool = True, btf: bool = True) -> dict[str, Any]:
+    """feature -> True, a path where that says more, or False with its reason in
+    out["reasons"]. `bcc=False` leaves out the bcc checks (a child each), `btf=False`
+    the fentry and BPF LSM checks (each parses the kernel's 5 MiB BTF)."""
     try:
         from interceptd import core
 
@@ -61,15 +119,33 @@ def probe() -> dict[str, Any]:
                   if k in ("user_notif", "sync_wakeup", "addfd_send")}
     except Exception:  # the C core is not built or the kernel refused
         notify = {"user_notif": False, "sync_wakeup": False, "addfd_send": False}
-    lsms = _read("/sys/kernel/security/lsm").split(",")
+    from interceptd import bpfprobe
+
     headers = f"/lib/modules/{os.uname().release}/build"
-    return {
+    found: dict[str, bool | str] = {
         **notify,
+        "wait_killable_recv": _wait_killable_recv(),
         "user_namespaces": _read("/proc/sys/user/max_user_namespaces") not in ("", "0"),
         "idmapped_mounts": _syscall_exists(NR_MOUNT_SETATTR),
-        "cgroup2": _cgroup2_mount() or False,
-        "fuse": os.path.exists("/dev/fuse"),
-        "bpf_lsm": "bpf" in lsms,
-        "kernel_headers": os.path.isdir(headers),
-        "bcc": _bcc_importable(),
+        "cgroup2": cgroup2_mount() or "no cgroup2 mount",
+        "fuse": os.path.exists("/dev/fuse") or "no /dev/fuse",
+        "fuse_passthrough": _kernel_config("CONFIG_FUSE_PASSTHROUGH"),
+        "bpf_tracepoints": bpfprobe.tracepoint(),
+        "bpf_raw_tracepoints": bpfprobe.raw_tracepoint(),
+        **({"bpf_lsm": bpfprobe.lsm(), "bpf_fentry": bpfprobe.fentry()} if btf else {}),
+        "tracefs": bpfprobe.tracefs(),
+        "kernel_headers": (os.path.realpath(headers) if os.path.isdir(headers)
+                           else f"no {headers}"),
     }
+    if bcc:
+        found["bcc"] = _bcc_importable()
+        if found["bcc"] is True:
+            found["bcc_compile"], found["bcc_headers"] = _bcc_compile()
+        else:
+            found["bcc_compile"], found["bcc_headers"] = "not tried: bcc not importable", ""
+    # A feature is True, a value (a path), or False with its reason under "reasons".
+    reasons = {k: v for k, v in found.items()
+               if isinstance(v, str) and not v.startswith("/") and k != "bcc_headers"}
+    out: dict[str, Any] = {k: (False if k in reasons else v) for k, v in found.items()}
+    out["reasons"] = reasons
+    return out

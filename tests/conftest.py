@@ -124,6 +124,9 @@ def daemon_factory(workdir: Path, request: pytest.FixtureRequest) -> Iterator[
     def factory(rules: list[dict[str, Any]] | None = None,
                 sections: dict[str, dict[str, Any]] | None = None, extra: str = "",
                 args: list[str] | None = None, env: dict[str, str] | None = None) -> Daemon:
+        # The eBPF layer only where a test asks for it ({"ebpf": {...}}): each
+        # daemon would otherwise run a bcc compile and attach tracepoints of its own.
+        sections = {"ebpf": {"enabled": False}, **(sections or {})}
         d = Daemon(workdir / f"daemon{len(started)}",
                    render_config(rules, sections, extra), args=args, env=env)
         started.append(d)

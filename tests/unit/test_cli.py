@@ -96,7 +96,20 @@ def test_format_event_errno():
     line = cli.format_event({"time": 0, "container": "c", "pid": 1, "comm": "x",
                              "syscall": "mount", "args": [], "verdict": "errno", "errno": 1,
                              "reason": "denied"})
-    assert line.endswith("mount() -> errno=1 [denied]\n")
+    assert line.endswith("mount() -> errno=1(EPERM) [denied]\n")
+    assert " seccomp c 1/x " in line and "\x1b[" not in line
+    coloured = cli.format_event({"time": 0, "container": "c", "pid": 1, "comm": "x",
+                                 "syscall": "mount", "args": [], "verdict": "errno",
+                                 "errno": 1, "reason": "denied"}, colour=True)
+    assert "\x1b[31merrno=1(EPERM)\x1b[0m" in coloured
+
+
+def test_format_event_bpf_without_arguments():
+    line = cli.format_event({"time": 1.25, "container": "c", "pid": 9, "comm": "sys",
+                             "syscall": "mount", "args": [0] * 6, "verdict": "errno",
+                             "errno": 1, "reason": "sensitive syscall", "source": "bpf",
+                             "details": {"args_seen": False}})
+    assert ".250 bpf     c 9/sys mount(?) -> errno=1(EPERM) [sensitive syscall]" in line
 
 
 def test_format_event_shows_decoded_details_instead_of_raw_args():
@@ -104,7 +117,7 @@ def test_format_event_shows_decoded_details_instead_of_raw_args():
                              "syscall": "mount", "args": [0x7FFE0, 0x7FFF0, 0, 0, 0, 0],
                              "details": {"target": "/proc", "fstype": "proc"},
                              "verdict": "errno", "errno": 16, "reason": "immutable"})
-    assert "mount(target='/proc', fstype='proc') -> errno=16 [immutable]" in line
+    assert "mount(target='/proc', fstype='proc') -> errno=16(EBUSY) [immutable]" in line
     assert "0x7ffe0" not in line
 
 
@@ -130,6 +143,8 @@ def test_format_probe_aligns_and_says_yes_no():
                             "cgroup2": "/sys/fs/cgroup/unified"})
     assert out == ("user_notif  yes\nbpf_lsm     no\n"
                    "cgroup2     /sys/fs/cgroup/unified\n")
+    out = cli.format_probe({"bpf_fentry": False, "reasons": {"bpf_fentry": "refused: EPERM"}})
+    assert out == "bpf_fentry  no (refused: EPERM)\n"
 
 
 def test_containers_table_shows_call_counts():
@@ -140,3 +155,41 @@ def test_containers_table_shows_call_counts():
     head, row = out.splitlines()
     assert "CALLS FAST/PY/NATIVE" in head
     assert row.split()[:2] == ["c1", "7"] and "4/2/90" in row.split()
+
+
+def test_containers_verbose_shows_cgroup_maps_and_ebpf_counts():
+    out = cli.format_containers_verbose([{
+        "id": "c1", "init_pid": 7, "notify_fds": [3], "started_at": 0, "bundle": "/b",
+        "calls": {}, "cgroup_paths": {"": "/c1", "pids": "/c1"},
+        "uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]],
+        "ebpf": {"getppid": [10000, 0], "read": [30, 2], "mount": [1, 1]}}], top=2)
+    assert "  cgroup v2   /c1\n" in out
+    assert "  uid map     0 100000 65536\n" in out
+    assert "  syscalls    10031 (3 failed); top: getppid 10000, read 30\n" in out
+
+
+def test_format_stats_top_and_rates():
+    s = {"ebpf": {"up": True}, "containers": {"c1": {"getppid": [300, 0], "read": [10, 1]}}}
+    prev = {"containers": {"c1": {"getppid": [100, 0]}}}
+    out = cli.format_stats(s, top=1, previous=prev, interval=2.0)
+    assert out.splitlines()[0] == "c1  calls 310  errors 1"
+    assert "getppid" in out and "100/s" in out and "read" not in out
+    assert cli.format_stats({"ebpf": {"up": False, "reason": "no bcc"}}, 5) == (
+        "eBPF layer off: no bcc\n")
+
+
+def test_format_event_escapes_what_a_container_controls():
+    line = cli.format_event({"time": 0, "container": "c", "pid": 1,
+                             "comm": "\x1b]0;owned\x07", "syscall": "mount", "args": [],
+                             "verdict": "errno", "errno": 1, "reason": "bad\npath\x1b[2J",
+                             "details": {"path": "/x\x1b[31m"}})
+    assert "\x1b" not in line and line.count("\n") == 1
+    assert "1/\\x1b]0;owned\\x07 " in line and "[bad\\npath\\x1b[2J]" in line
+
+
+def test_status_says_whether_ebpf_is_up_and_why_not():
+    up = cli.format_status({"ebpf": {"up": True, "tracked": 2, "seconds": 0.4,
+                                     "headers": "/usr/src/h"}})
+    assert "ebpf            up (2 containers tracked, loaded in 0.4 s, headers /usr/src/h)" in up
+    off = cli.format_status({"ebpf": {"up": False, "reason": "bcc not importable: x"}})
+    assert "ebpf            off: bcc not importable: x\n" in off

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -130,7 +131,9 @@ def test_start_status_listener_and_shutdown(tmp_path, fake_core):
             time.sleep(0.02)
         assert st["ok"] and st["pid"] == os.getpid() and st["containers"] == 0
         assert st["counters"]["listener_errors"] == {"not json": 1}
-        assert st["features"] == fakecore.notify_probe()
+        # The core's own probe, then the rest of interceptd/probe.py's (this kernel's).
+        assert fakecore.notify_probe().items() <= st["features"].items()
+        assert {"wait_killable_recv", "cgroup2", "bpf_tracepoints"} <= set(st["features"])
         assert st["metrics_address"] == "off"
         assert {"version", "uptime", "dropped_events", "state_dir"} <= set(st)
         assert control.request(str(tmp_path / "control.sock"),
@@ -140,3 +143,22 @@ def test_start_status_listener_and_shutdown(tmp_path, fake_core):
         d.shutdown()
     assert not (tmp_path / "seccomp.sock").exists()
     assert not (tmp_path / "control.sock").exists()
+
+
+@pytest.mark.parametrize("section,error", [
+    ({"sensitive": ["mount", "no_such_call"]}, "unknown syscall(s) no_such_call"),
+    ({"enabled": "yes"}, "must be true or false"),
+    ({"sensitve": []}, "unknown key(s) sensitve"),
+])
+def test_bad_ebpf_section_refuses_start(tmp_path, fake_core, section, error):
+    from interceptd.config import ConfigError
+
+    c = cfg_for(tmp_path / "state")
+    c.sections["ebpf"] = section
+    d = Daemon(c)
+    d.prepare_state_dir()
+    try:
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            d.start()
+    finally:
+        d.shutdown()
