@@ -1,5 +1,10 @@
 """The policy's namespace executors: one persistent helper per (container, user namespace,
-mount namespace), cached (LRU-bounded) and closed when the container goes away.
+mount namespace), cached and closed when the container goes away.
+
+Bounded per container (MAX_PER_CONTAINER) and over all (MAX_EXECUTORS): a container that
+loops `unshare -Um` + `mount` keeps replacing its own least recently used helpers and
+never evicts another container's, unless the global bound is reached and that container
+holds as many as the biggest; even then its newest helper is never the one evicted.
 
 A vetted mount or umount needs only the caller's user and mount namespaces; for those the
 persistent `core.Executor` answers in tens of microseconds instead of a fork + setns per
@@ -25,6 +30,7 @@ CLONE_NEWUSER = 0x10000000
 NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
 
 MAX_EXECUTORS = 64  # helpers alive at once, over all containers
+MAX_PER_CONTAINER = 4  # helpers alive at once for one container
 
 _Key = tuple[int, int, int, int, int]  # (container, userns dev, ino, mntns dev, ino)
 _cache: OrderedDict[_Key, Any] = OrderedDict()
@@ -105,8 +111,8 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
             x = old
         else:
             _cache[key] = x
-        while len(_cache) > MAX_EXECUTORS:
-            evicted.append(_cache.popitem(last=False)[1])
+        _cache.move_to_end(key)
+        evicted.extend(_evict(key))
         for k, v in list(_recent.items()):
             if any(v is e for e in evicted):
                 del _recent[k]
@@ -118,6 +124,35 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
     for e in evicted:
         e.close()
     return x
+
+
+def _evict(new: _Key) -> list[Any]:
+    """Under _lock: take out what exceeds the bounds after `new` went in (LRU order)."""
+    out = []
+    cid = new[0]
+    own = [k for k in _cache if k[0] == cid]
+    while len(own) > MAX_PER_CONTAINER:
+        out.append(_cache.pop(own.pop(0)))
+    while len(_cache) > MAX_EXECUTORS:
+        counts: dict[int, int] = {}
+        for k in _cache:
+            counts[k[0]] = counts.get(k[0], 0) + 1
+        most = max(counts.values())
+        if counts[cid] == most and counts[cid] > 1:
+            victim = next(k for k in _cache if k[0] == cid)  # its own, never `new`
+        else:
+            victim = next(k for k in _cache if counts[k[0]] == most and k != new)
+        out.append(_cache.pop(victim))
+    return out
+
+
+def per_container() -> dict[int, int]:
+    """Live helpers by container id()."""
+    with _lock:
+        counts: dict[int, int] = {}
+        for k in _cache:
+            counts[k[0]] = counts.get(k[0], 0) + 1
+        return counts
 
 
 def _drop(x: Any) -> None:
