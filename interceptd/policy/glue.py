@@ -49,11 +49,11 @@ from interceptd.policy.mounttable import (
     DEFAULT_READONLY_PATHS,
     FactsTable,
     ImmutableSet,
-    LazyMountTable,
     MountTable,
     entry_from_facts,
     register_managed,
     snapshot,
+    tables_of,
 )
 from interceptd.policy.targetmem import (
     RESOLVE_IN_ROOT,
@@ -323,7 +323,18 @@ def _cgroupns_private(pid: int) -> bool:
     return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
-_exec = executors.run
+# Executor ops that change a mount table (`_exec` forgets the container's cached tables
+# after them; the cache also sees every change by itself, see mounttable.TableCache).
+_MOUNT_CHANGING = frozenset({"mount", "umount2", "umount2_checked", "move_mount",
+                             "mount_setattr"})
+
+
+def _exec(req: Any, namespaces: int, op: str, *args: Any) -> Any:
+    try:
+        return executors.run(req, namespaces, op, *args)
+    finally:
+        if op in _MOUNT_CHANGING:
+            tables_of(req.container).invalidate()
 
 
 def _fd_mnt_id(fd: int) -> int | None:
@@ -338,7 +349,7 @@ def _context(req: Any, st: ContainerPolicy, table: MountTable | None = None, *,
     cgroup namespace only for a cgroup filesystem (`fstype`, matched loosely so that no
     spelling the decision treats as cgroup skips the check)."""
     return MountContext(
-        table=table if table is not None else LazyMountTable(req.pid),
+        table=table if table is not None else tables_of(req.container).lazy(req.pid, req.valid),
         imm=st.imm,
         cgroupns_private=_cgroupns_private(req.pid) if "cgroup" in (fstype or "") else True,
         masked_paths=st.masked,
@@ -460,7 +471,7 @@ def _fd_mount(req: Any, fd: int, *, facts: bool = False) -> FdMount:
     st = os.fstat(fd)
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     mnt_id = _fd_mnt_id(fd)
-    table = LazyMountTable(req.pid)
+    table = tables_of(req.container).lazy(req.pid, req.valid)
     entry = table.get(mnt_id) if mnt_id is not None else None
     return FdMount(entry, dev, table)
 
