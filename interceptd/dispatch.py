@@ -47,11 +47,15 @@ UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
 PUMP_INTERVAL = 0.075
 # One container's calls may keep the daemon busy SHARE of the time (seconds of handling
 # per second), after a burst of BURST seconds: a container hammering vetted calls
-# (process_vm_readv, mount loops, unshare + mount starting executors) then waits for its
-# own share instead of taking the CPU and the interpreter from every other container.
+# (process_vm_readv, mount loops) then waits for its own share instead of taking the CPU
+# and the interpreter from every other container.
+# The share applies only while another container is active (its calls handled within
+# ACTIVE_WINDOW): alone, a container has the whole daemon.
 SHARE = 0.25
 BURST = 0.05
-SWITCH_INTERVAL = 0.0002  # seconds a worker may keep the interpreter lock if another waits
+ACTIVE_WINDOW = 0.5
+MAX_PAUSE = 0.1
+SWITCH_INTERVAL = 0.0005  # seconds a worker may keep the interpreter lock if another waits
 # How long an exec'd process's message waits for its container's init message:
 # crun's `start` can return (and a `docker exec` follow) before the daemon has
 # registered the container, and a refused fd fails the process's calls (ENOSYS).
@@ -68,6 +72,9 @@ class Budget:
         self.share, self.burst = share, burst
         self.tokens = burst
         self.t = time.monotonic()
+
+    def forgive(self) -> None:
+        self.tokens = max(self.tokens, 0.0)
 
     def charge(self, spent: float) -> float:
         now = time.monotonic()
@@ -133,6 +140,7 @@ class Dispatcher:
         self._pump: threading.Thread | None = None
         self.exec_wait = EXEC_WAIT
         self.share, self.burst = SHARE, BURST
+        self._active: dict[int, float] = {}  # cookie -> when its worker last handled calls
         self._flag_continue = getattr(core, "FLAG_CONTINUE", 1)
         gone = getattr(core, "TargetGone", None)
         self._target_gone = gone if isinstance(gone, type) else OSError
@@ -269,12 +277,17 @@ class Dispatcher:
                             return
                     else:
                         self._handle(c, item, decisions)
-                pause = budget.charge(time.monotonic() - t0)
+                now = time.monotonic()
+                self._active[c.cookie] = now
+                pause = budget.charge(now - t0)
                 if pause > 0 and not stopping:
-                    # Over its share: its own callers wait (their calls are queued in
-                    # the kernel and in its channel); other containers' are not held up.
-                    tally.inc("throttled")
-                    self._stop.wait(pause)
+                    if self._contended(c.cookie, now):
+                        # Over its share while others use the daemon too: its own callers
+                        # wait (their calls queue in the kernel and in its channel).
+                        tally.inc("throttled")
+                        self._stop.wait(min(pause, MAX_PAUSE))
+                    else:
+                        budget.forgive()  # alone: the daemon's time is all its own
                 if stopping or ch.closed:
                     return
         except Exception:
@@ -285,6 +298,11 @@ class Dispatcher:
             self._release(c, "worker failed")
         finally:
             tally.release()
+
+    def _contended(self, cookie: int, now: float) -> bool:
+        """Whether another container's calls were handled within the last ACTIVE_WINDOW."""
+        since = now - ACTIVE_WINDOW
+        return any(t > since for k, t in list(self._active.items()) if k != cookie)
 
     def _detach(self, c: Container, fd: int) -> bool:
         """Forget `fd`; returns True once the container has no fd left."""
@@ -304,6 +322,7 @@ class Dispatcher:
             if c.cookie in self._released:
                 return
             self._released.add(c.cookie)
+        self._active.pop(c.cookie, None)
         c.channel.close()
         close_container_fds(c)
         self.handlers.released(c)

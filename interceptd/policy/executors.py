@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -31,6 +32,13 @@ NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
 
 MAX_EXECUTORS = 64  # helpers alive at once, over all containers
 MAX_PER_CONTAINER = 4  # helpers alive at once for one container
+# Daemon forks (a helper started, a one-shot ns_exec) per container: FORK_BURST at once,
+# then FORK_RATE per second. A fork costs every daemon thread, not just the forking one:
+# after it, each page any thread writes is copied on first touch. A container that keeps
+# forking (`unshare -Um` + `mount` in a loop) waits for its own tokens, in its own worker
+# thread, so it slows itself down and not its neighbours.
+FORK_BURST = 8
+FORK_RATE = 2.0
 
 _Key = tuple[int, int, int, int, int]  # (container, userns dev, ino, mntns dev, ino)
 _cache: OrderedDict[_Key, Any] = OrderedDict()
@@ -50,6 +58,7 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
     process that made the call, not one that reused its pid."""
     core = req.core
     if namespaces & ~NS_MOUNT or not hasattr(core, "Executor"):
+        _charge(req.container)
         return req.exec(namespaces, op, *args)
     pid = req.pid
     pidfd = os.pidfd_open(pid)
@@ -84,6 +93,7 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
                 _drop(x)
                 if e.errno == errno.ECONNABORTED:
                     raise
+        _charge(req.container)
         return core.ns_exec(pidfd, pid, namespaces, op, *args)
     finally:
         os.close(pidfd)
@@ -95,6 +105,7 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
         if x is not None:
             _cache.move_to_end(key)
             return x
+    _charge(container)
     try:
         x = core.Executor(pidfd, pid, NS_MOUNT)
     except OSError as e:
@@ -124,6 +135,22 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
     for e in evicted:
         e.close()
     return x
+
+
+_forks: dict[int, tuple[float, float]] = {}  # container -> (tokens, when counted)
+
+
+def _charge(container: Any) -> None:
+    """Take a fork token of `container` (a helper started, or a one-shot ns_exec), waiting
+    for one if it has none left."""
+    cid = id(container)
+    with _lock:
+        now = time.monotonic()
+        tokens, t = _forks.get(cid, (float(FORK_BURST), now))
+        tokens = min(float(FORK_BURST), tokens + (now - t) * FORK_RATE) - 1.0
+        _forks[cid] = (tokens, now)
+    if tokens < 0:
+        time.sleep(-tokens / FORK_RATE)
 
 
 def _evict(new: _Key) -> list[Any]:
@@ -181,6 +208,7 @@ def close_container(cid: int) -> None:
         gone = [_cache.pop(k) for k in keys]
         _watched.discard(cid)
         _recent.pop(cid, None)
+        _forks.pop(cid, None)
     for x in gone:
         x.close()
 
@@ -190,6 +218,7 @@ def close_all() -> None:
         gone = list(_cache.values())
         _cache.clear()
         _recent.clear()
+        _forks.clear()
     for x in gone:
         x.close()
 

@@ -2,6 +2,7 @@
  * fairness: a quiet container's latency probe and a noisy neighbour's loads.
  *
  *   fairness lat N GAP        N x sysinfo(2), GAP microseconds apart, each timed:
+ *                             "samples U,U,..." in call order, then
  *                             "lat n=N ok=K p50=U p99=U max=U" (microseconds)
  *   fairness vmread SECONDS   process_vm_readv of an own child, in a loop: "vmread n=K ok=K"
  *   fairness mounts SECONDS DIR   bind DIR onto DIR/b and unmount it, in a loop (each call
@@ -56,8 +57,11 @@ static int lat(long n, long gap_us)
 		if (gap_us > 0)
 			usleep((useconds_t)gap_us);
 	}
+	printf("samples");
+	for (long i = 0; i < n; i++)
+		printf("%c%.0f", i ? ',' : ' ', us[i]);
 	qsort(us, (size_t)n, sizeof *us, cmp);
-	printf("lat n=%ld ok=%ld p50=%.1f p99=%.1f max=%.1f\n", n, ok, us[n / 2],
+	printf("\nlat n=%ld ok=%ld p50=%.1f p99=%.1f max=%.1f\n", n, ok, us[n / 2],
 	       us[(n * 99) / 100], us[n - 1]);
 	free(us);
 	return fflush(stdout) == 0 ? 0 : 1;

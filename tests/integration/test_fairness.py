@@ -1,12 +1,14 @@
 """One container cannot slow every other (issue 8, item 11): a sibling's notified-call
 latency (sysinfo, answered by the daemon's Python path) stays within 2x of its quiet
-value while a neighbour hammers process_vm_readv, bind mount/umount and unshare -Um +
-mount through the same daemon."""
+value while one neighbour hammers process_vm_readv and bind mount/umount and another
+loops unshare -Um + mount (a new executor each time), through the same daemon.
+
+Robust on a busy 2-core VM: quiet and loaded rounds alternate (drift on the machine hits
+both), and each phase's p99 is taken over all its rounds' samples pooled."""
 
 from __future__ import annotations
 
 import re
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -18,32 +20,37 @@ from tests.integration.policy_support import privileged
 
 pytestmark = pytest.mark.integration
 
-N = 1000  # sysinfo calls per round: a p99 is the 10th slowest
+N = 800  # sysinfo calls per round
 GAP_US = 500  # between two calls: a container using the daemon, not hammering it
-ROUNDS = 5  # rounds per phase; the phases compare the medians of their rounds' p99s
-LOAD_SECONDS = 12.0
+ROUNDS = 3  # alternating quiet and loaded rounds
+LOAD_SECONDS = 3.0  # per loaded round
+LOADS = (("hammer", ["vmread"]), ("hammer", ["mounts", "/mnt/a"]), ("unshare", ["unshare"]))
 
 
-def p99(rt: Runtime, cid: str) -> float:
+def samples(rt: Runtime, cid: str) -> list[float]:
     res = rt.exec(cid, ["fairness", "lat", str(N), str(GAP_US)], timeout=60)
-    m = re.search(r"lat n=(\d+) ok=(\d+) p50=([\d.]+) p99=([\d.]+)", res.stdout)
-    assert res.rc == 0 and m, (res.stdout, res.stderr)
-    assert m.group(1) == m.group(2) == str(N), res.stdout  # every call answered
-    return float(m.group(4))
+    m = re.search(r"lat n=(\d+) ok=(\d+)", res.stdout)
+    got = re.search(r"^samples (\S+)$", res.stdout, re.M)
+    assert res.rc == 0 and m and got, (res.stdout[-500:], res.stderr)
+    assert m.group(1) == m.group(2) == str(N), m.group(0)  # every call answered
+    return [float(x) for x in got.group(1).split(",")]
 
 
-def noisy(rt: Runtime, cid: str, out: list[str]) -> list[threading.Thread]:
-    import os
-    loads = [["fairness", "vmread", str(LOAD_SECONDS)],
-             ["fairness", "mounts", str(LOAD_SECONDS), "/mnt/a"],
-             ["fairness", "unshare", str(LOAD_SECONDS)]]
-    loads = [a for a in loads if a[1] in os.environ.get("FAIR_LOADS", "vmread mounts unshare")]
+def p99(xs: list[float]) -> float:
+    return sorted(xs)[int(len(xs) * 0.99)]
 
-    def run(args: list[str]) -> None:
-        res = rt.exec(cid, args, timeout=LOAD_SECONDS + 60)
-        out.append(f"{args[1]} rc={res.rc} {res.stdout.strip()} {res.stderr.strip()[-200:]}")
 
-    threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in loads]
+def load(rt: Runtime, cids: dict[str, str],
+         out: dict[str, list[int]]) -> list[threading.Thread]:
+    def run(cid: str, kind: str, *rest: str) -> None:
+        res = rt.exec(cid, ["fairness", kind, str(LOAD_SECONDS), *rest],
+                      timeout=LOAD_SECONDS + 60)
+        m = re.search(rf"{kind} n=(\d+) ok=(\d+)", res.stdout)
+        assert m, (kind, res.rc, res.stdout, res.stderr)
+        out.setdefault(kind, []).append(int(m.group(2)))
+
+    threads = [threading.Thread(target=run, args=(cids[who], *a), daemon=True)
+               for who, a in LOADS]
     for t in threads:
         t.start()
     return threads
@@ -55,28 +62,31 @@ def test_a_noisy_neighbour_does_not_slow_a_sibling(
         daemon, new_id) -> None:
     rt = runtime_factory(runtime_name)
     quiet_b = privileged(bundle_factory, daemon, "sleep 1000")
-    noisy_b = privileged(bundle_factory, daemon, "mkdir -p /mnt/a && sleep 1000")
+    hammer_b = privileged(bundle_factory, daemon, "mkdir -p /mnt/a && sleep 1000")
+    unshare_b = privileged(bundle_factory, daemon, "sleep 1000")
     with rt.started(quiet_b, new_id("quiet")) as quiet, \
-            rt.started(noisy_b, new_id("noisy")) as loud:
-        rt.exec(quiet, ["fairness", "lat", "200", "0"])  # warm: policy state, first wake-ups
-        alone = [p99(rt, quiet) for _ in range(ROUNDS)]
-        log: list[str] = []
-        threads = noisy(rt, loud, log)
-        t0 = time.monotonic()
-        time.sleep(1.0)  # the loads are running (helpers started, loops spinning)
-        loaded = []
-        while len(loaded) < ROUNDS and time.monotonic() - t0 < LOAD_SECONDS - 1:
-            loaded.append(p99(rt, quiet))
-        for t in threads:
-            t.join(timeout=LOAD_SECONDS + 90)
-        print(f"alone p99s {alone}\nloaded p99s {loaded}\n" + "\n".join(log))
-        assert len(loaded) == ROUNDS, "the loaded rounds did not fit the load's duration"
-        # The neighbour really was busy with calls the daemon vets.
-        counts = {m.group(1): (int(m.group(2)), int(m.group(3)))
-                  for m in (re.search(r"(\w+) n=(\d+) ok=(\d+)", s.split(" ", 2)[2])
-                            for s in log) if m}
-        assert set(counts) == {"vmread", "mounts", "unshare"}, log
-        assert counts["vmread"][1] > 1000 and counts["mounts"][1] > 100, counts
-        assert counts["unshare"][0] > 20, counts
-        base, busy = statistics.median(alone), statistics.median(loaded)
+            rt.started(hammer_b, new_id("hammer")) as hammer, \
+            rt.started(unshare_b, new_id("unshare")) as unsharer:
+        samples(rt, quiet)  # warm: policy state, first wake-ups
+        alone: list[float] = []
+        loaded: list[float] = []
+        done: dict[str, list[int]] = {}
+        for _ in range(ROUNDS):
+            alone += samples(rt, quiet)
+            threads = load(rt, {"hammer": hammer, "unshare": unsharer}, done)
+            t0 = time.monotonic()
+            time.sleep(0.7)  # the loads have started and are spinning
+            loaded += samples(rt, quiet)
+            busy_for = time.monotonic() - t0
+            for t in threads:
+                t.join(timeout=LOAD_SECONDS + 90)
+            assert busy_for < LOAD_SECONDS, "the loaded round outlasted the load"
+        base, busy = p99(alone), p99(loaded)
+        print(f"{runtime_name}: sibling p99 {base:.0f} us alone, {busy:.0f} us loaded; "
+              f"p50 {sorted(alone)[len(alone) // 2]:.0f} / "
+              f"{sorted(loaded)[len(loaded) // 2]:.0f} us; neighbours' calls {done}")
+        # The neighbours really kept the daemon busy with vetted calls, in every round.
+        assert all(len(done.get(a[0], [])) == ROUNDS for _, a in LOADS), done
+        assert sum(done["vmread"]) > 1000 and sum(done["mounts"]) > 300, done
+        assert sum(done["unshare"]) > 20, done
         assert busy <= 2 * base, f"sibling p99 {base:.0f} us alone, {busy:.0f} us loaded"

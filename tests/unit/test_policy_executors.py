@@ -91,6 +91,7 @@ class Req:
 @pytest.fixture(autouse=True)
 def clean(monkeypatch: pytest.MonkeyPatch) -> Any:
     executors.close_all()
+    monkeypatch.setattr(executors, "FORK_BURST", 1 << 20)  # tested on its own below
     # Every process here is "in" the namespaces the fake helpers report.
     monkeypatch.setattr(executors, "_ns", lambda pid, name: (1, 100) if name == "user"
                         else (1, 200))
@@ -263,3 +264,19 @@ def test_global_bound_takes_from_the_biggest_holder(monkeypatch: pytest.MonkeyPa
     assert counts[id(quiet[0])] == 1 and counts[id(quiet[1])] == 1
     assert counts[id(noisy[0])] == 2 and counts[id(noisy[1])] == 2
     assert not core.started[0].closed and not core.started[1].closed
+
+
+def test_a_container_that_keeps_forking_waits_for_its_own_tokens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executors, "FORK_BURST", 3)
+    monkeypatch.setattr(executors, "FORK_RATE", 10.0)
+    slept: list[float] = []
+    monkeypatch.setattr(executors.time, "sleep", slept.append)
+    core = FakeCore()
+    noisy, quiet = Container("noisy"), Container("quiet")
+    for ino in range(1000, 1006):  # six helpers started back to back
+        _in_mntns(monkeypatch, core, ino)
+        executors.run(Req(noisy, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert len(slept) == 3 and all(0.05 < s <= 0.31 for s in slept), slept
+    executors.run(Req(quiet, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert len(slept) == 3  # the neighbour's tokens are its own
