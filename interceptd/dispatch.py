@@ -55,6 +55,7 @@ SHARE = 0.25
 BURST = 0.05
 ACTIVE_WINDOW = 0.5
 MAX_PAUSE = 0.1
+OVER_SHARE_NICE = 10  # a worker over its share runs at this nice value until back in it
 SWITCH_INTERVAL = 0.0005  # seconds a worker may keep the interpreter lock if another waits
 # How long an exec'd process's message waits for its container's init message:
 # crun's `start` can return (and a `docker exec` follow) before the daemon has
@@ -81,6 +82,15 @@ class Budget:
         self.tokens = min(self.burst, self.tokens + (now - self.t) * self.share) - spent
         self.t = now
         return -self.tokens / self.share if self.tokens < 0 else 0.0
+
+
+def _nice(value: int) -> bool:
+    """Set the calling thread's nice value (Linux: per thread); True if it was set."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
+        return True
+    except OSError:
+        return False
 
 
 def read_comm(pid: int) -> str:
@@ -264,6 +274,7 @@ class Dispatcher:
         tally = self.counters.local()
         decisions = tally.bucket("decisions")
         budget = Budget(self.share, self.burst)
+        niced = False
         try:
             while True:
                 stopping = self._stop.is_set()
@@ -283,11 +294,15 @@ class Dispatcher:
                 if pause > 0 and not stopping:
                     if self._contended(c.cookie, now):
                         # Over its share while others use the daemon too: its own callers
-                        # wait (their calls queue in the kernel and in its channel).
+                        # wait (their calls queue in the kernel and in its channel), and
+                        # its worker yields the CPU to theirs until it is back in budget.
                         tally.inc("throttled")
+                        niced = niced or _nice(OVER_SHARE_NICE)
                         self._stop.wait(min(pause, MAX_PAUSE))
                     else:
                         budget.forgive()  # alone: the daemon's time is all its own
+                elif niced and budget.tokens >= budget.burst / 2:
+                    niced = not _nice(0)
                 if stopping or ch.closed:
                     return
         except Exception:
