@@ -24,6 +24,8 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from interceptd.policy import zygote
+
 log = logging.getLogger("interceptd.policy")
 
 CLONE_NEWNS = 0x00020000
@@ -107,7 +109,7 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
             return x
     _charge(container)
     try:
-        x = core.Executor(pidfd, pid, NS_MOUNT)
+        x = _new_executor(core, pidfd, pid)
     except OSError as e:
         log.warning("namespace executor not started: %s", e)
         return None
@@ -138,6 +140,36 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
 
 
 _forks: dict[int, tuple[float, float]] = {}  # container -> (tokens, when counted)
+
+
+_zygote: Any = None
+_zygote_lock = threading.Lock()
+
+
+def _new_executor(core: Any, pidfd: int, pid: int) -> Any:
+    """A core.Executor, forked by the zygote when this core allows (see zygote.py), else
+    by the daemon itself."""
+    global _zygote
+    cls = zygote.executor_class(core)
+    if cls is None:
+        return core.Executor(pidfd, pid, NS_MOUNT)
+    with _zygote_lock:
+        if _zygote is None or _zygote.core is not core:
+            try:
+                _zygote = zygote.Zygote(core)
+            except OSError as e:
+                log.warning("executor zygote not started: %s", e)
+                return core.Executor(pidfd, pid, NS_MOUNT)
+        z = _zygote
+    try:
+        return cls(z, pidfd, pid, NS_MOUNT)
+    except zygote.ZygoteGone as e:
+        log.warning("executor zygote lost (%s): starting a new one", e)
+        with _zygote_lock:
+            if _zygote is z:
+                _zygote = None
+        z.close()
+        return core.Executor(pidfd, pid, NS_MOUNT)
 
 
 def _charge(container: Any) -> None:
@@ -202,18 +234,27 @@ def _container_gone(cid: int) -> None:
 
 
 def close_container(cid: int) -> None:
-    """Close every executor of the container whose id() is `cid` (it detached)."""
+    """Close every executor of the container whose id() is `cid` (it detached); the
+    zygote too once no executor is left (the daemon keeps no idle child)."""
+    global _zygote
     with _lock:
         keys = [k for k in _cache if k[0] == cid]
         gone = [_cache.pop(k) for k in keys]
         _watched.discard(cid)
         _recent.pop(cid, None)
         _forks.pop(cid, None)
+        idle = not _cache
     for x in gone:
         x.close()
+    if idle:
+        with _zygote_lock:
+            z, _zygote = _zygote, None
+        if z is not None:
+            z.close()
 
 
 def close_all() -> None:
+    global _zygote
     with _lock:
         gone = list(_cache.values())
         _cache.clear()
@@ -221,6 +262,10 @@ def close_all() -> None:
         _forks.clear()
     for x in gone:
         x.close()
+    with _zygote_lock:
+        z, _zygote = _zygote, None
+    if z is not None:
+        z.close()
 
 
 def live() -> int:
