@@ -91,3 +91,6 @@ def register(handlers: Any, cfg: Any = None) -> None:
         # A detached container's executors (helper processes holding its namespaces)
         # close at once rather than whenever its object happens to be collected.
         handlers.on_release(lambda c: executors.close_container(id(c)))
+        from interceptd.policy import mounttable
+
+        handlers.on_release(mounttable.forget)  # its cached tables pin mount namespaces

@@ -1,5 +1,10 @@
 """The policy's namespace executors: one persistent helper per (container, user namespace,
-mount namespace), cached (LRU-bounded) and closed when the container goes away.
+mount namespace), cached and closed when the container goes away.
+
+Bounded per container (MAX_PER_CONTAINER) and over all (MAX_EXECUTORS): a container that
+loops `unshare -Um` + `mount` keeps replacing its own least recently used helpers and
+never evicts another container's, unless the global bound is reached and that container
+holds as many as the biggest; even then its newest helper is never the one evicted.
 
 A vetted mount or umount needs only the caller's user and mount namespaces; for those the
 persistent `core.Executor` answers in tens of microseconds instead of a fork + setns per
@@ -14,9 +19,12 @@ import errno
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from typing import Any
+
+from interceptd.policy import zygote
 
 log = logging.getLogger("interceptd.policy")
 
@@ -25,6 +33,14 @@ CLONE_NEWUSER = 0x10000000
 NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
 
 MAX_EXECUTORS = 64  # helpers alive at once, over all containers
+MAX_PER_CONTAINER = 4  # helpers alive at once for one container
+# Daemon forks (a helper started, a one-shot ns_exec) per container: FORK_BURST at once,
+# then FORK_RATE per second. A fork costs every daemon thread, not just the forking one:
+# after it, each page any thread writes is copied on first touch. A container that keeps
+# forking (`unshare -Um` + `mount` in a loop) waits for its own tokens, in its own worker
+# thread, so it slows itself down and not its neighbours.
+FORK_BURST = 8
+FORK_RATE = 2.0
 
 _Key = tuple[int, int, int, int, int]  # (container, userns dev, ino, mntns dev, ino)
 _cache: OrderedDict[_Key, Any] = OrderedDict()
@@ -44,6 +60,7 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
     process that made the call, not one that reused its pid."""
     core = req.core
     if namespaces & ~NS_MOUNT or not hasattr(core, "Executor"):
+        _charge(req.container)
         return req.exec(namespaces, op, *args)
     pid = req.pid
     pidfd = os.pidfd_open(pid)
@@ -78,6 +95,7 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
                 _drop(x)
                 if e.errno == errno.ECONNABORTED:
                     raise
+        _charge(req.container)
         return core.ns_exec(pidfd, pid, namespaces, op, *args)
     finally:
         os.close(pidfd)
@@ -89,8 +107,9 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
         if x is not None:
             _cache.move_to_end(key)
             return x
+    _charge(container)
     try:
-        x = core.Executor(pidfd, pid, NS_MOUNT)
+        x = _new_executor(core, pidfd, pid)
     except OSError as e:
         log.warning("namespace executor not started: %s", e)
         return None
@@ -105,8 +124,8 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
             x = old
         else:
             _cache[key] = x
-        while len(_cache) > MAX_EXECUTORS:
-            evicted.append(_cache.popitem(last=False)[1])
+        _cache.move_to_end(key)
+        evicted.extend(_evict(key))
         for k, v in list(_recent.items()):
             if any(v is e for e in evicted):
                 del _recent[k]
@@ -118,6 +137,81 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
     for e in evicted:
         e.close()
     return x
+
+
+_forks: dict[int, tuple[float, float]] = {}  # container -> (tokens, when counted)
+
+
+_zygote: Any = None
+_zygote_lock = threading.Lock()
+
+
+def _new_executor(core: Any, pidfd: int, pid: int) -> Any:
+    """A core.Executor, forked by the zygote when this core allows (see zygote.py), else
+    by the daemon itself."""
+    global _zygote
+    cls = zygote.executor_class(core)
+    if cls is None:
+        return core.Executor(pidfd, pid, NS_MOUNT)
+    with _zygote_lock:
+        if _zygote is None or _zygote.core is not core:
+            try:
+                _zygote = zygote.Zygote(core)
+            except OSError as e:
+                log.warning("executor zygote not started: %s", e)
+                return core.Executor(pidfd, pid, NS_MOUNT)
+        z = _zygote
+    try:
+        return cls(z, pidfd, pid, NS_MOUNT)
+    except zygote.ZygoteGone as e:
+        log.warning("executor zygote lost (%s): starting a new one", e)
+        with _zygote_lock:
+            if _zygote is z:
+                _zygote = None
+        z.close()
+        return core.Executor(pidfd, pid, NS_MOUNT)
+
+
+def _charge(container: Any) -> None:
+    """Take a fork token of `container` (a helper started, or a one-shot ns_exec), waiting
+    for one if it has none left."""
+    cid = id(container)
+    with _lock:
+        now = time.monotonic()
+        tokens, t = _forks.get(cid, (float(FORK_BURST), now))
+        tokens = min(float(FORK_BURST), tokens + (now - t) * FORK_RATE) - 1.0
+        _forks[cid] = (tokens, now)
+    if tokens < 0:
+        time.sleep(-tokens / FORK_RATE)
+
+
+def _evict(new: _Key) -> list[Any]:
+    """Under _lock: take out what exceeds the bounds after `new` went in (LRU order)."""
+    out = []
+    cid = new[0]
+    own = [k for k in _cache if k[0] == cid]
+    while len(own) > MAX_PER_CONTAINER:
+        out.append(_cache.pop(own.pop(0)))
+    while len(_cache) > MAX_EXECUTORS:
+        counts: dict[int, int] = {}
+        for k in _cache:
+            counts[k[0]] = counts.get(k[0], 0) + 1
+        most = max(counts.values())
+        if counts[cid] == most and counts[cid] > 1:
+            victim = next(k for k in _cache if k[0] == cid)  # its own, never `new`
+        else:
+            victim = next(k for k in _cache if counts[k[0]] == most and k != new)
+        out.append(_cache.pop(victim))
+    return out
+
+
+def per_container() -> dict[int, int]:
+    """Live helpers by container id()."""
+    with _lock:
+        counts: dict[int, int] = {}
+        for k in _cache:
+            counts[k[0]] = counts.get(k[0], 0) + 1
+        return counts
 
 
 def _drop(x: Any) -> None:
@@ -140,23 +234,38 @@ def _container_gone(cid: int) -> None:
 
 
 def close_container(cid: int) -> None:
-    """Close every executor of the container whose id() is `cid` (it detached)."""
+    """Close every executor of the container whose id() is `cid` (it detached); the
+    zygote too once no executor is left (the daemon keeps no idle child)."""
+    global _zygote
     with _lock:
         keys = [k for k in _cache if k[0] == cid]
         gone = [_cache.pop(k) for k in keys]
         _watched.discard(cid)
         _recent.pop(cid, None)
+        _forks.pop(cid, None)
+        idle = not _cache
     for x in gone:
         x.close()
+    if idle:
+        with _zygote_lock:
+            z, _zygote = _zygote, None
+        if z is not None:
+            z.close()
 
 
 def close_all() -> None:
+    global _zygote
     with _lock:
         gone = list(_cache.values())
         _cache.clear()
         _recent.clear()
+        _forks.clear()
     for x in gone:
         x.close()
+    with _zygote_lock:
+        z, _zygote = _zygote, None
+    if z is not None:
+        z.close()
 
 
 def live() -> int:

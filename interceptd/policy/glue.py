@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interceptd.policy import consts as c
-from interceptd.policy import executors, fsapi, procinfo, sysinfo
+from interceptd.policy import executors, fsapi, process_handlers, procinfo, sysinfo
 from interceptd.policy.decision import Decision, ExecOp
 from interceptd.policy.mountapi import (
     FdMount,
@@ -51,13 +51,12 @@ from interceptd.policy.mounttable import (
     DEFAULT_READONLY_PATHS,
     FactsTable,
     ImmutableSet,
-    LazyMountTable,
     MountTable,
     entry_from_facts,
     register_managed,
     snapshot,
+    tables_of,
 )
-from interceptd.policy.ptrace import decide_ptrace, decide_targets, ptrace_needs_target
 from interceptd.policy.targetmem import (
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
@@ -326,7 +325,18 @@ def _cgroupns_private(pid: int) -> bool:
     return (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino)
 
 
-_exec = executors.run
+# Executor ops that change a mount table (`_exec` forgets the container's cached tables
+# after them; the cache also sees every change by itself, see mounttable.TableCache).
+_MOUNT_CHANGING = frozenset({"mount", "umount2", "umount2_checked", "move_mount",
+                             "mount_setattr"})
+
+
+def _exec(req: Any, namespaces: int, op: str, *args: Any) -> Any:
+    try:
+        return executors.run(req, namespaces, op, *args)
+    finally:
+        if op in _MOUNT_CHANGING:
+            tables_of(req.container).invalidate()
 
 
 def _fd_mnt_id(fd: int) -> int | None:
@@ -341,7 +351,7 @@ def _context(req: Any, st: ContainerPolicy, table: MountTable | None = None, *,
     cgroup namespace only for a cgroup filesystem (`fstype`, matched loosely so that no
     spelling the decision treats as cgroup skips the check)."""
     return MountContext(
-        table=table if table is not None else LazyMountTable(req.pid),
+        table=table if table is not None else tables_of(req.container).lazy(req.pid, req.valid),
         imm=st.imm,
         cgroupns_private=_cgroupns_private(req.pid) if "cgroup" in (fstype or "") else True,
         masked_paths=st.masked,
@@ -463,7 +473,7 @@ def _fd_mount(req: Any, fd: int, *, facts: bool = False) -> FdMount:
             entries = [entry_from_facts(f) for f in got]
             table = FactsTable(entries, req.pid)
             return FdMount(entries[0], entries[0].dev, table)
-    table = LazyMountTable(req.pid)
+    table = tables_of(req.container).lazy(req.pid, req.valid)
     try:
         st = os.fstat(fd)
         mnt_id = _fd_mnt_id(fd)
@@ -998,46 +1008,6 @@ def handle_mount_setattr(req: Any) -> Verdict:
             fds.close()
 
 
-# --- ptrace family ----------------------------------------------------------------------
-
-
-def _target(req: Any, ns_pid: int) -> procinfo.ProcView | None:
-    host = procinfo.host_pid_of(req.pid, ns_pid)
-    if host is None:
-        return None
-    return procinfo.inspect(host, req.container.init_pid)
-
-
-def handle_ptrace(req: Any) -> Verdict:
-    request, pid = _s32(req.args[0]), _s32(req.args[1])
-    details = {"request": request, "pid": pid}
-    target = _target(req, pid) if ptrace_needs_target(request) else None
-    return _verdict(decide_ptrace(request, target, details))
-
-
-def handle_process_vm(req: Any) -> Verdict:
-    pid = _s32(req.args[0])
-    return _verdict(decide_targets(req.syscall, [_target(req, pid)], {"pid": pid}))
-
-
-def handle_kcmp(req: Any) -> Verdict:
-    p1, p2 = _s32(req.args[0]), _s32(req.args[1])
-    return _verdict(decide_targets("kcmp", [_target(req, p1), _target(req, p2)],
-                                   {"pid1": p1, "pid2": p2, "type": req.args[2]}))
-
-
-def handle_pidfd_getfd(req: Any) -> Verdict:
-    pidfd = _s32(req.args[0])
-    host = procinfo.pidfd_target(req.pid, pidfd)
-    view = procinfo.inspect(host, req.container.init_pid) if host else None
-    # CONTINUE (after the check) is safe enough: the fd number is a register; another
-    # thread could dup2 a different pidfd onto it, but a pidfd of a process outside can
-    # only come from outside, and an entering runc init is non-dumpable, which the kernel's
-    # own ptrace_may_access check in pidfd_getfd refuses.
-    return _verdict(decide_targets("pidfd_getfd", [view],
-                                   {"pidfd": pidfd, "fd": _s32(req.args[1])}))
-
-
 # --- sysinfo, adjtimex ------------------------------------------------------------------
 
 
@@ -1139,11 +1109,7 @@ HANDLERS = {
     "open_tree": handle_open_tree,
     "move_mount": _with_cap_sys_admin(handle_move_mount),
     "mount_setattr": _with_cap_sys_admin(handle_mount_setattr),
-    "ptrace": handle_ptrace,
-    "process_vm_readv": handle_process_vm,
-    "process_vm_writev": handle_process_vm,
-    "pidfd_getfd": handle_pidfd_getfd,
-    "kcmp": handle_kcmp,
+    **process_handlers.HANDLERS,  # the ptrace family
     "sysinfo": handle_sysinfo,
     "adjtimex": handle_adjtimex,
     "clock_adjtime": handle_clock_adjtime,

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable
+import select
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +27,7 @@ from interceptd.policy.consts import (
     MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
 )
+from interceptd.syscalls import nr as syscall_nr
 
 # Docker's defaults; runc applies the config's lists, the runtime shim keeps these at least.
 DEFAULT_MASKED_PATHS = (
@@ -346,3 +351,226 @@ def register_managed(
     for m in added:
         imm.add(m)
     return added
+
+
+# --- per-container cache ----------------------------------------------------------------
+
+STATX_INO = 0x100
+STATX_MNT_ID = 0x1000
+STATX_ATTR_MOUNT_ROOT = 0x2000
+AT_EMPTY_PATH = 0x1000
+_NR_STATX = syscall_nr("statx")
+_libc: Any = None
+
+
+def _root_mount(pid: int) -> tuple[int, int, int] | None:
+    """(mount id, dev, ino) of `pid`'s root if that root is the root of its mount, else
+    None (a chroot into a directory: its view is not the mount's, so it is not cached)."""
+    import ctypes
+
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
+    buf = ctypes.create_string_buffer(256)
+    fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC)
+    try:
+        if libc.syscall(_NR_STATX, fd, b"", AT_EMPTY_PATH, STATX_INO | STATX_MNT_ID, buf) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    finally:
+        os.close(fd)
+    raw = buf.raw
+    mask = int.from_bytes(raw[0:4], "little")
+    attrs = int.from_bytes(raw[8:16], "little")
+    attrs_known = int.from_bytes(raw[56:64], "little")
+    if not mask & STATX_MNT_ID or not attrs_known & STATX_ATTR_MOUNT_ROOT:
+        return None
+    if not attrs & STATX_ATTR_MOUNT_ROOT:
+        return None
+    ino = int.from_bytes(raw[32:40], "little")
+    dev = (int.from_bytes(raw[136:140], "little"), int.from_bytes(raw[140:144], "little"))
+    return (int.from_bytes(raw[144:152], "little"), os.makedev(*dev), ino)
+
+
+def _seen_from(table: MountTable, root_id: int) -> bool:
+    """True if `table` is the view from the root of mount `root_id`: that mount is at "/"
+    and every other mount listed descends from it (a view from any other root lists a
+    mount that does not, or lacks `root_id`)."""
+    top = table.by_id.get(root_id)
+    if top is None or top.mountpoint != "/":
+        return False
+    ok = {root_id}
+    pending = [e for e in table.entries if e.mount_id != root_id]
+    while pending:
+        rest = [e for e in pending if e.parent_id not in ok]
+        if len(rest) == len(pending):
+            return False
+        ok.update(e.mount_id for e in pending if e.parent_id in ok)
+        pending = rest
+    return True
+
+
+@dataclass
+class _Cached:
+    fd: int  # /proc/<pid>/mountinfo as opened for the read: pins the namespace, pollable
+    table: MountTable
+
+
+class TableCache:
+    """One container's mount tables, per (mount namespace, root mount), kept between calls.
+
+    A cached table is handed out only after `poll(2)` on the mountinfo fd it was read from
+    reports no change: the kernel flags that fd on every mount, umount, move, attribute
+    change and propagation into that namespace, whoever made it (the daemon, the native
+    helper, the host). Anything unsure means a fresh read: a caller whose root is not a
+    mount's root (a chroot into a directory), a table whose content is not the view from
+    that root (the root changed during the read), a flagged fd, `invalidate()` (the
+    daemon's own mount changes, as a second guard). The cost of a call is the caller's own
+    namespace's table at most, and only after it changed.
+    """
+
+    MAX_TABLES = 8  # namespaces (or roots) of one container kept at once
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tables: OrderedDict[tuple[int, int, int, int, int], _Cached] = OrderedDict()
+        self.reads = 0  # full reads made (tests, stats)
+
+    def get(self, pid: int, valid: Callable[[], bool] | None = None) -> MountTable:
+        """`pid`'s mount table, as `MountTable.read(pid)` would return it now. Call it after
+        taking the fds whose mounts the decision looks up: a mount made after the check
+        flags the fd, so an id missing from the table is really not in the namespace."""
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt")
+            root = _root_mount(pid)
+        except OSError:
+            return LazyMountTable(pid)
+        if valid is not None and not valid():
+            raise ProcessLookupError(pid)
+        if root is None:
+            return LazyMountTable(pid)
+        key = (ns.st_dev, ns.st_ino, *root)
+        with self._lock:
+            hit = self._tables.get(key)
+            if hit is not None:
+                if _unchanged(hit.fd):
+                    self._tables.move_to_end(key)
+                    return hit.table
+                del self._tables[key]
+        if hit is not None:
+            os.close(hit.fd)
+        return self._fill(pid, key, valid)
+
+    def _fill(self, pid: int, key: tuple[int, int, int, int, int],
+              valid: Callable[[], bool] | None) -> MountTable:
+        fd = os.open(f"/proc/{pid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            parts = []
+            while chunk := os.read(fd, 65536):
+                parts.append(chunk)
+            self.reads += 1
+            table = MountTable.parse(b"".join(parts).decode("utf-8", "surrogateescape"))
+            # The content proves whose view it is: mount ids are unique across namespaces,
+            # so a table listing the root's mount at "/" and only its descendants was read
+            # in that mount's namespace from that root, whatever the process did meanwhile
+            # (chroot, setns, unshare between our look and the open).
+            same = (valid is None or valid()) and _seen_from(table, key[2])
+        except BaseException:
+            os.close(fd)
+            raise
+        if not same:
+            os.close(fd)
+            return table  # fresh, but not kept: whose view it is cannot be told
+        closing = []
+        with self._lock:
+            old = self._tables.pop(key, None)
+            if old is not None:
+                closing.append(old.fd)
+            self._tables[key] = _Cached(fd, table)
+            while len(self._tables) > self.MAX_TABLES:
+                closing.append(self._tables.popitem(last=False)[1].fd)
+        for f in closing:
+            os.close(f)
+        return table
+
+    def lazy(self, pid: int, valid: Callable[[], bool] | None = None) -> MountTable:
+        """`get(pid)` on first use only: a decision that never looks at the table costs
+        nothing. The first use must come after the fds it looks up were taken."""
+        return _LazyCached(self, pid, valid)
+
+    def invalidate(self) -> None:
+        """Forget every table (call after the daemon changed a mount for the container)."""
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            fds = [c.fd for c in self._tables.values()]
+            self._tables.clear()
+        for f in fds:
+            os.close(f)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tables)
+
+
+class _LazyCached(MountTable):
+    def __init__(self, cache: TableCache, pid: int,
+                 valid: Callable[[], bool] | None) -> None:  # nothing read yet
+        self._cache, self._pid, self._valid = cache, pid, valid
+        self._t: MountTable | None = None
+
+    def _table(self) -> MountTable:
+        if self._t is None:
+            self._t = self._cache.get(self._pid, self._valid)
+        return self._t
+
+    @property  # type: ignore[override]
+    def entries(self) -> list[MountEntry]:
+        return self._table().entries
+
+    @property  # type: ignore[override]
+    def by_id(self) -> dict[int, MountEntry]:
+        return self._table().by_id
+
+    def get(self, mount_id: int) -> MountEntry | None:
+        return self._table().get(mount_id)
+
+    def parent(self, e: MountEntry) -> MountEntry | None:
+        return self._table().parent(e)
+
+
+def _unchanged(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLPRI)
+    try:
+        return not p.poll(0)
+    except OSError:
+        return False
+
+
+_caches: dict[int, TableCache] = {}
+_caches_lock = threading.Lock()
+
+
+def tables_of(container: Any) -> TableCache:
+    """The container's TableCache (closed when the container is released or collected)."""
+    key = id(container)
+    with _caches_lock:
+        c = _caches.get(key)
+        if c is None:
+            c = _caches[key] = TableCache()
+            weakref.finalize(container, forget_key, key)
+        return c
+
+
+def forget(container: Any) -> None:
+    forget_key(id(container))
+
+
+def forget_key(key: int) -> None:
+    with _caches_lock:
+        c = _caches.pop(key, None)
+    if c is not None:
+        c.close()

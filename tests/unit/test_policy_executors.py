@@ -58,6 +58,8 @@ class FakeExecutor:
     def run(self, pidfd: int, pid: int, op: str, *args: Any) -> str:
         if self.closed:
             raise ExecutorDied(errno.EBADF, "closed")
+        if (self.user_ns, self.mnt_ns) != (self.core.ns[:2], self.core.ns[2:]):
+            raise WrongNamespaces(errno.EXDEV, "the caller stands elsewhere")
         err, self.core.next_run_error = self.core.next_run_error, None
         if err is not None:
             raise err
@@ -89,6 +91,7 @@ class Req:
 @pytest.fixture(autouse=True)
 def clean(monkeypatch: pytest.MonkeyPatch) -> Any:
     executors.close_all()
+    monkeypatch.setattr(executors, "FORK_BURST", 1 << 20)  # tested on its own below
     # Every process here is "in" the namespaces the fake helpers report.
     monkeypatch.setattr(executors, "_ns", lambda pid, name: (1, 100) if name == "user"
                         else (1, 200))
@@ -211,3 +214,69 @@ def test_policy_register_closes_executors_on_release() -> None:
     x = core.started[-1]
     handlers.released(c)  # what the dispatcher does at the last detach
     assert x.closed
+
+
+def _in_mntns(monkeypatch: pytest.MonkeyPatch, core: FakeCore, ino: int) -> None:
+    """Callers from now on stand in mount namespace `ino` (what `unshare -m` does)."""
+    core.ns = (1, 100, 1, ino)
+    monkeypatch.setattr(executors, "_ns", lambda pid, name: (1, 100) if name == "user"
+                        else (1, ino))
+
+
+def test_an_unshare_loop_evicts_only_its_own_executors(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = FakeCore()
+    quiet = [Container(f"q{i}") for i in range(3)]
+    for c in quiet:
+        executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    mine = core.started[:]
+    noisy = Container("noisy")
+    for ino in range(1000, 1040):  # 40 new mount namespaces, one mount each
+        _in_mntns(monkeypatch, core, ino)
+        executors.run(Req(noisy, core), executors.NS_MOUNT, "mount", "t", "/m", "tmpfs", 0)
+    assert not any(x.closed for x in mine)
+    counts = executors.per_container()
+    assert counts[id(noisy)] == executors.MAX_PER_CONTAINER
+    assert all(counts[id(c)] == 1 for c in quiet)
+    assert executors.live() == len(quiet) + executors.MAX_PER_CONTAINER
+    # The quiet containers' helpers still serve them: nothing new was started for them.
+    _in_mntns(monkeypatch, core, 200)
+    n = len(core.started)
+    for c in quiet:
+        executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert len(core.started) == n
+
+
+def test_global_bound_takes_from_the_biggest_holder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executors, "MAX_EXECUTORS", 6)
+    core = FakeCore()
+    quiet = [Container(f"q{i}") for i in range(2)]
+    for c in quiet:
+        executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    noisy = [Container("n1"), Container("n2")]
+    ino = 1000
+    for _ in range(10):
+        for c in noisy:
+            ino += 1
+            _in_mntns(monkeypatch, core, ino)
+            executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    counts = executors.per_container()
+    assert executors.live() == 6
+    assert counts[id(quiet[0])] == 1 and counts[id(quiet[1])] == 1
+    assert counts[id(noisy[0])] == 2 and counts[id(noisy[1])] == 2
+    assert not core.started[0].closed and not core.started[1].closed
+
+
+def test_a_container_that_keeps_forking_waits_for_its_own_tokens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executors, "FORK_BURST", 3)
+    monkeypatch.setattr(executors, "FORK_RATE", 10.0)
+    slept: list[float] = []
+    monkeypatch.setattr(executors.time, "sleep", slept.append)
+    core = FakeCore()
+    noisy, quiet = Container("noisy"), Container("quiet")
+    for ino in range(1000, 1006):  # six helpers started back to back
+        _in_mntns(monkeypatch, core, ino)
+        executors.run(Req(noisy, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert len(slept) == 3 and all(0.05 < s <= 0.31 for s in slept), slept
+    executors.run(Req(quiet, core), executors.NS_MOUNT, "umount2", "/x", 0)
+    assert len(slept) == 3  # the neighbour's tokens are its own
