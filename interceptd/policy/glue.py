@@ -240,8 +240,12 @@ def _emulated_binds(table: MountTable) -> dict[str, str]:
         return {}
     from interceptd.emulation import registry
 
-    return {e.mountpoint: _fuse_dir + e.mountpoint for e in table.entries
-            if e.fstype == FUSE_FSTYPE and e.mountpoint in registry.FILES}
+    out = {}
+    for e in table.entries:
+        path = registry.file_at(e.mountpoint) if e.fstype == FUSE_FSTYPE else None
+        if path is not None:
+            out[e.mountpoint] = _fuse_dir + path
+    return out
 
 
 def _load(path: str | None, init_pid: int, start: int) -> ContainerPolicy | None:
