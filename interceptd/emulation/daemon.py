@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from interceptd.emulation import cgpaths, loadavg, registry
+from interceptd.emulation import cgpaths, loadavg, registry, tasks
 from interceptd.emulation.fuseserver import EmulatedFile, FuseService, fs_dir
 from interceptd.emulation.hostfacts import HostFacts, read_host
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
+from interceptd.policy import sysinfo
 
 log = logging.getLogger("interceptd.emulation")
 
@@ -66,11 +67,14 @@ class Emulation:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
-        self.service.start()
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             self._mounts = cgpaths.parse_mountinfo(f.read())
+        self.service.start()
+        sysinfo.loads_provider = self.loads_of  # sysinfo(2) agrees with /proc/loadavg
 
     def stop(self) -> None:
+        if sysinfo.loads_provider == self.loads_of:
+            sysinfo.loads_provider = None
         self.service.stop()
         with self._lock:
             srcs, self._sources = list(self._sources.values()), {}
@@ -146,8 +150,27 @@ class Emulation:
             src.snap, src.snap_at = snap, now
             t = snap.tasks
             active = t.running + t.blocked if t is not None else 0
-            if now - src.load.at >= loadavg.SAMPLE_SECONDS:
-                src.load = loadavg.catch_up(src.load, active, now)
+            with self._lock:
+                if now - src.load.at >= loadavg.SAMPLE_SECONDS:
+                    src.load = loadavg.catch_up(src.load, active, now)
         inp = registry.RenderInput(snap=src.snap, host=host, now=now,
                                    container_id=src.container_id, load=src.load)
         return registry.render("/" + path, inp)
+
+    # -- sysinfo(2)'s load averages (the policy's handler, a worker thread) ----------
+
+    def loads_of(self, init_pid: int) -> tuple[int, int, int] | None:
+        """The load averages /proc/loadavg shows the container whose init is `init_pid`,
+        as sysinfo(2) gives them; sampled here when the last sample is a period old
+        (nobody read /proc/loadavg meanwhile). None: not a registered container."""
+        with self._lock:
+            src = next((s for s in self._sources.values() if s.init_pid == init_pid), None)
+        if src is None:
+            return None
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+        if now - src.load.at >= loadavg.SAMPLE_SECONDS:
+            t = tasks.summarize(src.paths, "/proc", src.init_pid)
+            with self._lock:
+                if now - src.load.at >= loadavg.SAMPLE_SECONDS:
+                    src.load = loadavg.catch_up(src.load, t.running + t.blocked, now)
+        return loadavg.sysinfo_loads(src.load)

@@ -94,6 +94,10 @@ def test_tools_read_the_containers_truth(shim: Runtime, bundle_factory, new_id, 
     m = re.search(r"Mem: (\d+)K used, (\d+)K free", main)
     assert m and int(m.group(1)) + int(m.group(2)) == LIMIT_KB, main  # top
     assert re.search(r"up +(\d+ min|0:0\d)", main), main  # uptime(1): minutes, not hours
+    # uptime(1)'s load averages (sysinfo(2)) are the container's, as top's (/proc/loadavg).
+    la = re.search(r"load average: ([\d.]+), ([\d.]+), ([\d.]+)", main)
+    top_la = re.search(r"Load average: ([\d.]+) ([\d.]+) ([\d.]+)", main)
+    assert la and top_la and la.groups() == top_la.groups(), main
     imm = s["immutability"]
     for what in ("umount_rc", "umount_l_rc", "move_rc", "remount_rc"):
         assert re.search(rf"{what}=[1-9]", imm), imm
