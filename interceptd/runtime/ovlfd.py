@@ -7,7 +7,7 @@ every container reads where its writable layer lives on the host (the first step
 the cgroup release_agent escapes). Given each layer as an fd (`FSCONFIG_SET_FD` with
 `lowerdir+`, `upperdir`, `workdir`, Linux 6.13), the kernel names it by the fd's path
 within its own mount: a detached clone of the layer itself is `/`, and the upper and
-work dirs, opened beneath one detached clone of their common parent (overlayfs wants
+work dirs, opened beneath one detached clone of their closest common directory (overlayfs wants
 both on one mount), are `/<name>`. So the options read
 `lowerdir+=/,lowerdir+=/,upperdir=/diff,workdir=/work`. The layers stay what they were:
 lowers id-mapped detached clones, the upper the host's directory (its owners shifted).
@@ -64,10 +64,12 @@ def overlay_fd(lower_fds: Sequence[int], upper: str, work: str,
                other: Sequence[str] = ()) -> int:
     """A detached overlay mount (an fd, the caller's to close) of `lower_fds` (topmost
     first, each a detached mount of one layer) under the host directories `upper` and
-    `work`, which must share a parent directory (Docker's `<id>/diff`, `<id>/work`)."""
-    parent = os.path.dirname(upper.rstrip("/"))
-    if os.path.dirname(work.rstrip("/")) != parent:
-        raise ValueError(f"upperdir {upper} and workdir {work} have different parents")
+    `work`. Both are opened beneath one clone of their closest common directory
+    (Docker's and containerd's `<id>/`): the options show their paths below it only."""
+    upper, work = os.path.normpath(upper), os.path.normpath(work)
+    if not (os.path.isabs(upper) and os.path.isabs(work)):
+        raise ValueError(f"upperdir {upper} and workdir {work} must be absolute")
+    parent = os.path.commonpath([os.path.dirname(upper), os.path.dirname(work)])
     fds: list[int] = []
     try:
         fc = mountapi._check(mountapi._syscall(mountapi.SYS_FSOPEN, b"overlay",
@@ -79,7 +81,7 @@ def overlay_fd(lower_fds: Sequence[int], upper: str, work: str,
         top = mountapi.open_tree(parent)
         fds.append(top)
         for key, path in (("upperdir", upper), ("workdir", work)):
-            d = os.open(os.path.basename(path.rstrip("/")),
+            d = os.open(os.path.relpath(path, parent),
                         os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
             fds.append(d)
             fsconfig_fd(fc, key, d)
