@@ -109,12 +109,20 @@ class Emulation:
             assert self._mounts is not None, "attach before start"
             paths = cgpaths.locate(own, self._mounts)
             src = _Source(str(c.id), pid, paths, start_of("/proc", pid, self._clk_tck), nsfd)
-            self.service.register_nsfd(key, nsfd)
         except BaseException:
             os.close(nsfd)
             raise
+        # Known before the server is told: a reader already waiting for this
+        # namespace gets its render requested by the registration itself.
         with self._lock:
             self._sources[key] = src
+        try:
+            self.service.register_nsfd(key, nsfd)
+        except BaseException:
+            with self._lock:
+                self._sources.pop(key, None)
+            os.close(nsfd)
+            raise
         log.info("emulation attach", extra={"fields": {"container": c.id, "key": key}})
 
     def release(self, c: Any) -> None:

@@ -43,6 +43,8 @@ uptime
 top -bn1 | head -3
 unshare -m --mount-proc sh -c '. /r; report /proc unshared'
 mkdir -p /tmp/p && mount -t proc proc /tmp/p && report /tmp/p fresh
+mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s &&
+  echo "sysfs_online=$(cat /tmp/s/devices/system/cpu/online)"
 echo "== immutability"
 umount /proc/meminfo; echo "umount_rc=$?"
 umount -l /proc/meminfo; echo "umount_l_rc=$?"
@@ -86,6 +88,7 @@ def test_tools_read_the_containers_truth(shim: Runtime, bundle_factory, new_id, 
     check_report(s["main"], "main")
     check_report(s["unshared"], "unshare -m --mount-proc")
     check_report(s["fresh"], "fresh procfs")
+    assert "sysfs_online=0\n" in s["fresh"], s["fresh"]  # a fresh sysfs gets the bind too
     main = s["main"]
     free = re.search(r"Mem:\s+(\d+)", main)
     assert free and int(free.group(1)) == LIMIT_KB, main  # sysinfo(2)
