@@ -49,6 +49,7 @@ class _Source:
     paths: cgpaths.CgroupPaths
     start: float | None
     nsfd: int
+    ns_ino: int = 0
     snap: CgroupSnapshot | None = None
     snap_at: float = 0.0
     load: loadavg.LoadState = field(default_factory=loadavg.LoadState)
@@ -60,6 +61,8 @@ class Emulation:
         self.service = service or FuseService(self.mountpoint, emulated_files(), self.render)
         self._sources: dict[int, _Source] = {}
         self._lock = threading.Lock()
+        self._reg_lock = threading.Lock()  # registrations and their hand-overs, in order
+        self._owner: dict[int, int] = {}  # pid namespace inode -> the key registered for it
         self._host: tuple[float, HostFacts] | None = None
         self._mounts: cgpaths.Mounts | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
@@ -112,26 +115,55 @@ class Emulation:
         except BaseException:
             os.close(nsfd)
             raise
-        # Known before the server is told: a reader already waiting for this
-        # namespace gets its render requested by the registration itself.
-        with self._lock:
-            self._sources[key] = src
-        try:
-            self.service.register_nsfd(key, nsfd)
-        except BaseException:
+        src.ns_ino = os.fstat(nsfd).st_ino
+        with self._reg_lock:
             with self._lock:
-                self._sources.pop(key, None)
-            os.close(nsfd)
-            raise
+                owner = self._owner.get(src.ns_ino)
+                # Known before the server is told: a reader already waiting for
+                # this namespace gets its render requested by the registration.
+                self._sources[key] = src
+            if owner is not None:
+                # A pid namespace shared with a container already registered
+                # (--pid=container:X, a pod): its readers are that one's; this
+                # container takes the namespace over when that one goes.
+                log.info("emulation attach: pid namespace shared", extra={"fields": {
+                    "container": c.id, "key": key, "with": owner}})
+                return
+            try:
+                self.service.register_nsfd(key, nsfd)
+            except BaseException:
+                with self._lock:
+                    self._sources.pop(key, None)
+                os.close(nsfd)
+                raise
+            with self._lock:
+                self._owner[src.ns_ino] = key
         log.info("emulation attach", extra={"fields": {"container": c.id, "key": key}})
 
     def release(self, c: Any) -> None:
         key = int(c.cookie)
-        with self._lock:
-            src = self._sources.pop(key, None)
-        if src is None:
-            return
-        self.service.unregister(key)
+        with self._reg_lock:
+            with self._lock:
+                src = self._sources.pop(key, None)
+                if src is None:
+                    return
+                heir = None
+                owner = self._owner.get(src.ns_ino) == key
+                if owner:
+                    del self._owner[src.ns_ino]
+                    heir = next((k for k, s in self._sources.items()
+                                 if s.ns_ino == src.ns_ino), None)
+            if owner:  # a mere sharer leaves the registration as it is
+                self.service.unregister(key)
+            if heir is not None:
+                # Readers opening in between wait for the registration (never EIO).
+                try:
+                    self.service.register_nsfd(heir, self._sources[heir].nsfd)
+                    with self._lock:
+                        self._owner[src.ns_ino] = heir
+                except OSError as e:
+                    log.warning("emulation: shared pid namespace not handed over",
+                                extra={"fields": {"key": heir, "error": str(e)}})
         os.close(src.nsfd)
 
     def __len__(self) -> int:

@@ -101,3 +101,31 @@ def test_dead_init_is_not_registered(em) -> None:
 
 def test_status(em, tmp_path) -> None:
     assert em.status() == {"fs": str(tmp_path / "fs"), "files": list(registry.FILES)}
+
+
+def test_shared_pid_namespace_is_handed_over(em) -> None:
+    """Two containers in one pid namespace (--pid=container:X): registered once; when
+    the first goes, the second takes the namespace over; when both go, it is gone."""
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        a = FakeContainer(1, os.getpid(), id="a", pidfd=pidfd)
+        b = FakeContainer(2, os.getpid(), id="b", pidfd=pidfd)
+        em.attach(a)
+        em.attach(b)
+        assert list(em.service.registered) == [1] and len(em) == 2
+        em.release(a)
+        assert em.service.unregistered == [1]
+        assert list(em.service.registered) == [1, 2]
+        assert em.render(2, "proc/meminfo").startswith(b"MemTotal:")
+        em.release(b)
+        assert em.service.unregistered == [1, 2] and len(em) == 0
+        c = FakeContainer(3, os.getpid(), id="c", pidfd=pidfd)
+        em.attach(c)  # a sharer released first leaves the owner registered
+        d = FakeContainer(4, os.getpid(), id="d", pidfd=pidfd)
+        em.attach(d)
+        em.release(d)
+        assert em.service.unregistered == [1, 2]
+        em.release(c)
+        assert em.service.unregistered == [1, 2, 3]
+    finally:
+        os.close(pidfd)
