@@ -7,7 +7,10 @@ pid namespace registered as a container:
   (n) the native /proc/meminfo
 
 and the aggregate reads/s of --parallel containers reading at once, (f) vs (l),
-with the serving process's CPU seconds per 10,000 reads.
+with the serving process's CPU seconds per 10,000 reads. Then (--container) the same
+from inside a real runc container attached to a real interceptd, for meminfo, cpuinfo,
+stat, uptime and cpu/online: interceptd's bound files vs LXCFS's vs the kernel's, and 8
+readers at once with the daemon's CPU (bench/fuse_container.py).
 
 Targets (issue 10): (f) <= 0.5 x (l) latency, >= 2 x its throughput. Each row is the median of
 --runs runs of bench/read_loop (--n iterations each, p50/p99 of single
@@ -125,6 +128,10 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=8,
                     help="containers reading at once for the throughput figure (0: skip)")
     ap.add_argument("--parallel-n", type=int, default=5000, help="iterations per container")
+    ap.add_argument("--container", type=int, default=1,
+                    help="also read the emulated files from inside a real container (0: skip)")
+    ap.add_argument("--container-n", type=int, default=5000,
+                    help="iterations per run and file in the container")
     args = ap.parse_args()
 
     loop = build_static("read_loop")
@@ -222,6 +229,11 @@ def main() -> int:
             stop_lxcfs(lxcfs, work / "lxcfs")
         shutil.rmtree(shm, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+    if args.container:
+        import fuse_container
+
+        fuse_container.run(loop, start_lxcfs, stop_lxcfs, n=args.container_n, runs=args.runs,
+                           parallel=args.parallel, parallel_n=args.parallel_n)
     return 0
 
 

@@ -50,6 +50,7 @@
 #define NS_DEPTH 33          /* the kernel nests pid namespaces 32 deep */
 #define NBUCKET 256
 #define MAX_ALIASES 1024
+#define MAX_UNKNOWN_PARKED 1024 /* opens waiting for their namespace's register */
 #define RQ_CAP 4096
 #define BUF_SIZE (FUSE_MIN_READ_BUFFER + 65536)
 #define MAX_WRITE 4096       /* nothing is ever written; the kernel wants a value */
@@ -100,7 +101,8 @@ struct alias {
 
 struct parked {
   uint64_t unique, key;
-  int file;
+  uint64_t ino; /* unknown: the reader's pid namespace, waiting for its register */
+  int file, unknown;
   int64_t t0, deadline;
   struct parked *next;
 };
@@ -128,7 +130,7 @@ struct icd_fuse {
   struct alias *aliases[NBUCKET];
   int naliases, ncontainers;
   struct parked *parked;
-  int nparked;
+  int nparked, nunknown;
   struct icd_fuse_req rq[RQ_CAP];
   int rq_head, rq_len, kick;
   int writers; /* threads outside mu about to write replies (icd_fuse_set/fail) */
@@ -519,6 +521,68 @@ static void request_render(struct icd_fuse *f, struct ctr *c, int file, int64_t 
   pthread_cond_signal(&f->rqcond);
 }
 
+/* Hands the opens parked for namespace c->ino to container c: a render is
+ * requested for each file (unless one is outstanding), which answers them;
+ * under mu. */
+static void adopt_unknown(struct icd_fuse *f, struct ctr *c)
+{
+  struct parked *p;
+  int64_t now;
+
+  if (!f->nunknown)
+    return;
+  now = now_ns();
+  for (p = f->parked; p; p = p->next) {
+    if (!p->unknown || p->ino != c->ino)
+      continue;
+    p->unknown = 0;
+    f->nunknown--;
+    p->key = c->key;
+    request_render(f, c, p->file, now);
+  }
+}
+
+/* Parks an open of a reader whose pid namespace is not registered; 0 when it
+ * cannot be (host reader, pid 0, stopping, too many waiting). */
+static int park_unknown(struct icd_fuse *f, struct fuse_in_header *h, int file, int64_t t0)
+{
+  struct stat st;
+  struct parked *p;
+  struct ctr *c;
+  char path[32];
+  int64_t now;
+
+  snprintf(path, sizeof path, "%u/ns/pid", h->pid);
+  if (!h->pid || atomic_load(&f->stopping) || fstatat(f->procfd, path, &st, 0) < 0 ||
+      st.st_ino == f->self_ino || !(p = malloc(sizeof *p)))
+    return 0;
+  now = now_ns();
+  p->unique = h->unique;
+  p->key = 0;
+  p->ino = st.st_ino;
+  p->file = file;
+  p->unknown = 1;
+  p->t0 = t0;
+  p->deadline = now + (int64_t)f->wait_ms * 1000000;
+  pthread_mutex_lock(&f->mu);
+  if (f->nunknown >= MAX_UNKNOWN_PARKED) {
+    pthread_mutex_unlock(&f->mu);
+    free(p);
+    return 0;
+  }
+  p->next = f->parked;
+  f->parked = p;
+  f->nparked++;
+  f->nunknown++;
+  add(&f->files[file].st.waits, 1);
+  /* Registered between our look-up and now: taken up at once. */
+  if ((c = ctr_by_ino(f, st.st_ino)))
+    adopt_unknown(f, c);
+  pthread_cond_signal(&f->reapcond);
+  pthread_mutex_unlock(&f->mu);
+  return 1;
+}
+
 /* ---- requests ---- */
 
 static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_open_in *in,
@@ -557,6 +621,8 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
     request_render(f, c, file, now);
     p->unique = h->unique;
     p->key = c->key;
+    p->ino = 0;
+    p->unknown = 0;
     p->file = file;
     p->t0 = t0;
     p->deadline = now + (int64_t)f->wait_ms * 1000000;
@@ -580,8 +646,14 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
   note_latency(s, t0, 0);
   return;
 unknown:
-  /* Neither the host's file nor another container's: a reader we cannot
-   * place gets EIO (see docs/emulation-fuse.md). */
+  /* A reader in a pid namespace not registered (yet): the runtime starts the
+   * container's process without waiting for the daemon to have taken its
+   * notify fd, so its first reads may come before the registration.  Such an
+   * open is parked like one waiting for a render, keyed by the namespace, and
+   * taken up by register() or ended with EIO at the deadline; the host's own
+   * readers (our namespace) and pid 0 get EIO at once. */
+  if (park_unknown(f, h, file, t0))
+    return;
   atomic_fetch_add(&f->unknown, 1);
   add(&s->st.errors, 1);
   reply_err(f, h->unique, EIO);
@@ -697,6 +769,8 @@ static void do_interrupt(struct icd_fuse *f, struct fuse_in_header *h,
   if (p) {
     *pp = p->next;
     f->nparked--;
+    if (p->unknown)
+      f->nunknown--;
   }
   pthread_mutex_unlock(&f->mu);
   if (p) {
@@ -863,11 +937,13 @@ static struct parked *take_parked(struct icd_fuse *f, uint64_t key, int file, in
 
   for (pp = &f->parked; (p = *pp);) {
     if ((file == -2 && (!before || p->deadline <= before)) ||
-        (file != -2 && p->key == key && (file == -1 || p->file == file))) {
+        (file != -2 && !p->unknown && p->key == key && (file == -1 || p->file == file))) {
       *pp = p->next;
       p->next = out;
       out = p;
       f->nparked--;
+      if (p->unknown)
+        f->nunknown--;
     } else {
       pp = &p->next;
     }
@@ -886,7 +962,9 @@ static void answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, 
       reply_open(f, p->unique, blob_ref(b));
     } else {
       add(&f->files[p->file].st.errors, 1);
-      if (timeout)
+      if (p->unknown) /* never registered in time: an unknown reader */
+        atomic_fetch_add(&f->unknown, 1);
+      else if (timeout)
         add(&f->files[p->file].st.timeouts, 1);
       reply_err(f, p->unique, err);
     }
@@ -1133,6 +1211,7 @@ int icd_fuse_register(struct icd_fuse *f, uint64_t key, int nsfd)
   c->next_ino = f->by_ino[c->ino % NBUCKET];
   f->by_ino[c->ino % NBUCKET] = c;
   f->ncontainers++;
+  adopt_unknown(f, c);
   pthread_mutex_unlock(&f->mu);
   return 0;
 }

@@ -148,6 +148,7 @@ class Daemon:
         listener = Listener(self.path(SECCOMP_SOCK), dispatcher.on_message, self.counters)
         listener.start()
         self._parts["listener"] = listener
+        self._start_emulation(dispatcher, handlers)
         self._start_runtime_service()
         self._start_ebpf(dispatcher)
         self._start_metrics(dispatcher)
@@ -176,6 +177,8 @@ class Daemon:
             "features": self.features,
             "ebpf": self._ebpf_status(),
             "runtime_policy": self._runtime_policy(),
+            "emulation": (em.status() if (em := self._parts.get("emulation")) is not None
+                          else None),
         }
 
     def _probe_features(self) -> None:
@@ -272,6 +275,25 @@ class Daemon:
                                           "denied": denied}
         return self._runtime_policy_lists
 
+    def _start_emulation(self, dispatcher: Dispatcher, handlers: HandlerRegistry) -> None:
+        """The emulated /proc and /sys files (FUSE at <state-dir>/fs). Optional: without
+        /dev/fuse the daemon runs on and status says emulation is off, so interceptd-runc
+        binds nothing."""
+        from interceptd.emulation.daemon import Emulation
+
+        try:
+            em = Emulation(self.state_dir)
+            em.start()
+        except (OSError, ImportError, AttributeError) as e:
+            log.warning("emulated /proc and /sys not started",
+                        extra={"fields": {"error": str(e)}})
+            return
+        self._parts["emulation"] = em
+        dispatcher.attach_hooks.append(em.attach)
+        handlers.on_release(em.release)
+        for c in self.registry.list():  # attached before the hook was in place
+            dispatcher.run_attach_hooks(c)
+
     def _start_runtime_service(self) -> None:
         """runtime.sock: interceptd-runc's launcher has creates prepared here
         instead of starting an interpreter. Optional: without it the launcher
@@ -337,8 +359,8 @@ class Daemon:
     def shutdown(self) -> None:
         if self._parts:
             log.info("shutting down", extra={"fields": {"containers": len(self.registry)}})
-        for name in ("metrics", "runtime", "listener", "dispatcher", "engine", "control",
-                     "bpf"):
+        for name in ("metrics", "runtime", "listener", "dispatcher", "engine", "emulation",
+                     "control", "bpf"):
             part = self._parts.pop(name, None)
             if part is None:
                 continue

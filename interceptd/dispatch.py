@@ -146,6 +146,8 @@ class Dispatcher:
         self._workers: dict[str, threading.Thread] = {}
         self._routes: dict[int, tuple[str, Handler | None]] = {}
         self._released: set[int] = set()
+        # fn(container) after a container's first attach (listener thread): keep it short.
+        self.attach_hooks: list[Callable[[Container], None]] = []
         self._release_lock = threading.Lock()
         self._stop = threading.Event()
         self._pump: threading.Thread | None = None
@@ -255,6 +257,7 @@ class Dispatcher:
         self._containers_by_cookie[cookie] = c
         self.counters.inc("containers_attached")
         self._tell_watchers("track", c.id, cgroups.get("", ""))
+        self.run_attach_hooks(c)
         log.info(
             "attach",
             extra={"fields": {"container": c.id, "pid": st.pid, "fd": fd, "status": st.state.status,
@@ -263,6 +266,18 @@ class Dispatcher:
         t = threading.Thread(target=self._worker, args=(c,), name=f"worker-{cookie}", daemon=True)
         self._workers[c.id] = t
         t.start()
+
+    def run_attach_hooks(self, c: Container) -> None:
+        """Per-container set-up of optional parts (the emulated files); a failing hook
+        is logged and counted, the container is attached anyway."""
+        for fn in self.attach_hooks:
+            try:
+                fn(c)
+            except Exception as e:
+                self.counters.inc("handler_errors", "attach hook")
+                log.warning("attach hook failed", extra={"fields": {
+                    "container": c.id, "hook": getattr(fn, "__qualname__", "?"),
+                    "error": repr(e)}})
 
     def _attach_fd(self, c: Container, fd: int, pid: int) -> None:
         try:

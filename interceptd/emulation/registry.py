@@ -56,6 +56,23 @@ EMPTY_DIRS: tuple[str, ...] = sysfs.EMPTY_DIRS
 SYSCTL_ROOT = "/proc/sys"
 
 
+# Files reached through a sysfs symlink: a bind lands on (and mountinfo shows) the real path.
+BIND_AT: dict[str, str] = {sysfs.PRODUCT_UUID: "/sys/devices/virtual/dmi/id/product_uuid"}
+
+
+def bind_target(path: str) -> str:
+    """Where the bind of emulated file `path` sits in the container."""
+    return BIND_AT.get(path, path)
+
+
+def file_at(mountpoint: str) -> str | None:
+    """The emulated file whose bind sits at `mountpoint`, if any."""
+    for path in FILES:
+        if bind_target(path) == mountpoint:
+            return path
+    return None
+
+
 def render(path: str, inp: RenderInput) -> bytes:
     try:
         fn = FILES[path]

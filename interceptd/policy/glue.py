@@ -123,10 +123,13 @@ class ContainerPolicy:
     lock: threading.Lock = field(default_factory=threading.Lock)
     sysinfo: sysinfo.Source | None = None
     native: bool = False  # the native mount helper was started (or tried) for it
+    # container path -> the daemon's file bound there at attach (the emulated files):
+    # a procfs/sysfs the container mounts later gets the same binds.
+    emulated: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"immutable": self.imm.to_dict(), "masked": list(self.masked),
-                "readonly": list(self.readonly)}
+                "readonly": list(self.readonly), "emulated": dict(self.emulated)}
 
 
 _states: dict[int, ContainerPolicy] = {}
@@ -150,15 +153,18 @@ def _bundle_paths(container: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 _persist_dir: str | None = None
+_fuse_dir: str | None = None  # <state_dir>/fs: the emulated files' tree
+FUSE_FSTYPE = "fuse.interceptd"
 _native_on = True
 
 
 def configure(cfg: Any) -> None:
     """Where the per-container state is kept across daemon restarts (<state_dir>/policy),
     and whether the native mount helper is used (`[policy] native`, default true)."""
-    global _persist_dir, _native_on
+    global _persist_dir, _native_on, _fuse_dir
     state_dir = getattr(getattr(cfg, "daemon", None), "state_dir", None)
     _persist_dir = os.path.join(state_dir, "policy") if state_dir else None
+    _fuse_dir = os.path.join(state_dir, "fs") if state_dir else None
     from interceptd.policy.deny import policy_section
 
     _native_on = bool(policy_section(cfg).get("native", True))
@@ -226,6 +232,21 @@ def _state_path(container: Any) -> str | None:
     return os.path.join(_persist_dir, f"{cid}.json")
 
 
+def _emulated_binds(table: MountTable) -> dict[str, str]:
+    """The emulated files interceptd-runc bound in the container (what its init's mount
+    table shows: our FUSE type on an emulated path), each with the daemon's file."""
+    if _fuse_dir is None:
+        return {}
+    from interceptd.emulation import registry
+
+    out = {}
+    for e in table.entries:
+        path = registry.file_at(e.mountpoint) if e.fstype == FUSE_FSTYPE else None
+        if path is not None:
+            out[e.mountpoint] = _fuse_dir + path
+    return out
+
+
 def _load(path: str | None, init_pid: int, start: int) -> ContainerPolicy | None:
     if path is None:
         return None
@@ -234,8 +255,9 @@ def _load(path: str | None, init_pid: int, start: int) -> ContainerPolicy | None
             d = json.load(f)
         if d.get("init_pid") != init_pid or d.get("init_start") != start:
             return None  # a different container that reused the id
+        emulated = {str(k): str(v) for k, v in dict(d.get("emulated", {})).items()}
         return ContainerPolicy(ImmutableSet.from_dict(d["immutable"]), tuple(d["masked"]),
-                               tuple(d["readonly"]))
+                               tuple(d["readonly"]), emulated=emulated)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -277,7 +299,9 @@ def state_of(container: Any) -> ContainerPolicy:
     if st is None:
         masked, readonly = _bundle_paths(container)
         table = MountTable.read(container.init_pid)
-        st = ContainerPolicy(snapshot(table, masked, readonly), masked, readonly)
+        emulated = _emulated_binds(table)
+        st = ContainerPolicy(snapshot(table, masked, readonly, emulated), masked, readonly,
+                             emulated=emulated)
     with _states_lock:
         if key in _states:
             return _states[key]
@@ -356,6 +380,7 @@ def _context(req: Any, st: ContainerPolicy, table: MountTable | None = None, *,
         cgroupns_private=_cgroupns_private(req.pid) if "cgroup" in (fstype or "") else True,
         masked_paths=st.masked,
         readonly_paths=st.readonly,
+        emulated_paths=st.emulated,
     )
 
 
@@ -771,7 +796,13 @@ def _cover(tree: int, target: str, op: ExecOp, fds: _Fds) -> None:
         cover = fds.add(fsapi.clone_tree(tree, rel))
         fsapi.set_attrs(cover, c.MOUNT_ATTR_LOCKED)
     else:  # emulated: a file the daemon serves, bound over the procfs/sysfs file
-        cover = fds.add(fsapi.clone_tree(c.AT_FDCWD, op.args[0], recursive=False))
+        try:
+            cover = fds.add(fsapi.clone_tree(c.AT_FDCWD, op.args[0], recursive=False))
+        except OSError as e:
+            # The daemon runs without its FUSE tree (restarted without /dev/fuse): the
+            # new procfs shows the kernel's file, as the container's did before.
+            log.warning("emulated file not bound: %s", e, extra={"fields": {"path": path}})
+            return
     fsapi.attach(cover, tree, rel)
 
 

@@ -15,6 +15,7 @@ import functools
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from interceptd.emulation import cgpaths
@@ -153,6 +154,11 @@ def _mounts() -> cgpaths.Mounts:
         return cgpaths.parse_mountinfo(f.read())
 
 
+# init pid -> the container's load averages (sysinfo units), set by the daemon's
+# emulation while it runs so that sysinfo(2) and /proc/loadavg agree; None: the host's.
+loads_provider: Callable[[int], tuple[int, int, int] | None] | None = None
+
+
 @dataclass
 class Source:
     """Where one container's figures live, worked out once (its init's cgroups and start
@@ -177,7 +183,13 @@ class Source:
     def gather(self) -> Sysinfo:
         host = host_sysinfo()
         now = time.clock_gettime(time.CLOCK_BOOTTIME)
-        return render_snapshot(self.snapshot(host), host, now)
+        provider, loads = loads_provider, None
+        if provider is not None:
+            try:
+                loads = provider(self.init_pid)
+            except OSError:  # the container is going: its cgroups are
+                loads = None
+        return render_snapshot(self.snapshot(host), host, now, loads)
 
 
 def gather(init_pid: int) -> Sysinfo:

@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 
-from . import mountapi, mountinfo, spec
+from . import mountapi, mountinfo, ovlfd, spec
 from .records import Record, RecordStore
 from .shift import shift_file, shift_path, shift_tree
 
@@ -296,19 +296,23 @@ class HostSetup:
             raise SetupError(f"cannot read overlay rootfs {merged}: {e}") from None
         if not layers.upper or not layers.work:
             raise SetupError(f"overlay rootfs {merged} has no upperdir/workdir")
-        lower_paths = []
-        for i, low in enumerate(layers.lowers):
-            t = os.path.join(self.rec.mount_dir, "lower", str(i))
-            os.makedirs(t, exist_ok=True)
-            try:
-                fd = mountapi.idmapped_clone(low, self.userns_fd)
-            except OSError as e:
-                raise SetupError(f"cannot id-map overlay lower layer {low}: {e}") from None
-            try:
-                self._mount_fd(fd, t)
-            finally:
+        # Layers go to the kernel as fds (ovlfd): the mount's options, which every
+        # container reads in its mountinfo, then name no host path.
+        lower_fds: list[int] = []
+        try:
+            for low in layers.lowers:
+                try:
+                    lower_fds.append(mountapi.idmapped_clone(low, self.userns_fd))
+                except OSError as e:
+                    raise SetupError(f"cannot id-map overlay lower layer {low}: {e}") from None
+            self._overlay_upper(merged, layers, lower_fds, target)
+        finally:
+            for fd in lower_fds:
                 os.close(fd)
-            lower_paths.append(t)
+
+    def _overlay_upper(self, merged: str, layers: mountinfo.OverlayLayers,
+                       lower_fds: list[int], target: str) -> None:
+        assert layers.upper is not None and layers.work is not None
         # The container's own upper starts almost empty: shift its owners to the
         # container's range (undone at delete) so copy-ups and new files map back.
         delta, hi = self.rec.host_base, 65536
@@ -319,18 +323,16 @@ class HostSetup:
         # upper dir are undefined behaviour. Ours takes its place below.
         with contextlib.suppress(OSError):
             mountapi.umount(merged, mountapi.MNT_DETACH)
-        opts = [
-            "lowerdir=" + ":".join(lower_paths),
-            f"upperdir={layers.upper}",
-            f"workdir={layers.work}",
-            *[o for o in layers.other if not o.startswith(("uuid", "index"))],
-        ]
         try:
-            _clear_mount_point(target)
-            mountapi.mount("overlay", target, "overlay", 0, ",".join(opts))
+            fd = ovlfd.overlay_fd(lower_fds, layers.upper, layers.work, layers.other)
+        except (OSError, ValueError) as e:
+            raise SetupError(f"cannot mount the id-mapped overlay for {merged}: {e}") from None
+        try:
+            self._mount_fd(fd, target)
         except OSError as e:
             raise SetupError(f"cannot mount the id-mapped overlay for {merged}: {e}") from None
-        self.rec.mounts.append(target)
+        finally:
+            os.close(fd)
 
     def volumes(self, cfg: dict, policy: spec.BindPolicy, host_base: int, size: int,
                 volume_base: int | None = None, table: MountTable | None = None) -> None:

@@ -14,9 +14,13 @@ import json
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from . import argv as argvmod
 from . import settings as settingsmod
+
+if TYPE_CHECKING:
+    from . import records
 
 PROG = "interceptd-runc"
 # See launcher.c: the pid of each process turned into the real runtime, or
@@ -268,6 +272,22 @@ def bind_policy(spec: dict, st: settingsmod.Settings, root: str):
                           st.sensitive_mount_allow, root, st.sensitive_mount_trust_annotations)
 
 
+def _bind_emulated(new: dict, status: dict, st: settingsmod.Settings,
+                   rec: records.Record, store: records.RecordStore) -> None:
+    """The daemon's emulated /proc and /sys files, when its status says they are served:
+    a clone of its tree in the container's mount dir, binds after the config's mounts."""
+    from . import emulbinds
+
+    files = emulbinds.wanted(status)
+    if not files:
+        return
+    tree = os.path.join(rec.mount_dir, "emul")
+    rec.mounts.append(tree)
+    store.save(rec)
+    emulbinds.clone_tree(os.path.join(st.state_dir, "fs"), tree)
+    emulbinds.apply(new, files, tree)
+
+
 class Create:
     """One create/run: prepare() the bundle and host, then finish() after the runtime.
 
@@ -386,6 +406,7 @@ class Create:
                            st.volume_id_base)
             finally:
                 ns.close()
+            _bind_emulated(new, status, st, rec, store)
             data = json.dumps(new, separators=(",", ":")).encode()
             if not was_rewritten:
                 _keep_original(cfg_path, orig_bytes)

@@ -464,6 +464,40 @@ def test_ctr_run_goes_through_the_shim(docker_env):
     assert_clean(d)
 
 
+def test_overlay_rootfs_shows_no_host_path_and_emulated_limits(docker_env):
+    """Docker's overlay2 rootfs, remounted by the shim from layer fds: neither mountinfo
+    nor /proc/mounts names the data root (upper, lower or work dirs), and the emulated
+    files give the container's 256 MiB and one CPU (docker --cpus: a CFS quota)."""
+    assert docker_env.daemon.control("status")["emulation"] is not None
+    name = f"ovl-{os.getpid()}-{time.monotonic_ns()}"
+    p = docker_env.docker("run", "-d", "--name", name, "--network=none",
+                          "--runtime=interceptd", "--memory", "256m", "--cpus", "1",
+                          IMAGE, "sleep", "60", check=False)
+    assert p.returncode == 0, p.stderr
+    try:
+        info = json.loads(docker_env.docker("inspect", name).stdout)[0]
+        data = info["GraphDriver"]["Data"]
+        # The driver's whole home (Docker's per-container files, resolv.conf and
+        # hosts, are binds from <data>/containers: their path within the filesystem
+        # shows as any bind's does, docs/runtime.md).
+        host_paths = [data["UpperDir"], data["WorkDir"], *data["LowerDir"].split(":"),
+                      str(docker_env.top / "data" / "overlay2")]
+        out = docker_env.docker("exec", name, "sh", "-c",
+                                "cat /proc/self/mountinfo; echo ==; cat /proc/mounts; "
+                                "echo ==; grep MemTotal: /proc/meminfo; "
+                                "cat /sys/devices/system/cpu/online; "
+                                "grep -c ^processor /proc/cpuinfo").stdout
+        mountinfo, mounts, figures = out.split("==\n")
+        root = next(ln for ln in mountinfo.splitlines() if ln.split()[4] == "/")
+        assert " - overlay " in root and "lowerdir+=/" in root, root
+        for hp in host_paths:
+            assert hp not in mountinfo and hp not in mounts, (hp, out)
+        assert figures.split() == ["MemTotal:", str(256 * 1024), "kB", "0", "1"], figures
+    finally:
+        docker_env.docker("rm", "-f", name, check=False)
+    assert_clean(docker_env)
+
+
 def test_daemon_down_refuses_every_runtime_name(docker_env):
     """No interceptd daemon: no container, whatever the runtime name (last in this
     module: it stops the daemon and starts it again)."""

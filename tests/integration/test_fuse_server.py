@@ -236,6 +236,33 @@ def test_unknown_readers_get_eio(service, shells) -> None:
     assert render.count == {(1, "proc/meminfo"): 1}  # nothing rendered for the unknown
 
 
+def test_reader_before_its_registration_waits_for_it(service, shells) -> None:
+    """A container's first read can come before the daemon has registered it (the
+    runtime does not wait for the listener): the open waits for the registration,
+    up to the wait timeout (2 s here), instead of failing; the host never waits."""
+    svc, render, mnt = service
+    a = shells()
+    a.send(f"cat {mnt}/proc/meminfo")
+    time.sleep(0.3)  # the open is parked by now
+    assert svc.stats()["unknown"] == 0
+    t0 = time.monotonic()
+    svc.register(1, a.pid)
+    assert a.result() == (0, MEMINFO)
+    assert time.monotonic() - t0 < 1.0
+    assert svc.stats()["unknown"] == 0
+    b = shells()  # never registered: EIO at the deadline, counted as unknown
+    t0 = time.monotonic()
+    rc, out = b.run(f"cat {mnt}/proc/uptime")
+    assert rc != 0 and "Input/output error" in out
+    assert 1.5 < time.monotonic() - t0 < 5
+    assert svc.stats()["unknown"] == 1
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        (mnt / "proc/meminfo").read_bytes()  # the host: at once
+    assert time.monotonic() - t0 < 0.5
+    assert render.count == {(1, "proc/meminfo"): 1}
+
+
 def test_busybox_tools_read_the_emulated_file(service, shells) -> None:
     svc, _, mnt = service
     a = shells("--mount", "--mount-proc")

@@ -71,7 +71,7 @@ def assert_nothing_left(rt: Runtime) -> None:
     # Each id range keeps its (empty) mount points for its next holder; nothing else.
     for top, dirs, files in os.walk(mnt):
         for d in dirs:
-            assert d in ("rootfs", "lower", "vol") or d.isdigit() or (
+            assert d in ("rootfs", "lower", "vol", "emul") or d.isdigit() or (
                 top == mnt and d.startswith("r") and d[1:].isdigit()), os.path.join(top, d)
         for n in files:
             assert os.path.basename(top) == "vol" and os.path.getsize(os.path.join(top, n)) == 0

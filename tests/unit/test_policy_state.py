@@ -78,3 +78,43 @@ def test_state_dropped_with_the_container(tmp_path: Path):
         if p.poll() is None:
             p.kill()
         glue.configure(None)
+
+
+MOUNTINFO = """\
+20 1 254:0 / / rw - ext4 /dev/vda rw
+21 20 0:5 / /proc rw - proc proc rw
+22 21 0:95 /proc/meminfo /proc/meminfo ro - fuse.interceptd interceptd ro
+23 20 0:6 / /sys ro - sysfs sysfs ro
+24 23 0:95 /x /sys/devices/system/cpu/online ro - fuse.interceptd interceptd ro
+25 23 0:95 /x /sys/devices/virtual/dmi/id/product_uuid ro - fuse.interceptd interceptd ro
+26 21 0:96 / /proc/cpuinfo ro - fuse.other other ro
+27 20 0:95 /proc/stat /mnt/stat ro - fuse.interceptd interceptd ro
+"""
+
+
+def test_emulated_binds_come_from_the_attach_table_and_are_saved(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Our FUSE type on an emulated path only (another FUSE there, or ours elsewhere, is
+    not an emulated file); each maps to the daemon's own file, and survives a restart."""
+    cfg = Config()
+    cfg.daemon.state_dir = str(tmp_path)
+    glue.configure(cfg)
+    monkeypatch.setattr(glue.MountTable, "read",
+                        classmethod(lambda cls, pid: cls.parse(MOUNTINFO)))
+    try:
+        fs = str(tmp_path / "fs")
+        want = {"/proc/meminfo": f"{fs}/proc/meminfo",
+                "/sys/devices/system/cpu/online": f"{fs}/sys/devices/system/cpu/online",
+                "/sys/devices/virtual/dmi/id/product_uuid":
+                    f"{fs}/sys/class/dmi/id/product_uuid"}
+        c = FakeContainer("ct-emu", os.getpid())
+        st = glue.state_of(c)
+        assert st.emulated == want
+        kinds = {m.mountpoint: m.kind for m in st.imm.mounts}
+        assert kinds["/proc/meminfo"] == "emulated" and kinds["/proc/cpuinfo"] != "emulated"
+        del c, st
+        gc.collect()
+        again = glue.state_of(FakeContainer("ct-emu", os.getpid()))
+        assert again.emulated == want
+    finally:
+        glue.configure(None)

@@ -1,0 +1,90 @@
+"""The daemon's emulated /proc and /sys files bound into a container (config.json mounts).
+
+When the daemon's status reports its FUSE tree up (`status["emulation"]`), the create
+clones that tree (one detached, non-recursive clone) into the container's mount dir,
+which the container's unprivileged root can traverse (the state dir cannot be), and
+appends one read-only bind per file after the config's own mounts, so they land on the
+container's procfs and sysfs like the masks do: the daemon's policy protects everything
+on a procfs/sysfs (no umount, no move, no bind over) and gives a procfs/sysfs the
+container mounts later the same binds. The sensitive /sys directories are masked (an
+empty read-only tmpfs, as `maskedPaths` does for directories). docs/runtime.md
+"Emulated /proc and /sys".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+
+from interceptd.emulation import registry
+from interceptd.emulation.sysfs import EMPTY_DIRS
+
+from . import mountapi
+
+BIND_OPTIONS = ["bind", "ro", "nosuid", "nodev", "noexec"]
+
+
+def wanted(status: dict) -> list[str]:
+    """The container paths to bind: what the daemon serves, of what this version knows
+    (an older or newer daemon may list others)."""
+    em = status.get("emulation") if isinstance(status, dict) else None
+    if not isinstance(em, dict) or not isinstance(em.get("files"), list):
+        return []
+    known = set(registry.FILES)
+    return [p for p in em["files"] if isinstance(p, str) and p in known]
+
+
+def _fs_mount(spec: dict, dest: str, fstype: str) -> bool:
+    return any(os.path.normpath(m.get("destination", "")) == dest and m.get("type") == fstype
+               for m in spec.get("mounts") or [])
+
+
+def apply(spec: dict, files: Iterable[str], tree: str,
+          exists: Callable[[str], bool] = os.path.exists) -> list[str]:
+    """Append the binds of `files` (container paths) from `tree` (the clone of the
+    daemon's FUSE tree); returns the destinations bound.
+
+    A file is bound only where the container gets the filesystem it sits on (a procfs
+    at /proc, a sysfs at /sys) and the host has it (`exists` of the host path: a sysfs
+    file the host lacks cannot be a mount point). The config's own mount at the same
+    place (e.g. LXCFS's) is kept. `registry.bind_target` names the real path of a file
+    reached through a sysfs symlink (the runtime would resolve it anyway).
+    """
+    mounts = spec.setdefault("mounts", [])
+    taken = {os.path.normpath(m.get("destination", "")) for m in mounts}
+    has = {"/proc": _fs_mount(spec, "/proc", "proc"), "/sys": _fs_mount(spec, "/sys", "sysfs")}
+    bound = []
+    for path in files:
+        dest = registry.bind_target(path)
+        top = "/" + dest.split("/", 2)[1]
+        if not has.get(top) or dest in taken or not exists(dest):
+            continue
+        mounts.append({"destination": dest, "type": "bind",
+                       "source": os.path.join(tree, path.lstrip("/")),
+                       "options": list(BIND_OPTIONS)})
+        bound.append(dest)
+    linux = spec.setdefault("linux", {})
+    masked = list(linux.get("maskedPaths") or [])
+    if has["/sys"]:
+        masked += [d for d in EMPTY_DIRS if d not in masked]
+    linux["maskedPaths"] = masked
+    return bound
+
+
+def clone_tree(fs: str, target: str) -> None:
+    """Mount a clone of the daemon's tree `fs` at `target` (created if needed; whatever
+    a dead teardown left there is detached first)."""
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    for _ in range(16):
+        try:
+            mountapi.umount(target, mountapi.MNT_DETACH)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOENT):
+                break
+            raise
+    fd = mountapi.open_tree(fs)
+    try:
+        mountapi.move_mount(fd, target)
+    finally:
+        os.close(fd)

@@ -1,0 +1,131 @@
+"""The daemon's emulation bookkeeping (interceptd/emulation/daemon.py) with a stand-in
+FUSE service: registration per container, renders, release, sysinfo's loads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pytest
+
+from interceptd.emulation import registry
+from interceptd.emulation.daemon import Emulation, emulated_files, tree_path
+from interceptd.policy import sysinfo
+
+
+@dataclass
+class FakeService:
+    registered: dict[int, int] = field(default_factory=dict)
+    unregistered: list[int] = field(default_factory=list)
+    started: bool = False
+    stopped: bool = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def register_nsfd(self, key: int, fd: int) -> None:
+        os.fstat(fd)  # a live fd
+        self.registered[key] = fd
+
+    def unregister(self, key: int) -> None:
+        self.unregistered.append(key)
+
+
+@dataclass
+class FakeContainer:
+    cookie: int
+    init_pid: int
+    id: str = "c1"
+    pidfd: int = -1
+
+
+@pytest.fixture
+def em(tmp_path):
+    e = Emulation(str(tmp_path), service=FakeService())  # type: ignore[arg-type]
+    e.start()
+    yield e
+    e.stop()
+    assert sysinfo.loads_provider is None
+
+
+def test_files_are_the_registry_s() -> None:
+    assert [f.path for f in emulated_files()] == [tree_path(p) for p in registry.FILES]
+    assert tree_path("/proc/meminfo") == "proc/meminfo"
+
+
+def test_attach_render_release(em) -> None:
+    c = FakeContainer(7, os.getpid(), pidfd=os.pidfd_open(os.getpid()))
+    try:
+        em.attach(c)
+        em.attach(c)  # once
+        assert list(em.service.registered) == [7] and len(em) == 1
+        assert sysinfo.loads_provider == em.loads_of
+        mem = em.render(7, "proc/meminfo")
+        assert mem.startswith(b"MemTotal:")
+        assert em.render(7, "proc/loadavg").count(b" ") == 4
+        assert em.render(7, "sys/class/dmi/id/product_uuid") == \
+            registry.render("/sys/class/dmi/id/product_uuid",
+                            registry.RenderInput(snap=None, host=None, now=0.0,  # type: ignore[arg-type]
+                                                 container_id="c1"))
+        loads = em.loads_of(os.getpid())
+        assert loads is not None and len(loads) == 3
+        assert em.loads_of(1 << 22) is None
+        fd = em.service.registered[7]
+        em.release(c)
+        em.release(c)
+        assert em.service.unregistered == [7] and len(em) == 0
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the namespace fd went with it
+        with pytest.raises(LookupError):
+            em.render(7, "proc/meminfo")
+    finally:
+        os.close(c.pidfd)
+
+
+def test_dead_init_is_not_registered(em) -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    pidfd = os.pidfd_open(pid)
+    os.waitpid(pid, 0)
+    try:
+        with pytest.raises((ProcessLookupError, FileNotFoundError)):
+            em.attach(FakeContainer(9, pid, pidfd=pidfd))
+        assert em.service.registered == {} and len(em) == 0
+    finally:
+        os.close(pidfd)
+
+
+def test_status(em, tmp_path) -> None:
+    assert em.status() == {"fs": str(tmp_path / "fs"), "files": list(registry.FILES)}
+
+
+def test_shared_pid_namespace_is_handed_over(em) -> None:
+    """Two containers in one pid namespace (--pid=container:X): registered once; when
+    the first goes, the second takes the namespace over; when both go, it is gone."""
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        a = FakeContainer(1, os.getpid(), id="a", pidfd=pidfd)
+        b = FakeContainer(2, os.getpid(), id="b", pidfd=pidfd)
+        em.attach(a)
+        em.attach(b)
+        assert list(em.service.registered) == [1] and len(em) == 2
+        em.release(a)
+        assert em.service.unregistered == [1]
+        assert list(em.service.registered) == [1, 2]
+        assert em.render(2, "proc/meminfo").startswith(b"MemTotal:")
+        em.release(b)
+        assert em.service.unregistered == [1, 2] and len(em) == 0
+        c = FakeContainer(3, os.getpid(), id="c", pidfd=pidfd)
+        em.attach(c)  # a sharer released first leaves the owner registered
+        d = FakeContainer(4, os.getpid(), id="d", pidfd=pidfd)
+        em.attach(d)
+        em.release(d)
+        assert em.service.unregistered == [1, 2]
+        em.release(c)
+        assert em.service.unregistered == [1, 2, 3]
+    finally:
+        os.close(pidfd)

@@ -1,0 +1,66 @@
+"""interceptd-runc's binds of the daemon's emulated files (pure config rewrites)."""
+
+from __future__ import annotations
+
+from interceptd.emulation import registry
+from interceptd.emulation.sysfs import EMPTY_DIRS, PRODUCT_UUID
+from interceptd.runtime import emulbinds
+
+TREE = "/run/x-rootfs/r1/emul"
+
+
+def spec(*mounts: dict) -> dict:
+    return {"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                       {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
+                       *mounts],
+            "linux": {"maskedPaths": ["/sys/firmware", "/proc/kcore"]}}
+
+
+def status(files: list[str] | None = None) -> dict:
+    return {"emulation": {"fs": "/run/interceptd/fs",
+                          "files": list(registry.FILES) if files is None else files}}
+
+
+def test_no_emulation_no_binds() -> None:
+    assert emulbinds.wanted({"emulation": None}) == []
+    assert emulbinds.wanted({}) == []
+    assert emulbinds.wanted({"emulation": {"fs": "/x"}}) == []
+
+
+def test_unknown_files_in_status_are_ignored() -> None:
+    assert emulbinds.wanted(status(["/proc/meminfo", "/etc/shadow", 7])) == ["/proc/meminfo"]
+
+
+def test_binds_after_the_config_mounts_read_only() -> None:
+    s = spec()
+    bound = emulbinds.apply(s, emulbinds.wanted(status()), TREE, exists=lambda p: True)
+    dests = [m["destination"] for m in s["mounts"]]
+    assert dests[:2] == ["/proc", "/sys"]
+    assert "/proc/meminfo" in bound and "/sys/devices/system/cpu/online" in bound
+    m = next(m for m in s["mounts"] if m["destination"] == "/proc/meminfo")
+    assert m == {"destination": "/proc/meminfo", "type": "bind",
+                 "source": f"{TREE}/proc/meminfo", "options": emulbinds.BIND_OPTIONS}
+    # product_uuid lands on the real sysfs path, from the tree's symlinked one.
+    m = next(m for m in s["mounts"] if m["source"].endswith("product_uuid"))
+    assert m["destination"] == registry.bind_target(PRODUCT_UUID) != PRODUCT_UUID
+    masked = s["linux"]["maskedPaths"]
+    assert all(d in masked for d in EMPTY_DIRS) and masked.count("/sys/firmware") == 1
+
+
+def test_files_the_host_lacks_are_not_bound() -> None:
+    s = spec()
+    emulbinds.apply(s, emulbinds.wanted(status()), TREE, exists=lambda p: "dmi" not in p)
+    assert not any("dmi" in m["destination"] for m in s["mounts"])
+
+
+def test_own_mount_kept_and_no_proc_no_binds() -> None:
+    lxcfs = {"destination": "/proc/meminfo", "type": "bind",
+             "source": "/var/lib/lxcfs/proc/meminfo", "options": ["rbind"]}
+    s = spec(lxcfs)
+    emulbinds.apply(s, ["/proc/meminfo", "/proc/stat"], TREE, exists=lambda p: True)
+    assert [m for m in s["mounts"] if m["destination"] == "/proc/meminfo"] == [lxcfs]
+    assert any(m["destination"] == "/proc/stat" for m in s["mounts"])
+    bare = {"mounts": [{"destination": "/proc", "type": "proc"}], "linux": {}}
+    assert emulbinds.apply(bare, ["/sys/devices/system/cpu/online"], TREE,
+                           exists=lambda p: True) == []
+    assert bare["linux"]["maskedPaths"] == []
