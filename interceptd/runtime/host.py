@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 
 from . import mountapi, mountinfo, spec
 from .records import Record, RecordStore
@@ -38,10 +39,10 @@ def _clear_mount_point(target: str) -> None:
             raise SetupError(f"cannot clear mount point {target}: {e}") from None
 
 
-def _target_like(src: str, target: str) -> None:
-    """A mount point for src: a directory or an empty file. The mount dir is reused
-    by the id range's next holder, so a left-over point of the other kind is replaced."""
-    if os.path.isdir(src):
+def _target_like(is_dir: bool, target: str) -> None:
+    """A mount point: a directory or an empty file. The mount dir is reused by the
+    id range's next holder, so a left-over point of the other kind is replaced."""
+    if is_dir:
         if os.path.lexists(target) and not os.path.isdir(target):
             os.unlink(target)
         os.makedirs(target, exist_ok=True)
@@ -51,6 +52,146 @@ def _target_like(src: str, target: str) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "a"):
             pass
+
+
+def open_checked(src: str, what: str) -> tuple[int, str]:
+    """Open `src` once (O_PATH, no symlink anywhere after resolving the configured
+    path): the fd and the path it really is. Everything after works on this fd."""
+    real = os.path.realpath(src)
+    try:
+        fd = mountapi.open_nofollow(real)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise spec.Refused(f"{what} {src} does not exist") from None
+        raise spec.Refused(f"cannot open {what} {src}: {e} (it changed while being "
+                           "checked?)") from None
+    try:
+        if mountapi.fd_path(fd) != real:
+            raise spec.Refused(f"{what} {src} is not where it resolved ({real})")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, real
+
+
+class MountTable:
+    """The host's mount table, read at most once per create (only when needed)."""
+
+    def __init__(self, entries: list[mountinfo.MountEntry] | None = None) -> None:
+        self._entries = entries
+
+    @property
+    def entries(self) -> list[mountinfo.MountEntry]:
+        if self._entries is None:
+            self._entries = mountinfo.read()
+        return self._entries
+
+    def by_id(self, mnt_id: int) -> mountinfo.MountEntry | None:
+        return next((e for e in self.entries if e.mount_id == mnt_id), None)
+
+    def below(self, path: str) -> list[mountinfo.MountEntry]:
+        top = path.rstrip("/") + "/"
+        return [e for e in self.entries if e.mountpoint.startswith(top)]
+
+    def origins(self, e: mountinfo.MountEntry, path: str) -> list[str]:
+        """The other places on the host where `path` (on mount e) shows: through every
+        other mount of the same filesystem whose root contains e's root."""
+        if not _under_any(path, e.mountpoint):
+            return []
+        inner = _join(e.root, path[len(e.mountpoint):])
+        out = []
+        for o in self.entries:
+            if o.dev != e.dev or o.mount_id == e.mount_id or not _under_any(inner, o.root):
+                continue
+            place = _join(o.mountpoint, inner[len(o.root.rstrip("/")):])
+            if place != path and not _under_any(place, path):
+                out.append(place)
+        return out
+
+
+def _join(top: str, rest: str) -> str:
+    return os.path.normpath(top.rstrip("/") + "/" + rest.lstrip("/"))
+
+
+def check_source_fs(fd: int, real: str, what: str, table: MountTable,
+                    recursive: bool, policy: spec.BindPolicy | None = None) -> None:
+    """Refuse a source on a kernel pseudo-filesystem of the host (by the fd's statfs
+    magic and its mount's type), a device node, and, for a recursive bind, any mount
+    below it of that kind; a bind-mounted source (a volume with o=bind) is checked
+    at the place it really comes from."""
+    magic = mountapi.fd_fs_type(fd)
+    if magic in spec.PSEUDO_FS_MAGIC:
+        raise spec.Refused(f"{what} {real} is on the host's {spec.PSEUDO_FS_MAGIC[magic]} "
+                           "filesystem: refused by interceptd")
+    sx = mountapi.statx(fd)
+    if stat.S_ISCHR(sx.mode) or stat.S_ISBLK(sx.mode):
+        raise spec.Refused(f"{what} {real} is a device node: refused by interceptd")
+    if not recursive and magic not in _SHARED_MAGIC and _on_area_mount(sx, real, policy):
+        # The common case (Docker's per-container files): on the very mount of the
+        # shared directory, nothing below: the mount table has nothing to add.
+        return
+    own = table.by_id(sx.mnt_id)
+    mounts = [(own, real)] if own is not None else []
+    if recursive:
+        mounts += [(e, e.mountpoint) for e in table.below(real)]
+    for e, path in mounts:
+        if e.fstype in spec.PSEUDO_FS_NAMES:
+            raise spec.Refused(f"{what} {real} carries the host's {e.fstype} filesystem "
+                               f"(mounted at {e.mountpoint}): refused by interceptd")
+        if policy is None:
+            continue
+        # Made at or above the shared directory (an admin's /home or data root
+        # from another disk): that is the shared place. Made inside it (a volume
+        # driver's o=bind,device=... or type=ext4,device=/dev/..., anyone's bind):
+        # wherever else the same filesystem shows on the host, `path` is that place
+        # too, which must be allowed itself.
+        area = policy.area(path)
+        if area is not None and _under_any(area, e.mountpoint):
+            continue
+        for origin in table.origins(e, path):
+            policy.check(origin, f"{path} (also {origin} on the host)", "the container")
+
+
+# Filesystems whose statfs magic other kinds share (devtmpfs is a tmpfs): only the
+# mount table's type tells them apart.
+_SHARED_MAGIC = frozenset({0x01021994, 0x858458F6})  # tmpfs, ramfs
+
+
+def _on_area_mount(sx: mountapi.Statx, real: str, policy: spec.BindPolicy | None) -> bool:
+    area = policy.area(real) if policy is not None else None
+    if area is None:
+        return False
+    try:
+        return mountapi.statx(-100, area, follow=True).mnt_id == sx.mnt_id
+    except OSError:
+        return False
+
+
+def _under_any(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _adopt_volume(data: str, volume_base: int, size: int) -> None:
+    """A Docker named volume still owned by host root (fresh: dockerd made it and
+    copied the image's files in as root) is shifted once into the volume range, as
+    dockerd's userns-remap keeps its volumes: from then on the container's root
+    is volume_base there, never host root. Only a plain directory of Docker's
+    volumes dir is shifted; a volume some driver mounted (tmpfs, nfs, a bind of
+    another place) keeps its owners and only gets the mapping."""
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError(f"cannot open volume {data}: {e}") from None
+    try:
+        top = mountapi.statx(fd)
+        if top.uid != 0 or top.mount_root:
+            return
+        parent = mountapi.statx(fd, "..")
+        if parent.mnt_id != top.mnt_id:
+            return
+    finally:
+        os.close(fd)
+    shift_tree(data, volume_base, 0, size)
 
 
 class HostSetup:
@@ -66,17 +207,52 @@ class HostSetup:
         mountapi.move_mount(fd, target)
         self.rec.mounts.append(target)
 
-    def rootfs(self, root: str, entries: list[mountinfo.MountEntry] | None = None) -> str:
-        """Mount an id-mapped view of `root`; return the new root path.
+    def _cover(self, view: str, root_fd: int, real: str) -> None:
+        """Mount the view over the original root path itself, as a peer of the view
+        (both shared): hooks that mount into <bundle>/rootfs reach the container,
+        whether they enter its mount namespace (root.path unchanged) or mount in the
+        host's (propagated to the view, and from there to the container's copy)."""
+        self.rec.mounts.append(real)
+        self.store.save(self.rec)
+        try:
+            mountapi.mount("", view, "", mountapi.MS_SHARED)
+            clone = mountapi.open_tree(view, recursive=True)
+            try:
+                mountapi.move_mount_to_fd(clone, root_fd, real)
+            finally:
+                os.close(clone)
+        except OSError as e:
+            self.rec.mounts.pop()
+            self.store.save(self.rec)
+            raise SetupError(f"cannot mount the id-mapped view over {real}: {e}") from None
+
+    def rootfs(self, root: str, entries: list[mountinfo.MountEntry] | None = None,
+               sensitive: list[str] | None = None, own: list[str] | None = None
+               ) -> str | None:
+        """Mount an id-mapped view of `root` over root itself. Returns None when
+        root.path stays as it is, or the view's own path for root.path when the
+        container's root could not walk to the original (Docker's data root is 0710).
 
         `entries` (the host's mount table) is read here only when `root` is on an
         overlay: parsing the table costs more than the rest of a plain rootfs' set-up.
         """
-        if not os.path.isdir(root):
-            raise SetupError(f"rootfs {root} is not a directory")
-        real = os.path.realpath(root)
+        fd, real = open_checked(root, "rootfs")
+        try:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise SetupError(f"rootfs {root} is not a directory")
+            spec.check_root(real, sensitive or [], own or [])
+            magic = mountapi.fd_fs_type(fd)
+            if magic in spec.PSEUDO_FS_MAGIC:
+                raise spec.Refused(f"rootfs {real} is on the host's "
+                                   f"{spec.PSEUDO_FS_MAGIC[magic]} filesystem")
+            return self._rootfs(fd, real, magic, entries)
+        finally:
+            os.close(fd)
+
+    def _rootfs(self, fd: int, real: str, magic: int,
+                entries: list[mountinfo.MountEntry] | None) -> str | None:
         top = None
-        if mountapi.fs_type(real) == mountapi.OVERLAYFS_SUPER_MAGIC:
+        if magic == mountapi.OVERLAYFS_SUPER_MAGIC:
             top = mountinfo.mount_at(mountinfo.read() if entries is None else entries, real)
         target = os.path.join(self.rec.mount_dir, "rootfs")
         # Usually there already (kept for the id range's next holder): no mkdir.
@@ -86,17 +262,30 @@ class HostSetup:
             os.makedirs(target, exist_ok=True)
         if top is not None and top.fstype == "overlay":
             self._overlay(real, top, target)
+            # Docker's overlay at `real` is gone; open the place again for the cover.
+            fd2, _ = open_checked(real, "rootfs")
+            try:
+                self._cover(target, fd2, real)
+            finally:
+                os.close(fd2)
         else:
             try:
-                fd = mountapi.idmapped_clone(real, self.userns_fd, recursive=True)
+                clone = mountapi.open_tree_fd(fd, recursive=True)
+                try:
+                    mountapi.set_idmap(clone, self.userns_fd, recursive=True)
+                except OSError:
+                    os.close(clone)
+                    raise
             except OSError as e:
                 raise SetupError(f"cannot make an id-mapped mount of rootfs {real}: {e} "
                                  "(the filesystem must support id-mapped mounts)") from None
             try:
-                self._mount_fd(fd, target)
+                self._mount_fd(clone, target)
             finally:
-                os.close(fd)
-        return target
+                os.close(clone)
+            self._cover(target, fd, real)
+        return None if _walkable(real) else target
+
 
     def _overlay(self, merged: str, top: mountinfo.MountEntry, target: str) -> None:
         # Docker's overlay2 home is two levels up from <home>/<id>/merged.
@@ -142,35 +331,84 @@ class HostSetup:
         except OSError as e:
             raise SetupError(f"cannot mount the id-mapped overlay for {merged}: {e}") from None
         self.rec.mounts.append(target)
-        # Keep the caller's view (docker cp, docker export) on the same filesystem.
-        self.rec.mounts.append(merged)
-        self.store.save(self.rec)
-        try:
-            mountapi.mount(target, merged, "", 0x1000)  # MS_BIND
-        except OSError:
-            self.rec.mounts.pop()
-            self.store.save(self.rec)
 
-    def volumes(self, cfg: dict) -> None:
+    def volumes(self, cfg: dict, policy: spec.BindPolicy, host_base: int, size: int,
+                volume_base: int | None = None, table: MountTable | None = None) -> None:
+        """Every bind: its source opened once and checked (policy on the path the fd
+        really is, no kernel filesystem, no device), then that fd cloned, id-mapped
+        so the container's root is the source's owner (never host root), mounted
+        under the range's mount dir, and the config pointed there."""
+        table = table or MountTable()
         mounts = cfg.get("mounts") or []
-        for n, idx in enumerate(spec.idmappable_binds(cfg)):
-            m = mounts[idx]
-            src = os.path.realpath(m["source"])
-            if not os.path.exists(src):
-                continue  # the runtime reports a missing source itself
-            t = os.path.join(self.rec.mount_dir, "vol", str(n))
-            recursive = "rbind" in (m.get("options") or [])
-            try:
-                fd = mountapi.idmapped_clone(src, self.userns_fd, recursive=recursive)
-            except OSError as e:
-                self.rec.warnings.append(f"volume {src} not id-mapped: {e}")
-                continue
-            try:
-                _target_like(src, t)
-                self._mount_fd(fd, t)
-            finally:
-                os.close(fd)
-            m["source"] = t
+        nss: dict[tuple[str, str], mountapi.UserNamespace] = {}
+        try:
+            for n, idx in enumerate(spec.bind_indexes(cfg)):
+                m = mounts[idx]
+                src = m.get("source") or ""
+                recursive = "rbind" in (m.get("options") or [])
+                fd, real = open_checked(src, "bind mount source")
+                try:
+                    policy.check(real, src, m.get("destination"))
+                    check_source_fs(fd, real, "bind mount source", table, recursive, policy)
+                    st = os.fstat(fd)
+                    t = os.path.join(self.rec.mount_dir, "vol", str(n))
+                    maps = self._maps(policy, real, st, host_base, size, volume_base)
+                    clone = self._bind_clone(fd, real, recursive, maps, host_base, size, nss)
+                    try:
+                        _target_like(stat.S_ISDIR(st.st_mode), t)
+                        self._mount_fd(clone, t)
+                    finally:
+                        os.close(clone)
+                finally:
+                    os.close(fd)
+                m["source"] = t
+        finally:
+            for ns in nss.values():
+                ns.close()
+
+    def _maps(self, policy: spec.BindPolicy, real: str, st: os.stat_result, host_base: int,
+              size: int, volume_base: int | None) -> tuple[str | None, str | None]:
+        vol = policy.docker_volume(real) if volume_base is not None else None
+        if vol is None:
+            return spec.bind_maps(st.st_uid, st.st_gid, host_base, size)
+        assert volume_base is not None
+        _adopt_volume(vol, volume_base, size)
+        return spec.volume_maps(volume_base, host_base, size)
+
+    def _bind_clone(self, fd: int, real: str, recursive: bool,
+                    maps: tuple[str | None, str | None], host_base: int, size: int,
+                    nss: dict[tuple[str, str], mountapi.UserNamespace]) -> int:
+        uid_map, gid_map = maps
+        clone = mountapi.open_tree_fd(fd, recursive)
+        if uid_map is None and gid_map is None:
+            return clone  # the container's own range: nothing to map
+        own = f"{host_base} {host_base} {size}\n"
+        key = (uid_map or own, gid_map or own)
+        try:
+            if key not in nss:
+                nss[key] = mountapi.UserNamespace(host_base, size, *key)
+            mountapi.set_idmap(clone, nss[key].fd, recursive)
+        except OSError as e:
+            # The container's own range then: safe, only less convenient.
+            self.rec.warnings.append(f"bind {real} not id-mapped to its owner: {e}")
+            os.close(clone)
+            clone = mountapi.open_tree_fd(fd, recursive)
+        return clone
+
+
+def _walkable(path: str) -> bool:
+    """Whether any user (the container's root is one, unprivileged on the host) may
+    walk to path: every directory above it searchable by others."""
+    d = os.path.dirname(path)
+    while True:
+        try:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
 
 
 def cgroup2_path(pid: int) -> str:

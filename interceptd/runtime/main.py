@@ -221,18 +221,35 @@ class HostFacts:
                    mountinfo.cgroup2_mount(mountinfo.read()))
 
 
+def sensitive_paths(st: settingsmod.Settings) -> list[str]:
+    """Never bound into a container (nor a parent of them), nor a container's root:
+    the engines' sockets and state, interceptd's state, config and rootfs views."""
+    from . import spec as sp
+
+    out = [*sp.SENSITIVE_PATHS, st.state_dir, st.mount_root, *st.extra_sensitive_paths]
+    if st.config_path:
+        out.append(st.config_path)
+    return out
+
+
+def shared_paths(st: settingsmod.Settings) -> list[str]:
+    """[runtime] shared_paths as written and as resolved (either may be what a
+    bind source resolves under)."""
+    return list(dict.fromkeys([*st.shared_paths,
+                               *(os.path.realpath(p) for p in st.shared_paths)]))
+
+
 def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settings,
                  bounding: set[str], host_ns: dict, notified: list[str],
-                 denied: list[dict]) -> dict:
+                 denied: list[dict], root: str | None = None) -> dict:
     """All pure rewrites, in order, on spec itself (raises spec.Refused)."""
     from . import spec as sp
 
     new = spec
     sp.check_namespaces(new, host_ns)
-    sensitive = [*sp.SENSITIVE_PATHS, st.state_dir, *st.extra_sensitive_paths]
-    if st.config_path:
-        sensitive.append(st.config_path)
-    sp.check_mounts(new, sensitive, st.sensitive_mount_allow)
+    sp.check_mounts(new, sensitive_paths(st), st.sensitive_mount_allow,
+                    shared=shared_paths(st), root=root,
+                    trust_annotations=st.sensitive_mount_trust_annotations)
     sp.ensure_user_namespace(new, host_base, st.range_size)
     sp.fit_sysctls(new, st.range_size)
     sp.clamp_capabilities(new.setdefault("process", {}), bounding)
@@ -242,6 +259,13 @@ def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settin
     ann[MARKER] = "rewritten"
     ann["io.interceptd.host-base"] = str(host_base)
     return new
+
+
+def bind_policy(spec: dict, st: settingsmod.Settings, root: str):
+    from . import spec as sp
+
+    return sp.bind_policy(spec, shared_paths(st), sensitive_paths(st),
+                          st.sensitive_mount_allow, root, st.sensitive_mount_trust_annotations)
 
 
 class Create:
@@ -345,15 +369,21 @@ class Create:
             notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
             new = rewrite_spec(spec, cid=cid, host_base=base, st=st,
                                bounding=facts.bounding, host_ns=facts.host_ns,
-                               notified=notified, denied=denied)
+                               notified=notified, denied=denied, root=root)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
             source = Create.userns_source
             ns = (source.get(base, st.range_size) if source is not None
                   else mountapi.UserNamespace(base, st.range_size))
             try:
                 hs = host.HostSetup(rec, store, ns.fd)
-                new["root"]["path"] = hs.rootfs(root)
-                hs.volumes(new)
+                # The view is mounted over root.path itself; root.path changes only
+                # when the container's root cannot walk there (Docker's data root).
+                view = hs.rootfs(root, sensitive=sensitive_paths(st),
+                                 own=[st.state_dir, st.mount_root])
+                if view is not None:
+                    new["root"]["path"] = view
+                hs.volumes(new, bind_policy(new, st, root), base, st.range_size,
+                           st.volume_id_base)
             finally:
                 ns.close()
             data = json.dumps(new, separators=(",", ":")).encode()

@@ -22,6 +22,8 @@ SYS_FSCONFIG = 431
 SYS_FSMOUNT = 432
 SYS_MOUNT_SETATTR = 442
 SYS_UNSHARE = 272
+SYS_OPENAT2 = 437
+SYS_STATX = 332
 
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
@@ -29,10 +31,14 @@ AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 AT_SYMLINK_NOFOLLOW = 0x100
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_IDMAP = 0x100000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SHARED = 1 << 20
 MNT_DETACH = 2
 CLONE_NEWUSER = 0x10000000
 FSCONFIG_SET_STRING = 1
@@ -60,6 +66,82 @@ def open_tree(path: str, recursive: bool = False, dirfd: int = -100) -> int:
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
     return _check(_syscall(SYS_OPEN_TREE, ctypes.c_int(dirfd), os.fsencode(path),
                            ctypes.c_uint(flags)), f"open_tree({path})")
+
+
+def open_tree_fd(fd: int, recursive: bool = False) -> int:
+    """A detached clone of the mount tree at an (O_PATH) fd: what was checked is cloned."""
+    flags = (OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH
+             | (AT_RECURSIVE if recursive else 0))
+    return _check(_syscall(SYS_OPEN_TREE, ctypes.c_int(fd), b"", ctypes.c_uint(flags)),
+                  "open_tree(fd)")
+
+
+def move_mount_to_fd(mnt_fd: int, target_fd: int, what: str = "") -> None:
+    """Attach a detached mount on the directory or file an (O_PATH) fd refers to."""
+    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), b"", ctypes.c_int(target_fd), b"",
+                    ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)),
+           f"move_mount(-> {what or 'fd'})")
+
+
+class OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def open_nofollow(path: str, flags: int = os.O_PATH) -> int:
+    """openat2(path, RESOLVE_NO_SYMLINKS): no component, the last included, may be a
+    symlink (ELOOP otherwise); the fd is what the caller checks and then uses."""
+    how = OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+    return _check(_syscall(SYS_OPENAT2, ctypes.c_int(-100), os.fsencode(path),
+                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+                  f"openat2({path})")
+
+
+def fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+STATX_MODE = 0x2
+STATX_UID = 0x8
+STATX_GID = 0x10
+STATX_INO = 0x100
+STATX_NLINK = 0x4
+STATX_MNT_ID = 0x1000
+STATX_ATTR_MOUNT_ROOT = 0x2000
+AT_NO_AUTOMOUNT = 0x800
+
+
+class Statx:
+    """The statx(2) fields the shim uses."""
+
+    __slots__ = ("attributes", "dev", "gid", "ino", "mnt_id", "mode", "mount_root", "nlink",
+                 "uid")
+
+    def __init__(self, raw: bytes) -> None:
+        g = int.from_bytes
+        self.attributes = g(raw[8:16], "little")
+        attr_mask = g(raw[56:64], "little")
+        self.nlink = g(raw[16:20], "little")
+        self.uid = g(raw[20:24], "little")
+        self.gid = g(raw[24:28], "little")
+        self.mode = g(raw[28:30], "little")
+        self.ino = g(raw[32:40], "little")
+        self.dev = (g(raw[136:140], "little"), g(raw[140:144], "little"))
+        self.mnt_id = g(raw[144:152], "little")
+        self.mount_root = bool(attr_mask & STATX_ATTR_MOUNT_ROOT
+                               and self.attributes & STATX_ATTR_MOUNT_ROOT)
+
+
+def statx(dirfd: int, name: str = "", follow: bool = False) -> Statx:
+    """statx of name under dirfd (name "" : the fd itself), never following a symlink
+    nor triggering an automount."""
+    buf = ctypes.create_string_buffer(256)
+    flags = AT_NO_AUTOMOUNT | (0 if follow else AT_SYMLINK_NOFOLLOW) | (
+        AT_EMPTY_PATH if not name else 0)
+    mask = STATX_MODE | STATX_UID | STATX_GID | STATX_INO | STATX_NLINK | STATX_MNT_ID
+    _check(_syscall(SYS_STATX, ctypes.c_int(dirfd), os.fsencode(name), ctypes.c_int(flags),
+                    ctypes.c_uint(mask), buf), f"statx({name or 'fd'})")
+    return Statx(buf.raw)
 
 
 def set_idmap(mnt_fd: int, userns_fd: int, recursive: bool = False) -> None:
@@ -98,6 +180,17 @@ def fs_type(path: str) -> int:
     return int.from_bytes(buf.raw[:8], "little", signed=True)
 
 
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+
+def fd_fs_type(fd: int) -> int:
+    """fstatfs(2)'s f_type of the filesystem an fd (O_PATH too) is on."""
+    buf = ctypes.create_string_buffer(128)
+    _check(_fstatfs(fd, buf), "fstatfs")
+    return int.from_bytes(buf.raw[:8], "little", signed=True) & 0xFFFFFFFF
+
+
 def idmapped_clone(path: str, userns_fd: int, recursive: bool = False) -> int:
     """A detached, id-mapped copy of the mount tree at `path` (an fd; caller closes it)."""
     fd = open_tree(path, recursive)
@@ -116,8 +209,13 @@ class UserNamespace:
     after the child is gone. Use as a context manager.
     """
 
-    def __init__(self, host_base: int, size: int = 65536) -> None:
+    def __init__(self, host_base: int, size: int = 65536, uid_map: str | None = None,
+                 gid_map: str | None = None) -> None:
+        """uid_map/gid_map: the maps' text (lines `inside outside count`); by default
+        `0 host_base size` for both."""
         self.fd = -1
+        maps = {"uid_map": uid_map or f"0 {host_base} {size}\n",
+                "gid_map": gid_map or f"0 {host_base} {size}\n"}
         r, w = os.pipe()
         r2, w2 = os.pipe()
         pid = os.fork()
@@ -137,7 +235,7 @@ class UserNamespace:
                 raise OSError("unshare(CLONE_NEWUSER) failed in the helper child")
             for name in ("uid_map", "gid_map"):
                 with open(f"/proc/{pid}/{name}", "w") as f:
-                    f.write(f"0 {host_base} {size}\n")
+                    f.write(maps[name])
             self.fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(r)

@@ -6,6 +6,9 @@ import os
 
 DEFAULT_CONFIG = "/etc/interceptd/interceptd.toml"
 DEFAULT_STATE_DIR = "/run/interceptd"
+# Docker's named volumes and users' homes; Docker's per-container files (and the
+# volumes of a dockerd with another data root) are derived from each config.
+DEFAULT_SHARED_PATHS = ("/var/lib/docker/volumes", "/home")
 
 
 class SettingsError(Exception):
@@ -22,13 +25,25 @@ class Settings:
         self.id_pool_start = 1 << 20
         self.id_pool_ranges = 1024
         self.range_size = 65536
-        # Image names / digests allowed to bind-mount sensitive paths (e.g. docker.sock).
+        # Image names / digests allowed to bind-mount sensitive paths (e.g. docker.sock),
+        # matched on annotations: honoured only when the admin trusts those.
         self.sensitive_mount_allow: list[str] = []
+        self.sensitive_mount_trust_annotations = False
+        # Where bind mount sources may come from (the positive model).
+        self.shared_paths: list[str] = list(DEFAULT_SHARED_PATHS)
+        # Docker named volumes' own id range (None: the range right after the pool).
+        self._volume_id_base: int | None = None
         self.extra_sensitive_paths: list[str] = []
         self.daemon_timeout = 2.0
         self.cgroup2_mount: str | None = None  # autodetected when None
         self.mount_dir: str | None = None
         self.raw: dict = raw or {}  # the whole TOML file, for policy
+
+    @property
+    def volume_id_base(self) -> int:
+        if self._volume_id_base is not None:
+            return self._volume_id_base
+        return self.id_pool_start + self.id_pool_ranges * self.range_size
 
     @property
     def runtime_dir(self) -> str:
@@ -114,6 +129,25 @@ def from_dict(raw: dict, env: dict[str, str], path: str | None = None) -> Settin
     if not all(isinstance(x, str) for x in [*allow, *extra]):
         raise SettingsError("[runtime] sensitive_mount_allow / sensitive_paths must be strings")
     s.sensitive_mount_allow = list(allow)
+    trust = rt.get("sensitive_mount_trust_annotations", False)
+    if not isinstance(trust, bool):
+        raise SettingsError("[runtime] sensitive_mount_trust_annotations must be true or false")
+    s.sensitive_mount_trust_annotations = trust
+    shared = rt.get("shared_paths", list(DEFAULT_SHARED_PATHS))
+    if not isinstance(shared, list) or not all(
+            isinstance(x, str) and x.startswith("/") for x in shared):
+        raise SettingsError("[runtime] shared_paths must be a list of absolute paths")
+    s.shared_paths = [os.path.normpath(x) for x in shared]
+    if "volume_id_base" in rt:
+        vb = rt["volume_id_base"]
+        if not isinstance(vb, int) or isinstance(vb, bool) or vb <= 0:
+            raise SettingsError("[runtime] volume_id_base must be a positive integer")
+        s._volume_id_base = vb
+    vb = s.volume_id_base
+    pool_end = s.id_pool_start + s.id_pool_ranges * s.range_size
+    if vb + s.range_size > 0xFFFFFFFF or (vb < pool_end and s.id_pool_start < vb + s.range_size):
+        raise SettingsError("[runtime] volume_id_base must leave a range outside the id pool "
+                            "and the 32-bit id space")
     s.extra_sensitive_paths = list(extra)
     s.daemon_timeout = float(rt.get("daemon_timeout", 2.0))
     s.cgroup2_mount = rt.get("cgroup2_mount")

@@ -1,7 +1,18 @@
-"""Shifting the owners of a (small) directory tree by a fixed offset.
+"""Shifting the owners of a container's overlay upper dir by a fixed offset.
 
 Used for a container's own overlay upper dir only: it starts almost empty, and
 the shared image layers are id-mapped, never chowned.
+
+The walk stays on the upper dir's own mount: every entry is looked at with
+statx(AT_SYMLINK_NOFOLLOW) relative to its directory's fd; anything on another
+mount (a mount point: a bind propagated into the upper dir, or anything else
+mounted there), any device node (the container cannot create one; overlayfs's
+whiteouts are its own, 0:0), and any directory that is not what was looked at
+when opened, is left alone. Nothing is resolved by path, nothing followed.
+
+When the shift makes a file host root's (the shift back at delete), its
+setuid/setgid bits and file capabilities are not put back: the container's root
+must never leave a setuid-root file or a capability-carrying root file on the host.
 """
 
 from __future__ import annotations
@@ -11,45 +22,127 @@ import errno
 import os
 import stat
 
+from . import mountapi
+
 _CAP_XATTR = "security.capability"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _shift_one(path: str, st: os.stat_result, delta: int, lo: int, hi: int) -> None:
-    uid, gid = st.st_uid, st.st_gid
-    nu = uid + delta if lo <= uid < hi else uid
-    ng = gid + delta if lo <= gid < hi else gid
-    if (nu, ng) == (uid, gid):
-        return
-    caps = None
-    if stat.S_ISREG(st.st_mode):
-        with contextlib.suppress(OSError):
-            caps = os.getxattr(path, _CAP_XATTR, follow_symlinks=False)
-    os.chown(path, nu, ng, follow_symlinks=False)
-    # chown clears set-id bits and file capabilities; put them back.
-    if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-        os.chmod(path, stat.S_IMODE(st.st_mode))
-    if caps is not None:
-        with contextlib.suppress(OSError):
-            os.setxattr(path, _CAP_XATTR, caps, follow_symlinks=False)
+class _Walk:
+    def __init__(self, delta: int, lo: int, hi: int, mnt_id: int,
+                 dev: tuple[int, int]) -> None:
+        self.delta, self.lo, self.hi = delta, lo, hi
+        self.mnt_id, self.dev = mnt_id, dev
+        self.count = 0
+        self.skipped: list[str] = []
 
+    def _new_ids(self, sx: mountapi.Statx) -> tuple[int, int]:
+        nu = sx.uid + self.delta if self.lo <= sx.uid < self.hi else sx.uid
+        ng = sx.gid + self.delta if self.lo <= sx.gid < self.hi else sx.gid
+        return nu, ng
 
-def shift_tree(top: str, delta: int, lo: int, hi: int) -> int:
-    """Add `delta` to every uid/gid in [lo, hi) under top (top included); returns count."""
-    n = 0
-    try:
-        st = os.lstat(top)
-    except FileNotFoundError:
-        return 0
-    _shift_one(top, st, delta, lo, hi)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
+    def foreign(self, sx: mountapi.Statx) -> bool:
+        """Not the upper dir's own: another mount, another filesystem, a device."""
+        return (sx.mnt_id != self.mnt_id or sx.dev != self.dev or sx.mount_root
+                or stat.S_ISCHR(sx.mode) or stat.S_ISBLK(sx.mode))
+
+    def shift(self, dirfd: int, name: str, sx: mountapi.Statx, fd: int | None = None) -> None:
+        """chown one entry: a directory by its fd; a symlink by name under dirfd
+        (never followed); anything else through an O_PATH fd checked to be the
+        entry that was looked at."""
+        nu, ng = self._new_ids(sx)
+        if (nu, ng) == (sx.uid, sx.gid):
+            return
+        if stat.S_ISLNK(sx.mode):
+            os.chown(name, nu, ng, dir_fd=dirfd, follow_symlinks=False)
+            self.count += 1
+            return
+        own = fd is None
+        if own:
             try:
-                st = os.lstat(p)
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            except FileNotFoundError:
+                return
+        try:
+            again = mountapi.statx(fd)
+            if self.foreign(again) or (again.ino, again.dev) != (sx.ino, sx.dev):
+                return  # not what was looked at
+            # Through /proc/self/fd: the checked inode itself (O_PATH fds take no fchown).
+            path = f"/proc/self/fd/{fd}"
+            caps = None
+            if stat.S_ISREG(sx.mode) and nu != 0:
+                with contextlib.suppress(OSError):
+                    caps = os.getxattr(path, _CAP_XATTR)
+            os.chown(path, nu, ng)
+            self.count += 1
+            mode = stat.S_IMODE(sx.mode)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                # chown cleared the set-id bits of a non-directory; put them back
+                # unless the file is now host root's (user or group).
+                keep = mode
+                if not stat.S_ISDIR(sx.mode):
+                    if nu == 0:
+                        keep &= ~stat.S_ISUID
+                    if ng == 0:
+                        keep &= ~stat.S_ISGID
+                os.chmod(path, keep)
+            if caps is not None:
+                with contextlib.suppress(OSError):
+                    os.setxattr(path, _CAP_XATTR, caps)
+            elif stat.S_ISREG(sx.mode) and nu == 0:
+                # chown drops a file capability; should a kernel keep it, root's
+                # file must not carry one the container set.
+                with contextlib.suppress(OSError):
+                    os.removexattr(path, _CAP_XATTR)
+        finally:
+            if own:
+                os.close(fd)
+
+    def walk(self, dirfd: int, where: str) -> None:
+        for name in os.listdir(dirfd):
+            try:
+                sx = mountapi.statx(dirfd, name)
             except OSError as e:
                 if e.errno == errno.ENOENT:
                     continue
                 raise
-            _shift_one(p, st, delta, lo, hi)
-            n += 1
-    return n
+            if self.foreign(sx):
+                self.skipped.append(os.path.join(where, name))
+                continue
+            if not stat.S_ISDIR(sx.mode):
+                self.shift(dirfd, name, sx)
+                continue
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                    continue
+                raise
+            try:
+                again = mountapi.statx(fd)
+                if self.foreign(again) or (again.ino, again.dev) != (sx.ino, sx.dev):
+                    self.skipped.append(os.path.join(where, name))  # changed meanwhile
+                    continue
+                self.walk(fd, os.path.join(where, name))
+                self.shift(dirfd, name, again, fd)
+            finally:
+                os.close(fd)
+
+
+def shift_tree(top: str, delta: int, lo: int, hi: int) -> int:
+    """Add `delta` to every uid/gid in [lo, hi) under top (top included); returns count.
+
+    top itself must be a directory reached without a symlink in its last component.
+    """
+    try:
+        fd = os.open(top, _DIR_FLAGS)
+    except FileNotFoundError:
+        return 0
+    try:
+        sx = mountapi.statx(fd)
+        w = _Walk(delta, lo, hi, sx.mnt_id, sx.dev)
+        w.walk(fd, top)
+        w.shift(fd, ".", sx, fd)
+        return w.count
+    finally:
+        os.close(fd)

@@ -197,24 +197,192 @@ def image_refs(spec: dict) -> set[str]:
     return {str(ann[k]) for k in IMAGE_ANNOTATIONS if k in ann}
 
 
-def check_mounts(spec: dict, sensitive: list[str], allow: list[str],
-                 resolve=os.path.realpath) -> None:
-    """Refuse bind mounts of the container runtime's sockets and state, unless allow-listed."""
-    refs = image_refs(spec)
-    allowed = bool(refs & set(allow))
+def is_bind(m: dict) -> bool:
+    opts = m.get("options") or []
+    return m.get("type") in ("bind", None, "") or "bind" in opts or "rbind" in opts
+
+
+def bind_indexes(spec: dict) -> list[int]:
+    """Indexes of every bind mount in the config (all are checked and re-sourced)."""
+    return [i for i, m in enumerate(spec.get("mounts") or []) if is_bind(m)]
+
+
+# Storage drivers whose rootfs dockerd places at <data-root>/<driver>/... ("rootfs":
+# dockerd with the containerd image store, <data-root>/rootfs/<snapshotter>/<id>).
+DOCKER_DRIVERS = frozenset({"overlay2", "overlay", "fuse-overlayfs", "vfs", "btrfs", "zfs",
+                            "devicemapper", "aufs", "rootfs"})
+_DOCKER_NET_FILES = ("resolv.conf", "hostname", "hosts")
+
+
+def docker_data_root(spec: dict, root: str) -> str | None:
+    """The data root of the dockerd that wrote this config, or None.
+
+    Derived only from what dockerd writes and a `docker run` user cannot choose:
+    root.path is `<D>/<driver>/...` and Docker binds its own per-container files
+    `<D>/containers/<64 hex>/{hostname,hosts,resolv.conf}` (also with --network=none).
+    """
     for m in spec.get("mounts") or []:
-        opts = m.get("options") or []
-        if m.get("type") not in ("bind", None, "") and "bind" not in opts and "rbind" not in opts:
+        if not is_bind(m):
+            continue
+        src = posixpath.normpath(m.get("source") or "/")
+        parts = src.rsplit("/", 3)
+        if (len(parts) != 4 or parts[1] != "containers" or len(parts[2]) != 64
+                or not set(parts[2]) <= _HEX or parts[3] not in _DOCKER_NET_FILES):
+            continue
+        top = parts[0]
+        if not top.startswith("/") or not _under(root, top) or root == top:
+            continue
+        if root[len(top):].strip("/").split("/")[0] in DOCKER_DRIVERS:
+            return top
+    return None
+
+
+class BindPolicy:
+    """Where bind sources may come from: the positive model.
+
+    shared: the admin's [runtime] shared_paths (resolved); docker_root: the data root
+    derived from the config (docker_data_root), whose named volumes and per-container
+    files are allowed too; sensitive: never, unless `allow` (the image allow-list).
+    """
+
+    def __init__(self, shared: Iterable[str], sensitive: list[str], allow: bool = False,
+                 docker_root: str | None = None) -> None:
+        self.shared = [posixpath.normpath(p) for p in shared if p.startswith("/")]
+        self.sensitive = sensitive
+        self.allow = allow
+        self.docker_root = docker_root
+
+    def docker_own(self, path: str) -> bool:
+        d = self.docker_root
+        if d is None or not _under(path, d) or path == d:
+            return False
+        parts = path[len(d.rstrip("/")):].strip("/").split("/")
+        if parts[0] == "containers":
+            return (len(parts) >= 3 and len(parts[1]) == 64 and set(parts[1]) <= _HEX
+                    and "/".join(parts[2:]) in _DOCKER_CONTAINER_FILES)
+        # <D>/volumes/<name>/_data and below (volume subpaths)
+        return len(parts) >= 3 and parts[0] == "volumes" and parts[2] == "_data"
+
+    def docker_volume(self, path: str) -> str | None:
+        """The `<D>/volumes/<name>/_data` a source lies in (D the derived data root)."""
+        d = self.docker_root
+        if d is None or not _under(path, d):
+            return None
+        parts = path[len(d.rstrip("/")):].strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == "volumes" and parts[2] == "_data":
+            return "/".join([d.rstrip("/"), *parts[:3]])
+        return None
+
+    def area(self, path: str) -> str | None:
+        """The shared directory (or Docker data root) that allows `path`."""
+        if self.docker_own(path):
+            return self.docker_root
+        tops = [t for t in self.shared if _under(path, t)]
+        return max(tops, key=len) if tops else None
+
+    def check(self, path: str, src: str, dest: str | None) -> None:
+        """Refuse a bind whose source really is `path` (resolved); `src` as configured."""
+        if not path.startswith("/"):
+            raise Refused(f"bind mount source {src!r} into {dest} is not an absolute path")
+        own = self.docker_own(path)
+        if not own:
+            hit = _is_sensitive(path, self.sensitive)
+            if hit:
+                if self.allow:
+                    return
+                raise Refused(f"bind mount of sensitive host path {src} ({hit}) into {dest} "
+                              "is refused by interceptd (see [runtime] sensitive_mount_allow)")
+        if own or any(_under(path, top) for top in self.shared):
+            return
+        raise Refused(f"bind mount of {src} into {dest} is refused by interceptd: its source "
+                      f"{path} is outside [runtime] shared_paths "
+                      f"({', '.join(self.shared) or 'empty'})")
+
+
+def bind_policy(spec: dict, shared: Iterable[str], sensitive: list[str], allow: list[str],
+                root: str | None, trust_annotations: bool = False) -> BindPolicy:
+    """The bind policy for this config. `allow` (image names/digests) is matched on
+    annotations, which whoever creates the container sets: only with trust_annotations."""
+    allowed = trust_annotations and bool(image_refs(spec) & set(allow))
+    return BindPolicy(shared, sensitive, allowed,
+                      docker_data_root(spec, root) if root else None)
+
+
+def check_mounts(spec: dict, sensitive: list[str], allow: list[str],
+                 resolve=os.path.realpath, shared: Iterable[str] = (),
+                 root: str | None = None, trust_annotations: bool = False) -> BindPolicy:
+    """Refuse binds from outside the shared paths, and of the runtime's sockets and
+    state; returns the policy, which the host side applies again to each source it
+    opens (the decision that counts is the one on the opened fd).
+
+    `allow` (image names/digests) is matched on annotations, which whoever creates
+    the container sets: it is honoured only with `trust_annotations`.
+    """
+    policy = bind_policy(spec, shared, sensitive, allow, root, trust_annotations)
+    for m in spec.get("mounts") or []:
+        if not is_bind(m):
             continue
         src = m.get("source") or ""
+        dest = m.get("destination")
         if not src.startswith("/"):
-            continue
-        for cand in {posixpath.normpath(src), resolve(src)}:
-            hit = _is_sensitive(cand, sensitive)
-            if hit and not allowed:
-                raise Refused(f"bind mount of sensitive host path {src} ({hit}) into "
-                              f"{m.get('destination')} is refused by interceptd "
-                              "(allow the image in [runtime] sensitive_mount_allow)")
+            raise Refused(f"bind mount source {src!r} into {dest} is not an absolute path")
+        # The literal path too: a sensitive name behind an innocent symlink, and the
+        # other way round, are both refused.
+        for cand in dict.fromkeys((posixpath.normpath(src), resolve(src))):
+            policy.check(cand, src, dest)
+    return policy
+
+
+def check_root(path: str, sensitive: list[str], own: list[str]) -> None:
+    """Refuse a root.path (resolved) that is the host's root, a parent of a sensitive
+    path, or interceptd's own state / rootfs views (another container's view)."""
+    for top in own:
+        if _under(path, top):
+            raise Refused(f"root.path {path} is inside interceptd's own directory {top}")
+        if _under(top, path):
+            raise Refused(f"root.path {path} contains interceptd's own directory {top}")
+    for top in sensitive:
+        if _under(top, path):
+            raise Refused(f"root.path {path} contains sensitive host path {top}")
+
+
+# Kernel filesystems of the host that a bind must never expose (statfs magic, and
+# the mount table's type names for those statfs cannot tell apart: devtmpfs is tmpfs).
+PSEUDO_FS_MAGIC = {
+    0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs", 0x74726163: "tracefs",
+    0x73636673: "securityfs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2",
+    0xCAFE4A11: "bpf", 0x62656570: "configfs", 0x6165676C: "pstore",
+    0xDE5E81E4: "efivarfs", 0x65735543: "fusectl", 0x1CD1: "devpts",
+    0x6E736673: "nsfs", 0x42494E4D: "binfmt_misc", 0xF97CFF8C: "selinuxfs",
+    0x73727279: "smackfs", 0x19800202: "mqueue", 0x67596969: "rpc_pipefs",
+    0x0187: "autofs", 0x50495045: "pipefs", 0x534F434B: "sockfs", 0x09041934: "anon_inode",
+}
+PSEUDO_FS_NAMES = frozenset({*PSEUDO_FS_MAGIC.values(), "devtmpfs", "hugetlbfs"})
+
+
+def volume_maps(volume_base: int, host_base: int, size: int) -> tuple[str, str]:
+    """A Docker named volume's maps: the volume range (volume_base..+size, shared by
+    every container, as dockerd's userns-remap shares one range) is the container's
+    0..size-1."""
+    line = f"{volume_base} {host_base} {size}\n"
+    return line, line
+
+
+def bind_maps(uid: int, gid: int, host_base: int, size: int) -> tuple[str | None, str | None]:
+    """The id-mapped mount's uid_map and gid_map for a bind whose source is owned by
+    uid:gid (None: no mapping needed, the container's own range applies).
+
+    The container's root is the source's owner, never host root: a root-owned source
+    (or an owner inside the container's own range) keeps the container's own range,
+    so what the container's root creates there belongs to host_base, and host root's
+    files are nobody's to it. The container's other ids keep their own range.
+    """
+    def one(owner: int) -> str | None:
+        if owner == 0 or host_base <= owner < host_base + size:
+            return None
+        return f"{owner} {host_base} 1\n{host_base + 1} {host_base + 1} {size - 1}\n"
+
+    return one(uid), one(gid)
 
 
 # ---------------------------------------------------------------- seccomp
@@ -253,20 +421,3 @@ def root_path(spec: dict, bundle: str) -> str:
     if not root:
         raise Refused("config.json has no root.path")
     return root if os.path.isabs(root) else os.path.normpath(os.path.join(bundle, root))
-
-
-IDMAP_SKIP_PREFIXES = ("/dev", "/proc", "/sys")
-
-
-def idmappable_binds(spec: dict) -> list[int]:
-    """Indexes of bind mounts whose source should be id-mapped (volumes, not devices)."""
-    out = []
-    for i, m in enumerate(spec.get("mounts") or []):
-        opts = m.get("options") or []
-        if m.get("type") not in ("bind", None, "") and "bind" not in opts and "rbind" not in opts:
-            continue
-        src = m.get("source") or ""
-        if not src.startswith("/") or any(_under(src, p) for p in IDMAP_SKIP_PREFIXES):
-            continue
-        out.append(i)
-    return out

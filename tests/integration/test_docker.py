@@ -54,15 +54,19 @@ class Dockerd(dockerd.Dockerd):
         cfg = json.loads((REPO / "packaging" / "docker" / "daemon.json").read_text())
         cfg["runtimes"]["interceptd"]["path"] = shim
         (self.top / "daemon.json").write_text(json.dumps(cfg))
+        # Binds may come from <top>/shared only (and Docker's own volumes and files).
+        (self.top / "shared").mkdir()
+        cfg_path = self.top / "interceptd.toml"
+        cfg_path.write_text(f'[runtime]\nshared_paths = ["{self.top / "shared"}"]\n')
         # packaging/systemd's drop-ins: the shim as `runc` and `crun` first in PATH.
         self.shadow.mkdir()
         for name in ("runc", "crun"):
             (self.shadow / name).symlink_to(shim)
         env = dict(os.environ, INTERCEPTD_STATE_DIR=str(self.daemon.state_dir),
                    INTERCEPTD_RUNTIME=self.runtime,  # a bare name: the shim skips itself
+                   INTERCEPTD_CONFIG=str(cfg_path),
                    INTERCEPTD_RUNC_TRACE=str(self.top / "python-entry.log"),
                    PATH=f"{self.shadow}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}")
-        env.pop("INTERCEPTD_CONFIG", None)
         self.launch(cfg, env)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -151,30 +155,96 @@ def test_userns_host_cannot_disable(docker_env):
     assert p.stdout.split()[1] != "0"
 
 
+HOST_USER = 4242
+VOLUME_BASE = (1 << 20) + 1024 * 65536  # [runtime] volume_id_base's default
+
+
 def test_volume(docker_env):
-    vol = docker_env.top / "vol"
+    """A host directory under a shared path, owned by a host user: the container's
+    root is that user there (never host root)."""
+    vol = docker_env.top / "shared" / "vol"
     vol.mkdir()
+    os.chown(vol, HOST_USER, HOST_USER)
     (vol / "from-host").write_text("h")
+    os.chown(vol / "from-host", HOST_USER, HOST_USER)
     p = docker_env.run("-v", f"{vol}:/data", IMAGE, "sh", "-c",
-                       "stat -c '%u' /data/from-host; echo c > /data/from-container")
+                       "stat -c '%u' /data/from-host; echo c > /data/from-container; "
+                       "cp /bin/busybox /data/s; chmod 4755 /data/s")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "0"
     st = (vol / "from-container").stat()
-    assert (st.st_uid, st.st_gid) == (0, 0)  # the container's root is the volume's root
+    assert (st.st_uid, st.st_gid) == (HOST_USER, HOST_USER)
     assert (vol / "from-container").read_text() == "c\n"
+    assert (vol / "s").stat().st_uid == HOST_USER  # setuid, but not root's
     assert_clean(docker_env)
 
 
+def test_root_owned_volume_gives_no_host_root(docker_env):
+    vol = docker_env.top / "shared" / "rootvol"
+    vol.mkdir(mode=0o777)
+    os.chmod(vol, 0o777)
+    p = docker_env.run("-v", f"{vol}:/data", IMAGE, "sh", "-c",
+                       "touch /data/t; cp /bin/busybox /data/s; chmod 4755 /data/s")
+    assert p.returncode == 0, p.stderr
+    for name in ("t", "s"):
+        assert (vol / name).stat().st_uid != 0, name
+    assert_clean(docker_env)
+
+
+def test_bind_outside_shared_paths_refused(docker_env):
+    other = docker_env.top / "not-shared"
+    other.mkdir(exist_ok=True)
+    p = docker_env.run("-v", f"{other}:/data", IMAGE, "true")
+    assert p.returncode != 0
+    assert "outside [runtime] shared_paths" in p.stderr, p.stderr
+    assert_clean(docker_env)
+
+
+@pytest.mark.parametrize("src", ["/proc", "/sys", "/dev"])
+def test_host_kernel_filesystem_bind_refused(docker_env, src):
+    p = docker_env.run("-v", f"{src}:/host", IMAGE, "true")
+    assert p.returncode != 0
+    assert "refused" in p.stderr, p.stderr
+    assert_clean(docker_env)
+
+
+def test_bind_volume_of_outside_place_refused(docker_env):
+    """`docker volume create -o type=none -o o=bind -o device=X`: dockerd binds X at the
+    volume's _data, under its (allowed) volumes dir; X itself is outside the shared
+    paths, so the volume is refused."""
+    d = docker_env
+    private = d.top / "private"
+    private.mkdir(exist_ok=True)
+    name = f"icd-bindvol-{d.runtime}"
+    d.docker("volume", "create", "-o", "type=none", "-o", "o=bind", "-o",
+             f"device={private}", name)
+    try:
+        p = d.run("-v", f"{name}:/data", IMAGE, "true")
+        assert p.returncode != 0
+        assert "outside [runtime] shared_paths" in p.stderr, p.stderr
+    finally:
+        d.docker("volume", "rm", "-f", name, check=False)
+    assert_clean(d)
+
+
 def test_named_volume(docker_env):
+    """A fresh named volume (dockerd made it, root's) is shifted once into the
+    volume range: the container's root writes there as that range, not host root,
+    and a second container sees the same owners."""
     d = docker_env
     name = f"icd-vol-{d.runtime}"
     d.docker("volume", "create", name)
     try:
-        p = d.run("-v", f"{name}:/data", IMAGE, "sh", "-c", "echo n > /data/f; stat -c %u /data/f")
+        p = d.run("-v", f"{name}:/data", IMAGE, "sh", "-c",
+                  "echo n > /data/f; chown 1000:1000 /data/f; stat -c %u /data /data/f")
         assert p.returncode == 0, p.stderr
-        assert p.stdout.strip() == "0"
+        assert p.stdout.split() == ["0", "1000"]
         src = d.docker("volume", "inspect", "-f", "{{.Mountpoint}}", name).stdout.strip()
-        assert Path(src, "f").stat().st_uid == 0
+        assert Path(src).stat().st_uid == VOLUME_BASE
+        assert Path(src, "f").stat().st_uid == VOLUME_BASE + 1000
+        p = d.run("-v", f"{name}:/data", IMAGE, "sh", "-c", "stat -c %u /data /data/f")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == ["0", "1000"]
     finally:
         d.docker("volume", "rm", "-f", name, check=False)
     assert_clean(d)

@@ -146,10 +146,17 @@ def test_daemon_sees_container_and_exec(shim, bundle_factory, new_id):
     assert_nothing_left(shim)
 
 
-def test_volume_id_mapped(shim, bundle_factory, new_id, workdir):
+def test_volume_id_mapped(shim, bundle_factory, new_id, workdir, monkeypatch):
+    """A bind from a shared path, owned by a host user: the container's root is that
+    user there (the bind model: never host root; tests/integration/test_runtime_binds.py)."""
     vol = workdir / "vol"
     vol.mkdir()
+    os.chown(vol, 4242, 4242)
     (vol / "from-host").write_text("x")
+    os.chown(vol / "from-host", 4242, 4242)
+    cfg = workdir / "shared.toml"
+    cfg.write_text(f'[runtime]\nshared_paths = ["{vol}"]\n')
+    monkeypatch.setenv("INTERCEPTD_CONFIG", str(cfg))
     b = plain_bundle(bundle_factory, ["sh", "-c",
                                       "stat -c '%u' /data/from-host; echo v > /data/new"])
     b.config["mounts"].append({"destination": "/data", "type": "bind", "source": str(vol),
@@ -157,7 +164,7 @@ def test_volume_id_mapped(shim, bundle_factory, new_id, workdir):
     b.write_config()
     res = shim.run(b, new_id("vol")).check()
     assert res.stdout.strip() == "0"
-    assert (vol / "new").stat().st_uid == 0 and (vol / "new").read_text() == "v\n"
+    assert (vol / "new").stat().st_uid == 4242 and (vol / "new").read_text() == "v\n"
     assert_nothing_left(shim)
 
 

@@ -138,16 +138,24 @@ def test_symlink_to_sensitive_refused():
 def test_ordinary_binds_allowed(src):
     s = base_spec()
     s["mounts"].append(bind(src))
-    sp.check_mounts(s, sp.SENSITIVE_PATHS, [], resolve=lambda p: p)
+    sp.check_mounts(s, sp.SENSITIVE_PATHS, [], resolve=lambda p: p,
+                    shared=["/home", "/var/lib/docker/volumes"],
+                    root="/var/lib/docker/overlay2/" + "b" * 64 + "/merged")
 
 
 def test_allow_list_by_image_annotation():
     s = base_spec()
     s["mounts"].append(bind("/var/run/docker.sock"))
     s["annotations"] = {"org.opencontainers.image.ref.name": "portainer/agent"}
-    sp.check_mounts(s, sp.SENSITIVE_PATHS, ["portainer/agent"], resolve=lambda p: p)
+    # Annotations are whoever-creates-the-container's to set: only an admin who
+    # trusts them (sensitive_mount_trust_annotations) gets the allow-list.
+    with pytest.raises(sp.Refused, match="sensitive"):
+        sp.check_mounts(s, sp.SENSITIVE_PATHS, ["portainer/agent"], resolve=lambda p: p)
+    sp.check_mounts(s, sp.SENSITIVE_PATHS, ["portainer/agent"], resolve=lambda p: p,
+                    trust_annotations=True)
     with pytest.raises(sp.Refused):
-        sp.check_mounts(s, sp.SENSITIVE_PATHS, ["other/image"], resolve=lambda p: p)
+        sp.check_mounts(s, sp.SENSITIVE_PATHS, ["other/image"], resolve=lambda p: p,
+                        trust_annotations=True)
 
 
 def test_non_bind_mounts_ignored():
@@ -235,7 +243,7 @@ def test_root_path_and_binds():
     assert sp.root_path(s, "/b") == "/abs/merged"
     s["mounts"] += [bind("/data", "/data"), bind("/dev/null", "/dev/x"),
                     {"destination": "/shm", "type": "tmpfs", "source": "shm"}]
-    assert sp.idmappable_binds(s) == [1]
+    assert sp.bind_indexes(s) == [1, 2]  # every bind is checked and re-sourced
     with pytest.raises(sp.Refused):
         sp.root_path({}, "/b")
 

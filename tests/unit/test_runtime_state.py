@@ -84,7 +84,7 @@ def test_settings_env_and_file(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_shift_tree_roundtrip_keeps_setuid(tmp_path):
+def test_shift_tree_roundtrip_keeps_setuid_until_root_owned(tmp_path):
     top = tmp_path / "upper"
     (top / "d").mkdir(parents=True)
     f = top / "d" / "f"
@@ -100,6 +100,24 @@ def test_shift_tree_roundtrip_keeps_setuid(tmp_path):
     shift.shift_tree(str(top), -(1 << 20), 1 << 20, (1 << 20) + 65536)
     assert (os.stat(f).st_uid, os.stat(f).st_gid) == (0, 5)
     assert os.stat(top).st_uid == 0
+    # Host root's now: never setuid (the container's root may have set it).
+    assert os.stat(f).st_mode & 0o7777 == 0o755
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_shift_tree_skips_devices_mounts_and_symlinked_top(tmp_path):
+    top = tmp_path / "upper"
+    top.mkdir()
+    os.mknod(top / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.mknod(top / "fifo", 0o600 | 0o010000)
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    shift.shift_tree(str(top), 1 << 20, 0, 65536)
+    assert os.lstat(top / "null").st_uid == 0  # a device node is never the layer's
+    assert os.lstat(top / "fifo").st_uid == 1 << 20
+    with pytest.raises(OSError):
+        shift.shift_tree(str(tmp_path / "link"), 1 << 20, 0, 65536)
+    assert os.stat(tmp_path / "real").st_uid == 0
 
 
 def test_delete_releases_a_range_without_record(tmp_path, monkeypatch):
@@ -165,15 +183,12 @@ def test_reused_volume_mount_point_changes_kind(tmp_path):
     now, and the other way round."""
     from interceptd.runtime import host
 
-    src_dir, src_file = tmp_path / "d", tmp_path / "f"
-    src_dir.mkdir()
-    src_file.write_text("x")
     t = tmp_path / "vol" / "0"
-    host._target_like(str(src_file), str(t))
+    host._target_like(False, str(t))
     assert t.is_file()
-    host._target_like(str(src_dir), str(t))
+    host._target_like(True, str(t))
     assert t.is_dir()
-    host._target_like(str(src_file), str(t))
+    host._target_like(False, str(t))
     assert t.is_file() and t.read_text() == ""
 
 
@@ -239,3 +254,29 @@ def test_delete_drops_the_record_before_the_range(tmp_path, monkeypatch):
     assert store.load(key) is None and pool.allocated() == {key: base}
     assert main.Delete(inv, st).finish(0) == 0
     assert pool.allocated() == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown and security.* xattrs need root")
+def test_shift_back_strips_file_capability_of_a_file_becoming_roots(tmp_path):
+    import struct
+
+    top = tmp_path / "upper"
+    top.mkdir()
+    f = top / "capped"
+    f.write_text("x")
+    # VFS_CAP_REVISION_2 | effective, CAP_NET_RAW permitted.
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+    base = 1 << 20
+    os.chown(f, base, base)
+    os.setxattr(f, "security.capability", cap)
+    os.chown(top, base, base)
+    g = top / "other"  # stays in the range (not root's after the shift): keeps it
+    g.write_text("y")
+    os.chown(g, base + 1000, base + 1000)
+    os.setxattr(g, "security.capability", cap)
+    shift.shift_tree(str(top), -base, base, base + 65536)
+    assert os.stat(f).st_uid == 0
+    with pytest.raises(OSError):
+        os.getxattr(f, "security.capability")
+    assert os.stat(g).st_uid == 1000
+    assert os.getxattr(g, "security.capability") == cap
