@@ -303,9 +303,21 @@ class Create:
     def _abs(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
 
-    def _undo(self) -> None:
-        from . import host
+    def _delegate_cgroups(self, new: dict, base: int) -> None:
+        """The container's cgroup directories, owned by its root (cgdelegate)."""
+        from . import cgdelegate
 
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8") as f:
+                self.delegated = cgdelegate.prepare(new, base, base, f)
+        except OSError as e:
+            if self.rec is not None:
+                self.rec.warnings.append(f"cgroup delegation: {e}")
+
+    def _undo(self) -> None:
+        from . import cgdelegate, host
+
+        cgdelegate.undo(getattr(self, "delegated", []))
         host.teardown(self.rec)
         # Record first, range second: a record never outlives its hold on the id
         # range, so a stale one can never tear down the range's next holder's mounts.
@@ -371,6 +383,7 @@ class Create:
                                bounding=facts.bounding, host_ns=facts.host_ns,
                                notified=notified, denied=denied, root=root)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
+            self._delegate_cgroups(new, base)
             source = Create.userns_source
             ns = (source.get(base, st.range_size) if source is not None
                   else mountapi.UserNamespace(base, st.range_size))

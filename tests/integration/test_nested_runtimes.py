@@ -102,3 +102,63 @@ def test_nested_runtime(shim, bundle_factory, rootfs, new_id):  # noqa: F811
     # the nested runtime's and the nested container's calls reached this daemon
     assert "target=/proc/self/fd/6" in log  # runc/crun mounting onto their fds
     assert "umount of the (nested) container's /proc refused" in log
+
+
+# Inside the nested container: its pids limit is 1000, the outer container's 200 (the
+# runtimes' own threads count too: Go's runc starts a dozen); every
+# fork past the outer limit fails whatever the nested one says.
+FORKS = "\n".join([
+    # the subshell dies at the first fork the limit refuses; the sleeps it started stay
+    "echo 0 > /tmp/n; ( for i in $(seq 300); do sleep 30 & echo $i > /tmp/n; done ) "
+    "2>/dev/null",
+    "read n < /tmp/n; kill -9 -1; wait",  # builtins only: every pid may be in use
+    "echo \"n_forks ret=$n errno=0\"",
+    "echo \"n_cgroup ret=0 errno=0 $(grep pids /proc/self/cgroup)\"",
+])
+
+
+def outer_cgroup_script(inner: str) -> str:
+    return "\n".join([
+        "mkdir -p /run/inner",
+        # what was delegated: the directory and cgroup.procs, not the limits
+        probe("o_owner_dir", "sh -c 'echo ret=$(stat -c %u /sys/fs/cgroup/pids) errno=0'"),
+        probe("o_owner_procs", "sh -c 'echo ret=$(stat -c %u /sys/fs/cgroup/pids/cgroup.procs)"
+                               " errno=0'"),
+        probe("o_raise_limit", "sh -c 'echo 100000 > /sys/fs/cgroup/pids/pids.max "
+                               "&& echo ret=0 errno=0 || echo ret=-1 errno=13'"),
+        probe("o_mkdir", "sh -c 'mkdir /sys/fs/cgroup/memory/probe && rmdir "
+                         "/sys/fs/cgroup/memory/probe && echo ret=0 errno=0'"),
+        f"{inner} --root /run/inner --log /run/inner.log run -b /nested/bundle nested1 2>&1",
+        "rc=$?; [ $rc = 0 ] || cat /run/inner.log",
+        "echo \"outer_rc ret=$rc errno=0\"",
+    ])
+
+
+def test_nested_runtime_with_delegated_cgroups(shim, bundle_factory, rootfs,  # noqa: F811
+                                               new_id, monkeypatch):
+    # The outer runtime is runc for both: crun 1.8.1 on this hybrid host leaves its
+    # container in the hugetlb hierarchy's root (the harness mounts hugetlb for it), so
+    # a nested crun finds no hugetlb cgroup of its own to create children in.
+    inner = shim.name
+    monkeypatch.setenv("INTERCEPTD_RUNTIME", "runc")
+    b = docker_privileged(bundle_factory, outer_cgroup_script(inner))
+    b.config["linux"]["resources"] = {"pids": {"limit": 200}}
+    install_runtimes(b.rootfs)
+    cfg = inner_config(FORKS)
+    cfg["linux"]["cgroupsPath"] = "/nested1"
+    cfg["linux"]["resources"] = {"pids": {"limit": 1000}}
+    add_inner_bundle(b.rootfs, rootfs, "/nested/bundle", cfg)
+    b.write_config()
+    res = shim.run(b, new_id("cgnest"), timeout=120)
+    print(res.stdout, res.stderr)
+    assert res.rc == 0, res.stderr
+    out = parse(res.stdout)
+    assert out["o_owner_dir"] == (0, 0) and out["o_owner_procs"] == (0, 0)
+    assert out["o_raise_limit"] == (-1, 13)  # the limit file stays the host's
+    assert out["o_mkdir"] == (0, 0)
+    assert out.get("outer_rc") == (0, 0), res.stdout
+    # the nested runtime made its cgroup below the container's (cgroupns: "/nested1")
+    assert "/nested1" in next(ln for ln in res.stdout.splitlines()
+                              if ln.startswith("n_cgroup"))
+    # outer sh + runtime + ... + nested processes: the outer 200 binds, not the nested 1000
+    assert 100 < out["n_forks"][0] < 200, out
