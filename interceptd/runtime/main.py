@@ -415,8 +415,11 @@ class Create:
 
         self.pid_file = (inv.flag_values("pid-file") or [None])[-1]
         # The bundle the runtime chdirs to, and the config it reads, are the ones
-        # resolved and rewritten here.
-        flags = [f for f in inv.flags if f.name not in ("bundle", "b", "config", "f")]
+        # resolved and rewritten here. --no-new-keyring is dropped: with keyctl allowed
+        # (docs/policy.md "Keyrings") the container would possess the keys of whoever ran
+        # the runtime; a new session keyring is charged to the container's own uid.
+        flags = [f for f in inv.flags
+                 if f.name not in ("bundle", "b", "config", "f", "no-new-keyring")]
         flags.append(argvmod.Flag("bundle", bundle, ["--bundle", bundle]))
         if inv.flag_values("config", "f"):
             flags.append(argvmod.Flag("config", cfg_path, ["--config", cfg_path]))

@@ -7,12 +7,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.harness import Daemon, Runtime
 from tests.integration.policy_support import EPERM, privileged, probe, run_script
+from tests.integration.test_runtime_shim import plain_bundle, shim  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +79,31 @@ def test_host_root_keys_out_of_reach(rt, bundle_factory, daemon: Daemon, new_id,
                       ctypes.c_int(KEY_SPEC_USER_KEYRING), b"user", desc.encode(),
                       ctypes.c_int(0))
     assert r == serial
+
+
+def test_no_new_keyring_is_dropped(shim, bundle_factory, new_id):  # noqa: F811
+    """Whoever runs the runtime with --no-new-keyring would hand the container its own
+    session keyring, and possession grants the container its keys: interceptd-runc drops
+    the flag. The runtime here runs in a session keyring holding a host key; the container
+    must not find it (without the shim it does: the control)."""
+    desc = new_id("icdsess")
+    b = plain_bundle(bundle_factory, ["sys", "keyctl", "10", "-3", "s:user", f"s:{desc}", "0"])
+
+    def in_session_with_key() -> None:  # in the runtime's child, before exec
+        _libc.syscall(ctypes.c_long(NR_KEYCTL), ctypes.c_int(1), None)  # new session
+        _libc.syscall(ctypes.c_long(NR_ADD_KEY), b"user", desc.encode(), b"s",
+                      ctypes.c_size_t(1), ctypes.c_int(-3))
+
+    results = {}
+    for name, binary in (("plain", shim.name), ("shim", shim.binary)):
+        cid = new_id("nnk")
+        cmd = [binary, "--root", str(shim.root), "run", "--no-new-keyring",
+               "--bundle", str(b.path), cid]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, preexec_fn=in_session_with_key)
+        subprocess.run([binary, "--root", str(shim.root), "delete", "-f", cid],
+                       capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        results[name] = p.stdout.strip()
+    assert results["plain"].startswith("ret=") and not results["plain"].startswith("ret=-1")
+    assert results["shim"] == f"ret=-1 errno={errno.ENOKEY}", results
