@@ -13,7 +13,7 @@ import stat
 
 from . import mountapi, mountinfo, spec
 from .records import Record, RecordStore
-from .shift import shift_tree
+from .shift import shift_file, shift_path, shift_tree
 
 
 class SetupError(Exception):
@@ -351,6 +351,8 @@ class HostSetup:
                     policy.check(real, src, m.get("destination"))
                     check_source_fs(fd, real, "bind mount source", table, recursive, policy)
                     st = os.fstat(fd)
+                    if policy.docker_net_file(real):
+                        st = self._hand_over(real, fd, st, host_base)
                     t = os.path.join(self.rec.mount_dir, "vol", str(n))
                     maps = self._maps(policy, real, st, host_base, size, volume_base)
                     clone = self._bind_clone(fd, real, recursive, maps, host_base, size, nss)
@@ -365,6 +367,20 @@ class HostSetup:
         finally:
             for ns in nss.values():
                 ns.close()
+
+    def _hand_over(self, real: str, fd: int, st: os.stat_result, host_base: int
+                   ) -> os.stat_result:
+        """Docker's per-container hosts/hostname/resolv.conf, root's: given to the
+        container's root for the container's life (as dockerd's userns-remap does), so
+        images that rewrite /etc/hosts at start work; shifted back at delete, where a
+        set-id bit or a file capability the container added is not kept."""
+        if (st.st_uid, st.st_gid) != (0, 0) or not stat.S_ISREG(st.st_mode):
+            return st
+        self.rec.shifted.append([real, host_base, 0, 1])
+        self.store.save(self.rec)
+        shift_file(real, host_base, 0, 1)
+        after = os.fstat(fd)  # the checked inode: a file put in its place is not ours
+        return after
 
     def _maps(self, policy: spec.BindPolicy, real: str, st: os.stat_result, host_base: int,
               size: int, volume_base: int | None) -> tuple[str | None, str | None]:
@@ -471,7 +487,7 @@ def teardown(rec: Record) -> list[str]:
                 problems.append(str(e))
     for path, delta, lo, hi in reversed(rec.shifted):
         try:
-            shift_tree(path, -delta, lo + delta, hi + delta)
+            shift_path(path, -delta, lo + delta, hi + delta)
         except OSError as e:
             problems.append(f"unshift {path}: {e}")
     if rec.mount_dir and not rec.keep_dirs and os.path.isdir(rec.mount_dir):

@@ -24,6 +24,7 @@ import stat
 
 from . import mountapi
 
+AT_FDCWD = -100
 _CAP_XATTR = "security.capability"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -127,6 +128,38 @@ class _Walk:
                 self.shift(dirfd, name, again, fd)
             finally:
                 os.close(fd)
+
+
+def shift_file(path: str, delta: int, lo: int, hi: int) -> int:
+    """The same for one regular file (its last component never followed); returns 0 or 1.
+    Anything else at `path` (a directory, a symlink, a device) is left alone."""
+    parent, name = os.path.split(path)
+    try:
+        dfd = os.open(parent or ".", _DIR_FLAGS)
+    except FileNotFoundError:
+        return 0
+    try:
+        try:
+            sx = mountapi.statx(dfd, name)
+        except FileNotFoundError:
+            return 0
+        if not stat.S_ISREG(sx.mode):
+            return 0
+        w = _Walk(delta, lo, hi, sx.mnt_id, sx.dev)
+        w.shift(dfd, name, sx)
+        return w.count
+    finally:
+        os.close(dfd)
+
+
+def shift_path(path: str, delta: int, lo: int, hi: int) -> int:
+    """shift_tree for a directory, shift_file for a regular file (as recorded)."""
+    try:
+        sx = mountapi.statx(AT_FDCWD, path)
+    except FileNotFoundError:
+        return 0
+    return shift_tree(path, delta, lo, hi) if stat.S_ISDIR(sx.mode) else shift_file(
+        path, delta, lo, hi)
 
 
 def shift_tree(top: str, delta: int, lo: int, hi: int) -> int:

@@ -263,6 +263,13 @@ class BindPolicy:
         # <D>/volumes/<name>/_data and below (volume subpaths)
         return len(parts) >= 3 and parts[0] == "volumes" and parts[2] == "_data"
 
+    def docker_net_file(self, path: str) -> bool:
+        """`<D>/containers/<64 hex>/{hosts,hostname,resolv.conf}` of the derived data root."""
+        if not self.docker_own(path):
+            return False
+        parts = path[len((self.docker_root or "").rstrip("/")):].strip("/").split("/")
+        return len(parts) == 3 and parts[0] == "containers" and parts[2] in _DOCKER_NET_FILES
+
     def docker_volume(self, path: str) -> str | None:
         """The `<D>/volumes/<name>/_data` a source lies in (D the derived data root)."""
         d = self.docker_root

@@ -191,6 +191,42 @@ def test_root_owned_volume_gives_no_host_root(docker_env):
     assert_clean(docker_env)
 
 
+def test_docker_net_files_writable_and_root_safe(docker_env):
+    """/etc/hosts, /etc/hostname, /etc/resolv.conf are Docker's per-container files, host
+    root's: the container's root may rewrite them while it runs (images do at start), but
+    they go back to host root at delete without a set-id bit the container added."""
+    d = docker_env
+    cid = d.docker("create", "--network=none", "--runtime=interceptd", IMAGE, "sh", "-c",
+                   "echo 10.9.9.9 extra >> /etc/hosts && echo box > /etc/hostname"
+                   " && chmod 4755 /etc/hosts && stat -c '%u %a' /etc/hosts"
+                   ).stdout.strip()
+    try:
+        p = d.docker("start", "-a", cid, check=False)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == ["0", "4755"], p.stdout
+    finally:
+        d.docker("rm", "-f", cid, check=False)
+    # Host side: the container's root owns them while it runs; stopped (the shim's
+    # delete), they are host root's again, without the set-id bits it added.
+    cid = d.docker("run", "-d", "--network=none", "--runtime=interceptd", IMAGE, "sh", "-c",
+                   "chmod 6755 /etc/hosts; sleep 1000").stdout.strip()
+    try:
+        files = d.top / "data" / "containers" / cid
+        deadline = time.monotonic() + 10
+        while (files / "hosts").stat().st_mode & 0o7000 != 0o6000:
+            assert time.monotonic() < deadline, oct((files / "hosts").stat().st_mode)
+            time.sleep(0.1)
+        assert (files / "hosts").stat().st_uid != 0  # the container's root, a range id
+        d.docker("stop", "-t", "1", cid)
+        for name in ("hosts", "hostname", "resolv.conf"):
+            st = (files / name).stat()
+            assert (st.st_uid, st.st_gid) == (0, 0), name
+            assert st.st_mode & 0o6000 == 0, (name, oct(st.st_mode))
+    finally:
+        d.docker("rm", "-f", cid, check=False)
+    assert_clean(d)
+
+
 def test_bind_outside_shared_paths_refused(docker_env):
     other = docker_env.top / "not-shared"
     other.mkdir(exist_ok=True)
