@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from interceptd.handlers import thread_pidfd
 from interceptd.policy.targetmem import (
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
@@ -30,7 +31,6 @@ from interceptd.policy.targetmem import (
 PROC_SUPER_MAGIC = 0x9FA0
 PROC_ROOT_INO = 1
 NS_GET_PARENT = 0xB702
-PIDFD_THREAD = os.O_EXCL  # Linux 6.9: a pidfd for a thread that is no group leader
 
 
 @dataclass(frozen=True)
@@ -188,15 +188,8 @@ def open_object(req: Any, ref: ProcRef) -> int | None:
     who, tgid, tid = got
     if ref.what == "fd":
         assert ref.fd is not None
-        if who == "self":
-            pidfd = os.pidfd_open(tgid)
-        else:
-            try:
-                pidfd = os.pidfd_open(tid, PIDFD_THREAD)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                pidfd = os.pidfd_open(tid)  # before 6.9: the leader's table
+        # thread-self: the calling thread's table (before 6.9 the leader's)
+        pidfd = os.pidfd_open(tgid) if who == "self" else thread_pidfd(tid)
         try:
             fd = pidfd_getfd(pidfd, ref.fd)
         except OSError as e:

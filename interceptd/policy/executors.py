@@ -18,6 +18,8 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from interceptd.handlers import thread_pidfd
+
 log = logging.getLogger("interceptd.policy")
 
 CLONE_NEWNS = 0x00020000
@@ -46,7 +48,7 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
     if namespaces & ~NS_MOUNT or not hasattr(core, "Executor"):
         return req.exec(namespaces, op, *args)
     pid = req.pid
-    pidfd = os.pidfd_open(pid)
+    pidfd = thread_pidfd(pid)
     try:
         if not req.valid():
             raise core.TargetGone("notification no longer valid")

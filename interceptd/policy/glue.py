@@ -24,6 +24,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from interceptd.handlers import thread_pidfd
 from interceptd.policy import callerpath, executors, fsapi, procinfo, sysinfo
 from interceptd.policy import consts as c
 from interceptd.policy.decision import Decision, ExecOp
@@ -396,12 +397,7 @@ def _caller_fd(req: Any, fd: int, fds: _Fds) -> int:
     thread's own fd table (a thread pidfd; before Linux 6.9 the group leader's)."""
     if _s32(fd) == c.AT_FDCWD:
         return c.AT_FDCWD
-    try:
-        pidfd = fds.add(os.pidfd_open(req.pid, callerpath.PIDFD_THREAD))
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        pidfd = fds.add(os.pidfd_open(req.pid))
+    pidfd = fds.add(thread_pidfd(req.pid))
     copy = fds.add(pidfd_getfd(pidfd, _s32(fd)))
     if not req.valid():
         raise ProcessLookupError(req.pid)

@@ -41,8 +41,9 @@ def shared_libs(binary: Path) -> list[Path]:
 
 
 def install_runtimes(rootfs: Path, names: tuple[str, ...] = ("runc", "crun")) -> None:
-    """Copy the host's runtimes into `rootfs`/bin with their libraries at the same paths
-    (dereferenced: a library symlink would point at the host)."""
+    """Copy the host's runtimes (or any binaries on PATH) into `rootfs`/bin with their
+    libraries at the same paths (dereferenced: a library symlink would point at the
+    host)."""
     for name in names:
         binary = runtime_binary(name)
         shutil.copy2(binary, rootfs / "bin" / name)
