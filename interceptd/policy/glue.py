@@ -811,8 +811,11 @@ def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flag
         fsapi.apply_options(fc, data)
         fsapi.fsconfig(fc, fsapi.FSCONFIG_CMD_CREATE)
         tree = fds.add(fsapi.fsmount(fc, attrs_from_msflags(flags)))
+        net = _sys_net(tree, fstype, flags, d, fds)
         for op in d.ops[1:]:
             _cover(tree, target, op, fds)
+        if net is not None:
+            fsapi.attach(net, tree, "sys/net")
     except OSError as e:
         return _kernel_error(d, e.errno or errno.EINVAL, "building the masked tree")
     dev = os.fstat(tree).st_dev
@@ -826,6 +829,22 @@ def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flag
             register_managed(st.imm, table, e)
     save_state(req.container, st)
     return Verdict.value(0, _reason(d))
+
+
+def _sys_net(tree: int, fstype: str, flags: int, d: Decision, fds: _Fds) -> int | None:
+    """A read-write clone of the new procfs's sys/net, taken before /proc/sys is made
+    read-only, to attach over it: a nested runtime writes its container's network
+    sysctls (runc sets Docker's net.ipv4.ip_unprivileged_port_start there before it
+    makes /proc/sys read-only; here /proc/sys is read-only from the start). Each write
+    is the kernel's to allow: net sysctls act on the writer's network namespace and
+    need CAP_NET_ADMIN over its owner, the global ones exist in the host's only."""
+    if fstype != "proc" or flags & c.MS_RDONLY or not any(
+            op.op == "readonly" and op.args[-1].endswith("/sys") for op in d.ops[1:]):
+        return None
+    try:
+        return fds.add(fsapi.clone_tree(tree, "sys/net"))
+    except FileNotFoundError:
+        return None
 
 
 def _cover(tree: int, target: str, op: ExecOp, fds: _Fds) -> None:

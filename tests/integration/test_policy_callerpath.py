@@ -101,3 +101,21 @@ def test_own_fd_pointing_at_masks_is_refused(rt, bundle_factory, daemon: Daemon,
     assert vetted["umount_proc_fd"] == (-1, EBUSY) and plain["umount_proc_fd"] == (0, 0)
     assert vetted["bind_proc_fd"] == (0, 0)
     assert vetted["bind_proc_masked"] == (1, 0)
+
+
+SYSCTL = "\n".join([
+    "mkdir -p /mnt/p",
+    "unshare -n sh -c 'mount -t proc proc /mnt/p && "
+    "echo 0 > /mnt/p/sys/net/ipv4/ip_unprivileged_port_start && "
+    "echo \"net_rw ret=$(cat /mnt/p/sys/net/ipv4/ip_unprivileged_port_start) errno=0\"; "
+    "echo 1 > /mnt/p/sys/kernel/domainname 2>/dev/null && echo \"kernel_rw ret=0 errno=0\" "
+    "|| echo \"kernel_rw ret=-1 errno=30\"'",
+])
+
+
+def test_nested_proc_net_sysctls_writable_rest_read_only(rt, bundle_factory, daemon, new_id):
+    """A procfs the daemon mounts for a container with its own network namespace: the
+    network sysctls are the container's to set (nested runtimes do), /proc/sys stays ro."""
+    out = run_script(rt, privileged(bundle_factory, daemon, SYSCTL), new_id("sysctl"))
+    assert out["net_rw"] == (0, 0), out
+    assert out["kernel_rw"] == (-1, 30), out
