@@ -97,3 +97,23 @@ def add_inner_bundle(rootfs: Path, busybox_rootfs: Path, where: str, config: dic
     (bundle / "config.json").write_text(json.dumps(config, indent=1))
     os.chmod(bundle, 0o755)
     return bundle
+
+
+def install_iptables(rootfs: Path) -> None:
+    """The host's iptables (nf_tables backend) as `iptables`/`ip6tables` in `rootfs`/bin,
+    with its libraries and the xtables extensions it loads at run time."""
+    binary = Path("/usr/sbin/xtables-nft-multi")
+    shutil.copy2(binary, rootfs / "bin" / "xtables-nft-multi")
+    for name in ("iptables", "ip6tables", "iptables-save", "iptables-restore"):
+        link = rootfs / "bin" / name
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to("xtables-nft-multi")
+    for lib in shared_libs(binary):
+        dest = rootfs / str(lib).lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            shutil.copy2(lib.resolve(), dest)
+    ext = Path("/usr/lib/x86_64-linux-gnu/xtables")
+    if ext.is_dir():
+        shutil.copytree(ext, rootfs / str(ext).lstrip("/"), dirs_exist_ok=True)
