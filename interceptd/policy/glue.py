@@ -740,23 +740,31 @@ def _new_mount_at(req: Any, d: Decision, fstype: str, source: str | None, flags:
                   data: str | None, target: str, fds: _Fds) -> Verdict:
     """mount(2) of a new filesystem spelled with the new mount API (as the kernel itself
     parses mount data: source, superblock flags, then each option), attached at the
-    target: the context in the caller's namespaces, the attach on the caller's fd."""
+    target: the context in the caller's namespaces, the attach on the caller's fd. Every
+    step runs in the executor, as the container's root: the superblock (its root inode's
+    owner, a tmpfs's or ramfs's) is created with the creds of whoever sends CMD_CREATE."""
     res = _exec(req, _ns_for(fstype), "fsopen", fstype, c.FSOPEN_CLOEXEC)
     if res.errno:
         return _kernel_error(d, res.errno, "fsopen")
     fc = fds.add(res.fd)
-    try:
-        if source:
-            fsapi.fsconfig(fc, fsapi.FSCONFIG_SET_STRING, "source", source)
-        for ms, name in _SB_FLAGS:
-            if flags & ms:
-                fsapi.fsconfig(fc, fsapi.FSCONFIG_SET_FLAG, name)
-        fsapi.apply_options(fc, data)
-        fsapi.fsconfig(fc, fsapi.FSCONFIG_CMD_CREATE)
-        tree = fds.add(fsapi.fsmount(fc, _mount_attrs(flags)))
-    except OSError as e:
-        return _kernel_error(d, e.errno or errno.EINVAL, "fsconfig/fsmount")
-    return _attach(req, d, tree, target, fds)
+    steps: list[tuple[int, str | None, str | None, int]] = []
+    if source:
+        steps.append((fsapi.FSCONFIG_SET_STRING, "source", source, 0))
+    steps += [(fsapi.FSCONFIG_SET_FLAG, name, None, 0) for ms, name in _SB_FLAGS if flags & ms]
+    for opt in (data or "").split(","):
+        key, sep, val = opt.partition("=")
+        if opt:
+            steps.append((fsapi.FSCONFIG_SET_STRING, key, val, 0) if sep
+                         else (fsapi.FSCONFIG_SET_FLAG, key, None, 0))
+    steps.append((fsapi.FSCONFIG_CMD_CREATE, None, None, 0))
+    for cmd, key, val, aux in steps:
+        res = _exec(req, NS_MOUNT, "fsconfig", fc, cmd, key, val, aux)
+        if res.errno:
+            return _kernel_error(d, res.errno, f"fsconfig {key or 'create'}")
+    res = _exec(req, NS_MOUNT, "fsmount", fc, fsapi.FSMOUNT_CLOEXEC, _mount_attrs(flags))
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsmount")
+    return _attach(req, d, fds.add(res.fd), target, fds)
 
 
 def _mount_attrs(flags: int) -> int:

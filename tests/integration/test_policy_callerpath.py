@@ -33,6 +33,11 @@ OWN = "\n".join([
     "mkdir -p /mnt/a /mnt/b /mnt/c /mnt/p /mnt/d /mnt/e",
     # runc's and crun's shape: an fd opened beneath the rootfs, the mount onto its /proc path
     probe("tmpfs_fd", "sh -c 'exec 6</mnt/a; sys mount s:t s:/proc/self/fd/6 s:tmpfs 0 0'"),
+    # the new filesystem's root is the container root's, as with a plain mount(2)
+    probe("tmpfs_fd_owner", "sh -c 'echo ret=$(stat -c %u /mnt/a) errno=0'"),
+    probe("ramfs_fd_write", "sh -c 'mkdir -p /mnt/r && exec 3</mnt/r && "
+                            "sys mount s:ramfs s:/proc/self/fd/3 s:ramfs 14 s:mode=0700 "
+                            ">/dev/null && echo x > /mnt/r/f && echo ret=0 errno=0'"),
     mounted("tmpfs_fd_is", "/mnt/a"),
     probe("thread_self", "sh -c 'exec 5</mnt/e; "
                          "sys mount s:t s:/proc/thread-self/fd/5 s:tmpfs 0 0'"),
@@ -56,8 +61,8 @@ OWN = "\n".join([
 
 def test_own_fd_targets(rt, bundle_factory, daemon: Daemon, new_id):
     out = run_script(rt, privileged(bundle_factory, daemon, OWN), new_id("cpath"))
-    for k in ("tmpfs_fd", "tmpfs_fd_is", "thread_self", "pid_fd", "pid_fd_is", "cwd",
-              "cwd_is", "proc_fd", "bind_fd",
+    for k in ("tmpfs_fd", "tmpfs_fd_owner", "ramfs_fd_write", "tmpfs_fd_is",
+              "thread_self", "pid_fd", "pid_fd_is", "cwd", "cwd_is", "proc_fd", "bind_fd",
               "bind_fd_sees", "remount_ro_fd", "umount_fd"):
         assert out[k] == (0, 0), (k, out)
     assert out["proc_fd_masked"] == (1, 0)  # the new procfs got its masks
