@@ -16,12 +16,13 @@ KREL    := $(shell uname -r)
 APT_PACKAGES := runc crun busybox-static fuse3 libfuse3-dev python3-bpfcc bpfcc-tools \
 	linux-headers-amd64 python3-venv python3-dev python3-cffi python3-setuptools \
 	python3-pytest libc6-dev gcc make pkg-config util-linux uidmap docker.io \
-	python3-prometheus-client prometheus python3-pyroute2 lxcfs
+	python3-prometheus-client prometheus python3-pyroute2 lxcfs \
+	debootstrap
 
 # The C build is redone only when its inputs change.
 CORE_INPUTS := setup.py pyproject.toml $(wildcard csrc/*.c csrc/*.h interceptd/_build_core.py)
 
-.PHONY: help setup apt-packages kernel-headers venv launcher run test bench clean distclean
+.PHONY: help setup systemd-image apt-packages kernel-headers venv launcher run test bench clean distclean
 
 help:
 	@echo "make run    - set up, then run interceptd in the foreground ($(CONFIG))"
@@ -30,7 +31,19 @@ help:
 	@echo "make setup  - only the (idempotent) set-up"
 	@echo "make clean  - remove build products (distclean: also the virtualenv)"
 
-setup: apt-packages kernel-headers venv .stamp-build launcher
+setup: apt-packages kernel-headers venv .stamp-build launcher systemd-image
+
+# The heavy tests' systemd image (tests/integration/test_systemd.py): a Debian 12 rootfs
+# from the configured mirror, built once and cached; offline, setup goes on without it.
+SYSTEMD_IMAGE := tests/.build/systemd-rootfs
+DEBIAN_MIRROR ?= $(shell awk '/^URIs:.*debian$$/ {print $$2; exit} /^deb .*debian/ {print $$2; exit}' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null)
+
+systemd-image:
+	@[ -x $(SYSTEMD_IMAGE)/lib/systemd/systemd ] || { 	  rm -rf $(SYSTEMD_IMAGE).tmp; mkdir -p tests/.build; 	  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm \
+	    $(SYSTEMD_IMAGE).tmp $(DEBIAN_MIRROR) >/dev/null \
+	  && mv $(SYSTEMD_IMAGE).tmp $(SYSTEMD_IMAGE) \
+	  || { rm -rf $(SYSTEMD_IMAGE).tmp; \
+	       echo "systemd image not built: the heavy systemd test is skipped"; }; }
 
 apt-packages:
 	@missing=""; \

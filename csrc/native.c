@@ -326,6 +326,14 @@ static struct {
   uint32_t flags;
 } k;
 
+/* A path that may go through /proc: the helper's /proc entry is not the
+ * caller's (/proc/self/fd/N would name the helper's own fd, or nothing), so
+ * such paths are the Python policy's, which takes the caller's object. */
+static int via_proc(const char *path)
+{
+  return strstr(path, "proc") != NULL;
+}
+
 /* 1 and *err if performed, 0 to forward. */
 static int native_mount(struct helper *h, const struct seccomp_notif *n, int *err)
 {
@@ -342,7 +350,8 @@ static int native_mount(struct helper *h, const struct seccomp_notif *n, int *er
   if (flags & (MS_REMOUNT | MS_BIND | MS_MOVE | MS_PROPAGATION_))
     return 0;
   if (arg_strings(n, idx, 4, bufs, max, got) || !got[0] || !fstype_native(h, k.fstype)
-      || !got[1] || k.target[0] != '/') /* relative: the helper's cwd is not the caller's */
+      || !got[1] || k.target[0] != '/' /* relative: the helper's cwd is not the caller's */
+      || via_proc(k.target))
     return 0;
   if (!caller_ok(h, n))
     return 0;
@@ -366,7 +375,8 @@ static int native_umount(struct helper *h, const struct seccomp_notif *n, int *e
   /* Unknown flags and MNT_FORCE: the Python policy's. */
   if (flags & ~UMOUNT_FLAGS)
     return 0;
-  if (arg_strings(n, idx, 1, bufs, max, got) || !got[0] || k.target[0] != '/')
+  if (arg_strings(n, idx, 1, bufs, max, got) || !got[0] || k.target[0] != '/'
+      || via_proc(k.target))
     return 0;
   if (!caller_ok(h, n))
     return 0;

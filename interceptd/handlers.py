@@ -76,13 +76,28 @@ class Request:
         the pidfd is known to name the process that made the call, not a
         process that reused its pid.
         """
-        pidfd = os.pidfd_open(self.notif.pid)
+        pidfd = thread_pidfd(self.notif.pid)
         try:
             if not self.valid():
                 raise _target_gone(self.core)("notification no longer valid")
             return self.core.ns_exec(pidfd, self.notif.pid, namespaces, op, *args)
         finally:
             os.close(pidfd)
+
+
+PIDFD_THREAD = os.O_EXCL  # Linux 6.9
+
+
+def thread_pidfd(tid: int) -> int:
+    """A pidfd for the thread that made a call (a notification names a thread: Go
+    programs such as dockerd and containerd mount from threads that lead no group, which
+    a plain pidfd_open refuses with EINVAL); before Linux 6.9, the plain pidfd."""
+    try:
+        return os.pidfd_open(tid, PIDFD_THREAD)
+    except OSError as e:
+        if e.errno != errno_mod.EINVAL:
+            raise
+    return os.pidfd_open(tid)
 
 
 def _target_gone(core: Any) -> type[Exception]:

@@ -5,7 +5,7 @@
 `register(handlers, cfg)` installs the handlers in the daemon.
 
 `[policy]` keys: `mounts` (default true), `ptrace` (true), `sysinfo` (true), `clock`
-(true: vet adjtimex/clock_adjtime; false: deny them in the filter), `keyring` (false),
+(true: vet adjtimex/clock_adjtime; false: deny them in the filter), `keyring` (true),
 `bpf` (false). docs/policy.md explains every rule.
 """
 

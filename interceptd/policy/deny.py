@@ -64,8 +64,10 @@ ALWAYS_DENIED = (
     # with a description the container chose.
     "request_key",
 )
-# Denied unless `[policy] keyring = true`: the key store is shared kernel state whose
-# per-user-namespace separation is partial; Docker's default profile denies them too.
+# Allowed unless `[policy] keyring = false`: container runtimes join and create session
+# keyrings (runc, crun, systemd), and inside a user namespace the kernel keys permissions
+# and the per-user keyrings by the mapped (host) uid, so the host root's keys stay out of
+# reach (docs/policy.md "Keyrings"; request_key, which runs a host helper, stays denied).
 KEYRING = ("add_key", "keyctl")
 
 
@@ -101,7 +103,7 @@ def policy_section(cfg: Any) -> dict[str, Any]:
 def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
     pol = policy_section(cfg)
     names = list(ALWAYS_DENIED)
-    if not pol.get("keyring", False):
+    if not pol.get("keyring", True):
         names += KEYRING
     if not pol.get("bpf", False):
         names.append("bpf")

@@ -24,6 +24,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from interceptd.handlers import thread_pidfd
 from interceptd.policy import zygote
 
 log = logging.getLogger("interceptd.policy")
@@ -63,7 +64,7 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
         _charge(req.container)
         return req.exec(namespaces, op, *args)
     pid = req.pid
-    pidfd = os.pidfd_open(pid)
+    pidfd = thread_pidfd(pid)
     try:
         if not req.valid():
             raise core.TargetGone("notification no longer valid")

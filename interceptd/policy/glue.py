@@ -24,8 +24,16 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from interceptd.handlers import thread_pidfd
+from interceptd.policy import (
+    callerpath,
+    executors,
+    fsapi,
+    process_handlers,
+    procinfo,
+    sysinfo,
+)
 from interceptd.policy import consts as c
-from interceptd.policy import executors, fsapi, process_handlers, procinfo, sysinfo
 from interceptd.policy.decision import Decision, ExecOp
 from interceptd.policy.mountapi import (
     FdMount,
@@ -427,10 +435,11 @@ class _Fds:
 
 
 def _caller_fd(req: Any, fd: int, fds: _Fds) -> int:
-    """A daemon copy of the caller's fd `fd` (AT_FDCWD passes through)."""
+    """A daemon copy of the caller's fd `fd` (AT_FDCWD passes through), from the calling
+    thread's own fd table (a thread pidfd; before Linux 6.9 the group leader's)."""
     if _s32(fd) == c.AT_FDCWD:
         return c.AT_FDCWD
-    pidfd = fds.add(os.pidfd_open(req.pid))
+    pidfd = fds.add(thread_pidfd(req.pid))
     copy = fds.add(pidfd_getfd(pidfd, _s32(fd)))
     if not req.valid():
         raise ProcessLookupError(req.pid)
@@ -442,7 +451,16 @@ def _resolve(
     facts: bool = False,
 ) -> tuple[int, int, FdMount | None]:
     """Open `path` (relative to the daemon's copy `dfd` of the caller's dirfd) as the caller
-    sees it: (0, fd, mount) with an O_PATH fd held by the daemon, or (errno, -1, None)."""
+    sees it: (0, fd, mount) with an O_PATH fd held by the daemon, or (errno, -1, None).
+
+    A path through the caller's own /proc entry (/proc/self/fd/N, ...) is walked from the
+    caller's object itself (callerpath), never from the executor's /proc."""
+    got = _caller_object(req, path, fds)
+    if got is not None:
+        if got[0] < 0:
+            return (-got[0], -1, None)
+        dfd, path = got
+        empty = True
     if dfd == c.AT_FDCWD and path.startswith("/"):
         # In the daemon, without a fork: the caller's root and mount namespace are reached
         # through /proc/<pid>/root, and RESOLVE_IN_ROOT keeps "..", absolute symlinks and
@@ -461,6 +479,35 @@ def _resolve(
         return (res.errno or errno.EINVAL, -1, None)
     fd = fds.add(res.fd)
     return (0, fd, _fd_mount(req, fd, facts=facts))
+
+
+def _caller_object(req: Any, path: str, fds: _Fds) -> tuple[int, str] | None:
+    """(daemon fd of the object, the rest of the path) when `path` names the caller's own
+    fd, cwd or root through /proc; (-errno, "") if that object is missing; else None."""
+    ref = callerpath.parse(path)
+    if ref is None:
+        return None
+    try:
+        fd = callerpath.open_object(req, ref)
+    except ProcessLookupError:
+        raise
+    except OSError as e:
+        return (-(e.errno or errno.ENOENT), "")
+    if fd is None:
+        return None
+    return (fds.add(fd), ref.rest)
+
+
+def _target_at(req: Any, dfd: int, path: str, fds: _Fds) -> tuple[int, str, int]:
+    """Where a mount is attached, as move_mount's (to_dfd, to_path, flag): the caller's
+    own object for a /proc/self/fd/N-style path (MOVE_MOUNT_T_EMPTY_PATH when the path
+    ends there), else the path as given. OSError if that object is missing."""
+    got = _caller_object(req, path, fds)
+    if got is None:
+        return (dfd, path, 0)
+    if got[0] < 0:
+        raise OSError(-got[0], f"cannot resolve {path}")
+    return (got[0], got[1], c.MOVE_MOUNT_T_EMPTY_PATH if got[1] == "" else 0)
 
 
 def _resolve_in_root(req: Any, path: str, nofollow: bool, fds: _Fds,
@@ -606,13 +653,16 @@ def _mount_locked(req: Any, st: ContainerPolicy, fds: _Fds, source: str | None, 
         return _mount_overlay(req, d, fds)
     if flags & c.MS_MOVE:
         # move_mount on the checked fd, for the same reason.
-        res = _exec(req, NS_MOUNT, "move_mount", sfd, "", c.AT_FDCWD, target,
-                       c.MOVE_MOUNT_F_EMPTY_PATH)
-        if res.errno:
-            return _kernel_error(d, res.errno, "move_mount")
-        return Verdict.value(0, _reason(d))
+        return _attach(req, d, sfd, target, fds)
     if d.details.get("managed"):
         return _mount_managed(req, st, d, fstype or "", flags, data, target, fds)
+    if callerpath.parse(target) is not None or (
+            flags & c.MS_BIND and source is not None and callerpath.parse(source) is not None):
+        # The caller's own fd as source or target: the executor cannot walk that path
+        # (its /proc is not the caller's), so the mount is made from fds and attached.
+        if flags & c.MS_BIND:
+            return _bind_at(req, d, sfd, target, fds)
+        return _new_mount_at(req, d, fstype or "", source, flags, data, target, fds)
     err_v, _ = _run_ops(req, d, _ns_for(fstype if not flags & c.MS_BIND else None))
     if err_v is not None:
         return err_v
@@ -695,21 +745,79 @@ def _mount_overlay(req: Any, d: Decision, fds: _Fds) -> Verdict:
         res = _exec(req, NS_MOUNT, "fsconfig", fc, cmd, key, val, aux)
         if res.errno:
             return _kernel_error(d, res.errno, f"fsconfig {key or 'create'}")
+    res = _exec(req, NS_MOUNT, "fsmount", fc, fsapi.FSMOUNT_CLOEXEC, _mount_attrs(flags))
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsmount")
+    tree = fds.add(res.fd)
+    return _attach(req, d, tree, target, fds)
+
+
+def _attach(req: Any, d: Decision, tree: int, target: str, fds: _Fds) -> Verdict:
+    """move_mount of the mount `tree` (a detached tree or a checked mount) to `target` as
+    the caller sees it."""
+    try:
+        tdfd, tpath, tflag = _target_at(req, c.AT_FDCWD, target, fds)
+    except ProcessLookupError:
+        raise
+    except OSError as e:
+        return _kernel_error(d, e.errno or errno.ENOENT, "resolving the target")
+    res = _exec(req, NS_MOUNT, "move_mount", tree, "", tdfd, tpath,
+                c.MOVE_MOUNT_F_EMPTY_PATH | tflag)
+    if res.errno:
+        return _kernel_error(d, res.errno, "move_mount")
+    return Verdict.value(0, _reason(d))
+
+
+def _bind_at(req: Any, d: Decision, sfd: int, target: str, fds: _Fds) -> Verdict:
+    """The (always recursive) bind as a clone of the checked source fd, attached at the
+    target: what mount(MS_BIND|MS_REC) does, without walking either path again."""
+    res = _exec(req, NS_MOUNT, "open_tree", sfd, "",
+                c.OPEN_TREE_CLONE | c.OPEN_TREE_CLOEXEC | c.AT_RECURSIVE | c.AT_EMPTY_PATH)
+    if res.errno:
+        return _kernel_error(d, res.errno, "open_tree")
+    return _attach(req, d, fds.add(res.fd), target, fds)
+
+
+def _new_mount_at(req: Any, d: Decision, fstype: str, source: str | None, flags: int,
+                  data: str | None, target: str, fds: _Fds) -> Verdict:
+    """mount(2) of a new filesystem spelled with the new mount API (as the kernel itself
+    parses mount data: source, superblock flags, then each option), attached at the
+    target: the context in the caller's namespaces, the attach on the caller's fd. Every
+    step runs in the executor, as the container's root: the superblock (its root inode's
+    owner, a tmpfs's or ramfs's) is created with the creds of whoever sends CMD_CREATE."""
+    res = _exec(req, _ns_for(fstype), "fsopen", fstype, c.FSOPEN_CLOEXEC)
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsopen")
+    fc = fds.add(res.fd)
+    steps: list[tuple[int, str | None, str | None, int]] = []
+    if source:
+        steps.append((fsapi.FSCONFIG_SET_STRING, "source", source, 0))
+    steps += [(fsapi.FSCONFIG_SET_FLAG, name, None, 0) for ms, name in _SB_FLAGS if flags & ms]
+    for opt in (data or "").split(","):
+        key, sep, val = opt.partition("=")
+        if opt:
+            steps.append((fsapi.FSCONFIG_SET_STRING, key, val, 0) if sep
+                         else (fsapi.FSCONFIG_SET_FLAG, key, None, 0))
+    steps.append((fsapi.FSCONFIG_CMD_CREATE, None, None, 0))
+    for cmd, key, val, aux in steps:
+        res = _exec(req, NS_MOUNT, "fsconfig", fc, cmd, key, val, aux)
+        if res.errno:
+            return _kernel_error(d, res.errno, f"fsconfig {key or 'create'}")
+    res = _exec(req, NS_MOUNT, "fsmount", fc, fsapi.FSMOUNT_CLOEXEC, _mount_attrs(flags))
+    if res.errno:
+        return _kernel_error(d, res.errno, "fsmount")
+    return _attach(req, d, fds.add(res.fd), target, fds)
+
+
+def _mount_attrs(flags: int) -> int:
+    """fsmount's attributes for mount(2)'s per-mount flags."""
     attrs = attrs_from_msflags(flags)
     for ms, attr in ((c.MS_NOATIME, 0x10), (c.MS_STRICTATIME, 0x20),
                      (c.MS_NODIRATIME, c.MOUNT_ATTR_NODIRATIME),
                      (c.MS_NOSYMFOLLOW, c.MOUNT_ATTR_NOSYMFOLLOW)):
         if flags & ms:
             attrs |= attr
-    res = _exec(req, NS_MOUNT, "fsmount", fc, fsapi.FSMOUNT_CLOEXEC, attrs)
-    if res.errno:
-        return _kernel_error(d, res.errno, "fsmount")
-    tree = fds.add(res.fd)
-    res = _exec(req, NS_MOUNT, "move_mount", tree, "", c.AT_FDCWD, target,
-                c.MOVE_MOUNT_F_EMPTY_PATH)
-    if res.errno:
-        return _kernel_error(d, res.errno, "move_mount")
-    return Verdict.value(0, _reason(d))
+    return attrs
 
 
 def _remount_attrs(flags: int) -> tuple[int, int]:
@@ -753,15 +861,17 @@ def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flag
         fsapi.apply_options(fc, data)
         fsapi.fsconfig(fc, fsapi.FSCONFIG_CMD_CREATE)
         tree = fds.add(fsapi.fsmount(fc, attrs_from_msflags(flags)))
+        net = _sys_net(tree, fstype, flags, d, fds)
         for op in d.ops[1:]:
             _cover(tree, target, op, fds)
+        if net is not None:
+            fsapi.attach(net, tree, "sys/net")
     except OSError as e:
         return _kernel_error(d, e.errno or errno.EINVAL, "building the masked tree")
     dev = os.fstat(tree).st_dev
-    res = _exec(req, NS_MOUNT, "move_mount", tree, "", c.AT_FDCWD, target,
-                   c.MOVE_MOUNT_F_EMPTY_PATH)
-    if res.errno:
-        return _kernel_error(d, res.errno, "move_mount")
+    attached = _attach(req, d, tree, target, fds)
+    if attached.kind != "value":
+        return attached
     table = MountTable.read(req.pid)
     devname = f"{os.major(dev)}:{os.minor(dev)}"
     for e in table.entries:
@@ -769,6 +879,22 @@ def _mount_managed(req: Any, st: ContainerPolicy, d: Decision, fstype: str, flag
             register_managed(st.imm, table, e)
     save_state(req.container, st)
     return Verdict.value(0, _reason(d))
+
+
+def _sys_net(tree: int, fstype: str, flags: int, d: Decision, fds: _Fds) -> int | None:
+    """A read-write clone of the new procfs's sys/net, taken before /proc/sys is made
+    read-only, to attach over it: a nested runtime writes its container's network
+    sysctls (runc sets Docker's net.ipv4.ip_unprivileged_port_start there before it
+    makes /proc/sys read-only; here /proc/sys is read-only from the start). Each write
+    is the kernel's to allow: net sysctls act on the writer's network namespace and
+    need CAP_NET_ADMIN over its owner, the global ones exist in the host's only."""
+    if fstype != "proc" or flags & c.MS_RDONLY or not any(
+            op.op == "readonly" and op.args[-1].endswith("/sys") for op in d.ops[1:]):
+        return None
+    try:
+        return fds.add(fsapi.clone_tree(tree, "sys/net"))
+    except FileNotFoundError:
+        return None
 
 
 def _cover(tree: int, target: str, op: ExecOp, fds: _Fds) -> None:
@@ -817,8 +943,11 @@ def handle_umount2(req: Any) -> Verdict:
     fds = _Fds()
     with st.lock:
         try:
+            own = callerpath.parse(target) is not None
+            # statmount names mount points from the namespace's root; the caller's own-fd
+            # case below needs the mountinfo's, relative to the caller's root.
             err, _, fm = _resolve(req, c.AT_FDCWD, target, bool(flags & c.UMOUNT_NOFOLLOW),
-                                  fds, facts=True)
+                                  fds, facts=not own)
             if err:
                 return Verdict.errno(err, f"umount2: cannot resolve {target}")
             ctx = _context(req, st, fm.table if fm else None)
@@ -833,7 +962,12 @@ def handle_umount2(req: Any) -> Verdict:
             fds.close()
             op = d.ops[0]
             assert fm is not None and fm.entry is not None  # decide_umount refuses others
-            res = _exec(req, NS_MOUNT, "umount2_checked", *op.args, fm.entry.mount_id)
+            where, uflags = op.args
+            if own:
+                # The caller's own fd: the checked mount's mount point as the caller's
+                # root shows it (the executor's root), still checked by mount id there.
+                where = fm.entry.mountpoint
+            res = _exec(req, NS_MOUNT, "umount2_checked", where, uflags, fm.entry.mount_id)
             if res.errno == errno.ESTALE:
                 return Verdict.errno(errno.EBUSY, f"{_reason(d)}; the path changed "
                                                   "between check and umount")
@@ -993,9 +1127,15 @@ def handle_move_mount(req: Any) -> Verdict:
                     _unprotected_paths(src_fd, fm, st, fstype) if fstype else [], details)
                 if refusal is not None:
                     return _verdict(refusal)
-            res = _exec(req, NS_MOUNT, "move_mount", src_fd, "", my_to, to_path,
-                           (flags & ~(c.MOVE_MOUNT_F_SYMLINKS | c.MOVE_MOUNT_F_AUTOMOUNTS))
-                           | c.MOVE_MOUNT_F_EMPTY_PATH)
+            try:
+                my_to, to_at, to_flag = _target_at(req, my_to, to_path, fds)
+            except ProcessLookupError:
+                raise
+            except OSError as e:
+                return _kernel_error(d, e.errno or errno.ENOENT, "resolving the target")
+            res = _exec(req, NS_MOUNT, "move_mount", src_fd, "", my_to, to_at,
+                        (flags & ~(c.MOVE_MOUNT_F_SYMLINKS | c.MOVE_MOUNT_F_AUTOMOUNTS))
+                        | c.MOVE_MOUNT_F_EMPTY_PATH | to_flag)
             if res.errno:
                 return _kernel_error(d, res.errno, "move_mount")
             return Verdict.value(0, _reason(d))

@@ -449,9 +449,15 @@ def decide_umount(call: UmountCall, ctx: MountContext) -> Decision:
         return deny(errno.EINVAL, "umount: target is not a mount point", **d)
     if is_fsroot(t, ctx):
         return deny(errno.EBUSY, f"umount of the container's {t.mountpoint} refused", **d)
+    if t.fstype in PSEUDO_FSTYPES and t.root == "/" and t.mountpoint in ("/proc", "/sys"):
+        # A nested container's /proc or /sys (mounted through the daemon by its runtime):
+        # it stays like the container's own, whatever is beneath (issue 12: what the
+        # outer container may not do, the nested one may not either).
+        return deny(errno.EBUSY, f"umount of the (nested) container's {t.mountpoint} "
+                                 "refused", mount=t.mountpoint, **d)
     if t.fstype in PSEUDO_FSTYPES and t.root == "/":
-        # A procfs/sysfs the daemon mounted: take its masks with it (they sit on it, so a
-        # plain umount would be EBUSY).
+        # A procfs/sysfs the daemon mounted elsewhere: take its masks with it (they sit on
+        # it, so a plain umount would be EBUSY).
         return perform(
             "umount of a daemon-mounted procfs/sysfs with its submounts",
             ExecOp("umount2", (call.target, (call.flags | MNT_DETACH) & ~MNT_EXPIRE)),

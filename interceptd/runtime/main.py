@@ -323,9 +323,21 @@ class Create:
     def _abs(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
 
-    def _undo(self) -> None:
-        from . import host
+    def _delegate_cgroups(self, new: dict, base: int) -> None:
+        """The container's cgroup directories, owned by its root (cgdelegate)."""
+        from . import cgdelegate
 
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8") as f:
+                self.delegated = cgdelegate.prepare(new, base, base, f)
+        except OSError as e:
+            if self.rec is not None:
+                self.rec.warnings.append(f"cgroup delegation: {e}")
+
+    def _undo(self) -> None:
+        from . import cgdelegate, host
+
+        cgdelegate.undo(getattr(self, "delegated", []))
         host.teardown(self.rec)
         # Record first, range second: a record never outlives its hold on the id
         # range, so a stale one can never tear down the range's next holder's mounts.
@@ -391,6 +403,7 @@ class Create:
                                bounding=facts.bounding, host_ns=facts.host_ns,
                                notified=notified, denied=denied, root=root)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
+            self._delegate_cgroups(new, base)
             source = Create.userns_source
             ns = (source.get(base, st.range_size) if source is not None
                   else mountapi.UserNamespace(base, st.range_size))
@@ -423,8 +436,11 @@ class Create:
 
         self.pid_file = (inv.flag_values("pid-file") or [None])[-1]
         # The bundle the runtime chdirs to, and the config it reads, are the ones
-        # resolved and rewritten here.
-        flags = [f for f in inv.flags if f.name not in ("bundle", "b", "config", "f")]
+        # resolved and rewritten here. --no-new-keyring is dropped: with keyctl allowed
+        # (docs/policy.md "Keyrings") the container would possess the keys of whoever ran
+        # the runtime; a new session keyring is charged to the container's own uid.
+        flags = [f for f in inv.flags
+                 if f.name not in ("bundle", "b", "config", "f", "no-new-keyring")]
         flags.append(argvmod.Flag("bundle", bundle, ["--bundle", bundle]))
         if inv.flag_values("config", "f"):
             flags.append(argvmod.Flag("config", cfg_path, ["--config", cfg_path]))

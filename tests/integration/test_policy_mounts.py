@@ -296,8 +296,8 @@ def test_nested_container_shape(rt, bundle_factory, daemon, new_id):
     assert out["nested_pid"] == (1, 0)
     assert out["nested_masked"] == (1, 0) and out["nested_sys_masked"] == (1, 0)
     assert out["nested_umount_mask"] == (-1, EPERM)
-    # The nested container's own procfs (mounted through the daemon) can be unmounted.
-    assert out["nested_umount_proc"] == (0, 0)
+    # The nested container's /proc (mounted through the daemon) stays, like the outer's.
+    assert out["nested_umount_proc"] == (-1, EBUSY)
 
 
 def test_decisions_are_events(runtime_factory, bundle_factory, daemon, new_id):

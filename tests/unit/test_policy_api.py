@@ -176,7 +176,7 @@ def test_deny_list_shape():
     for n in ("kexec_load", "kexec_file_load", "init_module", "finit_module",
               "delete_module", "open_by_handle_at", "bpf", "perf_event_open", "iopl",
               "ioperm", "swapon", "swapoff", "syslog", "acct", "settimeofday",
-              "clock_settime", "quotactl", "lookup_dcookie", "seccomp", "keyctl", "add_key",
+              "clock_settime", "quotactl", "lookup_dcookie", "seccomp",
               "request_key"):
         assert n in everything, n
     seccomp = next(r for r in rules if r["names"] == ["seccomp"])
@@ -196,6 +196,14 @@ def test_deny_list_shape():
     uffd = next(r for r in rules if r["names"] == ["userfaultfd"])
     assert uffd["args"] == [{"index": 0, "value": 1, "valueTwo": 0,
                              "op": "SCMP_CMP_MASKED_EQ"}]
+
+
+def test_keyring_default_allows_keyctl_not_request_key():
+    default = names(policy.denied_syscalls(None))
+    assert "keyctl" not in default and "add_key" not in default
+    assert "request_key" in default
+    off = names(policy.denied_syscalls(Config(sections={"policy": {"keyring": False}})))
+    assert {"keyctl", "add_key", "request_key"} <= off
 
 
 def test_config_switches():

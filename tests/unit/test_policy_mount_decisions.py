@@ -286,3 +286,20 @@ def test_native_umount_rule_matches_decide_umount():
         if native:
             assert d.kind == "perform", (e, d)
             assert d.reason == "umount of the container's own mount"
+
+
+def test_nested_proc_stays_elsewhere_removable():
+    """A procfs the daemon mounted for a nested runtime: at /proc (the nested container's
+    own) EBUSY like the container's; at another place it goes with its submounts."""
+    from interceptd.policy.mounttable import MountEntry
+
+    context = ctx()
+    for mp, want in (("/proc", errno.EBUSY), ("/mnt/p", None)):
+        e = MountEntry(mount_id=900, parent_id=1, dev="0:99", root="/", mountpoint=mp,
+                       options="rw", optional=(), fstype="proc", source="proc",
+                       super_options="rw")
+        d = decide_umount(UmountCall(mp, c.MNT_DETACH, target_mount=e), context)
+        if want is None:
+            assert d.kind == "perform" and "submounts" in d.reason
+        else:
+            assert d.errno == want and "nested" in d.reason

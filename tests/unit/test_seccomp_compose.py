@@ -203,13 +203,14 @@ def test_default_profile():
     assert decide(out, "sysfs", [0] * 6) == Action("SCMP_ACT_ERRNO", errno.ENOSYS)
     assert decide(out, "userfaultfd", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
     assert decide(out, "userfaultfd", [1 | 1 << 40, 0, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
-    assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
+    assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ALLOW")  # keyring: default
+    assert decide(out, "request_key", [0] * 6).denies
     assert decide(out, "socket", [40, 1, 0, 0, 0, 0]).denies
     assert decide(out, "socket", [40 | 1 << 32, 1, 0, 0, 0, 0]).denies
     assert decide(out, "socket", [1, 1, 0, 0, 0, 0]) == Action("SCMP_ACT_ALLOW")
-    cfg = Config(sections={"policy": {"keyring": True}})
+    cfg = Config(sections={"policy": {"keyring": False}})
     out = check(prof, policy.notify_rules(cfg), policy.denied_syscalls(cfg))
-    assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ALLOW")
+    assert decide(out, "keyctl", [0] * 6) == Action("SCMP_ACT_ERRNO", 1)
     assert decide(out, "request_key", [0] * 6).denies
 
 
