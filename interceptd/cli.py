@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         ("policy", "what interceptd-runc adds to every container's filter")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    r = sub.add_parser("reload", help="re-read the config file; apply what can change live")
+    r.add_argument("-o", "--output", choices=("table", "json"), default="table")
     t = sub.add_parser("trace", help="stream decisions as they happen")
     t.add_argument("-o", "--output", choices=("compact", "json"), default="compact")
     t.add_argument("--container")
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         out.write(format_policy(resp))
     elif args.cmd == "status":
         out.write(format_status(resp))
+    elif args.cmd == "reload":
+        out.write(format_reload(resp))
     else:
         out.write(format_containers(resp["containers"]))
     return 0
@@ -89,6 +93,15 @@ def format_status(s: dict[str, Any]) -> str:
         for name in sorted(counters):
             for label, n in sorted(counters[name].items()):
                 lines.append(f"  {name}{'{' + label + '}' if label else ''}  {n}")
+    return "\n".join(lines) + "\n"
+
+
+def format_reload(r: dict[str, Any]) -> str:
+    lines = [f"applied: {', '.join(r.get('applied') or []) or 'nothing changed'}"]
+    if r.get("restart_needed"):
+        lines.append("needs a restart (running values kept): "
+                     + ", ".join(r["restart_needed"]))
+    lines += [f"warning: {w}" for w in r.get("warnings") or []]
     return "\n".join(lines) + "\n"
 
 
