@@ -124,7 +124,7 @@ deb: setup
 	fi
 
 demo: setup
-	$(PY) -m tests.demo
+	$(PY) tools/demo.py
 
 clean:
 	rm -rf build *.egg-info interceptd/_core*.so interceptd/_core.c .stamp-build \
