@@ -20,6 +20,7 @@ share=$root/usr/share/interceptd
 install -d -m 0755 "$lib" "$root/usr/bin" "$root/usr/sbin" "$doc" "$share"
 (cd "$repo" && find interceptd -name '*.py' -o -name '_core.abi3.so' -o -name 'launcher.c') |
   while read -r f; do install -D -m 0644 "$repo/$f" "$lib/$f"; done
+strip --strip-unneeded "$lib/interceptd/_core.abi3.so"
 install -d -m 0755 "$lib/interceptd-$version.dist-info"
 printf 'Metadata-Version: 2.1\nName: interceptd\nVersion: %s\n' "$version" \
   > "$lib/interceptd-$version.dist-info/METADATA"
@@ -38,8 +39,8 @@ build(sys.argv[1], python="/usr/bin/python3", pkgroot="/usr/lib/interceptd")' \
 strip --strip-unneeded "$root/usr/sbin/interceptd-runc"
 # runc/crun links first in dockerd's and containerd's PATH (the drop-ins).
 install -d -m 0755 "$lib/runtime-path"
-ln -s /usr/sbin/interceptd-runc "$lib/runtime-path/runc"
-ln -s /usr/sbin/interceptd-runc "$lib/runtime-path/crun"
+ln -s ../../../sbin/interceptd-runc "$lib/runtime-path/runc"
+ln -s ../../../sbin/interceptd-runc "$lib/runtime-path/crun"
 
 install -D -m 0644 "$repo/packaging/systemd/interceptd.service" \
   "$root/lib/systemd/system/interceptd.service"
@@ -55,7 +56,7 @@ done
 
 install -m 0644 "$repo/README.md" "$repo/docs/operations.md" "$doc/"
 install -m 0644 "$here/copyright" "$doc/copyright"
-printf 'interceptd (%s) unstable; urgency=medium\n\n  * Built from the source tree.\n\n -- interceptd maintainers <interceptd@localhost>  %s\n' \
+printf 'interceptd (%s) unstable; urgency=medium\n\n  * Built from the source tree.\n\n -- interceptd maintainers <interceptd@example.org>  %s\n' \
   "$version" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}")" \
   | gzip -9n > "$doc/changelog.gz"
 chmod 0644 "$doc/changelog.gz"

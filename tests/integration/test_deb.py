@@ -32,6 +32,17 @@ def extracted(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed")
+def test_lintian_clean(extracted: Path):
+    [deb] = extracted.parent.glob("*.deb")
+    res = subprocess.run(["lintian", "--profile", "debian", "--suppress-tags-from-file",
+                          str(REPO / "packaging/deb/lintian-overrides.txt"), str(deb)],
+                         capture_output=True, text=True)
+    tags = [ln for ln in (res.stdout + res.stderr).splitlines()
+            if ln and not ln.startswith("running with root")]
+    assert res.returncode == 0 and tags == [], tags
+
+
 def run_installed(root: Path, prog: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The installed wrapper, with its package path pointed into the extracted root."""
     text = (root / "usr/bin" / prog).read_text()
@@ -51,8 +62,8 @@ def test_tree(extracted: Path):
               "usr/share/interceptd/containerd/interceptd.toml",
               "usr/share/doc/interceptd/copyright"):
         assert (extracted / f).exists(), f
-    assert (extracted / "usr/lib/interceptd/runtime-path/runc").readlink() == \
-        Path("/usr/sbin/interceptd-runc")
+    assert (extracted / "usr/lib/interceptd/runtime-path/runc").resolve() == \
+        extracted / "usr/sbin/interceptd-runc"
     # The snippets name the installed launcher, not a /usr/local path nothing installs.
     for f in (extracted / "usr/share/interceptd").rglob("*"):
         if f.is_file():
