@@ -14,7 +14,7 @@ STATE   ?= /run/interceptd
 KREL    := $(shell uname -r)
 
 APT_PACKAGES := runc crun busybox-static fuse3 libfuse3-dev python3-bpfcc bpfcc-tools \
-	linux-headers-amd64 python3-venv python3-dev python3-cffi python3-setuptools \
+	linux-headers-amd64 lintian python3-venv python3-dev python3-cffi python3-setuptools \
 	python3-pytest libc6-dev gcc make pkg-config util-linux uidmap docker.io \
 	python3-prometheus-client prometheus python3-pyroute2 lxcfs \
 	debootstrap
@@ -22,12 +22,15 @@ APT_PACKAGES := runc crun busybox-static fuse3 libfuse3-dev python3-bpfcc bpfcc-
 # The C build is redone only when its inputs change.
 CORE_INPUTS := setup.py pyproject.toml $(wildcard csrc/*.c csrc/*.h interceptd/_build_core.py)
 
-.PHONY: help setup systemd-image apt-packages kernel-headers venv launcher run test bench clean distclean
+.PHONY: help setup systemd-image apt-packages kernel-headers venv launcher run test bench \
+	clean distclean deb demo
 
 help:
 	@echo "make run    - set up, then run interceptd in the foreground ($(CONFIG))"
 	@echo "make test   - set up, then ruff + the whole test suite"
 	@echo "make bench  - set up, then every bench/bench_*.py"
+	@echo "make demo   - set up, then a guided tour with busybox containers (cleans up after)"
+	@echo "make deb    - set up, then build/interceptd_<version>_<arch>.deb (dpkg-deb)"
 	@echo "make setup  - only the (idempotent) set-up"
 	@echo "make clean  - remove build products (distclean: also the virtualenv)"
 
@@ -126,6 +129,16 @@ bench: setup
 	@rc=0; for b in bench/bench_*.py; do \
 	  echo "== $$b"; $(PY) "$$b" || rc=1; \
 	done; exit $$rc
+
+deb: setup
+	packaging/deb/build.sh build
+	@if command -v lintian >/dev/null; then \
+	  lintian --profile debian --suppress-tags-from-file packaging/deb/lintian-overrides.txt \
+	    build/interceptd_*.deb || true; \
+	fi
+
+demo: setup
+	$(PY) tools/demo.py
 
 clean:
 	rm -rf build *.egg-info interceptd/_core*.so interceptd/_core.c .stamp-build \

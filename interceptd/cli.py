@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     st.add_argument("-n", "--top", type=int, default=10, help="syscalls per container")
     st.add_argument("-w", "--watch", type=float, nargs="?", const=2.0, default=None,
                     metavar="SECONDS", help="refresh like top (default every 2 s)")
+    r = sub.add_parser("reload", help="re-read the config file; apply what can change live")
+    r.add_argument("-o", "--output", choices=("table", "json"), default="table")
     t = sub.add_parser("trace", help="stream decisions as they happen")
     t.add_argument("-o", "--output", choices=("compact", "json"), default="compact")
     t.add_argument("--container")
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         out.write(format_policy(resp))
     elif args.cmd == "status":
         out.write(format_status(resp))
+    elif args.cmd == "reload":
+        out.write(format_reload(resp))
     elif args.verbose:
         out.write(format_containers_verbose(resp["containers"]))
     else:
@@ -118,6 +122,15 @@ def format_status(s: dict[str, Any]) -> str:
         for name in sorted(counters):
             for label, n in sorted(counters[name].items()):
                 lines.append(f"  {name}{'{' + label + '}' if label else ''}  {n}")
+    return "\n".join(lines) + "\n"
+
+
+def format_reload(r: dict[str, Any]) -> str:
+    lines = [f"applied: {', '.join(r.get('applied') or []) or 'nothing changed'}"]
+    if r.get("restart_needed"):
+        lines.append("needs a restart (running values kept): "
+                     + ", ".join(r["restart_needed"]))
+    lines += [f"warning: {w}" for w in r.get("warnings") or []]
     return "\n".join(lines) + "\n"
 
 

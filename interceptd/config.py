@@ -18,6 +18,37 @@ LOG_FORMATS = ("text", "json")
 RULE_ACTIONS = ("errno", "value", "continue")
 
 
+# Every key a section may hold; `interceptd --check-config` reports any other as an
+# error (the daemon logs a warning: a [handlers] module may read a section of its own).
+# A module that reads a new key adds it here, in the same commit.
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "daemon": frozenset({"state_dir", "metrics_address", "log_level", "log_format"}),
+    "rules": frozenset({"syscall", "action", "errno", "value"}),
+    # interceptd/runtime/settings.py
+    "runtime": frozenset({
+        "runtime", "state_dir", "id_pool_start", "id_pool_ranges", "sensitive_mount_allow",
+        "sensitive_paths", "sensitive_mount_trust_annotations", "shared_paths",
+        "volume_id_base", "daemon_timeout", "cgroup2_mount", "mount_dir",
+    }),
+    # interceptd/policy/__init__.py, deny.py, glue.py
+    "policy": frozenset({"mounts", "ptrace", "sysinfo", "clock", "keyring", "bpf", "native"}),
+    "handlers": frozenset({"modules"}),
+}
+
+
+def unknown_keys(cfg: Config) -> list[str]:
+    """Sections and keys of `cfg.sections` that nothing reads ([daemon] and [[rules]]
+    refuse unknown keys when parsed)."""
+    out = []
+    for name, table in cfg.sections.items():
+        known = KNOWN_KEYS.get(name)
+        if known is None:
+            out.append(name)
+        elif isinstance(table, dict):
+            out += [f"{name}.{k}" for k in table if k not in known]
+    return out
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key."""
 

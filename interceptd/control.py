@@ -1,6 +1,6 @@
 """`<state-dir>/control.sock`: JSON-lines requests from interceptctl.
 
-Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "stats"}` (the
+Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "reload"}` (interceptd.reload), `{"cmd": "stats"}` (the
 eBPF counters per container), `{"cmd": "network"}` (each container's interfaces),
 `{"cmd": "trace", "container": ID-PREFIX, "syscall": NAME, "verdict": V, "source": S,
 "pid": N, "comm": C, "count": N}` (all filters optional). Every answer starts
@@ -48,6 +48,7 @@ class ControlServer:
         counters: Counters,
         stats: Callable[[], dict[str, Any]] | None = None,
         network: Callable[[], dict[str, Any]] | None = None,
+        reload: Callable[[], dict[str, Any]] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
@@ -58,11 +59,14 @@ class ControlServer:
         self._counters = counters
         self._stats = stats
         self._network = network
+        self._reload = reload
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
+        # Called once per accept-loop turn (the daemon's watchdog liveness).
+        self.on_tick: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
         self._clients: dict[threading.Thread, socket.socket] = {}
         self._clients_lock = threading.Lock()
@@ -93,6 +97,8 @@ class ControlServer:
     def _accept_loop(self) -> None:
         assert self._sock is not None
         while not self._stop.is_set():
+            if self.on_tick is not None:
+                self.on_tick()
             try:
                 conn, _ = self._sock.accept()
             except TimeoutError:
@@ -153,6 +159,16 @@ class ControlServer:
         elif cmd == "trace":
             self._trace(conn, req)
             return False
+        elif cmd == "reload" and self._reload is not None:
+            try:
+                result = self._reload()
+            except ValueError as e:  # ConfigError: nothing was changed
+                self._send(conn, {"ok": False, "error": f"reload refused: {e}"})
+            except Exception as e:
+                log.exception("reload failed")
+                self._send(conn, {"ok": False, "error": f"reload failed: {e}"})
+            else:
+                self._send(conn, {"ok": True, **result})
         else:
             self._counters.inc("control_errors", "unknown command")
             self._send(conn, {"ok": False, "error": f"unknown command {cmd!r}"})

@@ -18,13 +18,14 @@ from importlib import metadata
 from typing import Any
 
 from interceptd import config as cfgmod
-from interceptd import control
+from interceptd import control, sdnotify
 from interceptd import log as logmod
 from interceptd.config import Config, ConfigError
 from interceptd.dispatch import Dispatcher
 from interceptd.events import Counters, EventBus
 from interceptd.handlers import HandlerRegistry
 from interceptd.listener import Listener
+from interceptd.liveness import Liveness
 from interceptd.registry import Registry
 from interceptd.verdict import build_table
 
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metrics-address", help="HOST:PORT or 'off'")
     p.add_argument("--log-level", help=f"one of {', '.join(cfgmod.LOG_LEVELS)}")
     p.add_argument("--log-format", help="text or json")
+    p.add_argument("--check-config", metavar="FILE",
+                   help="check FILE (every error with its key and line), then exit")
     p.add_argument("--version", action="version", version=f"interceptd {version()}")
     return p.parse_args(argv)
 
@@ -84,6 +87,11 @@ class Daemon:
     stop_event: threading.Event = field(default_factory=threading.Event)
     _parts: dict[str, Any] = field(default_factory=dict)
     _lock_fd: int = -1
+    # The command line, kept so a reload layers the same flags over the re-read file.
+    args: argparse.Namespace | None = None
+    liveness: Liveness = field(default_factory=Liveness)
+    # systemd's notify socket; a no-op unless main() is started by systemd (or a test peer).
+    notifier: sdnotify.Notifier = field(default_factory=lambda: sdnotify.Notifier({}))
     _runtime_policy_lists: dict[str, Any] | None = None
 
     @property
@@ -137,15 +145,21 @@ class Daemon:
             name_of=syscalls.name,
             native_arch=syscalls.AUDIT_ARCH_X86_64,
         )
+        _watch_pump(dispatcher, self.liveness)
         dispatcher.start()
         self._parts["dispatcher"] = dispatcher
         ctl = control.ControlServer(
             self.path(CONTROL_SOCK), status=self.status, containers=self.containers,
             bus=self.bus, counters=self.counters, stats=self.stats, network=self.network,
+            reload=self.reload,
         )
+        self.liveness.watch("control")
+        ctl.on_tick = functools.partial(self.liveness.beat, "control")
         ctl.start()
         self._parts["control"] = ctl
         listener = Listener(self.path(SECCOMP_SOCK), dispatcher.on_message, self.counters)
+        self.liveness.watch("listener")
+        listener.on_tick = functools.partial(self.liveness.beat, "listener")
         listener.start()
         self._parts["listener"] = listener
         self._start_emulation(dispatcher, handlers)
@@ -416,15 +430,63 @@ def _register_plugins(handlers: HandlerRegistry, cfg: Config) -> None:
             raise ConfigError(f"handlers.modules: {name}: {e}") from e
 
 
+def _watch_pump(dispatcher: Dispatcher, liveness: Liveness) -> None:
+    """The decision pump beats once per turn (it turns every PUMP_INTERVAL)."""
+    pump_once = dispatcher.pump_once
+
+    def beating() -> int:
+        liveness.beat("pump")
+        return pump_once()
+
+    liveness.watch("pump")
+    dispatcher.pump_once = beating  # type: ignore[method-assign]
+
+
+def serve(d: Daemon, notifier: sdnotify.Notifier) -> None:
+    """The main thread until a stop signal: STATUS= updates and watchdog pings, sent
+    only while every serving loop is turning (a stuck one stops the pings)."""
+    interval = notifier.watchdog_interval()
+    tick = min(1.0, interval) if interval else 1.0
+    # Loops turn at least every 0.25 s; one that missed this long is stuck.
+    max_age = max(1.0, min(5.0, (notifier.watchdog_timeout or 10.0) / 2))
+    last_status = ""
+    stuck: list[str] = []
+    while not d.stop_event.wait(tick):
+        now_stuck = d.liveness.stale(max_age)
+        if now_stuck != stuck:
+            stuck = now_stuck
+            if stuck:
+                log.error("serving loop stuck: not pinging the watchdog",
+                          extra={"fields": {"loops": ",".join(stuck)}})
+        if stuck:
+            line = f"stuck: {', '.join(stuck)}"
+        else:
+            line = d.status_line()
+            if interval:
+                notifier.watchdog()
+        if line != last_status:
+            notifier.status(line)
+            last_status = line
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check_config:
+        from interceptd import checkconfig
+
+        return checkconfig.main(args.check_config)
     try:
         cfg = resolve_config(args)
     except ConfigError as e:
         print(f"interceptd: config error: {e}", file=sys.stderr)
         return 2
     logmod.setup(cfg.daemon.log_level, cfg.daemon.log_format)
-    d = Daemon(cfg)
+    for key in cfgmod.unknown_keys(cfg):
+        log.warning("unknown config key (interceptd --check-config reports it as an error)",
+                    extra={"fields": {"key": key}})
+    d = Daemon(cfg, args=args)
+    notifier = d.notifier = sdnotify.Notifier()
+    notifier.status("starting")
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal", extra={"fields": {"signal": signal.Signals(signum).name}})
@@ -437,11 +499,15 @@ def main(argv: list[str] | None = None) -> int:
         d.start()
     except (StartupError, ConfigError, ImportError, OSError, ValueError) as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})
+        notifier.status(f"cannot start: {e}")
         d.shutdown()
         return 1
-    while not d.stop_event.wait(1.0):
-        pass
+    # Every socket accepts now (listen() precedes this), and the runtime service was tried.
+    notifier.ready(status=d.status_line())
+    serve(d, notifier)
+    notifier.stopping(status=f"stopping; {len(d.registry)} container(s) attached")
     d.shutdown()
+    notifier.close()
     return 0
 
 

@@ -251,6 +251,8 @@ class Listener:
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
+        # Called once per accept-loop turn (the daemon's watchdog liveness).
+        self.on_tick: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
         self._active: set[threading.Thread] = set()
         self._active_lock = threading.Lock()
@@ -276,6 +278,8 @@ class Listener:
     def _accept_loop(self) -> None:
         assert self._sock is not None
         while not self._stop.is_set():
+            if self.on_tick is not None:
+                self.on_tick()
             try:
                 conn, _ = self._sock.accept()
             except TimeoutError:

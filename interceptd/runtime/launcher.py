@@ -17,13 +17,14 @@ import tempfile
 
 
 def build(out: str, python: str | None = None, cc: str = "gcc",
-          decide_only: bool = False) -> str:
+          decide_only: bool = False, pkgroot: str | None = None) -> str:
     """Compile the launcher into out. decide_only: a variant that prints its
-    decision (pass, shim, refuse) for its argv and exits, for the parity test."""
+    decision (pass, shim, refuse) for its argv and exits, for the parity test.
+    pkgroot: where the installed package lives (a .deb's), default this tree's."""
     from .argv import c_header
 
     here = os.path.dirname(os.path.abspath(__file__))
-    pkgroot = os.path.dirname(os.path.dirname(here))
+    pkgroot = pkgroot or os.path.dirname(os.path.dirname(here))
     python = python or sys.executable
     for s in (python, pkgroot):
         if any(c in s for c in "'\"\\\n"):
