@@ -1,7 +1,8 @@
 """`<state-dir>/control.sock`: JSON-lines requests from interceptctl.
 
-Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "reload"}` (interceptd.reload), `{"cmd": "stats"}` (the
-eBPF counters per container), `{"cmd": "network"}` (each container's interfaces),
+Requests: `{"cmd": "status"}`, `{"cmd": "containers"}`, `{"cmd": "reload"}`
+(interceptd.reload), `{"cmd": "stats"}` (the eBPF counters per container),
+`{"cmd": "network"}` (each container's interfaces),
 `{"cmd": "trace", "container": ID-PREFIX, "syscall": NAME, "verdict": V, "source": S,
 "pid": N, "comm": C, "count": N}` (all filters optional). Every answer starts
 with one object carrying `"ok"`; a trace then streams one event per line and ends
