@@ -367,6 +367,26 @@ class Daemon:
             log.error("metrics endpoint not started", extra={"fields": {
                 "address": str(addr), "error": str(e)}})
 
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file (flags still override it); apply what can change live.
+        A config with an error changes nothing."""
+        from interceptd import reload as reloadmod
+
+        args = self.args or parse_args([])
+        new = resolve_config(args)
+        unknown = cfgmod.unknown_keys(new)
+        self.notifier.reloading()
+        try:
+            out = reloadmod.apply(self, new)
+        finally:
+            self.notifier.ready(status=self.status_line())
+        out["warnings"] = [f"unknown key {k}" for k in unknown]
+        return out
+
+    def status_line(self) -> str:
+        return (f"serving {len(self.registry)} container(s); "
+                f"listener {self.path(SECCOMP_SOCK)}")
+
     def containers(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.registry.list()]
 
