@@ -103,6 +103,18 @@ def _now_offset() -> float:
     return time.time() - time.monotonic()
 
 
+def _child_env() -> dict[str, str]:
+    """The daemon's environment, with the directory this package was imported from first
+    on PYTHONPATH: an installed daemon (the .deb's /usr/lib/interceptd) finds its package
+    by a path its wrapper set, which a child interpreter would not know."""
+    import interceptd
+
+    top = os.path.dirname(os.path.dirname(os.path.abspath(interceptd.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (top, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_loader(python: str = sys.executable,
                sensitive: Iterable[str] = ()) -> tuple[dict[str, Any], list[int]]:
     """Run interceptd/ebpf_load.py in a child: (its description, the fds it handed over),
@@ -113,7 +125,7 @@ def run_loader(python: str = sys.executable,
             # -P and cwd /: the child runs as root; never import from the daemon's cwd.
             [python, "-P", "-m", "interceptd.ebpf_load", str(child.fileno()),
              str(RING_PAGES), str(EVENTS_PER_SEC), ",".join(sensitive)],
-            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, cwd="/",
+            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, cwd="/", env=_child_env(),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         child.close()
         try:

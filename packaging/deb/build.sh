@@ -21,6 +21,8 @@ install -d -m 0755 "$lib" "$root/usr/bin" "$root/usr/sbin" "$doc" "$share"
 (cd "$repo" && find interceptd -name '*.py' -o -name '_core.abi3.so' -o -name 'launcher.c') |
   while read -r f; do install -D -m 0644 "$repo/$f" "$lib/$f"; done
 strip --strip-unneeded "$lib/interceptd/_core.abi3.so"
+# The eBPF program's source: the loader compiles it from beside the package.
+install -D -m 0644 "$repo/bpf/syscalls.bpf.c" "$lib/bpf/syscalls.bpf.c"
 install -d -m 0755 "$lib/interceptd-$version.dist-info"
 printf 'Metadata-Version: 2.1\nName: interceptd\nVersion: %s\n' "$version" \
   > "$lib/interceptd-$version.dist-info/METADATA"
