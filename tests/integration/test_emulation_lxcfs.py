@@ -30,43 +30,22 @@ from interceptd.emulation import (
     stat,
     uptime,
 )
+from tests.harness import lxcfs as lxcfsh
 
 pytestmark = pytest.mark.integration
 
 BASE = Path("/sys/fs/cgroup")
 V1 = ("memory", "cpu", "cpuacct", "cpuset", "pids", "blkio")
-LXCFS = "/usr/bin/lxcfs"
 
-
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
 
 
 @pytest.fixture(scope="module")
 def lxcfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    assert os.path.exists(LXCFS), "the test set-up installs Debian's lxcfs"
     d = tmp_path_factory.mktemp("lxcfs")
     mnt = d / "mnt"
     mnt.mkdir()
-    p = subprocess.Popen([LXCFS, "-f", "--enable-cfs", "-p", str(d / "pid"), str(mnt)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not (mnt / "proc" / "meminfo").exists():
-            assert p.poll() is None and time.monotonic() < deadline, "lxcfs did not start"
-            time.sleep(0.05)
-        yield mnt
-    finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        if _mounted(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
-        assert not _mounted(mnt)
+    with lxcfsh.running(mnt, d / "pid") as m:
+        yield m
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import pytest
 
 from interceptd.runtime import emulbinds
 from tests.harness import Runtime
+from tests.harness import lxcfs as lxcfsh
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
 
-LXCFS = "/usr/bin/lxcfs"
 LX_FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime",
             "sys/devices/system/cpu/online")
 CPU = {"cpuset": {"cpus": "0"}, "quota": {"quota": 50000, "period": 100000}}
@@ -38,34 +37,13 @@ done
 """
 
 
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
 
 @pytest.fixture
 def lxcfs(workdir: Path) -> Iterator[Path]:
-    assert os.path.exists(LXCFS), "the test set-up installs Debian's lxcfs"
     mnt = workdir / "lxcfs"
     mnt.mkdir()
-    p = subprocess.Popen([LXCFS, "-f", "--enable-cfs", "-p", str(workdir / "lxcfs.pid"),
-                          str(mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not (mnt / "proc" / "meminfo").exists():
-            assert p.poll() is None and time.monotonic() < deadline, "lxcfs did not start"
-            time.sleep(0.05)
-        yield mnt
-    finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        if _mounted(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
-        assert not _mounted(mnt)
+    with lxcfsh.running(mnt, workdir / "lxcfs.pid") as m:
+        yield m
 
 
 @pytest.fixture
