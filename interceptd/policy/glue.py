@@ -740,16 +740,7 @@ def _mount_overlay(req: Any, d: Decision, fds: _Fds) -> Verdict:
     res = _exec(req, NS_MOUNT, "fsopen", "overlay", c.FSOPEN_CLOEXEC)
     if res.errno:
         return _kernel_error(d, res.errno, "fsopen")
-    fc = fds.add(res.fd)
-    for cmd, key, val, aux in steps:
-        res = _exec(req, NS_MOUNT, "fsconfig", fc, cmd, key, val, aux)
-        if res.errno:
-            return _kernel_error(d, res.errno, f"fsconfig {key or 'create'}")
-    res = _exec(req, NS_MOUNT, "fsmount", fc, fsapi.FSMOUNT_CLOEXEC, _mount_attrs(flags))
-    if res.errno:
-        return _kernel_error(d, res.errno, "fsmount")
-    tree = fds.add(res.fd)
-    return _attach(req, d, tree, target, fds)
+    return _configure_and_attach(req, d, fds.add(res.fd), steps, flags, target, fds)
 
 
 def _attach(req: Any, d: Decision, tree: int, target: str, fds: _Fds) -> Verdict:
@@ -799,6 +790,14 @@ def _new_mount_at(req: Any, d: Decision, fstype: str, source: str | None, flags:
             steps.append((fsapi.FSCONFIG_SET_STRING, key, val, 0) if sep
                          else (fsapi.FSCONFIG_SET_FLAG, key, None, 0))
     steps.append((fsapi.FSCONFIG_CMD_CREATE, None, None, 0))
+    return _configure_and_attach(req, d, fc, steps, flags, target, fds)
+
+
+def _configure_and_attach(req: Any, d: Decision, fc: int,
+                          steps: list[tuple[int, str | None, str | None, int]], flags: int,
+                          target: str, fds: _Fds) -> Verdict:
+    """fsconfig each step on the context fc, fsmount it and attach the new tree at target
+    (the executor's calls; a kernel error is answered with its own errno)."""
     for cmd, key, val, aux in steps:
         res = _exec(req, NS_MOUNT, "fsconfig", fc, cmd, key, val, aux)
         if res.errno:
