@@ -2,35 +2,51 @@
 //
 // Counts every syscall (and every failed one) of the containers the daemon
 // tracks, per (container slot, syscall number), and streams an event for each
-// call of the sensitive set, at its exit (with its result). Only tracepoint
-// data and BPF helpers are used: no kernel struct is read, so the headers bcc
-// compiles against need not be the running kernel's.
+// call of the sensitive set, at its exit (with its arguments and result).
+//
+// Cost first: one raw tracepoint program, on sys_exit only. Any program on a
+// syscall tracepoint moves every task's syscalls to the kernel's slow path
+// (the floor: bench/bench_ebpf.py measures an empty program); a perf-event
+// tracepoint would add a record copy per call, and a second program (on
+// sys_enter) a second run per call. Processes of untracked cgroups pay, per
+// syscall, a cgroup-id read and one hash lookup; the daemon attaches the
+// program only while it tracks a container.
+//
+// A raw tracepoint gives the syscall's registers and its return value; the
+// number and the arguments are read from the saved user registers. Their
+// layout (struct syscall_frame) is the x86-64 entry code's frame, the same as
+// ptrace's user_regs_struct, which no kernel version changes: nothing is taken
+// from the kernel headers bcc compiles against (they need not be this
+// kernel's), and the loader checks the layout on the running kernel before
+// handing the programs over.
 //
 // The daemon owns the slots: at attach it writes the container's cgroup v2 id
 // -> slot into `tracked` (and zeroes the slot's counters first); at detach it
-// reads the counters and deletes the id. Processes of untracked cgroups pay,
-// per syscall, a cgroup-id read and one hash lookup at its exit.
+// reads the counters and deletes the id.
 
 #define NR_SLOTS 512      /* syscall numbers counted one by one; larger ones (x32) go to NR_SLOTS-1 */
 #define MAX_TRACKED 256   /* containers followed at once */
+#define NR_EXIT 60
+#define NR_EXIT_GROUP 231
 
 struct event_t {
   u64 ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
   u64 cgroup;    /* cgroup v2 id */
-  u64 args[6];   /* as the call entered; zeros when it never did (see has_args) */
+  u64 args[6];   /* the registers the call was made with */
   s64 ret;       /* the call's return value (-errno) */
   u32 tgid;      /* the caller's pid as the host sees it */
   u32 tid;
   u32 slot;
   s32 nr;
-  u32 has_args;  /* 0: refused by the seccomp filter before entry, args unseen */
+  u32 has_args;  /* always 1 (kept for the record's layout) */
   u32 pad;
   char comm[16];
 };
 
-struct pending_t {
-  u64 args[6];
-  s64 nr;
+// x86-64 struct pt_regs up to orig_ax (arch/x86/include/asm/ptrace.h; the
+// order of the entry code's pushes and of ptrace's user_regs_struct).
+struct syscall_frame {
+  u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax;
 };
 
 BPF_HASH(tracked, u64, u32, MAX_TRACKED);
@@ -40,9 +56,6 @@ BPF_F_TABLE("array", u32, u64, calls, MAX_TRACKED * NR_SLOTS, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", u32, u64, errors, MAX_TRACKED * NR_SLOTS, BPF_F_MMAPABLE);
 // sensitive[nr] != 0: stream an event for this syscall.
 BPF_ARRAY(sensitive, u8, NR_SLOTS);
-// The arguments of a sensitive call between its entry and its exit, per thread
-// (LRU: a thread killed inside its call never reaches the exit that deletes it).
-BPF_TABLE("lru_hash", u32, struct pending_t, pending, 4096);
 // lost[0]: events dropped because the ring was full; lost[1]: because their
 // container streamed more than EVENTS_PER_SEC (a container looping on a refused
 // call must not make the daemon spend a CPU reading its events).
@@ -72,78 +85,9 @@ static __always_inline void count(u32 slot, u32 nr, int failed)
   }
 }
 
-// The record of a syscalls:sys_enter_<name> tracepoint: the common header,
-// the syscall's number, then its arguments, one unsigned long each (as many as
-// the call has).
-struct enter_rec {
-  u64 common;
-  s32 nr;
-  u32 pad;
-  u64 args[6];
-};
-
-// Seccomp runs before the entry tracepoints: a call the filter refuses (the
-// daemon's errno, a deny rule) never enters, so calls are counted at their exit
-// (raw_syscalls:sys_exit), which every call but exit/exit_group reaches; those
-// two are counted at their own entry. The entry of each sensitive call is
-// watched through its own syscalls:sys_enter_<name> event, which costs the
-// other syscalls nothing, to keep its arguments for its exit's event.
-// One program per argument count: the kernel refuses to attach a program that
-// reads past the end of an event's record, so each reads exactly its call's.
-static __always_inline int sensitive_enter(struct enter_rec *ctx, int nargs)
+static __always_inline void emit(u64 cg, u32 slot, const struct syscall_frame *f, long ret)
 {
-  u32 nr = nr_index(ctx->nr);
-  u8 *s = sensitive.lookup(&nr);
-  if (!s || !*s)
-    return 0;
-  u64 cg = bpf_get_current_cgroup_id();
-  u32 *slot = tracked.lookup(&cg);
-  if (!slot)
-    return 0;
-  struct pending_t p = { .nr = ctx->nr };
-#pragma unroll
-  for (int i = 0; i < 6; i++)
-    if (i < nargs)
-      p.args[i] = ctx->args[i];
-  u32 tid = (u32)bpf_get_current_pid_tgid();
-  pending.update(&tid, &p);
-  return 0;
-}
-
-#define SENSITIVE_ENTER(n) \
-  int on_sensitive_enter_##n(struct enter_rec *ctx) { return sensitive_enter(ctx, n); }
-SENSITIVE_ENTER(0)
-SENSITIVE_ENTER(1)
-SENSITIVE_ENTER(2)
-SENSITIVE_ENTER(3)
-SENSITIVE_ENTER(4)
-SENSITIVE_ENTER(5)
-SENSITIVE_ENTER(6)
-
-int on_exit_enter(struct enter_rec *ctx)
-{
-  u64 cg = bpf_get_current_cgroup_id();
-  u32 *slot = tracked.lookup(&cg);
-  if (slot)
-    count(*slot, nr_index(ctx->nr), 0);
-  return 0;
-}
-
-TRACEPOINT_PROBE(raw_syscalls, sys_exit)
-{
-  u64 cg = bpf_get_current_cgroup_id();
-  u32 *slot = tracked.lookup(&cg);
-  if (!slot)
-    return 0;
-  u32 nr = nr_index(args->id);
-  count(*slot, nr, args->ret < 0);
-  u8 *s = sensitive.lookup(&nr);
-  if (!s || !*s)
-    return 0;
-  u64 id = bpf_get_current_pid_tgid();
-  u32 tid = (u32)id;
-  struct pending_t *p = pending.lookup(&tid);
-  u32 sl = *slot % MAX_TRACKED, why = 1;
+  u32 sl = slot % MAX_TRACKED, why = 1;
   struct rate_t *r = rate.lookup(&sl);
   struct event_t *e = NULL;
   if (r) {
@@ -161,32 +105,63 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit)
     u64 *l = lost.lookup(&why);
     if (l)
       __sync_fetch_and_add(l, 1);
-    if (p)
-      pending.delete(&tid);
-    return 0;
+    return;
   }
+  u64 id = bpf_get_current_pid_tgid();
   e->ns = bpf_ktime_get_ns();
   e->cgroup = cg;
   e->tgid = id >> 32;
-  e->tid = tid;
-  e->slot = *slot;
-  e->nr = (s32)args->id;
-  e->ret = args->ret;
+  e->tid = (u32)id;
+  e->slot = slot;
+  e->nr = (s32)f->orig_ax;
+  e->ret = ret;
+  e->has_args = 1;
   e->pad = 0;
-  if (p && p->nr == args->id) {
-    e->has_args = 1;
-#pragma unroll
-    for (int i = 0; i < 6; i++)
-      e->args[i] = p->args[i];
-  } else {
-    e->has_args = 0;
-#pragma unroll
-    for (int i = 0; i < 6; i++)
-      e->args[i] = 0;
-  }
-  if (p)
-    pending.delete(&tid);
+  e->args[0] = f->di;
+  e->args[1] = f->si;
+  e->args[2] = f->dx;
+  e->args[3] = f->r10;
+  e->args[4] = f->r8;
+  e->args[5] = f->r9;
   bpf_get_current_comm(&e->comm, sizeof(e->comm));
   events.ringbuf_submit(e, 0);
+}
+
+// raw tracepoint sys_exit(struct pt_regs *regs, long ret). Seccomp runs before
+// sys_enter: a call the filter refuses (the daemon's errno, a deny rule) never
+// enters but does exit, so calls are counted here; exit/exit_group never
+// return and are counted by on_task_exit.
+int on_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+  u64 cg = bpf_get_current_cgroup_id();
+  u32 *slot = tracked.lookup(&cg);
+  if (!slot)
+    return 0;
+  const struct syscall_frame *regs = (const struct syscall_frame *)ctx->args[0];
+  long ret = (long)ctx->args[1];
+  long nr = -1;
+  bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+  u32 n = nr_index(nr);
+  count(*slot, n, ret < 0);
+  u8 *s = sensitive.lookup(&n);
+  if (!s || !*s)
+    return 0;
+  struct syscall_frame f = {};
+  bpf_probe_read_kernel(&f, sizeof(f), regs);
+  emit(cg, *slot, &f, ret);
+  return 0;
+}
+
+// raw tracepoint sched_process_exit(struct task_struct *p, bool group_dead):
+// a task's end, as exit(2) or exit_group(2) would be counted at their entry
+// (which would need a sys_enter program on every syscall): a thread's end
+// counts as exit, a process's last thread's as exit_group. A task killed by a
+// signal ends here too (no syscall tells them apart without reading the task).
+int on_task_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+  u64 cg = bpf_get_current_cgroup_id();
+  u32 *slot = tracked.lookup(&cg);
+  if (slot)
+    count(*slot, ctx->args[1] ? NR_EXIT_GROUP : NR_EXIT, 0);
   return 0;
 }

@@ -1,11 +1,12 @@
 """The daemon's eBPF layer: per-container syscall counts and sensitive-call events.
 
 `BpfLayer.start()` returns at once; a thread runs the loader child
-(interceptd/ebpf_load.py: bcc compiles and attaches bpf/syscalls.bpf.c and
-hands over the maps' and tracepoints' fds), so the seccomp listener serves
-while bcc works. Anything missing (bcc, kernel headers, tracefs, the kernel's
-permission) leaves the layer down with one log line and the reason in
-`status()`; the daemon runs on without it.
+(interceptd/ebpf_load.py: bcc compiles and loads bpf/syscalls.bpf.c and hands
+over the maps' and programs' fds), so the seccomp listener serves while bcc
+works. The programs are attached (raw tracepoints) only while a container is
+tracked. Anything missing (bcc, kernel headers, the kernel's permission) leaves
+the layer down with one log line and the reason in `status()`; the daemon runs
+on without it.
 
 Containers are tracked by their cgroup v2 id (the `tracked` hash: id -> slot);
 counts live in two mmap-ed arrays (`calls`, `errors`: slot * NR_SLOTS + nr)
@@ -46,6 +47,7 @@ EVENT = struct.Struct("<QQ6QqIIIiII16s")  # struct event_t
 LOAD_TIMEOUT = 60.0
 
 _BPF_MAP_LOOKUP_ELEM, _BPF_MAP_UPDATE_ELEM, _BPF_MAP_DELETE_ELEM = 1, 2, 3
+_BPF_RAW_TRACEPOINT_OPEN = 17
 _NR_BPF = 321
 _RINGBUF_BUSY, _RINGBUF_DISCARD, _RINGBUF_HDR = 1 << 31, 1 << 30, 8
 
@@ -68,6 +70,23 @@ def _map_op(cmd: int, fd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | 
     if _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
         return ctypes.get_errno()
     return 0
+
+
+class _RawTpAttr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """Attach a loaded raw tracepoint program: the returned fd keeps it attached."""
+    n = ctypes.create_string_buffer(name.encode())
+    attr = _RawTpAttr(ctypes.addressof(n), prog_fd, 0)
+    fd = _libc.syscall(_NR_BPF, _BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(attr),
+                       ctypes.sizeof(attr))
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"attach raw tracepoint {name}: {os.strerror(e)}")
+    return int(fd)
 
 
 def map_update(fd: int, key: bytes, value: bytes) -> None:
@@ -115,8 +134,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def run_loader(python: str = sys.executable,
-               sensitive: Iterable[str] = ()) -> tuple[dict[str, Any], list[int]]:
+def run_loader(python: str = sys.executable) -> tuple[dict[str, Any], list[int]]:
     """Run interceptd/ebpf_load.py in a child: (its description, the fds it handed over),
     or RuntimeError with the child's reason."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -124,7 +142,7 @@ def run_loader(python: str = sys.executable,
         proc = subprocess.Popen(
             # -P and cwd /: the child runs as root; never import from the daemon's cwd.
             [python, "-P", "-m", "interceptd.ebpf_load", str(child.fileno()),
-             str(RING_PAGES), str(EVENTS_PER_SEC), ",".join(sensitive)],
+             str(RING_PAGES), str(EVENTS_PER_SEC)],
             pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, cwd="/", env=_child_env(),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         child.close()
@@ -186,6 +204,8 @@ class BpfLayer:
         self.compile_seconds = 0.0
         self._fds: list[int] = []
         self._maps: dict[str, int] = {}
+        self._progs: dict[str, int] = {}  # raw tracepoint -> program fd
+        self._links: dict[str, int] = {}  # raw tracepoint -> attachment fd
         self._calls: memoryview | None = None
         self._errors: memoryview | None = None
         self._mmaps: list[mmap.mmap] = []
@@ -213,6 +233,7 @@ class BpfLayer:
             self._reader.join(2)
         with self._lock:
             self.up = False
+            self._detach()
             for view in (self._calls, self._errors):
                 if view is not None:
                     view.release()
@@ -237,8 +258,9 @@ class BpfLayer:
             self.ready.set()
             return
         self.compile_seconds = time.monotonic() - t0
-        self.detail = {k: desc.get(k) for k in ("headers", "tracefs", "import_s", "compile_s",
-                                                "loader_maxrss_kb")}
+        self.detail = {k: desc[k] for k in ("headers", "import_s", "compile_s",
+                                            "loader_maxrss_kb", "frame_check", "exits_counted")
+                       if k in desc}
         with self._lock:  # one step: a container detaching meanwhile is not left tracked
             self.up = True
             self.reason = ""
@@ -254,17 +276,18 @@ class BpfLayer:
         self._reader.start()
         log.info("eBPF layer up", extra={"fields": {
             "seconds": round(self.compile_seconds, 3), "headers": desc.get("headers"),
-            "tracefs": desc.get("tracefs"), "sensitive": len(self._sensitive)}})
+            "frame_check": desc.get("frame_check"), "sensitive": len(self._sensitive)}})
         self.ready.set()
 
     def _run_loader(self) -> tuple[dict[str, Any], list[int]]:
         if self._cg2 is None:
             raise RuntimeError("no cgroup v2 hierarchy mounted (containers have no v2 id)")
-        return run_loader(self._python, [syscalls.name(nr) for nr in self._sensitive])
+        return run_loader(self._python)
 
     def _adopt(self, desc: dict[str, Any], fds: list[int]) -> None:
         self._fds = fds
         self._maps = {name: fds[i] for name, i in desc["maps"].items()}
+        self._progs = {tp: fds[i] for tp, i in desc["progs"].items()}
         size = MAX_TRACKED * NR_SLOTS * 8
         for name in ("calls", "errors"):
             m = mmap.mmap(self._maps[name], size, mmap.MAP_SHARED,
@@ -307,7 +330,16 @@ class BpfLayer:
             return
         slot = self._free.pop()
         self._zero(slot)
-        map_update(self._maps["tracked"], struct.pack("<Q", cg), struct.pack("<I", slot))
+        try:
+            self._attach()
+            map_update(self._maps["tracked"], struct.pack("<Q", cg), struct.pack("<I", slot))
+        except OSError as e:
+            self._free.append(slot)
+            if not self._by_cid:
+                self._detach()
+            log.warning("container not counted by eBPF", extra={"fields": {
+                "container": cid, "error": str(e)}})
+            return
         self._by_cid[cid] = _Tracked(cid, cg, slot)
 
     def untrack(self, cid: str) -> None:
@@ -325,6 +357,21 @@ class BpfLayer:
                 r[0] += n
                 r[1] += err
             self._free.append(t.slot)
+            if not self._by_cid:
+                self._detach()
+
+    def _attach(self) -> None:
+        """Attach the programs (the first tracked container): until then, and again
+        once the last one leaves, no process on the host pays for them."""
+        for tp, fd in self._progs.items():
+            if tp not in self._links:
+                self._links[tp] = raw_tracepoint_open(tp, fd)
+
+    def _detach(self) -> None:
+        for fd in self._links.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._links.clear()
 
     def _zero(self, slot: int) -> None:
         assert self._calls is not None and self._errors is not None
@@ -380,6 +427,7 @@ class BpfLayer:
 
     def status(self) -> dict[str, Any]:
         return {"up": self.up, "reason": self.reason, "tracked": len(self._by_cid),
+                "attached": sorted(self._links),
                 "seconds": round(self.compile_seconds, 3), **self.detail}
 
     # -- events ---------------------------------------------------------------------
@@ -419,7 +467,7 @@ class BpfLayer:
     def _on_event(self, rec: tuple[Any, ...], offset: float) -> None:
         ns, cgroup, *rest = rec
         args = rest[:6]
-        ret, tgid, tid, slot, nr, has_args, _pad, comm = rest[6:]
+        ret, tgid, tid, slot, nr, _has_args, _pad, comm = rest[6:]
         name = syscalls.name(nr) if nr >= 0 else f"syscall_{nr}"
         self._events[name] = self._events.get(name, 0) + 1
         if self._bus is None or not self._bus.subscribers:
@@ -428,15 +476,11 @@ class BpfLayer:
         if not cid:
             cid = f"cgroup:{cgroup}"
         details: dict[str, Any] = {"tgid": tgid} if tgid != tid else {}
-        if not has_args:
-            details["args_seen"] = False
         failed = ret < 0
         self._bus.publish(Event(
             time=ns / 1e9 + offset, container=cid, pid=tid,
             comm=comm.split(b"\0", 1)[0].decode(errors="replace"), syscall=name,
             args=list(args), verdict="errno" if failed else "value",
             errno=-ret if failed else 0,
-            reason=("sensitive syscall" if has_args
-                    else "sensitive syscall; arguments not seen (refused by the seccomp "
-                         "filter before entry)"),
+            reason="sensitive syscall",
             source="bpf", value=None if failed else ret, details=details or None))

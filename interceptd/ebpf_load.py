@@ -1,13 +1,12 @@
-"""The short-lived child that compiles and attaches interceptd's eBPF programs.
+"""The short-lived child that compiles and loads interceptd's eBPF programs.
 
-`python -m interceptd.ebpf_load FD RING_PAGES EVENTS_PER_SEC SENSITIVE`: compiles
-bpf/syscalls.bpf.c with bcc, attaches it to raw_syscalls:sys_exit and the entry events
-of exit/exit_group and of the SENSITIVE syscalls (comma-separated), and sends the daemon,
-over the unix socket FD, one JSON line describing the maps with their fds
-(SCM_RIGHTS) and the tracepoints' perf-event fds that keep the programs
-attached. Then it leaves with os._exit, skipping bcc's clean-up (which would
-disable the shared perf events): the programs stay attached for as long as
-the daemon holds those fds.
+`python -m interceptd.ebpf_load FD RING_PAGES EVENTS_PER_SEC`: compiles
+bpf/syscalls.bpf.c with bcc, loads its raw tracepoint programs (sys_exit,
+sched_process_exit), checks on this kernel that they read the syscall registers
+right, and sends the daemon, over the unix socket FD, one JSON line describing the
+maps and programs with their fds (SCM_RIGHTS). The daemon attaches the programs
+itself, while it tracks a container. Then the child leaves with os._exit.
+Raw tracepoints are attached by name: no tracefs is needed.
 
 Why a child: importing bcc maps its LLVM (about 60 MiB resident) and a
 compile adds as much again; the daemon keeps none of it (docs/observability.md
@@ -26,28 +25,9 @@ from pathlib import Path
 from typing import Any
 
 MAPS = ("tracked", "calls", "errors", "sensitive", "lost", "events")
-TRACEFS = "/sys/kernel/tracing"
-CLONE_NEWNS = 0x00020000
-MS_REC, MS_PRIVATE = 0x4000, 1 << 18
-# The kernel's names of syscall events where they differ from the syscall's.
-EVENT_NAMES = {"umount2": "umount"}
-
-
-def entry_event(name: str) -> tuple[str, int] | None:
-    """(syscalls:sys_enter_<x>, how many arguments its record carries) or None."""
-    event = f"sys_enter_{EVENT_NAMES.get(name, name)}"
-    try:
-        with open(f"{TRACEFS}/events/syscalls/{event}/format") as f:
-            fmt = f.read()
-    except OSError:
-        return None
-    fields = [ln for ln in fmt.splitlines() if ln.strip().startswith("field:")]
-    # After the common fields and __syscall_nr, one field per argument.
-    try:
-        after = next(i for i, ln in enumerate(fields) if "__syscall_nr" in ln)
-    except StopIteration:
-        return None
-    return f"syscalls:{event}", min(6, len(fields) - after - 1)
+# raw tracepoint -> program (bpf/syscalls.bpf.c)
+PROGS = {"sys_exit": "on_sys_exit", "sched_process_exit": "on_task_exit"}
+NR_SLOTS, MAX_TRACKED = 512, 256  # bpf/syscalls.bpf.c
 
 
 def source_path() -> Path:
@@ -64,86 +44,105 @@ def headers() -> str:
     return os.path.realpath(build) if os.path.isdir(build) else ""
 
 
-def ensure_tracefs() -> str:
-    """Tracepoints are found through tracefs; systemd mounts it at boot, a minimal
-    host may not have. Then this child mounts it in a mount namespace of its own:
-    an attached tracepoint does not need the mount to last, and the host's mounts
-    stay as they were."""
-    if os.path.isdir(f"{TRACEFS}/events/raw_syscalls"):
-        return "present"
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def check(ret: int, what: str) -> None:
-        if ret != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"{what}: {os.strerror(e)}")
-
-    check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-    check(libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None),
-          f"mount tracefs on {TRACEFS}")
-    if not os.path.isdir(f"{TRACEFS}/events/raw_syscalls"):
-        raise OSError(0, "tracefs has no raw_syscalls events")
-    return "mounted in the loader's own mount namespace"
+def _own_cgroup2_id() -> int | None:
+    """The cgroup v2 id (the directory's inode) of this process, or None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next(ln[3:].strip() for ln in f if ln.startswith("0::"))
+        with open("/proc/self/mounts") as f:
+            mount = next(ln.split()[1] for ln in f if ln.split()[2] == "cgroup2")
+        return os.stat(os.path.join(mount, rel.lstrip("/"))).st_ino
+    except (OSError, StopIteration, IndexError):
+        return None
 
 
-def load(ring_pages: int, events_per_sec: int,
-         sensitive: list[str]) -> tuple[dict[str, Any], list[int]]:
+def check_frame(b: Any) -> str:
+    """Count this process's own calls for a moment and check that the syscall
+    numbers and failures read from the saved registers are the ones made: the
+    register layout in bpf/syscalls.bpf.c is x86-64's, checked here on the running
+    kernel rather than trusted."""
+    import ctypes as ct
+
+    from interceptd import syscalls
+
+    cg = _own_cgroup2_id()
+    if cg is None:
+        return "skipped (no cgroup v2 id for the loader)"
+    slot = MAX_TRACKED - 1
+    base = slot * NR_SLOTS
+    tracked, calls, errors = b["tracked"], b["calls"], b["errors"]
+    tracked[ct.c_uint64(cg)] = ct.c_uint32(slot)
+    try:
+        b.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_sys_exit")
+        try:
+            for _ in range(200):
+                os.getppid()
+                with contextlib.suppress(OSError):
+                    os.close(-1)  # EBADF: an error at its exit
+        finally:
+            b.detach_raw_tracepoint(b"sys_exit")
+        got = (calls[ct.c_uint32(base + syscalls.nr("getppid"))].value,
+               errors[ct.c_uint32(base + syscalls.nr("close"))].value)
+    finally:
+        del tracked[ct.c_uint64(cg)]
+        for i in range(NR_SLOTS):
+            calls[ct.c_uint32(base + i)] = ct.c_uint64(0)
+            errors[ct.c_uint32(base + i)] = ct.c_uint64(0)
+    if got[0] < 200 or got[1] < 200:
+        raise RuntimeError(f"the syscall register layout does not match this kernel "
+                           f"(counted {got[0]} of 200 getppid, {got[1]} of 200 failed close)")
+    return "ok"
+
+
+def load(ring_pages: int, events_per_sec: int) -> tuple[dict[str, Any], list[int]]:
     t0 = time.monotonic()
     if os.environ.get("INTERCEPTD_BPF_DISABLE"):
         raise RuntimeError("disabled by INTERCEPTD_BPF_DISABLE")
+    if os.uname().machine != "x86_64":
+        raise RuntimeError(f"the programs read x86-64 syscall registers; this is "
+                           f"{os.uname().machine}")
     try:
         from bcc import BPF
     except Exception as e:  # bcc raises more than ImportError without its library
         raise RuntimeError(f"bcc not importable: {e}") from None
     t_import = time.monotonic()
-    tracefs = ensure_tracefs()
     if not headers():
         raise RuntimeError(f"no kernel headers at /lib/modules/{os.uname().release}/build")
     text = source_path().read_text()
     b = BPF(text=text, cflags=[f"-DRING_PAGES={ring_pages}",
                                f"-DEVENTS_PER_SEC={events_per_sec}", "-Wno-visibility"])
-    t_done = time.monotonic()
     fds: list[int] = []
-    desc: dict[str, Any] = {"maps": {}, "links": [], "headers": headers(), "tracefs": tracefs,
-                            "import_s": t_import - t0, "compile_s": t_done - t_import}
+    desc: dict[str, Any] = {"maps": {}, "progs": {}, "headers": headers()}
     for name in MAPS:
         desc["maps"][name] = len(fds)
         fds.append(b[name].map_fd)
+    # Loaded, not attached: the daemon attaches them while it tracks a container
+    # (no container tracked, no cost for anyone).
+    for tp, fn in PROGS.items():
+        desc["progs"][tp] = len(fds)
+        fds.append(b.load_func(fn.encode(), BPF.RAW_TRACEPOINT).fd)
+    desc["compile_s"] = time.monotonic() - t_import
+    desc["frame_check"] = check_frame(b)
+    # sched_process_exit gained its group_dead argument in 6.16: without it, exits
+    # are not counted (the kernel refuses the program at attach).
+    try:
+        b.attach_raw_tracepoint(tp=b"sched_process_exit", fn_name=b"on_task_exit")
+        b.detach_raw_tracepoint(b"sched_process_exit")
+    except Exception:
+        del desc["progs"]["sched_process_exit"]
+        desc["exits_counted"] = False
     import resource
 
     desc["loader_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    from interceptd import syscalls
-
-    # Counting: every call at its exit (the TRACEPOINT_PROBE bcc attached while
-    # loading), exit/exit_group at their entry.
-    for name in ("exit", "exit_group"):
-        ev = entry_event(name)
-        if ev is not None:
-            b.attach_tracepoint(tp=ev[0].encode(), fn_name=b"on_exit_enter")
-    # Sensitive calls: their arguments at entry, where the kernel has the event.
-    desc["nargs"] = {}
-    for name in sensitive:
-        ev = entry_event(name)
-        if ev is None or name not in syscalls.NUMBERS:
-            continue
-        b.attach_tracepoint(tp=ev[0].encode(), fn_name=f"on_sensitive_enter_{ev[1]}".encode())
-        desc["nargs"][str(syscalls.nr(name))] = ev[1]
-    for fd in b.tracepoint_fds.values():
-        desc["links"].append(len(fds))
-        fds.append(fd)
-    desc["tracepoints"] = len(b.tracepoint_fds)
+    desc["import_s"] = t_import - t0
     return desc, fds
 
 
 def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=int(argv[0]))
     ring_pages, events_per_sec = int(argv[1]), int(argv[2])
-    sensitive = [n for n in (argv[3] if len(argv) > 3 else "").split(",") if n]
     try:
-        desc, fds = load(ring_pages, events_per_sec, sensitive)
+        desc, fds = load(ring_pages, events_per_sec)
     except Exception as e:  # every failure becomes the daemon's one log line
         msg = json.dumps({"error": str(e) or type(e).__name__}).encode() + b"\n"
         with contextlib.suppress(OSError):
