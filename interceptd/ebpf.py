@@ -45,6 +45,7 @@ EVENTS_PER_SEC = 2000  # per container; beyond, events are dropped and counted
 OTHER_NR = NR_SLOTS - 1
 EVENT = struct.Struct("<QQ6QqIIIiII16s")  # struct event_t
 LOAD_TIMEOUT = 60.0
+LOADER_NICE = 10
 
 _BPF_MAP_LOOKUP_ELEM, _BPF_MAP_UPDATE_ELEM, _BPF_MAP_DELETE_ELEM = 1, 2, 3
 _BPF_RAW_TRACEPOINT_OPEN = 17
@@ -145,6 +146,10 @@ def run_loader(python: str = sys.executable) -> tuple[dict[str, Any], list[int]]
              str(RING_PAGES), str(EVENTS_PER_SEC)],
             pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, cwd="/", env=_child_env(),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # bcc's compile is ~0.5 s of CPU: it yields to the daemon (its other parts
+        # still starting) and to the first containers' starts.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, proc.pid, LOADER_NICE)
         child.close()
         try:
             parent.settimeout(LOAD_TIMEOUT)

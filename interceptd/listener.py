@@ -257,8 +257,15 @@ class Listener:
         self._active: set[threading.Thread] = set()
         self._active_lock = threading.Lock()
 
+    def bind(self) -> None:
+        """Listen now, serve from start(): runc and crun hand over and go on without
+        waiting for an answer, so one that connects while the daemon is still
+        starting succeeds and its container's calls wait for the daemon."""
+        if self._sock is None:
+            self._sock = listen_private(self.path, 128, accept_timeout=0.25)
+
     def start(self) -> None:
-        self._sock = listen_private(self.path, 128, accept_timeout=0.25)
+        self.bind()
         self._thread = threading.Thread(target=self._accept_loop, name="listener", daemon=True)
         self._thread.start()
 
