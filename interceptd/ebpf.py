@@ -40,6 +40,9 @@ log = logging.getLogger("interceptd.ebpf")
 
 NR_SLOTS = 512  # bpf/syscalls.bpf.c
 MAX_TRACKED = 256
+TRACK_BUCKETS, TRACK_PROBES = 4096, 4  # the `tracked` table's size and probes
+TRACK_TOMB = (1 << 64) - 1  # a bucket whose id left (bpf/syscalls.bpf.c)
+TRACK = struct.Struct("<QII")  # struct track_t: cgroup id, slot
 RING_PAGES = 64  # 256 KiB of events; a power of two
 EVENTS_PER_SEC = 2000  # per container; beyond, events are dropped and counted
 OTHER_NR = NR_SLOTS - 1
@@ -47,7 +50,7 @@ EVENT = struct.Struct("<QQ6QqIIIiII16s")  # struct event_t
 LOAD_TIMEOUT = 60.0
 LOADER_NICE = 10
 
-_BPF_MAP_LOOKUP_ELEM, _BPF_MAP_UPDATE_ELEM, _BPF_MAP_DELETE_ELEM = 1, 2, 3
+_BPF_MAP_LOOKUP_ELEM, _BPF_MAP_UPDATE_ELEM = 1, 2
 _BPF_RAW_TRACEPOINT_OPEN = 17
 _NR_BPF = 321
 _RINGBUF_BUSY, _RINGBUF_DISCARD, _RINGBUF_HDR = 1 << 31, 1 << 30, 8
@@ -95,12 +98,6 @@ def map_update(fd: int, key: bytes, value: bytes) -> None:
     err = _map_op(_BPF_MAP_UPDATE_ELEM, fd, key, v)
     if err:
         raise OSError(err, f"bpf map update: {os.strerror(err)}")
-
-
-def map_delete(fd: int, key: bytes) -> None:
-    err = _map_op(_BPF_MAP_DELETE_ELEM, fd, key, None)
-    if err and err != 2:  # ENOENT: already gone
-        raise OSError(err, f"bpf map delete: {os.strerror(err)}")
 
 
 def map_lookup(fd: int, key: bytes, size: int) -> bytes | None:
@@ -190,6 +187,7 @@ class _Tracked:
     cid: str
     cgroup: int
     slot: int
+    bucket: int
 
 
 class BpfLayer:
@@ -216,6 +214,7 @@ class BpfLayer:
         self._mmaps: list[mmap.mmap] = []
         self._free = list(range(MAX_TRACKED - 1, -1, -1))
         self._by_cid: dict[str, _Tracked] = {}
+        self._table: dict[int, int] = {}  # the `tracked` buckets in use: bucket -> id
         self._pending: dict[str, str] = {}  # cid -> cgroup v2 path, tracked once up
         self._retired: dict[tuple[str, str], list[int]] = {}
         self._events: dict[str, int] = {}
@@ -333,11 +332,23 @@ class BpfLayer:
             log.warning("eBPF tracks at most %d containers", MAX_TRACKED,
                         extra={"fields": {"container": cid}})
             return
+        bucket = next((b for b in ((cg + k) % TRACK_BUCKETS for k in range(TRACK_PROBES))
+                       if self._table.get(b, 0) in (0, TRACK_TOMB)), None)
+        if bucket is None:  # 256 of 4,096 buckets at most in use: all 4 taken is rare
+            log.warning("container not counted by eBPF: its cgroup id's buckets are taken",
+                        extra={"fields": {"container": cid, "cgroup": cgroup_v2_path}})
+            return
         slot = self._free.pop()
         self._zero(slot)
         try:
             self._attach()
-            map_update(self._maps["tracked"], struct.pack("<Q", cg), struct.pack("<I", slot))
+            key = struct.pack("<I", bucket)
+            # The slot first (as a left bucket: searches go on past it), then the
+            # id: a program never matches the id with a stale slot.
+            map_update(self._maps["tracked"], key, TRACK.pack(TRACK_TOMB, slot, 0))
+            self._table[bucket] = TRACK_TOMB
+            map_update(self._maps["tracked"], key, TRACK.pack(cg, slot, 0))
+            self._table[bucket] = cg
         except OSError as e:
             self._free.append(slot)
             if not self._by_cid:
@@ -345,7 +356,7 @@ class BpfLayer:
             log.warning("container not counted by eBPF", extra={"fields": {
                 "container": cid, "error": str(e)}})
             return
-        self._by_cid[cid] = _Tracked(cid, cg, slot)
+        self._by_cid[cid] = _Tracked(cid, cg, slot, bucket)
 
     def untrack(self, cid: str) -> None:
         """Stop counting `cid` (detach); its figures are kept under its metrics label."""
@@ -355,7 +366,7 @@ class BpfLayer:
             if t is None or not self.up:
                 return
             with contextlib.suppress(OSError):
-                map_delete(self._maps["tracked"], struct.pack("<Q", t.cgroup))
+                self._leave_bucket(t.bucket)
             label = self._label_of(cid)
             for nr, (n, err) in self._slot_counts(t.slot).items():
                 r = self._retired.setdefault((label, syscalls.name(nr)), [0, 0])
@@ -364,6 +375,18 @@ class BpfLayer:
             self._free.append(t.slot)
             if not self._by_cid:
                 self._detach()
+
+    def _leave_bucket(self, bucket: int) -> None:
+        """Mark `bucket` left, then free it and the left buckets before it as long as
+        the bucket after is free: no search then needs to go past them."""
+        fd = self._maps["tracked"]
+        map_update(fd, struct.pack("<I", bucket), TRACK.pack(TRACK_TOMB, 0, 0))
+        self._table[bucket] = TRACK_TOMB
+        while (self._table.get(bucket) == TRACK_TOMB
+               and self._table.get((bucket + 1) % TRACK_BUCKETS, 0) == 0):
+            map_update(fd, struct.pack("<I", bucket), TRACK.pack(0, 0, 0))
+            del self._table[bucket]
+            bucket = (bucket - 1) % TRACK_BUCKETS
 
     def _attach(self) -> None:
         """Attach the programs (the first tracked container): until then, and again

@@ -27,7 +27,7 @@ from typing import Any
 MAPS = ("tracked", "calls", "errors", "sensitive", "lost", "events")
 # raw tracepoint -> program (bpf/syscalls.bpf.c)
 PROGS = {"sys_exit": "on_sys_exit", "sched_process_exit": "on_task_exit"}
-NR_SLOTS, MAX_TRACKED = 512, 256  # bpf/syscalls.bpf.c
+NR_SLOTS, MAX_TRACKED, TRACK_BUCKETS = 512, 256, 4096  # bpf/syscalls.bpf.c
 
 
 def source_path() -> Path:
@@ -71,7 +71,8 @@ def check_frame(b: Any) -> str:
     slot = MAX_TRACKED - 1
     base = slot * NR_SLOTS
     tracked, calls, errors = b["tracked"], b["calls"], b["errors"]
-    tracked[ct.c_uint64(cg)] = ct.c_uint32(slot)
+    bucket = ct.c_uint32(cg % TRACK_BUCKETS)
+    tracked[bucket] = tracked.Leaf(cg, slot, 0)
     try:
         b.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_sys_exit")
         try:
@@ -84,7 +85,7 @@ def check_frame(b: Any) -> str:
         got = (calls[ct.c_uint32(base + syscalls.nr("getppid"))].value,
                errors[ct.c_uint32(base + syscalls.nr("close"))].value)
     finally:
-        del tracked[ct.c_uint64(cg)]
+        tracked[bucket] = tracked.Leaf(0, 0, 0)
         for i in range(NR_SLOTS):
             calls[ct.c_uint32(base + i)] = ct.c_uint64(0)
             errors[ct.c_uint32(base + i)] = ct.c_uint64(0)
