@@ -110,8 +110,8 @@ def lsm(hook: str = "bpf_lsm_file_open") -> bool | str:
 def tracefs() -> bool | str:
     if os.path.isdir("/sys/kernel/tracing/events/raw_syscalls"):
         return True
-    return ("not mounted at /sys/kernel/tracing (the eBPF loader mounts one in its own "
-            "mount namespace)")
+    return ("not mounted at /sys/kernel/tracing (the eBPF layer does not need it: raw "
+            "tracepoints are attached by name)")
 
 
 # Trailing bytes after struct btf_type (12 bytes), by kind: (fixed, per vlen item).

@@ -88,7 +88,8 @@ def check_text(text: str) -> list[Problem]:
                 out.append(Problem(f"{name}.{key}", loc.line(name, None, key),
                                    f"unknown key (known: {', '.join(sorted(KNOWN_KEYS[name]))})"))
         checker = {"daemon": _check_daemon, "policy": _check_policy,
-                   "handlers": _check_handlers, "runtime": _check_runtime}[name]
+                   "handlers": _check_handlers, "runtime": _check_runtime,
+                   "ebpf": _check_ebpf, "metrics": _check_metrics}[name]
         for key, msg in checker(value, data):
             out.append(Problem(f"{name}.{key}" if key else name,
                                loc.line(name, None, key or None), msg))
@@ -120,6 +121,32 @@ def _check_handlers(h: dict[str, Any], _data: dict[str, Any]) -> list[tuple[str,
     mods = h.get("modules", [])
     if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
         return [("modules", "must be a list of module names")]
+    return []
+
+
+def _check_ebpf(e: dict[str, Any], _data: dict[str, Any]) -> list[tuple[str, str]]:
+    """What Daemon._start_ebpf refuses."""
+    from interceptd import syscalls
+
+    out = []
+    if "enabled" in e and not isinstance(e["enabled"], bool):
+        out.append(("enabled", "must be true or false"))
+    names = e.get("sensitive", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        out.append(("sensitive", "must be a list of syscall names"))
+    elif bad := [n for n in names if n not in syscalls.NUMBERS]:
+        out.append(("sensitive", f"unknown syscall(s) {', '.join(bad)}"))
+    return out
+
+
+def _check_metrics(m: dict[str, Any], _data: dict[str, Any]) -> list[tuple[str, str]]:
+    """What daemon.metrics_containers refuses."""
+    from interceptd import daemon
+
+    try:
+        daemon.metrics_containers(cfgmod.Config(sections={"metrics": m}))
+    except ConfigError as e:
+        return [("containers", str(e).split(": ", 1)[-1])]
     return []
 
 

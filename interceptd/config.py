@@ -33,6 +33,9 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     # interceptd/policy/__init__.py, deny.py, glue.py
     "policy": frozenset({"mounts", "ptrace", "sysinfo", "clock", "keyring", "bpf", "native"}),
     "handlers": frozenset({"modules"}),
+    # interceptd/daemon.py: the eBPF layer (docs/observability.md), per-container metrics
+    "ebpf": frozenset({"enabled", "sensitive"}),
+    "metrics": frozenset({"containers"}),
 }
 
 

@@ -61,8 +61,9 @@ def _bcc_importable() -> bool | str:
 
 
 def _bcc_compile() -> tuple[bool | str, str]:
-    """(whether bcc compiles and attaches the daemon's programs, the headers it used):
-    the daemon's own loader child, its fds closed at once."""
+    """(whether bcc compiles and loads the daemon's programs and they read this kernel's
+    syscall registers right, the headers it used): the daemon's own loader child, its
+    fds closed at once."""
     from interceptd import ebpf
 
     try:
