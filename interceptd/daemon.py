@@ -373,6 +373,8 @@ class Daemon:
                 bpf=self._parts.get("bpf"),
                 containers=metrics_containers(self.cfg),
                 network=functools.partial(self.network_totals, metrics_containers(self.cfg)),
+                fuse=(metrics.fuse_source(self._parts["emulation"].service.stats)
+                      if "emulation" in self._parts else None),
             )
             self._parts["metrics"] = metrics.MetricsServer(addr.host, addr.port, src).start()
         except (ImportError, OSError) as e:

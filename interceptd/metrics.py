@@ -160,7 +160,8 @@ SERIES: tuple[Series, ...] = (
     Series("interceptd_container_network_drops_total", "counter",
            "Packets its interfaces dropped, by direction.", ("container", "direction")),
     Series("interceptd_fuse_requests_total", "counter",
-           "Reads of emulated /proc and /sys files, by file.", ("file",), source="FUSE"),
+           "Opens and reads of emulated /proc and /sys files, by file.", ("file",),
+           source="FUSE"),
     Series("interceptd_fuse_request_duration_seconds", "histogram",
            "Time to serve one read of an emulated file, by file.", ("file",), source="FUSE"),
 )
@@ -177,6 +178,37 @@ def fuse_files() -> tuple[str, ...]:
     except ImportError:  # the emulation package is optional
         return ()
     return emulated_paths()
+
+
+# The FUSE server's latency buckets (csrc/fusefs.h): hist[0] < 1 us, hist[i] < 2**i us,
+# the last one: more.
+FUSE_BUCKETS_NS = tuple(1000 << i for i in range(19))
+
+
+@dataclass
+class FuseHistogram:
+    counts: list[int]
+    sum_ns: int
+    bounds_ns: tuple[int, ...] = FUSE_BUCKETS_NS
+
+    def cumulative(self) -> list[int]:
+        out, n = [], 0
+        for c in self.counts:
+            n += c
+            out.append(n)
+        return out
+
+
+def fuse_source(stats: Callable[[], Mapping[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """The FUSE server's per-file figures (core.FuseServer.stats()["files"]) as the
+    collector reads them: {"/proc/meminfo": (opens + reads, FuseHistogram)}."""
+    def read() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for path, d in stats().get("files", {}).items():
+            hist = FuseHistogram(list(d["hist"]), d["open_ns"] + d["read_ns"])
+            out["/" + path.lstrip("/")] = (d["opens"] + d["reads"], hist)
+        return out
+    return read
 
 
 def bounded(value: str, allowed: Iterable[str]) -> str:
@@ -392,7 +424,8 @@ class Collector:
             fams["interceptd_fuse_requests_total"].add_metric([label], n)
             if hist is not None:
                 cum = hist.cumulative()
-                buckets = [(_le(b), c) for b, c in zip(DURATION_BUCKETS_NS, cum, strict=False)]
+                bounds = getattr(hist, "bounds_ns", DURATION_BUCKETS_NS)
+                buckets = [(_le(b), c) for b, c in zip(bounds, cum, strict=False)]
                 buckets.append(("+Inf", cum[-1]))
                 fams["interceptd_fuse_request_duration_seconds"].add_metric(
                     [label], buckets, hist.sum_ns / 1e9)

@@ -4,6 +4,7 @@ packaging/prometheus files checked by promtool."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -83,6 +84,18 @@ def test_metrics_of_a_real_daemon(runtime: Runtime, bundle_factory, daemon_facto
     assert sample(fams, "interceptd_container_attaches", "interceptd_container_attaches_total"
                   ) == 1
     assert sample(fams, "process_resident_memory_bytes", "process_resident_memory_bytes") > 0
+    # The FUSE server's figures, per emulated file: a reader in no container is
+    # answered EIO, which counts as a request (the histogram times served ones).
+    fs = d.control("status")["emulation"]["fs"]
+    with contextlib.suppress(OSError), open(f"{fs}/proc/meminfo", "rb") as f:
+        f.read()
+    fams = {f.name: f for f in text_string_to_metric_families(get(url))}
+    assert sample(fams, "interceptd_fuse_requests", "interceptd_fuse_requests_total",
+                  file="/proc/meminfo") >= 1, fams["interceptd_fuse_requests"].samples
+    assert any(s.name.endswith("_count") and s.labels["file"] == "/proc/meminfo"
+               for s in fams["interceptd_fuse_request_duration_seconds"].samples)
+    assert {s.labels["file"] for s in fams["interceptd_fuse_requests"].samples} <= set(
+        metrics.fuse_files())
 
     # Every declared series is there (HELP and TYPE even when it has no sample yet).
     for s in metrics.SERIES:

@@ -221,3 +221,23 @@ def test_dashboard_queries_name_exported_series():
                                                (("web-12",), "web-12")])
 def test_container_label(configured, expect):
     assert metrics.container_label("web-1234", (), configured) == expect
+
+
+def test_fuse_figures_from_the_servers_stats():
+    hist = [0] * 20
+    hist[0], hist[3], hist[19] = 2, 1, 1  # < 1 us, < 8 us, more than 2**18 us
+    stats = {"requests": 9, "files": {
+        "proc/meminfo": {"opens": 3, "reads": 1, "open_ns": 600_000_000, "read_ns": 1000,
+                         "hist": hist},
+        "not/an/emulated/file": {"opens": 1, "reads": 0, "open_ns": 0, "read_ns": 0,
+                                 "hist": [0] * 20}}}
+    src, _, _ = make_sources(fuse=metrics.fuse_source(lambda: stats))
+    fams, _ = scrape(src)
+    assert samples(fams, "interceptd_fuse_requests", "_total") == {
+        (("file", "/proc/meminfo"),): 4, (("file", "other"),): 1}
+    dur = "interceptd_fuse_request_duration_seconds"
+    buckets = {s.labels["le"]: s.value for s in fams[dur].samples
+               if s.name == dur + "_bucket" and s.labels["file"] == "/proc/meminfo"}
+    assert buckets["1e-06"] == 2 and buckets["4e-06"] == 2 and buckets["8e-06"] == 3
+    assert buckets["0.262144"] == 3 and buckets["+Inf"] == 4
+    assert samples(fams, dur, "_sum")[(("file", "/proc/meminfo"),)] == pytest.approx(0.600001)
