@@ -130,9 +130,11 @@ SERIES: tuple[Series, ...] = (
            "daemon refused it; bpf: the call failed as eBPF saw its exit).",
            ("kind", "source")),
     Series("interceptd_bpf_up", "gauge",
-           "1 when the eBPF layer is loaded and attached, else 0 (see interceptctl probe)."),
+           "1 when the eBPF layer is loaded (its programs attached while a container is "
+           "tracked), else 0 (see interceptctl probe)."),
     Series("interceptd_bpf_compile_seconds", "gauge",
-           "How long bcc took to compile and attach the eBPF programs.", source="eBPF"),
+           "How long the eBPF loader took, from its start to the programs loaded and "
+           "checked.", source="eBPF"),
     Series("interceptd_bpf_tracked_cgroups", "gauge",
            "Container cgroups the eBPF counters follow.", source="eBPF"),
     Series("interceptd_bpf_syscalls_total", "counter",
