@@ -53,12 +53,6 @@ struct xhello {
   uint64_t user_dev, user_ino, mnt_dev, mnt_ino;
 };
 
-struct xwire { /* the same layout nsexec.c's send_result writes */
-  int64_t ret;
-  int32_t err;
-  int32_t has_fd;
-};
-
 static int64_t mono_ns(void)
 {
   struct timespec t;
@@ -325,7 +319,7 @@ static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
 
 static int recv_reply(int sock, struct icd_exec_result *out, int timeout_ms)
 {
-  struct xwire w;
+  struct icd_nsop_wire w;
   struct iovec iov = { .iov_base = &w, .iov_len = sizeof w };
   union {
     char b[CMSG_SPACE(sizeof(int))];

@@ -78,18 +78,20 @@ int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_f
                      uint32_t flags);
 int icd_notify_id_valid(int fd, uint64_t id);
 
-/* engine.c */
+/* engine.c: the engine and its ring of decisions made without Python */
 struct icd_engine *icd_engine_new(unsigned ring_cap);
 void icd_engine_close(struct icd_engine *e);
 void icd_engine_free(struct icd_engine *e);
 int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max);
 uint64_t icd_engine_dropped(struct icd_engine *e);
+/* receiver.c: a receiver thread on notify fd `fd` for channel ch */
 int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
 
+/* channel.c: one container's verdict table, queue and guarded answers */
 struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap);
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
-/* Direct mode on (the default) or off; see engine.c. */
+/* Direct mode on (the default) or off; see direct.c. */
 int icd_channel_set_direct(struct icd_channel *ch, int on);
 /* Makes a waiter (or the next wait) return, with [] if nothing is queued. */
 void icd_channel_interrupt(struct icd_channel *ch);
@@ -105,6 +107,10 @@ int icd_channel_id_valid(struct icd_channel *ch, int fd, uint64_t id);
 int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr,
                      void *buf, int size, int string);
 void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out);
+/* The native path for a channel (native.c): its helper starts in the
+ * namespaces of pid and takes over receiving on notify_fd. */
+int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
+                           int pid, int notify_fd);
 void icd_channel_close(struct icd_channel *ch);
 void icd_channel_free(struct icd_channel *ch);
 
@@ -113,7 +119,7 @@ int icd_read_target(int pid, uint64_t addr, void *buf, int size, int notify_fd, 
 int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int notify_fd,
                            uint64_t id);
 
-/* nsexec.c: one mount-family operation inside a target's namespaces */
+/* mounts.c: facts about mounts */
 int icd_fd_mnt_id(int fd); /* statx STATX_MNT_ID of an fd (mountinfo's id), or -errno */
 
 /* One mount as statmount(2) reports it (strings NUL-terminated). */
@@ -133,6 +139,8 @@ int icd_statmount(uint64_t uid, uint64_t ns_id, struct icd_mount_facts *out);
 /* The mount fd is on and its parent, as seen in pid's mount namespace: the
  * number of entries filled (1: no parent in the namespace), or -errno. */
 int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
+
+/* nsexec.c: one mount-family operation inside a target's namespaces */
 #define ICD_OP_MOUNT 1
 #define ICD_OP_UMOUNT2 2
 #define ICD_OP_OPEN_TREE 3
@@ -155,7 +163,6 @@ int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
  * mount data is the one the helper holds). */
 #define ICD_OP_MOUNT_FUSE 12
 #define ICD_OP_LAST 12
-#define ICD_EPOLICY 4000 /* not an errno: "let the Python policy decide" */
 
 struct icd_exec_result {
   int64_t ret;
@@ -190,52 +197,8 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
                   int timeout_ms, struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
 
-/* target.c, unchecked: the caller validates the notification afterwards.
- * mem_file: fall back to /proc/<pid>/mem (only where /proc is the host's). */
-int icd_target_string(int pid, uint64_t addr, char *buf, int max_len, int mem_file);
-/* The task's comm, best effort ("" if it is gone); procfd a host /proc or
- * AT_FDCWD. */
-void icd_read_comm(int procfd, uint32_t pid, char out[16]);
-/* nsexec.c: umount2(path, flags) of a mount that is neither a procfs/sysfs
- * nor sits on one (the only umounts the native helper performs); anything
- * else fails with ICD_EPOLICY and nothing done, for the Python policy to
- * decide.  -1 with errno on failure. */
-int64_t icd_nsop_umount_vetted(const char *path, int flags);
-
-/* native.c: the native mount path (see there).  engine.c owns one per
- * channel and drives it through these. */
-struct icd_native;
-struct icd_native *icd_native_new(uint64_t cookie);
-/* Starts the helper in the namespaces of `pid` (its pidfd), which serves
- * the NUL-separated filesystem types in list ("" ends it) and answers by the
- * channel's (shared) verdict table rt: 0 or -errno. */
-struct icd_rules;
-int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len,
-                     struct icd_rules *rt);
-/* Hands the helper notify fd `fd` to receive on: 0 or -errno. */
-int icd_native_delegate(struct icd_native *nv, int fd);
-#define ICD_NATIVE_IDLE 0     /* nothing arrived (EINTR): look at the stop flag */
-#define ICD_NATIVE_FORWARD 1  /* *n is for the daemon: handle it as if received */
-#define ICD_NATIVE_DETACHED 2 /* every task behind the filter is gone */
-#define ICD_NATIVE_GONE 3     /* the helper died: receive on the fd again */
-struct seccomp_notif;
-/* The delegating receiver's wait for its helper's next message. */
-int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n);
-/* Moves up to max of the helper's decision records to out. */
-int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max);
-/* What the helper did: mount-family calls performed, table rules answered,
- * or records it could not put in the ring (not drained in time). */
-#define ICD_NATIVE_PERFORMED 0
-#define ICD_NATIVE_FAST 1
-#define ICD_NATIVE_DROPPED 2
-uint64_t icd_native_count(struct icd_native *nv, int which);
-void icd_native_close(struct icd_native *nv); /* kills its helper */
-void icd_native_free(struct icd_native *nv);
-/* engine.c: the native path for a channel: its helper starts in the
- * namespaces of pid and takes over receiving on notify_fd. */
-int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
-                           int pid, int notify_fd);
-/* Whether pid has `cap` in its effective set (capget): 1, 0 or -errno. */
+/* native.c: whether pid has `cap` in its effective set (capget): 1, 0 or
+ * -errno. */
 int icd_has_cap(int pid, int cap);
 
 #endif

@@ -47,6 +47,8 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "internal.h"
+#include "native.h"
 #include "nsops.h"
 #include "rules.h"
 #include "seccomp_compat.h"
@@ -112,13 +114,6 @@ struct helper {
   } piddir[PIDDIRS];
   int32_t seen[256]; /* pids whose comm went with a record lately */
 };
-
-static int64_t now_ns(clockid_t clk)
-{
-  struct timespec ts;
-  clock_gettime(clk, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static ssize_t send_msg(int sock, const struct msg *m, int fd)
 {
@@ -428,7 +423,7 @@ static void record(struct helper *h, const struct seccomp_notif *n, int action, 
   d->action = action;
   d->value = value;
   d->send_errno = send_err;
-  d->ns_time = now_ns(CLOCK_REALTIME);
+  d->ns_time = icd_now_ns(CLOCK_REALTIME);
   memcpy(d->args, n->data.args, sizeof d->args);
   fmt(d->reason, sizeof d->reason, "%s", reason);
   if (h->seen[n->pid & 255] != (int32_t)n->pid) {

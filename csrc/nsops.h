@@ -1,5 +1,7 @@
-/* Internal to csrc/: the pieces the one-shot executor (nsexec.c) and the
- * persistent one (executor.c) share. */
+/* Internal to csrc/: the pieces the one-shot executor (nsexec.c), the
+ * persistent one (executor.c) and the native helper (native.c) share; they
+ * are in nsops.c, but for icd_nsop_do and its tables (nsexec.c) and the
+ * vetted umount (mounts.c). */
 #ifndef ICD_NSOPS_H
 #define ICD_NSOPS_H
 
@@ -15,6 +17,13 @@
 #define NR_pidfd_send_signal 424
 #define NR_mount_setattr 442
 #define NR_close_range 436
+
+/* An operation's result as the executors' helpers send it back. */
+struct icd_nsop_wire {
+  int64_t ret;
+  int32_t err;
+  int32_t has_fd;
+};
 
 /* Integer arguments of `op` that are fds (bit i = a[i]). */
 unsigned icd_nsop_fd_args(int op);
@@ -51,5 +60,12 @@ void icd_nsop_reap(pid_t child);
 /* fork() with a SEQPACKET socketpair between parent and child: the child's
  * pid (0 in the child) with *sock set to this side's end, or -errno. */
 int icd_nsop_fork_joined(int *sock);
+
+#define ICD_EPOLICY 4000 /* not an errno: "let the Python policy decide" */
+/* mounts.c: umount2(path, flags) of a mount that is neither a procfs/sysfs
+ * nor sits on one (the only umounts the native helper performs); anything
+ * else fails with ICD_EPOLICY and nothing done, for the Python policy to
+ * decide.  -1 with errno on failure. */
+int64_t icd_nsop_umount_vetted(const char *path, int flags);
 
 #endif

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "internal.h"
 
 static ssize_t read_mem_file(int pid, uint64_t addr, void *buf, size_t size)
 {
