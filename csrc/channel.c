@@ -261,10 +261,8 @@ int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint6
 {
   int ret;
   pthread_rwlock_rdlock(&ch->fdlock);
-  ret = fd_attached(ch, fd);
-  if (ret == -ENOENT)
-    ret = -ICD_ETARGETGONE;
-  else if (ret == 0)
+  ret = fd_attached(ch, fd); /* -ENOENT: detached, the notification is gone */
+  if (ret == 0)
     ret = string ? icd_read_target_string(pid, addr, buf, size, fd, id)
                  : icd_read_target(pid, addr, buf, size, fd, id);
   pthread_rwlock_unlock(&ch->fdlock);

@@ -102,13 +102,13 @@ static int ns_id(int procfd, const char *name, uint64_t *dev, uint64_t *ino)
 {
   struct stat st;
   if (fstatat(procfd, name, &st, 0) < 0)
-    return errno;
+    return -errno;
   *dev = st.st_dev;
   *ino = st.st_ino;
   return 0;
 }
 
-/* Returns the errno to report when it fails before serving. */
+/* 0, or -errno when it fails before serving. */
 static int x_enter(pid_t parent, int pidfd, int pid, int nsflags, int sock, int *basefd,
                    struct xhello *h)
 {
@@ -119,7 +119,7 @@ static int x_enter(pid_t parent, int pidfd, int pid, int nsflags, int sock, int 
   /* After setns(CLONE_NEWNS) root and cwd are the namespace's root. */
   *basefd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*basefd < 0)
-    return errno;
+    return -errno;
   /* What was entered, for the daemon to check against its cache key. */
   if ((r = ns_id(procfd, "self/ns/user", &h->user_dev, &h->user_ino)))
     return r;
@@ -204,7 +204,7 @@ static int x_serve_one(int sock, int basefd, char *buf)
     goto reply;
   }
   ret = icd_nsop_do(rq.op, s, a);
-  err = ret < 0 ? errno : 0;
+  err = ret < 0 ? (int)-ret : 0;
   if (ret >= 0 && icd_nsop_makes_fd(rq.op))
     outfd = (int)ret;
 reply:
@@ -224,7 +224,7 @@ static void x_main(pid_t parent, int pidfd, int pid, int nsflags, int sock)
   struct xhello h = { 0 };
   int basefd = -1;
 
-  h.err = x_enter(parent, pidfd, pid, nsflags, sock, &basefd, &h);
+  h.err = -x_enter(parent, pidfd, pid, nsflags, sock, &basefd, &h);
   hello(sock, &h);
   if (h.err)
     return;
@@ -296,7 +296,7 @@ int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_e
 
 /* Opens pid's root and cwd and checks that the pidfd still names a live
  * process with that pid (so they were the pidfd's, not a reused pid's).
- * Leaves *piddir open (/proc/<pid>, for same_nses). */
+ * Leaves *piddir open (/proc/<pid>, for same_nses).  0 or -errno. */
 static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
 {
   char path[64];
@@ -305,13 +305,13 @@ static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
   snprintf(path, sizeof path, "/proc/%d", pid);
   *piddir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*piddir < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   *root = openat(*piddir, "root", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*root < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   *cwd = openat(*piddir, "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*cwd < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   if ((r = icd_nsop_check_pid(pidfd, pid)))
     return r;
   return 0;
@@ -434,14 +434,14 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
     /* After the opens: root and cwd are of a process in these namespaces. */
     ret = same_nses(piddir, x);
     if (ret == -ESRCH)
-      err = ESRCH;
+      err = -ESRCH;
     else if (ret <= 0) {
       ret = ret < 0 ? ret : -EXDEV;
       goto done;
     }
   }
   if (err) {
-    out->err = err;
+    out->err = -err; /* the target's failure, not the helper's */
     ret = 0;
     goto done;
   }

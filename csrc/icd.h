@@ -1,6 +1,11 @@
 /* interceptd C core: seccomp user-notification engine, bounded target reads,
- * and the namespace executor.  Everything here returns 0 / a count / an fd on
- * success and -errno on failure; nothing calls back into Python. */
+ * and the namespace executor.  This is the cffi API and nothing else
+ * (interceptd/_build_core.py derives its cdef from this file and fusefs.h);
+ * internals are in the other headers.  Everything here returns 0 / a count /
+ * an fd on success and -errno on failure (constructors: NULL with errno set);
+ * results that are not failures have names (ICD_VET_*).  -ENOENT from a call
+ * on a notification means, as from the kernel's own, that it is no longer
+ * valid.  Nothing calls back into Python. */
 #ifndef ICD_H
 #define ICD_H
 
@@ -18,7 +23,6 @@
 
 #define ICD_NR_MAX 512          /* native x86_64 numbers below this are table-driven */
 #define ICD_READ_MAX (1 << 20)  /* cap of one read of target memory */
-#define ICD_ETARGETGONE 10000   /* -ICD_ETARGETGONE: the notification is no longer valid */
 
 #define ICD_ITEM_NOTIF 1
 #define ICD_ITEM_DETACHED 2
@@ -164,6 +168,10 @@ int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
 #define ICD_OP_MOUNT_FUSE 12
 #define ICD_OP_LAST 12
 
+/* An op's name and argument kinds (see nsexec.c): 0, or -EINVAL past
+ * ICD_OP_LAST. */
+int icd_op_info(int op, const char **name, const char **args);
+
 struct icd_exec_result {
   int64_t ret;
   int32_t err; /* errno of the operation, or of the executor (ESRCH: target gone) */
@@ -196,6 +204,22 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
                   int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
                   int timeout_ms, struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
+
+/* vet.c: what the native mount helper may perform itself (ICD_VET_NATIVE)
+ * and what it forwards to the Python policy (ICD_VET_FORWARD), on copies of
+ * the arguments; pure, and checked against the Python deciders by a test. */
+#define ICD_VET_FORWARD 0 /* the Python policy decides (nothing done) */
+#define ICD_VET_NATIVE 1  /* the policy would perform it: the helper may */
+/* mount(2) flags as the kernel reads them (the old magic value dropped). */
+uint32_t icd_vet_mount_flags(uint64_t flags);
+/* mount(source, target, fstype, flags, data) of one of the NUL-separated
+ * filesystem types in fstypes ("" ends the list). */
+int icd_vet_mount(uint64_t flags, const char *fstype, const char *target, const char *fstypes);
+/* umount2(target, flags), before the mount is looked at... */
+int icd_vet_umount(uint64_t flags, const char *target);
+/* ...and the mount it names, by its and its parent's filesystem types
+ * (parent_fstype NULL: no parent in the mount namespace). */
+int icd_vet_umount_mount(const char *fstype, const char *parent_fstype);
 
 /* native.c: whether pid has `cap` in its effective set (capget): 1, 0 or
  * -errno. */

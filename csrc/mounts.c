@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "native.h"
 #include "nsops.h"
 
 /* Mount ids are the VFS's: AT_STATX_DONT_SYNC keeps statx from asking the
@@ -159,9 +160,9 @@ int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2])
 }
 
 /* What the native umount needs of a mount (in this mount namespace): its old
- * id, its parent's unique id and whether it is a procfs/sysfs.  No paths are
- * asked for, so the kernel generates none. */
-static int mount_kind(uint64_t uid, uint32_t *id, uint64_t *parent, int *pseudo)
+ * id, its parent's unique id and its filesystem type.  No paths are asked
+ * for, so the kernel generates none.  0 or -errno. */
+static int mount_kind(uint64_t uid, uint32_t *id, uint64_t *parent, char fstype[64])
 {
   static union {
     struct icd_statmount sm;
@@ -180,9 +181,11 @@ static int mount_kind(uint64_t uid, uint32_t *id, uint64_t *parent, int *pseudo)
   t = buf.sm.str + buf.sm.fs_type;
   if (!memchr(t, 0, buf.sm.size - sizeof buf.sm - buf.sm.fs_type))
     return -EOPNOTSUPP;
+  if (strlen(t) >= 64)
+    return -ENAMETOOLONG;
   *id = buf.sm.mnt_id_old;
   *parent = buf.sm.mnt_parent_id;
-  *pseudo = !strcmp(t, "proc") || !strcmp(t, "sysfs");
+  strcpy(fstype, t);
   return 0;
 }
 
@@ -196,11 +199,8 @@ static int root_fd(void)
 }
 
 /* The umount the native path may do: the mount `path` names (as this process
- * sees it) is no procfs/sysfs and does not sit on one.  Those are the /proc
- * and /sys trees with their masks, read-only paths and emulated files, which
- * the Python policy decides on; every other mount is the container's to
- * unmount (mounts.decide_umount allows exactly these).  Unresolvable paths,
- * a symlink as the last component, "." and ".." go to Python too.
+ * sees it) is one icd_vet_umount_mount lets the helper unmount.  Unresolvable
+ * paths, a symlink as the last component, "." and ".." go to Python too.
  *
  * Race-free against path games: the check and the umount both look the last
  * component up from the same held parent directory, never through the path
@@ -208,21 +208,18 @@ static int root_fd(void)
  * renamed nor removed.  What is on top of it is checked once more (unique
  * mount id) right before the umount.  Leaves the cwd at "/"; only for
  * processes that do not change their root (the helpers). */
-int64_t icd_nsop_umount_vetted(const char *path, int flags)
+int icd_umount_vetted(const char *path, int flags, int *res)
 {
-  char dir[4096];
+  char dir[4096], type[64], ptype[64];
   const char *last;
   struct statx stx;
   uint64_t parent, pparent, uid;
   uint32_t id, pid_;
   size_t len;
-  int64_t r;
-  int dfd = -1, pseudo, ppseudo = 0, err;
+  int dfd = -1, r, err, has_parent = 0;
 
-  if (!path) {
-    errno = EFAULT;
-    return -1;
-  }
+  if (!path)
+    return ICD_VET_FORWARD;
   len = strlen(path);
   while (len > 1 && path[len - 1] == '/')
     len--;
@@ -246,37 +243,34 @@ int64_t icd_nsop_umount_vetted(const char *path, int flags)
       || !(stx.stx_mask & STATX_MNT_ID_UNIQUE_) || S_ISLNK(stx.stx_mode))
     goto python;
   uid = stx.stx_mnt_id;
-  if (mount_kind(uid, &id, &parent, &pseudo) || pseudo)
+  if (mount_kind(uid, &id, &parent, type))
     goto python;
   if (parent != uid) {
-    r = mount_kind(parent, &pid_, &pparent, &ppseudo);
+    r = mount_kind(parent, &pid_, &pparent, ptype);
     if (r && r != -ENOENT) /* ENOENT: the namespace's root, no parent here */
       goto python;
-    if (ppseudo)
-      goto python;
+    has_parent = !r;
   }
+  if (icd_vet_umount_mount(type, has_parent ? ptype : NULL) != ICD_VET_NATIVE)
+    goto python;
   if (fchdir(dfd) < 0)
     goto python;
   /* Still the mount we checked on top (a concurrent Python-path call could
    * have changed the stack meanwhile)?  Else EBUSY, as the Python path says. */
   if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE_,
             &stx) < 0
-      || stx.stx_mnt_id != uid) {
-    err = EBUSY;
-    r = -1;
-  } else {
-    r = syscall(SYS_umount2, last, flags | UMOUNT_NOFOLLOW);
-    err = r < 0 ? errno : 0;
-  }
+      || stx.stx_mnt_id != uid)
+    err = -EBUSY;
+  else
+    err = syscall(SYS_umount2, last, flags | UMOUNT_NOFOLLOW) < 0 ? -errno : 0;
   close(dfd);
   /* Back to "/": a cwd there would keep that mount busy. */
   if (fchdir(root_fd()) < 0 && !err)
-    err = errno;
-  errno = err;
-  return r < 0 || err ? -1 : 0;
+    err = -errno;
+  *res = err;
+  return ICD_VET_PERFORMED;
 python:
   if (dfd >= 0)
     close(dfd);
-  errno = ICD_EPOLICY;
-  return -1;
+  return ICD_VET_FORWARD;
 }

@@ -38,4 +38,12 @@ uint64_t icd_native_count(struct icd_native *nv, int which);
 void icd_native_close(struct icd_native *nv); /* kills its helper */
 void icd_native_free(struct icd_native *nv);
 
+/* What the helper's vetting of one call came to (the pure part, vet.c,
+ * answers ICD_VET_FORWARD or ICD_VET_NATIVE). */
+#define ICD_VET_PERFORMED 2 /* done by the helper: answer with its result */
+/* mounts.c: umount2(path, flags) if the mount it names is one the helper may
+ * unmount (icd_vet_umount_mount): ICD_VET_PERFORMED with *res 0 or -errno, or
+ * ICD_VET_FORWARD with nothing done. */
+int icd_umount_vetted(const char *path, int flags, int *res);
+
 #endif

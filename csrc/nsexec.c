@@ -42,34 +42,67 @@ unsigned icd_nsop_fd_args(int op)
   }
 }
 
+/* Each op's name and its arguments in the syscall's order: s a string (or
+ * NULL), i an integer; strings fill s[0..3] and integers a[0..5] in that
+ * order.  The Python wrapper builds its calls from this table. */
+static const struct {
+  const char *name, *args;
+} op_table[ICD_OP_LAST + 1] = {
+  [ICD_OP_MOUNT] = { "mount", "sssis" },
+  [ICD_OP_UMOUNT2] = { "umount2", "si" },
+  [ICD_OP_OPEN_TREE] = { "open_tree", "isi" },
+  [ICD_OP_MOVE_MOUNT] = { "move_mount", "isisi" },
+  /* (dfd, path, flags, attr_set, attr_clr, propagation, userns_fd) */
+  [ICD_OP_MOUNT_SETATTR] = { "mount_setattr", "isiiiii" },
+  [ICD_OP_FSOPEN] = { "fsopen", "si" },
+  [ICD_OP_FSCONFIG] = { "fsconfig", "iissi" },
+  [ICD_OP_FSMOUNT] = { "fsmount", "iii" },
+  [ICD_OP_FSPICK] = { "fspick", "isi" },
+  /* (path, flags, mnt_id) */
+  [ICD_OP_UMOUNT_CHECKED] = { "umount2_checked", "sii" },
+  /* (fd, ms_flags, data, attr_set, attr_clr) */
+  [ICD_OP_REMOUNT_FD] = { "remount_fd", "iisii" },
+  /* (source, target, fstype, flags, data without fd=, fuse_fd) */
+  [ICD_OP_MOUNT_FUSE] = { "mount_fuse", "sssisi" },
+};
+
+int icd_op_info(int op, const char **name, const char **args)
+{
+  if (op < ICD_OP_MOUNT || op > ICD_OP_LAST)
+    return -EINVAL;
+  *name = op_table[op].name;
+  *args = op_table[op].args;
+  return 0;
+}
+
 int icd_nsop_makes_fd(int op)
 {
   return op == ICD_OP_OPEN_TREE || op == ICD_OP_FSOPEN || op == ICD_OP_FSMOUNT
          || op == ICD_OP_FSPICK;
 }
 
+/* A raw syscall's result as the ops return it: the value or -errno. */
+static int64_t sys_ret(long r)
+{
+  return r < 0 ? -errno : r;
+}
+
 static int64_t umount_checked(const char *path, int flags, int64_t want)
 {
   int fd, id;
 
-  if (!path) {
-    errno = EFAULT;
-    return -1;
-  }
+  if (!path)
+    return -EFAULT;
   fd = open(path, O_PATH | O_CLOEXEC | ((flags & UMOUNT_NOFOLLOW) ? O_NOFOLLOW : 0));
   if (fd < 0)
-    return -1;
+    return -errno;
   id = icd_fd_mnt_id(fd);
   close(fd); /* before the umount: our reference would keep the mount busy */
-  if (id < 0) {
-    errno = -id;
-    return -1;
-  }
-  if (id != want) {
-    errno = ESTALE;
-    return -1;
-  }
-  return syscall(SYS_umount2, path, flags);
+  if (id < 0)
+    return id;
+  if (id != want)
+    return -ESTALE;
+  return sys_ret(syscall(SYS_umount2, path, flags));
 }
 
 #define FSCONFIG_SET_FLAG_ 0
@@ -98,18 +131,16 @@ static int64_t remount_fd(int fd, unsigned long ms, const char *data, uint64_t s
   struct icd_mount_attr attr = { set, clr, 0, 0 };
   int fc, err = 0;
 
-  if (data && strlen(data) >= sizeof buf) {
-    errno = EINVAL;
-    return -1;
-  }
+  if (data && strlen(data) >= sizeof buf)
+    return -EINVAL;
   fc = (int)syscall(NR_fspick, fd, "", FSPICK_EMPTY_PATH_ | FSPICK_CLOEXEC_);
   if (fc < 0)
-    return -1;
+    return -errno;
   if (fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_RDONLY ? "ro" : "rw", NULL) < 0
       || fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_SYNCHRONOUS ? "sync" : "async", NULL) < 0
       || fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_LAZYTIME_ ? "lazytime" : "nolazytime",
                    NULL) < 0) {
-    err = errno;
+    err = -errno;
     goto out;
   }
   snprintf(buf, sizeof buf, "%s", data ? data : "");
@@ -120,20 +151,19 @@ static int64_t remount_fd(int fd, unsigned long ms, const char *data, uint64_t s
     if (eq)
       *eq++ = 0;
     if (fsconfig_(fc, eq ? FSCONFIG_SET_STRING_ : FSCONFIG_SET_FLAG_, opt, eq) < 0) {
-      err = errno;
+      err = -errno;
       goto out;
     }
   }
   if (fsconfig_(fc, FSCONFIG_CMD_RECONFIGURE_, NULL, NULL) < 0) {
-    err = errno;
+    err = -errno;
     goto out;
   }
   if (syscall(NR_mount_setattr, fd, "", AT_EMPTY_PATH_, &attr, sizeof attr) < 0)
-    err = errno;
+    err = -errno;
 out:
   close(fc);
-  errno = err;
-  return err ? -1 : 0;
+  return err;
 }
 
 /* mount(2) of a FUSE filesystem whose /dev/fuse file is our `fd`: the
@@ -145,11 +175,9 @@ static int64_t mount_fuse(const char *src, const char *target, const char *fstyp
   int n = snprintf(buf, sizeof buf, "fd=%d%s%s", fd, data && *data ? "," : "",
                    data ? data : "");
 
-  if (n < 0 || (size_t)n >= sizeof buf) {
-    errno = EINVAL;
-    return -1;
-  }
-  return syscall(SYS_mount, src, target, fstype, flags, buf);
+  if (n < 0 || (size_t)n >= sizeof buf)
+    return -EINVAL;
+  return sys_ret(syscall(SYS_mount, src, target, fstype, flags, buf));
 }
 
 int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
@@ -157,24 +185,24 @@ int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
   struct icd_mount_attr attr;
   switch (op) {
   case ICD_OP_MOUNT:
-    return syscall(SYS_mount, s[0], s[1], s[2], (unsigned long)a[0], s[3]);
+    return sys_ret(syscall(SYS_mount, s[0], s[1], s[2], (unsigned long)a[0], s[3]));
   case ICD_OP_UMOUNT2:
-    return syscall(SYS_umount2, s[0], (int)a[0]);
+    return sys_ret(syscall(SYS_umount2, s[0], (int)a[0]));
   case ICD_OP_OPEN_TREE:
-    return syscall(NR_open_tree, (int)a[0], s[0], (unsigned)a[1]);
+    return sys_ret(syscall(NR_open_tree, (int)a[0], s[0], (unsigned)a[1]));
   case ICD_OP_MOVE_MOUNT:
-    return syscall(NR_move_mount, (int)a[0], s[0], (int)a[1], s[1], (unsigned)a[2]);
+    return sys_ret(syscall(NR_move_mount, (int)a[0], s[0], (int)a[1], s[1], (unsigned)a[2]));
   case ICD_OP_MOUNT_SETATTR:
     attr = (struct icd_mount_attr){ a[2], a[3], a[4], a[5] };
-    return syscall(NR_mount_setattr, (int)a[0], s[0], (unsigned)a[1], &attr, sizeof attr);
+    return sys_ret(syscall(NR_mount_setattr, (int)a[0], s[0], (unsigned)a[1], &attr, sizeof attr));
   case ICD_OP_FSOPEN:
-    return syscall(NR_fsopen, s[0], (unsigned)a[0]);
+    return sys_ret(syscall(NR_fsopen, s[0], (unsigned)a[0]));
   case ICD_OP_FSCONFIG:
-    return syscall(NR_fsconfig, (int)a[0], (unsigned)a[1], s[0], s[1], (int)a[2]);
+    return sys_ret(syscall(NR_fsconfig, (int)a[0], (unsigned)a[1], s[0], s[1], (int)a[2]));
   case ICD_OP_FSMOUNT:
-    return syscall(NR_fsmount, (int)a[0], (unsigned)a[1], (unsigned)a[2]);
+    return sys_ret(syscall(NR_fsmount, (int)a[0], (unsigned)a[1], (unsigned)a[2]));
   case ICD_OP_FSPICK:
-    return syscall(NR_fspick, (int)a[0], s[0], (unsigned)a[1]);
+    return sys_ret(syscall(NR_fspick, (int)a[0], s[0], (unsigned)a[1]));
   case ICD_OP_UMOUNT_CHECKED:
     return umount_checked(s[0], (int)a[0], a[1]);
   case ICD_OP_REMOUNT_FD:
@@ -182,11 +210,10 @@ int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6])
   case ICD_OP_MOUNT_FUSE:
     return mount_fuse(s[0], s[1], s[2], (unsigned long)a[0], s[3], (int)a[1]);
   }
-  errno = EINVAL;
-  return -1;
+  return -EINVAL;
 }
 
-/* Returns the errno to report when it fails before the operation. */
+/* 0, or -errno when it fails before the operation. */
 static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], int sock)
 {
   char path[64];
@@ -194,18 +221,18 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
   unsigned mask = icd_nsop_fd_args(op);
 
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-    return errno;
+    return -errno;
   snprintf(path, sizeof path, "/proc/%d/root", pid);
   rootfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (rootfd < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   snprintf(path, sizeof path, "/proc/%d/cwd", pid);
   cwdfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (cwdfd < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   nsflags = icd_nsop_unshared(pid, nsflags);
   if (nsflags < 0)
-    return nsflags == -ENOENT ? ESRCH : -nsflags;
+    return nsflags == -ENOENT ? -ESRCH : nsflags;
   /* Everything above was opened by pid; it was our target only if the pidfd
    * still names a live process now (a reused pid would fail here). */
   if ((r = icd_nsop_check_pid(pidfd, pid)))
@@ -219,12 +246,12 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
     if ((mask & (1u << i)) && a[i] >= 0 && a[i] < (1 << 30))
       keep[nkeep++] = (int)a[i];
   if ((r = icd_nsop_close_others(keep, nkeep)))
-    return -r;
+    return r;
 
   if ((r = icd_nsop_enter(pidfd, nsflags)))
     return r;
   if (fchdir(rootfd) < 0 || chroot(".") < 0 || fchdir(cwdfd) < 0)
-    return errno;
+    return -errno;
   close(rootfd);
   close(cwdfd);
   return 0;
@@ -233,8 +260,10 @@ static int enter(int pidfd, int pid, int nsflags, int op, const int64_t a[6], in
 static void run(int sock, int op, const char *const s[4], const int64_t a[6])
 {
   int64_t ret = icd_nsop_do(op, s, a);
-  int err = ret < 0 ? errno : 0;
-  icd_nsop_send_result(sock, ret, err, ret >= 0 && icd_nsop_makes_fd(op) ? (int)ret : -1);
+  if (ret < 0)
+    icd_nsop_send_result(sock, -1, (int)-ret, -1);
+  else
+    icd_nsop_send_result(sock, ret, 0, icd_nsop_makes_fd(op) ? (int)ret : -1);
 }
 
 static void child_main(int pidfd, int pid, int nsflags, int op, const char *const s[4],
@@ -244,7 +273,7 @@ static void child_main(int pidfd, int pid, int nsflags, int op, const char *cons
   pid_t gc;
 
   if (err) {
-    icd_nsop_send_result(sock, -1, err, -1);
+    icd_nsop_send_result(sock, -1, -err, -1);
     return;
   }
   if (!(nsflags & CLONE_NEWPID)) {

@@ -56,7 +56,7 @@ ssize_t icd_nsop_send_fd(int sock, const void *buf, size_t len, int fd)
   do
     n = sendmsg(sock, &mh, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
-  return n;
+  return n < 0 ? -errno : n;
 }
 
 int icd_nsop_take_fd(struct msghdr *mh)
@@ -113,9 +113,8 @@ int icd_nsop_unshared(int pid, int nsflags)
   return nsflags;
 }
 
-/* The pid a pidfd names (-1 once it exited), from its fdinfo. */
 /* PIDFD_GET_INFO (Linux 6.13) on a pidfs file: the pid without opening and
- * parsing fdinfo.  0 = unknown here (older kernel, not a pidfs file). */
+ * parsing fdinfo. */
 #define PID_FS_MAGIC_ 0x50494446
 #define PIDFD_INFO_PID_ 1ULL
 struct icd_pidfd_info { /* PIDFD_INFO_SIZE_VER0 */
@@ -125,31 +124,39 @@ struct icd_pidfd_info { /* PIDFD_INFO_SIZE_VER0 */
 };
 #define PIDFD_GET_INFO_ _IOWR(0xFF, 11, struct icd_pidfd_info)
 
-static int pidfd_info_pid(int pidfd)
+#define PIDFD_INFO_KNOWN 1   /* *pid set (0: exited) */
+#define PIDFD_INFO_UNKNOWN 0 /* older kernel, not a pidfs file: ask fdinfo */
+
+static int pidfd_info_pid(int pidfd, int *pid)
 {
   struct icd_pidfd_info info;
   struct statfs sfs;
 
   /* Only on a pidfs file: the ioctl number means nothing elsewhere. */
   if (fstatfs(pidfd, &sfs) < 0 || sfs.f_type != PID_FS_MAGIC_)
-    return 0;
+    return PIDFD_INFO_UNKNOWN;
   memset(&info, 0, sizeof info);
   info.mask = PIDFD_INFO_PID_;
-  if (ioctl(pidfd, PIDFD_GET_INFO_, &info) < 0)
-    return errno == ESRCH ? -1 : 0; /* ESRCH: exited (and reaped) */
+  if (ioctl(pidfd, PIDFD_GET_INFO_, &info) < 0) {
+    if (errno != ESRCH) /* ESRCH: exited (and reaped) */
+      return PIDFD_INFO_UNKNOWN;
+    *pid = 0;
+    return PIDFD_INFO_KNOWN;
+  }
   if (!(info.mask & PIDFD_INFO_PID_) || !info.pid)
-    return 0;
-  return (int)info.pid;
+    return PIDFD_INFO_UNKNOWN;
+  *pid = (int)info.pid;
+  return PIDFD_INFO_KNOWN;
 }
 
 int icd_nsop_pidfd_pid(int pidfd)
 {
   char path[64], buf[512], *p;
   ssize_t n;
-  int fd;
+  int fd, pid;
 
-  if ((n = pidfd_info_pid(pidfd)) != 0)
-    return (int)n;
+  if (pidfd_info_pid(pidfd, &pid) == PIDFD_INFO_KNOWN)
+    return pid;
   snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -160,31 +167,34 @@ int icd_nsop_pidfd_pid(int pidfd)
     return -errno;
   buf[n] = 0;
   p = strstr(buf, "\nPid:\t");
-  return p ? atoi(p + 6) : -EBADF; /* -EBADF: not a pidfd */
+  if (!p)
+    return -EBADF; /* not a pidfd */
+  pid = atoi(p + 6);
+  return pid > 0 ? pid : 0; /* fdinfo says -1 once it exited */
 }
 
 int icd_nsop_check_pid(int pidfd, int pid)
 {
   int r = icd_nsop_pidfd_pid(pidfd);
-  if (r < 0 && r != -1)
-    return -r;
+  if (r < 0)
+    return r;
   if (r != pid)
-    return ESRCH;
+    return -ESRCH;
   if (syscall(NR_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
-    return errno;
+    return -errno;
   return 0;
 }
 
 int icd_nsop_enter(int pidfd, int nsflags)
 {
   if (nsflags && setns(pidfd, nsflags) < 0)
-    return errno;
+    return -errno;
   if (nsflags & CLONE_NEWUSER) {
     /* Act as the container's root where it is mapped; stay unmapped otherwise. */
     if (setresgid(0, 0, 0) < 0 && errno != EINVAL)
-      return errno;
+      return -errno;
     if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
-      return errno;
+      return -errno;
   }
   return 0;
 }
@@ -195,31 +205,31 @@ int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int so
   int keep[3], r;
 
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-    return errno;
+    return -errno;
   if (getppid() != parent) /* the daemon thread is gone already */
-    return ESRCH;
+    return -ESRCH;
   /* Non-dumpable, with the host's mm->user_ns: the container's root cannot
    * ptrace it or read its memory or fds. */
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-    return errno;
+    return -errno;
   /* The host's procfs, opened before the mount namespace changes. */
   *procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*procfd < 0)
-    return errno;
+    return -errno;
   nsflags = icd_nsop_unshared(pid, nsflags);
   if (nsflags < 0)
-    return nsflags == -ENOENT ? ESRCH : -nsflags;
+    return nsflags == -ENOENT ? -ESRCH : nsflags;
   if ((r = icd_nsop_check_pid(pidfd, pid)))
     return r;
   keep[0] = sock;
   keep[1] = pidfd;
   keep[2] = *procfd;
   if ((r = icd_nsop_close_others(keep, 3)))
-    return -r;
+    return r;
   if ((r = icd_nsop_enter(pidfd, nsflags)))
     return r;
   if (close(pidfd) < 0)
-    return errno;
+    return -errno;
   return 0;
 }
 

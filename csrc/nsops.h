@@ -29,30 +29,36 @@ struct icd_nsop_wire {
 unsigned icd_nsop_fd_args(int op);
 /* Whether a successful `op` returns an fd. */
 int icd_nsop_makes_fd(int op);
-/* Performs `op`; -1 with errno on failure. */
+/* Performs `op`: its result (an fd for fd-making ops), or -errno. */
 int64_t icd_nsop_do(int op, const char *const s[4], const int64_t a[6]);
 /* sendmsg of len bytes and, if fd >= 0, that fd by SCM_RIGHTS (through
- * EINTR, no SIGPIPE): bytes sent or -1. */
+ * EINTR, no SIGPIPE): bytes sent or -errno. */
 ssize_t icd_nsop_send_fd(int sock, const void *buf, size_t len, int fd);
 /* The fd a received message carried, or -1; any further ones are closed. */
 struct msghdr;
 int icd_nsop_take_fd(struct msghdr *mh);
-/* (ret, err) and, if fd >= 0, the fd by SCM_RIGHTS. */
+/* (ret, err) and, if fd >= 0, the fd by SCM_RIGHTS; err is the positive
+ * errno the executor's caller gets in icd_exec_result. */
 void icd_nsop_send_result(int sock, int64_t ret, int err, int fd);
+/* Whether pid is in our namespace `name` ("mnt", ...): 1, 0 or -errno. */
 int icd_nsop_same_ns(int pid, const char *name);
+/* nsflags without those pid shares with us, or -errno. */
 int icd_nsop_unshared(int pid, int nsflags);
+/* The pid a pidfd names, 0 once it exited, or -errno (EBADF: no pidfd). */
 int icd_nsop_pidfd_pid(int pidfd);
+/* Closes every fd from 3 up but those in keep[0..n) (sorted in place): 0 or
+ * -errno. */
 int icd_nsop_close_others(int *keep, int n);
-/* 0 if the pidfd still names the live process `pid`, else a positive errno
- * (ESRCH: gone or reused). Call it after opening anything by pid. */
+/* 0 if the pidfd still names the live process `pid`, else -errno (ESRCH:
+ * gone or reused).  Call it after opening anything by pid. */
 int icd_nsop_check_pid(int pidfd, int pid);
 /* setns into the pidfd's namespaces and become root there where mapped:
- * 0 or a positive errno. */
+ * 0 or -errno. */
 int icd_nsop_enter(int pidfd, int nsflags);
 /* In a forked helper: dies with its parent, becomes non-dumpable, opens the
  * host's /proc (*procfd, kept), keeps only sock, pidfd and that, then enters
  * pidfd's namespaces among nsflags that differ from ours (pidfd is closed
- * after).  0 or a positive errno. */
+ * after).  0 or -errno. */
 int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int sock,
                            int *procfd);
 /* waitpid on our own child, through EINTR. */
@@ -60,12 +66,5 @@ void icd_nsop_reap(pid_t child);
 /* fork() with a SEQPACKET socketpair between parent and child: the child's
  * pid (0 in the child) with *sock set to this side's end, or -errno. */
 int icd_nsop_fork_joined(int *sock);
-
-#define ICD_EPOLICY 4000 /* not an errno: "let the Python policy decide" */
-/* mounts.c: umount2(path, flags) of a mount that is neither a procfs/sysfs
- * nor sits on one (the only umounts the native helper performs); anything
- * else fails with ICD_EPOLICY and nothing done, for the Python policy to
- * decide.  -1 with errno on failure. */
-int64_t icd_nsop_umount_vetted(const char *path, int flags);
 
 #endif
