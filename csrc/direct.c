@@ -162,7 +162,7 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
       give_back(r);
       return 0;
     }
-    if (icd_fast_answer(r, &n)) {
+    if (icd_fast_answer(r, &n, icd_now_ns(CLOCK_MONOTONIC))) {
       *it = (struct icd_item){
         .kind = ICD_ITEM_NOTIF, .fd = r->fd, .id = n.id, .pid = n.pid, .nr = n.data.nr,
         .arch = n.data.arch, .ip = n.data.instruction_pointer,

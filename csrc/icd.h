@@ -47,6 +47,8 @@ struct icd_decision {
   int32_t send_errno; /* 0, or why SEND failed (ENOENT: the target went away) */
   int64_t value;
   int64_t ns_time;    /* CLOCK_REALTIME */
+  int64_t recv_ns;    /* CLOCK_MONOTONIC when the call was received */
+  int64_t sent_ns;    /* CLOCK_MONOTONIC right after it was answered */
   uint64_t args[6];   /* the call's raw arguments, for the event */
   char comm[16];      /* the caller's comm when its pid was new to the channel, else "" */
   char reason[128];   /* why, for decisions the native path made; else "" */

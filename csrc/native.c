@@ -109,6 +109,7 @@ struct helper {
     int pid, fd;
   } piddir[PIDDIRS];
   int32_t seen[256]; /* pids whose comm went with a record lately */
+  int64_t recv_ns, sent_ns; /* the call in hand: received, answered (CLOCK_MONOTONIC) */
 };
 
 static ssize_t send_msg(int sock, const struct msg *m, int fd)
@@ -401,6 +402,8 @@ static void record(struct helper *h, const struct seccomp_notif *n, int action, 
   d->value = value;
   d->send_errno = send_err;
   d->ns_time = icd_now_ns(CLOCK_REALTIME);
+  d->recv_ns = h->recv_ns;
+  d->sent_ns = h->sent_ns;
   memcpy(d->args, n->data.args, sizeof d->args);
   fmt(d->reason, sizeof d->reason, "%s", reason);
   if (h->seen[n->pid & 255] != (int32_t)n->pid) {
@@ -435,6 +438,7 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
     if (i == sizeof vets / sizeof vets[0] || vets[i].vet(h, n, &res) != ICD_VET_PERFORMED)
       return 0;
     send_err = -icd_notify_send(h->fd, n->id, 0, res, 0);
+    h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
     /* Bookkeeping after the answer: the caller runs meanwhile. */
     err = -res;
     atomic_fetch_add_explicit(&h->sh->count, 1, memory_order_relaxed);
@@ -444,6 +448,7 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
   default:
     return 0;
   }
+  h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
   atomic_fetch_add_explicit(&h->sh->fast, 1, memory_order_relaxed);
   record(h, n, act, act == ICD_ACT_CONTINUE ? 0 : value, send_err, "");
   return 1;
@@ -470,6 +475,7 @@ static void helper_loop(struct helper *h)
       send_msg(h->sock, &m, -1);
       return;
     }
+    h->recv_ns = icd_now_ns(CLOCK_MONOTONIC);
     atomic_store(&h->sh->current, n.id);
     if (handle_here(h, &n)) {
       atomic_store(&h->sh->current, 0);

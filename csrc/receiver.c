@@ -45,12 +45,12 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
     atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
 }
 
-int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
+int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n, int64_t recv_ns)
 {
   struct icd_channel *ch = r->ch;
   struct seccomp_notif_resp resp = { .id = n->id };
   struct icd_decision d;
-  int64_t rule, value;
+  int64_t rule, value, sent_ns;
   int act, serr = 0;
 
   rule = icd_rule_for(ch->rt, n->data.arch, n->data.nr);
@@ -73,11 +73,13 @@ int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
     serr = errno;
     atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
   }
+  sent_ns = icd_now_ns(CLOCK_MONOTONIC);
   atomic_fetch_add_explicit(&ch->n_fast, 1, memory_order_relaxed);
   /* Recorded after SEND so bookkeeping never sits on the target's round trip. */
   d = (struct icd_decision){
     .cookie = ch->cookie, .id = n->id, .pid = n->pid, .nr = n->data.nr, .action = act,
     .send_errno = serr, .value = value, .ns_time = icd_now_ns(CLOCK_REALTIME),
+    .recv_ns = recv_ns, .sent_ns = sent_ns,
   };
   memcpy(d.args, n->data.args, sizeof d.args);
   {
@@ -93,7 +95,7 @@ int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
 
 static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
 {
-  if (icd_fast_answer(r, n))
+  if (icd_fast_answer(r, n, icd_now_ns(CLOCK_MONOTONIC)))
     to_python(r, n);
 }
 

@@ -96,6 +96,13 @@ class Decision:
     args: tuple[int, ...] = ()
     comm: str = ""  # read by the core when the pid was new to the channel
     reason: str = ""  # the native path's reason ("" for table rules)
+    recv_ns: int = 0  # CLOCK_MONOTONIC when the call was received (0: unknown)
+    sent_ns: int = 0  # CLOCK_MONOTONIC right after it was answered
+
+    @property
+    def handling_ns(self) -> int:
+        """Receive to answer, in ns, as the C path measured it (0 if unknown)."""
+        return self.sent_ns - self.recv_ns if self.recv_ns and self.sent_ns else 0
 
 
 def notify_probe() -> dict[str, bool]:
@@ -303,7 +310,8 @@ class Engine:
                                         ffi.string(d.comm).decode(errors="replace")
                                         if d.comm[0] != b"\0" else "",
                                         ffi.string(d.reason).decode(errors="replace")
-                                        if d.reason[0] != b"\0" else ""))
+                                        if d.reason[0] != b"\0" else "",
+                                        d.recv_ns, d.sent_ns))
                 if n < cap:
                     break
         return out
