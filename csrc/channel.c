@@ -195,8 +195,8 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
     seq = atomic_load_explicit(&ch->seq, memory_order_acquire);
     atomic_fetch_add(&ch->nwaiters, 1);
     pthread_mutex_unlock(&ch->lock);
-    n = syscall(SYS_futex, &ch->seq, FUTEX_WAIT_BITSET_PRIVATE, seq,
-                timeout_ms > 0 ? &dl : NULL, NULL, FUTEX_BITSET_MATCH_ANY);
+    n = syscall(SYS_futex, &ch->seq, FUTEX_WAIT_BITSET_PRIVATE, seq, timeout_ms > 0 ? &dl : NULL,
+                NULL, FUTEX_BITSET_MATCH_ANY);
     atomic_fetch_sub(&ch->nwaiters, 1);
     if (n < 0 && errno == ETIMEDOUT)
       timeout_ms = 0; /* one last look, then return */
@@ -232,8 +232,8 @@ int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val
   return ret;
 }
 
-int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
-                      uint32_t newfd_flags, int send)
+int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd, uint32_t newfd_flags,
+                      int send)
 {
   int ret;
   pthread_rwlock_rdlock(&ch->fdlock);
@@ -256,8 +256,8 @@ int icd_channel_id_valid(struct icd_channel *ch, int fd, uint64_t id)
   return ret;
 }
 
-int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr,
-                     void *buf, int size, int string)
+int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr, void *buf,
+                     int size, int string)
 {
   int ret;
   pthread_rwlock_rdlock(&ch->fdlock);
@@ -363,8 +363,8 @@ void icd_channel_close(struct icd_channel *ch)
     icd_native_close(atomic_load(&ch->native));
 }
 
-int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
-                           int pid, int notify_fd)
+int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd, int pid,
+                           int notify_fd)
 {
   struct icd_native *nv = atomic_load(&ch->native), *expect = NULL;
   struct icd_receiver *r;

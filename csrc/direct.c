@@ -39,8 +39,7 @@
 void icd_direct_offer(struct icd_receiver *r)
 {
   struct icd_channel *ch = r->ch;
-  if (ch->direct && r->sync && !r->delegated && ch->nlive == 1
-      && atomic_load(&ch->nwaiters) <= 1) {
+  if (ch->direct && r->sync && !r->delegated && ch->nlive == 1 && atomic_load(&ch->nwaiters) <= 1) {
     /* Once the waiter has answered this one it receives the next
      * notification itself (see direct_recv). */
     atomic_store(&r->busy_since, icd_now_ns(CLOCK_MONOTONIC));
@@ -58,8 +57,7 @@ void icd_direct_park(struct icd_receiver *r)
     struct timespec ts = { 0, PARK_NS };
     if (t == TURN_C || atomic_load(&r->stop))
       return;
-    if (t == TURN_PY_BUSY
-        && icd_now_ns(CLOCK_MONOTONIC) - atomic_load(&r->busy_since) > PARK_NS) {
+    if (t == TURN_PY_BUSY && icd_now_ns(CLOCK_MONOTONIC) - atomic_load(&r->busy_since) > PARK_NS) {
       unsigned busy = TURN_PY_BUSY;
       if (atomic_compare_exchange_strong(&r->turn, &busy, TURN_C))
         return;
@@ -126,8 +124,7 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
 {
   struct icd_channel *ch = r->ch;
   struct seccomp_notif n;
-  int64_t end =
-      timeout_ms > 0 ? icd_now_ns(CLOCK_MONOTONIC) + (int64_t)timeout_ms * 1000000 : 0;
+  int64_t end = timeout_ms > 0 ? icd_now_ns(CLOCK_MONOTONIC) + (int64_t)timeout_ms * 1000000 : 0;
 
   for (;;) {
     struct pollfd p = { .fd = r->fd, .events = POLLIN };
@@ -154,7 +151,7 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
       give_back(r); /* hang-up or error: the receiver sees it and detaches */
       return 0;
     }
-  recv:
+recv:
     memset(&n, 0, sizeof n);
     if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
       if (errno == EINTR || (errno == ENOENT && !icd_filter_orphaned(r->fd)))
@@ -164,8 +161,13 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
     }
     if (icd_fast_answer(r, &n, icd_now_ns(CLOCK_MONOTONIC))) {
       *it = (struct icd_item){
-        .kind = ICD_ITEM_NOTIF, .fd = r->fd, .id = n.id, .pid = n.pid, .nr = n.data.nr,
-        .arch = n.data.arch, .ip = n.data.instruction_pointer,
+        .kind = ICD_ITEM_NOTIF,
+        .fd = r->fd,
+        .id = n.id,
+        .pid = n.pid,
+        .nr = n.data.nr,
+        .arch = n.data.arch,
+        .ip = n.data.instruction_pointer,
       };
       memcpy(it->args, n.data.args, sizeof it->args);
       atomic_fetch_add_explicit(&ch->n_python, 1, memory_order_relaxed);

@@ -15,7 +15,10 @@
 #include "engine.h"
 #include "native.h"
 
-static void stop_handler(int sig) { (void)sig; }
+static void stop_handler(int sig)
+{
+  (void)sig;
+}
 
 static pthread_once_t sig_once = PTHREAD_ONCE_INIT;
 static int sig_err;

@@ -42,7 +42,7 @@
 
 struct xreq {
   int32_t op;
-  uint32_t fdmask;  /* a[i] is the (2 + k)-th received fd, k counting set bits below i */
+  uint32_t fdmask; /* a[i] is the (2 + k)-th received fd, k counting set bits below i */
   int64_t a[6];
   uint32_t slen[4]; /* length with the NUL, 0 for NULL */
 };
@@ -145,7 +145,10 @@ static int x_serve_one(int sock, int basefd, char *buf)
   } cbuf;
   struct iovec iov = { .iov_base = buf, .iov_len = XBUF_MAX };
   struct msghdr mh = {
-    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = cbuf.b,
+    .msg_controllen = sizeof cbuf.b,
   };
   struct cmsghdr *c;
   struct xreq rq;
@@ -248,7 +251,6 @@ static int wait_readable(int sock, int timeout_ms)
   return 0;
 }
 
-
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out)
 {
   struct xhello h;
@@ -326,7 +328,10 @@ static int recv_reply(int sock, struct icd_exec_result *out, int timeout_ms)
     struct cmsghdr align;
   } cbuf;
   struct msghdr mh = {
-    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = cbuf.b,
+    .msg_controllen = sizeof cbuf.b,
   };
   ssize_t n;
 
@@ -376,10 +381,10 @@ static int same_nses(int piddir, const struct icd_executor *x)
   return st.st_dev == x->mnt_dev && st.st_ino == x->mnt_ino;
 }
 
-int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
-                  const char *s0, const char *s1, const char *s2, const char *s3,
-                  int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
-                  int timeout_ms, struct icd_exec_result *out)
+int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op, const char *s0,
+                  const char *s1, const char *s2, const char *s3, int64_t a0, int64_t a1,
+                  int64_t a2, int64_t a3, int64_t a4, int64_t a5, int timeout_ms,
+                  struct icd_exec_result *out)
 {
   const char *const s[4] = { s0, s1, s2, s3 };
   const int64_t a[6] = { a0, a1, a2, a3, a4, a5 };

@@ -21,8 +21,8 @@
  * the policy surely allows them; on the daemon's receivers, like PYTHON. */
 #define ICD_ACT_NATIVE 5
 
-#define ICD_NR_MAX 512          /* native x86_64 numbers below this are table-driven */
-#define ICD_READ_MAX (1 << 20)  /* cap of one read of target memory */
+#define ICD_NR_MAX 512         /* native x86_64 numbers below this are table-driven */
+#define ICD_READ_MAX (1 << 20) /* cap of one read of target memory */
 
 #define ICD_ITEM_NOTIF 1
 #define ICD_ITEM_DETACHED 2
@@ -46,31 +46,31 @@ struct icd_decision {
   int32_t action;
   int32_t send_errno; /* 0, or why SEND failed (ENOENT: the target went away) */
   int64_t value;
-  int64_t ns_time;    /* CLOCK_REALTIME */
-  int64_t recv_ns;    /* CLOCK_MONOTONIC when the call was received */
-  int64_t sent_ns;    /* CLOCK_MONOTONIC right after it was answered */
-  uint64_t args[6];   /* the call's raw arguments, for the event */
-  char comm[16];      /* the caller's comm when its pid was new to the channel, else "" */
-  char reason[128];   /* why, for decisions the native path made; else "" */
+  int64_t ns_time;  /* CLOCK_REALTIME */
+  int64_t recv_ns;  /* CLOCK_MONOTONIC when the call was received */
+  int64_t sent_ns;  /* CLOCK_MONOTONIC right after it was answered */
+  uint64_t args[6]; /* the call's raw arguments, for the event */
+  char comm[16];    /* the caller's comm when its pid was new to the channel, else "" */
+  char reason[128]; /* why, for decisions the native path made; else "" */
 };
 
 struct icd_chstats {
   uint64_t fast;
   uint64_t python;
-  uint64_t overflow;   /* Python-path notifications refused because the queue was full */
+  uint64_t overflow; /* Python-path notifications refused because the queue was full */
   uint64_t send_errors;
   uint64_t detached;
-  uint64_t receivers;  /* live receiver threads */
-  uint64_t direct;     /* Python-path notifications received by the waiter itself */
-  uint64_t native;     /* mount-family calls the native helper performed */
+  uint64_t receivers;    /* live receiver threads */
+  uint64_t direct;       /* Python-path notifications received by the waiter itself */
+  uint64_t native;       /* mount-family calls the native helper performed */
   uint64_t native_table; /* of `fast`, those the native helper answered */
 };
 
 struct icd_probe {
-  int user_notif;   /* SECCOMP_RET_USER_NOTIF available */
-  int sync_wakeup;  /* SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP accepted */
-  int addfd_send;   /* SECCOMP_ADDFD_FLAG_SEND known */
-  int error;        /* errno of a failed probe step, 0 if none */
+  int user_notif;  /* SECCOMP_RET_USER_NOTIF available */
+  int sync_wakeup; /* SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP accepted */
+  int addfd_send;  /* SECCOMP_ADDFD_FLAG_SEND known */
+  int error;       /* errno of a failed probe step, 0 if none */
 };
 
 struct icd_engine;
@@ -105,18 +105,18 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
                      int spin_us);
 int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,
                         uint32_t flags);
-int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
-                      uint32_t newfd_flags, int send);
+int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd, uint32_t newfd_flags,
+                      int send);
 /* The same through a channel: the fd is checked to still be attached (not
  * closed after a detach, so not possibly reused) while it is used. */
 int icd_channel_id_valid(struct icd_channel *ch, int fd, uint64_t id);
-int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr,
-                     void *buf, int size, int string);
+int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr, void *buf,
+                     int size, int string);
 void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out);
 /* The native path for a channel (native.c): its helper starts in the
  * namespaces of pid and takes over receiving on notify_fd. */
-int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
-                           int pid, int notify_fd);
+int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd, int pid,
+                           int notify_fd);
 void icd_channel_close(struct icd_channel *ch);
 void icd_channel_free(struct icd_channel *ch);
 
@@ -133,14 +133,14 @@ struct icd_mount_facts {
   uint64_t mnt_uid, parent_uid; /* unique (never reused) ids */
   uint32_t mnt_id, parent_id;   /* mountinfo's ids */
   uint32_t dev_major, dev_minor;
-  uint64_t attr;                /* MOUNT_ATTR_* */
+  uint64_t attr; /* MOUNT_ATTR_* */
   uint32_t sb_flags;
   char fstype[64];
   char root[4096];
   char point[4096];
 };
-int64_t icd_fd_mnt_uid(int fd);  /* statx STATX_MNT_ID_UNIQUE, or -errno */
-int64_t icd_mntns_id(int nsfd);  /* NS_GET_MNTNS_ID of a mount-namespace fd, or -errno */
+int64_t icd_fd_mnt_uid(int fd); /* statx STATX_MNT_ID_UNIQUE, or -errno */
+int64_t icd_mntns_id(int nsfd); /* NS_GET_MNTNS_ID of a mount-namespace fd, or -errno */
 int icd_statmount(uint64_t uid, uint64_t ns_id, struct icd_mount_facts *out);
 /* The mount fd is on and its parent, as seen in pid's mount namespace: the
  * number of entries filled (1: no parent in the namespace), or -errno. */
@@ -182,14 +182,14 @@ struct icd_exec_result {
 
 /* s: up to 4 strings (NULL allowed), a: up to 6 integers, in the syscall's
  * argument order per op (see core.py). */
-int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
-                const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4], const int64_t a[6],
+                int timeout_ms, struct icd_exec_result *out);
 
 /* executor.c: a persistent helper in one target's user+mount namespaces,
  * serving the same ops over a socket (see core.Executor). */
 struct icd_executor {
-  int sock;  /* the daemon's end; closing it ends the helper */
-  int pid;   /* the helper, our child: reap with icd_exec_stop */
+  int sock; /* the daemon's end; closing it ends the helper */
+  int pid;  /* the helper, our child: reap with icd_exec_stop */
   uint64_t user_dev, user_ino, mnt_dev, mnt_ino; /* the namespaces it entered */
   uint64_t root_dev, root_ino, root_mnt;         /* its root there (statx) */
 };
@@ -201,10 +201,10 @@ int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_e
  * the helper's user and mount namespaces.  Strings NULL or NUL-terminated,
  * in the op's order, then the integers (see core.py).; after a failure the helper
  * is out of step and must be stopped. */
-int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
-                  const char *s0, const char *s1, const char *s2, const char *s3,
-                  int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
-                  int timeout_ms, struct icd_exec_result *out);
+int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op, const char *s0,
+                  const char *s1, const char *s2, const char *s3, int64_t a0, int64_t a1,
+                  int64_t a2, int64_t a3, int64_t a4, int64_t a5, int timeout_ms,
+                  struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
 
 /* vet.c: what the native mount helper may perform itself (ICD_VET_NATIVE)

@@ -84,8 +84,7 @@ int64_t icd_mntns_id(int nsfd)
   return (int64_t)id;
 }
 
-static int copy_str(char *dst, size_t cap, const struct icd_statmount *sm, size_t len,
-                    uint32_t off)
+static int copy_str(char *dst, size_t cap, const struct icd_statmount *sm, size_t len, uint32_t off)
 {
   size_t n;
   if (off >= len)
@@ -104,9 +103,11 @@ int icd_statmount(uint64_t uid, uint64_t ns_id, struct icd_mount_facts *out)
     char b[sizeof(struct icd_statmount) + 3 * 4096 + 512];
   } buf;
   struct icd_mnt_id_req req = {
-    .size = sizeof req, .mnt_id = uid, .mnt_ns_id = ns_id,
-    .param = STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT
-             | STATMOUNT_MNT_POINT | STATMOUNT_FS_TYPE,
+    .size = sizeof req,
+    .mnt_id = uid,
+    .mnt_ns_id = ns_id,
+    .param = STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT
+             | STATMOUNT_FS_TYPE,
   };
   const uint64_t need = req.param;
   size_t len;
@@ -169,7 +170,9 @@ static int mount_kind(uint64_t uid, uint32_t *id, uint64_t *parent, char fstype[
     char b[sizeof(struct icd_statmount) + 256];
   } buf;
   struct icd_mnt_id_req req = {
-    .size = sizeof req, .mnt_id = uid, .param = STATMOUNT_MNT_BASIC | STATMOUNT_FS_TYPE,
+    .size = sizeof req,
+    .mnt_id = uid,
+    .param = STATMOUNT_MNT_BASIC | STATMOUNT_FS_TYPE,
   };
   const char *t;
 
@@ -238,8 +241,9 @@ int icd_umount_vetted(const char *path, int flags, int *res)
   }
   if (dfd < 0)
     goto python;
-  if (statx(dfd, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
-            STATX_TYPE | STATX_MNT_ID_UNIQUE_, &stx) < 0
+  if (statx(dfd, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_MNT_ID_UNIQUE_,
+            &stx)
+          < 0
       || !(stx.stx_mask & STATX_MNT_ID_UNIQUE_) || S_ISLNK(stx.stx_mode))
     goto python;
   uid = stx.stx_mnt_id;
@@ -257,8 +261,8 @@ int icd_umount_vetted(const char *path, int flags, int *res)
     goto python;
   /* Still the mount we checked on top (a concurrent Python-path call could
    * have changed the stack meanwhile)?  Else EBUSY, as the Python path says. */
-  if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE_,
-            &stx) < 0
+  if (statx(AT_FDCWD, last, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE_, &stx)
+          < 0
       || stx.stx_mnt_id != uid)
     err = -EBUSY;
   else

@@ -54,15 +54,14 @@
 #include "seccomp_compat.h"
 
 #define NATIVE_FSTYPES 512
-#define RING 4096        /* records in flight to the daemon: its pump drains every 75 ms */
-#define PIDDIRS 64       /* /proc/<pid> fds kept by the helper, direct-mapped */
+#define RING 4096  /* records in flight to the daemon: its pump drains every 75 ms */
+#define PIDDIRS 64 /* /proc/<pid> fds kept by the helper, direct-mapped */
 #define START_TIMEOUT_MS 10000
 #define PATH_MAX_ 4096
 #define FSTYPE_MAX 256
 #define DATA_MAX 4096
 #define NR_mount_ 165
 #define NR_umount2_ 166
-
 
 /* Messages on the socketpair. */
 #define MSG_HELLO 1    /* helper -> daemon: err, after entering */
@@ -108,7 +107,7 @@ struct helper {
   struct {
     int pid, fd;
   } piddir[PIDDIRS];
-  int32_t seen[256]; /* pids whose comm went with a record lately */
+  int32_t seen[256];        /* pids whose comm went with a record lately */
   int64_t recv_ns, sent_ns; /* the call in hand: received, answered (CLOCK_MONOTONIC) */
 };
 
@@ -126,7 +125,10 @@ static ssize_t recv_msg(int sock, struct msg *m, int *fd)
   } cbuf;
   struct iovec iov = { .iov_base = m, .iov_len = sizeof *m };
   struct msghdr mh = {
-    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = cbuf.b,
+    .msg_controllen = sizeof cbuf.b,
   };
   ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
   int got;
@@ -330,9 +332,8 @@ static int vet_mount(struct helper *h, const struct seccomp_notif *n, int *res)
   k.s[2] = got[0];
   k.s[3] = got[3];
   k.flags = icd_vet_mount_flags(n->data.args[3]);
-  *res = syscall(SYS_mount, k.s[0], k.target, k.fstype, (unsigned long)k.flags, k.s[3]) < 0
-             ? -errno
-             : 0;
+  *res = syscall(SYS_mount, k.s[0], k.target, k.fstype, (unsigned long)k.flags, k.s[3]) < 0 ? -errno
+                                                                                            : 0;
   return ICD_VET_PERFORMED;
 }
 
@@ -363,8 +364,8 @@ static int vet_umount(struct helper *h, const struct seccomp_notif *n, int *res)
 
 static void reason_umount(int err, char *reason, int rlen)
 {
-  int w = fmt(reason, rlen, "umount of the container's own mount [target=%s flags=0x%x]",
-              k.target, k.flags);
+  int w = fmt(reason, rlen, "umount of the container's own mount [target=%s flags=0x%x]", k.target,
+              k.flags);
   if (err && w >= 0 && w < rlen)
     fmt(reason + w, rlen - w, "; umount2: %s", errname(err));
 }
@@ -552,7 +553,6 @@ struct icd_native *icd_native_new(uint64_t cookie)
   nv->pid = -1;
   return nv;
 }
-
 
 /* Under nv->lock. */
 static void stop_helper(struct icd_native *nv)

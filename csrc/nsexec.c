@@ -32,13 +32,22 @@ struct icd_mount_attr { /* struct mount_attr, MOUNT_ATTR_SIZE_VER0 */
 unsigned icd_nsop_fd_args(int op)
 {
   switch (op) {
-  case ICD_OP_OPEN_TREE: case ICD_OP_FSPICK: case ICD_OP_FSMOUNT: return 1;
-  case ICD_OP_MOVE_MOUNT: return 3;
-  case ICD_OP_MOUNT_SETATTR: return 1 | 32;
-  case ICD_OP_REMOUNT_FD: return 1;
-  case ICD_OP_MOUNT_FUSE: return 2;
-  case ICD_OP_FSCONFIG: return 1 | 4;
-  default: return 0;
+  case ICD_OP_OPEN_TREE:
+  case ICD_OP_FSPICK:
+  case ICD_OP_FSMOUNT:
+    return 1;
+  case ICD_OP_MOVE_MOUNT:
+    return 3;
+  case ICD_OP_MOUNT_SETATTR:
+    return 1 | 32;
+  case ICD_OP_REMOUNT_FD:
+    return 1;
+  case ICD_OP_MOUNT_FUSE:
+    return 2;
+  case ICD_OP_FSCONFIG:
+    return 1 | 4;
+  default:
+    return 0;
   }
 }
 
@@ -124,8 +133,7 @@ static int fsconfig_(int fc, unsigned cmd, const char *key, const char *val)
  * always sets (ro/rw, sync/async, lazytime/nolazytime) and the options of
  * `data`, then the mount gets its flags (mount_setattr: set, clr).  Options
  * are split at commas, as the kernel splits legacy mount data. */
-static int64_t remount_fd(int fd, unsigned long ms, const char *data, uint64_t set,
-                          uint64_t clr)
+static int64_t remount_fd(int fd, unsigned long ms, const char *data, uint64_t set, uint64_t clr)
 {
   char buf[MOUNT_DATA_MAX], *opt, *rest, *eq;
   struct icd_mount_attr attr = { set, clr, 0, 0 };
@@ -138,8 +146,8 @@ static int64_t remount_fd(int fd, unsigned long ms, const char *data, uint64_t s
     return -errno;
   if (fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_RDONLY ? "ro" : "rw", NULL) < 0
       || fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_SYNCHRONOUS ? "sync" : "async", NULL) < 0
-      || fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_LAZYTIME_ ? "lazytime" : "nolazytime",
-                   NULL) < 0) {
+      || fsconfig_(fc, FSCONFIG_SET_FLAG_, ms & MS_LAZYTIME_ ? "lazytime" : "nolazytime", NULL)
+             < 0) {
     err = -errno;
     goto out;
   }
@@ -172,8 +180,7 @@ static int64_t mount_fuse(const char *src, const char *target, const char *fstyp
                           unsigned long flags, const char *data, int fd)
 {
   char buf[MOUNT_DATA_MAX];
-  int n = snprintf(buf, sizeof buf, "fd=%d%s%s", fd, data && *data ? "," : "",
-                   data ? data : "");
+  int n = snprintf(buf, sizeof buf, "fd=%d%s%s", fd, data && *data ? "," : "", data ? data : "");
 
   if (n < 0 || (size_t)n >= sizeof buf)
     return -EINVAL;
@@ -304,7 +311,10 @@ static int recv_result(int sock, struct icd_exec_result *out)
   struct iovec iov = { .iov_base = &w, .iov_len = sizeof w };
   char cbuf[CMSG_SPACE(sizeof(int))];
   struct msghdr mh = {
-    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf,
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = cbuf,
+    .msg_controllen = sizeof cbuf,
   };
   ssize_t n;
 
@@ -323,8 +333,8 @@ static int recv_result(int sock, struct icd_exec_result *out)
   return 0;
 }
 
-int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
-                const int64_t a[6], int timeout_ms, struct icd_exec_result *out)
+int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4], const int64_t a[6],
+                int timeout_ms, struct icd_exec_result *out)
 {
   int sock, status, ret;
   struct pollfd p;

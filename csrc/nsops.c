@@ -27,8 +27,8 @@ static const struct {
   int flag;
   const char *name;
 } ns_names[] = {
-  { CLONE_NEWUSER, "user" }, { CLONE_NEWNS, "mnt" },   { CLONE_NEWPID, "pid" },
-  { CLONE_NEWNET, "net" },   { CLONE_NEWIPC, "ipc" },  { CLONE_NEWUTS, "uts" },
+  { CLONE_NEWUSER, "user" },     { CLONE_NEWNS, "mnt" },  { CLONE_NEWPID, "pid" },
+  { CLONE_NEWNET, "net" },       { CLONE_NEWIPC, "ipc" }, { CLONE_NEWUTS, "uts" },
   { CLONE_NEWCGROUP, "cgroup" },
 };
 
@@ -199,8 +199,7 @@ int icd_nsop_enter(int pidfd, int nsflags)
   return 0;
 }
 
-int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int sock,
-                           int *procfd)
+int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int sock, int *procfd)
 {
   int keep[3], r;
 

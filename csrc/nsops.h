@@ -59,8 +59,7 @@ int icd_nsop_enter(int pidfd, int nsflags);
  * host's /proc (*procfd, kept), keeps only sock, pidfd and that, then enters
  * pidfd's namespaces among nsflags that differ from ours (pidfd is closed
  * after).  0 or -errno. */
-int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int sock,
-                           int *procfd);
+int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int sock, int *procfd);
 /* waitpid on our own child, through EINTR. */
 void icd_nsop_reap(pid_t child);
 /* fork() with a SEQPACKET socketpair between parent and child: the child's

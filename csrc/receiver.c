@@ -23,8 +23,13 @@ static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
 {
   struct icd_channel *ch = r->ch;
   struct icd_item it = {
-    .kind = ICD_ITEM_NOTIF, .fd = r->fd, .id = n->id, .pid = n->pid, .nr = n->data.nr,
-    .arch = n->data.arch, .ip = n->data.instruction_pointer,
+    .kind = ICD_ITEM_NOTIF,
+    .fd = r->fd,
+    .id = n->id,
+    .pid = n->pid,
+    .nr = n->data.nr,
+    .arch = n->data.arch,
+    .ip = n->data.instruction_pointer,
   };
   int ret;
 
@@ -77,9 +82,16 @@ int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n, int64
   atomic_fetch_add_explicit(&ch->n_fast, 1, memory_order_relaxed);
   /* Recorded after SEND so bookkeeping never sits on the target's round trip. */
   d = (struct icd_decision){
-    .cookie = ch->cookie, .id = n->id, .pid = n->pid, .nr = n->data.nr, .action = act,
-    .send_errno = serr, .value = value, .ns_time = icd_now_ns(CLOCK_REALTIME),
-    .recv_ns = recv_ns, .sent_ns = sent_ns,
+    .cookie = ch->cookie,
+    .id = n->id,
+    .pid = n->pid,
+    .nr = n->data.nr,
+    .action = act,
+    .send_errno = serr,
+    .value = value,
+    .ns_time = icd_now_ns(CLOCK_REALTIME),
+    .recv_ns = recv_ns,
+    .sent_ns = sent_ns,
   };
   memcpy(d.args, n->data.args, sizeof d.args);
   {

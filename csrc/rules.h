@@ -11,7 +11,7 @@
 #include "icd.h"
 
 #define RULE_ENC(act, val) ((int64_t)((uint64_t)(val) << 3) | (act))
-#define RULE_ACT(r) ((int)((r) & 7))
+#define RULE_ACT(r) ((int)((r)&7))
 #define RULE_VAL(r) ((r) >> 3)
 #define RULE_VAL_MAX (INT64_MAX >> 3)
 #define RULE_VAL_MIN (INT64_MIN >> 3)

@@ -47,7 +47,7 @@ static int checked(int ret, int notify_fd, uint64_t id)
 {
   int v = icd_notify_id_valid(notify_fd, id);
   if (v == 0 || v == -EBADF) /* a closed notify fd: the engine saw every task go */
-    return -ENOENT;           /* as the kernel says of a notification gone */
+    return -ENOENT;          /* as the kernel says of a notification gone */
   if (v < 0)
     return v;
   return ret;
