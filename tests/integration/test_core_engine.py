@@ -65,7 +65,7 @@ def test_fast_errno_value_continue_and_default(engine: core.Engine) -> None:
         f"call {TIMES} -1 {errno.EPERM}",  # no rule: the channel's default
     ]
     assert ch.stats()["fast"] == 4
-    decisions = engine.drain_decisions()
+    decisions = sup.drain(engine, 4)
     assert [(d.cookie, d.nr, d.action, d.value, d.send_errno) for d in decisions] == [
         (7, SYSFS, core.ACT_VALUE, 4242, 0),
         (7, GETPGID, core.ACT_ERRNO, errno.EACCES, 0),
@@ -362,7 +362,7 @@ def test_native_helper_table_answers_carry_times(engine: core.Engine) -> None:
         t.close()
     assert lines == [f"call {GETPGID} -1 {errno.EACCES}"] * 2
     assert ch.stats()["native_table"] == 2
-    decisions = engine.drain_decisions()
+    decisions = sup.drain(engine, 2)
     assert [(d.cookie, d.nr, d.action, d.value) for d in decisions] == [
         (9, GETPGID, core.ACT_ERRNO, errno.EACCES)] * 2
     for d in decisions:
