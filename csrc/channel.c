@@ -20,12 +20,12 @@
 #include "native.h"
 #include "seccomp_compat.h"
 
-struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap)
+int icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap, struct icd_channel **out)
 {
   struct icd_channel *ch = calloc(1, sizeof *ch);
   pthread_condattr_t ca;
   if (!ch)
-    return NULL;
+    return -ENOMEM;
   ch->eng = e;
   ch->cookie = cookie;
   ch->owner = getpid();
@@ -37,16 +37,14 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
   if (!ch->rt) {
     free(ch->q);
     free(ch);
-    errno = ENOMEM;
-    return NULL;
+    return -ENOMEM;
   }
   /* Deadlines are CLOCK_MONOTONIC: a wall-clock step must not stretch a wait. */
   if (pthread_condattr_init(&ca) || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) {
     icd_rules_free(ch->rt);
     free(ch->q);
     free(ch);
-    errno = EINVAL;
-    return NULL;
+    return -EINVAL;
   }
   if (!ch->q || pthread_mutex_init(&ch->lock, NULL) || pthread_cond_init(&ch->cond, &ca)
       || pthread_rwlock_init(&ch->fdlock, NULL)) {
@@ -54,15 +52,15 @@ struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsig
     icd_rules_free(ch->rt);
     free(ch->q);
     free(ch);
-    errno = ENOMEM;
-    return NULL;
+    return -ENOMEM;
   }
   pthread_condattr_destroy(&ca);
   pthread_mutex_lock(&e->lock);
   ch->next = e->chans;
   e->chans = ch;
   pthread_mutex_unlock(&e->lock);
-  return ch;
+  *out = ch;
+  return 0;
 }
 
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value)

@@ -34,28 +34,26 @@ static void install_stop_signal(void)
     sig_err = errno;
 }
 
-struct icd_engine *icd_engine_new(unsigned ring_cap)
+int icd_engine_new(unsigned ring_cap, struct icd_engine **out)
 {
   struct icd_engine *e;
 
   pthread_once(&sig_once, install_stop_signal);
-  if (sig_err) {
-    errno = sig_err;
-    return NULL;
-  }
+  if (sig_err)
+    return -sig_err;
   e = calloc(1, sizeof *e);
   if (!e)
-    return NULL;
+    return -ENOMEM;
   e->owner = getpid();
   e->cap = ring_cap ? ring_cap : 1;
   e->ring = calloc(e->cap, sizeof *e->ring);
   if (!e->ring || pthread_mutex_init(&e->lock, NULL)) {
     free(e->ring);
     free(e);
-    errno = ENOMEM;
-    return NULL;
+    return -ENOMEM;
   }
-  return e;
+  *out = e;
+  return 0;
 }
 
 void icd_engine_record(struct icd_engine *e, const struct icd_decision *d)

@@ -2,8 +2,8 @@
  * and the namespace executor.  This is the cffi API and nothing else
  * (interceptd/_build_core.py derives its cdef from this file and fusefs.h);
  * internals are in the other headers.  Everything here returns 0 / a count /
- * an fd on success and -errno on failure (constructors: NULL with errno set);
- * results that are not failures have names (ICD_VET_*).  -ENOENT from a call
+ * an fd on success and -errno on failure (constructors put the object in
+ * *out); results that are not failures have names (ICD_VET_*).  -ENOENT from a call
  * on a notification means, as from the kernel's own, that it is no longer
  * valid.  Nothing calls back into Python. */
 #ifndef ICD_H
@@ -85,7 +85,7 @@ int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_f
 int icd_notify_id_valid(int fd, uint64_t id);
 
 /* engine.c: the engine and its ring of decisions made without Python */
-struct icd_engine *icd_engine_new(unsigned ring_cap);
+int icd_engine_new(unsigned ring_cap, struct icd_engine **out);
 void icd_engine_close(struct icd_engine *e);
 void icd_engine_free(struct icd_engine *e);
 int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max);
@@ -94,7 +94,7 @@ uint64_t icd_engine_dropped(struct icd_engine *e);
 int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
 
 /* channel.c: one container's verdict table, queue and guarded answers */
-struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap);
+int icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap, struct icd_channel **out);
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
 /* Direct mode on (the default) or off; see direct.c. */

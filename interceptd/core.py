@@ -151,10 +151,9 @@ class Channel:
     """One container's verdict table and Python-path queue."""
 
     def __init__(self, engine: Engine, cookie: int, queue_size: int) -> None:
-        ptr = lib.icd_channel_new(engine._ptr, cookie, queue_size)
-        if ptr == ffi.NULL:
-            raise OSError(ffi.errno, "icd_channel_new")
-        self._ptr = ffi.gc(ptr, lib.icd_channel_free)
+        pp = ffi.new("struct icd_channel **")
+        check(lib.icd_channel_new(engine._ptr, cookie, queue_size, pp), "icd_channel_new")
+        self._ptr = ffi.gc(pp[0], lib.icd_channel_free)
         self._engine = engine  # the C channel records decisions in the engine's ring
         self.cookie = cookie
         self.closed = False
@@ -276,10 +275,9 @@ class Engine:
     """Receiver threads (one per notify fd) and the ring of fast-path decisions."""
 
     def __init__(self, ring_size: int = 65536) -> None:
-        ptr = lib.icd_engine_new(ring_size)
-        if ptr == ffi.NULL:
-            raise OSError(ffi.errno, "icd_engine_new")
-        self._ptr = ffi.gc(ptr, lib.icd_engine_free)
+        pp = ffi.new("struct icd_engine **")
+        check(lib.icd_engine_new(ring_size, pp), "icd_engine_new")
+        self._ptr = ffi.gc(pp[0], lib.icd_engine_free)
         self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._drain_buf = ffi.new("struct icd_decision[]", 4096)
