@@ -159,7 +159,7 @@ recv:
       give_back(r);
       return 0;
     }
-    if (icd_fast_answer(r, &n, icd_now_ns(CLOCK_MONOTONIC))) {
+    if (icd_fast_answer(r, &n)) {
       *it = (struct icd_item){
         .kind = ICD_ITEM_NOTIF,
         .fd = r->fd,

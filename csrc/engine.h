@@ -96,9 +96,9 @@ int icd_queue_push(struct icd_channel *ch, const struct icd_item *it);
 /* After ch->lock is dropped: wakes up to n waiters. */
 void icd_wake_waiters(struct icd_channel *ch, int n);
 
-/* receiver.c.  Answers n (received at recv_ns, CLOCK_MONOTONIC) by the
- * verdict table and records it: 0; 1 if n is for Python instead. */
-int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n, int64_t recv_ns);
+/* receiver.c.  Answers n, just received, by the verdict table and records
+ * it: 0; 1 if n is for Python instead. */
+int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n);
 /* An ENOENT from RECV with the filter orphaned (every task behind it gone). */
 int icd_filter_orphaned(int fd);
 
