@@ -42,7 +42,7 @@
 
 struct xreq {
   int32_t op;
-  uint32_t fdmask;  /* a[i] is the (2 + k)-th received fd, k counting set bits below i */
+  uint32_t fdmask; /* a[i] is the (2 + k)-th received fd, k counting set bits below i */
   int64_t a[6];
   uint32_t slen[4]; /* length with the NUL, 0 for NULL */
 };
@@ -51,12 +51,6 @@ struct xhello {
   int32_t err;
   int32_t pad;
   uint64_t user_dev, user_ino, mnt_dev, mnt_ino;
-};
-
-struct xwire { /* the same layout nsexec.c's send_result writes */
-  int64_t ret;
-  int32_t err;
-  int32_t has_fd;
 };
 
 static int64_t mono_ns(void)
@@ -108,13 +102,13 @@ static int ns_id(int procfd, const char *name, uint64_t *dev, uint64_t *ino)
 {
   struct stat st;
   if (fstatat(procfd, name, &st, 0) < 0)
-    return errno;
+    return -errno;
   *dev = st.st_dev;
   *ino = st.st_ino;
   return 0;
 }
 
-/* Returns the errno to report when it fails before serving. */
+/* 0, or -errno when it fails before serving. */
 static int x_enter(pid_t parent, int pidfd, int pid, int nsflags, int sock, int *basefd,
                    struct xhello *h)
 {
@@ -125,7 +119,7 @@ static int x_enter(pid_t parent, int pidfd, int pid, int nsflags, int sock, int 
   /* After setns(CLONE_NEWNS) root and cwd are the namespace's root. */
   *basefd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*basefd < 0)
-    return errno;
+    return -errno;
   /* What was entered, for the daemon to check against its cache key. */
   if ((r = ns_id(procfd, "self/ns/user", &h->user_dev, &h->user_ino)))
     return r;
@@ -151,7 +145,10 @@ static int x_serve_one(int sock, int basefd, char *buf)
   } cbuf;
   struct iovec iov = { .iov_base = buf, .iov_len = XBUF_MAX };
   struct msghdr mh = {
-    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = cbuf.b,
+    .msg_controllen = sizeof cbuf.b,
   };
   struct cmsghdr *c;
   struct xreq rq;
@@ -210,7 +207,7 @@ static int x_serve_one(int sock, int basefd, char *buf)
     goto reply;
   }
   ret = icd_nsop_do(rq.op, s, a);
-  err = ret < 0 ? errno : 0;
+  err = ret < 0 ? (int)-ret : 0;
   if (ret >= 0 && icd_nsop_makes_fd(rq.op))
     outfd = (int)ret;
 reply:
@@ -230,7 +227,7 @@ static void x_main(pid_t parent, int pidfd, int pid, int nsflags, int sock)
   struct xhello h = { 0 };
   int basefd = -1;
 
-  h.err = x_enter(parent, pidfd, pid, nsflags, sock, &basefd, &h);
+  h.err = -x_enter(parent, pidfd, pid, nsflags, sock, &basefd, &h);
   hello(sock, &h);
   if (h.err)
     return;
@@ -253,7 +250,6 @@ static int wait_readable(int sock, int timeout_ms)
     return -ETIMEDOUT;
   return 0;
 }
-
 
 int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_executor *out)
 {
@@ -302,7 +298,7 @@ int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_e
 
 /* Opens pid's root and cwd and checks that the pidfd still names a live
  * process with that pid (so they were the pidfd's, not a reused pid's).
- * Leaves *piddir open (/proc/<pid>, for same_nses). */
+ * Leaves *piddir open (/proc/<pid>, for same_nses).  0 or -errno. */
 static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
 {
   char path[64];
@@ -311,13 +307,13 @@ static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
   snprintf(path, sizeof path, "/proc/%d", pid);
   *piddir = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*piddir < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   *root = openat(*piddir, "root", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*root < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   *cwd = openat(*piddir, "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (*cwd < 0)
-    return errno == ENOENT ? ESRCH : errno;
+    return errno == ENOENT ? -ESRCH : -errno;
   if ((r = icd_nsop_check_pid(pidfd, pid)))
     return r;
   return 0;
@@ -325,14 +321,17 @@ static int target_dirs(int pidfd, int pid, int *piddir, int *root, int *cwd)
 
 static int recv_reply(int sock, struct icd_exec_result *out, int timeout_ms)
 {
-  struct xwire w;
+  struct icd_nsop_wire w;
   struct iovec iov = { .iov_base = &w, .iov_len = sizeof w };
   union {
     char b[CMSG_SPACE(sizeof(int))];
     struct cmsghdr align;
   } cbuf;
   struct msghdr mh = {
-    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = cbuf.b,
+    .msg_controllen = sizeof cbuf.b,
   };
   ssize_t n;
 
@@ -382,10 +381,10 @@ static int same_nses(int piddir, const struct icd_executor *x)
   return st.st_dev == x->mnt_dev && st.st_ino == x->mnt_ino;
 }
 
-int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
-                  const char *s0, const char *s1, const char *s2, const char *s3,
-                  int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
-                  int timeout_ms, struct icd_exec_result *out)
+int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op, const char *s0,
+                  const char *s1, const char *s2, const char *s3, int64_t a0, int64_t a1,
+                  int64_t a2, int64_t a3, int64_t a4, int64_t a5, int timeout_ms,
+                  struct icd_exec_result *out)
 {
   const char *const s[4] = { s0, s1, s2, s3 };
   const int64_t a[6] = { a0, a1, a2, a3, a4, a5 };
@@ -440,14 +439,14 @@ int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
     /* After the opens: root and cwd are of a process in these namespaces. */
     ret = same_nses(piddir, x);
     if (ret == -ESRCH)
-      err = ESRCH;
+      err = -ESRCH;
     else if (ret <= 0) {
       ret = ret < 0 ? ret : -EXDEV;
       goto done;
     }
   }
   if (err) {
-    out->err = err;
+    out->err = -err; /* the target's failure, not the helper's */
     ret = 0;
     goto done;
   }

@@ -1,6 +1,11 @@
 /* interceptd C core: seccomp user-notification engine, bounded target reads,
- * and the namespace executor.  Everything here returns 0 / a count / an fd on
- * success and -errno on failure; nothing calls back into Python. */
+ * and the namespace executor.  This is the cffi API and nothing else
+ * (interceptd/_build_core.py derives its cdef from this file and fusefs.h);
+ * internals are in the other headers.  Everything here returns 0 / a count /
+ * an fd on success and -errno on failure (constructors put the object in
+ * *out); results that are not failures have names (ICD_VET_*).  -ENOENT from a call
+ * on a notification means, as from the kernel's own, that it is no longer
+ * valid.  Nothing calls back into Python. */
 #ifndef ICD_H
 #define ICD_H
 
@@ -16,9 +21,8 @@
  * the policy surely allows them; on the daemon's receivers, like PYTHON. */
 #define ICD_ACT_NATIVE 5
 
-#define ICD_NR_MAX 512          /* native x86_64 numbers below this are table-driven */
-#define ICD_READ_MAX (1 << 20)  /* cap of one read of target memory */
-#define ICD_ETARGETGONE 10000   /* -ICD_ETARGETGONE: the notification is no longer valid */
+#define ICD_NR_MAX 512         /* native x86_64 numbers below this are table-driven */
+#define ICD_READ_MAX (1 << 20) /* cap of one read of target memory */
 
 #define ICD_ITEM_NOTIF 1
 #define ICD_ITEM_DETACHED 2
@@ -42,29 +46,31 @@ struct icd_decision {
   int32_t action;
   int32_t send_errno; /* 0, or why SEND failed (ENOENT: the target went away) */
   int64_t value;
-  int64_t ns_time;    /* CLOCK_REALTIME */
-  uint64_t args[6];   /* the call's raw arguments, for the event */
-  char comm[16];      /* the caller's comm when its pid was new to the channel, else "" */
-  char reason[128];   /* why, for decisions the native path made; else "" */
+  int64_t ns_time;  /* CLOCK_REALTIME */
+  int64_t recv_ns;  /* CLOCK_MONOTONIC when the call was received */
+  int64_t sent_ns;  /* CLOCK_MONOTONIC right after it was answered */
+  uint64_t args[6]; /* the call's raw arguments, for the event */
+  char comm[16];    /* the caller's comm when its pid was new to the channel, else "" */
+  char reason[128]; /* why, for decisions the native path made; else "" */
 };
 
 struct icd_chstats {
   uint64_t fast;
   uint64_t python;
-  uint64_t overflow;   /* Python-path notifications refused because the queue was full */
+  uint64_t overflow; /* Python-path notifications refused because the queue was full */
   uint64_t send_errors;
   uint64_t detached;
-  uint64_t receivers;  /* live receiver threads */
-  uint64_t direct;     /* Python-path notifications received by the waiter itself */
-  uint64_t native;     /* mount-family calls the native helper performed */
+  uint64_t receivers;    /* live receiver threads */
+  uint64_t direct;       /* Python-path notifications received by the waiter itself */
+  uint64_t native;       /* mount-family calls the native helper performed */
   uint64_t native_table; /* of `fast`, those the native helper answered */
 };
 
 struct icd_probe {
-  int user_notif;   /* SECCOMP_RET_USER_NOTIF available */
-  int sync_wakeup;  /* SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP accepted */
-  int addfd_send;   /* SECCOMP_ADDFD_FLAG_SEND known */
-  int error;        /* errno of a failed probe step, 0 if none */
+  int user_notif;  /* SECCOMP_RET_USER_NOTIF available */
+  int sync_wakeup; /* SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP accepted */
+  int addfd_send;  /* SECCOMP_ADDFD_FLAG_SEND known */
+  int error;       /* errno of a failed probe step, 0 if none */
 };
 
 struct icd_engine;
@@ -78,18 +84,20 @@ int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_f
                      uint32_t flags);
 int icd_notify_id_valid(int fd, uint64_t id);
 
-/* engine.c */
-struct icd_engine *icd_engine_new(unsigned ring_cap);
+/* engine.c: the engine and its ring of decisions made without Python */
+int icd_engine_new(unsigned ring_cap, struct icd_engine **out);
 void icd_engine_close(struct icd_engine *e);
 void icd_engine_free(struct icd_engine *e);
 int icd_engine_drain(struct icd_engine *e, struct icd_decision *out, int max);
 uint64_t icd_engine_dropped(struct icd_engine *e);
+/* receiver.c: a receiver thread on notify fd `fd` for channel ch */
 int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
 
-struct icd_channel *icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap);
+/* channel.c: one container's verdict table, queue and guarded answers */
+int icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap, struct icd_channel **out);
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
-/* Direct mode on (the default) or off; see engine.c. */
+/* Direct mode on (the default) or off; see direct.c. */
 int icd_channel_set_direct(struct icd_channel *ch, int on);
 /* Makes a waiter (or the next wait) return, with [] if nothing is queued. */
 void icd_channel_interrupt(struct icd_channel *ch);
@@ -97,14 +105,18 @@ int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, in
                      int spin_us);
 int icd_channel_respond(struct icd_channel *ch, int fd, uint64_t id, int64_t val, int32_t err,
                         uint32_t flags);
-int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd,
-                      uint32_t newfd_flags, int send);
+int icd_channel_addfd(struct icd_channel *ch, int fd, uint64_t id, int srcfd, uint32_t newfd_flags,
+                      int send);
 /* The same through a channel: the fd is checked to still be attached (not
  * closed after a detach, so not possibly reused) while it is used. */
 int icd_channel_id_valid(struct icd_channel *ch, int fd, uint64_t id);
-int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr,
-                     void *buf, int size, int string);
+int icd_channel_read(struct icd_channel *ch, int fd, uint64_t id, int pid, uint64_t addr, void *buf,
+                     int size, int string);
 void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out);
+/* The native path for a channel (native.c): its helper starts in the
+ * namespaces of pid and takes over receiving on notify_fd. */
+int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd, int pid,
+                           int notify_fd);
 void icd_channel_close(struct icd_channel *ch);
 void icd_channel_free(struct icd_channel *ch);
 
@@ -113,7 +125,7 @@ int icd_read_target(int pid, uint64_t addr, void *buf, int size, int notify_fd, 
 int icd_read_target_string(int pid, uint64_t addr, void *buf, int max_len, int notify_fd,
                            uint64_t id);
 
-/* nsexec.c: one mount-family operation inside a target's namespaces */
+/* mounts.c: facts about mounts */
 int icd_fd_mnt_id(int fd); /* statx STATX_MNT_ID of an fd (mountinfo's id), or -errno */
 
 /* One mount as statmount(2) reports it (strings NUL-terminated). */
@@ -121,18 +133,20 @@ struct icd_mount_facts {
   uint64_t mnt_uid, parent_uid; /* unique (never reused) ids */
   uint32_t mnt_id, parent_id;   /* mountinfo's ids */
   uint32_t dev_major, dev_minor;
-  uint64_t attr;                /* MOUNT_ATTR_* */
+  uint64_t attr; /* MOUNT_ATTR_* */
   uint32_t sb_flags;
   char fstype[64];
   char root[4096];
   char point[4096];
 };
-int64_t icd_fd_mnt_uid(int fd);  /* statx STATX_MNT_ID_UNIQUE, or -errno */
-int64_t icd_mntns_id(int nsfd);  /* NS_GET_MNTNS_ID of a mount-namespace fd, or -errno */
+int64_t icd_fd_mnt_uid(int fd); /* statx STATX_MNT_ID_UNIQUE, or -errno */
+int64_t icd_mntns_id(int nsfd); /* NS_GET_MNTNS_ID of a mount-namespace fd, or -errno */
 int icd_statmount(uint64_t uid, uint64_t ns_id, struct icd_mount_facts *out);
 /* The mount fd is on and its parent, as seen in pid's mount namespace: the
  * number of entries filled (1: no parent in the namespace), or -errno. */
 int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
+
+/* nsexec.c: one mount-family operation inside a target's namespaces */
 #define ICD_OP_MOUNT 1
 #define ICD_OP_UMOUNT2 2
 #define ICD_OP_OPEN_TREE 3
@@ -155,7 +169,10 @@ int icd_fd_mount_facts(int fd, int pid, struct icd_mount_facts out[2]);
  * mount data is the one the helper holds). */
 #define ICD_OP_MOUNT_FUSE 12
 #define ICD_OP_LAST 12
-#define ICD_EPOLICY 4000 /* not an errno: "let the Python policy decide" */
+
+/* An op's name and argument kinds (see nsexec.c): 0, or -EINVAL past
+ * ICD_OP_LAST. */
+int icd_op_info(int op, const char **name, const char **args);
 
 struct icd_exec_result {
   int64_t ret;
@@ -165,14 +182,14 @@ struct icd_exec_result {
 
 /* s: up to 4 strings (NULL allowed), a: up to 6 integers, in the syscall's
  * argument order per op (see core.py). */
-int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4],
-                const int64_t a[6], int timeout_ms, struct icd_exec_result *out);
+int icd_ns_exec(int pidfd, int pid, int nsflags, int op, const char *const s[4], const int64_t a[6],
+                int timeout_ms, struct icd_exec_result *out);
 
 /* executor.c: a persistent helper in one target's user+mount namespaces,
  * serving the same ops over a socket (see core.Executor). */
 struct icd_executor {
-  int sock;  /* the daemon's end; closing it ends the helper */
-  int pid;   /* the helper, our child: reap with icd_exec_stop */
+  int sock; /* the daemon's end; closing it ends the helper */
+  int pid;  /* the helper, our child: reap with icd_exec_stop */
   uint64_t user_dev, user_ino, mnt_dev, mnt_ino; /* the namespaces it entered */
   uint64_t root_dev, root_ino, root_mnt;         /* its root there (statx) */
 };
@@ -184,58 +201,30 @@ int icd_exec_start(int pidfd, int pid, int nsflags, int timeout_ms, struct icd_e
  * the helper's user and mount namespaces.  Strings NULL or NUL-terminated,
  * in the op's order, then the integers (see core.py).; after a failure the helper
  * is out of step and must be stopped. */
-int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op,
-                  const char *s0, const char *s1, const char *s2, const char *s3,
-                  int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
-                  int timeout_ms, struct icd_exec_result *out);
+int icd_exec_call(const struct icd_executor *x, int pidfd, int pid, int op, const char *s0,
+                  const char *s1, const char *s2, const char *s3, int64_t a0, int64_t a1,
+                  int64_t a2, int64_t a3, int64_t a4, int64_t a5, int timeout_ms,
+                  struct icd_exec_result *out);
 int icd_exec_stop(int sock, int child);
 
-/* target.c, unchecked: the caller validates the notification afterwards.
- * mem_file: fall back to /proc/<pid>/mem (only where /proc is the host's). */
-int icd_target_string(int pid, uint64_t addr, char *buf, int max_len, int mem_file);
-/* The task's comm, best effort ("" if it is gone); procfd a host /proc or
- * AT_FDCWD. */
-void icd_read_comm(int procfd, uint32_t pid, char out[16]);
-/* nsexec.c: umount2(path, flags) of a mount that is neither a procfs/sysfs
- * nor sits on one (the only umounts the native helper performs); anything
- * else fails with ICD_EPOLICY and nothing done, for the Python policy to
- * decide.  -1 with errno on failure. */
-int64_t icd_nsop_umount_vetted(const char *path, int flags);
+/* vet.c: what the native mount helper may perform itself (ICD_VET_NATIVE)
+ * and what it forwards to the Python policy (ICD_VET_FORWARD), on copies of
+ * the arguments; pure, and checked against the Python deciders by a test. */
+#define ICD_VET_FORWARD 0 /* the Python policy decides (nothing done) */
+#define ICD_VET_NATIVE 1  /* the policy would perform it: the helper may */
+/* mount(2) flags as the kernel reads them (the old magic value dropped). */
+uint32_t icd_vet_mount_flags(uint64_t flags);
+/* mount(source, target, fstype, flags, data) of one of the NUL-separated
+ * filesystem types in fstypes ("" ends the list). */
+int icd_vet_mount(uint64_t flags, const char *fstype, const char *target, const char *fstypes);
+/* umount2(target, flags), before the mount is looked at... */
+int icd_vet_umount(uint64_t flags, const char *target);
+/* ...and the mount it names, by its and its parent's filesystem types
+ * (parent_fstype NULL: no parent in the mount namespace). */
+int icd_vet_umount_mount(const char *fstype, const char *parent_fstype);
 
-/* native.c: the native mount path (see there).  engine.c owns one per
- * channel and drives it through these. */
-struct icd_native;
-struct icd_native *icd_native_new(uint64_t cookie);
-/* Starts the helper in the namespaces of `pid` (its pidfd), which serves
- * the NUL-separated filesystem types in list ("" ends it) and answers by the
- * channel's (shared) verdict table rt: 0 or -errno. */
-struct icd_rules;
-int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len,
-                     struct icd_rules *rt);
-/* Hands the helper notify fd `fd` to receive on: 0 or -errno. */
-int icd_native_delegate(struct icd_native *nv, int fd);
-#define ICD_NATIVE_IDLE 0     /* nothing arrived (EINTR): look at the stop flag */
-#define ICD_NATIVE_FORWARD 1  /* *n is for the daemon: handle it as if received */
-#define ICD_NATIVE_DETACHED 2 /* every task behind the filter is gone */
-#define ICD_NATIVE_GONE 3     /* the helper died: receive on the fd again */
-struct seccomp_notif;
-/* The delegating receiver's wait for its helper's next message. */
-int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n);
-/* Moves up to max of the helper's decision records to out. */
-int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max);
-/* What the helper did: mount-family calls performed, table rules answered,
- * or records it could not put in the ring (not drained in time). */
-#define ICD_NATIVE_PERFORMED 0
-#define ICD_NATIVE_FAST 1
-#define ICD_NATIVE_DROPPED 2
-uint64_t icd_native_count(struct icd_native *nv, int which);
-void icd_native_close(struct icd_native *nv); /* kills its helper */
-void icd_native_free(struct icd_native *nv);
-/* engine.c: the native path for a channel: its helper starts in the
- * namespaces of pid and takes over receiving on notify_fd. */
-int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd,
-                           int pid, int notify_fd);
-/* Whether pid has `cap` in its effective set (capget): 1, 0 or -errno. */
+/* native.c: whether pid has `cap` in its effective set (capget): 1, 0 or
+ * -errno. */
 int icd_has_cap(int pid, int cap);
 
 #endif

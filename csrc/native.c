@@ -47,24 +47,21 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "internal.h"
+#include "native.h"
 #include "nsops.h"
 #include "rules.h"
 #include "seccomp_compat.h"
 
 #define NATIVE_FSTYPES 512
-#define RING 4096        /* records in flight to the daemon: its pump drains every 75 ms */
-#define PIDDIRS 64       /* /proc/<pid> fds kept by the helper, direct-mapped */
+#define RING 4096  /* records in flight to the daemon: its pump drains every 75 ms */
+#define PIDDIRS 64 /* /proc/<pid> fds kept by the helper, direct-mapped */
 #define START_TIMEOUT_MS 10000
 #define PATH_MAX_ 4096
 #define FSTYPE_MAX 256
 #define DATA_MAX 4096
 #define NR_mount_ 165
 #define NR_umount2_ 166
-
-#define MS_MGC_MSK_ 0xffff0000u
-#define MS_MGC_VAL_ 0xc0ed0000u
-#define MS_PROPAGATION_ (MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE)
-#define UMOUNT_FLAGS (MNT_DETACH | MNT_EXPIRE | UMOUNT_NOFOLLOW)
 
 /* Messages on the socketpair. */
 #define MSG_HELLO 1    /* helper -> daemon: err, after entering */
@@ -110,15 +107,9 @@ struct helper {
   struct {
     int pid, fd;
   } piddir[PIDDIRS];
-  int32_t seen[256]; /* pids whose comm went with a record lately */
+  int32_t seen[256];        /* pids whose comm went with a record lately */
+  int64_t recv_ns, sent_ns; /* the call in hand: received, answered (CLOCK_MONOTONIC) */
 };
-
-static int64_t now_ns(clockid_t clk)
-{
-  struct timespec ts;
-  clock_gettime(clk, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static ssize_t send_msg(int sock, const struct msg *m, int fd)
 {
@@ -134,7 +125,10 @@ static ssize_t recv_msg(int sock, struct msg *m, int *fd)
   } cbuf;
   struct iovec iov = { .iov_base = m, .iov_len = sizeof *m };
   struct msghdr mh = {
-    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b,
+    .msg_iov = &iov,
+    .msg_iovlen = 1,
+    .msg_control = cbuf.b,
+    .msg_controllen = sizeof cbuf.b,
   };
   ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
   int got;
@@ -231,7 +225,8 @@ int icd_has_cap(int pid, int cap)
 
 /* Reads the string arguments idx[0..n) into bufs (a NULL pointer stays NULL):
  * one process_vm_readv for all, each up to the next 256-byte boundary (within
- * the page a valid string starts on), then whatever did not end there. */
+ * the page a valid string starts on), then whatever did not end there.
+ * 0, or -errno (ENAMETOOLONG past max) with the call to be forwarded. */
 static int arg_strings(const struct seccomp_notif *nt, const int *idx, int n, char **bufs,
                        const int *max, const char **out)
 {
@@ -262,27 +257,17 @@ static int arg_strings(const struct seccomp_notif *nt, const int *idx, int n, ch
     size_t have = first[i];
     if (!addr)
       continue;
-    if (got < (ssize_t)have) { /* that read stopped short: this one alone */
-      if (icd_target_string(nt->pid, addr, bufs[i], max[i], 0) < 0)
-        return -1;
-    } else if (!memchr(bufs[i], 0, have)) {
-      if (have >= (size_t)max[i]
-          || icd_target_string(nt->pid, addr + have, bufs[i] + have, max[i] - (int)have, 0) < 0)
-        return -1;
-    }
+    int r = 0;
+    if (got < (ssize_t)have) /* that read stopped short: this one alone */
+      r = icd_target_string(nt->pid, addr, bufs[i], max[i], 0);
+    else if (!memchr(bufs[i], 0, have))
+      r = have >= (size_t)max[i]
+              ? -ENAMETOOLONG
+              : icd_target_string(nt->pid, addr + have, bufs[i] + have, max[i] - (int)have, 0);
+    if (r < 0)
+      return r;
     got -= got >= (ssize_t)have ? (ssize_t)have : (got > 0 ? got : 0);
     out[i] = bufs[i];
-  }
-  return 0;
-}
-
-static int fstype_native(const struct helper *h, const char *fstype)
-{
-  const char *p = h->fstypes;
-  while (*p) {
-    if (!strcmp(p, fstype))
-      return 1;
-    p += strlen(p) + 1;
   }
   return 0;
 }
@@ -326,86 +311,75 @@ static struct {
   uint32_t flags;
 } k;
 
-/* A path that may go through /proc: the helper's /proc entry is not the
- * caller's (/proc/self/fd/N would name the helper's own fd, or nothing), so
- * such paths are the Python policy's, which takes the caller's object. */
-static int via_proc(const char *path)
-{
-  return strstr(path, "proc") != NULL;
-}
-
-/* 1 and *err if performed, 0 to forward. */
-static int native_mount(struct helper *h, const struct seccomp_notif *n, int *err)
+/* The vetting table's entries: each reads the call's strings once, asks the
+ * pure vetting (vet.c) about its copies, checks the caller, and performs the
+ * call: ICD_VET_PERFORMED with *res 0 or -errno, or ICD_VET_FORWARD with
+ * nothing done.  Then words the Python policy's reason for the record. */
+static int vet_mount(struct helper *h, const struct seccomp_notif *n, int *res)
 {
   static const int idx[4] = { 2, 1, 0, 4 };
   static const int max[4] = { FSTYPE_MAX, PATH_MAX_, PATH_MAX_, DATA_MAX };
   char *bufs[4] = { k.fstype, k.target, k.source, k.data };
   const char *got[4];
-  uint32_t flags = (uint32_t)n->data.args[3];
 
-  if ((flags & MS_MGC_MSK_) == MS_MGC_VAL_)
-    flags &= ~MS_MGC_MSK_;
-  /* Remounts, binds, moves and propagation changes act on existing mounts:
-   * the Python policy's. */
-  if (flags & (MS_REMOUNT | MS_BIND | MS_MOVE | MS_PROPAGATION_))
-    return 0;
-  if (arg_strings(n, idx, 4, bufs, max, got) || !got[0] || !fstype_native(h, k.fstype)
-      || !got[1] || k.target[0] != '/' /* relative: the helper's cwd is not the caller's */
-      || via_proc(k.target))
-    return 0;
+  if (arg_strings(n, idx, 4, bufs, max, got)
+      || icd_vet_mount(n->data.args[3], got[0], got[1], h->fstypes) != ICD_VET_NATIVE)
+    return ICD_VET_FORWARD;
   if (!caller_ok(h, n))
-    return 0;
+    return ICD_VET_FORWARD;
   k.s[0] = got[2];
   k.s[1] = got[1];
   k.s[2] = got[0];
   k.s[3] = got[3];
-  k.flags = flags;
-  *err = syscall(SYS_mount, k.s[0], k.target, k.fstype, (unsigned long)flags, k.s[3]) < 0
-             ? errno : 0;
-  return 1;
+  k.flags = icd_vet_mount_flags(n->data.args[3]);
+  *res = syscall(SYS_mount, k.s[0], k.target, k.fstype, (unsigned long)k.flags, k.s[3]) < 0 ? -errno
+                                                                                            : 0;
+  return ICD_VET_PERFORMED;
 }
 
-static int native_umount(struct helper *h, const struct seccomp_notif *n, int *err)
+static void reason_mount(int err, char *reason, int rlen)
+{
+  int w = fmt(reason, rlen, "%s allowed [%s%s%starget=%s fstype=%s flags=0x%x%s%s]", k.fstype,
+              k.s[0] ? "source=" : "", k.s[0] ? k.source : "", k.s[0] ? " " : "", k.target,
+              k.fstype, k.flags, k.s[3] ? " data=" : "", k.s[3] ? k.data : "");
+  if (err && w >= 0 && w < rlen)
+    fmt(reason + w, rlen - w, "; mount: %s", errname(err));
+}
+
+static int vet_umount(struct helper *h, const struct seccomp_notif *n, int *res)
 {
   static const int idx[1] = { 0 }, max[1] = { PATH_MAX_ };
   char *bufs[1] = { k.target };
   const char *got[1];
-  uint32_t flags = (uint32_t)n->data.args[1];
 
-  /* Unknown flags and MNT_FORCE: the Python policy's. */
-  if (flags & ~UMOUNT_FLAGS)
-    return 0;
-  if (arg_strings(n, idx, 1, bufs, max, got) || !got[0] || k.target[0] != '/'
-      || via_proc(k.target))
-    return 0;
+  if (arg_strings(n, idx, 1, bufs, max, got)
+      || icd_vet_umount(n->data.args[1], got[0]) != ICD_VET_NATIVE)
+    return ICD_VET_FORWARD;
   if (!caller_ok(h, n))
-    return 0;
-  k.flags = flags;
-  if (icd_nsop_umount_vetted(k.target, (int)flags) < 0) {
-    if (errno == ICD_EPOLICY)
-      return 0; /* a procfs/sysfs in sight, or unresolvable: nothing done */
-    *err = errno;
-  } else {
-    *err = 0;
-  }
-  return 1;
+    return ICD_VET_FORWARD;
+  k.flags = (uint32_t)n->data.args[1];
+  /* Forwarded with nothing done: a procfs/sysfs in sight, or unresolvable. */
+  return icd_umount_vetted(k.target, (int)k.flags, res);
 }
 
-/* The Python policy's words for the same decision. */
-static void reason_of(int nr, int err, char *reason, int rlen)
+static void reason_umount(int err, char *reason, int rlen)
 {
-  int w;
-  if (nr == NR_mount_)
-    w = fmt(reason, rlen, "%s allowed [%s%s%starget=%s fstype=%s flags=0x%x%s%s]", k.fstype,
-            k.s[0] ? "source=" : "", k.s[0] ? k.source : "", k.s[0] ? " " : "", k.target,
-            k.fstype, k.flags, k.s[3] ? " data=" : "", k.s[3] ? k.data : "");
-  else
-    w = fmt(reason, rlen, "umount of the container's own mount [target=%s flags=0x%x]",
-            k.target, k.flags);
+  int w = fmt(reason, rlen, "umount of the container's own mount [target=%s flags=0x%x]", k.target,
+              k.flags);
   if (err && w >= 0 && w < rlen)
-    fmt(reason + w, rlen - w, "; %s: %s", nr == NR_mount_ ? "mount" : "umount2",
-        errname(err));
+    fmt(reason + w, rlen - w, "; umount2: %s", errname(err));
 }
+
+/* The calls the helper may perform, for ICD_ACT_NATIVE rules; any other
+ * syscall with that rule is forwarded. */
+static const struct {
+  int nr;
+  int (*vet)(struct helper *h, const struct seccomp_notif *n, int *res);
+  void (*reason)(int err, char *reason, int rlen); /* the Python policy's words */
+} vets[] = {
+  { NR_mount_, vet_mount, reason_mount },
+  { NR_umount2_, vet_umount, reason_umount },
+};
 
 /* After the answer, off the caller's path. */
 static void record(struct helper *h, const struct seccomp_notif *n, int action, int64_t value,
@@ -428,7 +402,9 @@ static void record(struct helper *h, const struct seccomp_notif *n, int action, 
   d->action = action;
   d->value = value;
   d->send_errno = send_err;
-  d->ns_time = now_ns(CLOCK_REALTIME);
+  d->ns_time = icd_now_ns(CLOCK_REALTIME);
+  d->recv_ns = h->recv_ns;
+  d->sent_ns = h->sent_ns;
   memcpy(d->args, n->data.args, sizeof d->args);
   fmt(d->reason, sizeof d->reason, "%s", reason);
   if (h->seen[n->pid & 255] != (int32_t)n->pid) {
@@ -443,7 +419,8 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
 {
   char reason[sizeof(((struct icd_decision *)0)->reason)];
   int64_t rule = icd_rule_for(h->rt, n->data.arch, n->data.nr), value = RULE_VAL(rule);
-  int act = RULE_ACT(rule), err = 0, done = 0, send_err;
+  int act = RULE_ACT(rule), res = 0, err, send_err;
+  unsigned i;
 
   switch (act) {
   case ICD_ACT_CONTINUE: /* the channel's table, as the daemon's receiver would */
@@ -456,21 +433,23 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
     send_err = -icd_notify_send(h->fd, n->id, value, 0, 0);
     break;
   case ICD_ACT_NATIVE:
-    if (n->data.nr == NR_mount_)
-      done = native_mount(h, n, &err);
-    else if (n->data.nr == NR_umount2_)
-      done = native_umount(h, n, &err);
-    if (!done)
+    for (i = 0; i < sizeof vets / sizeof vets[0]; i++)
+      if (vets[i].nr == n->data.nr)
+        break;
+    if (i == sizeof vets / sizeof vets[0] || vets[i].vet(h, n, &res) != ICD_VET_PERFORMED)
       return 0;
-    send_err = -icd_notify_send(h->fd, n->id, 0, -err, 0);
+    send_err = -icd_notify_send(h->fd, n->id, 0, res, 0);
+    h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
     /* Bookkeeping after the answer: the caller runs meanwhile. */
+    err = -res;
     atomic_fetch_add_explicit(&h->sh->count, 1, memory_order_relaxed);
-    reason_of(n->data.nr, err, reason, sizeof reason);
+    vets[i].reason(err, reason, sizeof reason);
     record(h, n, err ? ICD_ACT_ERRNO : ICD_ACT_VALUE, err, send_err, reason);
     return 1;
   default:
     return 0;
   }
+  h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
   atomic_fetch_add_explicit(&h->sh->fast, 1, memory_order_relaxed);
   record(h, n, act, act == ICD_ACT_CONTINUE ? 0 : value, send_err, "");
   return 1;
@@ -497,6 +476,7 @@ static void helper_loop(struct helper *h)
       send_msg(h->sock, &m, -1);
       return;
     }
+    h->recv_ns = icd_now_ns(CLOCK_MONOTONIC);
     atomic_store(&h->sh->current, n.id);
     if (handle_here(h, &n)) {
       atomic_store(&h->sh->current, 0);
@@ -512,7 +492,7 @@ static void helper_loop(struct helper *h)
   }
 }
 
-/* 0, or the errno to report. */
+/* 0 or -errno. */
 static int helper_enter(pid_t parent, int pidfd, int pid, int sock, struct helper *h)
 {
   int r;
@@ -524,7 +504,7 @@ static int helper_enter(pid_t parent, int pidfd, int pid, int sock, struct helpe
   /* After setns(CLONE_NEWNS) root and cwd are the namespace's root. */
   if ((r = ns_ino(h->procfd, "self/ns/user", &h->user_ino))
       || (r = root_of(AT_FDCWD, "/", &h->root_dev, &h->root_ino, &h->root_mnt)))
-    return -r;
+    return r;
   return 0;
 }
 
@@ -545,7 +525,7 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
     h.piddir[i].fd = -1;
   memset(&m, 0, sizeof m);
   m.kind = MSG_HELLO;
-  m.err = helper_enter(parent, pidfd, pid, sock, &h);
+  m.err = -helper_enter(parent, pidfd, pid, sock, &h); /* the message's errno */
   if (send_msg(sock, &m, -1) < 0 || m.err)
     return;
   if (recv_msg(sock, &m, &fd) <= 0 || m.kind != MSG_TAKE || fd < 0)
@@ -573,7 +553,6 @@ struct icd_native *icd_native_new(uint64_t cookie)
   nv->pid = -1;
   return nv;
 }
-
 
 /* Under nv->lock. */
 static void stop_helper(struct icd_native *nv)
@@ -637,6 +616,7 @@ int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list
 int icd_native_delegate(struct icd_native *nv, int fd)
 {
   struct msg m;
+  ssize_t n;
   int r = 0;
 
   memset(&m, 0, sizeof m);
@@ -644,8 +624,8 @@ int icd_native_delegate(struct icd_native *nv, int fd)
   pthread_mutex_lock(&nv->lock);
   if (nv->closed || nv->sock < 0)
     r = -EPIPE;
-  else if (send_msg(nv->sock, &m, fd) < 0)
-    r = -errno;
+  else if ((n = send_msg(nv->sock, &m, fd)) < 0)
+    r = (int)n;
   pthread_mutex_unlock(&nv->lock);
   return r;
 }

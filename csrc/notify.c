@@ -32,7 +32,10 @@ int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_f
                      uint32_t flags)
 {
   struct seccomp_notif_addfd a = {
-    .id = id, .flags = flags, .srcfd = srcfd, .newfd = newfd < 0 ? 0 : newfd,
+    .id = id,
+    .flags = flags,
+    .srcfd = srcfd,
+    .newfd = newfd < 0 ? 0 : newfd,
     .newfd_flags = newfd_flags,
   };
   int ret = ioctl(fd, SECCOMP_IOCTL_NOTIF_ADDFD, &a);

@@ -1,6 +1,7 @@
 /* Internal to csrc/: a channel's verdict table.  It lives in a MAP_SHARED
  * page of its own so that the channel's native helper (native.c), forked
- * later, answers by the same rules as the daemon, changes included. */
+ * later, answers by the same rules as the daemon, changes included.  Both
+ * the channel (channel.c) and the helper use it through rules.c only. */
 #ifndef ICD_RULES_H
 #define ICD_RULES_H
 
@@ -10,7 +11,7 @@
 #include "icd.h"
 
 #define RULE_ENC(act, val) ((int64_t)((uint64_t)(val) << 3) | (act))
-#define RULE_ACT(r) ((int)((r) & 7))
+#define RULE_ACT(r) ((int)((r)&7))
 #define RULE_VAL(r) ((r) >> 3)
 #define RULE_VAL_MAX (INT64_MAX >> 3)
 #define RULE_VAL_MIN (INT64_MIN >> 3)
@@ -20,7 +21,13 @@ struct icd_rules {
   _Atomic int64_t deflt;
 };
 
+/* A table (default: fail with EPERM), or NULL with errno set. */
+struct icd_rules *icd_rules_new(void);
+void icd_rules_free(struct icd_rules *t);
 /* The rule for a call: its own, the default, or PYTHON for another arch. */
 int64_t icd_rule_for(struct icd_rules *t, uint32_t arch, int nr);
+/* 0 or -errno (EINVAL, ERANGE); ICD_ACT_DEFAULT clears nr's own rule. */
+int icd_rules_set(struct icd_rules *t, int nr, int action, int64_t value);
+int icd_rules_set_default(struct icd_rules *t, int action, int64_t value);
 
 #endif

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "internal.h"
 
 static ssize_t read_mem_file(int pid, uint64_t addr, void *buf, size_t size)
 {
@@ -46,7 +47,7 @@ static int checked(int ret, int notify_fd, uint64_t id)
 {
   int v = icd_notify_id_valid(notify_fd, id);
   if (v == 0 || v == -EBADF) /* a closed notify fd: the engine saw every task go */
-    return -ICD_ETARGETGONE;
+    return -ENOENT;          /* as the kernel says of a notification gone */
   if (v < 0)
     return v;
   return ret;

@@ -71,7 +71,7 @@ def test_python_and_fast_calls_mixed(engine: core.Engine, direct: bool) -> None:
         t.close()
     s = ch.stats()
     assert (s["python"], s["fast"], len(answered)) == (301, 300, 301)
-    assert len(engine.drain_decisions()) == 300  # fast ones answered by the waiter too
+    assert len(sup.drain(engine, 300)) == 300  # fast ones answered by the waiter too
     if direct:
         assert s["direct"] >= 250  # all but the first few went straight to the waiter
     else:
@@ -186,6 +186,6 @@ def test_fast_decisions_carry_args_and_the_comm_of_a_new_pid(engine: core.Engine
         t.finish()
     finally:
         t.close()
-    a, b = engine.drain_decisions()
+    a, b = sup.drain(engine, 2)
     assert a.args[:2] == (7, 8) and b.args[0] == 9
     assert a.comm == "core_target" and b.comm == ""  # read once per new pid

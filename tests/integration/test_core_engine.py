@@ -65,7 +65,7 @@ def test_fast_errno_value_continue_and_default(engine: core.Engine) -> None:
         f"call {TIMES} -1 {errno.EPERM}",  # no rule: the channel's default
     ]
     assert ch.stats()["fast"] == 4
-    decisions = engine.drain_decisions()
+    decisions = sup.drain(engine, 4)
     assert [(d.cookie, d.nr, d.action, d.value, d.send_errno) for d in decisions] == [
         (7, SYSFS, core.ACT_VALUE, 4242, 0),
         (7, GETPGID, core.ACT_ERRNO, errno.EACCES, 0),
@@ -74,6 +74,11 @@ def test_fast_errno_value_continue_and_default(engine: core.Engine) -> None:
     ]
     assert all(d.pid == t.pid for d in decisions)
     assert abs(decisions[0].ns_time / 1e9 - time.time()) < 60
+    # Receive and answer times (CLOCK_MONOTONIC), for the handling-time histograms.
+    now = time.monotonic_ns()
+    for d in decisions:
+        assert 0 < d.recv_ns <= d.sent_ns <= now
+        assert 0 < d.handling_ns == d.sent_ns - d.recv_ns < 10**9
     assert engine.dropped_decisions == 0
 
 
@@ -335,3 +340,31 @@ def test_forked_child_can_drop_engine_objects() -> None:
     finally:
         t.close()
         e.close()
+
+
+def test_native_helper_table_answers_carry_times(engine: core.Engine) -> None:
+    """The native helper answers table rules itself; its records carry the receive and
+    answer times (CLOCK_MONOTONIC) like the receivers' own."""
+    ch = engine.channel(9)
+    ch.set_rule(GETPGID, core.ACT_ERRNO, errno.EACCES)
+    t = sup.start([GETPGID], f"call:{GETPGID}:0", f"call:{GETPGID}:0")
+    try:
+        engine.attach(ch, t.listener)
+        pidfd = os.pidfd_open(t.pid)
+        try:
+            ch.enable_native(["tmpfs"], pidfd, t.pid, t.listener)
+        finally:
+            os.close(pidfd)
+        time.sleep(0.3)  # the receiver hands its fd over at the top of its loop
+        t.go()
+        lines = t.finish()
+    finally:
+        t.close()
+    assert lines == [f"call {GETPGID} -1 {errno.EACCES}"] * 2
+    assert ch.stats()["native_table"] == 2
+    decisions = sup.drain(engine, 2)
+    assert [(d.cookie, d.nr, d.action, d.value) for d in decisions] == [
+        (9, GETPGID, core.ACT_ERRNO, errno.EACCES)] * 2
+    for d in decisions:
+        assert 0 < d.recv_ns <= d.sent_ns <= time.monotonic_ns()
+        assert 0 < d.handling_ns < 10**9

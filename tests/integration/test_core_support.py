@@ -8,8 +8,10 @@ import os
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HELPER_SRC = Path(__file__).resolve().parents[1] / "helpers" / "core_target.c"
 _built: Path | None = None
@@ -113,3 +115,15 @@ def zombies_of(pid: int) -> list[int]:
         if fields[0] == "Z" and int(fields[1]) == pid:
             out.append(int(d))
     return out
+
+
+def drain(engine: Any, n: int, timeout: float = 5.0) -> list[Any]:
+    """The engine's next `n` decisions: they are recorded after the answer (off the
+    target's round trip), so the last may land after the target has exited."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += engine.drain_decisions()
+        if len(got) < n:
+            time.sleep(0.01)
+    return got

@@ -1,0 +1,209 @@
+/* Direct mode: the turn protocol between a receiver and the Python waiter.
+ *
+ * A Python-path notification costs the receiver a wake-up and the waiter
+ * another: three context switches per call where the minimal agent has two.
+ * So once the receiver has queued one for Python it hands its fd over
+ * (icd_direct_offer: TURN_PY_BUSY) and parks (icd_direct_park); when the
+ * waiter comes back for the next item it receives on the fd itself
+ * (icd_direct_wait: TURN_PY_RECV), so with sync wake-up the target's next
+ * call wakes the waiter directly.  Fast verdicts are answered there as on the
+ * receiver; a Python-path one is returned (TURN_PY_BUSY again).  Only for a
+ * channel with one fd, since the waiter then watches that fd and not the
+ * queue; a second attach, an interrupt or a close takes the fd back
+ * (icd_direct_revoke_all: TURN_C).  The parked receiver also takes it back
+ * when the waiter has been busy for PARK_NS.  The waiter holds fdlock shared
+ * throughout, so the fd cannot be closed under it.
+ *
+ * turn is a futex word: TURN_C <-> TURN_PY_BUSY <-> TURN_PY_RECV, each
+ * change by one side with a compare-and-swap, so that a revocation racing a
+ * hand-over always ends at TURN_C. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "internal.h"
+#include "seccomp_compat.h"
+
+/* A parked receiver takes its fd back when the Python waiter has been busy
+ * this long: a slow handler delays the fd's other calls by about this much. */
+#define PARK_NS 5000000LL
+
+void icd_direct_offer(struct icd_receiver *r)
+{
+  struct icd_channel *ch = r->ch;
+  if (ch->direct && r->sync && !r->delegated && ch->nlive == 1 && atomic_load(&ch->nwaiters) <= 1) {
+    /* Once the waiter has answered this one it receives the next
+     * notification itself (see direct_recv). */
+    atomic_store(&r->busy_since, icd_now_ns(CLOCK_MONOTONIC));
+    atomic_store(&r->turn, TURN_PY_BUSY);
+  }
+}
+
+/* While the Python waiter has the fd, the receiver sleeps; it takes the fd
+ * back when handed it, when stopped, or when the waiter has been busy (not
+ * receiving) for PARK_NS. */
+void icd_direct_park(struct icd_receiver *r)
+{
+  for (;;) {
+    unsigned t = atomic_load(&r->turn);
+    struct timespec ts = { 0, PARK_NS };
+    if (t == TURN_C || atomic_load(&r->stop))
+      return;
+    if (t == TURN_PY_BUSY && icd_now_ns(CLOCK_MONOTONIC) - atomic_load(&r->busy_since) > PARK_NS) {
+      unsigned busy = TURN_PY_BUSY;
+      if (atomic_compare_exchange_strong(&r->turn, &busy, TURN_C))
+        return;
+      continue;
+    }
+    syscall(SYS_futex, &r->turn, FUTEX_WAIT_PRIVATE, t, &ts, NULL, 0);
+  }
+}
+
+/* Takes the fd back from a Python waiter: a waiter inside direct_recv is
+ * signalled out of poll until it has left, and only while it is in there, so
+ * no other call of that thread sees EINTR. */
+static void revoke_turn(struct icd_receiver *r)
+{
+  atomic_store(&r->turn, TURN_C);
+  syscall(SYS_futex, &r->turn, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  for (;;) {
+    struct timespec ts = { 0, 200000 };
+    pthread_mutex_lock(&r->py_lock);
+    if (!r->py_in) {
+      pthread_mutex_unlock(&r->py_lock);
+      return;
+    }
+    pthread_kill(r->py_tid, ICD_STOP_SIGNAL);
+    pthread_mutex_unlock(&r->py_lock);
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* Receivers stay allocated (and in the list) until the channel is freed or a
+ * pruned one is no longer running and has no fd, so walking it under
+ * ch->lock and revoking outside it is safe only with the list snapshot taken
+ * under the lock; revocation is idempotent. */
+void icd_direct_revoke_all(struct icd_channel *ch)
+{
+  struct icd_receiver *r, *todo[64];
+  int n = 0, i;
+  pthread_mutex_lock(&ch->lock);
+  for (r = ch->recvs; r && n < 64; r = r->next)
+    if (atomic_load(&r->turn) != TURN_C || r->py_in)
+      todo[n++] = r;
+  pthread_mutex_unlock(&ch->lock);
+  for (i = 0; i < n; i++)
+    revoke_turn(todo[i]);
+}
+
+/* The waiter gives the fd back to the receiver. */
+static void give_back(struct icd_receiver *r)
+{
+  unsigned recv = TURN_PY_RECV;
+  atomic_compare_exchange_strong(&r->turn, &recv, TURN_C);
+  syscall(SYS_futex, &r->turn, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* The waiter goes off to handle an item, keeping the fd. */
+static void set_busy(struct icd_receiver *r)
+{
+  unsigned recv = TURN_PY_RECV;
+  atomic_store(&r->busy_since, icd_now_ns(CLOCK_MONOTONIC));
+  atomic_compare_exchange_strong(&r->turn, &recv, TURN_PY_BUSY);
+}
+
+static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_ms)
+{
+  struct icd_channel *ch = r->ch;
+  struct seccomp_notif n;
+  int64_t end = timeout_ms > 0 ? icd_now_ns(CLOCK_MONOTONIC) + (int64_t)timeout_ms * 1000000 : 0;
+
+  for (;;) {
+    struct pollfd p = { .fd = r->fd, .events = POLLIN };
+    int ms = -1, pr;
+    if (atomic_load(&r->turn) != TURN_PY_RECV || __atomic_load_n(&ch->closed, __ATOMIC_ACQUIRE))
+      return 0;
+    if (!end)
+      goto recv; /* no deadline: block in RECV itself, one syscall less per call;
+                  * revoke's signal (interrupt, attach, close) gets us out */
+    {
+      int64_t left = end - icd_now_ns(CLOCK_MONOTONIC);
+      if (left <= 0) {
+        set_busy(r);
+        return -ETIMEDOUT;
+      }
+      ms = (int)((left + 999999) / 1000000);
+    }
+    pr = poll(&p, 1, ms);
+    if (pr < 0 && errno == EINTR)
+      continue;
+    if (pr == 0)
+      continue;
+    if (pr < 0 || !(p.revents & POLLIN)) {
+      give_back(r); /* hang-up or error: the receiver sees it and detaches */
+      return 0;
+    }
+recv:
+    memset(&n, 0, sizeof n);
+    if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+      if (errno == EINTR || (errno == ENOENT && !icd_filter_orphaned(r->fd)))
+        continue;
+      give_back(r);
+      return 0;
+    }
+    if (icd_fast_answer(r, &n)) {
+      *it = (struct icd_item){
+        .kind = ICD_ITEM_NOTIF,
+        .fd = r->fd,
+        .id = n.id,
+        .pid = n.pid,
+        .nr = n.data.nr,
+        .arch = n.data.arch,
+        .ip = n.data.instruction_pointer,
+      };
+      memcpy(it->args, n.data.args, sizeof it->args);
+      atomic_fetch_add_explicit(&ch->n_python, 1, memory_order_relaxed);
+      atomic_fetch_add_explicit(&ch->n_direct, 1, memory_order_relaxed);
+      set_busy(r); /* ours to answer even if revoked meanwhile */
+      return 1;
+    }
+  }
+}
+
+int icd_direct_wait(struct icd_channel *ch, struct icd_item *items, int timeout_ms)
+{
+  struct icd_receiver *r = NULL, *x;
+  unsigned busy = TURN_PY_BUSY;
+  int ret = 0;
+
+  pthread_mutex_lock(&ch->lock);
+  if (!ch->closed && ch->nlive == 1)
+    for (x = ch->recvs; x; x = x->next)
+      if (x->running && atomic_load(&x->turn) == TURN_PY_BUSY && !atomic_load(&x->py_in)) {
+        r = x;
+        pthread_mutex_lock(&r->py_lock);
+        atomic_store(&r->py_in, 1); /* also keeps prune_receivers off r */
+        r->py_tid = pthread_self();
+        pthread_mutex_unlock(&r->py_lock);
+        break;
+      }
+  pthread_mutex_unlock(&ch->lock);
+  if (!r)
+    return 0;
+  pthread_rwlock_rdlock(&ch->fdlock);
+  if (r->fd_open && atomic_compare_exchange_strong(&r->turn, &busy, TURN_PY_RECV))
+    ret = direct_recv(r, items, timeout_ms);
+  pthread_rwlock_unlock(&ch->fdlock);
+  pthread_mutex_lock(&r->py_lock);
+  atomic_store(&r->py_in, 0);
+  pthread_mutex_unlock(&r->py_lock);
+  return ret;
+}
