@@ -1,12 +1,14 @@
 """How the containers' workers share the daemon (issue 8: one container cannot slow every
 other). The workers are threads of one interpreter: whatever one container's handler runs
 in Python, every other container's handler waits for, and a thread that has used more
-than its share of a CPU is the last the kernel schedules. Three rules, per worker:
+than its share of a CPU is the last the kernel schedules. Four rules, per worker:
 
 - a **share** (`Budget`): while another container is active, a container's calls may
   keep the daemon busy SHARE of the time after a BURST; over it, its worker pauses (its
-  callers wait in the kernel, costing nothing) and runs at OVER_SHARE_NICE until it is
-  back in budget. Alone, a container has the whole daemon.
+  callers wait in the kernel, costing nothing). Alone, a container has the whole daemon.
+- **priority**: while another container is active, the worker of a container busy HEAVY
+  of the time or more (or over its share) runs at OVER_SHARE_NICE, so when both want a
+  CPU the kernel runs the other container's worker first.
 - **lighter first** (`Slot.defer`): before each call, a worker that has been busy (its
   decayed busy time above LIGHT of the daemon's) waits while a container markedly lighter
   than it is handling a call, at most YIELD_MAX each time. The light container's handler
@@ -32,7 +34,8 @@ SHARE = 0.25
 BURST = 0.05
 ACTIVE_WINDOW = 0.5  # another container is active if its calls were handled this recently
 MAX_PAUSE = 0.1
-OVER_SHARE_NICE = 10  # a worker over its share runs at this nice value until back in it
+OVER_SHARE_NICE = 10  # a busy worker's nice value while another container is active
+HEAVY = 0.1  # busy fraction from which a worker is niced while another container is active
 SWITCH_INTERVAL = 0.0005  # seconds a worker may keep the interpreter lock if another waits
 TAU = 0.5  # seconds: the decay of a container's busy time (its recent use of the daemon)
 LIGHT = 0.05  # busy fraction under which a worker never defers to anyone
@@ -79,6 +82,9 @@ class Shares:
         self._slots: dict[int, Slot] = {}
         self._handling: dict[int, Slot] = {}  # slots inside a batch of calls
         self._waiters = 0
+        # (end of its last batch, key) of the two containers that ended one last, distinct:
+        # the latest other than any given container is one of them.
+        self._latest: tuple[tuple[float, int], ...] = ()
 
     @staticmethod
     def start() -> None:
@@ -99,7 +105,14 @@ class Shares:
     def contended(self, key: int, now: float) -> bool:
         """Whether another container's calls were handled within the last ACTIVE_WINDOW."""
         since = now - ACTIVE_WINDOW
-        return any(s.last > since for k, s in list(self._slots.items()) if k != key)
+        return any(t > since for t, k in self._latest if k != key)
+
+    def _ended(self, key: int, now: float) -> None:
+        latest = self._latest
+        if latest and latest[0][1] == key:
+            self._latest = ((now, key), *latest[1:])
+        else:
+            self._latest = ((now, key), *latest[:1])
 
     def _lighter_handling(self, me: Slot, now: float) -> bool:
         mine = me.busy(now)
@@ -114,7 +127,6 @@ class Slot:
     def __init__(self, shares: Shares, key: int) -> None:
         self.shares, self.key = shares, key
         self.budget = Budget(shares.share, shares.burst)
-        self.last = 0.0  # when it last finished a batch (monotonic)
         self._u = 0.0  # busy seconds, decayed with TAU, as of _ut
         self._ut = time.monotonic()
         self._t0 = 0.0
@@ -160,24 +172,27 @@ class Slot:
         spent = now - self._t0
         self._u = self._u * math.exp(-max(0.0, now - self._ut) / TAU) + spent
         self._ut = now
-        self.last = now
         sh = self.shares
         with sh._cond:
             sh._handling.pop(self.key, None)
+            sh._ended(self.key, now)
             if sh._waiters:
                 sh._cond.notify_all()
         pause = self.budget.charge(spent)
+        contended = sh.contended(self.key, now)
+        # A busy worker runs at a lower priority while another container uses the daemon:
+        # when both want a CPU, the kernel runs the other's threads first.
+        heavy = contended and (pause > 0 or self.busy(now) >= HEAVY)
+        if heavy != self._niced:
+            self._niced = nice(OVER_SHARE_NICE) if heavy else not nice(0)
         if pause > 0 and not stopping:
-            if sh.contended(self.key, now):
+            if contended:
                 # Over its share while others use the daemon too: its own callers wait
-                # (their calls queue in the kernel and in its channel), and its worker
-                # yields the CPU to theirs until it is back in budget.
+                # (their calls queue in the kernel and in its channel) until it is back
+                # in budget.
                 self.throttled += 1
-                self._niced = self._niced or nice(OVER_SHARE_NICE)
                 return min(pause, MAX_PAUSE)
             self.budget.forgive()  # alone: the daemon's time is all its own
-        elif self._niced and self.budget.tokens >= self.budget.burst / 2:
-            self._niced = not nice(0)
         return 0.0
 
     def close(self) -> None:
