@@ -3,15 +3,19 @@ other). The workers are threads of one interpreter: whatever one container's han
 in Python, every other container's handler waits for, and a thread that has used more
 than its share of a CPU is the last the kernel schedules. Four rules, per worker:
 
+A container's *busy time* is its worker's CPU time (what it takes from the other workers:
+the interpreter, a CPU), decayed over TAU; waiting for an executor or for a CPU is not.
+
 - a **share** (`Budget`): while another container is active, a container's calls may
-  keep the daemon busy SHARE of the time after a BURST; over it, its worker pauses (its
-  callers wait in the kernel, costing nothing). Alone, a container has the whole daemon.
+  take SHARE of a CPU after a BURST; over it, its worker pauses (its callers wait in the
+  kernel, costing nothing). Alone, a container has the whole daemon.
 - **priority**: while another container is active, the worker of a container busy HEAVY
   of the time or more (or over its share) runs at OVER_SHARE_NICE, so when both want a
   CPU the kernel runs the other container's worker first.
 - **lighter first** (`Slot.defer`): before each call, a worker that has been busy (its
-  decayed busy time above LIGHT of the daemon's) waits while a container markedly lighter
-  than it is handling a call, at most YIELD_MAX each time. The light container's handler
+  busy fraction LIGHT or more) waits while a container markedly lighter than it is
+  handling a call, until that batch is YIELD_MAX old (older, it is blocked on something,
+  not running Python, and waiting would gain nothing). The light container's handler
   then runs without a busy one taking the interpreter lock from it at every system call
   it makes (each file it reads gives the lock up; getting it back from a thread running
   Python costs up to the switch interval).
@@ -114,10 +118,15 @@ class Shares:
         else:
             self._latest = ((now, key), *latest[:1])
 
-    def _lighter_handling(self, me: Slot, now: float) -> bool:
-        mine = me.busy(now)
-        return any(s is not me and s.busy(now) < LIGHTER * mine
-                   for s in list(self._handling.values()))
+    def _lighter_handling(self, me: Slot, now: float) -> float:
+        """How long `me` should still wait (0: not at all): until the youngest batch of a
+        markedly lighter container is YIELD_MAX old. A batch older than that is blocked
+        on something (an executor, a fork) rather than running Python: no use waiting."""
+        mine, left = me.busy(now), 0.0
+        for s in list(self._handling.values()):
+            if s is not me and s.busy(now) < LIGHTER * mine:
+                left = max(left, s._t0 + YIELD_MAX - now)
+        return left
 
 
 class Slot:
@@ -129,7 +138,8 @@ class Slot:
         self.budget = Budget(shares.share, shares.burst)
         self._u = 0.0  # busy seconds, decayed with TAU, as of _ut
         self._ut = time.monotonic()
-        self._t0 = 0.0
+        self._t0 = 0.0  # when its current batch began (monotonic)
+        self._c0 = 0.0  # its worker thread's CPU time then
         self._niced = False
         self.throttled = 0  # pauses over its share
         self.deferred = 0  # calls it let a lighter container go first
@@ -140,6 +150,7 @@ class Slot:
 
     def begin(self) -> None:
         self._t0 = time.monotonic()
+        self._c0 = time.thread_time()
         sh = self.shares
         with sh._cond:
             sh._handling[self.key] = self
@@ -151,15 +162,17 @@ class Slot:
         if len(sh._handling) < 2:
             return False
         now = time.monotonic()
-        if self.busy(now) < LIGHT or not sh._lighter_handling(self, now):
+        if self.busy(now) < LIGHT or sh._lighter_handling(self, now) <= 0:
             return False
         self.deferred += 1
         with sh._cond:
             sh._handling.pop(self.key, None)  # a waiting worker handles nothing
             sh._waiters += 1
             try:
-                sh._cond.wait_for(lambda: not sh._lighter_handling(self, time.monotonic()),
-                                  YIELD_MAX)
+                left = sh._lighter_handling(self, time.monotonic())
+                if left > 0:
+                    sh._cond.wait_for(
+                        lambda: sh._lighter_handling(self, time.monotonic()) <= 0, left)
             finally:
                 sh._waiters -= 1
                 sh._handling[self.key] = self
@@ -169,7 +182,9 @@ class Slot:
         """After a batch: charge it, leave the handling set; the pause the worker owes
         (0: none)."""
         now = time.monotonic()
-        spent = now - self._t0
+        # CPU time, not wall time: what it took from the other workers (the interpreter,
+        # a CPU); waiting for an executor or a CPU (niced) costs the others nothing.
+        spent = max(0.0, time.thread_time() - self._c0)
         self._u = self._u * math.exp(-max(0.0, now - self._ut) / TAU) + spent
         self._ut = now
         sh = self.shares

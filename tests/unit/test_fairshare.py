@@ -13,7 +13,9 @@ from interceptd import fairshare
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [100.0]
+    # The worker thread's CPU time runs with the wall clock here: a busy worker.
     monkeypatch.setattr(fairshare.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(fairshare.time, "thread_time", lambda: now[0])
     return now
 
 
@@ -127,3 +129,16 @@ def test_a_busy_worker_is_niced_only_while_another_container_is_active(
     clock[0] += 2 * fairshare.ACTIVE_WINDOW  # the other went quiet
     busy_for(noisy, clock, 0.001, 0.5)
     assert set_to == [fairshare.OVER_SHARE_NICE, 0]
+
+
+def test_no_waiting_for_a_light_call_that_is_blocked_on_something(clock: list[float]) -> None:
+    sh = fairshare.Shares()
+    noisy, quiet = sh.slot(1), sh.slot(2)
+    busy_for(noisy, clock, 2.0, 0.8)
+    quiet.begin()  # e.g. waiting for its executor's fork
+    clock[0] += 2 * fairshare.YIELD_MAX
+    noisy.begin()
+    t0 = time.perf_counter()  # (monotonic is the test's clock here)
+    assert noisy.defer() is False and time.perf_counter() - t0 < fairshare.YIELD_MAX
+    quiet.end(stopping=True)
+    noisy.end(stopping=True)
