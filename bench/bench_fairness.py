@@ -119,7 +119,7 @@ def main() -> int:
     ap.add_argument("--runtimes", default="runc,crun")
     ap.add_argument("--loads", default=",".join(LOADS))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("-n", type=int, default=500, help="sibling calls per phase and round")
+    ap.add_argument("-n", type=int, default=1000, help="sibling calls per phase and round")
     ap.add_argument("--load-seconds", type=float, default=2.5,
                     help="each load's run per round (the sibling samples within it)")
     ap.add_argument("--json", type=Path, default=OUT / "bench_fairness.json")

@@ -113,24 +113,6 @@ def test_over_share_pauses_only_while_another_container_is_active(clock: list[fl
     noisy.close()
 
 
-def test_a_busy_worker_is_niced_only_while_another_container_is_active(
-        clock: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
-    set_to: list[int] = []
-    monkeypatch.setattr(fairshare, "nice", lambda v: set_to.append(v) or True)
-    sh = fairshare.Shares()
-    noisy, quiet = sh.slot(1), sh.slot(2)
-    busy_for(noisy, clock, 1.0, 0.5)
-    assert set_to == []  # alone: full priority
-    busy_for(quiet, clock, 0.001, 0.01)
-    busy_for(noisy, clock, 0.01, 0.5)
-    assert set_to == [fairshare.OVER_SHARE_NICE]
-    busy_for(quiet, clock, 0.01, 0.01)
-    assert set_to == [fairshare.OVER_SHARE_NICE]  # the light one is never niced
-    clock[0] += 2 * fairshare.ACTIVE_WINDOW  # the other went quiet
-    busy_for(noisy, clock, 0.001, 0.5)
-    assert set_to == [fairshare.OVER_SHARE_NICE, 0]
-
-
 def test_no_waiting_for_a_light_call_that_is_blocked_on_something(clock: list[float]) -> None:
     sh = fairshare.Shares()
     noisy, quiet = sh.slot(1), sh.slot(2)
