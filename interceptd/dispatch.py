@@ -1,9 +1,8 @@
 """Containers' notify fds → channels of the C engine → per-container Python workers.
 
-Each container gets one channel (its verdict table, its queue for the Python
-path) and one worker thread blocked in `Channel.wait()`, so a slow handler in
-one container never delays another's. Fast-path decisions are drained from the
-engine by a pump thread and published as events like the Python path's.
+Each container gets one channel (its verdict table, its queue for the Python path) and one
+worker thread blocked in `Channel.wait()`; how the workers share the daemon's time and
+interpreter is fairshare.py's. Fast-path decisions are drained by a pump thread (pump.py).
 """
 
 from __future__ import annotations
@@ -14,15 +13,16 @@ import errno as errno_mod
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from interceptd.events import Counters, Event, EventBus
+from interceptd.fairshare import Shares
 from interceptd.handlers import Handler, HandlerRegistry, Request
 from interceptd.listener import ListenerReject, ProcessState
+from interceptd.pump import PUMP_INTERVAL, DecisionPump
 from interceptd.registry import (
     Container,
     Registry,
@@ -45,53 +45,10 @@ log = logging.getLogger("interceptd.dispatch")
 AUDIT_ARCH_X86_64 = 0xC000003E
 UNHANDLED = Verdict.errno(errno_mod.EPERM, "unhandled")
 UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
-PUMP_INTERVAL = 0.075
-# One container's calls may keep the daemon busy SHARE of the time (seconds of handling
-# per second), after a burst of BURST seconds: a container hammering vetted calls
-# (process_vm_readv, mount loops) then waits for its own share instead of taking the CPU
-# and the interpreter from every other container.
-# The share applies only while another container is active (its calls handled within
-# ACTIVE_WINDOW): alone, a container has the whole daemon.
-SHARE = 0.25
-BURST = 0.05
-ACTIVE_WINDOW = 0.5
-MAX_PAUSE = 0.1
-OVER_SHARE_NICE = 10  # a worker over its share runs at this nice value until back in it
-SWITCH_INTERVAL = 0.0005  # seconds a worker may keep the interpreter lock if another waits
 # How long an exec'd process's message waits for its container's init message:
 # crun's `start` can return (and a `docker exec` follow) before the daemon has
 # registered the container, and a refused fd fails the process's calls (ENOSYS).
 EXEC_WAIT = 2.0
-
-
-class Budget:
-    """A container's share of the daemon's time: a token bucket of seconds of handling,
-    refilled at `share` seconds per second, holding at most `burst`. `charge(spent)` takes
-    what a batch of calls cost and answers how long the container's worker must pause
-    before it handles the next (0 while within its share)."""
-
-    def __init__(self, share: float, burst: float) -> None:
-        self.share, self.burst = share, burst
-        self.tokens = burst
-        self.t = time.monotonic()
-
-    def forgive(self) -> None:
-        self.tokens = max(self.tokens, 0.0)
-
-    def charge(self, spent: float) -> float:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.share) - spent
-        self.t = now
-        return -self.tokens / self.share if self.tokens < 0 else 0.0
-
-
-def _nice(value: int) -> bool:
-    """Set the calling thread's nice value (Linux: per thread); True if it was set."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
-        return True
-    except OSError:
-        return False
 
 
 def read_comm(pid: int) -> str:
@@ -152,8 +109,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._pump: threading.Thread | None = None
         self.exec_wait = EXEC_WAIT
-        self.share, self.burst = SHARE, BURST
-        self._active: dict[int, float] = {}  # cookie -> when its worker last handled calls
+        self.shares = Shares()  # how the workers share the daemon (fairshare.py)
         self._flag_continue = getattr(core, "FLAG_CONTINUE", 1)
         gone = getattr(core, "TargetGone", None)
         self._target_gone = gone if isinstance(gone, type) else OSError
@@ -162,7 +118,12 @@ class Dispatcher:
         # and verdict, and the channel counts of containers already gone.
         self.calls = CallTally()
         self.retired_stats: collections.Counter[str] = collections.Counter()
-        self._pump_tally = self.calls.local()
+        self._pumper = DecisionPump(
+            verdict_of_action=self._verdict_of_action, bus=bus, counters=counters,
+            calls=self.calls.local(), name_of=self._syscall_name,
+            comm_of=lambda pid: self._comm_of(pid),
+            containers=self._containers_by_cookie, container_ids=self._cookie_ids,
+            is_rule=lambda nr: nr in self._rule_nrs)  # reload replaces _rule_nrs
         # Told of each container's attach and release (the eBPF layer): objects with
         # track(container_id, cgroup_v2_path) and untrack(container_id).
         self.watchers: list[Any] = []
@@ -299,36 +260,26 @@ class Dispatcher:
         tally = self.counters.local()
         decisions = tally.bucket("decisions")
         calls = self.calls.local()
-        budget = Budget(self.share, self.burst)
-        niced = False
+        slot = self.shares.slot(c.cookie)
         try:
             while True:
                 stopping = self._stop.is_set()
                 # No timeout: close() interrupts the wait (and a waiter in the
                 # core's direct mode then needs no poll per call).
                 items = ch.wait(0 if stopping else None)
-                t0 = time.monotonic()
+                slot.begin()
                 for item in items:
                     if isinstance(item, detached_type):
                         if self._detach(c, item.notify_fd):
                             return
                     else:
+                        if slot.defer():
+                            tally.inc("deferred")
                         self._handle(c, item, decisions, calls)
-                now = time.monotonic()
-                self._active[c.cookie] = now
-                pause = budget.charge(now - t0)
-                if pause > 0 and not stopping:
-                    if self._contended(c.cookie, now):
-                        # Over its share while others use the daemon too: its own callers
-                        # wait (their calls queue in the kernel and in its channel), and
-                        # its worker yields the CPU to theirs until it is back in budget.
-                        tally.inc("throttled")
-                        niced = niced or _nice(OVER_SHARE_NICE)
-                        self._stop.wait(min(pause, MAX_PAUSE))
-                    else:
-                        budget.forgive()  # alone: the daemon's time is all its own
-                elif niced and budget.tokens >= budget.burst / 2:
-                    niced = not _nice(0)
+                pause = slot.end(stopping)
+                if pause > 0:
+                    tally.inc("throttled")
+                    self._stop.wait(pause)
                 if stopping or ch.closed:
                     return
         except Exception:
@@ -338,13 +289,9 @@ class Dispatcher:
                 self.registry.remove(c.id)
             self._release(c, "worker failed")
         finally:
+            slot.close()
             tally.release()
             calls.release()
-
-    def _contended(self, cookie: int, now: float) -> bool:
-        """Whether another container's calls were handled within the last ACTIVE_WINDOW."""
-        since = now - ACTIVE_WINDOW
-        return any(t > since for k, t in list(self._active.items()) if k != cookie)
 
     def _detach(self, c: Container, fd: int) -> bool:
         """Forget `fd`; returns True once the container has no fd left."""
@@ -364,7 +311,7 @@ class Dispatcher:
             if c.cookie in self._released:
                 return
             self._released.add(c.cookie)
-        self._active.pop(c.cookie, None)
+        self.shares.forget(c.cookie)
         c.channel.close()
         with contextlib.suppress(Exception):  # a test double may have no stats
             self.retired_stats.update(c.channel.stats())
@@ -478,54 +425,9 @@ class Dispatcher:
     # -- fast-path events ----------------------------------------------------
 
     def pump_once(self) -> int:
-        decisions = self.engine.drain_decisions()
-        if not decisions:
-            self._prune_cookies()
-            return 0
-        publish = self.bus.subscribers > 0
-        tally: collections.Counter[str] = collections.Counter()
-        gone = 0
-        calls = self._pump_tally
-        for d in decisions:
-            verdict = self._verdict_of_action.get(d.action, "errno")
-            tally[verdict] += 1
-            # The native helper's records say why; the daemon's fast path's do not.
-            calls.count("native" if getattr(d, "reason", "") else "fast",
-                        self._syscall_name(d.nr), verdict)
-            if getattr(d, "send_errno", 0):
-                gone += 1
-            # Every new pid's comm is cached on its container, events or not, so
-            # later events still name a caller that has exited meanwhile.
-            c = self._containers_by_cookie.get(d.cookie)
-            if c is not None:
-                comm = c.comms.get(d.pid)
-                if comm is None and getattr(d, "comm", ""):
-                    # read by the core right after answering: the caller may be gone now
-                    comm = c.comm(d.pid, lambda _pid, name=d.comm: name)
-                if comm is None:
-                    comm = c.comm(d.pid, self._comm_of)
-            else:
-                comm = ""
-            if not publish:
-                continue
-            reason = getattr(d, "reason", "")  # the native path says why
-            if not reason:
-                reason = "rule" if self._rule_nrs.get(d.nr) is not None else "unhandled"
-            self.bus.publish(Event(
-                time=d.ns_time / 1e9 if d.ns_time else time.time(),
-                container=self._cookie_ids.get(d.cookie, f"cookie:{d.cookie}"),
-                pid=d.pid, comm=comm or self._comm_of(d.pid), syscall=self._syscall_name(d.nr),
-                args=list(getattr(d, "args", ())),
-                verdict=verdict, errno=int(d.value) if verdict == "errno" else 0,
-                reason=reason, source="seccomp",
-                value=int(d.value) if verdict == "value" else None,
-            ))
-        for verdict, n in tally.items():
-            self.counters.inc("decisions", verdict, n)
-        if gone:
-            self.counters.inc("respond_errors", "target gone", gone)
+        n = self._pumper.publish(self.engine.drain_decisions())
         self._prune_cookies()
-        return len(decisions)
+        return n
 
     def _prune_cookies(self) -> None:
         # Keep a removed container's name for late fast-path decisions a while.
@@ -548,11 +450,8 @@ class Dispatcher:
     # -- life cycle ------------------------------------------------------------
 
     def start(self) -> None:
-        # Workers share one interpreter lock. A busy container's worker gives it up for
-        # its syscalls but takes it straight back, so another container's worker, woken
-        # by a notification, gets it only when the holder is forced to switch: after the
-        # switch interval (5 ms by default), the p99 of every quiet container's calls.
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        # Workers share one interpreter lock: see fairshare.py.
+        self.shares.start()
         self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
         self._pump.start()
 

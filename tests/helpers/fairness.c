@@ -1,9 +1,11 @@
 /*
  * fairness: a quiet container's latency probe and a noisy neighbour's loads.
  *
- *   fairness lat N GAP        N x sysinfo(2), GAP microseconds apart, each timed:
+ *   fairness lat N GAP [t]    N x sysinfo(2), GAP microseconds apart, each timed:
  *                             "samples U,U,..." in call order, then
- *                             "lat n=N ok=K p50=U p99=U max=U" (microseconds)
+ *                             "lat n=N ok=K p50=U p99=U max=U" (microseconds); with t
+ *                             also "starts NS,NS,..." (each call's CLOCK_MONOTONIC start,
+ *                             to line calls up with a daemon's own timestamps)
  *   fairness vmread SECONDS   process_vm_readv of an own child, in a loop: "vmread n=K ok=K"
  *   fairness mounts SECONDS DIR   bind DIR onto DIR/b and unmount it, in a loop (each call
  *                             goes to the daemon's Python path): "mounts n=K ok=K"
@@ -41,17 +43,22 @@ static int cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static int lat(long n, long gap_us)
+static int lat(long n, long gap_us, int starts)
 {
 	double *us = calloc((size_t)n, sizeof *us);
+	long long *at = calloc((size_t)n, sizeof *at);
 	struct sysinfo si;
 	long ok = 0;
 
-	if (!us || n < 1)
+	if (!us || !at || n < 1)
 		return 1;
 	for (long i = 0; i < n; i++) {
-		double t0 = now();
+		struct timespec ts;
+		double t0;
 
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		at[i] = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+		t0 = now();
 		ok += syscall(SYS_sysinfo, &si) == 0;
 		us[i] = (now() - t0) * 1e6;
 		if (gap_us > 0)
@@ -60,10 +67,16 @@ static int lat(long n, long gap_us)
 	printf("samples");
 	for (long i = 0; i < n; i++)
 		printf("%c%.0f", i ? ',' : ' ', us[i]);
+	if (starts) {
+		printf("\nstarts");
+		for (long i = 0; i < n; i++)
+			printf("%c%lld", i ? ',' : ' ', at[i]);
+	}
 	qsort(us, (size_t)n, sizeof *us, cmp);
 	printf("\nlat n=%ld ok=%ld p50=%.1f p99=%.1f max=%.1f\n", n, ok, us[n / 2],
 	       us[(n * 99) / 100], us[n - 1]);
 	free(us);
+	free(at);
 	return fflush(stdout) == 0 ? 0 : 1;
 }
 
@@ -136,14 +149,14 @@ static int unshare_loop(double secs)
 
 int main(int argc, char **argv)
 {
-	if (argc == 4 && strcmp(argv[1], "lat") == 0)
-		return lat(strtol(argv[2], NULL, 10), strtol(argv[3], NULL, 10));
+	if ((argc == 4 || (argc == 5 && strcmp(argv[4], "t") == 0)) && strcmp(argv[1], "lat") == 0)
+		return lat(strtol(argv[2], NULL, 10), strtol(argv[3], NULL, 10), argc == 5);
 	if (argc == 3 && strcmp(argv[1], "vmread") == 0)
 		return vmread(strtod(argv[2], NULL));
 	if (argc == 4 && strcmp(argv[1], "mounts") == 0)
 		return mounts(strtod(argv[2], NULL), argv[3]);
 	if (argc == 3 && strcmp(argv[1], "unshare") == 0)
 		return unshare_loop(strtod(argv[2], NULL));
-	fprintf(stderr, "usage: fairness lat N GAP | vmread S | mounts S DIR | unshare S\n");
+	fprintf(stderr, "usage: fairness lat N GAP [t] | vmread S | mounts S DIR | unshare S\n");
 	return 2;
 }

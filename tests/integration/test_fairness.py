@@ -1,7 +1,7 @@
 """One container cannot slow every other (issue 8, item 11): a sibling's notified-call
-latency (sysinfo, answered by the daemon's Python path) stays within 2x of its quiet
-value while one neighbour hammers process_vm_readv and bind mount/umount and another
-loops unshare -Um + mount (a new executor each time), through the same daemon.
+latency (sysinfo, answered by the daemon's Python path) stays near its quiet value while
+one neighbour hammers process_vm_readv and bind mount/umount and another loops
+unshare -Um + mount (a new executor each time), through the same daemon.
 
 Robust on a busy 2-core VM: quiet and loaded rounds alternate (drift on the machine hits
 both), and each phase's p99 is taken over all its rounds' samples pooled."""
@@ -90,9 +90,12 @@ def test_a_noisy_neighbour_does_not_slow_a_sibling(
         assert all(len(done.get(a[0], [])) == ROUNDS for _, a in LOADS), done
         assert sum(done["vmread"]) > 1000 and sum(done["mounts"]) > 300, done
         assert sum(done["unshare"]) > 20, done
-        # The issue's target is 2x; on this 2-vCPU VM the quiet p99 alone moves 0.6-2.4 ms
-        # with whatever else runs, so 2x is a figure to print (it held in 5 of 8 quiet
-        # runs, 3-5x in full-suite runs), not a test gate. The gate catches what the
-        # fairness work removed: a neighbour's /proc walks, executor thrash and daemon
-        # forks made the sibling's p99 15-25x worse (0.8 -> 12 ms).
+        # The issue's target is 2x, printed here and by bench/bench_fairness.py per load
+        # (PASS/MISS). On a shared 2-vCPU VM the quiet p99 alone moves 1.4-5 ms with
+        # whatever else runs, and one machine stall in a loaded round decides its p99:
+        # with the machine's load average at 5-11 this test measured 0.8, 2.0, 4.5 and
+        # 7.2x (a probe of the same loads in between: 0.8x). So the gate stays loose; it
+        # catches what the fairness work removed (3.4-4.1x on a quiet machine before the
+        # sysinfo figures were reused and the share counted in CPU time; a neighbour's
+        # /proc walks, executor thrash and daemon forks once made it 15-25x).
         assert busy <= GUARD * base, f"sibling p99 {base:.0f} us alone, {busy:.0f} us loaded"
