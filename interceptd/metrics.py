@@ -104,8 +104,8 @@ SERIES: tuple[Series, ...] = (
            "the native mount helper; python: a policy handler), syscall and verdict.",
            ("path", "syscall", "verdict")),
     Series("interceptd_notification_duration_seconds", "histogram",
-           "Time from receiving a notification to answering it, by path (python only: "
-           "the C paths record no receive time).", ("path",)),
+           "Time from receiving a notification to answering it, by path (the C paths' "
+           "records carry their receive and send times).", ("path",)),
     Series("interceptd_channel_notifications_total", "counter",
            "Notifications per path as the C channels count them (includes decisions "
            "whose event record was dropped).", ("path",)),

@@ -39,8 +39,11 @@ class DecisionPump:
             verdict = self._verdict_of_action.get(d.action, "errno")
             tally[verdict] += 1
             # The native helper's records say why; the daemon's fast path's do not.
-            calls.count("native" if getattr(d, "reason", "") else "fast",
-                        self._name_of(d.nr), verdict)
+            path = "native" if getattr(d, "reason", "") else "fast"
+            calls.count(path, self._name_of(d.nr), verdict)
+            handled = getattr(d, "handling_ns", 0)  # C records carry receive/send times
+            if handled > 0:
+                calls.histogram(path).observe_ns(handled)
             if getattr(d, "send_errno", 0):
                 gone += 1
             # Every new pid's comm is cached on its container, events or not, so
