@@ -1,7 +1,7 @@
 """The prepare service: the create/run rewrite done by a long-lived process.
 
 The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run/exec/delete
-(the same `main.Create` as the Python entry), runs the real runtime itself,
+(the same jobs, interceptd.runtime.jobs, as the Python entry), runs the real runtime itself,
 then reports its exit status so the service can finish (roll back, place the
 cgroup, tear down). This saves starting an interpreter per container. When the
 service is absent, or the caller is in another mount namespace (mounts made
@@ -37,17 +37,13 @@ from interceptd.unixsock import listen_private
 
 from . import argv as argvmod
 from . import settings as settingsmod
-from .main import (
-    Create,
-    Delete,
-    Exec,
-    Fail,
-    HostFacts,
-    _log_file_error,
-    _runtime_cmd,
-    refusal,
-)
+from .errors import Fail, log_file_error, refusal
+from .hostfacts import HostFacts
+from .jobs.create import Create
+from .jobs.delete import Delete
+from .jobs.exec import Exec
 from .mountapi import UserNamespace
+from .procs import runtime_cmd
 
 log = logging.getLogger("interceptd.runtime.service")
 
@@ -133,7 +129,7 @@ class Service:
             Create.userns_source = UsernsCache()
         # Read once: a long-lived root process's bounding set and the host's
         # namespaces do not change while it runs.
-        Create.host_facts = HostFacts.read()
+        HostFacts.held = HostFacts.read()
         self._mnt_ns = _mount_ns("self")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
@@ -148,7 +144,7 @@ class Service:
         if isinstance(Create.userns_source, UsernsCache):
             Create.userns_source.close()
             Create.userns_source = None
-        Create.host_facts = None
+        HostFacts.held = None
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -259,7 +255,7 @@ class Service:
         except Fail as e:
             self._refuse(conn, inv, str(e))
             return
-        cmd = _runtime_cmd(st, run_args)
+        cmd = runtime_cmd(st, run_args)
         out = [st.runtime, *cmd]
         conn.sendall(f"OK {len(out)}\n".encode() + b"".join(os.fsencode(a) + b"\0" for a in out))
         conn.settimeout(None)  # `run` lasts as long as the container
@@ -281,7 +277,7 @@ class Service:
     @staticmethod
     def _refuse(conn: socket.socket, inv: argvmod.Invocation, msg: str) -> None:
         """ERR: the launcher prints it and exits 1; the runtime's --log gets it too."""
-        _log_file_error(inv, msg)
+        log_file_error(inv, msg)
         conn.sendall(f"ERR {msg}\n".replace("\n", " ").rstrip().encode() + b"\n")
 
 
