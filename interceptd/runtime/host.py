@@ -345,9 +345,9 @@ def place_in_cgroup2(rec: Record, store: RecordStore, pid: int, cgroup2_root: st
 def _mount_points(mount_dir: str) -> list[str]:
     """Every place under mount_dir the shim may have mounted, in set-up order."""
     out = []
-    for sub in ("lower", "rootfs", "vol"):
+    for sub in ("lower", "rootfs", "vol", "emul"):
         d = os.path.join(mount_dir, sub)
-        if sub == "rootfs":
+        if sub in ("rootfs", "emul"):
             out.append(d)
             continue
         try:
@@ -378,7 +378,7 @@ def teardown(rec: Record) -> list[str]:
     if rec.mount_dir and not rec.keep_dirs and os.path.isdir(rec.mount_dir):
         # rmdir/unlink of something still mounted fails (EBUSY), so this never
         # reaches into a filesystem; and nothing is walked recursively.
-        leftovers = [os.path.join(rec.mount_dir, "rootfs")]
+        leftovers = [os.path.join(rec.mount_dir, "rootfs"), os.path.join(rec.mount_dir, "emul")]
         for sub in ("lower", "vol"):
             d = os.path.join(rec.mount_dir, sub)
             with contextlib.suppress(OSError):

@@ -399,11 +399,29 @@ def add_seccomp(spec: dict, notify: list, denied: list[dict], listener_path: str
     """Attach the container to the daemon: its own profile unweakened (or the daemon's
     default profile when it has none) plus the notify and deny rules. `notify` holds OCI
     SCMP_ACT_NOTIFY rules or bare syscall names. interceptd/runtime/seccomp.py."""
+    import json
+
     from . import seccomp, seccomp_default
 
     linux = spec.setdefault("linux", {})
-    own = linux.get("seccomp") or seccomp_default.profile()
-    linux["seccomp"] = seccomp.compose(own, notify, denied, listener_path, metadata)
+    own = linux.get("seccomp")
+    # Composed once per (profile, rules, listener): every container of an image brings
+    # the same profile, and composing Docker's costs about a millisecond. The cached
+    # section is shared by the specs it goes into (they are only serialised after).
+    key = (json.dumps(own, sort_keys=True) if own else "",
+           json.dumps(notify, sort_keys=True), json.dumps(denied, sort_keys=True),
+           listener_path)
+    done = _COMPOSED.get(key)
+    if done is None:
+        done = seccomp.compose(own or seccomp_default.profile(), notify, denied,
+                               listener_path, "")
+        if len(_COMPOSED) >= 16:
+            _COMPOSED.clear()
+        _COMPOSED[key] = done
+    linux["seccomp"] = dict(done, listenerMetadata=metadata)
+
+
+_COMPOSED: dict[tuple[str, str, str, str], dict] = {}
 
 
 # ---------------------------------------------------------------- cgroup

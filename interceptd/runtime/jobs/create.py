@@ -16,13 +16,14 @@ from ..errors import Fail
 from ..hostfacts import HostFacts
 from ..procs import container_exists
 from ..rewrite import bind_policy, rewrite_spec, sensitive_paths
+from ..timing import Phases
 
 if TYPE_CHECKING:
     from .. import records
 
 
 def _bind_emulated(new: dict, status: dict, st: settingsmod.Settings,
-                   rec: records.Record, store: records.RecordStore) -> None:
+                   rec: records.Record) -> None:
     """The daemon's emulated /proc and /sys files, when its status says they are served:
     a clone of its tree in the container's mount dir, binds after the config's mounts."""
     from .. import emulbinds
@@ -30,9 +31,9 @@ def _bind_emulated(new: dict, status: dict, st: settingsmod.Settings,
     files = emulbinds.wanted(status)
     if not files:
         return
+    # Not saved: teardown finds the tree under mount_dir (host._mount_points).
     tree = os.path.join(rec.mount_dir, "emul")
     rec.mounts.append(tree)
-    store.save(rec)
     emulbinds.clone_tree(os.path.join(st.state_dir, "fs"), tree)
     emulbinds.apply(new, files, tree)
 
@@ -65,6 +66,8 @@ class Create:
         # Who runs the real runtime (its cgroup is what the init inherits): this
         # process, or the launcher the service prepares for (service.py sets it).
         self.caller_pid = os.getpid()
+        # Set by the caller to time the whole request (the service); else our own.
+        self.phases = Phases()
 
     def _abs(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
@@ -98,8 +101,10 @@ class Create:
         inv, st, cid = self.inv, self.st, self.cid
         if not cid:  # argv.parse refuses this already
             raise Fail(f"{inv.command}: no container id")
+        ph = self.phases
         bundle, cfg_path, orig_bytes, spec, was_rewritten = read_spec(inv, self.cwd)
         self.cfg_path = cfg_path
+        ph.mark("read")
         try:
             status = (self.daemon_status() if self.daemon_status is not None
                       else daemonlink.check(st.state_dir, st.daemon_timeout))
@@ -107,6 +112,7 @@ class Create:
             raise Fail(f"refusing to start {cid} unprotected: interceptd daemon unreachable: "
                        f"{e}") from None
 
+        ph.mark("status")
         try:
             root = sp.root_path(spec, bundle)
         except sp.Refused as e:
@@ -141,6 +147,7 @@ class Create:
                                         mount_dir=os.path.join(st.mount_root, f"r{base}"),
                                         config_rewritten=True, keep_dirs=True)
         store.save(rec)
+        ph.mark("allocate")
         facts = HostFacts.current()
         try:
             notified, denied, _src = policylink.syscalls(st.raw, st.config_path, status)
@@ -148,10 +155,13 @@ class Create:
                                bounding=facts.bounding, host_ns=facts.host_ns,
                                notified=notified, denied=denied, root=root)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
+            ph.mark("rewrite")
             self._delegate_cgroups(new, base)
+            ph.mark("cgroups")
             source = Create.userns_source
             ns = (source.get(base, st.range_size) if source is not None
                   else mountapi.UserNamespace(base, st.range_size))
+            ph.mark("userns")
             try:
                 hs = host.HostSetup(rec, store, ns.fd)
                 # The view is mounted over root.path itself; root.path changes only
@@ -160,17 +170,21 @@ class Create:
                                  own=[st.state_dir, st.mount_root])
                 if view is not None:
                     new["root"]["path"] = view
+                ph.mark("rootfs")
                 hs.volumes(new, bind_policy(new, st, root), base, st.range_size,
                            st.volume_id_base)
             finally:
                 ns.close()
-            _bind_emulated(new, status, st, rec, store)
+            ph.mark("volumes")
+            _bind_emulated(new, status, st, rec)
+            ph.mark("emulated")
             data = json.dumps(new, separators=(",", ":")).encode()
             if not was_rewritten:
                 keep_original(cfg_path, orig_bytes)
             write_atomic(cfg_path, data)
             if rec.warnings:
                 store.save(rec)
+            ph.mark("write")
         except sp.Refused as e:
             self._undo()
             raise Fail(f"container {cid} refused: {e}") from None
