@@ -145,7 +145,8 @@ class Create:
         self.rec = rec = records.Record(key=key, container_id=cid, bundle=bundle,
                                         host_base=base,
                                         mount_dir=os.path.join(st.mount_root, f"r{base}"),
-                                        config_rewritten=True, keep_dirs=True)
+                                        config_rewritten=True, keep_dirs=True,
+                                        config_path=cfg_path)
         store.save(rec)
         ph.mark("allocate")
         facts = HostFacts.current()

@@ -42,8 +42,8 @@ class Delete:
                 pool.release(key)
             return rc
         problems = host.teardown(rec)
-        if rec.bundle and rec.config_rewritten:
-            restore_config(os.path.join(rec.bundle, "config.json"))
+        if rec.config_rewritten and (rec.config_path or rec.bundle):
+            restore_config(rec.config_path or os.path.join(rec.bundle, "config.json"))
         store.remove(key)  # before the release: see Create._undo
         pool.release(key)
         with contextlib.suppress(OSError):
