@@ -293,16 +293,17 @@ class Service:
         except Fail as e:
             self._refuse(conn, inv, str(e))
             return
-        if isinstance(job, Create) and job.rec is not None and \
-                isinstance(Create.userns_source, UsernsCache):
-            nxt = job.rec.host_base + st.range_size
-            if nxt < st.id_pool_start + st.id_pool_ranges * st.range_size:
-                Create.userns_source.warm(nxt, st.range_size)
         cmd = runtime_cmd(st, run_args)
         out = [st.runtime, *cmd]
         conn.sendall(f"OK {len(out)}\n".encode() + b"".join(os.fsencode(a) + b"\0" for a in out))
         ph.mark("reply")
         ph.write(cid=inv.container_id or "", command=inv.command or "")
+        if isinstance(job, Create) and job.rec is not None and \
+                isinstance(Create.userns_source, UsernsCache):
+            # After the reply: the launcher runs the runtime meanwhile.
+            nxt = job.rec.host_base + st.range_size
+            if nxt < st.id_pool_start + st.id_pool_ranges * st.range_size:
+                Create.userns_source.warm(nxt, st.range_size)
         conn.settimeout(None)  # `run` lasts as long as the container
         line = rfile.readline(64).split()
         try:
