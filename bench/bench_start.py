@@ -130,6 +130,21 @@ def one(cmd: list[str], bundle: Path, cid: str, env: dict[str, str]) -> list[flo
     return [t3 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3]
 
 
+def daemon_cpu(pid: int) -> float:
+    """The daemon's CPU time (all threads, user + system), ms."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU time of the processes this one waited for (runtimes, launcher, inits), ms."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * 1000
+
+
 def print_service_phases(path: Path, warmup: int) -> None:
     """Medians of the prepare service's phases of the shim row's creates (the daemon
     appends them: interceptd/runtime/timing.py)."""
@@ -146,7 +161,8 @@ def print_service_phases(path: Path, warmup: int) -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
 
 
-def measure(args: argparse.Namespace, rt: str, top: Path, state: Path, shim: str) -> bool:
+def measure(args: argparse.Namespace, rt: str, top: Path, state: Path, shim: str,
+            daemon_pid: int) -> bool:
     """One runtime's rows, interleaved; prints them; whether the target is met."""
     real = shutil.which(rt)
     if not real:
@@ -163,6 +179,11 @@ def measure(args: argparse.Namespace, rt: str, top: Path, state: Path, shim: str
     py_env = dict(env, INTERCEPTD_RUNC_NO_SERVICE="1")
     rows: dict[str, list[float]] = {"base": [], "shim": [], "filt": [], "bare": [], "py": []}
     phases: dict[str, list[list[float]]] = {k: [] for k in rows}
+    # CPU per round (create..delete), which other work on the machine inflates far less
+    # than wall time: the caller's children (runtime, launcher, container init) and
+    # the daemon (prepare service, attach, FUSE, detach; clock ticks, summed per row).
+    cpu_children: dict[str, list[float]] = {k: [] for k in rows}
+    cpu_daemon: dict[str, float] = dict.fromkeys(rows, 0.0)
     timing = state / "timing.jsonl"
     timing.write_text("")
     load0 = os.getloadavg()[0]
@@ -179,10 +200,14 @@ def measure(args: argparse.Namespace, rt: str, top: Path, state: Path, shim: str
     orders = list(itertools.permutations(runs))
     for i in range(args.warmup + args.n):
         for name, cmd, bundle, e in orders[i % len(orders)]:
+            c0, d0 = children_cpu(), daemon_cpu(daemon_pid)
             t = [x * 1000 for x in one(cmd, bundle, f"{name}-{i}", e)]
+            c1, d1 = children_cpu(), daemon_cpu(daemon_pid)
             if i >= args.warmup:
                 rows[name].append(t[0])
                 phases[name].append(t[1:])
+                cpu_children[name].append(c1 - c0)
+                cpu_daemon[name] += d1 - d0
     elapsed = time.monotonic() - t_start
     med = {k: statistics.median(v) for k, v in rows.items() if v}
     mb, ms = med["base"], med["shim"]
@@ -218,6 +243,11 @@ def measure(args: argparse.Namespace, rt: str, top: Path, state: Path, shim: str
             ph = [statistics.median(p[j] for p in phases[name]) for j in range(4)]
             print(f"    {name:5s} {ph[0]:6.1f} {ph[1]:5.1f} {ph[2]:5.1f}  ({ph[3]:.1f})")
     print_service_phases(timing, args.warmup)
+    print("  CPU per round (create..delete), ms: caller's children median / daemon mean:")
+    for name in rows:
+        if cpu_children[name]:
+            print(f"    {name:5s} {statistics.median(cpu_children[name]):6.1f} / "
+                  f"{cpu_daemon[name] / len(cpu_children[name]):5.1f}")
     print(f"  per-round ratio, median: {paired:.2f}x")
     verdict = "PASS" if ratio <= target else "MISS"
     print(f"  ratio {ratio:.2f}x (+{ms - mb:.1f} ms; target <= {target}x): {verdict}")
@@ -261,7 +291,7 @@ def main() -> int:
             shim = build(str(top / "interceptd-runc"))
         ok = True
         for rt in args.runtime.split(","):
-            ok = measure(args, rt, top, state, shim) and ok
+            ok = measure(args, rt, top, state, shim, daemon.pid) and ok
         return 0
     finally:
         daemon.terminate()
