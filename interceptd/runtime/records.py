@@ -21,7 +21,7 @@ def container_key(runtime_root: str | None, container_id: str) -> str:
 
 
 FIELDS = ("key", "container_id", "bundle", "host_base", "mount_dir", "mounts", "shifted",
-          "cgroup_node", "config_rewritten", "warnings", "keep_dirs")
+          "cgroup_node", "config_rewritten", "warnings", "keep_dirs", "config_path")
 
 
 class Record:
@@ -29,7 +29,7 @@ class Record:
                  mount_dir: str = "", mounts: list[str] | None = None,
                  shifted: list[list] | None = None, cgroup_node: str = "",
                  config_rewritten: bool = False, warnings: list[str] | None = None,
-                 keep_dirs: bool = False) -> None:
+                 keep_dirs: bool = False, config_path: str = "") -> None:
         self.key = key
         self.container_id = container_id
         self.bundle = bundle
@@ -43,6 +43,9 @@ class Record:
         # mount_dir is the id range's (reused by its next holder): teardown unmounts
         # but leaves the empty directories. Older records own a per-container dir.
         self.keep_dirs = keep_dirs
+        # The config the shim rewrote: crun's --config may name one outside the
+        # bundle; "" (older records) is <bundle>/config.json.
+        self.config_path = config_path
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in FIELDS}

@@ -1,7 +1,7 @@
 """The prepare service: the create/run rewrite done by a long-lived process.
 
 The native launcher asks `<state-dir>/runtime.sock` to prepare a create/run/exec/delete
-(the same `main.Create` as the Python entry), runs the real runtime itself,
+(the same jobs, interceptd.runtime.jobs, as the Python entry), runs the real runtime itself,
 then reports its exit status so the service can finish (roll back, place the
 cgroup, tear down). This saves starting an interpreter per container. When the
 service is absent, or the caller is in another mount namespace (mounts made
@@ -37,17 +37,14 @@ from interceptd.unixsock import listen_private
 
 from . import argv as argvmod
 from . import settings as settingsmod
-from .main import (
-    Create,
-    Delete,
-    Exec,
-    Fail,
-    HostFacts,
-    _log_file_error,
-    _runtime_cmd,
-    refusal,
-)
+from .errors import Fail, log_file_error, refusal
+from .hostfacts import HostFacts
+from .jobs.create import Create
+from .jobs.delete import Delete
+from .jobs.exec import Exec
 from .mountapi import UserNamespace
+from .procs import runtime_cmd
+from .timing import Phases
 
 log = logging.getLogger("interceptd.runtime.service")
 
@@ -82,13 +79,24 @@ class _Fd:
 
 class UsernsCache:
     """A few id-mapping user namespaces kept for reuse. The fd only carries the
-    mapping an id-mapped mount needs; holding it gives nobody any privilege."""
+    mapping an id-mapped mount needs; holding it gives nobody any privilege.
+
+    `warm()` makes one ahead of time on a background thread (a fork, an unshare
+    and two map writes: milliseconds a create would otherwise wait for): the
+    service asks for the range after the one a create just took, which is the
+    one the id pool hands out next on a sequence of starts."""
 
     def __init__(self, size: int = 32) -> None:
         self.size = size
         self._lock = threading.Lock()
         self._items: collections.OrderedDict[tuple[int, int], UserNamespace] = (
             collections.OrderedDict())
+        self._warming: set[tuple[int, int]] = set()
+
+    def _put(self, key: tuple[int, int], ns: UserNamespace) -> None:
+        self._items[key] = ns
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)[1].close()
 
     def get(self, base: int, rng: int) -> _Fd:
         """A dup of the cached fd: eviction never closes one a caller still uses."""
@@ -96,10 +104,33 @@ class UsernsCache:
             ns = self._items.pop((base, rng), None)
             if ns is None:
                 ns = UserNamespace(base, rng)
-            self._items[(base, rng)] = ns
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)[1].close()
+            self._put((base, rng), ns)
             return _Fd(os.dup(ns.fd))
+
+    def warm(self, base: int, rng: int) -> None:
+        """Make (base, rng)'s namespace in the background, unless cached or under way."""
+        key = (base, rng)
+        with self._lock:
+            if key in self._items or key in self._warming:
+                return
+            self._warming.add(key)
+        threading.Thread(target=self._make, args=(key,), name="userns-warm",
+                         daemon=True).start()
+
+    def _make(self, key: tuple[int, int]) -> None:
+        try:
+            ns = UserNamespace(*key)
+        except OSError as e:
+            log.debug("user namespace ahead of time: %s", e)
+            ns = None
+        with self._lock:
+            self._warming.discard(key)
+            if ns is None:
+                return
+            if key in self._items:
+                ns.close()
+            else:
+                self._put(key, ns)
 
     def close(self) -> None:
         with self._lock:
@@ -133,7 +164,7 @@ class Service:
             Create.userns_source = UsernsCache()
         # Read once: a long-lived root process's bounding set and the host's
         # namespaces do not change while it runs.
-        Create.host_facts = HostFacts.read()
+        HostFacts.held = HostFacts.read()
         self._mnt_ns = _mount_ns("self")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         if os.path.exists(self.path):
@@ -148,7 +179,7 @@ class Service:
         if isinstance(Create.userns_source, UsernsCache):
             Create.userns_source.close()
             Create.userns_source = None
-        Create.host_facts = None
+        HostFacts.held = None
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -232,6 +263,7 @@ class Service:
         return hit
 
     def _handle(self, conn: socket.socket, rfile) -> None:
+        ph = Phases()
         pid = _peer_pid(conn)
         req = json.loads(rfile.readline(MAX_REQUEST))
         args = [str(a) for a in req["argv"]]
@@ -247,6 +279,7 @@ class Service:
                 or inv.decision != argvmod.SHIM):
             conn.sendall(b"FALLBACK\n")
             return
+        ph.mark("request")
         if inv.command == "delete":
             job = Delete(inv, st, cwd)
         elif inv.command == "exec":
@@ -254,14 +287,23 @@ class Service:
         else:
             job = Create(inv, st, cwd, daemon_status=self.status)
             job.caller_pid = pid
+            job.phases = ph
         try:
             run_args = job.prepare()
         except Fail as e:
             self._refuse(conn, inv, str(e))
             return
-        cmd = _runtime_cmd(st, run_args)
+        cmd = runtime_cmd(st, run_args)
         out = [st.runtime, *cmd]
         conn.sendall(f"OK {len(out)}\n".encode() + b"".join(os.fsencode(a) + b"\0" for a in out))
+        ph.mark("reply")
+        ph.write(cid=inv.container_id or "", command=inv.command or "")
+        if isinstance(job, Create) and job.rec is not None and \
+                isinstance(Create.userns_source, UsernsCache):
+            # After the reply: the launcher runs the runtime meanwhile.
+            nxt = job.rec.host_base + st.range_size
+            if nxt < st.id_pool_start + st.id_pool_ranges * st.range_size:
+                Create.userns_source.warm(nxt, st.range_size)
         conn.settimeout(None)  # `run` lasts as long as the container
         line = rfile.readline(64).split()
         try:
@@ -281,7 +323,7 @@ class Service:
     @staticmethod
     def _refuse(conn: socket.socket, inv: argvmod.Invocation, msg: str) -> None:
         """ERR: the launcher prints it and exits 1; the runtime's --log gets it too."""
-        _log_file_error(inv, msg)
+        log_file_error(inv, msg)
         conn.sendall(f"ERR {msg}\n".replace("\n", " ").rstrip().encode() + b"\n")
 
 

@@ -315,6 +315,36 @@ def bind_policy(spec: dict, shared: Iterable[str], sensitive: list[str], allow: 
                       docker_data_root(spec, root) if root else None)
 
 
+# The filesystems a config may mount other than by bind: the kernel makes them from
+# nothing, and no option of theirs names a path (runc and crun mount them before the
+# container's filter exists, with the host's tree still in view). Anything else is
+# refused: overlay (lowerdir=/upperdir=/workdir= are host paths, resolved by the
+# runtime, not checked and re-sourced as a bind's fd is), a device's filesystem
+# (its source is a host block device), and any type this list does not know.
+PATHLESS_TYPES = frozenset({"proc", "sysfs", "tmpfs", "ramfs", "devpts", "mqueue",
+                            "cgroup", "cgroup2"})
+
+
+def check_other_mounts(spec: dict) -> None:
+    """Refuse non-bind mounts that could name a host path (positive model)."""
+    for m in spec.get("mounts") or []:
+        if is_bind(m):
+            continue
+        kind, dest = m.get("type"), m.get("destination")
+        if kind not in PATHLESS_TYPES:
+            why = ("its lowerdir/upperdir/workdir options are host paths; bind the "
+                   "directory from a [runtime] shared_paths place instead, or build the "
+                   "overlay inside the container" if kind == "overlay" else
+                   "only binds (checked against [runtime] shared_paths) and "
+                   + ", ".join(sorted(PATHLESS_TYPES)) + " are mounted from a config")
+            raise Refused(f"mount of type {kind!r} at {dest} refused by interceptd: {why}")
+        for opt in m.get("options") or []:
+            _, eq, value = str(opt).partition("=")
+            if eq and "/" in value:
+                raise Refused(f"mount of type {kind!r} at {dest}: option {opt!r} names a "
+                              "path: refused by interceptd")
+
+
 def check_mounts(spec: dict, sensitive: list[str], allow: list[str],
                  resolve=os.path.realpath, shared: Iterable[str] = (),
                  root: str | None = None, trust_annotations: bool = False) -> BindPolicy:
@@ -325,6 +355,7 @@ def check_mounts(spec: dict, sensitive: list[str], allow: list[str],
     `allow` (image names/digests) is matched on annotations, which whoever creates
     the container sets: it is honoured only with `trust_annotations`.
     """
+    check_other_mounts(spec)
     policy = bind_policy(spec, shared, sensitive, allow, root, trust_annotations)
     for m in spec.get("mounts") or []:
         if not is_bind(m):
@@ -399,11 +430,29 @@ def add_seccomp(spec: dict, notify: list, denied: list[dict], listener_path: str
     """Attach the container to the daemon: its own profile unweakened (or the daemon's
     default profile when it has none) plus the notify and deny rules. `notify` holds OCI
     SCMP_ACT_NOTIFY rules or bare syscall names. interceptd/runtime/seccomp.py."""
+    import json
+
     from . import seccomp, seccomp_default
 
     linux = spec.setdefault("linux", {})
-    own = linux.get("seccomp") or seccomp_default.profile()
-    linux["seccomp"] = seccomp.compose(own, notify, denied, listener_path, metadata)
+    own = linux.get("seccomp")
+    # Composed once per (profile, rules, listener): every container of an image brings
+    # the same profile, and composing Docker's costs about a millisecond. The cached
+    # section is shared by the specs it goes into (they are only serialised after).
+    key = (json.dumps(own, sort_keys=True) if own else "",
+           json.dumps(notify, sort_keys=True), json.dumps(denied, sort_keys=True),
+           listener_path)
+    done = _COMPOSED.get(key)
+    if done is None:
+        done = seccomp.compose(own or seccomp_default.profile(), notify, denied,
+                               listener_path, "")
+        if len(_COMPOSED) >= 16:
+            _COMPOSED.clear()
+        _COMPOSED[key] = done
+    linux["seccomp"] = dict(done, listenerMetadata=metadata)
+
+
+_COMPOSED: dict[tuple[str, str, str, str], dict] = {}
 
 
 # ---------------------------------------------------------------- cgroup

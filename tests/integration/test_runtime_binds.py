@@ -456,3 +456,57 @@ pid=$(echo "$st" | sed -n 's/.*"pid":\\([0-9]*\\).*/\\1/p')
         subprocess.run(["umount", "-l", str(root / "hooked")], capture_output=True)
     assert (root / "hooked").read_text() == ""
     assert_nothing_left(shim)
+
+
+# ------------------------------------------------------------------ non-bind mounts (issue 8)
+
+def test_overlay_mount_entry_naming_host_paths_refused(shim, bundle_factory, new_id, workdir):
+    """An overlay entry's lowerdir/upperdir name host paths the runtime would resolve
+    with the host's tree in view: refused like a bind from outside shared_paths."""
+    up, wk = workdir / "ovl-up", workdir / "ovl-work"
+    up.mkdir()
+    wk.mkdir()
+    b = plain_bundle(bundle_factory, ["cat", "/x/shadow"])
+    b.config["mounts"].append({"destination": "/x", "type": "overlay", "source": "overlay",
+                               "options": ["lowerdir=/etc", f"upperdir={up}",
+                                           f"workdir={wk}"]})
+    b.write_config()
+    err = refused(shim, b, new_id("ovlentry"), "mount of type 'overlay' at /x refused")
+    assert "lowerdir" in err
+
+
+def test_device_filesystem_entry_refused(shim, bundle_factory, new_id):
+    b = plain_bundle(bundle_factory, ["true"])
+    b.config["mounts"].append({"destination": "/x", "type": "ext4", "source": "/dev/sda1"})
+    b.write_config()
+    refused(shim, b, new_id("ext4entry"), "mount of type 'ext4' at /x refused")
+
+
+def test_crun_config_outside_bundle_restored_after_delete(shim, bundle_factory, new_id,
+                                                          workdir):
+    """crun's --config may name a file outside the bundle: the shim rewrites that file,
+    and delete (a detached create, so not the create's own finish) puts it back."""
+    if os.path.basename(os.environ.get("INTERCEPTD_RUNTIME", "")) != "crun":
+        pytest.skip("--config is crun's option (runc has none)")
+    b = plain_bundle(bundle_factory, ["sleep", "60"])
+    elsewhere = workdir / "configs" / "c.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b.config_path.read_bytes())
+    b.config_path.unlink()  # only the outside config exists
+    orig = elsewhere.read_bytes()
+    cid = new_id("cfgout")
+    shim._ids.add(cid)
+    try:
+        # The container's stdio go to files (a pipe would stay open while it runs).
+        with open(b.path / "stdout", "wb") as out, open(b.path / "stderr", "wb") as e:
+            p = subprocess.run(shim.cmd("create", "--bundle", str(b.path), "--config",
+                                        str(elsewhere), cid),
+                               stdin=subprocess.DEVNULL, stdout=out, stderr=e, timeout=30)
+        assert p.returncode == 0, (b.path / "stderr").read_text()
+        assert b"io.interceptd.runtime" in elsewhere.read_bytes()  # rewritten while it lives
+    finally:
+        shim.delete(cid)
+    assert elsewhere.read_bytes() == orig
+    assert not (elsewhere.parent / "c.json.orig").exists()
+    assert not (b.path / "config.json").exists()
+    assert_nothing_left(shim)

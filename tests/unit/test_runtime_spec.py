@@ -256,3 +256,40 @@ def test_ping_group_range_fitted_to_mapping():
     s["linux"]["sysctl"]["net.ipv4.ping_group_range"] = "bogus"
     sp.fit_sysctls(s)
     assert s["linux"]["sysctl"]["net.ipv4.ping_group_range"] == "bogus"
+
+
+# ------------------------------------------------------------------ non-bind mounts
+
+def _with_mount(m: dict) -> dict:
+    return {"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, m]}
+
+
+@pytest.mark.parametrize("m", [
+    {"destination": "/x", "type": "overlay", "source": "overlay",
+     "options": ["lowerdir=/etc", "upperdir=/tmp/u", "workdir=/tmp/w"]},
+    {"destination": "/x", "type": "ext4", "source": "/dev/sda1"},
+    {"destination": "/x", "type": "none", "source": "/etc"},
+    {"destination": "/x", "type": "fuse", "source": "/dev/fuse", "options": ["fd=3"]},
+    {"destination": "/x", "type": "devtmpfs", "source": "devtmpfs"},
+    {"destination": "/x", "type": "tmpfs", "source": "tmpfs", "options": ["x=/etc"]},
+])
+def test_non_bind_mount_naming_host_paths_refused(m):
+    with pytest.raises(sp.Refused, match="refused by interceptd"):
+        sp.check_other_mounts(_with_mount(m))
+    with pytest.raises(sp.Refused):
+        sp.check_mounts(_with_mount(m), [], [])
+
+
+@pytest.mark.parametrize("m", [
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue"},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
+    {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+    {"destination": "/data", "source": "/srv/data", "options": ["bind"]},
+])
+def test_pathless_and_bind_mounts_pass_the_type_check(m):
+    sp.check_other_mounts(_with_mount(m))

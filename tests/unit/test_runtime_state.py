@@ -122,7 +122,8 @@ def test_shift_tree_skips_devices_mounts_and_symlinked_top(tmp_path):
 
 def test_delete_releases_a_range_without_record(tmp_path, monkeypatch):
     """A create killed after taking its range but before its record: delete frees it."""
-    from interceptd.runtime import argv, main
+    from interceptd.runtime import argv
+    from interceptd.runtime.jobs.delete import Delete
 
     st = settings.from_dict({"runtime": {"state_dir": str(tmp_path), "runtime": "/bin/true"}},
                             {})
@@ -130,7 +131,7 @@ def test_delete_releases_a_range_without_record(tmp_path, monkeypatch):
     key = records.container_key("/r", "gone")
     pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges)
     pool.allocate(key)
-    assert main.Delete(inv, st).finish(0) == 0
+    assert Delete(inv, st).finish(0) == 0
     assert pool.allocated() == {}
 
 
@@ -230,7 +231,8 @@ def test_service_settings_cached_until_config_changes(tmp_path):
 def test_delete_drops_the_record_before_the_range(tmp_path, monkeypatch):
     """Killed between the two steps, delete leaves a range without a record (freed by
     the next delete), never a record whose range another container may get."""
-    from interceptd.runtime import argv, main
+    from interceptd.runtime import argv
+    from interceptd.runtime.jobs.delete import Delete
 
     st = settings.from_dict({"runtime": {"state_dir": str(tmp_path), "runtime": "/bin/true"}},
                             {})
@@ -249,10 +251,10 @@ def test_delete_drops_the_record_before_the_range(tmp_path, monkeypatch):
 
     monkeypatch.setattr(idpool.IdPool, "release", killed)
     with pytest.raises(SystemExit):
-        main.Delete(inv, st).finish(0)
+        Delete(inv, st).finish(0)
     monkeypatch.undo()
     assert store.load(key) is None and pool.allocated() == {key: base}
-    assert main.Delete(inv, st).finish(0) == 0
+    assert Delete(inv, st).finish(0) == 0
     assert pool.allocated() == {}
 
 
