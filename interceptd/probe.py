@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
-from interceptd import mountinfo
+from interceptd.kernel import mountinfo
 
 NR_MOUNT_SETATTR = 442  # x86_64
 

@@ -11,7 +11,7 @@ import errno
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from interceptd.policy.consts import (
+from interceptd.kernel.consts import (
     MNT_DETACH,
     MNT_EXPIRE,
     MNT_FORCE,
@@ -34,13 +34,13 @@ from interceptd.policy.consts import (
     MS_UNBINDABLE,
     UMOUNT_NOFOLLOW,
 )
+from interceptd.kernel.mountinfo import MountEntry
+from interceptd.kernel.mounttable import MountTable
 from interceptd.policy.decision import Decision, ExecOp, allow_continue, deny, perform
-from interceptd.policy.mounttable import (
+from interceptd.policy.immutable import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
     ImmutableSet,
-    MountEntry,
-    MountTable,
 )
 
 # Filesystems a container may mount itself: all are either memory-backed, namespaced, or

@@ -218,7 +218,8 @@ class HostFacts:
 
     @classmethod
     def read(cls) -> HostFacts:
-        from . import mountinfo
+        from interceptd.kernel import mountinfo
+
         from .caps import host_bounding_set
 
         return cls(host_bounding_set(), _host_namespaces(),
@@ -346,7 +347,9 @@ class Create:
 
     def prepare(self) -> list[str]:
         """Rewrite bundle and host; the runtime's argv (after argv[0]) to run next."""
-        from . import daemonlink, host, idpool, mountapi, policylink, records
+        from interceptd.kernel import mountapi
+
+        from . import daemonlink, host, idpool, policylink, records
         from . import spec as sp
         from .caps import host_bounding_set
 
@@ -451,7 +454,9 @@ class Create:
 
     def finish(self, rc: int) -> int:
         """After the runtime exited with rc: roll back, place the cgroup, or tear down."""
-        from . import host, mountinfo
+        from interceptd.kernel import mountinfo
+
+        from . import host
 
         st, rec = self.st, self.rec
         if rec is None:

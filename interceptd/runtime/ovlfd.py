@@ -20,7 +20,7 @@ import ctypes
 import os
 from collections.abc import Sequence
 
-from . import mountapi
+from interceptd.kernel import mountapi
 
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_FD = 5

@@ -33,6 +33,7 @@ import struct
 import sys
 import threading
 
+from interceptd.kernel.mountapi import UserNamespace
 from interceptd.unixsock import listen_private
 
 from . import argv as argvmod
@@ -47,7 +48,6 @@ from .main import (
     _runtime_cmd,
     refusal,
 )
-from .mountapi import UserNamespace
 
 log = logging.getLogger("interceptd.runtime.service")
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
-from typing import Any
 
-from interceptd.policy.consts import (
+from interceptd.kernel.consts import (
     AT_RECURSIVE,
     MOUNT_ATTR_IDMAP,
     MOUNT_ATTR_LOCKED,
@@ -29,6 +28,8 @@ from interceptd.policy.consts import (
     MS_UNBINDABLE,
     OPEN_TREE_CLONE,
 )
+from interceptd.kernel.mountinfo import MountEntry
+from interceptd.kernel.mounttable import MountTable
 from interceptd.policy.decision import Decision, ExecOp, allow_continue, deny, perform
 from interceptd.policy.mounts import (
     ALLOWED_FSTYPES,
@@ -41,7 +42,6 @@ from interceptd.policy.mounts import (
     protected_kind,
     unbindable_refusal,
 )
-from interceptd.policy.mounttable import MountEntry
 
 MOUNT_ATTR_STRUCT = struct.Struct("<QQQQ")  # attr_set, attr_clr, propagation, userns_fd
 
@@ -70,7 +70,7 @@ class FdMount:
 
     entry: MountEntry | None  # attached: its entry in the caller's table
     dev: str  # superblock, "major:minor" (always known)
-    table: Any = None  # the caller's MountTable read while identifying it, for reuse
+    table: MountTable | None = None  # the caller's table read while identifying it, for reuse
 
 
 def decide_fsopen(fsname: str, flags: int, ctx: MountContext) -> Decision:

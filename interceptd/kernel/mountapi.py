@@ -1,6 +1,15 @@
-"""The new mount API (open_tree, mount_setattr, move_mount, fsopen...) through ctypes.
+"""The mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, mount_setattr, mount,
+umount2), openat2, statx and statfs through ctypes: the daemon's and the runtime shim's one
+wrapper. Numbers come from `interceptd.syscalls`, flags from `interceptd.kernel.consts`.
 
 Errors come back as OSError with the syscall named; nothing here is silent.
+
+The daemon builds a procfs/sysfs the container asks for as a detached tree with these: the
+filesystem context comes from the caller's namespaces (fsopen through the executor, so it
+shows the caller's pid or network namespace), the superblock and the detached mount are made
+here, the masks and read-only paths are attached inside the detached tree, and only then is
+the whole tree attached where the caller asked, in one move_mount. Nothing is ever visible
+unmasked.
 """
 
 from __future__ import annotations
@@ -9,41 +18,54 @@ import contextlib
 import ctypes
 import os
 
-# The running interpreter's own libc (find_library would spawn ldconfig: slow).
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+from interceptd.kernel.consts import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    AT_NO_AUTOMOUNT,
+    AT_RECURSIVE,
+    AT_SYMLINK_NOFOLLOW,
+    CLONE_NEWUSER,
+    FSCONFIG_CMD_CREATE,
+    FSCONFIG_SET_FLAG,
+    FSCONFIG_SET_STRING,
+    FSMOUNT_CLOEXEC,
+    FSOPEN_CLOEXEC,
+    MNT_DETACH,
+    MOUNT_ATTR_IDMAP,
+    MOVE_MOUNT_F_EMPTY_PATH,
+    MOVE_MOUNT_T_EMPTY_PATH,
+    MS_SHARED,
+    OPEN_TREE_CLOEXEC,
+    OPEN_TREE_CLONE,
+    OVERLAYFS_SUPER_MAGIC,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    STATX_ATTR_MOUNT_ROOT,
+    STATX_GID,
+    STATX_INO,
+    STATX_MNT_ID,
+    STATX_MODE,
+    STATX_NLINK,
+    STATX_UID,
+)
+from interceptd.kernel.libc import check as _check
+from interceptd.kernel.libc import libc as _libc
+from interceptd.kernel.libc import syscall as _syscall
+from interceptd.syscalls import nr
 
-# x86_64 numbers (include/uapi/asm-generic/unistd.h, shared by all arches for these)
-SYS_OPEN_TREE = 428
-SYS_MOVE_MOUNT = 429
-SYS_FSOPEN = 430
-SYS_FSCONFIG = 431
-SYS_FSMOUNT = 432
-SYS_MOUNT_SETATTR = 442
-SYS_UNSHARE = 272
-SYS_OPENAT2 = 437
-SYS_STATX = 332
+__all__ = ["AT_FDCWD", "FSCONFIG_CMD_CREATE", "FSCONFIG_SET_STRING", "FSMOUNT_CLOEXEC",
+           "MNT_DETACH", "MS_SHARED", "OVERLAYFS_SUPER_MAGIC"]
 
-OPEN_TREE_CLONE = 1
-OPEN_TREE_CLOEXEC = os.O_CLOEXEC
-AT_EMPTY_PATH = 0x1000
-AT_RECURSIVE = 0x8000
-AT_SYMLINK_NOFOLLOW = 0x100
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-MOVE_MOUNT_T_EMPTY_PATH = 0x40
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_IDMAP = 0x100000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MS_SHARED = 1 << 20
-MNT_DETACH = 2
-CLONE_NEWUSER = 0x10000000
-FSCONFIG_SET_STRING = 1
-FSCONFIG_CMD_CREATE = 6
-FSMOUNT_CLOEXEC = 1
+
+SYS_OPEN_TREE = nr("open_tree")
+SYS_MOVE_MOUNT = nr("move_mount")
+SYS_FSOPEN = nr("fsopen")
+SYS_FSCONFIG = nr("fsconfig")
+SYS_FSMOUNT = nr("fsmount")
+SYS_MOUNT_SETATTR = nr("mount_setattr")
+SYS_UNSHARE = nr("unshare")
+SYS_OPENAT2 = nr("openat2")
+SYS_STATX = nr("statx")
 
 
 class MountAttr(ctypes.Structure):
@@ -55,25 +77,13 @@ class MountAttr(ctypes.Structure):
     ]
 
 
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-    return ret
-
-
-def open_tree(path: str, recursive: bool = False, dirfd: int = -100) -> int:
-    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
-    return _check(_syscall(SYS_OPEN_TREE, ctypes.c_int(dirfd), os.fsencode(path),
-                           ctypes.c_uint(flags)), f"open_tree({path})")
+def open_tree(path: str, recursive: bool = False, dirfd: int = AT_FDCWD) -> int:
+    return clone_tree(dirfd, path, recursive)
 
 
 def open_tree_fd(fd: int, recursive: bool = False) -> int:
     """A detached clone of the mount tree at an (O_PATH) fd: what was checked is cloned."""
-    flags = (OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH
-             | (AT_RECURSIVE if recursive else 0))
-    return _check(_syscall(SYS_OPEN_TREE, ctypes.c_int(fd), b"", ctypes.c_uint(flags)),
-                  "open_tree(fd)")
+    return clone_tree(fd, "", recursive)
 
 
 def move_mount_to_fd(mnt_fd: int, target_fd: int, what: str = "") -> None:
@@ -91,34 +101,35 @@ class OpenHow(ctypes.Structure):
 def open_nofollow(path: str, flags: int = os.O_PATH) -> int:
     """openat2(path, RESOLVE_NO_SYMLINKS): no component, the last included, may be a
     symlink (ELOOP otherwise); the fd is what the caller checks and then uses."""
-    how = OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-    return _check(_syscall(SYS_OPENAT2, ctypes.c_int(-100), os.fsencode(path),
-                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
-                  f"openat2({path})")
+    return openat2(AT_FDCWD, path, flags | os.O_CLOEXEC,
+                   RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2) with `resolve` (RESOLVE_*); OSError names the path."""
+    how = OpenHow(flags, 0, resolve)
+    r = _syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd),
+                 ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                 ctypes.c_size_t(ctypes.sizeof(how)))
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    return int(r)
 
 
 def fd_path(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
-STATX_MODE = 0x2
-STATX_UID = 0x8
-STATX_GID = 0x10
-STATX_INO = 0x100
-STATX_NLINK = 0x4
-STATX_MNT_ID = 0x1000
-STATX_ATTR_MOUNT_ROOT = 0x2000
-AT_NO_AUTOMOUNT = 0x800
-
-
 class Statx:
     """The statx(2) fields the shim uses."""
 
-    __slots__ = ("attributes", "dev", "gid", "ino", "mnt_id", "mode", "mount_root", "nlink",
-                 "uid")
+    __slots__ = ("attributes", "dev", "gid", "ino", "mask", "mnt_id", "mode", "mount_root",
+                 "nlink", "uid")
 
     def __init__(self, raw: bytes) -> None:
         g = int.from_bytes
+        self.mask = g(raw[0:4], "little")  # the fields the kernel filled in
         self.attributes = g(raw[8:16], "little")
         attr_mask = g(raw[56:64], "little")
         self.nlink = g(raw[16:20], "little")
@@ -144,6 +155,63 @@ def statx(dirfd: int, name: str = "", follow: bool = False) -> Statx:
     return Statx(buf.raw)
 
 
+def fsopen(fstype: str) -> int:
+    return _check(_syscall(SYS_FSOPEN, os.fsencode(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)),
+                  f"fsopen({fstype})")
+
+
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None,
+             aux: int = 0) -> None:
+    _check(_syscall(SYS_FSCONFIG, ctypes.c_int(fd), ctypes.c_uint(cmd), _b(key), _b(value),
+                    ctypes.c_int(aux)), f"fsconfig({key or cmd})")
+
+
+def apply_options(fd: int, data: str | None) -> None:
+    """Legacy comma-separated mount data as fsconfig calls (as the kernel splits it)."""
+    for opt in (data or "").split(","):
+        if not opt:
+            continue
+        key, sep, val = opt.partition("=")
+        if sep:
+            fsconfig(fd, FSCONFIG_SET_STRING, key, val)
+        else:
+            fsconfig(fd, FSCONFIG_SET_FLAG, key)
+
+
+def fsmount(fd: int, attrs: int) -> int:
+    return _check(_syscall(SYS_FSMOUNT, ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC),
+                           ctypes.c_uint(attrs)), "fsmount")
+
+
+def clone_tree(dfd: int, path: str, recursive: bool = True) -> int:
+    """open_tree(OPEN_TREE_CLONE) of `path` under `dfd` ("" : the fd itself)."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    if path == "":
+        flags |= AT_EMPTY_PATH
+    return _check(_syscall(SYS_OPEN_TREE, ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags)),
+                  f"open_tree({path or 'fd'})")
+
+
+def attach(src_fd: int, dst_dfd: int, dst_path: str) -> None:
+    """move_mount of the detached tree `src_fd` onto `dst_path` (relative to `dst_dfd`,
+    which may be a detached tree itself)."""
+    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(src_fd), b"", ctypes.c_int(dst_dfd),
+                    _b(dst_path), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
+           f"move_mount(-> {dst_path})")
+
+
+def set_attrs(fd: int, attr_set: int, recursive: bool = True) -> None:
+    attr = MountAttr(attr_set, 0, 0, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(_syscall(SYS_MOUNT_SETATTR, ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+           "mount_setattr")
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
 def set_idmap(mnt_fd: int, userns_fd: int, recursive: bool = False) -> None:
     attr = MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
@@ -153,7 +221,7 @@ def set_idmap(mnt_fd: int, userns_fd: int, recursive: bool = False) -> None:
 
 
 def move_mount(mnt_fd: int, target: str) -> None:
-    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), b"", ctypes.c_int(-100),
+    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), b"", ctypes.c_int(AT_FDCWD),
                     os.fsencode(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
            f"move_mount(-> {target})")
 
@@ -168,7 +236,6 @@ def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount2({target})")
 
 
-OVERLAYFS_SUPER_MAGIC = 0x794C7630
 _statfs = _libc.statfs
 _statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 
@@ -189,6 +256,15 @@ def fd_fs_type(fd: int) -> int:
     buf = ctypes.create_string_buffer(128)
     _check(_fstatfs(fd, buf), "fstatfs")
     return int.from_bytes(buf.raw[:8], "little", signed=True) & 0xFFFFFFFF
+
+
+def fd_fs_magic(fd: int) -> int:
+    """`fd_fs_type`, or 0 if fstatfs fails. FUSE answers a stranger's statfs with its
+    magic alone, without asking its server."""
+    try:
+        return fd_fs_type(fd)
+    except OSError:
+        return 0
 
 
 def idmapped_clone(path: str, userns_fd: int, recursive: bool = False) -> int:
