@@ -33,14 +33,11 @@ if _ITEM.size != ffi.sizeof("struct icd_item"):
     raise ImportError("struct icd_item layout does not match core.py")
 _new_notification = tuple.__new__
 
-# Namespace flags for ns_exec (os.CLONE_* needs Python 3.12).
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+# Namespace flags for ns_exec (os.CLONE_* needs Python 3.12), from the one table.
+from interceptd.kernel.consts import (  # noqa: E402
+    CLONE_NEWNS,
+    CLONE_NEWUSER,
+)
 
 # How long Channel.wait polls the queue before sleeping; see docs/INTERNALS.md.
 DEFAULT_SPIN_US = 20

@@ -46,7 +46,7 @@ EVENT = struct.Struct("<QQ6QqIIIiII16s")  # struct event_t
 LOAD_TIMEOUT = 60.0
 
 _BPF_MAP_LOOKUP_ELEM, _BPF_MAP_UPDATE_ELEM, _BPF_MAP_DELETE_ELEM = 1, 2, 3
-_NR_BPF = 321
+_NR_BPF = syscalls.nr("bpf")
 _RINGBUF_BUSY, _RINGBUF_DISCARD, _RINGBUF_HDR = 1 << 31, 1 << 30, 8
 
 

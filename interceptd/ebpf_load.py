@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from interceptd.kernel.consts import CLONE_NEWNS, MS_PRIVATE, MS_REC
+
 MAPS = ("tracked", "calls", "errors", "sensitive", "lost", "events")
 TRACEFS = "/sys/kernel/tracing"
-CLONE_NEWNS = 0x00020000
-MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 # The kernel's names of syscall events where they differ from the syscall's.
 EVENT_NAMES = {"umount2": "umount"}
 

@@ -32,8 +32,8 @@ DISPATCH = ("interceptd.dispatch",)
 EXEMPT = {
     # The executors and their zygote are mechanism still in policy/ (issue 8's owner moves
     # them into kernel/ after the fairness work lands).
-    ("interceptd.policy.executors", "interceptd.handlers"):
-        "thread_pidfd through the handlers package (kernel.pidfd after the move)",
+    ("interceptd.policy.executors", "interceptd.kernel.pidfd"):
+        "thread_pidfd: the executors are mechanism (kernel/ after the move)",
     # sysinfo's renderer is pure; its Source gathers the cgroup figures with the
     # emulation's readers (shared with the emulated /proc files).
     ("interceptd.policy.sysinfo", "interceptd.emulation"): "the cgroup snapshot readers",
@@ -178,3 +178,44 @@ def test_no_module_over_500_lines_in_the_layers() -> None:
             if _within(_module_name(p), owned)
             and (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
     assert long == []
+
+
+def _literal(node: ast.expr) -> bool:
+    """An int written out (or an expression of ints only: 1 << 18, 0x1 | 0x2)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int) and not isinstance(node.value, bool)
+    if isinstance(node, ast.UnaryOp):
+        return _literal(node.operand)
+    if isinstance(node, ast.BinOp):
+        return _literal(node.left) and _literal(node.right)
+    return False
+
+
+def test_kernel_constants_and_syscall_numbers_are_written_once() -> None:
+    """kernel/consts.py holds every kernel constant, syscalls.py every syscall number: a
+    module-level name of either written out elsewhere is a second definition."""
+    from interceptd.kernel import consts
+
+    names = {n for n in vars(consts) if n.isupper()}
+    again = []
+    for p in sorted(PKG.rglob("*.py")):
+        mod = _module_name(p)
+        if mod in ("interceptd.kernel.consts", "interceptd.syscalls"):
+            continue
+        for node in ast.parse(p.read_text(encoding="utf-8")).body:
+            if not isinstance(node, ast.Assign):
+                continue
+            targets = [t for t in node.targets if isinstance(t, ast.Name)]
+            for t in node.targets:
+                if isinstance(t, ast.Tuple):
+                    targets += [e for e in t.elts if isinstance(e, ast.Name)]
+            values = (node.value.elts if isinstance(node.value, ast.Tuple)
+                      else [node.value] * len(targets))
+            for t, v in zip(targets, values, strict=False):
+                bare = t.id.lstrip("_")
+                if not _literal(v):
+                    continue
+                # (ebpf.NR_SLOTS is a map size, not a syscall number)
+                if bare in names or (bare.startswith(("NR_", "SYS_")) and bare != "NR_SLOTS"):
+                    again.append(f"{mod}: {t.id}")
+    assert again == []
