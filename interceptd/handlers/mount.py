@@ -214,8 +214,10 @@ def _umount2_locked(req: Request, st: ContainerPolicy, fds: scope.Fds, target: s
         # The caller's own fd: the checked mount's mount point as the caller's
         # root shows it (the executor's root), still checked by mount id there.
         where = fm.entry.mountpoint
-    res = scope.perform(req, d, NS_MOUNT, "umount2_checked", where, uflags, fm.entry.mount_id)
+    res = scope.exec_op(req, NS_MOUNT, "umount2_checked", where, uflags, fm.entry.mount_id)
     if res.errno == errno.ESTALE:
         return Verdict.errno(errno.EBUSY, f"{scope.reason(d)}; the path changed "
-                                          "between check and umount", what="umount2")
+                                          "between check and umount")
+    if res.errno:
+        raise scope.KernelError(d, res.errno, "umount2")
     return Verdict.value(0, scope.reason(d))
