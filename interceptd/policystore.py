@@ -28,11 +28,17 @@ from interceptd.policy.immutable import (
     ImmutableSet,
     snapshot,
 )
-from interceptd.policy.sysinfo import Source
+from interceptd.policy.sysinfo import Sysinfo
 
 log = logging.getLogger("interceptd.policy")
 
 FUSE_FSTYPE = "fuse.interceptd"
+
+
+class SysinfoSource(Protocol):
+    """Where the container's sysinfo(2) figures come from (handlers/sysinfo.Source)."""
+
+    def gather(self) -> Sysinfo: ...
 
 
 class Owner(Protocol):
@@ -49,7 +55,7 @@ class ContainerPolicy:
     masked: tuple[str, ...]
     readonly: tuple[str, ...]
     lock: threading.Lock = field(default_factory=threading.Lock)
-    sysinfo: Source | None = None  # the sysinfo figures' source, made on first use
+    sysinfo: SysinfoSource | None = None  # made on first use
     native: bool = False  # the native mount helper was started (or tried) for it
     # container path -> the daemon's file bound there at attach (the emulated files):
     # a procfs/sysfs the container mounts later gets the same binds.

@@ -34,9 +34,9 @@ EXEMPT = {
     # them into kernel/ after the fairness work lands).
     ("interceptd.policy.executors", "interceptd.kernel.pidfd"):
         "thread_pidfd: the executors are mechanism (kernel/ after the move)",
-    # sysinfo's renderer is pure; its Source gathers the cgroup figures with the
-    # emulation's readers (shared with the emulated /proc files).
-    ("interceptd.policy.sysinfo", "interceptd.emulation"): "the cgroup snapshot readers",
+    # sysinfo's renderer shares the emulated /proc files' pure renderers (CgroupSnapshot,
+    # memview, container_uptime), which live with the other renderers in emulation/.
+    ("interceptd.policy.sysinfo", "interceptd.emulation"): "the emulation's renderers",
     # dispatch.py takes the listener's protocol types (ListenerReject, ProcessState):
     # they belong in a model module below both (dispatch.py and listener.py have owners
     # working on them now).
