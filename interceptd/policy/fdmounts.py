@@ -66,7 +66,7 @@ class MountAttr:
 
 @dataclass(frozen=True)
 class FdMount:
-    """The mount behind a path or fd, as identified by the glue."""
+    """The mount behind a path or fd, as identified by handlers/resolve.py."""
 
     entry: MountEntry | None  # attached: its entry in the caller's table
     dev: str  # superblock, "major:minor" (always known)
@@ -220,7 +220,7 @@ def decide_mount_setattr(
     detached_on_pseudo: bool = False,
 ) -> Decision:
     """`detached_on_pseudo`: the target is a detached mount sitting on a procfs/sysfs of
-    its tree (the glue looks at its parent through ".."; no table shows detached trees)."""
+    its tree (the handler looks at its parent through ".."; no table shows detached trees)."""
     d = dict(details)
     d.update(attr_set=hex(attr.attr_set), attr_clr=hex(attr.attr_clr))
     if target is None:
