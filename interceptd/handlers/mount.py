@@ -80,7 +80,8 @@ def handle_mount(req: Request) -> Verdict:
         data = scope.read_str(req, a[4], DATA_MAX)
     if target is None:
         return Verdict.errno(errno.EFAULT, "mount: NULL target")
-    return scope.locked(req, _mount_locked, source, target, fstype, flags, data, native=True)
+    return scope.locked(req, _mount_locked, source, target, fstype, flags, data,
+                        prepare=enable_native)
 
 
 def _mount_locked(req: Request, st: ContainerPolicy, fds: scope.Fds, source: str | None,
@@ -185,7 +186,7 @@ def handle_umount2(req: Request) -> Verdict:
     flags = scope.u32(a[1])
     if target is None:
         return Verdict.errno(errno.EFAULT, "umount2: NULL target")
-    return scope.locked(req, _umount2_locked, target, flags, native=True)
+    return scope.locked(req, _umount2_locked, target, flags, prepare=enable_native)
 
 
 def _umount2_locked(req: Request, st: ContainerPolicy, fds: scope.Fds, target: str,

@@ -28,6 +28,7 @@ from interceptd.kernel.consts import (
     CLONE_NEWUSER,
 )
 from interceptd.kernel.mounttable import MountTable
+from interceptd.policy import executors
 from interceptd.policy.decision import Decision
 from interceptd.policy.mounts import MountContext
 from interceptd.policystore import ContainerPolicy, PolicyStore
@@ -106,15 +107,13 @@ def perform(req: Request, d: Decision, ns: int, op: str, *args: object,
 
 
 def locked(req: Request, body: Callable[..., Verdict], *args: object,
-           native: bool = False) -> Verdict:
+           prepare: Callable[[Request, ContainerPolicy], None] | None = None) -> Verdict:
     """`body(req, st, fds, *args)` under the container's policy lock, with its fds closed
-    and its KernelErrors answered whatever happens; `native`: start the container's native
-    mount helper first (mount/umount2)."""
+    and its KernelErrors answered whatever happens; `prepare(req, st)` first, before the
+    lock (mount/umount2 start the container's native mount helper there)."""
     st = state_of(req.container)
-    if native:
-        from interceptd.handlers.mount import enable_native
-
-        enable_native(req, st)
+    if prepare is not None:
+        prepare(req, st)
     fds = Fds()
     with st.lock:
         try:
@@ -173,8 +172,6 @@ MOUNT_CHANGING = frozenset({"mount", "umount2", "umount2_checked", "move_mount",
 
 
 def exec_op(req: Request, namespaces: int, op: str, *args: object) -> ExecResult:
-    from interceptd.policy import executors
-
     try:
         return executors.run(req, namespaces, op, *args)
     finally:
