@@ -22,8 +22,8 @@ from interceptd.kernel.consts import (
     PTRACE_POKEUSER,
     PTRACE_SEIZE,
 )
+from interceptd.policy.deny import Sections, masked_eq, policy_section
 from interceptd.policy.deny import denied_syscalls as _denied
-from interceptd.policy.deny import masked_eq, policy_section
 
 __all__ = ["denied_syscalls", "notified_syscalls", "notify_rules"]
 
@@ -36,12 +36,12 @@ _FAMILIES = {
 }
 
 
-def _enabled(cfg: Any) -> list[str]:
+def _enabled(cfg: Sections | None) -> list[str]:
     pol = policy_section(cfg)
     return [fam for fam in _FAMILIES if pol.get(fam, True)]
 
 
-def notified_syscalls(cfg: Any = None) -> list[str]:
+def notified_syscalls(cfg: Sections | None = None) -> list[str]:
     """Syscall names the runtime adds as SCMP_ACT_NOTIFY."""
     out: list[str] = []
     for fam in _enabled(cfg):
@@ -61,7 +61,7 @@ _NARROWED: dict[str, list[list[dict[str, Any]]]] = {
 }
 
 
-def notify_rules(cfg: Any = None) -> list[dict[str, Any]]:
+def notify_rules(cfg: Sections | None = None) -> list[dict[str, Any]]:
     """The same set as `notified_syscalls` as OCI `SCMP_ACT_NOTIFY` rules, narrowed by
     argument where the policy only cares about some values (strace's PEEK/GETREGS stream
     then never leaves the kernel). A runtime may use either; the handlers are correct for
@@ -75,7 +75,7 @@ def notify_rules(cfg: Any = None) -> list[dict[str, Any]]:
     return rules
 
 
-def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
+def denied_syscalls(cfg: Sections | None = None) -> list[dict[str, Any]]:
     """OCI seccomp rules (SCMP_ACT_ERRNO) for the kernel-global deny list."""
     rules = _denied(cfg)
     if not policy_section(cfg).get("clock", True):

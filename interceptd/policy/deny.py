@@ -9,7 +9,7 @@ masks it to 32 bits (SCMP_CMP_MASKED_EQ; in OCI `value` is the mask, `valueTwo` 
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, Protocol
 
 from interceptd.kernel.consts import (
     AF_MAX,
@@ -87,21 +87,21 @@ def _rule(names: list[str] | tuple[str, ...], err: int, args: list[dict[str, Any
     return r
 
 
-def policy_section(cfg: Any) -> dict[str, Any]:
+class Sections(Protocol):
+    """What the policy reads of a configuration: its sections (config.Config; the runtime
+    shim's raw file, runtime/policylink.py)."""
+
+    sections: dict[str, Any]
+
+
+def policy_section(cfg: Sections | None) -> dict[str, Any]:
+    """The `[policy]` section ({} without a configuration)."""
     if cfg is None:
         return {}
-    getter = getattr(cfg, "policy", None)
-    if callable(getter):
-        return dict(getter())
-    if isinstance(getter, dict):
-        return dict(getter)
-    sections = getattr(cfg, "sections", None)
-    if isinstance(sections, dict):
-        return dict(sections.get("policy", {}))
-    return {}
+    return dict(cfg.sections.get("policy", {}))
 
 
-def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
+def denied_syscalls(cfg: Sections | None = None) -> list[dict[str, Any]]:
     pol = policy_section(cfg)
     names = list(ALWAYS_DENIED)
     if not pol.get("keyring", True):
