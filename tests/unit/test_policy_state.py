@@ -124,3 +124,21 @@ def test_emulated_binds_come_from_the_attach_table_and_are_saved(tmp_path: Path,
         assert again.emulated == want
     finally:
         scope.configure(None)
+
+
+def test_the_load_entry_point_reads_what_the_store_saved(tmp_path: Path) -> None:
+    """policystore.load/state_path: what a restarted daemon (or a tool) reads back, without
+    a container record."""
+    from interceptd import policystore
+    from interceptd.kernel.procinfo import start_ticks
+
+    store = PolicyStore(str(tmp_path / "policy"))
+    c = FakeContainer("ct/odd name", os.getpid())
+    st = store.state(c)
+    path = policystore.state_path(str(tmp_path / "policy"), c.id)
+    assert path == str(tmp_path / "policy" / "ct_odd_name.json")
+    got = policystore.load(path, os.getpid(), start_ticks(os.getpid()))
+    assert got is not None and got.to_dict() == st.to_dict()
+    assert policystore.load(path, os.getpid(), start_ticks(os.getpid()) + 1) is None
+    store.close()
+    assert os.path.exists(path)  # the init (this process) lives on: kept for a restart
