@@ -86,13 +86,6 @@ def open_tree_fd(fd: int, recursive: bool = False) -> int:
     return clone_tree(fd, "", recursive)
 
 
-def move_mount_to_fd(mnt_fd: int, target_fd: int, what: str = "") -> None:
-    """Attach a detached mount on the directory or file an (O_PATH) fd refers to."""
-    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), b"", ctypes.c_int(target_fd), b"",
-                    ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)),
-           f"move_mount(-> {what or 'fd'})")
-
-
 class OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
                 ("resolve", ctypes.c_uint64)]
@@ -192,38 +185,44 @@ def clone_tree(dfd: int, path: str, recursive: bool = True) -> int:
                   f"open_tree({path or 'fd'})")
 
 
+def _move_mount(src_fd: int, dst_dfd: int, dst_path: str, flags: int, what: str) -> None:
+    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(src_fd), b"", ctypes.c_int(dst_dfd),
+                    _b(dst_path), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | flags)),
+           f"move_mount(-> {what})")
+
+
 def attach(src_fd: int, dst_dfd: int, dst_path: str) -> None:
     """move_mount of the detached tree `src_fd` onto `dst_path` (relative to `dst_dfd`,
     which may be a detached tree itself)."""
-    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(src_fd), b"", ctypes.c_int(dst_dfd),
-                    _b(dst_path), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
-           f"move_mount(-> {dst_path})")
+    _move_mount(src_fd, dst_dfd, dst_path, 0, dst_path)
+
+
+def move_mount(mnt_fd: int, target: str) -> None:
+    _move_mount(mnt_fd, AT_FDCWD, target, 0, target)
+
+
+def move_mount_to_fd(mnt_fd: int, target_fd: int, what: str = "") -> None:
+    """Attach a detached mount on the directory or file an (O_PATH) fd refers to."""
+    _move_mount(mnt_fd, target_fd, "", MOVE_MOUNT_T_EMPTY_PATH, what or "fd")
+
+
+def _setattr(fd: int, attr: MountAttr, recursive: bool, what: str) -> None:
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(_syscall(SYS_MOUNT_SETATTR, ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), what)
 
 
 def set_attrs(fd: int, attr_set: int, recursive: bool = True) -> None:
-    attr = MountAttr(attr_set, 0, 0, 0)
-    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-    _check(_syscall(SYS_MOUNT_SETATTR, ctypes.c_int(fd), b"", ctypes.c_uint(flags),
-                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
-           "mount_setattr")
+    _setattr(fd, MountAttr(attr_set, 0, 0, 0), recursive, "mount_setattr")
+
+
+def set_idmap(mnt_fd: int, userns_fd: int, recursive: bool = False) -> None:
+    _setattr(mnt_fd, MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd), recursive,
+             "mount_setattr(MOUNT_ATTR_IDMAP)")
 
 
 def _b(s: str | None) -> bytes | None:
     return None if s is None else os.fsencode(s)
-
-
-def set_idmap(mnt_fd: int, userns_fd: int, recursive: bool = False) -> None:
-    attr = MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-    _check(_syscall(SYS_MOUNT_SETATTR, ctypes.c_int(mnt_fd), b"", ctypes.c_uint(flags),
-                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
-           "mount_setattr(MOUNT_ATTR_IDMAP)")
-
-
-def move_mount(mnt_fd: int, target: str) -> None:
-    _check(_syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), b"", ctypes.c_int(AT_FDCWD),
-                    os.fsencode(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
-           f"move_mount(-> {target})")
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str | None = None) -> None:
