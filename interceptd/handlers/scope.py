@@ -23,13 +23,13 @@ from interceptd.kernel.consts import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
     CLONE_NEWNET,
-    CLONE_NEWNS,
     CLONE_NEWPID,
-    CLONE_NEWUSER,
+    NS_MOUNT,
 )
 from interceptd.kernel.mounttable import MountTable
 from interceptd.policy import executors
 from interceptd.policy.decision import Decision
+from interceptd.policy.deny import policy_section
 from interceptd.policy.mounts import MountContext
 from interceptd.policystore import ContainerPolicy, PolicyStore
 from interceptd.seams import Config, Container, ExecResult, Request
@@ -39,9 +39,6 @@ try:
     from interceptd import core as _core
 except ImportError:  # the C core is not built (kernel-free unit tests)
     _core = None  # type: ignore[assignment]
-
-NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
-
 
 @dataclass
 class Settings:
@@ -56,8 +53,6 @@ settings = Settings()
 def configure(cfg: Config | None) -> None:
     """Where the per-container state is kept across daemon restarts (<state_dir>/policy),
     and whether the native mount helper is used (`[policy] native`, default true)."""
-    from interceptd.policy.deny import policy_section
-
     state_dir = cfg.daemon.state_dir if cfg is not None else None
     settings.persist_dir = os.path.join(state_dir, "policy") if state_dir else None
     settings.fuse_dir = os.path.join(state_dir, "fs") if state_dir else None
@@ -122,8 +117,6 @@ def locked(req: Request, body: Callable[..., Verdict], *args: object,
             return e.verdict
         finally:
             fds.close()
-
-NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
 
 
 def ns_for(fstype: str | None) -> int:

@@ -97,6 +97,9 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+# What the namespace executor enters for every mount-family call: the caller's user
+# namespace (its root's capabilities over the mount namespace) and mount namespace.
+NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
 
 # pidfd_open(2): a pidfd for a thread (Linux 6.9)
 PIDFD_THREAD = 0o200  # O_EXCL

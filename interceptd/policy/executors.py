@@ -24,13 +24,12 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from interceptd.kernel.consts import CLONE_NEWNS, CLONE_NEWUSER
+from interceptd.kernel.consts import NS_MOUNT
 from interceptd.kernel.pidfd import thread_pidfd
 from interceptd.policy import zygote
 
 log = logging.getLogger("interceptd.policy")
 
-NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
 
 MAX_EXECUTORS = 64  # helpers alive at once, over all containers
 MAX_PER_CONTAINER = 4  # helpers alive at once for one container
