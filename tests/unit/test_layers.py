@@ -221,3 +221,19 @@ def test_kernel_constants_and_syscall_numbers_are_written_once() -> None:
                       and bare != "NR_SLOTS"):
                     again.append(f"{mod}: {t.id}")
     assert again == []
+
+
+def test_design_names_only_modules_that_exist() -> None:
+    """docs/DESIGN.md's layer table and debts name modules of this tree (a renamed or
+    removed module must be renamed there too)."""
+    import re
+
+    text = (ROOT / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    layers = text[text.index("## Layers"):text.index("## Flow of a container start")]
+    names = set(re.findall(r"`([\w./-]+\.py)`", layers))
+    assert len(names) > 20  # the parse found the table
+    basenames = {p.name for p in PKG.rglob("*.py")}
+    missing = [n for n in sorted(names)
+               if not ((PKG / n).exists() or (ROOT / n).exists()
+                       or ("/" not in n and n in basenames))]
+    assert missing == []
