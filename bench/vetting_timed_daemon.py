@@ -17,8 +17,9 @@ import time
 from typing import Any
 
 from interceptd import core, handlers
-from interceptd.policy import executors, glue
-from interceptd.policy import mounttable as mt
+from interceptd.handlers import mount, resolve, scope, table
+from interceptd.kernel import mounttable as mt
+from interceptd.policy import executors
 
 T: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
 
@@ -40,15 +41,15 @@ def timed(obj: Any, name: str, label: str) -> None:
 
 def install() -> None:
     timed(handlers.HandlerRegistry, "call", "handler incl. policy wrapper")
-    timed(glue, "handle_mount", "mount handler")
-    timed(glue, "handle_umount2", "umount2 handler")
-    glue.HANDLERS["mount"] = glue.handle_mount
-    glue.HANDLERS["umount2"] = glue.handle_umount2
-    timed(glue, "_str", "read a string argument (read once + ID_VALID)")
-    timed(glue, "_resolve", "umount: resolve the path to an O_PATH fd + its mount")
+    timed(mount, "handle_mount", "mount handler")
+    timed(mount, "handle_umount2", "umount2 handler")
+    table.HANDLERS["mount"] = mount.handle_mount
+    table.HANDLERS["umount2"] = mount.handle_umount2
+    timed(scope, "read_str", "read a string argument (read once + ID_VALID)")
+    timed(resolve, "resolve", "umount: resolve the path to an O_PATH fd + its mount")
     timed(mt.LazyMountTable, "_raw", "umount: read /proc/<pid>/mountinfo (cached 2nd call)")
-    timed(glue, "decide_mount", "decide mount")
-    timed(glue, "decide_umount", "decide umount (incl. parent lookup)")
+    timed(mount, "decide_mount", "decide mount")
+    timed(mount, "decide_umount", "decide umount (incl. parent lookup)")
     timed(executors, "run", "executor: policy side (pidfd, ID_VALID, cache)")
     timed(core.Executor, "run", "executor: Executor.run")
     timed(core, "_exec_call", "executor: C round trip incl. the mount op")

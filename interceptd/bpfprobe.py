@@ -11,8 +11,10 @@ import ctypes
 import os
 import struct
 
-_NR_BPF = 321
-_BPF_PROG_LOAD = 5
+from interceptd.kernel.consts import BPF_PROG_LOAD
+from interceptd.syscalls import nr
+
+_NR_BPF = nr("bpf")
 _BPF_RAW_TRACEPOINT_OPEN = 17
 PROG_TYPE_TRACEPOINT = 5
 PROG_TYPE_RAW_TRACEPOINT = 17
@@ -43,7 +45,7 @@ def load(prog_type: int, attach_type: int = 0, btf_id: int = 0) -> int:
                      ctypes.addressof(_GPL))
     struct.pack_into("<I", attr, 68, attach_type)
     struct.pack_into("<I", attr, 108, btf_id)
-    return _bpf(_BPF_PROG_LOAD, attr)
+    return _bpf(BPF_PROG_LOAD, attr)
 
 
 def raw_tracepoint_open(prog_fd: int, name: bytes | None) -> int:

@@ -30,7 +30,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         "sensitive_paths", "sensitive_mount_trust_annotations", "shared_paths",
         "volume_id_base", "daemon_timeout", "cgroup2_mount", "mount_dir",
     }),
-    # interceptd/policy/__init__.py, deny.py, glue.py
+    # interceptd/policy/__init__.py, deny.py, handlers/scope.py
     "policy": frozenset({"mounts", "ptrace", "sysinfo", "clock", "keyring", "bpf", "native"}),
     "handlers": frozenset({"modules"}),
     # interceptd/daemon.py: the eBPF layer (docs/observability.md), per-container metrics

@@ -12,14 +12,16 @@ from typing import Any, NamedTuple
 
 from interceptd._corelib import check, ffi, lib, path_bytes
 
-# Namespace flags for ns_exec (os.CLONE_* needs Python 3.12).
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+# Namespace flags for ns_exec (os.CLONE_* needs Python 3.12), from the one table.
+from interceptd.kernel.consts import (  # noqa: F401  (re-exported by core)
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+)
 
 
 class ExecResult(NamedTuple):

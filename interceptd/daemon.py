@@ -436,15 +436,9 @@ def metrics_containers(cfg: Config) -> tuple[str, ...]:
 
 
 def _register_policy(handlers: HandlerRegistry, cfg: Config) -> None:
-    try:
-        import interceptd.policy as policy
-    except ModuleNotFoundError as e:
-        if e.name != "interceptd.policy":
-            raise
-    else:
-        register = getattr(policy, "register", None)
-        if register is not None:
-            register(handlers, cfg)
+    from interceptd.handlers.table import register
+
+    register(handlers, cfg)
     _register_plugins(handlers, cfg)
 
 

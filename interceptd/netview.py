@@ -18,7 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CLONE_NEWNET = 0x40000000
+from interceptd.kernel.consts import CLONE_NEWNET
+
 MAX_IFACES = 64
 CACHE_SECONDS = 5.0
 STATS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped")

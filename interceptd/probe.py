@@ -14,9 +14,11 @@ import subprocess
 import sys
 from typing import Any
 
-from interceptd import mountinfo
+from interceptd.kernel import mountinfo
+from interceptd.kernel.consts import SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_SET_MODE_FILTER
+from interceptd.syscalls import nr
 
-NR_MOUNT_SETATTR = 442  # x86_64
+NR_MOUNT_SETATTR = nr("mount_setattr")
 
 
 def _syscall_exists(nr: int) -> bool:
@@ -75,10 +77,8 @@ def _bcc_compile() -> tuple[bool | str, str]:
     return True, str(desc.get("headers") or "")
 
 
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
-NR_SECCOMP = 317
+NR_SECCOMP = nr("seccomp")
 
 
 def _wait_killable_recv() -> bool | str:

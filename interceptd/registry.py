@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from interceptd.policystore import PolicyStore
+
 COMM_CACHE_MAX = 4096
 
 
@@ -27,6 +29,9 @@ class Container:
     gid_map: list[tuple[int, int, int]] = field(default_factory=list)
     channel: Any = field(default=None, repr=False)
     cookie: int = 0
+    # The container's policy state (policystore.py), made by the handlers on first use,
+    # freed on release.
+    policy: PolicyStore | None = field(default=None, repr=False)
     # pid -> comm, read from /proc when a pid is first seen (events name the
     # caller even once it has exited); best effort, bounded, not persisted.
     comms: dict[int, str] = field(default_factory=dict, repr=False)

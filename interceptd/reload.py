@@ -59,9 +59,9 @@ def apply(daemon: Any, new: Config) -> dict[str, Any]:
         applied.append(f"daemon.log_level={new.daemon.log_level}")
     old_pol, new_pol = old.sections.get("policy", {}), new.sections.get("policy", {})
     if any(old_pol.get(k) != new_pol.get(k) for k in LIVE_POLICY_KEYS):
-        from interceptd.policy import glue
+        from interceptd.handlers import scope
 
-        glue.configure(new)
+        scope.configure(new)
         applied.append("policy.native (containers attached from now on)")
     if old.sections.get("runtime") != new.sections.get("runtime"):
         applied.append("runtime (read at each container start)")

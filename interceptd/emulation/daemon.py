@@ -24,7 +24,7 @@ from interceptd.emulation import cgpaths, loadavg, registry, tasks
 from interceptd.emulation.fuseserver import EmulatedFile, FuseService, fs_dir
 from interceptd.emulation.hostfacts import HostFacts, read_host
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
-from interceptd.policy import sysinfo
+from interceptd.handlers import sysinfo
 
 log = logging.getLogger("interceptd.emulation")
 

@@ -2,7 +2,7 @@
 
 `notified_syscalls(cfg)` and `denied_syscalls(cfg)` build the container's seccomp section
 (the runtime shim calls them, so the filter and the handlers never disagree);
-`register(handlers, cfg)` installs the handlers in the daemon.
+`interceptd.handlers.table.register(handlers, cfg)` installs the handlers in the daemon.
 
 `[policy]` keys: `mounts` (default true), `ptrace` (true), `sysinfo` (true), `clock`
 (true: vet adjtimex/clock_adjtime; false: deny them in the filter), `keyring` (true),
@@ -13,10 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from interceptd.kernel.consts import (
+    AT_RECURSIVE,
+    OPEN_TREE_CLONE,
+    PTRACE_ATTACH,
+    PTRACE_POKEDATA,
+    PTRACE_POKETEXT,
+    PTRACE_POKEUSER,
+    PTRACE_SEIZE,
+)
+from interceptd.policy.deny import Sections, masked_eq, policy_section
 from interceptd.policy.deny import denied_syscalls as _denied
-from interceptd.policy.deny import policy_section
 
-__all__ = ["denied_syscalls", "notified_syscalls", "notify_rules", "register"]
+__all__ = ["denied_syscalls", "notified_syscalls", "notify_rules"]
 
 _FAMILIES = {
     "mounts": ("mount", "umount2", "fsopen", "fspick", "open_tree", "move_mount",
@@ -27,21 +36,17 @@ _FAMILIES = {
 }
 
 
-def _enabled(cfg: Any) -> list[str]:
+def _enabled(cfg: Sections | None) -> list[str]:
     pol = policy_section(cfg)
     return [fam for fam in _FAMILIES if pol.get(fam, True)]
 
 
-def notified_syscalls(cfg: Any = None) -> list[str]:
+def notified_syscalls(cfg: Sections | None = None) -> list[str]:
     """Syscall names the runtime adds as SCMP_ACT_NOTIFY."""
     out: list[str] = []
     for fam in _enabled(cfg):
         out.extend(_FAMILIES[fam])
     return out
-
-
-def _masked_eq(index: int, datum: int, mask: int = 0xFFFFFFFF) -> dict[str, Any]:
-    return {"index": index, "value": mask, "valueTwo": datum, "op": "SCMP_CMP_MASKED_EQ"}
 
 
 # Calls worth a round trip only for some argument values: everything else is allowed by the
@@ -50,12 +55,13 @@ def _masked_eq(index: int, datum: int, mask: int = 0xFFFFFFFF) -> dict[str, Any]
 # non-recursive one is refused by the deny list's rule, which must not overlap: libseccomp
 # keeps one action per argument value).
 _NARROWED: dict[str, list[list[dict[str, Any]]]] = {
-    "ptrace": [[_masked_eq(0, req)] for req in (16, 0x4206, 4, 5, 6)],
-    "open_tree": [[_masked_eq(2, 0x8001, 0x8001)]],  # OPEN_TREE_CLONE | AT_RECURSIVE
+    "ptrace": [[masked_eq(0, req)] for req in (PTRACE_ATTACH, PTRACE_SEIZE, PTRACE_POKETEXT,
+                                                   PTRACE_POKEDATA, PTRACE_POKEUSER)],
+    "open_tree": [[masked_eq(2, OPEN_TREE_CLONE | AT_RECURSIVE, OPEN_TREE_CLONE | AT_RECURSIVE)]],
 }
 
 
-def notify_rules(cfg: Any = None) -> list[dict[str, Any]]:
+def notify_rules(cfg: Sections | None = None) -> list[dict[str, Any]]:
     """The same set as `notified_syscalls` as OCI `SCMP_ACT_NOTIFY` rules, narrowed by
     argument where the policy only cares about some values (strace's PEEK/GETREGS stream
     then never leaves the kernel). A runtime may use either; the handlers are correct for
@@ -69,28 +75,10 @@ def notify_rules(cfg: Any = None) -> list[dict[str, Any]]:
     return rules
 
 
-def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
+def denied_syscalls(cfg: Sections | None = None) -> list[dict[str, Any]]:
     """OCI seccomp rules (SCMP_ACT_ERRNO) for the kernel-global deny list."""
     rules = _denied(cfg)
     if not policy_section(cfg).get("clock", True):
         rules.append({"names": ["adjtimex", "clock_adjtime"], "action": "SCMP_ACT_ERRNO",
                       "errnoRet": 1})
     return rules
-
-
-def register(handlers: Any, cfg: Any = None) -> None:
-    """Register the Python handlers of every enabled family."""
-    from interceptd.policy.glue import HANDLERS, configure, logged
-
-    configure(cfg)
-    for name in notified_syscalls(cfg):
-        handlers.register(name, logged(HANDLERS[name]))
-    if hasattr(handlers, "on_release"):
-        from interceptd.policy import executors
-
-        # A detached container's executors (helper processes holding its namespaces)
-        # close at once rather than whenever its object happens to be collected.
-        handlers.on_release(lambda c: executors.close_container(id(c)))
-        from interceptd.policy import mounttable
-
-        handlers.on_release(mounttable.forget)  # its cached tables pin mount namespaces

@@ -1,8 +1,8 @@
 """The outcome of a pure policy decision, independent of the daemon's Verdict type.
 
 Decisions are plain data so that the decision modules can be unit-tested without a kernel
-and without the daemon. `glue.py` turns them into `interceptd.verdict.Verdict`s, running the
-executor operations of a `perform` decision first.
+and without the daemon. `interceptd/handlers/` (scope.py) turns them into
+`interceptd.verdict.Verdict`s, running the executor operations of a `perform` decision first.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ masks it to 32 bits (SCMP_CMP_MASKED_EQ; in OCI `value` is the mask, `valueTwo` 
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, Protocol
 
-from interceptd.policy.consts import (
+from interceptd.kernel.consts import (
     AF_MAX,
     AF_VSOCK,
     AT_RECURSIVE,
@@ -71,7 +71,8 @@ ALWAYS_DENIED = (
 KEYRING = ("add_key", "keyctl")
 
 
-def _masked_eq(index: int, datum: int, mask: int = U32) -> dict[str, Any]:
+def masked_eq(index: int, datum: int, mask: int = U32) -> dict[str, Any]:
+    """An OCI argument condition: (arg[index] & mask) == datum."""
     return {"index": index, "value": mask, "valueTwo": datum, "op": "SCMP_CMP_MASKED_EQ"}
 
 
@@ -86,21 +87,21 @@ def _rule(names: list[str] | tuple[str, ...], err: int, args: list[dict[str, Any
     return r
 
 
-def policy_section(cfg: Any) -> dict[str, Any]:
+class Sections(Protocol):
+    """What the policy reads of a configuration: its sections (config.Config; the runtime
+    shim's raw file, runtime/policylink.py)."""
+
+    sections: dict[str, Any]
+
+
+def policy_section(cfg: Sections | None) -> dict[str, Any]:
+    """The `[policy]` section ({} without a configuration)."""
     if cfg is None:
         return {}
-    getter = getattr(cfg, "policy", None)
-    if callable(getter):
-        return dict(getter())
-    if isinstance(getter, dict):
-        return dict(getter)
-    sections = getattr(cfg, "sections", None)
-    if isinstance(sections, dict):
-        return dict(sections.get("policy", {}))
-    return {}
+    return dict(cfg.sections.get("policy", {}))
 
 
-def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
+def denied_syscalls(cfg: Sections | None = None) -> list[dict[str, Any]]:
     pol = policy_section(cfg)
     names = list(ALWAYS_DENIED)
     if not pol.get("keyring", True):
@@ -113,10 +114,10 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
     # The sign bit of the 32-bit pid: -1 whatever the upper half holds, and other negative
     # pids, which the kernel refuses anyway (ESRCH), so one bit is the whole test (its
     # complement, needed beside a default-deny profile, is one rule, not 32).
-    rules.append(_rule(["perf_event_open"], errno.EPERM, [_masked_eq(1, INT_SIGN, INT_SIGN)],
+    rules.append(_rule(["perf_event_open"], errno.EPERM, [masked_eq(1, INT_SIGN, INT_SIGN)],
                        "interceptd: system-wide perf_event_open"))
     rules.append(_rule(["perf_event_open"], errno.EPERM,
-                       [_masked_eq(4, PERF_FLAG_PID_CGROUP, PERF_FLAG_PID_CGROUP)],
+                       [masked_eq(4, PERF_FLAG_PID_CGROUP, PERF_FLAG_PID_CGROUP)],
                        "interceptd: cgroup-wide perf_event_open"))
     # seccomp(op, flags & NEW_LISTENER): a nested supervisor would take the notifications
     # of its own filter; EINVAL as if the flag were unknown. Only SET_MODE_FILTER accepts
@@ -124,20 +125,20 @@ def denied_syscalls(cfg: Any = None) -> list[dict[str, Any]]:
     # complement is one rule.
     rules.append(_rule(
         ["seccomp"], errno.EINVAL,
-        [_masked_eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER)],
+        [masked_eq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER)],
         "interceptd: no nested seccomp listener",
     ))
     # userfaultfd without UFFD_USER_MODE_ONLY handles faults in kernel mode too: a
     # classic way to stop the kernel mid-copy and win a race. User-mode-only is harmless.
     rules.append(_rule(["userfaultfd"], errno.EPERM,
-                       [_masked_eq(0, 0, UFFD_USER_MODE_ONLY)],
+                       [masked_eq(0, 0, UFFD_USER_MODE_ONLY)],
                        "interceptd: userfaultfd needs UFFD_USER_MODE_ONLY"))
     # socket(AF_VSOCK, ...): vsock is not network-namespaced; it reaches the host's (or
     # the hypervisor's) vsock services from any container. Docker refuses it too. The
     # family is an int below AF_MAX (46): its low 6 bits decide it, any higher bit makes
     # an invalid family the kernel refuses anyway, so one masked compare is the test and
     # its complement (beside a default-deny profile) is 6 one-bit rules.
-    rules.append(_rule(["socket"], errno.EPERM, [_masked_eq(0, AF_VSOCK, _SIX_BITS)],
+    rules.append(_rule(["socket"], errno.EPERM, [masked_eq(0, AF_VSOCK, _SIX_BITS)],
                        "interceptd: AF_VSOCK"))
     rules.append(open_tree_flat_clone())
     return rules
@@ -154,5 +155,5 @@ def open_tree_flat_clone() -> dict[str, Any]:
     every open_tree: libseccomp drops a conditional rule when the same syscall also has an
     unconditional one)."""
     return _rule(["open_tree"], errno.EPERM,
-                 [_masked_eq(2, OPEN_TREE_CLONE, OPEN_TREE_CLONE | AT_RECURSIVE)],
+                 [masked_eq(2, OPEN_TREE_CLONE, OPEN_TREE_CLONE | AT_RECURSIVE)],
                  "interceptd: non-recursive open_tree clone")

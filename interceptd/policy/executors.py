@@ -24,14 +24,12 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from interceptd.handlers import thread_pidfd
+from interceptd.kernel.consts import NS_MOUNT
+from interceptd.kernel.pidfd import thread_pidfd
 from interceptd.policy import zygote
 
 log = logging.getLogger("interceptd.policy")
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
 
 MAX_EXECUTORS = 64  # helpers alive at once, over all containers
 MAX_PER_CONTAINER = 4  # helpers alive at once for one container

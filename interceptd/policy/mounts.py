@@ -11,7 +11,7 @@ import errno
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from interceptd.policy.consts import (
+from interceptd.kernel.consts import (
     MNT_DETACH,
     MNT_EXPIRE,
     MNT_FORCE,
@@ -34,13 +34,13 @@ from interceptd.policy.consts import (
     MS_UNBINDABLE,
     UMOUNT_NOFOLLOW,
 )
+from interceptd.kernel.mountinfo import MountEntry
+from interceptd.kernel.mounttable import MountTable
 from interceptd.policy.decision import Decision, ExecOp, allow_continue, deny, perform
-from interceptd.policy.mounttable import (
+from interceptd.policy.immutable import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
     ImmutableSet,
-    MountEntry,
-    MountTable,
 )
 
 # Filesystems a container may mount itself: all are either memory-backed, namespaced, or
@@ -98,7 +98,7 @@ class MountCall:
     fstype: str | None
     flags: int
     data: str | None
-    # Resolved by the kernel in the caller's context (see glue.resolve_mount).
+    # Resolved by the kernel in the caller's context (see handlers/resolve.py).
     target_mount: MountEntry | None = None
     source_mount: MountEntry | None = None
 
@@ -338,7 +338,7 @@ def _decide_new(call: MountCall, flags: int, ctx: MountContext, d: dict[str, obj
 
 def _decide_fuse(call: MountCall, fstype: str, flags: int, d: dict[str, object]) -> Decision:
     """FUSE: its "fd=N" option names a /dev/fuse file in the caller's fd table, which the
-    daemon's executor does not share; the glue takes that file from the caller and the
+    daemon's executor does not share; the handler takes that file from the caller and the
     executor mounts with its own copy (op mount_fuse: fd= is rewritten there)."""
     fds: list[str] = []
     rest: list[str] = []
@@ -398,7 +398,7 @@ def _decide_overlay(call: MountCall, flags: int, d: dict[str, object]) -> Decisi
     if isinstance(got, str):
         return deny(errno.EINVAL, got, **d)
     layers, rest = got
-    # The glue resolves each layer once as the caller sees it, refuses procfs/sysfs ones,
+    # The handler resolves each layer once as the caller sees it, refuses procfs/sysfs ones,
     # and builds the overlay from those very fds (fsconfig FSCONFIG_SET_FD): no path is
     # walked again, so no layer can be swapped for /sys after the check.
     return perform(
@@ -413,7 +413,7 @@ def managed_fs_ops(
 ) -> list[ExecOp]:
     """Mount procfs/sysfs at `target` with its masks, read-only paths and emulated files.
 
-    The first op names the mount; `mask`, `readonly` and `emulated` are the covers the glue
+    The first op names the mount; `mask`, `readonly` and `emulated` are the covers the handler
     builds inside the detached tree before attaching it (a file is masked with a bind of
     /dev/null, a directory with a read-only tmpfs; a read-only path is a recursive clone of
     itself made read-only; an emulated file is a bind of the file the daemon serves).

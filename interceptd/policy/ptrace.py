@@ -12,9 +12,8 @@ in the container's namespaces.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 
-from interceptd.policy.consts import (
+from interceptd.kernel.consts import (
     PTRACE_ATTACH,
     PTRACE_POKEDATA,
     PTRACE_POKETEXT,
@@ -22,6 +21,7 @@ from interceptd.policy.consts import (
     PTRACE_SEIZE,
     PTRACE_TRACEME,
 )
+from interceptd.kernel.procinfo import ProcView
 from interceptd.policy.decision import Decision, allow_continue, deny
 
 # Requests that create a ptrace link or write the tracee: vetted. Every other request
@@ -31,31 +31,19 @@ VETTED_PTRACE = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class ProcView:
-    """What the daemon found out about a target process (procinfo.inspect)."""
-
-    host_pid: int
-    in_pidns: bool  # the container's pid namespace or one nested in it
-    in_userns: bool  # the container's user namespace or one nested in it
-    host_mntns: bool  # still in the host's mount namespace
-    exe_inside: bool  # exe on a mount of its own mount table, not a memfd/deleted file
-    cwd_inside: bool  # cwd on a mount of its own mount table
-    exe: str = ""
-    cwd: str = ""
-
-    def outside_reason(self) -> str | None:
-        if not self.in_pidns:
-            return "target outside the container's pid namespace"
-        if not self.in_userns:
-            return "target outside the container's user namespace"
-        if self.host_mntns:
-            return "target in the host mount namespace"
-        if not self.exe_inside:
-            return f"target is entering the container (exe {self.exe or '?'} outside its root)"
-        if not self.cwd_inside:
-            return f"target is entering the container (cwd {self.cwd or '?'} outside its root)"
-        return None
+def outside_reason(t: ProcView) -> str | None:
+    """Why a target counts as outside the container, or None."""
+    if not t.in_pidns:
+        return "target outside the container's pid namespace"
+    if not t.in_userns:
+        return "target outside the container's user namespace"
+    if t.host_mntns:
+        return "target in the host mount namespace"
+    if not t.exe_inside:
+        return f"target is entering the container (exe {t.exe or '?'} outside its root)"
+    if not t.cwd_inside:
+        return f"target is entering the container (cwd {t.cwd or '?'} outside its root)"
+    return None
 
 
 def decide_targets(
@@ -66,7 +54,7 @@ def decide_targets(
             # CONTINUE is safe: no such process is visible to the caller, so the kernel
             # fails the call with ESRCH as well (see decide_ptrace on pid reuse).
             return allow_continue(f"{syscall}: no such process", **details)
-        why = t.outside_reason()
+        why = outside_reason(t)
         if why is not None:
             return deny(errno.EPERM, f"{syscall}: {why}", target=t.host_pid, **details)
     # CONTINUE is safe: the arguments that name the target are pids (register values the

@@ -1,28 +1,21 @@
 """sysinfo(2) emulation: the container's uptime, memory, swap and process count.
 
-`render_snapshot` is pure: it turns the container's cgroup snapshot (interceptd.emulation,
+Pure: `render_snapshot` turns the container's cgroup snapshot (interceptd.emulation,
 shared with its emulated /proc/meminfo and /proc/uptime, so all three agree) into the bytes
-of `struct sysinfo` (x86_64, 112 bytes, mem_unit 1). `gather` reads the host's own sysinfo
-(load averages, totals used as a ceiling when the container is unlimited), the container
-init's start time, and its memory and pids cgroups (v1, v2 or hybrid).
+of `struct sysinfo` (x86_64, 112 bytes, mem_unit 1). The figures are gathered by
+handlers/sysinfo.py: the host's own sysinfo (load averages, totals used as a ceiling when
+the container is unlimited), the container init's start time, and its memory and pids
+cgroups (v1, v2 or hybrid).
 """
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
-import functools
-import os
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from interceptd.emulation import cgpaths
 from interceptd.emulation.cpuview import container_uptime
-from interceptd.emulation.hostfacts import HostFacts, MeminfoLine
 from interceptd.emulation.memview import HostMem, memview
-from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
+from interceptd.emulation.snapshot import CgroupSnapshot
 
 # long uptime; ulong loads[3]; ulong totalram, freeram, sharedram, bufferram, totalswap,
 # freeswap; ushort procs, pad; (4 bytes padding) ulong totalhigh, freehigh; uint mem_unit;
@@ -120,96 +113,3 @@ def render(host: HostInfo, uptime: int, mem: CgroupMemory | None, procs: int | N
         swap_usage=mem.swap_usage if mem else 0, pids_current=procs,
     )
     return render_snapshot(snap, host, float(uptime))
-
-
-# --- gathering (host I/O) -------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def host_sysinfo() -> HostInfo:
-    buf = ctypes.create_string_buffer(SYSINFO.size)
-    if _libc.sysinfo(buf) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    s = unpack(buf.raw)
-    unit = SYSINFO.unpack(buf.raw)[13] or 1
-    return HostInfo(
-        s.uptime, s.loads, s.totalram * unit, s.freeram * unit, s.sharedram * unit,
-        s.bufferram * unit, s.totalswap * unit, s.freeswap * unit, s.procs,
-    )
-
-
-def process_uptime(pid: int, host_uptime: float | None = None) -> int:
-    """Seconds since `pid` started (its start time is in clock ticks since boot)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    start = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    if host_uptime is None:
-        with open("/proc/uptime", encoding="ascii") as f:
-            host_uptime = float(f.read().split()[0])
-    return int(host_uptime - start)
-
-
-@functools.lru_cache(maxsize=1)
-def _mounts() -> cgpaths.Mounts:
-    """Where the host's cgroup hierarchies are mounted, from our own mountinfo (read
-    once: they do not move under a running daemon)."""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        return cgpaths.parse_mountinfo(f.read())
-
-
-# init pid -> the container's load averages (sysinfo units), set by the daemon's
-# emulation while it runs so that sysinfo(2) and /proc/loadavg agree; None: the host's.
-loads_provider: Callable[[int], tuple[int, int, int] | None] | None = None
-
-
-@dataclass
-class Source:
-    """Where one container's figures live, worked out once (its init's cgroups and start
-    time do not change), so that each sysinfo(2) costs a handful of small reads."""
-
-    init_pid: int
-    start: float | None  # seconds since boot
-    paths: cgpaths.CgroupPaths
-    # (monotonic time, figures) of the last read; one worker thread per container uses it
-    last: tuple[float, Sysinfo] | None = dataclasses.field(default=None, repr=False,
-                                                          compare=False)
-
-    @classmethod
-    def of(cls, init_pid: int) -> Source:
-        with open(f"/proc/{init_pid}/cgroup", encoding="utf-8") as f:
-            paths = cgpaths.locate(cgpaths.parse_proc_cgroup(f.read()), _mounts())
-        return cls(init_pid, start_of("/proc", init_pid, os.sysconf("SC_CLK_TCK")), paths)
-
-    def snapshot(self, host: HostInfo) -> CgroupSnapshot:
-        facts = HostFacts(meminfo=(MeminfoLine("MemTotal", host.totalram >> 10, True),),
-                          clk_tck=os.sysconf("SC_CLK_TCK"))
-        snap = read_snapshot(self.paths, facts, parts=SYSINFO_PARTS)
-        return dataclasses.replace(snap, start=self.start)
-
-    def gather(self) -> Sysinfo:
-        """The container's figures, read again once they are FRESH seconds old."""
-        t = time.monotonic()
-        last = self.last
-        if last is not None and 0 <= t - last[0] < FRESH:
-            return last[1]
-        info = self.read()
-        self.last = (t, info)
-        return info
-
-    def read(self) -> Sysinfo:
-        host = host_sysinfo()
-        now = time.clock_gettime(time.CLOCK_BOOTTIME)
-        provider, loads = loads_provider, None
-        if provider is not None:
-            try:
-                loads = provider(self.init_pid)
-            except OSError:  # the container is going: its cgroups are
-                loads = None
-        return render_snapshot(self.snapshot(host), host, now, loads)
-
-
-def gather(init_pid: int) -> Sysinfo:
-    return Source.of(init_pid).gather()

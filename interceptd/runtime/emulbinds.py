@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterable
 
 from interceptd.emulation import registry
 from interceptd.emulation.sysfs import EMPTY_DIRS
-
-from . import mountapi
+from interceptd.kernel import mountapi
 
 BIND_OPTIONS = ["bind", "ro", "nosuid", "nodev", "noexec"]
 

@@ -11,7 +11,9 @@ import errno
 import os
 import stat
 
-from . import mountapi, mountinfo, ovlfd, spec
+from interceptd.kernel import mountapi, mountinfo
+
+from . import ovlfd, spec
 from .records import Record, RecordStore
 from .shift import shift_file, shift_path, shift_tree
 from .sourcecheck import MountTable, check_source_fs, open_checked

@@ -41,7 +41,8 @@ class HostFacts:
 
     @classmethod
     def read(cls) -> HostFacts:
-        from . import mountinfo
+        from interceptd.kernel import mountinfo
+
         from .caps import host_bounding_set
 
         return cls(host_bounding_set(), host_namespaces(),

@@ -16,14 +16,16 @@ lowers id-mapped detached clones, the upper the host's directory (its owners shi
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 from collections.abc import Sequence
 
-from . import mountapi
-
-FSCONFIG_SET_FLAG = 0
-FSCONFIG_SET_FD = 5
+from interceptd.kernel import mountapi
+from interceptd.kernel.consts import (
+    FSCONFIG_CMD_CREATE,
+    FSCONFIG_SET_FD,
+    FSCONFIG_SET_FLAG,
+    FSCONFIG_SET_STRING,
+)
 
 # Options Docker passes that name nothing on the host and are kept as they were.
 KEPT_OPTIONS = frozenset({"redirect_dir", "metacopy", "volatile", "xino",
@@ -31,23 +33,14 @@ KEPT_OPTIONS = frozenset({"redirect_dir", "metacopy", "volatile", "xino",
 
 
 def fsconfig_fd(fc: int, key: str, fd: int) -> None:
-    mountapi._check(mountapi._syscall(mountapi.SYS_FSCONFIG, ctypes.c_int(fc),
-                                      ctypes.c_uint(FSCONFIG_SET_FD), os.fsencode(key),
-                                      None, ctypes.c_int(fd)),
-                    f"fsconfig({key}=<fd>)")
+    mountapi.fsconfig(fc, FSCONFIG_SET_FD, key, None, fd)
 
 
 def fsconfig_str(fc: int, key: str, value: str | None) -> None:
     if value is None:
-        mountapi._check(mountapi._syscall(mountapi.SYS_FSCONFIG, ctypes.c_int(fc),
-                                          ctypes.c_uint(FSCONFIG_SET_FLAG),
-                                          os.fsencode(key), None, ctypes.c_int(0)),
-                        f"fsconfig({key})")
+        mountapi.fsconfig(fc, FSCONFIG_SET_FLAG, key)
         return
-    mountapi._check(mountapi._syscall(mountapi.SYS_FSCONFIG, ctypes.c_int(fc),
-                                      ctypes.c_uint(mountapi.FSCONFIG_SET_STRING),
-                                      os.fsencode(key), os.fsencode(value), ctypes.c_int(0)),
-                    f"fsconfig({key})")
+    mountapi.fsconfig(fc, FSCONFIG_SET_STRING, key, value)
 
 
 def kept_options(other: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -72,8 +65,7 @@ def overlay_fd(lower_fds: Sequence[int], upper: str, work: str,
     parent = os.path.commonpath([os.path.dirname(upper), os.path.dirname(work)])
     fds: list[int] = []
     try:
-        fc = mountapi._check(mountapi._syscall(mountapi.SYS_FSOPEN, b"overlay",
-                                               ctypes.c_uint(1)), "fsopen(overlay)")
+        fc = mountapi.fsopen("overlay")
         fds.append(fc)
         fsconfig_str(fc, "source", "overlay")
         for fd in lower_fds:
@@ -87,13 +79,8 @@ def overlay_fd(lower_fds: Sequence[int], upper: str, work: str,
             fsconfig_fd(fc, key, d)
         for key, val in kept_options(other):
             fsconfig_str(fc, key, val)
-        mountapi._check(mountapi._syscall(mountapi.SYS_FSCONFIG, ctypes.c_int(fc),
-                                          ctypes.c_uint(mountapi.FSCONFIG_CMD_CREATE),
-                                          None, None, ctypes.c_int(0)),
-                        "fsconfig(create overlay)")
-        return mountapi._check(mountapi._syscall(mountapi.SYS_FSMOUNT, ctypes.c_int(fc),
-                                                 ctypes.c_uint(mountapi.FSMOUNT_CLOEXEC),
-                                                 ctypes.c_uint(0)), "fsmount(overlay)")
+        mountapi.fsconfig(fc, FSCONFIG_CMD_CREATE)
+        return mountapi.fsmount(fc, 0)
     finally:
         for fd in fds:
             with contextlib.suppress(OSError):

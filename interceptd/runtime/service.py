@@ -33,6 +33,7 @@ import struct
 import sys
 import threading
 
+from interceptd.kernel.mountapi import UserNamespace
 from interceptd.unixsock import listen_private
 
 from . import argv as argvmod
@@ -42,7 +43,6 @@ from .hostfacts import HostFacts
 from .jobs.create import Create
 from .jobs.delete import Delete
 from .jobs.exec import Exec
-from .mountapi import UserNamespace
 from .procs import runtime_cmd
 from .timing import Phases
 

@@ -22,9 +22,9 @@ import errno
 import os
 import stat
 
-from . import mountapi
+from interceptd.kernel import mountapi
 
-AT_FDCWD = -100
+AT_FDCWD = mountapi.AT_FDCWD
 _CAP_XATTR = "security.capability"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -8,7 +8,9 @@ import errno
 import os
 import stat
 
-from . import mountapi, mountinfo, spec
+from interceptd.kernel import mountapi, mountinfo
+
+from . import spec
 
 
 def open_checked(src: str, what: str) -> tuple[int, str]:

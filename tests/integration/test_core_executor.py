@@ -241,7 +241,7 @@ def test_helper_is_not_reachable_from_the_target(
 
 
 def test_mount_facts_agree_with_mountinfo(chroot_target: tuple[int, int, Path]) -> None:
-    from interceptd.policy.mounttable import MountTable
+    from interceptd.kernel.mounttable import MountTable
 
     pid, pidfd, _root = chroot_target
     x = core.Executor(pidfd, pid)

@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from interceptd.runtime import host, mountinfo
+from interceptd.kernel import mountinfo
+from interceptd.runtime import host
 from interceptd.runtime.records import Record, RecordStore
 
 pytestmark = pytest.mark.integration

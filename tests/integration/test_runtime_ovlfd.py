@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from interceptd.runtime import mountapi, ovlfd
+from interceptd.kernel import mountapi
+from interceptd.runtime import ovlfd
 
 pytestmark = pytest.mark.integration
 

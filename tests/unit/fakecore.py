@@ -11,6 +11,7 @@ ACT_CONTINUE = 1
 ACT_ERRNO = 2
 ACT_VALUE = 3
 ACT_PYTHON = 4
+ACT_NATIVE = 5
 FLAG_CONTINUE = 1
 
 
@@ -62,9 +63,13 @@ class FakeChannel:
         self.fds: list[int] = []
         self.closed = False
         self.fail_respond: Exception | None = None
+        self.native: tuple[list[str], int, int, int] | None = None
 
-    def set_rule(self, nr: int, action: int, value: int) -> None:
+    def set_rule(self, nr: int, action: int, value: int = 0) -> None:
         self.rules[nr] = (action, value)
+
+    def enable_native(self, fstypes: list[str], pidfd: int, pid: int, notify_fd: int) -> None:
+        self.native = (list(fstypes), pidfd, pid, notify_fd)
 
     def set_default(self, action: int, value: int) -> None:
         self.default = (action, value)
@@ -141,6 +146,19 @@ def read_target_string(pid: int, addr: int, max_len: int, notify_fd: int, notif_
 
 def id_valid(notify_fd: int, notif_id: int) -> bool:
     return True
+
+
+@dataclass
+class ExecResult:
+    ret: int
+    errno: int
+    fd: int = -1
+
+
+def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: object) -> ExecResult:
+    """No namespaces to enter here: every operation fails as the kernel would without
+    the call (ENOSYS), so a handler's error path is what a test sees."""
+    return ExecResult(-1, errno.ENOSYS)
 
 
 def notify_probe() -> dict[str, Any]:

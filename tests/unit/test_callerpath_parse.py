@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from interceptd.policy.callerpath import ProcRef, parse
+from interceptd.handlers.callerpath import ProcRef, parse
 
 
 @pytest.mark.parametrize(("path", "ref"), [

@@ -10,7 +10,7 @@ import pytest
 
 from interceptd.emulation import registry
 from interceptd.emulation.daemon import Emulation, emulated_files, tree_path
-from interceptd.policy import sysinfo
+from interceptd.handlers import sysinfo
 
 
 @dataclass

@@ -13,15 +13,17 @@ from interceptd.dispatch import Dispatcher
 from interceptd.events import Event, EventBus
 from interceptd.handlers import HandlerRegistry, Request
 from interceptd.listener import ContainerState, ListenerReject, ProcessState
-from interceptd.registry import Registry
+from interceptd.registry import Container, Registry
+from interceptd.syscalls import nr
 from interceptd.verdict import Verdict, build_table
 
-NR = {"sysfs": 139, "ustat": 136, "mount": 165, "getpid": 39}
+NR = {n: nr(n) for n in ("sysfs", "ustat", "mount", "getpid")}
 NAME = {v: k for k, v in NR.items()}
 
 
 def request(syscall="sysfs", handlers=None):
-    return Request(container=None, notif=core.Notification(1, os.getpid(), NR[syscall]),
+    return Request(container=Container("c0", "/b", {}, os.getpid(), -1),
+                   notif=core.Notification(1, os.getpid(), NR[syscall]),
                    syscall=syscall, args=[0] * 6, core=core)
 
 

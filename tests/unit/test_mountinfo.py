@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from interceptd import mountinfo
-from interceptd.mountinfo import parse, parse_line, unescape
-from interceptd.policy import consts as c
-from interceptd.runtime import mountinfo as rt
+from interceptd.kernel import consts as c
+from interceptd.kernel import mountinfo
+from interceptd.kernel import mountinfo as rt
+from interceptd.kernel.mountinfo import parse, parse_line, unescape
 
 MOUNTINFO = """\
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw

@@ -13,8 +13,10 @@ import itertools
 import pytest
 
 from interceptd._corelib import ffi, lib
-from interceptd.policy import consts as c
-from interceptd.policy.glue import NATIVE_FSTYPES
+from interceptd.handlers.mount import NATIVE_FSTYPES
+from interceptd.kernel import consts as c
+from interceptd.kernel.mounttable import MountTable
+from interceptd.policy.immutable import snapshot
 from interceptd.policy.mounts import (
     ALLOWED_FSTYPES,
     MountCall,
@@ -23,7 +25,6 @@ from interceptd.policy.mounts import (
     decide_mount,
     decide_umount,
 )
-from interceptd.policy.mounttable import MountTable, snapshot
 from tests.unit.policy_samples import RUNC_INIT, RUNC_LATER, UNSHARED
 
 NATIVE_LIST = ffi.new("char[]", b"".join(t.encode() + b"\0" for t in NATIVE_FSTYPES) + b"\0")

@@ -9,9 +9,10 @@ import pytest
 
 import interceptd.policy as policy
 from interceptd.config import Config
-from interceptd.handlers import HandlerRegistry
-from interceptd.policy import consts as c
-from interceptd.policy.mountapi import (
+from interceptd.handlers import HandlerRegistry, table
+from interceptd.kernel import consts as c
+from interceptd.kernel.mounttable import MountTable
+from interceptd.policy.fdmounts import (
     FdMount,
     MountAttr,
     decide_detached_tree,
@@ -21,8 +22,8 @@ from interceptd.policy.mountapi import (
     decide_move_mount,
     decide_open_tree,
 )
+from interceptd.policy.immutable import snapshot
 from interceptd.policy.mounts import MountContext
-from interceptd.policy.mounttable import MountTable, snapshot
 from interceptd.policy.ptrace import ProcView, decide_ptrace, decide_targets
 from tests.unit.policy_samples import RUNC_INIT, RUNC_LATER
 
@@ -223,7 +224,7 @@ def test_notified_and_registered_agree():
     assert not set(notified) & names(r for r in policy.denied_syscalls(None)
                                      if not r.get("args"))
     reg = HandlerRegistry()
-    policy.register(reg, None)
+    table.register(reg, None)
     assert reg.names() == sorted(notified)
     for n in ("mount", "umount2", "fsopen", "fspick", "open_tree", "move_mount",
               "mount_setattr", "ptrace", "process_vm_readv", "process_vm_writev",

@@ -73,6 +73,7 @@ class FakeExecutor:
 class Container:
     def __init__(self, cid: str) -> None:
         self.id = cid
+        self.policy = None
 
 
 class Req:
@@ -203,11 +204,10 @@ def test_container_collected_while_the_cache_lock_is_held_does_not_deadlock() ->
 
 
 def test_policy_register_closes_executors_on_release() -> None:
-    from interceptd import policy
-    from interceptd.handlers import HandlerRegistry
+    from interceptd.handlers import HandlerRegistry, table
 
     handlers = HandlerRegistry()
-    policy.register(handlers, None)
+    table.register(handlers, None)
     core = FakeCore()
     c = Container("r")
     executors.run(Req(c, core), executors.NS_MOUNT, "umount2", "/x", 0)

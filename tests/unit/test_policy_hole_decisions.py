@@ -7,10 +7,11 @@ from __future__ import annotations
 import errno
 
 import interceptd.policy as policy
-from interceptd.policy import consts as c
-from interceptd.policy.mountapi import FdMount, MountAttr, decide_fspick, decide_mount_setattr
+from interceptd.kernel import consts as c
+from interceptd.kernel.mounttable import MountTable
+from interceptd.policy.fdmounts import FdMount, MountAttr, decide_fspick, decide_mount_setattr
+from interceptd.policy.immutable import snapshot
 from interceptd.policy.mounts import MountCall, MountContext, decide_mount, overlay_layers
-from interceptd.policy.mounttable import MountTable, snapshot
 from tests.unit.policy_samples import RUNC_INIT, RUNC_LATER
 
 IMM = snapshot(MountTable.parse(RUNC_INIT))

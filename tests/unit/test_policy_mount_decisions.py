@@ -6,18 +6,15 @@ import errno
 
 import pytest
 
-from interceptd.policy import consts as c
+from interceptd.kernel import consts as c
+from interceptd.kernel.mounttable import MountTable
+from interceptd.policy.immutable import ImmutableSet, snapshot
 from interceptd.policy.mounts import (
     MountCall,
     MountContext,
     UmountCall,
     decide_mount,
     decide_umount,
-)
-from interceptd.policy.mounttable import (
-    ImmutableSet,
-    MountTable,
-    snapshot,
 )
 from tests.unit.policy_samples import RUNC_INIT, RUNC_LATER, UNSHARED
 
@@ -263,11 +260,12 @@ def test_sysfs_gets_sys_masks_and_emulated_files():
 
 
 def test_native_fstypes_are_ones_the_policy_mounts_in_user_and_mount_ns_only():
-    from interceptd.policy.glue import NATIVE_FSTYPES, NS_MOUNT, _ns_for
+    from interceptd.handlers.mount import NATIVE_FSTYPES
+    from interceptd.handlers.scope import NS_MOUNT, ns_for
 
     assert set(NATIVE_FSTYPES) == {"devpts", "ramfs", "tmpfs"}
     for t in NATIVE_FSTYPES:
-        assert _ns_for(t) == NS_MOUNT
+        assert ns_for(t) == NS_MOUNT
         for flags in (0, c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC, c.MS_MGC_VAL):
             d = decide_mount(MountCall("t", "/mnt/x", t, flags, "size=1k"), ctx())
             assert d.kind == "perform" and [o.op for o in d.ops] == ["mount"], (t, flags, d)
@@ -291,7 +289,7 @@ def test_native_umount_rule_matches_decide_umount():
 def test_nested_proc_stays_elsewhere_removable():
     """A procfs the daemon mounted for a nested runtime: at /proc (the nested container's
     own) EBUSY like the container's; at another place it goes with its submounts."""
-    from interceptd.policy.mounttable import MountEntry
+    from interceptd.kernel.mountinfo import MountEntry
 
     context = ctx()
     for mp, want in (("/proc", errno.EBUSY), ("/mnt/p", None)):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from interceptd.policy import procinfo
+from interceptd.kernel import procinfo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare")
 

@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 from interceptd.config import Config
-from interceptd.policy import glue
+from interceptd.handlers import scope
+from interceptd.kernel.mounttable import MountTable
+from interceptd.policystore import PolicyStore
 
 
 class FakeContainer:
@@ -17,15 +19,19 @@ class FakeContainer:
         self.id = cid
         self.init_pid = init_pid
         self.bundle = ""
+        self.pidfd = -1
+        self.notify_fds: list[int] = []
+        self.channel = None
+        self.policy: PolicyStore | None = None
 
 
 def test_state_saved_reloaded_and_kept_while_the_init_lives(tmp_path: Path):
     cfg = Config()
     cfg.daemon.state_dir = str(tmp_path)
-    glue.configure(cfg)
+    scope.configure(cfg)
     try:
         c = FakeContainer("ct-1", os.getpid())
-        st = glue.state_of(c)
+        st = scope.state_of(c)
         path = tmp_path / "policy" / "ct-1.json"
         saved = json.loads(path.read_text())
         assert saved["init_pid"] == os.getpid()
@@ -36,25 +42,25 @@ def test_state_saved_reloaded_and_kept_while_the_init_lives(tmp_path: Path):
         del c
         gc.collect()
         assert path.exists()  # the init (this process) is alive: kept
-        again = glue.state_of(FakeContainer("ct-1", os.getpid()))
+        again = scope.state_of(FakeContainer("ct-1", os.getpid()))
         assert again.masked == ("/proc/marker",)
     finally:
-        glue.configure(None)
+        scope.configure(None)
 
 
 def test_state_of_a_reused_id_is_not_reloaded(tmp_path: Path):
     cfg = Config()
     cfg.daemon.state_dir = str(tmp_path)
-    glue.configure(cfg)
+    scope.configure(cfg)
     try:
         (tmp_path / "policy").mkdir()
         (tmp_path / "policy" / "ct-2.json").write_text(json.dumps(
             {"init_pid": os.getpid(), "init_start": -1, "immutable": {}, "masked": ["/x"],
              "readonly": []}))
-        st = glue.state_of(FakeContainer("ct-2", os.getpid()))
+        st = scope.state_of(FakeContainer("ct-2", os.getpid()))
         assert "/x" not in st.masked
     finally:
-        glue.configure(None)
+        scope.configure(None)
 
 
 def test_state_dropped_with_the_container(tmp_path: Path):
@@ -62,11 +68,11 @@ def test_state_dropped_with_the_container(tmp_path: Path):
 
     cfg = Config()
     cfg.daemon.state_dir = str(tmp_path)
-    glue.configure(cfg)
+    scope.configure(cfg)
     p = subprocess.Popen(["sleep", "30"])
     try:
         c = FakeContainer("ct-3", p.pid)
-        glue.state_of(c)
+        scope.state_of(c)
         path = tmp_path / "policy" / "ct-3.json"
         assert path.exists()
         p.kill()
@@ -77,7 +83,7 @@ def test_state_dropped_with_the_container(tmp_path: Path):
     finally:
         if p.poll() is None:
             p.kill()
-        glue.configure(None)
+        scope.configure(None)
 
 
 MOUNTINFO = """\
@@ -98,8 +104,8 @@ def test_emulated_binds_come_from_the_attach_table_and_are_saved(tmp_path: Path,
     not an emulated file); each maps to the daemon's own file, and survives a restart."""
     cfg = Config()
     cfg.daemon.state_dir = str(tmp_path)
-    glue.configure(cfg)
-    monkeypatch.setattr(glue.MountTable, "read",
+    scope.configure(cfg)
+    monkeypatch.setattr(MountTable, "read",
                         classmethod(lambda cls, pid: cls.parse(MOUNTINFO)))
     try:
         fs = str(tmp_path / "fs")
@@ -108,13 +114,31 @@ def test_emulated_binds_come_from_the_attach_table_and_are_saved(tmp_path: Path,
                 "/sys/devices/virtual/dmi/id/product_uuid":
                     f"{fs}/sys/class/dmi/id/product_uuid"}
         c = FakeContainer("ct-emu", os.getpid())
-        st = glue.state_of(c)
+        st = scope.state_of(c)
         assert st.emulated == want
         kinds = {m.mountpoint: m.kind for m in st.imm.mounts}
         assert kinds["/proc/meminfo"] == "emulated" and kinds["/proc/cpuinfo"] != "emulated"
         del c, st
         gc.collect()
-        again = glue.state_of(FakeContainer("ct-emu", os.getpid()))
+        again = scope.state_of(FakeContainer("ct-emu", os.getpid()))
         assert again.emulated == want
     finally:
-        glue.configure(None)
+        scope.configure(None)
+
+
+def test_the_load_entry_point_reads_what_the_store_saved(tmp_path: Path) -> None:
+    """policystore.load/state_path: what a restarted daemon (or a tool) reads back, without
+    a container record."""
+    from interceptd import policystore
+    from interceptd.kernel.procinfo import start_ticks
+
+    store = PolicyStore(str(tmp_path / "policy"))
+    c = FakeContainer("ct/odd name", os.getpid())
+    st = store.state(c)
+    path = policystore.state_path(str(tmp_path / "policy"), c.id)
+    assert path == str(tmp_path / "policy" / "ct_odd_name.json")
+    got = policystore.load(path, os.getpid(), start_ticks(os.getpid()))
+    assert got is not None and got.to_dict() == st.to_dict()
+    assert policystore.load(path, os.getpid(), start_ticks(os.getpid()) + 1) is None
+    store.close()
+    assert os.path.exists(path)  # the init (this process) lives on: kept for a restart

@@ -1,4 +1,4 @@
-"""mounttable.TableCache on real mount namespaces (root, no container): a table is read
+"""kernel.mounttable.TableCache on real mount namespaces (root, no container): a table is read
 once and handed out until its namespace changes, whoever changes it; a root that is not a
 mount's root is never cached; what it hands out always equals a fresh read."""
 
@@ -14,9 +14,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from interceptd.policy.mounttable import MountTable, TableCache, _seen_from
-
-CLONE_NEWNS = 0x00020000
+from interceptd.kernel.consts import CLONE_NEWNS
+from interceptd.kernel.mounttable import MountTable, TableCache, _seen_from
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare")
 

@@ -194,7 +194,7 @@ def test_reused_volume_mount_point_changes_kind(tmp_path):
 
 
 def test_fs_type():
-    from interceptd.runtime import mountapi
+    from interceptd.kernel import mountapi
 
     assert mountapi.fs_type("/proc") == 0x9FA0  # PROC_SUPER_MAGIC
     with pytest.raises(OSError):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from interceptd.policy import sysinfo as si
+from interceptd.handlers import sysinfo as si
 
 
 def test_figures_are_reused_while_fresh_then_read_again(monkeypatch: pytest.MonkeyPatch):

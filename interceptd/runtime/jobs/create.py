@@ -95,7 +95,9 @@ class Create:
 
     def prepare(self) -> list[str]:
         """Rewrite bundle and host; the runtime's argv (after argv[0]) to run next."""
-        from .. import daemonlink, host, idpool, mountapi, policylink, records
+        from interceptd.kernel import mountapi
+
+        from .. import daemonlink, host, idpool, policylink, records
         from .. import spec as sp
 
         inv, st, cid = self.inv, self.st, self.cid
@@ -211,7 +213,9 @@ class Create:
 
     def finish(self, rc: int) -> int:
         """After the runtime exited with rc: roll back, place the cgroup, or tear down."""
-        from .. import host, mountinfo
+        from interceptd.kernel import mountinfo
+
+        from .. import host
 
         st, rec = self.st, self.rec
         if rec is None:

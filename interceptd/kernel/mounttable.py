@@ -1,11 +1,8 @@
-"""Mount tables parsed from /proc/<pid>/mountinfo and the container's immutable-mount set.
+"""Mount tables read from /proc/<pid>/mountinfo: whole, lazily (only the lines a decision
+asks for), from statmount's facts, and cached per mount namespace between calls.
 
-Identity of a mount across mount namespaces: mount ids change when a namespace is copied
-(`unshare -m`), paths change after chroot/pivot_root, but a mount's superblock (`dev`,
-major:minor) and the dentry it shows (`root`) do not. A bind copy of a mount has the same
-dev and the same root (or a root beneath it). The immutable set is therefore keyed by
-(dev, root) and matched by prefix on root; the procfs/sysfs superblocks we protect are
-keyed by dev alone (each procfs mount has its own superblock since Linux 5.8).
+The tables themselves are plain data the deciders walk (policy/immutable.py classifies
+them); reading and caching them is mechanism, here.
 """
 
 from __future__ import annotations
@@ -14,49 +11,20 @@ import os
 import posixpath
 import select
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
-from interceptd.mountinfo import MountEntry, parse, parse_line
-from interceptd.policy.consts import (
+from interceptd.kernel.consts import (
     MOUNT_ATTR_NODEV,
     MOUNT_ATTR_NOEXEC,
     MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
+    STATX_MNT_ID,
 )
-from interceptd.syscalls import nr as syscall_nr
-
-# Docker's defaults; runc applies the config's lists, the runtime shim keeps these at least.
-DEFAULT_MASKED_PATHS = (
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-)
-DEFAULT_READONLY_PATHS = (
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-)
-
-
-def path_within(path: str, base: str) -> bool:
-    """True if `path` is `base` or beneath it (both normalised absolute paths)."""
-    if base == "/":
-        return path.startswith("/")
-    return path == base or path.startswith(base + "/")
+from interceptd.kernel.mountapi import statx
+from interceptd.kernel.mountinfo import MountEntry, parse, parse_line
 
 
 class MountTable:
@@ -193,7 +161,20 @@ _ATTR_OPTS = ((MOUNT_ATTR_NOSUID, "nosuid"), (MOUNT_ATTR_NODEV, "nodev"),
               (MOUNT_ATTR_NOEXEC, "noexec"))
 
 
-def entry_from_facts(f: Any) -> MountEntry:
+class MountFactsLike(Protocol):
+    """What statmount(2) reports of a mount (core.MountFacts)."""
+
+    mnt_id: int
+    parent_id: int
+    dev: str
+    root: str
+    mountpoint: str
+    fstype: str
+    attr: int
+    sb_flags: int
+
+
+def entry_from_facts(f: MountFactsLike) -> MountEntry:
     """A MountEntry from core.MountFacts (mount point relative to the namespace's root;
     no source or propagation fields: decisions that need them read the full table)."""
     opts = ["ro" if f.attr & MOUNT_ATTR_RDONLY else "rw"]
@@ -204,193 +185,21 @@ def entry_from_facts(f: Any) -> MountEntry:
         source="", super_options="ro" if f.sb_flags & 1 else "rw")
 
 
-@dataclass(frozen=True)
-class ImmutableMount:
-    dev: str
-    root: str
-    locked: int  # MOUNT_ATTR_* bits that may never be cleared on it or its copies
-    kind: str  # "fsroot" | "mask" | "readonly" | "emulated" | "sub" | "mount"
-    mountpoint: str  # where it was when recorded, for reasons and logs
-    fstype: str
+# --- tables kept between calls ----------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dev": self.dev,
-            "root": self.root,
-            "locked": self.locked,
-            "kind": self.kind,
-            "mountpoint": self.mountpoint,
-            "fstype": self.fstype,
-        }
-
-
-@dataclass
-class ImmutableSet:
-    """What a container may not weaken, recorded at attach and extended by daemon mounts."""
-
-    mounts: list[ImmutableMount] = field(default_factory=list)
-    # procfs/sysfs superblocks whose submounts (masks, read-only paths, emulated files)
-    # may not be unmounted or moved away.
-    protected_devs: set[str] = field(default_factory=set)
-    # superblocks mounted at attach at /proc and /sys: `umount` gets EBUSY.
-    fsroot_devs: set[str] = field(default_factory=set)
-    # procfs/sysfs superblocks the daemon mounted for the container: may be unmounted
-    # (with their submounts), never moved or weakened.
-    managed_devs: set[str] = field(default_factory=set)
-
-    def match(self, e: MountEntry) -> list[ImmutableMount]:
-        """Immutable mounts of which `e` is the same mount or a bind copy (of it or beneath)."""
-        return [m for m in self.mounts if m.dev == e.dev and path_within(e.root, m.root)]
-
-    def locked_attrs(self, e: MountEntry) -> int:
-        bits = 0
-        for m in self.match(e):
-            bits |= m.locked
-        return bits
-
-    def exact(self, e: MountEntry) -> ImmutableMount | None:
-        for m in self.mounts:
-            if m.dev == e.dev and m.root == e.root:
-                return m
-        return None
-
-    def add(self, m: ImmutableMount) -> None:
-        if m not in self.mounts:
-            self.mounts.append(m)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mounts": [m.to_dict() for m in self.mounts],
-            "protected_devs": sorted(self.protected_devs),
-            "fsroot_devs": sorted(self.fsroot_devs),
-            "managed_devs": sorted(self.managed_devs),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImmutableSet:
-        return cls(
-            mounts=[ImmutableMount(**m) for m in d.get("mounts", [])],
-            protected_devs=set(d.get("protected_devs", [])),
-            fsroot_devs=set(d.get("fsroot_devs", [])),
-            managed_devs=set(d.get("managed_devs", [])),
-        )
-
-
-def _is_mask(e: MountEntry, masked: set[str]) -> bool:
-    if e.mountpoint in masked:
-        return True
-    # runc masks a file with a bind of /dev/null and a directory with a read-only tmpfs.
-    return e.root == "/null" or (e.fstype == "tmpfs" and e.readonly)
-
-
-def snapshot(
-    table: MountTable,
-    masked_paths: Iterable[str] = DEFAULT_MASKED_PATHS,
-    readonly_paths: Iterable[str] = DEFAULT_READONLY_PATHS,
-    emulated_paths: Iterable[str] = (),
-) -> ImmutableSet:
-    """Classify the container's attach-time mount table (its init's view).
-
-    Every attach-time mount has its ro/nosuid/nodev/noexec locked (they can be added, never
-    removed). /proc and /sys (procfs/sysfs at those paths) and everything mounted beneath
-    them at attach (masks, read-only paths, emulated files, cgroup mounts) are protected.
-    """
-    masked = {posixpath.normpath(p) for p in masked_paths}
-    readonly = {posixpath.normpath(p) for p in readonly_paths}
-    emulated = {posixpath.normpath(p) for p in emulated_paths}
-    imm = ImmutableSet()
-    roots = [
-        e
-        for e in table.entries
-        if (e.mountpoint == "/proc" and e.fstype == "proc")
-        or (e.mountpoint == "/sys" and e.fstype == "sysfs")
-    ]
-    under_roots: set[int] = set()
-    for r in roots:
-        imm.fsroot_devs.add(r.dev)
-        imm.protected_devs.add(r.dev)
-        imm.add(ImmutableMount(r.dev, r.root, r.attrs, "fsroot", r.mountpoint, r.fstype))
-        for s in table.subtree(r):
-            under_roots.add(s.mount_id)
-            if s.mountpoint in emulated:
-                kind = "emulated"
-            elif s.mountpoint in readonly:
-                kind = "readonly"
-            elif _is_mask(s, masked):
-                kind = "mask"
-            else:
-                kind = "sub"
-            imm.add(ImmutableMount(s.dev, s.root, s.attrs, kind, s.mountpoint, s.fstype))
-            if s.fstype in ("proc", "sysfs"):
-                imm.protected_devs.add(s.dev)
-    root_ids = {r.mount_id for r in roots}
-    for e in table.entries:
-        if e.mount_id in under_roots or e.mount_id in root_ids:
-            continue
-        kind = "emulated" if e.mountpoint in emulated else "mount"
-        imm.add(ImmutableMount(e.dev, e.root, e.attrs, kind, e.mountpoint, e.fstype))
-    return imm
-
-
-def register_managed(
-    imm: ImmutableSet, table: MountTable, new_root: MountEntry
-) -> list[ImmutableMount]:
-    """Record a procfs/sysfs mount the daemon made (and the masks it applied beneath it)."""
-    imm.protected_devs.add(new_root.dev)
-    imm.managed_devs.add(new_root.dev)
-    added = [
-        ImmutableMount(
-            new_root.dev, new_root.root, new_root.attrs, "fsroot", new_root.mountpoint,
-            new_root.fstype,
-        )
-    ]
-    for s in table.subtree(new_root):
-        rel = posixpath.relpath(s.mountpoint, new_root.mountpoint)
-        kind = "mask" if (s.root == "/null" or s.fstype == "tmpfs") else "readonly"
-        added.append(ImmutableMount(s.dev, s.root, s.attrs, kind, "/" + rel, s.fstype))
-    for m in added:
-        imm.add(m)
-    return added
-
-
-# --- per-container cache ----------------------------------------------------------------
-
-STATX_INO = 0x100
-STATX_MNT_ID = 0x1000
-STATX_ATTR_MOUNT_ROOT = 0x2000
-AT_EMPTY_PATH = 0x1000
-_NR_STATX = syscall_nr("statx")
-_libc: Any = None
 
 
 def _root_mount(pid: int) -> tuple[int, int, int] | None:
     """(mount id, dev, ino) of `pid`'s root if that root is the root of its mount, else
     None (a chroot into a directory: its view is not the mount's, so it is not cached)."""
-    import ctypes
-
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    libc = _libc
-    buf = ctypes.create_string_buffer(256)
     fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC)
     try:
-        if libc.syscall(_NR_STATX, fd, b"", AT_EMPTY_PATH, STATX_INO | STATX_MNT_ID, buf) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
+        sx = statx(fd)
     finally:
         os.close(fd)
-    raw = buf.raw
-    mask = int.from_bytes(raw[0:4], "little")
-    attrs = int.from_bytes(raw[8:16], "little")
-    attrs_known = int.from_bytes(raw[56:64], "little")
-    if not mask & STATX_MNT_ID or not attrs_known & STATX_ATTR_MOUNT_ROOT:
+    if not sx.mask & STATX_MNT_ID or not sx.mount_root:
         return None
-    if not attrs & STATX_ATTR_MOUNT_ROOT:
-        return None
-    ino = int.from_bytes(raw[32:40], "little")
-    dev = (int.from_bytes(raw[136:140], "little"), int.from_bytes(raw[140:144], "little"))
-    return (int.from_bytes(raw[144:152], "little"), os.makedev(*dev), ino)
+    return (sx.mnt_id, os.makedev(*sx.dev), sx.ino)
 
 
 def _seen_from(table: MountTable, root_id: int) -> bool:
@@ -548,29 +357,3 @@ def _unchanged(fd: int) -> bool:
         return not p.poll(0)
     except OSError:
         return False
-
-
-_caches: dict[int, TableCache] = {}
-_caches_lock = threading.Lock()
-
-
-def tables_of(container: Any) -> TableCache:
-    """The container's TableCache (closed when the container is released or collected)."""
-    key = id(container)
-    with _caches_lock:
-        c = _caches.get(key)
-        if c is None:
-            c = _caches[key] = TableCache()
-            weakref.finalize(container, forget_key, key)
-        return c
-
-
-def forget(container: Any) -> None:
-    forget_key(id(container))
-
-
-def forget_key(key: int) -> None:
-    with _caches_lock:
-        c = _caches.pop(key, None)
-    if c is not None:
-        c.close()

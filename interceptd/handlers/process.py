@@ -9,11 +9,13 @@ hammering these calls costs the daemon the same whatever runs beside it.
 from __future__ import annotations
 
 import errno
-from typing import Any
 
-from interceptd.policy import procinfo
+from interceptd.handlers.scope import s32
+from interceptd.kernel import procinfo
+from interceptd.kernel.procinfo import ProcView
 from interceptd.policy.decision import Decision, deny
-from interceptd.policy.ptrace import ProcView, decide_ptrace, decide_targets, ptrace_needs_target
+from interceptd.policy.ptrace import decide_ptrace, decide_targets, ptrace_needs_target
+from interceptd.seams import Request
 from interceptd.verdict import Verdict
 
 # The kernel cannot translate pids between namespaces (nsfs ioctls, Linux 6.11): refuse
@@ -21,17 +23,12 @@ from interceptd.verdict import Verdict
 _NO_TRANSLATION = (errno.ENOTTY, errno.EINVAL)
 
 
-def _s32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v & 0x80000000 else v
-
-
 class _Refused(Exception):
     def __init__(self, decision: Decision) -> None:
         self.decision = decision
 
 
-def _target(req: Any, ns_pid: int, syscall: str, details: dict[str, object]) -> ProcView | None:
+def _target(req: Request, ns_pid: int, syscall: str, details: dict[str, object]) -> ProcView | None:
     try:
         return procinfo.target_view(req.pid, ns_pid, req.container.init_pid, req.valid)
     except procinfo.TargetChanged:
@@ -55,8 +52,8 @@ def _answer(d: Decision) -> Verdict:
     return Verdict.cont(reason)  # decide_targets/decide_ptrace answer errno or continue
 
 
-def handle_ptrace(req: Any) -> Verdict:
-    request, pid = _s32(req.args[0]), _s32(req.args[1])
+def handle_ptrace(req: Request) -> Verdict:
+    request, pid = s32(req.args[0]), s32(req.args[1])
     details: dict[str, object] = {"request": request, "pid": pid}
     try:
         target = _target(req, pid, "ptrace", details) if ptrace_needs_target(request) else None
@@ -65,8 +62,8 @@ def handle_ptrace(req: Any) -> Verdict:
     return _answer(decide_ptrace(request, target, details))
 
 
-def handle_process_vm(req: Any) -> Verdict:
-    pid = _s32(req.args[0])
+def handle_process_vm(req: Request) -> Verdict:
+    pid = s32(req.args[0])
     details: dict[str, object] = {"pid": pid}
     try:
         targets = [_target(req, pid, req.syscall, details)]
@@ -75,8 +72,8 @@ def handle_process_vm(req: Any) -> Verdict:
     return _answer(decide_targets(req.syscall, targets, details))
 
 
-def handle_kcmp(req: Any) -> Verdict:
-    p1, p2 = _s32(req.args[0]), _s32(req.args[1])
+def handle_kcmp(req: Request) -> Verdict:
+    p1, p2 = s32(req.args[0]), s32(req.args[1])
     details: dict[str, object] = {"pid1": p1, "pid2": p2, "type": req.args[2]}
     try:
         targets = [_target(req, p1, "kcmp", details), _target(req, p2, "kcmp", details)]
@@ -85,8 +82,8 @@ def handle_kcmp(req: Any) -> Verdict:
     return _answer(decide_targets("kcmp", targets, details))
 
 
-def handle_pidfd_getfd(req: Any) -> Verdict:
-    pidfd = _s32(req.args[0])
+def handle_pidfd_getfd(req: Request) -> Verdict:
+    pidfd = s32(req.args[0])
     # fdinfo names the pidfd's process by its host pid: no translation needed.
     host = procinfo.pidfd_target(req.pid, pidfd)
     view = None
@@ -100,7 +97,7 @@ def handle_pidfd_getfd(req: Any) -> Verdict:
     # only come from outside, and an entering runc init is non-dumpable, which the kernel's
     # own ptrace_may_access check in pidfd_getfd refuses.
     return _answer(decide_targets("pidfd_getfd", [view],
-                                  {"pidfd": pidfd, "fd": _s32(req.args[1])}))
+                                  {"pidfd": pidfd, "fd": s32(req.args[1])}))
 
 
 HANDLERS = {

@@ -19,9 +19,8 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
-from typing import Any
 
-from interceptd.policy.consts import (
+from interceptd.kernel.consts import (
     AT_RECURSIVE,
     MOUNT_ATTR_IDMAP,
     MOUNT_ATTR_LOCKED,
@@ -29,6 +28,8 @@ from interceptd.policy.consts import (
     MS_UNBINDABLE,
     OPEN_TREE_CLONE,
 )
+from interceptd.kernel.mountinfo import MountEntry
+from interceptd.kernel.mounttable import MountTable
 from interceptd.policy.decision import Decision, ExecOp, allow_continue, deny, perform
 from interceptd.policy.mounts import (
     ALLOWED_FSTYPES,
@@ -41,7 +42,6 @@ from interceptd.policy.mounts import (
     protected_kind,
     unbindable_refusal,
 )
-from interceptd.policy.mounttable import MountEntry
 
 MOUNT_ATTR_STRUCT = struct.Struct("<QQQQ")  # attr_set, attr_clr, propagation, userns_fd
 
@@ -66,11 +66,11 @@ class MountAttr:
 
 @dataclass(frozen=True)
 class FdMount:
-    """The mount behind a path or fd, as identified by the glue."""
+    """The mount behind a path or fd, as identified by handlers/resolve.py."""
 
     entry: MountEntry | None  # attached: its entry in the caller's table
     dev: str  # superblock, "major:minor" (always known)
-    table: Any = None  # the caller's MountTable read while identifying it, for reuse
+    table: MountTable | None = None  # the caller's table read while identifying it, for reuse
 
 
 def decide_fsopen(fsname: str, flags: int, ctx: MountContext) -> Decision:
@@ -220,7 +220,7 @@ def decide_mount_setattr(
     detached_on_pseudo: bool = False,
 ) -> Decision:
     """`detached_on_pseudo`: the target is a detached mount sitting on a procfs/sysfs of
-    its tree (the glue looks at its parent through ".."; no table shows detached trees)."""
+    its tree (the handler looks at its parent through ".."; no table shows detached trees)."""
     d = dict(details)
     d.update(attr_set=hex(attr.attr_set), attr_clr=hex(attr.attr_clr))
     if target is None:

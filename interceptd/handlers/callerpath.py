@@ -18,19 +18,17 @@ import errno
 import fcntl
 import os
 from dataclasses import dataclass
-from typing import Any
 
-from interceptd.handlers import thread_pidfd
-from interceptd.policy.targetmem import (
+from interceptd.kernel.consts import (
+    NS_GET_PARENT,
+    PROC_ROOT_INO,
+    PROC_SUPER_MAGIC,
     RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
-    openat2,
-    pidfd_getfd,
 )
-
-PROC_SUPER_MAGIC = 0x9FA0
-PROC_ROOT_INO = 1
-NS_GET_PARENT = 0xB702
+from interceptd.kernel.mountapi import fd_fs_magic, openat2
+from interceptd.kernel.pidfd import pidfd_getfd, thread_pidfd
+from interceptd.seams import Request
 
 
 @dataclass(frozen=True)
@@ -108,18 +106,12 @@ def _caller_procfs(host_tid: int) -> int | None:
     finally:
         os.close(root)
     try:
-        if os.fstat(fd).st_ino == PROC_ROOT_INO and _magic(fd) == PROC_SUPER_MAGIC:
+        if os.fstat(fd).st_ino == PROC_ROOT_INO and fd_fs_magic(fd) == PROC_SUPER_MAGIC:
             return fd
     except OSError:
         pass
     os.close(fd)
     return None
-
-
-def _magic(fd: int) -> int:
-    from interceptd.policy.glue import _fs_magic  # one fstatfs wrapper
-
-    return _fs_magic(fd)
 
 
 def _ns_level(host_tid: int, procfd: int) -> int | None:
@@ -150,7 +142,7 @@ def _ns_level(host_tid: int, procfd: int) -> int | None:
     return None
 
 
-def _whose(req: Any, ref: ProcRef) -> tuple[str, int, int] | None:
+def _whose(req: Request, ref: ProcRef) -> tuple[str, int, int] | None:
     """("self"|"thread-self", host tgid, host tid) when `ref` names the caller, else None."""
     tgid, nstgid, nspid = _status_ids(req.pid)
     who = ref.who
@@ -178,7 +170,7 @@ def _whose(req: Any, ref: ProcRef) -> tuple[str, int, int] | None:
     return who, tgid, req.pid
 
 
-def open_object(req: Any, ref: ProcRef) -> int | None:
+def open_object(req: Request, ref: ProcRef) -> int | None:
     """A daemon-held fd of the object `ref` names as the caller sees it, or None when
     `ref` is not about the caller. Raises OSError with the kernel's errno for a missing
     fd, ProcessLookupError if the caller went away."""

@@ -1,6 +1,8 @@
 """Python handlers for notified syscalls, keyed by syscall name.
 
-A handler is `fn(req: Request) -> Verdict`. It reads pointer arguments once
+The package holds one module per syscall family (mount, fdmount, process, clock,
+sysinfo) over one call scope (scope.py); table.py registers them. This module is the
+seam they share: a handler is `fn(req: Request) -> Verdict`. It reads pointer arguments once
 through `req.read`/`req.read_string` (bounded, ID_VALID-checked by the core) and
 acts inside the container only through `req.exec` (the namespace executor).
 """
@@ -11,9 +13,11 @@ import errno as errno_mod
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from interceptd.events import Counters
+from interceptd.kernel.pidfd import thread_pidfd
+from interceptd.seams import Container, Core, ExecResult
 from interceptd.verdict import Verdict
 
 log = logging.getLogger("interceptd.handlers")
@@ -25,12 +29,8 @@ class NotificationLike(Protocol):
     nr: int
     arch: int
     ip: int
-    args: Any
+    args: Sequence[int]
     notify_fd: int
-
-
-class TargetGoneError(Exception):
-    """Fallback when the core does not define TargetGone (unit tests)."""
 
 
 class Request:
@@ -42,8 +42,8 @@ class Request:
 
     __slots__ = ("args", "container", "core", "notif", "syscall")
 
-    def __init__(self, container: Any, notif: NotificationLike, syscall: str,
-                 args: Sequence[int], core: Any) -> None:
+    def __init__(self, container: Container, notif: NotificationLike, syscall: str,
+                 args: Sequence[int], core: Core) -> None:
         self.container = container
         self.notif = notif
         self.syscall = syscall
@@ -69,7 +69,7 @@ class Request:
     def valid(self) -> bool:
         return bool(self.core.id_valid(self.notif.notify_fd, self.notif.id))
 
-    def exec(self, namespaces: int, op: str, *args: Any) -> Any:
+    def exec(self, namespaces: int, op: str, *args: object) -> ExecResult:
         """Run `op` in the target's namespaces; returns the core's ExecResult.
 
         The pidfd is opened first and the notification checked afterwards, so
@@ -85,24 +85,8 @@ class Request:
             os.close(pidfd)
 
 
-PIDFD_THREAD = os.O_EXCL  # Linux 6.9
-
-
-def thread_pidfd(tid: int) -> int:
-    """A pidfd for the thread that made a call (a notification names a thread: Go
-    programs such as dockerd and containerd mount from threads that lead no group, which
-    a plain pidfd_open refuses with EINVAL); before Linux 6.9, the plain pidfd."""
-    try:
-        return os.pidfd_open(tid, PIDFD_THREAD)
-    except OSError as e:
-        if e.errno != errno_mod.EINVAL:
-            raise
-    return os.pidfd_open(tid)
-
-
-def _target_gone(core: Any) -> type[Exception]:
-    exc = getattr(core, "TargetGone", None)
-    return exc if isinstance(exc, type) and issubclass(exc, Exception) else TargetGoneError
+def _target_gone(core: Core) -> type[Exception]:
+    return core.TargetGone
 
 
 Handler = Callable[[Request], Verdict]
@@ -111,7 +95,7 @@ Handler = Callable[[Request], Verdict]
 class HandlerRegistry:
     def __init__(self, counters: Counters | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
-        self._on_release: list[Callable[[Any], None]] = []
+        self._on_release: list[Callable[[Container], None]] = []
         self.counters = counters if counters is not None else Counters()
 
     def register(self, syscall_name: str, fn: Handler) -> None:
@@ -119,12 +103,12 @@ class HandlerRegistry:
             raise ValueError(f"a handler for {syscall_name!r} is already registered")
         self._handlers[syscall_name] = fn
 
-    def on_release(self, fn: Callable[[Any], None]) -> None:
+    def on_release(self, fn: Callable[[Container], None]) -> None:
         """`fn(container)` once the container's last notify fd is gone, so per-container
         state kept by handlers (executors, caches) goes with it, not with the GC."""
         self._on_release.append(fn)
 
-    def released(self, container: Any) -> None:
+    def released(self, container: Container) -> None:
         """Run the release hooks; never raises."""
         for fn in self._on_release:
             try:
@@ -176,5 +160,5 @@ class HandlerRegistry:
         return verdict
 
 
-def _cid(container: Any) -> str:
-    return str(getattr(container, "id", container))
+def _cid(container: Container) -> str:
+    return str(container.id)

@@ -1,4 +1,5 @@
-"""Kernel constants the policy decodes (x86_64 values; Debian's headers lag the kernel)."""
+"""Kernel constants (x86_64 values; Debian's headers lag the kernel): the one place they are
+written down. Syscall numbers are not here: they come from `interceptd.syscalls`."""
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -65,6 +66,64 @@ MOUNT_ATTR_NOSYMFOLLOW = 0x200000
 MOUNT_ATTR_SIZE_VER0 = 32
 # The attributes whose removal from an immutable mount would weaken it.
 MOUNT_ATTR_LOCKED = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+
+# openat2(2) resolve flags
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_IN_ROOT = 0x10
+
+# statx(2)
+STATX_MODE = 0x2
+STATX_NLINK = 0x4
+STATX_UID = 0x8
+STATX_GID = 0x10
+STATX_INO = 0x100
+STATX_MNT_ID = 0x1000
+STATX_ATTR_MOUNT_ROOT = 0x2000
+
+# clone(2)/unshare(2)/setns(2) namespace flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+# What the namespace executor enters for every mount-family call: the caller's user
+# namespace (its root's capabilities over the mount namespace) and mount namespace.
+NS_MOUNT = CLONE_NEWUSER | CLONE_NEWNS
+
+# pidfd_open(2): a pidfd for a thread (Linux 6.9)
+PIDFD_THREAD = 0o200  # O_EXCL
+
+# nsfs ioctls
+NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2)
+NS_GET_PID_FROM_PIDNS = 0x8004B706  # _IOR(0xb7, 0x6, int): a pid of that ns -> ours
+NS_GET_PID_IN_PIDNS = 0x8004B708  # _IOR(0xb7, 0x8, int): our pid -> that ns's
+
+# statfs(2) f_type magics
+PROC_SUPER_MAGIC = 0x9FA0
+SYSFS_MAGIC = 0x62656572
+FUSE_SUPER_MAGIC = 0x65735546
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+PROC_ROOT_INO = 1  # procfs and sysfs number their root directory 1
+
+# /dev/fuse (char major, minor)
+FUSE_DEV = (10, 229)
+
+# Sizes the kernel bounds its copies by
+PATH_MAX = 4096
+FSTYPE_MAX = 256
+DATA_MAX = 4096  # a page of mount data
+TIMEX_SIZE = 208  # struct timex
 
 # ptrace(2) requests
 PTRACE_TRACEME = 0

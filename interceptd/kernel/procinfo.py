@@ -1,4 +1,4 @@
-"""Facts about processes, read from the host's /proc (the I/O half of ptrace.py).
+"""Facts about processes, read from the host's /proc (the I/O half of policy/ptrace.py).
 
 A pid the caller names is translated by the kernel (nsfs `NS_GET_PID_FROM_PIDNS` on the
 caller's pid namespace, Linux 6.11): one ioctl, whatever the number of processes on the
@@ -15,16 +15,27 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from interceptd.policy.ptrace import ProcView
+from interceptd.kernel.consts import NS_GET_PARENT, NS_GET_PID_FROM_PIDNS, NS_GET_PID_IN_PIDNS
 
 log = logging.getLogger("interceptd.policy")
 
-NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2)
-NS_GET_PID_FROM_PIDNS = 0x8004B706  # _IOR(0xb7, 0x6, int): a pid of that ns -> ours
-NS_GET_PID_IN_PIDNS = 0x8004B708  # _IOR(0xb7, 0x8, int): our pid -> that ns's
-
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class ProcView:
+    """What the daemon found out about a target process (inspect)."""
+
+    host_pid: int
+    in_pidns: bool  # the container's pid namespace or one nested in it
+    in_userns: bool  # the container's user namespace or one nested in it
+    host_mntns: bool  # still in the host's mount namespace
+    exe_inside: bool  # exe on a mount of its own mount table, not a memfd/deleted file
+    cwd_inside: bool  # cwd on a mount of its own mount table
+    exe: str = ""
+    cwd: str = ""
 
 
 class TargetChanged(Exception):
@@ -216,3 +227,11 @@ def inspect_dir(d: int, host_pid: int, container_init: int) -> ProcView:
     except (OSError, ValueError):
         pass
     return ProcView(host_pid, in_pidns, in_userns, host_mntns, exe_inside, cwd_inside, exe, cwd)
+
+
+def start_ticks(pid: int) -> int:
+    """When `pid` started, in clock ticks after boot (field 22 of its stat): with the pid,
+    what names one process across pid reuse."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])

@@ -1,4 +1,4 @@
-"""Writing a syscall's result into the caller's memory, and small syscall wrappers.
+"""Writing a syscall's result into the caller's memory, and the clock query performed for it.
 
 Why writing is safe: we write only to the buffer address the caller passed in a register
 (it cannot be rewritten), only into the caller's own address space, and only what the
@@ -14,11 +14,7 @@ import errno
 import os
 from collections.abc import Callable
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-NR_PIDFD_GETFD = 438
-NR_OPEN_TREE = 428
+from interceptd.kernel.libc import libc
 
 
 def write_target(pid: int, addr: int, data: bytes, valid: Callable[[], bool]) -> int:
@@ -41,46 +37,13 @@ def write_target(pid: int, addr: int, data: bytes, valid: Callable[[], bool]) ->
         os.close(fd)
 
 
-def pidfd_getfd(pidfd: int, targetfd: int) -> int:
-    """A copy of `targetfd` of the process behind `pidfd` (O_CLOEXEC, as the kernel sets)."""
-    r = _libc.syscall(NR_PIDFD_GETFD, ctypes.c_int(pidfd), ctypes.c_int(targetfd),
-                      ctypes.c_uint(0))
-    if r < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return int(r)
-
-
 def call_adjtimex(buf: bytearray, clockid: int | None = None) -> int:
     """adjtimex/clock_adjtime on our own copy of struct timex (read mode); returns the
     clock state, or raises OSError."""
     cbuf = (ctypes.c_char * len(buf)).from_buffer(buf)
-    if clockid is None:
-        r = _libc.adjtimex(cbuf)
-    else:
-        r = _libc.clock_adjtime(ctypes.c_int(clockid), cbuf)
+    r = (libc.adjtimex(cbuf) if clockid is None
+         else libc.clock_adjtime(ctypes.c_int(clockid), cbuf))
     if r < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
-    return int(r)
-
-
-NR_OPENAT2 = 437
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
-    how = _OpenHow(flags, 0, resolve)
-    r = _libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_int(dirfd),
-                      ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
-                      ctypes.c_size_t(ctypes.sizeof(how)))
-    if r < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), path)
     return int(r)
