@@ -155,7 +155,7 @@ def main() -> int:
                     reqs = srv.requests(0.2)
                 except OSError:
                     return
-                for key, fid in reqs:
+                for key, fid, _write in reqs:
                     srv.set(key, fid, data)
 
         threading.Thread(target=renderer, daemon=True).start()

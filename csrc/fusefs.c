@@ -135,7 +135,7 @@ int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
            "fd=%d,rootmode=40000,user_id=%u,group_id=%u,allow_other",
            f->fd, geteuid(), getegid());
   if (mount("interceptd", mountpoint, "fuse.interceptd",
-            MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, opts) < 0)
+            MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0)
     goto fail;
   f->owner = getpid();
   f->started = 1;

@@ -175,7 +175,7 @@ int fs_park_unknown(struct icd_fuse *f, struct fuse_in_header *h, int file, int6
 
   snprintf(path, sizeof path, "%u/ns/pid", h->pid);
   if (!h->pid || atomic_load(&f->stopping) || fstatat(f->procfd, path, &st, 0) < 0 ||
-      st.st_ino == f->self_ino || !(p = malloc(sizeof *p)))
+      st.st_ino == f->self_ino || !(p = calloc(1, sizeof *p)))
     return 0;
   now = now_ns();
   p->unique = h->unique;
@@ -212,7 +212,8 @@ struct parked *fs_take_parked(struct icd_fuse *f, uint64_t key, int file, int64_
 
   for (pp = &f->parked; (p = *pp);) {
     if ((file == -2 && (!before || p->deadline <= before)) ||
-        (file != -2 && !p->unknown && p->key == key && (file == -1 || p->file == file))) {
+        (file != -2 && !p->unknown && p->key == key &&
+         (file == -1 || (p->file == file && !p->wid)))) {
       *pp = p->next;
       p->next = out;
       out = p;
@@ -244,8 +245,126 @@ void fs_answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, int 
       fs_reply_err(f, p->unique, err);
     }
     note_latency(&f->files[p->file], p->t0, 0);
-    free(p);
+    fs_free_parked(p);
   }
+}
+
+void fs_free_parked(struct parked *p)
+{
+  if (p)
+    free(p->wdata);
+  free(p);
+}
+
+/* A WRITE to a /proc/sys value: parked, and handed to Python as a request
+ * whose `write` is the parked write's id (icd_fuse_write_get / _done); the
+ * writer's container is the one of its pid, as the kernel checks a sysctl
+ * write against the writer's credentials at write(2) time, not open(2). */
+void fs_park_write(struct icd_fuse *f, struct fuse_in_header *h, int file, const char *data,
+                   uint32_t len, int64_t t0)
+{
+  struct parked *p = calloc(1, sizeof *p);
+  struct ctr *c;
+  int err = ENOMEM;
+
+  if (!p || !(p->wdata = malloc(len ? len : 1)))
+    goto fail;
+  memcpy(p->wdata, data, len);
+  p->wlen = len;
+  p->uid = h->uid;
+  p->pid = h->pid;
+  p->unique = h->unique;
+  p->file = file;
+  p->t0 = t0;
+  p->deadline = now_ns() + (int64_t)f->wait_ms * 1000000;
+  err = EIO;
+  if (!(c = fs_reader_ctr(f, h->pid))) { /* a writer in no container */
+    atomic_fetch_add(&f->unknown, 1);
+    goto fail;
+  }
+  if (atomic_load(&f->stopping) || f->rq_len == RQ_CAP) {
+    if (f->rq_len == RQ_CAP) {
+      atomic_fetch_add(&f->queue_full, 1);
+      err = EAGAIN;
+    }
+    pthread_mutex_unlock(&f->mu);
+    goto fail;
+  }
+  f->next_wid = f->next_wid % INT32_MAX + 1;
+  p->wid = f->next_wid;
+  p->key = c->key;
+  f->rq[(f->rq_head + f->rq_len++) % RQ_CAP] =
+      (struct icd_fuse_req){c->key, file, (int32_t)p->wid};
+  p->next = f->parked;
+  f->parked = p;
+  f->nparked++;
+  pthread_cond_signal(&f->rqcond);
+  pthread_cond_signal(&f->reapcond);
+  pthread_mutex_unlock(&f->mu);
+  return;
+fail:
+  add(&f->files[file].st.errors, 1);
+  fs_free_parked(p);
+  fs_reply_err(f, h->unique, err);
+}
+
+/* The parked write `id`, under mu; unlinked when `take`. */
+static struct parked *find_write(struct icd_fuse *f, uint32_t id, int take)
+{
+  struct parked **pp, *p;
+
+  for (pp = &f->parked; (p = *pp) && p->wid != id; pp = &p->next)
+    ;
+  if (p && take) {
+    *pp = p->next;
+    f->nparked--;
+  }
+  return p;
+}
+
+int icd_fuse_write_get(struct icd_fuse *f, uint32_t id, struct icd_fuse_write *out)
+{
+  struct parked *p;
+  int ret = -ENOENT;
+
+  pthread_mutex_lock(&f->mu);
+  if (id && (p = find_write(f, id, 0))) {
+    out->key = p->key;
+    out->file = p->file;
+    out->uid = p->uid;
+    out->pid = p->pid;
+    out->len = p->wlen;
+    memcpy(out->data, p->wdata, p->wlen);
+    ret = (int)p->wlen;
+  }
+  pthread_mutex_unlock(&f->mu);
+  return ret;
+}
+
+int icd_fuse_write_done(struct icd_fuse *f, uint32_t id, int result)
+{
+  struct fuse_write_out o;
+  struct parked *p;
+
+  pthread_mutex_lock(&f->mu);
+  if (!id || !(p = find_write(f, id, 1))) {
+    pthread_mutex_unlock(&f->mu);
+    return -ENOENT; /* answered meanwhile: interrupted, timed out, unregistered */
+  }
+  f->writers++;
+  pthread_mutex_unlock(&f->mu);
+  if (result >= 0) {
+    memset(&o, 0, sizeof o);
+    o.size = (uint32_t)result < p->wlen ? (uint32_t)result : p->wlen;
+    add(&f->files[p->file].st.writes, 1);
+    fs_reply(f, p->unique, &o, sizeof o);
+  } else {
+    add(&f->files[p->file].st.errors, 1);
+    fs_reply_err(f, p->unique, -result);
+  }
+  fs_free_parked(p);
+  fs_writer_done(f);
+  return 0;
 }
 
 void fs_writer_done(struct icd_fuse *f)

@@ -42,7 +42,7 @@
 #define MAX_UNKNOWN_PARKED 1024 /* opens waiting for their namespace's register */
 #define RQ_CAP 4096
 #define BUF_SIZE (FUSE_MIN_READ_BUFFER + 65536)
-#define MAX_WRITE 4096       /* nothing is ever written; the kernel wants a value */
+#define MAX_WRITE ICD_FUSE_MAX_WRITE /* a sysctl value (the kernel takes less than a page) */
 #define TTL_S 3600           /* names (and directories) never change while mounted */
 
 struct node {
@@ -55,6 +55,7 @@ struct fspec {
   uint32_t node;
   int64_t fresh_ns, stale_ns;
   uint64_t size;
+  int writable; /* a /proc/sys value: WRITEs go to Python (icd_fuse_writable) */
   struct icd_fuse_fstats st; /* updated with relaxed atomics */
 };
 
@@ -93,6 +94,9 @@ struct parked {
   uint64_t ino; /* unknown: the reader's pid namespace, waiting for its register */
   int file, unknown;
   int64_t t0, deadline;
+  /* A WRITE waiting for Python's answer (icd_fuse_write_done), not an open. */
+  uint32_t wid, uid, pid, wlen;
+  char *wdata;
   struct parked *next;
 };
 
@@ -122,6 +126,7 @@ struct icd_fuse {
   int nparked, nunknown;
   struct icd_fuse_req rq[RQ_CAP];
   int rq_head, rq_len, kick;
+  uint32_t next_wid; /* ids of parked WRITEs */
   int writers; /* threads outside mu about to write replies (icd_fuse_set/fail) */
 
   atomic_ullong requests, unknown, interrupts, queue_full, handles, write_errors, read_errors;
@@ -167,6 +172,7 @@ static inline void blob_unref(struct blob *b)
 
 /* fusefs_proto.c */
 HIDDEN int fs_reply_err(struct icd_fuse *f, uint64_t unique, int err);
+HIDDEN int fs_reply(struct icd_fuse *f, uint64_t unique, const void *p, size_t len);
 HIDDEN void fs_reply_open(struct icd_fuse *f, uint64_t unique, struct blob *b);
 HIDDEN void *fs_worker(void *arg);
 /* fusefs_tree.c */
@@ -185,6 +191,9 @@ HIDDEN struct parked *fs_take_parked(struct icd_fuse *f, uint64_t key, int file,
 HIDDEN void fs_answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, int err,
                              int timeout);
 HIDDEN void fs_writer_done(struct icd_fuse *f);
+HIDDEN void fs_free_parked(struct parked *p);
+HIDDEN void fs_park_write(struct icd_fuse *f, struct fuse_in_header *h, int file,
+                          const char *data, uint32_t len, int64_t t0);
 HIDDEN void *fs_reaper(void *arg);
 
 #endif

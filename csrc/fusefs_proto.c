@@ -29,7 +29,7 @@ int fs_reply_err(struct icd_fuse *f, uint64_t unique, int err)
   return reply_iov(f, unique, err, iov, 1);
 }
 
-static int reply(struct icd_fuse *f, uint64_t unique, const void *p, size_t len)
+int fs_reply(struct icd_fuse *f, uint64_t unique, const void *p, size_t len)
 {
   struct iovec iov[2] = {{0}, {(void *)p, len}};
   return reply_iov(f, unique, 0, iov, 2);
@@ -47,7 +47,7 @@ void fs_reply_open(struct icd_fuse *f, uint64_t unique, struct blob *b)
    * no flush: close(2) then costs no round trip. */
   o.open_flags = FOPEN_DIRECT_IO | FOPEN_NOFLUSH;
   atomic_fetch_add(&f->handles, 1);
-  if (reply(f, unique, &o, sizeof o) < 0) {
+  if (fs_reply(f, unique, &o, sizeof o) < 0) {
     atomic_fetch_sub(&f->handles, 1);
     blob_unref(b);
   }
@@ -67,7 +67,9 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
 
   if (file < 0)
     return (void)fs_reply_err(f, h->unique, EISDIR);
-  if ((in->flags & O_ACCMODE) != O_RDONLY || (in->flags & O_TRUNC))
+  /* O_TRUNC arrives here (FUSE_ATOMIC_O_TRUNC) and is a no-op, as on procfs. */
+  if (((in->flags & O_ACCMODE) != O_RDONLY || (in->flags & O_TRUNC)) &&
+      !f->files[file].writable)
     return (void)fs_reply_err(f, h->unique, EROFS);
   s = &f->files[file];
   add(&s->st.opens, 1);
@@ -86,7 +88,7 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
     }
   } else if (e->err && age < s->fresh_ns) {
     err = e->err; /* failed recently: not retried before the bound */
-  } else if ((p = malloc(sizeof *p))) {
+  } else if ((p = calloc(1, sizeof *p))) {
     fs_request_render(f, c, file, now);
     p->unique = h->unique;
     p->key = c->key;
@@ -204,7 +206,30 @@ static void do_readdir(struct icd_fuse *f, struct fuse_in_header *h, struct fuse
     memset(d->name + nlen, 0, rec - FUSE_NAME_OFFSET - nlen);
     used += rec;
   }
-  reply(f, h->unique, out, used);
+  fs_reply(f, h->unique, out, used);
+}
+
+static void do_write(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_write_in *in,
+                     const char *data, size_t dlen, uint32_t idx, int64_t t0)
+{
+  int file = f->nodes[idx].file;
+
+  if (file < 0)
+    return (void)fs_reply_err(f, h->unique, EISDIR);
+  if (!f->files[file].writable || !in->fh)
+    return (void)fs_reply_err(f, h->unique, EBADF);
+  if (in->size > dlen || in->size > MAX_WRITE)
+    return (void)fs_reply_err(f, h->unique, EINVAL);
+  if (in->offset) {
+    /* Like a sysctl under sysctl_writes_strict (the default): a write that
+     * does not start at 0 changes nothing. */
+    struct fuse_write_out o;
+
+    memset(&o, 0, sizeof o);
+    o.size = in->size;
+    return (void)fs_reply(f, h->unique, &o, sizeof o);
+  }
+  fs_park_write(f, h, file, data, in->size, t0);
 }
 
 static void do_init(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_init_in *in)
@@ -219,12 +244,12 @@ static void do_init(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_in
   o.minor = in->minor < FUSE_KERNEL_MINOR_VERSION ? in->minor : FUSE_KERNEL_MINOR_VERSION;
   f->minor = o.minor;
   o.max_readahead = in->max_readahead;
-  o.flags = in->flags & FUSE_PARALLEL_DIROPS;
+  o.flags = in->flags & (FUSE_PARALLEL_DIROPS | FUSE_ATOMIC_O_TRUNC);
   o.max_background = 64;
   o.congestion_threshold = 48;
   o.max_write = MAX_WRITE;
   o.time_gran = 1000000000;
-  reply(f, h->unique, &o, o.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof o);
+  fs_reply(f, h->unique, &o, o.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof o);
 }
 
 static void do_interrupt(struct icd_fuse *f, struct fuse_in_header *h,
@@ -245,7 +270,7 @@ static void do_interrupt(struct icd_fuse *f, struct fuse_in_header *h,
   if (p) {
     atomic_fetch_add(&f->interrupts, 1);
     fs_reply_err(f, p->unique, EINTR);
-    free(p);
+    fs_free_parked(p);
   } else {
     /* Not parked: being answered by another worker right now, or not yet
      * parked by the worker that read it.  EAGAIN makes the kernel queue the
@@ -291,7 +316,7 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
     o.entry_valid = TTL_S;
     o.attr_valid = f->nodes[c - 1].file < 0 ? TTL_S : 0;
     fs_fill_attr(f, c - 1, h->pid, &o.attr);
-    return (void)reply(f, h->unique, &o, sizeof o);
+    return (void)fs_reply(f, h->unique, &o, sizeof o);
   }
   case FUSE_GETATTR: {
     struct fuse_attr_out o;
@@ -299,7 +324,7 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
     memset(&o, 0, sizeof o);
     o.attr_valid = f->nodes[idx].file < 0 ? TTL_S : 0;
     fs_fill_attr(f, idx, h->pid, &o.attr);
-    return (void)reply(f, h->unique, &o, sizeof o);
+    return (void)fs_reply(f, h->unique, &o, sizeof o);
   }
   case FUSE_OPEN:
     NEED(struct fuse_open_in);
@@ -307,6 +332,24 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
   case FUSE_READ:
     NEED(struct fuse_read_in);
     return do_read(f, h, arg, idx, t0);
+  case FUSE_WRITE:
+    NEED(struct fuse_write_in);
+    return do_write(f, h, arg, (const char *)arg + sizeof(struct fuse_write_in),
+                    alen - sizeof(struct fuse_write_in), idx, t0);
+  case FUSE_SETATTR: {
+    struct fuse_setattr_in *in = arg;
+    struct fuse_attr_out o;
+
+    NEED(struct fuse_setattr_in);
+    /* As procfs: no chmod/chown; a truncation of a writable value is a no-op. */
+    if (in->valid & (FATTR_MODE | FATTR_UID | FATTR_GID))
+      return (void)fs_reply_err(f, h->unique, EPERM);
+    if (f->nodes[idx].file < 0 || !f->files[f->nodes[idx].file].writable)
+      return (void)fs_reply_err(f, h->unique, EROFS);
+    memset(&o, 0, sizeof o);
+    fs_fill_attr(f, idx, h->pid, &o.attr);
+    return (void)fs_reply(f, h->unique, &o, sizeof o);
+  }
   case FUSE_RELEASE: {
     struct fuse_release_in *in = arg;
 
@@ -325,7 +368,7 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
       return (void)fs_reply_err(f, h->unique, ENOTDIR);
     memset(&o, 0, sizeof o);
     o.open_flags = FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE; /* the tree never changes */
-    return (void)reply(f, h->unique, &o, sizeof o);
+    return (void)fs_reply(f, h->unique, &o, sizeof o);
   }
   case FUSE_READDIR:
     NEED(struct fuse_read_in);
@@ -339,15 +382,16 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
     o.st.bsize = o.st.frsize = 4096;
     o.st.namelen = NAME_MAX;
     o.st.files = f->nnodes;
-    return (void)reply(f, h->unique, &o, sizeof o);
+    return (void)fs_reply(f, h->unique, &o, sizeof o);
   }
   case FUSE_ACCESS: {
     struct fuse_access_in *in = arg;
 
     NEED(struct fuse_access_in);
     /* Only access(2) and chdir ask (no default_permissions): what the modes
-     * (0444 files, 0555 directories) and the read-only mount say. */
-    if (in->mask & W_OK)
+     * say (0444 files, 0644 the /proc/sys values, 0555 directories). */
+    if ((in->mask & W_OK) &&
+        (f->nodes[idx].file < 0 || !f->files[f->nodes[idx].file].writable))
       return (void)fs_reply_err(f, h->unique, EROFS);
     return (void)fs_reply_err(f, h->unique,
                            (in->mask & X_OK) && f->nodes[idx].file >= 0 ? EACCES : 0);

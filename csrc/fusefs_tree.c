@@ -24,7 +24,7 @@ void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_at
     a->nlink = 2;
     return;
   }
-  a->mode = S_IFREG | 0444;
+  a->mode = S_IFREG | (f->files[n->file].writable ? 0644 : 0444);
   a->nlink = 1;
   a->size = f->files[n->file].size;
   if ((c = fs_reader_ctr(f, pid))) {
@@ -148,4 +148,14 @@ int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int ma
   f->files[f->nfiles].stale_ns = (int64_t)max_stale_ms * 1000000;
   f->files[f->nfiles].size = size;
   return f->nfiles++;
+}
+
+int icd_fuse_writable(struct icd_fuse *f, int file)
+{
+  if (f->mountpoint)
+    return -EBUSY;
+  if (file < 0 || file >= f->nfiles)
+    return -EINVAL;
+  f->files[file].writable = 1;
+  return 0;
 }

@@ -112,7 +112,7 @@ int icd_exec_stop(int sock, int child);
 struct icd_fuse_fstats {
   uint64_t opens; uint64_t reads; uint64_t releases; uint64_t errors; uint64_t waits;
   uint64_t timeouts; uint64_t stale; uint64_t refreshes; uint64_t renders; uint64_t failures;
-  uint64_t cached_reads;
+  uint64_t cached_reads; uint64_t writes;
   uint64_t open_ns; uint64_t read_ns; uint64_t max_ns; uint64_t hist[...];
 };
 struct icd_fuse_stats {
@@ -120,7 +120,13 @@ struct icd_fuse_stats {
   uint64_t aliases; uint64_t containers; uint64_t parked; uint64_t handles;
   uint64_t write_errors; uint64_t read_errors;
 };
-struct icd_fuse_req { uint64_t key; int32_t file; int32_t pad; };
+struct icd_fuse_req { uint64_t key; int32_t file; int32_t write; };
+#define ICD_FUSE_MAX_WRITE ...
+struct icd_fuse_write { uint64_t key; int32_t file; uint32_t uid; uint32_t pid; uint32_t len;
+                        char data[...]; };
+int icd_fuse_writable(struct icd_fuse *f, int file);
+int icd_fuse_write_get(struct icd_fuse *f, uint32_t id, struct icd_fuse_write *out);
+int icd_fuse_write_done(struct icd_fuse *f, uint32_t id, int result);
 struct icd_fuse;
 struct icd_fuse *icd_fuse_new(int workers, int wait_ms);
 int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
