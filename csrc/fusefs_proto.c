@@ -67,7 +67,7 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
 
   if (file < 0)
     return (void)fs_reply_err(f, h->unique, EISDIR);
-  /* O_TRUNC arrives here (FUSE_ATOMIC_O_TRUNC) and is a no-op, as on procfs. */
+  /* O_TRUNC of a writable file is a SETATTR (below), a no-op as on procfs. */
   if (((in->flags & O_ACCMODE) != O_RDONLY || (in->flags & O_TRUNC)) &&
       !f->files[file].writable)
     return (void)fs_reply_err(f, h->unique, EROFS);
@@ -244,7 +244,11 @@ static void do_init(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_in
   o.minor = in->minor < FUSE_KERNEL_MINOR_VERSION ? in->minor : FUSE_KERNEL_MINOR_VERSION;
   f->minor = o.minor;
   o.max_readahead = in->max_readahead;
-  o.flags = in->flags & (FUSE_PARALLEL_DIROPS | FUSE_ATOMIC_O_TRUNC);
+  /* Not FUSE_ATOMIC_O_TRUNC: with it the kernel sets i_size to 0 after an
+   * O_TRUNC open, and splice/sendfile readers (busybox cat) then read nothing
+   * until a write raises it; without it O_TRUNC is a SETATTR, whose answer
+   * (the bytes' length) becomes i_size. */
+  o.flags = in->flags & FUSE_PARALLEL_DIROPS;
   o.max_background = 64;
   o.congestion_threshold = 48;
   o.max_write = MAX_WRITE;

@@ -7,12 +7,15 @@ namespace under the container's cookie and works out once where its cgroups live
 `release(container)` forgets both. Renders run on the service's renderer thread
 (never a reader's): a snapshot of the container's cgroups and the host's facts,
 each reused for `SNAPSHOT_TTL` so that the several files a tool opens at once
-(`top` reads five) cost one snapshot. See docs/emulation-fuse.md "In the daemon".
+(`top` reads five) cost one snapshot. Writes to the /proc/sys values the tree serves
+are decided by `procsys` and performed here (`write`). See docs/emulation-fuse.md "In
+the daemon" and docs/emulation.md "/proc/sys".
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -20,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from interceptd.emulation import cgpaths, loadavg, registry, tasks
+from interceptd.emulation import cgpaths, loadavg, procsys, registry, sysctlbinds, tasks
 from interceptd.emulation.fuseserver import EmulatedFile, FuseService, fs_dir
 from interceptd.emulation.hostfacts import HostFacts, read_host
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
@@ -29,6 +32,9 @@ from interceptd.policy import sysinfo
 log = logging.getLogger("interceptd.emulation")
 
 SNAPSHOT_TTL = 0.1  # seconds: below every file's `fresh`, so no render serves older figures
+# What a /proc/sys render is given before the container's first cgroup snapshot (unused).
+_EMPTY = CgroupSnapshot(layout="v2", mem_limit=0, mem_accounted=False, mem_limited=False,
+                        mem_usage=0)
 
 
 def tree_path(container_path: str) -> str:
@@ -37,7 +43,25 @@ def tree_path(container_path: str) -> str:
 
 
 def emulated_files() -> list[EmulatedFile]:
-    return [EmulatedFile(tree_path(p)) for p in registry.FILES]
+    return [EmulatedFile(tree_path(p), writable=p in registry.WRITABLE) for p in registry.FILES]
+
+
+def root_uid(uid_map: str) -> int | None:
+    """The host uid of uid 0 in a user namespace (its /proc/<pid>/uid_map), or None."""
+    for line in uid_map.splitlines():
+        f = line.split()
+        if len(f) == 3 and f[0] == "0" and int(f[2]) > 0:
+            return int(f[1])
+    return None
+
+
+def read_sysctl(name: str, proc: str = "/proc") -> str | None:
+    """The daemon's (the host's) value of sysctl `name`, None where there is none."""
+    try:
+        with open(f"{proc}/sys/{name}", encoding="ascii", errors="replace") as f:
+            return f.read(procsys.MAX_VALUE_LEN + 1)
+    except OSError:
+        return None
 
 
 @dataclass
@@ -50,6 +74,8 @@ class _Source:
     start: float | None
     nsfd: int
     ns_ino: int = 0
+    root_uid: int | None = None  # its root as the host sees it: who may write /proc/sys
+    sysctl: dict[str, str] = field(default_factory=dict)  # its own /proc/sys values
     snap: CgroupSnapshot | None = None
     snap_at: float = 0.0
     load: loadavg.LoadState = field(default_factory=loadavg.LoadState)
@@ -58,7 +84,9 @@ class _Source:
 class Emulation:
     def __init__(self, state_dir: str, *, service: FuseService | None = None) -> None:
         self.mountpoint = fs_dir(state_dir)
-        self.service = service or FuseService(self.mountpoint, emulated_files(), self.render)
+        self.service = service or FuseService(self.mountpoint, emulated_files(), self.render,
+                                              write=self.write)
+        self.proc = "/proc"  # where the host's sysctls are read and raised (tests move it)
         self._sources: dict[int, _Source] = {}
         self._lock = threading.Lock()
         self._reg_lock = threading.Lock()  # registrations and their hand-overs, in order
@@ -112,6 +140,8 @@ class Emulation:
             assert self._mounts is not None, "attach before start"
             paths = cgpaths.locate(own, self._mounts)
             src = _Source(str(c.id), pid, paths, start_of("/proc", pid, self._clk_tck), nsfd)
+            with open(f"/proc/{pid}/uid_map", encoding="ascii") as f:
+                src.root_uid = root_uid(f.read())
         except BaseException:
             os.close(nsfd)
             raise
@@ -122,6 +152,7 @@ class Emulation:
                 # Known before the server is told: a reader already waiting for
                 # this namespace gets its render requested by the registration.
                 self._sources[key] = src
+            self._bind_sysctls(c.id, pid)
             if owner is not None:
                 # A pid namespace shared with a container already registered
                 # (--pid=container:X, a pod): its readers are that one's; this
@@ -139,6 +170,19 @@ class Emulation:
             with self._lock:
                 self._owner[src.ns_ino] = key
         log.info("emulation attach", extra={"fields": {"container": c.id, "key": key}})
+
+    def _bind_sysctls(self, cid: str, pid: int) -> None:
+        """The /proc/sys values, over the container's own files (docs/emulation.md
+        "/proc/sys": runc refuses them as config mounts). A failure leaves the kernel's
+        file: the host's value, EACCES to a write."""
+        try:
+            done, errors = sysctlbinds.bind(pid, self.mountpoint, [
+                p for p in registry.SYSCTL_FILES if os.path.exists(p)])
+        except OSError as e:
+            done, errors = [], [str(e)]
+        if errors:
+            log.warning("emulation: /proc/sys values not all bound", extra={"fields": {
+                "container": cid, "bound": len(done), "errors": errors[:4]}})
 
     def release(self, c: Any) -> None:
         key = int(c.cookie)
@@ -185,6 +229,14 @@ class Emulation:
             raise LookupError(f"container {key} is not registered")
         now = time.clock_gettime(time.CLOCK_BOOTTIME)
         host = self._host_facts(now)
+        name = registry.SYSCTL_FILES.get("/" + path)
+        if name is not None:  # a /proc/sys value: no cgroup figures needed
+            with self._lock:
+                state = dict(src.sysctl)
+            inp = registry.RenderInput(snap=src.snap or _EMPTY, host=host, now=now,
+                                       sysctl_state=state,
+                                       sysctl_host=read_sysctl(name, self.proc))
+            return registry.render("/" + path, inp)
         if src.snap is None or now - src.snap_at >= SNAPSHOT_TTL:
             snap = read_snapshot(src.paths, host, init_pid=src.init_pid, boot=src.start)
             src.snap, src.snap_at = snap, now
@@ -196,6 +248,53 @@ class Emulation:
         inp = registry.RenderInput(snap=src.snap, host=host, now=now,
                                    container_id=src.container_id, load=src.load)
         return registry.render("/" + path, inp)
+
+    # -- /proc/sys writes (the service's renderer thread, in order with renders) ----
+
+    def write(self, key: int, path: str, data: bytes, uid: int, pid: int) -> int:
+        """A container's write to one of the /proc/sys values the tree serves: bytes
+        taken, or -errno. Only the container's root writes (the kernel lets only the
+        initial namespace's root write a host-wide sysctl); `procsys.decide_write`
+        decides; a "max" value is raised on the host here."""
+        with self._lock:
+            src = self._sources.get(key)
+        name = registry.SYSCTL_FILES.get("/" + path)
+        fields: dict[str, Any] = {"container": src.container_id if src else key,
+                                  "sysctl": name, "pid": pid, "uid": uid}
+        if src is None or name is None:
+            return self._refuse(errno.EIO, "not a served sysctl of a known container", fields)
+        if src.root_uid is None or uid != src.root_uid:
+            return self._refuse(errno.EACCES, "only the container's root writes sysctls",
+                                fields)
+        value = data.decode("ascii", errors="replace")
+        fields["value"] = value.strip()[:64]
+        with self._lock:
+            state = dict(src.sysctl)
+        d, new = procsys.decide_write(name, value, state, read_sysctl(name, self.proc))
+        if d.action is procsys.Action.DENY:
+            return self._refuse(d.errno, d.reason, fields)
+        if d.action is procsys.Action.PASS:  # not served: cannot happen for our files
+            return self._refuse(errno.EACCES, d.reason, fields)
+        if d.action is procsys.Action.RAISE:
+            try:
+                with open(f"{self.proc}/sys/{name}", "w", encoding="ascii") as f:
+                    f.write(d.value + "\n")
+            except OSError as e:
+                return self._refuse(e.errno or errno.EIO, f"{name}: host not raised: {e}",
+                                    fields)
+        with self._lock:
+            src.sysctl = new
+        log.info("sysctl write: %s", d.reason,
+                 extra={"fields": {**fields, "action": d.action.value}})
+        self.service.refresh(key, path)  # the writer's next read shows it
+        return len(data)
+
+    @staticmethod
+    def _refuse(code: int, reason: str, fields: dict[str, Any]) -> int:
+        log.warning("sysctl write refused: %s", reason,
+                    extra={"fields": {**fields, "errno": errno.errorcode.get(code, code),
+                                      "reason": reason}})
+        return -code
 
     # -- sysinfo(2)'s load averages (the policy's handler, a worker thread) ----------
 

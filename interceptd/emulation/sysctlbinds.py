@@ -1,0 +1,87 @@
+"""The /proc/sys values the daemon serves, bound over the container's own files by the
+daemon when it attaches the container.
+
+interceptd-runc cannot put them in config.json as it does /proc/meminfo: runc (1.1)
+refuses every config mount inside /proc but a fixed list (the files LXCFS serves). So
+the daemon attaches a clone of each of its files on the container's /proc/sys file, in
+the container's mount namespace, from a short-lived thread of its own that leaves the
+daemon's filesystem context first (unshare(CLONE_FS): setns into a mount namespace is
+refused to a thread sharing it), so no process is forked. Each target is opened without
+following any symlink from the container's root and must be on a procfs.
+docs/emulation.md "/proc/sys".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Iterable
+
+from interceptd.core import CLONE_NEWNS
+from interceptd.policy.callerpath import PROC_SUPER_MAGIC
+from interceptd.runtime import mountapi
+
+CLONE_FS = 0x00000200  # not in core's table; unshare(2)'s flag for the fs_struct
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _magic(fd: int) -> int:
+    from interceptd.policy.glue import _fs_magic  # one fstatfs wrapper
+
+    return _fs_magic(fd)
+
+
+def _attach_all(nsfd: int, clones: list[tuple[str, int]], done: list[str],
+                errors: list[str]) -> None:
+    if _libc.unshare(CLONE_FS) != 0 or _libc.setns(nsfd, CLONE_NEWNS) != 0:
+        errors.append(f"entering the mount namespace: {os.strerror(ctypes.get_errno())}")
+        return
+    # setns(CLONE_NEWNS) made this thread's root and cwd the namespace's root: the
+    # container's "/".
+    for path, fd in clones:
+        try:
+            t = mountapi.open_nofollow(path)
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror}")
+            continue
+        try:
+            if _magic(t) != PROC_SUPER_MAGIC:
+                errors.append(f"{path}: not on a procfs")
+                continue
+            mountapi.move_mount_to_fd(fd, t, path)
+            done.append(path)
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror}")
+        finally:
+            os.close(t)
+
+
+def bind(init_pid: int, tree: str, paths: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Attach `tree`'s file of each container path in `paths` over that path in the mount
+    namespace of `init_pid`; (paths bound, errors)."""
+    clones: list[tuple[str, int]] = []
+    done: list[str] = []
+    errors: list[str] = []
+    nsfd = os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for p in paths:
+            try:
+                clones.append((p, mountapi.open_tree(os.path.join(tree, p.lstrip("/")))))
+            except OSError as e:
+                errors.append(f"{p}: {e.strerror}")
+        if clones:
+            t = threading.Thread(target=_attach_all, args=(nsfd, clones, done, errors),
+                                 name="sysctl-binds", daemon=True)
+            t.start()
+            t.join(10)
+            if t.is_alive():  # its fds stay open rather than be reused under it
+                errors.append("timed out")
+                return done, errors
+    except BaseException:
+        os.close(nsfd)
+        raise
+    os.close(nsfd)
+    for _, fd in clones:
+        os.close(fd)
+    return done, errors
