@@ -59,6 +59,10 @@ echo fwd=$(cat /proc/sys/net/ipv4/ip_forward)
 echo {raised} > /proc/sys/fs/file-max; echo raise_rc=$?
 echo 1000 > /proc/sys/fs/file-max; echo lower_rc=$?
 echo filemax=$(cat /proc/sys/fs/file-max)
+mkdir -p /tmp/p && mount -t proc proc /tmp/p && echo fresh_panic=$(cat /tmp/p/sys/kernel/panic)
+unshare -m --mount-proc sh -c 'echo unshared_panic=$(cat /proc/sys/kernel/panic)'
+umount /proc/sys/kernel/panic; echo umount_rc=$?
+echo panic_end=$(cat /proc/sys/kernel/panic)
 """
     try:
         with shim.started(a, new_id("psys-a")) as cid:
@@ -78,6 +82,10 @@ echo filemax=$(cat /proc/sys/fs/file-max)
             assert out["raise_rc"] == "0" and out["lower_rc"] == "0"
             assert out["filemax"] == "1000"
             assert host("fs/file-max") == raised
+            # A fresh procfs, and one after unshare --mount-proc, get the bind too; it
+            # cannot be unmounted.
+            assert out["fresh_panic"] == panic and out["unshared_panic"] == panic, res.stdout
+            assert out["umount_rc"] != "0" and out["panic_end"] == panic
             # The host kept its values; a sibling sees the host's.
             for n in ("kernel/panic", "vm/swappiness", "net/ipv4/ip_forward",
                       "kernel/dmesg_restrict"):
