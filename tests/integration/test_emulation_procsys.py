@@ -56,6 +56,10 @@ echo swappiness_err=$(cat /tmp/err)
 echo caplast_err=$(cat /tmp/err)
 echo 1 > /proc/sys/net/ipv4/ip_forward; echo fwd_rc=$?
 echo fwd=$(cat /proc/sys/net/ipv4/ip_forward)
+echo 4096 > /proc/sys/kernel/msgmax; echo msgmax_rc=$?
+{{ echo other > /proc/sys/kernel/hostname; }} 2>/tmp/err; echo uts_rc=$?
+echo uts_err=$(cat /tmp/err)
+hostname other; echo uts_name=$(cat /proc/sys/kernel/hostname)
 echo {raised} > /proc/sys/fs/file-max; echo raise_rc=$?
 echo 1000 > /proc/sys/fs/file-max; echo lower_rc=$?
 echo filemax=$(cat /proc/sys/fs/file-max)
@@ -78,6 +82,11 @@ echo panic_end=$(cat /proc/sys/kernel/panic)
             assert out["caplast_rc"] != "0" and "Permission denied" in out["caplast_err"]
             # Namespaced: the container's own network namespace.
             assert out["fwd_rc"] == "0" and out["fwd"] == "1"
+            assert out["msgmax_rc"] == "0"  # IPC: its own namespace's
+            # UTS through /proc/sys: the kernel lets only the initial namespace's root
+            # write that file; sethostname(2) is the container's (docs/emulation.md).
+            assert out["uts_rc"] != "0" and "Permission denied" in out["uts_err"]
+            assert out["uts_name"] == "other"
             # Max rule: raised on the host, never lowered; the container sees its own.
             assert out["raise_rc"] == "0" and out["lower_rc"] == "0"
             assert out["filemax"] == "1000"
