@@ -172,3 +172,21 @@ def test_cpulist_round_trip(text, cpus):
 def test_bad_cpulists_are_refused(bad):
     with pytest.raises(ValueError):
         hostfacts.parse_cpulist(bad)
+
+
+def test_a_time_namespace_s_offset_is_the_container_s_boot(tmp_path) -> None:
+    """With a boottime offset of -S (a time namespace made at the container's create),
+    the container booted S seconds after the host, whatever its init's start."""
+    from interceptd.emulation.snapshot import start_of, timens_boot
+
+    assert timens_boot("monotonic           0         0\nboottime            0         0\n") \
+        is None
+    assert timens_boot("monotonic 0 0\nboottime -1000 500000000\n") == 999.5
+    assert timens_boot("7 -20 0\n") == 20
+    assert timens_boot("boottime 5 0\n") is None and timens_boot(None) is None
+    d = tmp_path / "42"
+    d.mkdir()
+    (d / "stat").write_text("42 (sh) S " + " ".join(["0"] * 18) + " 250000 0\n")
+    assert start_of(str(tmp_path), 42, 100) == 2500.0
+    (d / "timens_offsets").write_text("monotonic 0 0\nboottime -2499 0\n")
+    assert start_of(str(tmp_path), 42, 100) == 2499.0
