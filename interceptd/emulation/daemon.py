@@ -23,7 +23,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from interceptd.emulation import cgpaths, loadavg, procsys, registry, sysctlbinds, tasks
+from interceptd.emulation import (
+    cgpaths,
+    iostat,
+    loadavg,
+    procsys,
+    registry,
+    sysctlbinds,
+    tasks,
+)
 from interceptd.emulation.fuseserver import EmulatedFile, FuseService, fs_dir
 from interceptd.emulation.hostfacts import HostFacts, read_host
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
@@ -94,6 +102,7 @@ class Emulation:
         self._host: tuple[float, HostFacts] | None = None
         self._mounts: cgpaths.Mounts | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
+        self._disks = iostat.host_disks()  # where v1 containers get the throttle rule
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -142,6 +151,10 @@ class Emulation:
             src = _Source(str(c.id), pid, paths, start_of("/proc", pid, self._clk_tck), nsfd)
             with open(f"/proc/{pid}/uid_map", encoding="ascii") as f:
                 src.root_uid = root_uid(f.read())
+            if errs := iostat.enable_v1_accounting(paths, self._disks):
+                log.warning("emulation: v1 blkio accounting not enabled (diskstats stays "
+                            "empty for those disks)", extra={"fields": {
+                                "container": c.id, "errors": errs[:4]}})
         except BaseException:
             os.close(nsfd)
             raise
