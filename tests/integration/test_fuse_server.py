@@ -187,7 +187,10 @@ def test_containers_read_their_own_bytes(service, shells) -> None:
     s = svc.stats()
     assert s["containers"] == 2 and s["unknown"] == 0
     f = s["files"]["proc/big"]
-    assert f["opens"] == 4 and f["renders"] == 2 and f["reads"] >= 6 and f["errors"] == 0
+    # One render per container, more if a loaded machine let the bytes pass `fresh`
+    # between the opens (a stale open asks for a refresh).
+    assert f["opens"] == 4 and f["renders"] >= 2 and f["reads"] >= 6 and f["errors"] == 0
+    assert f["renders"] == 2 or f["stale"] > 0
     assert f["open_ns"] > 0 and sum(f["hist"]) >= f["reads"]
 
 
