@@ -31,6 +31,7 @@ from interceptd.emulation import (
     registry,
     sysctlbinds,
     tasks,
+    utsns,
 )
 from interceptd.emulation.fuseserver import EmulatedFile, FuseService, fs_dir
 from interceptd.emulation.hostfacts import HostFacts, read_host
@@ -50,8 +51,15 @@ def tree_path(container_path: str) -> str:
     return container_path.lstrip("/")
 
 
+# The container changes its UTS names without us (sethostname(2)): its hostname is read
+# afresh at each open (a render per open, on the renderer thread), never from bytes kept.
+_FRESH_EACH_OPEN = {f"{registry.SYSCTL_ROOT}/{n}" for n in procsys.UTS}
+
+
 def emulated_files() -> list[EmulatedFile]:
-    return [EmulatedFile(tree_path(p), writable=p in registry.WRITABLE) for p in registry.FILES]
+    return [EmulatedFile(tree_path(p), writable=p in registry.WRITABLE,
+                         **({"fresh": 0.0, "max_stale": 0.0} if p in _FRESH_EACH_OPEN else {}))
+            for p in registry.FILES]
 
 
 def root_uid(uid_map: str) -> int | None:
@@ -83,6 +91,7 @@ class _Source:
     nsfd: int
     ns_ino: int = 0
     root_uid: int | None = None  # its root as the host sees it: who may write /proc/sys
+    utsfd: int = -1  # its UTS namespace (kernel/hostname, kernel/domainname)
     sysctl: dict[str, str] = field(default_factory=dict)  # its own /proc/sys values
     snap: CgroupSnapshot | None = None
     snap_at: float = 0.0
@@ -119,8 +128,9 @@ class Emulation:
         with self._lock:
             srcs, self._sources = list(self._sources.values()), {}
         for s in srcs:
-            with contextlib.suppress(OSError):
-                os.close(s.nsfd)
+            for fd in (s.nsfd, s.utsfd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def status(self) -> dict[str, Any]:
         """What interceptd-runc needs to bind the files: the tree and its files."""
@@ -138,7 +148,9 @@ class Emulation:
                 return
         pid = c.init_pid
         nsfd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        utsfd = -1
         try:
+            utsfd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
             pidfd = getattr(c, "pidfd", -1)
             if pidfd >= 0:
                 import signal
@@ -149,6 +161,7 @@ class Emulation:
             assert self._mounts is not None, "attach before start"
             paths = cgpaths.locate(own, self._mounts)
             src = _Source(str(c.id), pid, paths, start_of("/proc", pid, self._clk_tck), nsfd)
+            src.utsfd = utsfd  # opened before the pidfd showed the init alive
             with open(f"/proc/{pid}/uid_map", encoding="ascii") as f:
                 src.root_uid = root_uid(f.read())
             if errs := iostat.enable_v1_accounting(paths, self._disks):
@@ -157,6 +170,8 @@ class Emulation:
                                 "container": c.id, "errors": errs[:4]}})
         except BaseException:
             os.close(nsfd)
+            if utsfd >= 0:
+                os.close(utsfd)
             raise
         src.ns_ino = os.fstat(nsfd).st_ino
         with self._reg_lock:
@@ -179,6 +194,7 @@ class Emulation:
                 with self._lock:
                     self._sources.pop(key, None)
                 os.close(nsfd)
+                os.close(utsfd)
                 raise
             with self._lock:
                 self._owner[src.ns_ino] = key
@@ -222,6 +238,8 @@ class Emulation:
                     log.warning("emulation: shared pid namespace not handed over",
                                 extra={"fields": {"key": heir, "error": str(e)}})
         os.close(src.nsfd)
+        if src.utsfd >= 0:
+            os.close(src.utsfd)
 
     def __len__(self) -> int:
         with self._lock:
@@ -246,9 +264,10 @@ class Emulation:
         if name is not None:  # a /proc/sys value: no cgroup figures needed
             with self._lock:
                 state = dict(src.sysctl)
+            value = (utsns.read(src.utsfd, name) if name in procsys.UTS
+                     else read_sysctl(name, self.proc))
             inp = registry.RenderInput(snap=src.snap or _EMPTY, host=host, now=now,
-                                       sysctl_state=state,
-                                       sysctl_host=read_sysctl(name, self.proc))
+                                       sysctl_state=state, sysctl_host=value)
             return registry.render("/" + path, inp)
         if src.snap is None or now - src.snap_at >= SNAPSHOT_TTL:
             snap = read_snapshot(src.paths, host, init_pid=src.init_pid, boot=src.start)
@@ -286,8 +305,8 @@ class Emulation:
         d, new = procsys.decide_write(name, value, state, read_sysctl(name, self.proc))
         if d.action is procsys.Action.DENY:
             return self._refuse(d.errno, d.reason, fields)
-        if d.action is procsys.Action.PASS:  # not served: cannot happen for our files
-            return self._refuse(errno.EACCES, d.reason, fields)
+        if d.action is procsys.Action.PASS:
+            return self._pass_uts(key, path, name, value, data, fields, src)
         if d.action is procsys.Action.RAISE:
             try:
                 with open(f"{self.proc}/sys/{name}", "w", encoding="ascii") as f:
@@ -300,6 +319,27 @@ class Emulation:
         log.info("sysctl write: %s", d.reason,
                  extra={"fields": {**fields, "action": d.action.value}})
         self.service.refresh(key, path)  # the writer's next read shows it
+        return len(data)
+
+    def _pass_uts(self, key: int, path: str, name: str, value: str, data: bytes,
+                  fields: dict[str, Any], src: _Source) -> int:
+        """hostname/domainname: written in the container's own UTS namespace, never in
+        the host's (a container sharing it gets EACCES, as from the kernel)."""
+        if name not in procsys.UTS or src.utsfd < 0:
+            return self._refuse(errno.EACCES, f"{name}: not passed on", fields)
+        if utsns.is_hosts(src.utsfd):
+            return self._refuse(errno.EACCES, f"{name}: the container shares the host's "
+                                "UTS namespace", fields)
+        text = value.split("\n", 1)[0]  # the kernel stops at the first newline
+        if len(text.encode()) > utsns.MAX_LEN:
+            return self._refuse(errno.EINVAL, f"{name}: longer than {utsns.MAX_LEN}", fields)
+        try:
+            utsns.write(src.utsfd, name, text)
+        except OSError as e:
+            return self._refuse(e.errno or errno.EIO, f"{name}: {e.strerror}", fields)
+        log.info("sysctl write: %s: in its own UTS namespace", name,
+                 extra={"fields": {**fields, "action": "pass"}})
+        self.service.refresh(key, path)
         return len(data)
 
     @staticmethod

@@ -96,7 +96,11 @@ MAX_VALUE_LEN = 256
 # other one is the kernel's own file in the container's procfs, where the kernel applies
 # the table: a namespaced one is the container's namespace's, a host-wide one refuses
 # the container's root (not the initial namespace's) with EACCES.
-SERVED: tuple[str, ...] = (*CONTAINER_ONLY, *MAX_RULE)
+# kernel/hostname and domainname too: per UTS namespace, but the kernel lets only the
+# initial namespace's root write their files, so the daemon passes such a write on to
+# the container's own UTS namespace (PASS) and shows it its own names.
+UTS = ("kernel/hostname", "kernel/domainname")
+SERVED: tuple[str, ...] = (*CONTAINER_ONLY, *MAX_RULE, *UTS)
 
 
 def normalize(path: str) -> str | None:

@@ -49,6 +49,8 @@ def _plain(fn: Callable[[CgroupSnapshot, HostFacts, float], bytes]) -> Renderer:
 def _sysctl(name: str) -> Renderer:
     def render(i: RenderInput) -> bytes:
         out = procsys.render_read(name, i.sysctl_state, i.sysctl_host)
+        if out is None and name in procsys.UTS and i.sysctl_host is not None:
+            out = i.sysctl_host.encode()  # the container's own namespace's, read for it
         if out is None:
             raise LookupError(f"sysctl {name}: no value on this host")
         return out

@@ -161,6 +161,10 @@ def test_sysctl_writes_decided_and_performed(em, tmp_path) -> None:
         assert em.write(9, "proc/sys/fs/file-max", b"10\n", root, 1) == 3
         assert (proc / "sys/fs/file-max").read_text() == "2000\n"  # never lowered
         assert em.render(9, "proc/sys/fs/file-max") == b"10\n"  # its own view
+        # This test shares the host's UTS namespace: shown, never written.
+        assert em.render(9, "proc/sys/kernel/hostname") == \
+            f"{os.uname().nodename}\n".encode()
+        assert em.write(9, "proc/sys/kernel/hostname", b"x\n", root, 1) == -errno.EACCES
         assert em.write(9, "proc/meminfo", b"1\n", root, 1) == -errno.EIO
         assert em.write(8, "proc/sys/kernel/panic", b"1\n", root, 1) == -errno.EIO
         assert any(p == "proc/sys/kernel/panic" for _, p in em.service.refreshed)

@@ -88,7 +88,7 @@ def test_max_rule_raises_the_host_but_never_lowers_it():
     assert d.action is Action.KEEP  # equal: nothing to raise
     d, _ = ps.decide_write("net/core/somaxconn", "10", {}, "4096")
     assert d.action is Action.PASS  # the container's own network namespace's
-    assert set(ps.SERVED) == {*ps.CONTAINER_ONLY, *ps.MAX_RULE}
+    assert set(ps.SERVED) == {*ps.CONTAINER_ONLY, *ps.MAX_RULE, *ps.UTS}
     for bad in ("-1", "1 2", str(1 << 40)):
         d, _ = ps.decide_write("fs/file-max", bad, {}, "10")
         assert (d.action, d.errno) == (Action.DENY, errno.EINVAL)
