@@ -228,7 +228,7 @@ struct parked *fs_take_parked(struct icd_fuse *f, uint64_t key, int file, int64_
 }
 
 void fs_answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, int err,
-                          int timeout)
+                      int timeout)
 {
   struct parked *next;
 

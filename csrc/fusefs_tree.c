@@ -53,7 +53,7 @@ uint32_t fs_child_named(struct icd_fuse *f, uint32_t dir, const char *name, size
 }
 
 int fs_new_node(struct icd_fuse *f, uint32_t parent, const char *name, size_t len,
-                    int32_t file)
+                int32_t file)
 {
   struct node *n;
   uint32_t *link;
