@@ -1,8 +1,11 @@
-/* The emulated /proc and /sys files: a read-only FUSE tree served over the
- * raw /dev/fuse protocol (linux/fuse.h) by a few C threads.
+/* The emulated /proc and /sys files: a static FUSE tree served over the raw
+ * /dev/fuse protocol (linux/fuse.h) by a few C threads.  Files are read-only
+ * but for a few /proc/sys values, whose WRITEs are parked and answered by
+ * Python (fusefs_ctr.c).  This file: lifecycle; fusefs_proto.c: requests;
+ * fusefs_tree.c: the nodes; fusefs_ctr.c: containers and parked requests.
  *
- * Why raw and not libfuse: the tree is static and read-only, so a dozen
- * opcodes do; the raw protocol lets us park an open that waits for a render
+ * Why raw and not libfuse: the tree is static, so a dozen opcodes do; the
+ * raw protocol lets us park an open that waits for a render
  * and answer it later from another thread (libfuse's session loop would tie
  * a worker to it), mount with mount(2) directly (no fusermount), and keep
  * the request path free of any library thread model.
