@@ -6,8 +6,11 @@ refuses every config mount inside /proc but a fixed list (the files LXCFS serves
 the daemon attaches a clone of each of its files on the container's /proc/sys file, in
 the container's mount namespace, from a short-lived thread of its own that leaves the
 daemon's filesystem context first (unshare(CLONE_FS): setns into a mount namespace is
-refused to a thread sharing it), so no process is forked. Each target is opened without
-following any symlink from the container's root and must be on a procfs.
+refused to a thread sharing it), so no process is forked. The thread joins the
+container's network namespace too: /proc/sys/net shows the looking task's network
+namespace, and a bind made on the host's view of it would be one the container never
+meets. Each target is opened without following any symlink from the container's root and
+must be on a procfs.
 docs/emulation.md "/proc/sys".
 """
 
@@ -23,6 +26,7 @@ from interceptd.policy.callerpath import PROC_SUPER_MAGIC
 from interceptd.runtime import mountapi
 
 CLONE_FS = 0x00000200  # not in core's table; unshare(2)'s flag for the fs_struct
+CLONE_NEWNET = 0x40000000  # setns(2)'s nstype for a network namespace
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -32,9 +36,10 @@ def _magic(fd: int) -> int:
     return _fs_magic(fd)
 
 
-def _attach_all(nsfd: int, clones: list[tuple[str, int]], done: list[str],
+def _attach_all(nsfd: int, netfd: int, clones: list[tuple[str, int]], done: list[str],
                 errors: list[str]) -> None:
-    if _libc.unshare(CLONE_FS) != 0 or _libc.setns(nsfd, CLONE_NEWNS) != 0:
+    if (_libc.unshare(CLONE_FS) != 0 or _libc.setns(netfd, CLONE_NEWNET) != 0
+            or _libc.setns(nsfd, CLONE_NEWNS) != 0):
         errors.append(f"entering the mount namespace: {os.strerror(ctypes.get_errno())}")
         return
     # setns(CLONE_NEWNS) made this thread's root and cwd the namespace's root: the
@@ -65,13 +70,19 @@ def bind(init_pid: int, tree: str, paths: Iterable[str]) -> tuple[list[str], lis
     errors: list[str] = []
     nsfd = os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
+        netfd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(nsfd)
+        raise
+    try:
         for p in paths:
             try:
                 clones.append((p, mountapi.open_tree(os.path.join(tree, p.lstrip("/")))))
             except OSError as e:
                 errors.append(f"{p}: {e.strerror}")
         if clones:
-            t = threading.Thread(target=_attach_all, args=(nsfd, clones, done, errors),
+            t = threading.Thread(target=_attach_all,
+                                 args=(nsfd, netfd, clones, done, errors),
                                  name="sysctl-binds", daemon=True)
             t.start()
             t.join(10)
@@ -80,8 +91,10 @@ def bind(init_pid: int, tree: str, paths: Iterable[str]) -> tuple[list[str], lis
                 return done, errors
     except BaseException:
         os.close(nsfd)
+        os.close(netfd)
         raise
     os.close(nsfd)
+    os.close(netfd)
     for _, fd in clones:
         os.close(fd)
     return done, errors

@@ -37,7 +37,9 @@ def test_sysctl_writes_in_a_container(shim: Runtime, bundle_factory, new_id) -> 
     assert "/proc/sys/kernel/panic" in em["files"]
     host_name = os.uname().nodename
     before = {n: host(n) for n in ("kernel/panic", "vm/swappiness", "net/ipv4/ip_forward",
-                                   "kernel/dmesg_restrict", "fs/file-max")}
+                                   "kernel/dmesg_restrict", "fs/file-max",
+                                   "net/netfilter/nf_conntrack_max")}
+    ct_raised = str(int(before["net/netfilter/nf_conntrack_max"]) + 16)
     panic = "7" if before["kernel/panic"] != "7" else "8"
     raised = str(int(before["fs/file-max"]) + 1000)
     a = plain_bundle(bundle_factory, ["sleep", "120"], caps="all")
@@ -64,6 +66,7 @@ hostname third; echo uts_file2=$(cat /proc/sys/kernel/hostname)
 echo {raised} > /proc/sys/fs/file-max; echo raise_rc=$?
 echo 1000 > /proc/sys/fs/file-max; echo lower_rc=$?
 echo filemax=$(cat /proc/sys/fs/file-max)
+echo {ct_raised} > /proc/sys/net/netfilter/nf_conntrack_max; echo ct_rc=$?
 mkdir -p /tmp/p && mount -t proc proc /tmp/p && echo fresh_panic=$(cat /tmp/p/sys/kernel/panic)
 unshare -m --mount-proc sh -c 'echo unshared_panic=$(cat /proc/sys/kernel/panic)'
 umount /proc/sys/kernel/panic; echo umount_rc=$?
@@ -94,6 +97,10 @@ echo panic_end=$(cat /proc/sys/kernel/panic)
             assert out["raise_rc"] == "0" and out["lower_rc"] == "0"
             assert out["filemax"] == "1000"
             assert host("fs/file-max") == raised
+            # nf_conntrack_max: read-only in a container's network namespace, one value
+            # for the host: raised there.
+            assert out["ct_rc"] == "0", res.stdout
+            assert host("net/netfilter/nf_conntrack_max") == ct_raised
             # A fresh procfs, and one after unshare --mount-proc, get the bind too; it
             # cannot be unmounted.
             assert out["fresh_panic"] == panic and out["unshared_panic"] == panic, res.stdout
@@ -109,6 +116,7 @@ echo panic_end=$(cat /proc/sys/kernel/panic)
             assert again.stdout.strip() == panic
     finally:
         set_host("fs/file-max", before["fs/file-max"])
+        set_host("net/netfilter/nf_conntrack_max", before["net/netfilter/nf_conntrack_max"])
     logs = shim.daemon.log()  # type: ignore[attr-defined]
     assert "sysctl write refused" in logs and "not a number" in logs
     assert_nothing_left(shim)
