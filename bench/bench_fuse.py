@@ -120,6 +120,19 @@ def parallel(runners: list[NsRunner], loop: Path, path: Path, n: int,
     return total / wall, cpu * 10000 / total
 
 
+def hist_quantile(hist: list[int], q: float) -> str:
+    """The q-quantile of a fusefs log2 histogram as its bucket's upper bound."""
+    total = sum(hist)
+    if not total:
+        return "-"
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if seen >= q * total:
+            return f"< {1 << i} us" if i < len(hist) - 1 else f">= {1 << (i - 1)} us"
+    return "-"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20000, help="iterations per run")
@@ -155,7 +168,7 @@ def main() -> int:
                     reqs = srv.requests(0.2)
                 except OSError:
                     return
-                for key, fid in reqs:
+                for key, fid, _write in reqs:
                     srv.set(key, fid, data)
 
         threading.Thread(target=renderer, daemon=True).start()
@@ -170,6 +183,7 @@ def main() -> int:
         for path in sources.values():  # warm-up, and the first render
             runner.run(f"{loop} {path} 100")
         res: dict[str, list[dict[str, int]]] = {k: [] for k in sources}
+        f0 = srv.stats()["files"]["proc/meminfo"]
         for r in range(args.runs):
             order = list(sources.items())
             if r % 2:
@@ -192,6 +206,14 @@ def main() -> int:
             ratio = med["interceptd FUSE"][0] / med["LXCFS"][0]
             print(f"target interceptd <= 0.5 x LXCFS (p50): {ratio:.2f} "
                   f"({'met' if ratio <= 0.5 else 'NOT met'})")
+        f1 = srv.stats()["files"]["proc/meminfo"]
+        hist = [b - a for a, b in zip(f0["hist"], f1["hist"], strict=True)]
+        # Where interceptd's p99 goes: the server's own handling of each OPEN and READ
+        # (request read to answer written) against the reader's whole open+read+close.
+        print(f"server-side handling per OPEN/READ during those runs: p50 "
+              f"{hist_quantile(hist, 0.5)}, p99 {hist_quantile(hist, 0.99)}, p99.9 "
+              f"{hist_quantile(hist, 0.999)}; renders {f1['renders'] - f0['renders']}, "
+              f"stale opens {f1['stale'] - f0['stale']}, waits {f1['waits'] - f0['waits']}")
         before = srv.stats()["requests"]
         runner.run(f"{loop} {sources['interceptd FUSE']} 1000")
         per = (srv.stats()["requests"] - before) / 1000

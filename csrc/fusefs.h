@@ -11,14 +11,15 @@
 /* Per-file counters (all files of all containers). */
 struct icd_fuse_fstats {
   uint64_t opens, reads, releases;
-  uint64_t errors;    /* opens answered EIO: render failed, timed out, container gone */
-  uint64_t waits;     /* opens parked until a render arrived (never rendered, or too old) */
-  uint64_t timeouts;  /* of those, answered EIO because no render came in time */
-  uint64_t stale;     /* opens served the previous bytes while a refresh was requested */
-  uint64_t refreshes; /* render requests handed to Python */
-  uint64_t renders;   /* bytes pushed by icd_fuse_set */
-  uint64_t failures;  /* render failures pushed by icd_fuse_fail */
-  uint64_t cached_reads; /* page-cache reads refused (see do_read) */
+  uint64_t errors;           /* opens answered EIO: render failed, timed out, container gone */
+  uint64_t waits;            /* opens parked until a render arrived (never rendered, or too old) */
+  uint64_t timeouts;         /* of those, answered EIO because no render came in time */
+  uint64_t stale;            /* opens served the previous bytes while a refresh was requested */
+  uint64_t refreshes;        /* render requests handed to Python */
+  uint64_t renders;          /* bytes pushed by icd_fuse_set */
+  uint64_t failures;         /* render failures pushed by icd_fuse_fail */
+  uint64_t cached_reads;     /* page-cache reads refused (see do_read) */
+  uint64_t writes;           /* WRITEs Python accepted (errors count the refused ones) */
   uint64_t open_ns, read_ns; /* summed server-side handling time (request read to reply) */
   uint64_t max_ns;
   uint64_t hist[ICD_FUSE_HIST]; /* opens (waits included) and reads */
@@ -31,16 +32,25 @@ struct icd_fuse_stats {
   uint64_t queue_full; /* render requests not queued (the queue was full; retried later) */
   uint64_t aliases;    /* nested pid namespaces cached as their container's */
   uint64_t containers;
-  uint64_t parked;     /* opens waiting for a render now */
-  uint64_t handles;    /* files open now */
+  uint64_t parked;       /* opens waiting for a render now */
+  uint64_t handles;      /* files open now */
   uint64_t write_errors; /* replies the kernel refused (mostly: the reader was gone) */
   uint64_t read_errors;  /* unexpected read(2) failures on /dev/fuse */
 };
 
+/* A render request, or (write != 0) a parked WRITE to answer. */
 struct icd_fuse_req {
   uint64_t key;
   int32_t file;
-  int32_t pad;
+  int32_t write;
+};
+
+#define ICD_FUSE_MAX_WRITE 4096
+struct icd_fuse_write {
+  uint64_t key;
+  int32_t file;
+  uint32_t uid, pid, len; /* the writer's fsuid and tid as the daemon sees them */
+  char data[ICD_FUSE_MAX_WRITE];
 };
 
 struct icd_fuse;
@@ -53,6 +63,10 @@ struct icd_fuse *icd_fuse_new(int workers, int wait_ms);
  * the first render (others see their bytes' length); not 0, see fusefs.c. */
 int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
                       uint64_t size);
+/* Before start: `file` takes writes (mode 0644): each WRITE is parked and
+ * handed to Python as a request with a write id, answered by
+ * icd_fuse_write_done.  Other files refuse write opens (EROFS). */
+int icd_fuse_writable(struct icd_fuse *f, int file);
 /* Mounts at `mountpoint` (a stale FUSE mount there is detached first) and
  * starts the threads; once per server. */
 int icd_fuse_start(struct icd_fuse *f, const char *mountpoint);
@@ -66,6 +80,10 @@ int icd_fuse_fail(struct icd_fuse *f, uint64_t key, int file, int err);
  * first; 0 on timeout or icd_fuse_wake, -ESHUTDOWN once stopped. */
 int icd_fuse_requests(struct icd_fuse *f, struct icd_fuse_req *out, int max, int timeout_ms);
 void icd_fuse_wake(struct icd_fuse *f);
+/* The parked write `id`: its length, or -ENOENT (answered meanwhile). */
+int icd_fuse_write_get(struct icd_fuse *f, uint32_t id, struct icd_fuse_write *out);
+/* Answers write `id`: result >= 0 bytes taken, or -errno. */
+int icd_fuse_write_done(struct icd_fuse *f, uint32_t id, int result);
 int icd_fuse_file_stats(struct icd_fuse *f, int file, struct icd_fuse_fstats *out);
 void icd_fuse_stats(struct icd_fuse *f, struct icd_fuse_stats *out);
 /* The connection's device number (st_dev of the mount), 0 before start. */

@@ -80,15 +80,34 @@ class FuseServer:
         again after the file's `fresh` bound)."""
         check(lib.icd_fuse_fail(self._ptr, key, file_id, err), "fuse fail")
 
-    def requests(self, timeout: float | None = None) -> list[tuple[int, int]]:
-        """Pending render requests as (key, file_id), waiting up to `timeout`
+    def requests(self, timeout: float | None = None) -> list[tuple[int, int, int]]:
+        """Pending requests as (key, file_id, write_id): a render when write_id is 0,
+        else a parked write (`write_get`, `write_done`); waiting up to `timeout`
         seconds (None: until one comes, `wake` or `stop`); [] on timeout.
         OSError(ESHUTDOWN) once stopped."""
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         with self._reqlock:
             buf = self._reqbuf
             n = check(lib.icd_fuse_requests(self._ptr, buf, len(buf), ms), "fuse requests")
-            return [(int(buf[i].key), int(buf[i].file)) for i in range(n)]
+            return [(int(buf[i].key), int(buf[i].file), int(buf[i].write)) for i in range(n)]
+
+    def writable(self, file_id: int) -> None:
+        """Before `start`: file `file_id` takes writes, each handed over as a request."""
+        check(lib.icd_fuse_writable(self._ptr, file_id), "fuse writable")
+
+    def write_get(self, write_id: int) -> tuple[int, int, int, int, bytes] | None:
+        """The parked write: (key, file_id, writer's uid, writer's pid, data); None if
+        it was answered meanwhile (interrupted, timed out, container gone)."""
+        w = ffi.new("struct icd_fuse_write *")
+        n = lib.icd_fuse_write_get(self._ptr, write_id, w)
+        if n < 0:
+            return None
+        return int(w.key), int(w.file), int(w.uid), int(w.pid), bytes(ffi.buffer(w.data, n))
+
+    def write_done(self, write_id: int, result: int) -> bool:
+        """Answer the write: `result` >= 0 bytes taken, or -errno. False if it was
+        answered meanwhile."""
+        return lib.icd_fuse_write_done(self._ptr, write_id, result) == 0
 
     def wake(self) -> None:
         """Make a blocked `requests` return."""

@@ -7,12 +7,15 @@ namespace under the container's cookie and works out once where its cgroups live
 `release(container)` forgets both. Renders run on the service's renderer thread
 (never a reader's): a snapshot of the container's cgroups and the host's facts,
 each reused for `SNAPSHOT_TTL` so that the several files a tool opens at once
-(`top` reads five) cost one snapshot. See docs/emulation-fuse.md "In the daemon".
+(`top` reads five) cost one snapshot. Writes to the /proc/sys values the tree serves
+are decided by `procsys` and performed here (`write`). See docs/emulation-fuse.md "In
+the daemon" and docs/emulation.md "/proc/sys".
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -20,7 +23,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from interceptd.emulation import cgpaths, loadavg, registry, tasks
+from interceptd.emulation import (
+    cgpaths,
+    iostat,
+    loadavg,
+    procsys,
+    registry,
+    sysctlbinds,
+    tasks,
+    utsns,
+)
 from interceptd.emulation.fuseserver import EmulatedFile, FuseService, fs_dir
 from interceptd.emulation.hostfacts import HostFacts, read_host
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
@@ -29,6 +41,9 @@ from interceptd.handlers import sysinfo
 log = logging.getLogger("interceptd.emulation")
 
 SNAPSHOT_TTL = 0.1  # seconds: below every file's `fresh`, so no render serves older figures
+# What a /proc/sys render is given before the container's first cgroup snapshot (unused).
+_EMPTY = CgroupSnapshot(layout="v2", mem_limit=0, mem_accounted=False, mem_limited=False,
+                        mem_usage=0)
 
 
 def tree_path(container_path: str) -> str:
@@ -36,8 +51,33 @@ def tree_path(container_path: str) -> str:
     return container_path.lstrip("/")
 
 
+# The container changes its UTS names without us (sethostname(2)): its hostname is read
+# afresh at each open (a render per open, on the renderer thread), never from bytes kept.
+_FRESH_EACH_OPEN = {f"{registry.SYSCTL_ROOT}/{n}" for n in procsys.UTS}
+
+
 def emulated_files() -> list[EmulatedFile]:
-    return [EmulatedFile(tree_path(p)) for p in registry.FILES]
+    return [EmulatedFile(tree_path(p), writable=p in registry.WRITABLE,
+                         **({"fresh": 0.0, "max_stale": 0.0} if p in _FRESH_EACH_OPEN else {}))
+            for p in registry.FILES]
+
+
+def root_uid(uid_map: str) -> int | None:
+    """The host uid of uid 0 in a user namespace (its /proc/<pid>/uid_map), or None."""
+    for line in uid_map.splitlines():
+        f = line.split()
+        if len(f) == 3 and f[0] == "0" and int(f[2]) > 0:
+            return int(f[1])
+    return None
+
+
+def read_sysctl(name: str, proc: str = "/proc") -> str | None:
+    """The daemon's (the host's) value of sysctl `name`, None where there is none."""
+    try:
+        with open(f"{proc}/sys/{name}", encoding="ascii", errors="replace") as f:
+            return f.read(procsys.MAX_VALUE_LEN + 1)
+    except OSError:
+        return None
 
 
 @dataclass
@@ -50,6 +90,9 @@ class _Source:
     start: float | None
     nsfd: int
     ns_ino: int = 0
+    root_uid: int | None = None  # its root as the host sees it: who may write /proc/sys
+    utsfd: int = -1  # its UTS namespace (kernel/hostname, kernel/domainname)
+    sysctl: dict[str, str] = field(default_factory=dict)  # its own /proc/sys values
     snap: CgroupSnapshot | None = None
     snap_at: float = 0.0
     load: loadavg.LoadState = field(default_factory=loadavg.LoadState)
@@ -58,7 +101,9 @@ class _Source:
 class Emulation:
     def __init__(self, state_dir: str, *, service: FuseService | None = None) -> None:
         self.mountpoint = fs_dir(state_dir)
-        self.service = service or FuseService(self.mountpoint, emulated_files(), self.render)
+        self.service = service or FuseService(self.mountpoint, emulated_files(), self.render,
+                                              write=self.write)
+        self.proc = "/proc"  # where the host's sysctls are read and raised (tests move it)
         self._sources: dict[int, _Source] = {}
         self._lock = threading.Lock()
         self._reg_lock = threading.Lock()  # registrations and their hand-overs, in order
@@ -66,6 +111,7 @@ class Emulation:
         self._host: tuple[float, HostFacts] | None = None
         self._mounts: cgpaths.Mounts | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
+        self._disks = iostat.host_disks()  # where v1 containers get the throttle rule
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -82,8 +128,9 @@ class Emulation:
         with self._lock:
             srcs, self._sources = list(self._sources.values()), {}
         for s in srcs:
-            with contextlib.suppress(OSError):
-                os.close(s.nsfd)
+            for fd in (s.nsfd, s.utsfd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def status(self) -> dict[str, Any]:
         """What interceptd-runc needs to bind the files: the tree and its files."""
@@ -101,7 +148,9 @@ class Emulation:
                 return
         pid = c.init_pid
         nsfd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        utsfd = -1
         try:
+            utsfd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
             pidfd = getattr(c, "pidfd", -1)
             if pidfd >= 0:
                 import signal
@@ -112,8 +161,17 @@ class Emulation:
             assert self._mounts is not None, "attach before start"
             paths = cgpaths.locate(own, self._mounts)
             src = _Source(str(c.id), pid, paths, start_of("/proc", pid, self._clk_tck), nsfd)
+            src.utsfd = utsfd  # opened before the pidfd showed the init alive
+            with open(f"/proc/{pid}/uid_map", encoding="ascii") as f:
+                src.root_uid = root_uid(f.read())
+            if errs := iostat.enable_v1_accounting(paths, self._disks):
+                log.warning("emulation: v1 blkio accounting not enabled (diskstats stays "
+                            "empty for those disks)", extra={"fields": {
+                                "container": c.id, "errors": errs[:4]}})
         except BaseException:
             os.close(nsfd)
+            if utsfd >= 0:
+                os.close(utsfd)
             raise
         src.ns_ino = os.fstat(nsfd).st_ino
         with self._reg_lock:
@@ -122,6 +180,7 @@ class Emulation:
                 # Known before the server is told: a reader already waiting for
                 # this namespace gets its render requested by the registration.
                 self._sources[key] = src
+            self._bind_sysctls(c.id, pid)
             if owner is not None:
                 # A pid namespace shared with a container already registered
                 # (--pid=container:X, a pod): its readers are that one's; this
@@ -135,10 +194,24 @@ class Emulation:
                 with self._lock:
                     self._sources.pop(key, None)
                 os.close(nsfd)
+                os.close(utsfd)
                 raise
             with self._lock:
                 self._owner[src.ns_ino] = key
         log.info("emulation attach", extra={"fields": {"container": c.id, "key": key}})
+
+    def _bind_sysctls(self, cid: str, pid: int) -> None:
+        """The /proc/sys values, over the container's own files (docs/emulation.md
+        "/proc/sys": runc refuses them as config mounts). A failure leaves the kernel's
+        file: the host's value, EACCES to a write."""
+        try:
+            done, errors = sysctlbinds.bind(pid, self.mountpoint, [
+                p for p in registry.SYSCTL_FILES if os.path.exists(p)])
+        except OSError as e:
+            done, errors = [], [str(e)]
+        if errors:
+            log.warning("emulation: /proc/sys values not all bound", extra={"fields": {
+                "container": cid, "bound": len(done), "errors": errors[:4]}})
 
     def release(self, c: Any) -> None:
         key = int(c.cookie)
@@ -165,6 +238,8 @@ class Emulation:
                     log.warning("emulation: shared pid namespace not handed over",
                                 extra={"fields": {"key": heir, "error": str(e)}})
         os.close(src.nsfd)
+        if src.utsfd >= 0:
+            os.close(src.utsfd)
 
     def __len__(self) -> int:
         with self._lock:
@@ -185,6 +260,15 @@ class Emulation:
             raise LookupError(f"container {key} is not registered")
         now = time.clock_gettime(time.CLOCK_BOOTTIME)
         host = self._host_facts(now)
+        name = registry.SYSCTL_FILES.get("/" + path)
+        if name is not None:  # a /proc/sys value: no cgroup figures needed
+            with self._lock:
+                state = dict(src.sysctl)
+            value = (utsns.read(src.utsfd, name) if name in procsys.UTS
+                     else read_sysctl(name, self.proc))
+            inp = registry.RenderInput(snap=src.snap or _EMPTY, host=host, now=now,
+                                       sysctl_state=state, sysctl_host=value)
+            return registry.render("/" + path, inp)
         if src.snap is None or now - src.snap_at >= SNAPSHOT_TTL:
             snap = read_snapshot(src.paths, host, init_pid=src.init_pid, boot=src.start)
             src.snap, src.snap_at = snap, now
@@ -196,6 +280,74 @@ class Emulation:
         inp = registry.RenderInput(snap=src.snap, host=host, now=now,
                                    container_id=src.container_id, load=src.load)
         return registry.render("/" + path, inp)
+
+    # -- /proc/sys writes (the service's renderer thread, in order with renders) ----
+
+    def write(self, key: int, path: str, data: bytes, uid: int, pid: int) -> int:
+        """A container's write to one of the /proc/sys values the tree serves: bytes
+        taken, or -errno. Only the container's root writes (the kernel lets only the
+        initial namespace's root write a host-wide sysctl); `procsys.decide_write`
+        decides; a "max" value is raised on the host here."""
+        with self._lock:
+            src = self._sources.get(key)
+        name = registry.SYSCTL_FILES.get("/" + path)
+        fields: dict[str, Any] = {"container": src.container_id if src else key,
+                                  "sysctl": name, "pid": pid, "uid": uid}
+        if src is None or name is None:
+            return self._refuse(errno.EIO, "not a served sysctl of a known container", fields)
+        if src.root_uid is None or uid != src.root_uid:
+            return self._refuse(errno.EACCES, "only the container's root writes sysctls",
+                                fields)
+        value = data.decode("ascii", errors="replace")
+        fields["value"] = value.strip()[:64]
+        with self._lock:
+            state = dict(src.sysctl)
+        d, new = procsys.decide_write(name, value, state, read_sysctl(name, self.proc))
+        if d.action is procsys.Action.DENY:
+            return self._refuse(d.errno, d.reason, fields)
+        if d.action is procsys.Action.PASS:
+            return self._pass_uts(key, path, name, value, data, fields, src)
+        if d.action is procsys.Action.RAISE:
+            try:
+                with open(f"{self.proc}/sys/{name}", "w", encoding="ascii") as f:
+                    f.write(d.value + "\n")
+            except OSError as e:
+                return self._refuse(e.errno or errno.EIO, f"{name}: host not raised: {e}",
+                                    fields)
+        with self._lock:
+            src.sysctl = new
+        log.info("sysctl write: %s", d.reason,
+                 extra={"fields": {**fields, "action": d.action.value}})
+        self.service.refresh(key, path)  # the writer's next read shows it
+        return len(data)
+
+    def _pass_uts(self, key: int, path: str, name: str, value: str, data: bytes,
+                  fields: dict[str, Any], src: _Source) -> int:
+        """hostname/domainname: written in the container's own UTS namespace, never in
+        the host's (a container sharing it gets EACCES, as from the kernel)."""
+        if name not in procsys.UTS or src.utsfd < 0:
+            return self._refuse(errno.EACCES, f"{name}: not passed on", fields)
+        if utsns.is_hosts(src.utsfd):
+            return self._refuse(errno.EACCES, f"{name}: the container shares the host's "
+                                "UTS namespace", fields)
+        text = value.split("\n", 1)[0]  # the kernel stops at the first newline
+        if len(text.encode()) > utsns.MAX_LEN:
+            return self._refuse(errno.EINVAL, f"{name}: longer than {utsns.MAX_LEN}", fields)
+        try:
+            utsns.write(src.utsfd, name, text)
+        except OSError as e:
+            return self._refuse(e.errno or errno.EIO, f"{name}: {e.strerror}", fields)
+        log.info("sysctl write: %s: in its own UTS namespace", name,
+                 extra={"fields": {**fields, "action": "pass"}})
+        self.service.refresh(key, path)
+        return len(data)
+
+    @staticmethod
+    def _refuse(code: int, reason: str, fields: dict[str, Any]) -> int:
+        log.warning("sysctl write refused: %s", reason,
+                    extra={"fields": {**fields, "errno": errno.errorcode.get(code, code),
+                                      "reason": reason}})
+        return -code
 
     # -- sysinfo(2)'s load averages (the policy's handler, a worker thread) ----------
 

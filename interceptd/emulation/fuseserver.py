@@ -25,6 +25,8 @@ log = logging.getLogger("interceptd.emulation.fuse")
 
 # (container key, file path as declared) -> the file's bytes; raises on failure.
 Render = Callable[[int, str], bytes]
+# (container key, file path, data, writer's uid, writer's pid) -> bytes taken or -errno.
+Write = Callable[[int, str, bytes, int, int], int]
 MAX_BYTES = 1 << 20  # one rendered file (csrc/fusefs.c MAX_BLOB)
 
 
@@ -34,6 +36,7 @@ class EmulatedFile:
     fresh: float = 0.25  # seconds: served as rendered
     max_stale: float = 1.0  # seconds: served while a re-render is requested
     size: int = 4096  # st_size before a render / for no container (docs/emulation-fuse.md)
+    writable: bool = False  # a /proc/sys value: writes go to the service's `write`
 
 
 def fs_dir(state_dir: str) -> str:
@@ -45,13 +48,17 @@ class FuseService:
     """A mounted FuseServer plus `renderers` threads answering its render requests."""
 
     def __init__(self, mountpoint: str, files: Sequence[EmulatedFile], render: Render, *,
-                 workers: int = 2, wait_timeout: float = 1.0, renderers: int = 1) -> None:
+                 workers: int = 2, wait_timeout: float = 1.0, renderers: int = 1,
+                 write: Write | None = None) -> None:
         self.mountpoint = mountpoint
         self.render = render
+        self.write = write
         self.server = core.FuseServer(workers=workers, wait_timeout=wait_timeout)
         self.ids: dict[str, int] = {}
         for f in files:
             self.ids[f.path] = self.server.add_file(f.path, f.fresh, f.max_stale, f.size)
+            if f.writable:
+                self.server.writable(self.ids[f.path])
         self.paths = list(self.ids)
         self._nrenderers = renderers
         self._threads: list[threading.Thread] = []
@@ -107,8 +114,34 @@ class FuseService:
                 if e.errno != errno.ESHUTDOWN:
                     log.exception("fuse render requests failed")
                 return
-            for key, fid in dict.fromkeys(reqs):  # one render per (container, file)
-                self._render_one(key, fid)
+            # In order (a render asked after a write shows it); one render per
+            # (container, file) of a batch.
+            for key, fid, wid in dict.fromkeys(reqs):
+                if wid:
+                    self._write_one(wid)
+                else:
+                    self._render_one(key, fid)
+
+    def refresh(self, key: int, path: str) -> None:
+        """Render `path` for container `key` now and push it (after a write changed
+        what it shows)."""
+        self._render_one(key, self.ids[path])
+
+    def _write_one(self, wid: int) -> None:
+        w = self.server.write_get(wid)
+        if w is None:
+            return  # interrupted or timed out meanwhile
+        key, fid, uid, pid, data = w
+        path = self.paths[fid]
+        try:
+            if self.write is None:
+                raise OSError(errno.EROFS, "no writer")
+            result = int(self.write(key, path, data, uid, pid))
+        except Exception as e:  # a bug is the writer's EIO, never a hang
+            log.warning("write of %s failed", path, exc_info=True,
+                        extra={"fields": {"container": key, "file": path, "error": repr(e)}})
+            result = -errno.EIO
+        self.server.write_done(wid, result)
 
     def _render_one(self, key: int, fid: int) -> None:
         path = self.paths[fid]

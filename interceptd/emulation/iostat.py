@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from interceptd.emulation.cgpaths import CgroupPaths
@@ -79,3 +80,47 @@ def read(paths: CgroupPaths) -> dict[tuple[int, int], IoStat]:
     if paths.v2 is not None:
         return parse_v2(_read(f"{paths.v2.cgroup}/io.stat") or "")
     return {}
+
+
+# A read limit no disk reaches (1 TiB/s). Since Linux 6.9, v1's blkio.throttle.* counters
+# only move on a disk whose queue has a throttle rule somewhere (the kernel turns that
+# accounting on lazily); without one a v1 container's /proc/diskstats stays empty.
+UNREACHED_BPS = 1 << 40
+SKIPPED_DISKS = ("loop", "ram", "zram")  # no container I/O worth showing goes there
+
+
+def host_disks(sys_block: str = "/sys/block") -> list[str]:
+    """`MAJ:MIN` of the host's whole disks (throttle rules take no partition)."""
+    out = []
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(SKIPPED_DISKS):
+            continue
+        try:
+            with open(os.path.join(sys_block, name, "dev"), encoding="ascii") as f:
+                dev = f.read().strip()
+        except OSError:
+            continue
+        if _dev(dev) is not None:
+            out.append(dev)
+    return out
+
+
+def enable_v1_accounting(paths: CgroupPaths, disks: list[str]) -> list[str]:
+    """Put the unreached rule on the container's v1 blkio cgroup for each disk (it goes
+    with the cgroup); returns the errors. Nothing to do without a v1 blkio hierarchy."""
+    h = paths.v1.get("blkio")
+    if h is None:
+        return []
+    errors = []
+    for dev in disks:
+        try:
+            with open(os.path.join(h.cgroup, "blkio.throttle.read_bps_device"), "w",
+                      encoding="ascii") as f:
+                f.write(f"{dev} {UNREACHED_BPS}\n")
+        except OSError as e:
+            errors.append(f"{dev}: {e.strerror}")
+    return errors

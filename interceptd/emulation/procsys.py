@@ -6,8 +6,9 @@ Four kinds of sysctl, decided by `classify`:
 - container-only (kernel/panic, printk, kptr_restrict, ...): host-wide in the kernel, so a
   write is kept in the container's state and shown back to it alone; the kernel's value
   is untouched (the setting is cosmetic: the host's policy still applies);
-- "max" (fs/file-max, nf_conntrack_max, somaxconn): the backing value is raised when the
-  container asks for more and never lowered; the container is shown what it wrote;
+- "max" (fs/file-max, nf_conntrack_max): the host's value is raised when the container
+  asks for more and never lowered; the container is shown what it wrote (somaxconn, which
+  sysbox-fs treats so too, is per network namespace in the kernel: namespaced here);
 - everything else, read-only ones included: writes refused with EACCES, reads show the
   host's value.
 `decide_write` and `render_read` are pure; the caller supplies the container's state and
@@ -74,12 +75,12 @@ CONTAINER_ONLY: dict[str, Check] = {
     "kernel/pid_max": _range(301, 4 << 20),  # PID_MAX_LIMIT on 64-bit
     "kernel/yama/ptrace_scope": _ptrace_scope,
 }
-# path -> where the backing value lives: "host" (init namespaces) or "netns" (the
-# container's own network namespace: somaxconn is per namespace in the kernel).
+# path -> where the backing value lives: "host" (the initial namespaces). somaxconn is
+# not here: the kernel keeps it per network namespace and lets the namespace's root set
+# it, so it is namespaced (nothing of the host's to protect or raise).
 MAX_RULE = {
     "fs/file-max": "host",
     "net/netfilter/nf_conntrack_max": "host",  # read-only outside the initial netns
-    "net/core/somaxconn": "netns",
 }
 READONLY = frozenset({"kernel/cap_last_cap", "kernel/ngroups_max"})
 NAMESPACED_PREFIXES = ("net/", "fs/mqueue/", "user/")
@@ -91,6 +92,15 @@ NAMESPACED = frozenset({
     "kernel/ns_last_pid",  # pid
 })
 MAX_VALUE_LEN = 256
+# The sysctls whose files the daemon serves (and takes writes to) in a container; every
+# other one is the kernel's own file in the container's procfs, where the kernel applies
+# the table: a namespaced one is the container's namespace's, a host-wide one refuses
+# the container's root (not the initial namespace's) with EACCES.
+# kernel/hostname and domainname too: per UTS namespace, but the kernel lets only the
+# initial namespace's root write their files, so the daemon passes such a write on to
+# the container's own UTS namespace (PASS) and shows it its own names.
+UTS = ("kernel/hostname", "kernel/domainname")
+SERVED: tuple[str, ...] = (*CONTAINER_ONLY, *MAX_RULE, *UTS)
 
 
 def normalize(path: str) -> str | None:

@@ -200,8 +200,29 @@ def _cpu(p: CgroupPaths, host: HostFacts) -> CpuFigures:
     return CpuFigures(cpuset, quota)
 
 
+def timens_boot(text: str | None) -> float | None:
+    """When a time namespace "booted" (seconds after the host's boot): minus its boottime
+    offset (/proc/<pid>/timens_offsets); None when it has none (the host's namespace, or
+    an offset that does not move boot forward)."""
+    for line in (text or "").splitlines():
+        f = line.split()
+        if len(f) == 3 and f[0] in ("boottime", "7"):
+            try:
+                off = int(f[1]) + int(f[2]) / 1e9
+            except ValueError:
+                return None
+            return -off if off < 0 else None
+    return None
+
+
 def start_of(proc: str, pid: int, clk_tck: int) -> float | None:
-    """Seconds after boot that `pid` started (field 22 of its stat)."""
+    """Seconds after boot that the container of `pid` started: minus the boottime offset
+    of its time namespace when it has one (then /proc/uptime, sysinfo(2), btime and
+    every /proc/<pid>/stat start time the kernel shows in it count from there, and so
+    do ours), else when `pid` started (field 22 of its stat)."""
+    boot = timens_boot(read_text(f"{proc}/{pid}/timens_offsets"))
+    if boot is not None:
+        return boot
     text = read_text(f"{proc}/{pid}/stat")
     if text is None or ")" not in text:
         return None

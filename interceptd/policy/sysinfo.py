@@ -10,6 +10,7 @@ cgroups (v1, v2 or hybrid).
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -90,7 +91,7 @@ def render_snapshot(snap: CgroupSnapshot, host: HostInfo, now: float,
     if procs is None and snap.tasks is not None:
         procs = snap.tasks.threads
     return Sysinfo(
-        uptime=int(container_uptime(snap, now)),
+        uptime=math.ceil(container_uptime(snap, now)),  # do_sysinfo rounds up
         loads=host.loads if loads is None else loads,
         totalram=mv.total, freeram=min(mv.free, mv.total), sharedram=mv.shared,
         bufferram=mv.buffers, totalswap=mv.swap_total,

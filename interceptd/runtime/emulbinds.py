@@ -7,8 +7,14 @@ appends one read-only bind per file after the config's own mounts, so they land 
 container's procfs and sysfs like the masks do: the daemon's policy protects everything
 on a procfs/sysfs (no umount, no move, no bind over) and gives a procfs/sysfs the
 container mounts later the same binds. The sensitive /sys directories are masked (an
-empty read-only tmpfs, as `maskedPaths` does for directories). docs/runtime.md
-"Emulated /proc and /sys".
+empty read-only tmpfs, as `maskedPaths` does for directories). The /proc/sys values the
+daemon emulates are not bound here (runc refuses config mounts inside /proc but for the
+files LXCFS serves): the daemon attaches them when it attaches the container
+(`interceptd.emulation.sysctlbinds`). /proc/sys itself is then no longer read-only when
+the container's root is not the host's: the kernel lets the container write what its
+own namespaces hold (net.*, IPC, ...) and refuses every host-wide sysctl with EACCES,
+as in Sysbox. docs/runtime.md "Emulated /proc and /sys",
+docs/emulation.md "/proc/sys".
 """
 
 from __future__ import annotations
@@ -54,7 +60,10 @@ def apply(spec: dict, files: Iterable[str], tree: str,
     taken = {os.path.normpath(m.get("destination", "")) for m in mounts}
     has = {"/proc": _fs_mount(spec, "/proc", "proc"), "/sys": _fs_mount(spec, "/sys", "sysfs")}
     bound = []
+    sysctls = [p for p in files if p in registry.WRITABLE]
     for path in files:
+        if path in registry.WRITABLE:
+            continue  # the daemon's to attach
         dest = registry.bind_target(path)
         top = "/" + dest.split("/", 2)[1]
         if not has.get(top) or dest in taken or not exists(dest):
@@ -64,11 +73,24 @@ def apply(spec: dict, files: Iterable[str], tree: str,
                        "options": list(BIND_OPTIONS)})
         bound.append(dest)
     linux = spec.setdefault("linux", {})
+    if sysctls and has["/proc"] and _root_is_mapped(linux):
+        linux["readonlyPaths"] = [p for p in linux.get("readonlyPaths") or []
+                                  if os.path.normpath(p) != registry.SYSCTL_ROOT]
     masked = list(linux.get("maskedPaths") or [])
     if has["/sys"]:
         masked += [d for d in EMPTY_DIRS if d not in masked]
     linux["maskedPaths"] = masked
     return bound
+
+
+def _root_is_mapped(linux: dict) -> bool:
+    """The container has its own user namespace whose root is not the host's root (the
+    kernel's sysctl permission checks then refuse it every host-wide value)."""
+    if not any(n.get("type") == "user" and not n.get("path")
+               for n in linux.get("namespaces") or []):
+        return False
+    root = [m for m in linux.get("uidMappings") or [] if int(m.get("containerID", -1)) == 0]
+    return len(root) == 1 and int(root[0].get("hostID", 0)) > 0
 
 
 def clone_tree(fs: str, target: str) -> None:

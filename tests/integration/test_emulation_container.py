@@ -122,3 +122,29 @@ def test_fuse_mount_gone_after_daemon_stops(shim: Runtime) -> None:
     assert d.stop() == 0
     with open("/proc/self/mountinfo") as f:
         assert not any(ln.split()[4] == fs for ln in f)
+
+
+def test_diskstats_shows_the_containers_reads(shim: Runtime, bundle_factory, new_id) -> None:
+    """A v1 host (this one): the daemon's unreached throttle rule turns the blkio counters
+    on, so a container that read from the disk sees that disk, with its own reads."""
+    b = plain_bundle(bundle_factory, ["sh", "-c", "cat /data >/dev/null; cat /proc/diskstats"],
+                     caps="all")
+    data = b.rootfs / "data"
+    data.write_bytes(os.urandom(4 << 20))
+    fd = os.open(data, os.O_RDONLY)
+    try:  # out of the page cache, so the container's cat reads the disk
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    dev = os.stat(data).st_dev
+    res = shim.run(b, new_id("disk"))
+    assert res.rc == 0, res.stdout + res.stderr
+    lines = [ln.split() for ln in res.stdout.splitlines() if ln.strip()]
+    assert lines, res.stdout  # not empty
+    disk = {(int(f[0]), int(f[1])): f for f in lines}
+    whole = next((k for k in disk if k[0] == os.major(dev)), None)
+    assert whole is not None, (res.stdout, os.major(dev), os.minor(dev))
+    sectors = int(disk[whole][5])
+    assert sectors * 512 >= 4 << 20, res.stdout  # its own reads, at least the file
+    assert_nothing_left(shim)

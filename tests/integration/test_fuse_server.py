@@ -187,7 +187,10 @@ def test_containers_read_their_own_bytes(service, shells) -> None:
     s = svc.stats()
     assert s["containers"] == 2 and s["unknown"] == 0
     f = s["files"]["proc/big"]
-    assert f["opens"] == 4 and f["renders"] == 2 and f["reads"] >= 6 and f["errors"] == 0
+    # One render per container, more if a loaded machine let the bytes pass `fresh`
+    # between the opens (a stale open asks for a refresh).
+    assert f["opens"] == 4 and f["renders"] >= 2 and f["reads"] >= 6 and f["errors"] == 0
+    assert f["renders"] == 2 or f["stale"] > 0
     assert f["open_ns"] > 0 and sum(f["hist"]) >= f["reads"]
 
 
@@ -355,7 +358,7 @@ def test_render_that_never_comes_is_eio_within_the_timeout(tmp_path, shells) -> 
         assert 0.4 < took < 3.0
         s = srv.stats()
         assert s["files"]["proc/never"]["timeouts"] == 1 and s["parked"] == 0
-        assert srv.requests(0) == [(1, 0)]  # it was asked for
+        assert srv.requests(0) == [(1, 0, 0)]  # it was asked for (a render, no write)
     finally:
         srv.stop()
 
@@ -547,3 +550,63 @@ def test_bad_file_paths_are_refused_and_leave_no_trace(tmp_path, shells, path: s
         assert os.listdir(tmp_path / "sys") == ["ok"]  # no directory of a refused path
     finally:
         srv.stop()
+
+
+def test_writable_file_hands_writes_to_python(tmp_path, shells) -> None:
+    """A writable file (a /proc/sys value): each write reaches the service's `write`
+    with the writer's container, uid and data, is answered with its result, and a
+    refresh shows the new value to that container only; a failing writer is EIO; a
+    writer outside every container is EIO; O_TRUNC and offsets past 0 change nothing."""
+    values: dict[int, bytes] = {}
+    seen: list[tuple[int, str, bytes, int]] = []
+    svc: FuseService
+
+    def render(key: int, path: str) -> bytes:
+        return values.get(key, b"1\n")
+
+    def write(key: int, path: str, data: bytes, uid: int, pid: int) -> int:
+        seen.append((key, path, data, uid))
+        if data.strip() == b"boom":
+            raise RuntimeError("stub write failure")
+        if not data.strip().isdigit():
+            return -errno.EINVAL
+        values[key] = data.strip() + b"\n"
+        svc.refresh(key, path)
+        return len(data)
+
+    files = [EmulatedFile("proc/sys/kernel/panic", writable=True), EmulatedFile("proc/ro")]
+    svc = FuseService(fs_dir(str(tmp_path / "state")), files, render, write=write,
+                      wait_timeout=2.0)
+    svc.start()
+    mnt = Path(svc.mountpoint)
+    try:
+        a, b = shells(), shells()
+        svc.register(1, a.pid)
+        svc.register(2, b.pid)
+        f = f"{mnt}/proc/sys/kernel/panic"
+        assert a.run(f"cat {f}") == (0, "1\n")
+        assert a.run(f"echo 7 > {f}") == (0, "")
+        assert a.run(f"cat {f}") == (0, "7\n")
+        assert b.run(f"cat {f}") == (0, "1\n")  # the sibling keeps its own
+        assert seen[-1][:3] == (1, "proc/sys/kernel/panic", b"7\n")
+        assert seen[-1][3] == os.geteuid()
+        rc, out = a.run(f"/bin/echo abc > {f}")
+        assert rc != 0 and "Invalid argument" in out, (out, seen, svc.stats())
+        rc, out = a.run(f"/bin/echo boom > {f}")
+        assert rc != 0 and "Input/output error" in out
+        # A write past the start is ignored, as the kernel's strict sysctl writes.
+        assert a.run(f"{sys.executable} -c 'import os; fd = os.open(\"{f}\", os.O_WRONLY);"
+                     f" print(os.pwrite(fd, b\"9\", 3))'") == (0, "1\n")
+        assert a.run(f"cat {f}") == (0, "7\n")
+        assert (os.stat(f).st_mode & 0o777) == 0o644
+        with pytest.raises(OSError) as ei, open(f, "w") as fh:  # the host: no container
+            fh.write("3\n")
+        assert ei.value.errno == errno.EIO
+        rc, out = a.run(f"echo 3 > {mnt}/proc/ro")
+        assert rc != 0 and "Read-only file system" in out
+        s = svc.stats()
+        assert s["files"]["proc/sys/kernel/panic"]["writes"] == 1
+        assert s["parked"] == 0
+    finally:
+        svc.stop()
+    assert not mounted(mnt)

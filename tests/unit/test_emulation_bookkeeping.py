@@ -19,6 +19,7 @@ class FakeService:
     unregistered: list[int] = field(default_factory=list)
     started: bool = False
     stopped: bool = False
+    refreshed: list[tuple[int, str]] = field(default_factory=list)
 
     def start(self) -> None:
         self.started = True
@@ -32,6 +33,9 @@ class FakeService:
 
     def unregister(self, key: int) -> None:
         self.unregistered.append(key)
+
+    def refresh(self, key: int, path: str) -> None:
+        self.refreshed.append((key, path))
 
 
 @dataclass
@@ -129,3 +133,49 @@ def test_shared_pid_namespace_is_handed_over(em) -> None:
         assert em.service.unregistered == [1, 2, 3]
     finally:
         os.close(pidfd)
+
+
+def test_sysctl_writes_decided_and_performed(em, tmp_path) -> None:
+    """Only the container's root writes; a container-only value is its own; the max
+    rule raises the (here: stand-in) host file and never lowers it; refusals are -errno."""
+    import errno
+
+    proc = tmp_path / "proc"
+    (proc / "sys/fs").mkdir(parents=True)
+    (proc / "sys/kernel").mkdir(parents=True)
+    (proc / "sys/fs/file-max").write_text("1000\n")
+    (proc / "sys/kernel/panic").write_text("0\n")
+    em.proc = str(proc)
+    c = FakeContainer(9, os.getpid(), pidfd=os.pidfd_open(os.getpid()))
+    try:
+        em.attach(c)
+        root = em._sources[9].root_uid
+        assert root == 0  # this test's own user namespace maps 0 to 0
+        assert em.write(9, "proc/sys/kernel/panic", b"5\n", 1000, 1) == -errno.EACCES
+        assert em.write(9, "proc/sys/kernel/panic", b"5\n", root, 1) == 2
+        assert em.render(9, "proc/sys/kernel/panic") == b"5\n"
+        assert (proc / "sys/kernel/panic").read_text() == "0\n"  # the host's kept
+        assert em.write(9, "proc/sys/kernel/panic", b"x\n", root, 1) == -errno.EINVAL
+        assert em.write(9, "proc/sys/fs/file-max", b"2000\n", root, 1) == 5
+        assert (proc / "sys/fs/file-max").read_text() == "2000\n"
+        assert em.write(9, "proc/sys/fs/file-max", b"10\n", root, 1) == 3
+        assert (proc / "sys/fs/file-max").read_text() == "2000\n"  # never lowered
+        assert em.render(9, "proc/sys/fs/file-max") == b"10\n"  # its own view
+        # This test shares the host's UTS namespace: shown, never written.
+        assert em.render(9, "proc/sys/kernel/hostname") == \
+            f"{os.uname().nodename}\n".encode()
+        assert em.write(9, "proc/sys/kernel/hostname", b"x\n", root, 1) == -errno.EACCES
+        assert em.write(9, "proc/meminfo", b"1\n", root, 1) == -errno.EIO
+        assert em.write(8, "proc/sys/kernel/panic", b"1\n", root, 1) == -errno.EIO
+        assert any(p == "proc/sys/kernel/panic" for _, p in em.service.refreshed)
+    finally:
+        em.release(c)
+        os.close(c.pidfd)
+
+
+def test_root_uid_of_a_uid_map() -> None:
+    from interceptd.emulation.daemon import root_uid
+
+    assert root_uid("         0     100000      65536\n") == 100000
+    assert root_uid("      1000       1000          1\n") is None
+    assert root_uid("") is None

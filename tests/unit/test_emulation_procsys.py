@@ -12,7 +12,7 @@ from interceptd.emulation.procsys import Action, Kind
 
 @pytest.mark.parametrize(("path", "kind"), [
     ("kernel/panic", Kind.CONTAINER), ("kernel/yama/ptrace_scope", Kind.CONTAINER),
-    ("fs/file-max", Kind.MAX), ("net/core/somaxconn", Kind.MAX),
+    ("fs/file-max", Kind.MAX), ("net/core/somaxconn", Kind.NAMESPACED),
     ("net/netfilter/nf_conntrack_max", Kind.MAX),
     ("kernel/cap_last_cap", Kind.READONLY), ("kernel/ngroups_max", Kind.READONLY),
     ("net/ipv4/ip_forward", Kind.NAMESPACED), ("kernel/hostname", Kind.NAMESPACED),
@@ -84,9 +84,11 @@ def test_max_rule_raises_the_host_but_never_lowers_it():
     d, st = ps.decide_write("fs/file-max", "500", st, "2000000\n")
     assert d.action is Action.KEEP and "not lowered" in d.reason
     assert ps.render_read("fs/file-max", st, "2000000\n") == b"500\n"  # its own view
-    d, _ = ps.decide_write("net/core/somaxconn", "4096", {}, "4096")
+    d, _ = ps.decide_write("net/netfilter/nf_conntrack_max", "4096", {}, "4096")
     assert d.action is Action.KEEP  # equal: nothing to raise
-    assert ps.MAX_RULE["net/core/somaxconn"] == "netns"
+    d, _ = ps.decide_write("net/core/somaxconn", "10", {}, "4096")
+    assert d.action is Action.PASS  # the container's own network namespace's
+    assert set(ps.SERVED) == {*ps.CONTAINER_ONLY, *ps.MAX_RULE, *ps.UTS}
     for bad in ("-1", "1 2", str(1 << 40)):
         d, _ = ps.decide_write("fs/file-max", bad, {}, "10")
         assert (d.action, d.errno) == (Action.DENY, errno.EINVAL)

@@ -12,6 +12,7 @@ from interceptd.emulation import (
     cpuinfo,
     diskstats,
     meminfo,
+    procsys,
     registry,
     stat,
     swaps,
@@ -160,7 +161,7 @@ def test_stat_sums_and_uptime_agree(name, layout):
                      host.mem_kb("Buffers") << 10, host.mem_kb("SwapTotal") << 10,
                      host.mem_kb("SwapFree") << 10, 100)
     s = si.render_snapshot(snap, hi, now)
-    assert s.uptime == int(up)
+    assert 0 <= s.uptime - up < 1.01  # sysinfo rounds up (do_sysinfo), /proc/uptime shows 1/100 s
     f = fields(meminfo.render(snap, host, now))
     assert (s.totalram >> 10, s.freeram >> 10) == (f["MemTotal"], f["MemFree"])
     assert (s.totalswap >> 10, s.freeswap >> 10) == (f["SwapTotal"], f["SwapFree"])
@@ -226,10 +227,24 @@ def test_product_uuid_is_stable_per_container():
 @pytest.mark.parametrize(("name", "layout"), SCENARIOS)
 def test_every_registered_file_renders(name, layout):
     snap, host, now = load(name, layout)
-    inp = registry.RenderInput(snap, host, now, container_id="c1")
+    inp = registry.RenderInput(snap, host, now, container_id="c1", sysctl_host="4\t4\t1\t7\n")
     for path in registry.FILES:
         out = registry.render(path, inp)
         assert isinstance(out, bytes) and (out.endswith(b"\n") or out == b"")
+
+
+def test_sysctl_files_show_the_containers_value_else_the_hosts():
+    snap, host, now = load("v1-cpuset0")
+    path = "/proc/sys/kernel/panic"
+    assert set(registry.SYSCTL_FILES) == registry.WRITABLE and path in registry.WRITABLE
+    inp = registry.RenderInput(snap, host, now, sysctl_host="0\n")
+    assert registry.render(path, inp) == b"0\n"
+    inp = registry.RenderInput(snap, host, now, sysctl_state={"kernel/panic": "7"},
+                               sysctl_host="0\n")
+    assert registry.render(path, inp) == b"7\n"
+    with pytest.raises(LookupError):  # not on this host: the reader's EIO
+        registry.render(path, registry.RenderInput(snap, host, now))
+    assert registry.file_at("/proc/sys/fs/file-max") == "/proc/sys/fs/file-max"
     with pytest.raises(KeyError):
         registry.render("/proc/version", inp)
 
@@ -241,7 +256,7 @@ def test_registry_lists_every_emulated_path():
             "/sys/devices/system/cpu/possible", "/sys/devices/system/cpu/present",
             "/sys/class/dmi/id/product_uuid", "/sys/kernel/debug", "/sys/kernel/tracing",
             "/sys/kernel/security", "/sys/kernel/config", "/sys/firmware",
-            "/proc/sys"} == paths
+            *(f"/proc/sys/{n}" for n in procsys.SERVED)} == paths
 
 
 def test_stat_counters_only_grow_while_the_cpu_count_holds():

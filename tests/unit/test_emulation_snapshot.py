@@ -172,3 +172,42 @@ def test_cpulist_round_trip(text, cpus):
 def test_bad_cpulists_are_refused(bad):
     with pytest.raises(ValueError):
         hostfacts.parse_cpulist(bad)
+
+
+def test_a_time_namespace_s_offset_is_the_container_s_boot(tmp_path) -> None:
+    """With a boottime offset of -S (a time namespace made at the container's create),
+    the container booted S seconds after the host, whatever its init's start."""
+    from interceptd.emulation.snapshot import start_of, timens_boot
+
+    assert timens_boot("monotonic           0         0\nboottime            0         0\n") \
+        is None
+    assert timens_boot("monotonic 0 0\nboottime -1000 500000000\n") == 999.5
+    assert timens_boot("7 -20 0\n") == 20
+    assert timens_boot("boottime 5 0\n") is None and timens_boot(None) is None
+    d = tmp_path / "42"
+    d.mkdir()
+    (d / "stat").write_text("42 (sh) S " + " ".join(["0"] * 18) + " 250000 0\n")
+    assert start_of(str(tmp_path), 42, 100) == 2500.0
+    (d / "timens_offsets").write_text("monotonic 0 0\nboottime -2499 0\n")
+    assert start_of(str(tmp_path), 42, 100) == 2499.0
+
+
+def test_v1_blkio_accounting_rule_on_whole_disks(tmp_path) -> None:
+    from interceptd.emulation import iostat
+    from interceptd.emulation.cgpaths import CgroupPaths, Hierarchy
+
+    blk = tmp_path / "block"
+    for name, dev in (("vda", "254:0"), ("loop0", "7:0"), ("zram0", "253:0"), ("sdb", "8:16")):
+        (blk / name).mkdir(parents=True)
+        (blk / name / "dev").write_text(dev + "\n")
+    assert iostat.host_disks(str(blk)) == ["8:16", "254:0"]
+    cg = tmp_path / "blkio" / "ctr"
+    cg.mkdir(parents=True)
+    rule = cg / "blkio.throttle.read_bps_device"
+    rule.write_text("")
+    paths = CgroupPaths(v1={"blkio": Hierarchy(str(tmp_path / "blkio"), str(cg))})
+    assert iostat.enable_v1_accounting(paths, ["254:0"]) == []
+    assert rule.read_text() == f"254:0 {1 << 40}\n"
+    assert iostat.enable_v1_accounting(CgroupPaths(), ["254:0"]) == []  # v2: nothing
+    gone = CgroupPaths(v1={"blkio": Hierarchy(str(tmp_path), str(tmp_path / "none"))})
+    assert iostat.enable_v1_accounting(gone, ["254:0"])  # an error, reported

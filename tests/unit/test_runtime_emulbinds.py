@@ -64,3 +64,30 @@ def test_own_mount_kept_and_no_proc_no_binds() -> None:
     assert emulbinds.apply(bare, ["/sys/devices/system/cpu/online"], TREE,
                            exists=lambda p: True) == []
     assert bare["linux"]["maskedPaths"] == []
+
+
+def test_sysctl_values_left_to_the_daemon_and_proc_sys_to_the_kernel() -> None:
+    s = spec()
+    s["linux"].update({"readonlyPaths": ["/proc/bus", "/proc/sys", "/proc/sysrq-trigger"],
+                       "namespaces": [{"type": "pid"}, {"type": "user"}],
+                       "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]})
+    bound = emulbinds.apply(s, emulbinds.wanted(status()), TREE, exists=lambda p: True)
+    # runc refuses config mounts inside /proc but LXCFS's files: the daemon binds them.
+    assert "/proc/meminfo" in bound and not any(d.startswith("/proc/sys/") for d in bound)
+    assert s["linux"]["readonlyPaths"] == ["/proc/bus", "/proc/sysrq-trigger"]
+
+
+def test_proc_sys_stays_read_only_when_root_is_the_hosts() -> None:
+    for linux in ({"namespaces": [{"type": "pid"}]},  # no user namespace
+                  {"namespaces": [{"type": "user"}],
+                   "uidMappings": [{"containerID": 0, "hostID": 0, "size": 65536}]},
+                  {"namespaces": [{"type": "user", "path": "/proc/1/ns/user"}]}):
+        s = spec()
+        s["linux"].update({"readonlyPaths": ["/proc/sys"], **linux})
+        emulbinds.apply(s, emulbinds.wanted(status()), TREE, exists=lambda p: True)
+        assert s["linux"]["readonlyPaths"] == ["/proc/sys"], linux
+    s = spec()  # no sysctl value served: nothing to leave to the kernel either
+    s["linux"].update({"readonlyPaths": ["/proc/sys"], "namespaces": [{"type": "user"}],
+                       "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 1}]})
+    emulbinds.apply(s, ["/proc/meminfo"], TREE, exists=lambda p: True)
+    assert s["linux"]["readonlyPaths"] == ["/proc/sys"]

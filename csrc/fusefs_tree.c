@@ -1,0 +1,160 @@
+/* The node table: the tree's directories and files, fixed before the mount,
+ * and their attributes. */
+#include "fusefs_int.h"
+
+/* A file's size is that of the reader's container's current bytes (at
+ * least 1: 0 would make sendfile see EOF at once, see do_read), or the
+ * file's configured size for a reader in no container or before the first
+ * render; so readers that trust st_size (fstat, then read that much) get it
+ * all.  Hence a file's attributes are never cached (attr_valid 0), which
+ * costs nothing on open: without default_permissions the kernel sends no
+ * GETATTR for an open. */
+void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_attr *a)
+{
+  struct node *n = &f->nodes[idx];
+  struct ctr *c;
+  struct blob *b;
+
+  memset(a, 0, sizeof *a);
+  a->ino = idx + 1;
+  a->atime = a->mtime = a->ctime = (uint64_t)(f->t_start / 1000000000);
+  a->blksize = 4096;
+  if (n->file < 0) {
+    a->mode = S_IFDIR | 0555;
+    a->nlink = 2;
+    return;
+  }
+  a->mode = S_IFREG | (f->files[n->file].writable ? 0644 : 0444);
+  a->nlink = 1;
+  a->size = f->files[n->file].size;
+  if ((c = fs_reader_ctr(f, pid))) {
+    if ((b = c->e[n->file].b))
+      a->size = b->len ? b->len : 1;
+    pthread_mutex_unlock(&f->mu);
+  }
+}
+
+int fs_node_of(struct icd_fuse *f, uint64_t nodeid, uint32_t *idx)
+{
+  if (nodeid < 1 || nodeid > f->nnodes)
+    return -ENOENT;
+  *idx = (uint32_t)(nodeid - 1);
+  return 0;
+}
+
+uint32_t fs_child_named(struct icd_fuse *f, uint32_t dir, const char *name, size_t len)
+{
+  uint32_t c;
+
+  for (c = f->nodes[dir].child; c; c = f->nodes[c - 1].next)
+    if (strlen(f->nodes[c - 1].name) == len && !memcmp(f->nodes[c - 1].name, name, len))
+      return c;
+  return 0;
+}
+
+int fs_new_node(struct icd_fuse *f, uint32_t parent, const char *name, size_t len, int32_t file)
+{
+  struct node *n;
+  uint32_t *link;
+
+  if (f->nnodes >= MAX_NODES)
+    return -ENOSPC;
+  if (f->nnodes == f->capnodes) {
+    uint32_t cap = f->capnodes ? f->capnodes * 2 : 64;
+    struct node *p = realloc(f->nodes, cap * sizeof *p);
+    if (!p)
+      return -ENOMEM;
+    f->nodes = p;
+    f->capnodes = cap;
+  }
+  n = &f->nodes[f->nnodes];
+  memset(n, 0, sizeof *n);
+  if (!(n->name = strndup(name, len)))
+    return -ENOMEM;
+  n->file = file;
+  n->parent = parent + 1;
+  /* Appended, so READDIR lists entries in the order they were added. */
+  if (f->nnodes) {
+    for (link = &f->nodes[parent].child; *link; link = &f->nodes[*link - 1].next)
+      ;
+    *link = f->nnodes + 1;
+  }
+  return (int)f->nnodes++;
+}
+
+/* Walks `path` ('/'-separated, relative) in the tree: checks it (dry run:
+ * nothing made, so a refused path leaves no directories behind) or makes
+ * its missing directories and the file.  The file's node index, or -errno. */
+static int make_path(struct icd_fuse *f, const char *path, int dry)
+{
+  uint32_t dir = 0, c = 0;
+  const char *p = path, *e;
+  size_t len;
+  int ret, missing = 0;
+
+  while (*p == '/')
+    p++;
+  for (;;) {
+    e = strchrnul(p, '/');
+    len = (size_t)(e - p);
+    if (!len || len > NAME_MAX || (len == 1 && p[0] == '.')
+        || (len == 2 && p[0] == '.' && p[1] == '.'))
+      return -EINVAL; /* also a trailing or doubled '/' */
+    if (!missing && !(c = fs_child_named(f, dir, p, len)))
+      missing = 1;
+    if (!*e) /* the file itself */
+      break;
+    if (!missing && f->nodes[c - 1].file >= 0)
+      return -ENOTDIR;
+    if (missing && !dry) {
+      if ((ret = fs_new_node(f, dir, p, len, -1)) < 0)
+        return ret;
+      c = (uint32_t)ret + 1;
+    }
+    if (!missing || !dry)
+      dir = c - 1;
+    p = e + 1;
+  }
+  if (!missing)
+    return -EEXIST;
+  return dry ? 0 : fs_new_node(f, dir, p, len, f->nfiles);
+}
+
+int icd_fuse_add_file(struct icd_fuse *f, const char *path, int fresh_ms, int max_stale_ms,
+                      uint64_t size)
+{
+  int ret;
+
+  if (f->mountpoint)
+    return -EBUSY;
+  if (fresh_ms < 0 || max_stale_ms < fresh_ms)
+    return -EINVAL;
+  if ((ret = make_path(f, path, 1)) < 0)
+    return ret;
+  if (f->nfiles == f->capfiles) {
+    int cap = f->capfiles ? f->capfiles * 2 : 32;
+    struct fspec *s = realloc(f->files, (size_t)cap * sizeof *s);
+    if (!s)
+      return -ENOMEM;
+    f->files = s;
+    f->capfiles = cap;
+  }
+  if ((ret = make_path(f, path, 0)) < 0)
+    return ret;
+  memset(&f->files[f->nfiles], 0, sizeof f->files[0]);
+  f->files[f->nfiles].node = (uint32_t)ret;
+  f->files[f->nfiles].fresh_ns = (int64_t)fresh_ms * 1000000;
+  f->files[f->nfiles].stale_ns = (int64_t)max_stale_ms * 1000000;
+  f->files[f->nfiles].size = size;
+  return f->nfiles++;
+}
+
+int icd_fuse_writable(struct icd_fuse *f, int file)
+{
+  if (f->mountpoint)
+    return -EBUSY;
+  if (file < 0 || file >= f->nfiles)
+    return -EINVAL;
+  f->files[file].writable = 1;
+  return 0;
+}

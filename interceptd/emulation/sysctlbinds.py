@@ -1,0 +1,92 @@
+"""The /proc/sys values the daemon serves, bound over the container's own files by the
+daemon when it attaches the container.
+
+interceptd-runc cannot put them in config.json as it does /proc/meminfo: runc (1.1)
+refuses every config mount inside /proc but a fixed list (the files LXCFS serves). So
+the daemon attaches a clone of each of its files on the container's /proc/sys file, in
+the container's mount namespace, from a short-lived thread of its own that leaves the
+daemon's filesystem context first (unshare(CLONE_FS): setns into a mount namespace is
+refused to a thread sharing it), so no process is forked. The thread joins the
+container's network namespace too: /proc/sys/net shows the looking task's network
+namespace, and a bind made on the host's view of it would be one the container never
+meets. Each target is opened without following any symlink from the container's root and
+must be on a procfs.
+docs/emulation.md "/proc/sys".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Iterable
+
+from interceptd.kernel import mountapi
+from interceptd.kernel.consts import CLONE_FS, CLONE_NEWNET, CLONE_NEWNS, PROC_SUPER_MAGIC
+from interceptd.kernel.libc import libc as _libc
+
+_magic = mountapi.fd_fs_type
+
+
+def _attach_all(nsfd: int, netfd: int, clones: list[tuple[str, int]], done: list[str],
+                errors: list[str]) -> None:
+    if (_libc.unshare(CLONE_FS) != 0 or _libc.setns(netfd, CLONE_NEWNET) != 0
+            or _libc.setns(nsfd, CLONE_NEWNS) != 0):
+        errors.append(f"entering the mount namespace: {os.strerror(ctypes.get_errno())}")
+        return
+    # setns(CLONE_NEWNS) made this thread's root and cwd the namespace's root: the
+    # container's "/".
+    for path, fd in clones:
+        try:
+            t = mountapi.open_nofollow(path)
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror}")
+            continue
+        try:
+            if _magic(t) != PROC_SUPER_MAGIC:
+                errors.append(f"{path}: not on a procfs")
+                continue
+            mountapi.move_mount_to_fd(fd, t, path)
+            done.append(path)
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror}")
+        finally:
+            os.close(t)
+
+
+def bind(init_pid: int, tree: str, paths: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Attach `tree`'s file of each container path in `paths` over that path in the mount
+    namespace of `init_pid`; (paths bound, errors)."""
+    clones: list[tuple[str, int]] = []
+    done: list[str] = []
+    errors: list[str] = []
+    nsfd = os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netfd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(nsfd)
+        raise
+    try:
+        for p in paths:
+            try:
+                clones.append((p, mountapi.open_tree(os.path.join(tree, p.lstrip("/")))))
+            except OSError as e:
+                errors.append(f"{p}: {e.strerror}")
+        if clones:
+            t = threading.Thread(target=_attach_all,
+                                 args=(nsfd, netfd, clones, done, errors),
+                                 name="sysctl-binds", daemon=True)
+            t.start()
+            t.join(10)
+            if t.is_alive():  # its fds stay open rather than be reused under it
+                errors.append("timed out")
+                return done, errors
+    except BaseException:
+        os.close(nsfd)
+        os.close(netfd)
+        raise
+    os.close(nsfd)
+    os.close(netfd)
+    for _, fd in clones:
+        os.close(fd)
+    return done, errors
