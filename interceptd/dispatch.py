@@ -345,6 +345,10 @@ class Dispatcher:
         # The hot path of every Python-path call: keep it lean, answer first,
         # then do the bookkeeping.
         t0 = time.perf_counter_ns()
+        # While someone watches events, a new caller's comm is read before the answer:
+        # a caller that exits right after its call (a refused umount) has none after.
+        if self.bus.subscribers and n.pid not in c.comms:
+            c.comm(n.pid, self._comm_of)
         if n.arch == self._native_arch:
             name, fn = self._route(n.nr)
             if fn is not None:
