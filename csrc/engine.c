@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "journal.h"
 #include "rules.h"
 #include "seccomp_compat.h"
 
@@ -352,6 +353,7 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
   int64_t rule, value;
   int act, serr = 0;
 
+  icd_journal_note(r->fd, n); /* before any answer: a restart answers what is left */
   rule = icd_rule_for(ch->rt, n->data.arch, n->data.nr);
   act = RULE_ACT(rule);
   value = RULE_VAL(rule);

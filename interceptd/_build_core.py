@@ -59,6 +59,7 @@ int icd_notify_send(int fd, uint64_t id, int64_t val, int32_t err, uint32_t flag
 int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_flags,
                      uint32_t flags);
 int icd_notify_id_valid(int fd, uint64_t id);
+int icd_journal_open(int fd, uint32_t slots);
 
 struct icd_engine *icd_engine_new(unsigned ring_cap);
 void icd_engine_free(struct icd_engine *e);
@@ -143,7 +144,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "interceptd._core",
-    '#include "icd.h"\n#include "fusefs.h"',
+    '#include "icd.h"\n#include "fusefs.h"\n#include "journal.h"',
     sources=[str(p.relative_to(CSRC.parent)) for p in sorted(CSRC.glob("*.c"))],
     include_dirs=[str(CSRC)],
     libraries=["pthread"],
