@@ -8,19 +8,25 @@
  * kernel picks at random per filter, lets anyone answer it, so the id must
  * outlive the process: the journal is a memfd the fd store keeps too.
  *
+ * A ring would not do: a notification may wait in a channel queue for seconds
+ * (a throttled container) while thousands of others pass. The journal is a hash
+ * table keyed by (fd, thread): a task waits on at most one notification per
+ * filter, so its new one replaces its old one, which was answered. A slot held
+ * by another task is taken over only once the kernel says its notification is
+ * no longer waiting (ID_VALID); otherwise the next slot is tried.
+ *
  * Layout (read by interceptd/journal.py, keep both in step): a 64-byte header
- * (magic, version, slot count, the next slot's sequence number) and a ring
- * of 96-byte slots. A slot is claimed by an atomic add on the sequence,
- * zeroed-sequence while written, and published by storing its sequence last:
- * a slot whose sequence is 0 was torn by the daemon's death and is skipped.
+ * (magic, version, slot count) and 96-byte slots: a lock word (non-zero while
+ * a writer fills the slot: a slot a dead daemon left locked is torn and
+ * skipped), the daemon's fd number, the thread id, then struct seccomp_notif.
  * Answered notifications are not removed (that would cost the SEND path an
- * extra write): the successor asks the kernel (ID_VALID) which ones are still
- * waiting. */
+ * extra write): the successor asks the kernel (ID_VALID) which still wait. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -29,7 +35,7 @@
 #include "seccomp_compat.h"
 
 #define JOURNAL_MAGIC 0x314c4e524a444349ULL /* "ICDJRNL1" */
-#define JOURNAL_VERSION 1
+#define JOURNAL_VERSION 2
 
 struct jhdr {
   uint64_t magic;
@@ -40,11 +46,14 @@ struct jhdr {
 };
 
 struct jslot {
-  _Atomic uint64_t seq;
+  _Atomic uint32_t lock;
   int32_t fd;
+  uint32_t tid;
   uint32_t pad;
   struct seccomp_notif n;
 };
+
+#define PROBES 16
 
 _Static_assert(sizeof(struct jhdr) == 64, "journal header layout");
 _Static_assert(sizeof(struct jslot) == 96, "journal slot layout");
@@ -76,19 +85,38 @@ int icd_journal_open(int fd, uint32_t slots)
   return 0;
 }
 
+static int still_waiting(const struct jslot *s)
+{
+  uint64_t id = s->n.id;
+  /* The number may have been closed and reused since: a seccomp ioctl on any
+   * other file fails, and a random id never matches another filter's. */
+  return ioctl(s->fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
+}
+
 void icd_journal_note(int fd, const struct seccomp_notif *n)
 {
   struct jhdr *h = atomic_load_explicit(&journal, memory_order_acquire);
-  struct jslot *s;
-  uint64_t seq;
+  struct jslot *slots;
+  uint32_t base, i;
 
   if (!h)
     return;
-  seq = atomic_fetch_add_explicit(&h->next, 1, memory_order_relaxed) + 1;
-  s = (struct jslot *)(h + 1) + (seq - 1) % h->slots;
-  atomic_store_explicit(&s->seq, 0, memory_order_relaxed);
-  atomic_thread_fence(memory_order_release);
-  s->fd = fd;
-  memcpy(&s->n, n, sizeof s->n);
-  atomic_store_explicit(&s->seq, seq, memory_order_release);
+  slots = (struct jslot *)(h + 1);
+  base = ((uint32_t)fd * 2654435761u) ^ (n->pid * 40503u);
+  for (i = 0; i < PROBES; i++) {
+    struct jslot *s = &slots[(base + i) % h->slots];
+    uint32_t unlocked = 0;
+    if (!atomic_compare_exchange_strong_explicit(&s->lock, &unlocked, 1, memory_order_acquire,
+                                                 memory_order_relaxed))
+      continue;
+    if (s->tid == 0 || (s->tid == n->pid && s->fd == fd) || i == PROBES - 1
+        || !still_waiting(s)) {
+      s->fd = fd;
+      s->tid = n->pid;
+      memcpy(&s->n, n, sizeof s->n);
+      atomic_store_explicit(&s->lock, 0, memory_order_release);
+      return;
+    }
+    atomic_store_explicit(&s->lock, 0, memory_order_release);
+  }
 }

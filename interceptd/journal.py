@@ -10,15 +10,15 @@ import struct
 from typing import NamedTuple
 
 MAGIC = 0x314C4E524A444349  # "ICDJRNL1"
-VERSION = 1
-SLOTS = 16384  # a ring: more than every container's in-flight calls together
+VERSION = 2
+SLOTS = 16384  # one per (notify fd, thread) that made a notified call: room to spare
 HEADER = struct.Struct("<QIIQ40x")
-SLOT = struct.Struct("<QiIQII iIQ6Q")  # seq, fd, pad, then struct seccomp_notif
+SLOT = struct.Struct("<IiII QII iIQ6Q")  # lock, fd, tid, pad, then struct seccomp_notif
+WORDS = SLOT.size // 4
 assert HEADER.size == 64 and SLOT.size == 96
 
 
 class Entry(NamedTuple):
-    seq: int
     fd: int  # the notify fd's number in the daemon that received it
     id: int
     pid: int
@@ -61,16 +61,20 @@ def slots_of(fd: int) -> int | None:
 
 
 def read(fd: int) -> list[Entry]:
-    """Every published entry, oldest first (the writer must be gone or stopped)."""
+    """Every filled slot (the writer must be gone or stopped); a slot a dead writer
+    left locked was torn and is skipped."""
     slots = slots_of(fd)
     if slots is None:
         return []
     raw = os.pread(fd, slots * SLOT.size, HEADER.size)
+    words = memoryview(raw).cast("I")
+    locks, tids = words[0::WORDS], words[2::WORDS]
     out = []
-    for (seq, nfd, _pad, nid, pid, _flags, nr, arch, ip, *args) in SLOT.iter_unpack(raw):
-        if seq:
-            out.append(Entry(seq, nfd, nid, pid, nr, arch, ip, tuple(args)))
-    out.sort()
+    for i in range(slots):
+        if tids[i] and not locks[i]:
+            (_lock, nfd, _tid, _pad, nid, pid, _flags, nr, arch, ip,
+             *args) = SLOT.unpack_from(raw, i * SLOT.size)
+            out.append(Entry(nfd, nid, pid, nr, arch, ip, tuple(args)))
     return out
 
 
@@ -96,9 +100,6 @@ def open_in_core(fd: int) -> None:
 
 
 def unanswered_candidates(entries: list[Entry]) -> list[Entry]:
-    """The newest entry per (fd, pid): a task waits on one notification at a time, so
-    only that one can still be unanswered (the kernel's ID_VALID says whether it is)."""
-    last: dict[tuple[int, int], Entry] = {}
-    for e in entries:
-        last[(e.fd, e.pid)] = e
-    return sorted(last.values())
+    """One entry per (fd, thread): a task waits on one notification at a time per
+    filter, so only its newest can still be unanswered (ID_VALID says whether it is)."""
+    return sorted({(e.fd, e.pid): e for e in entries}.values())
