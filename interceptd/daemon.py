@@ -24,7 +24,7 @@ from interceptd.config import Config, ConfigError
 from interceptd.dispatch import Dispatcher
 from interceptd.events import Counters, EventBus
 from interceptd.handlers import HandlerRegistry
-from interceptd.handover import Handover, answer_through
+from interceptd.handover import Handover, answer_through, since_start_ms
 from interceptd.listener import Listener
 from interceptd.liveness import Liveness
 from interceptd.plugins import metrics_containers, register_policy
@@ -47,6 +47,16 @@ def version() -> str:
         return "0.0.0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (a restart must not wait for metadata)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        parser.exit(message=f"interceptd {version()}\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="interceptd", description=__doc__)
     p.add_argument("--state-dir", help=f"default {cfgmod.DEFAULT_STATE_DIR}")
@@ -56,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-format", help="text or json")
     p.add_argument("--check-config", metavar="FILE",
                    help="check FILE (every error with its key and line), then exit")
-    p.add_argument("--version", action="version", version=f"interceptd {version()}")
+    p.add_argument("--version", action=_VersionAction)
     return p.parse_args(argv)
 
 
@@ -167,6 +177,7 @@ class Daemon:
         )
         watch_pump(dispatcher, self.liveness)
         self._parts["dispatcher"] = dispatcher
+        log.debug("built", extra={"fields": {"since_start_ms": since_start_ms()}})
 
     def start(self) -> None:
         self.build()
@@ -181,6 +192,7 @@ class Daemon:
             ho.adopt(on_message)
             ho.replay(answer_through(dispatcher))
             ho.adopted.pause_ms = round((time.monotonic() - t0) * 1000, 1)
+            ho.adopted.since_exec_ms = since_start_ms()
             log.info("re-adopted", extra={"fields": vars(ho.adopted)})
         ctl = control.ControlServer(
             self.path(CONTROL_SOCK), status=self.status, containers=self.containers,
@@ -375,28 +387,7 @@ class Daemon:
     def restart(self) -> dict[str, Any]:
         """`interceptctl restart`, SIGHUP: start the successor and wait for it to be
         ready; the returned `then` hands it every fd, and this process exits."""
-        proc, chan = reexec.spawn_successor()
-        try:
-            reexec.wait_ready(chan, proc)
-        except reexec.HandoverError:
-            chan.close()
-            with contextlib.suppress(OSError):
-                proc.kill()
-            proc.wait()
-            raise
-        log.info("successor ready; handing over", extra={"fields": {"successor": proc.pid}})
-
-        def then() -> None:
-            self.notifier.main_pid(proc.pid)
-            for name in ("listener", "control"):
-                if (part := self._parts.get(name)) is not None:
-                    part.quiesce()
-            fds = [*self._handover().store.items(), ("lock", self._lock_fd)]
-            reexec.send_fds(chan, fds)
-            logging.shutdown()
-            os._exit(0)  # no teardown: the successor serves every fd from here on
-
-        return {"pid": os.getpid(), "successor": proc.pid, "then": then}
+        return reexec.start_successor(self)
 
     def status_line(self) -> str:
         return (f"serving {len(self.registry)} container(s); "

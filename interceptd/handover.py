@@ -67,6 +67,13 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
+def since_start_ms() -> float:
+    """Milliseconds since this process started (its /proc stat start time)."""
+    ticks = start_ticks(os.getpid()) or 0
+    return round((time.clock_gettime(time.CLOCK_BOOTTIME)
+                  - ticks / os.sysconf("SC_CLK_TCK")) * 1000, 1)
+
+
 def container_key(cid: str) -> str:
     return hashlib.sha256(cid.encode()).hexdigest()[:16]
 
@@ -97,7 +104,8 @@ class Adopted:
     fds: int = 0
     discarded: list[str] = field(default_factory=list)
     replayed: int = 0
-    pause_ms: float = 0.0
+    pause_ms: float = 0.0  # adoption and replay
+    since_exec_ms: float = 0.0  # from this process's start to the end of the replay
 
 
 class Handover:

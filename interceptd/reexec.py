@@ -28,6 +28,10 @@ import select
 import socket
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from interceptd.daemon import Daemon
 
 log = logging.getLogger("interceptd.reexec")
 
@@ -135,3 +139,28 @@ def wait_exit(pid: int, timeout: float = 10.0) -> bool:
         return bool(p.poll(int(timeout * 1000)))
     finally:
         os.close(pfd)
+
+
+def start_successor(d: Daemon) -> dict[str, Any]:
+    """The daemon's `restart`: spawn, wait for `ready`; `then` hands over and exits."""
+    proc, chan = spawn_successor()
+    try:
+        wait_ready(chan, proc)
+    except HandoverError:
+        chan.close()
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        raise
+    log.info("successor ready; handing over", extra={"fields": {"successor": proc.pid}})
+
+    def then() -> None:
+        for name in ("listener", "control"):
+            if (part := d._parts.get(name)) is not None:
+                part.quiesce()
+        d.notifier.main_pid(proc.pid)
+        send_fds(chan, [*d._handover().store.items(), ("lock", d._lock_fd)])
+        logging.shutdown()
+        os._exit(0)  # no teardown: the successor serves every fd from here on
+
+    return {"pid": os.getpid(), "successor": proc.pid, "then": then}

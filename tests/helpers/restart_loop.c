@@ -1,7 +1,9 @@
 /* restart_loop SECONDS PY_NR PY_EXPECT FAST_NR FAST_EXPECT: calls the two notified
  * syscalls in turn for SECONDS, checks every answer and prints one line of counts
  * and the longest call, so a test sees whether a daemon restart lost or broke any
- * call (a lost notification fails with ENOSYS). */
+ * call (a lost notification fails with ENOSYS). A second line lists the calls
+ * that took 10 ms or more as START_US:DURATION_US (CLOCK_MONOTONIC, the host's
+ * clock too), so a benchmark can tell which event caused which pause. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -23,6 +25,8 @@ int main(int argc, char **argv)
   long calls = 0, ok = 0, bad = 0, enosys = 0, first_ret = 0;
   int first_err = 0, i;
   long nr[2], expect[2];
+  static long long slow_at[4096], slow_us[4096];
+  int nslow = 0;
 
   if (argc != 6) {
     fprintf(stderr, "usage: restart_loop SECONDS PY_NR PY_EXPECT FAST_NR FAST_EXPECT\n");
@@ -54,6 +58,10 @@ int main(int argc, char **argv)
         if (errno == ENOSYS)
           enosys++;
       }
+      if (dt >= 10000 && nslow < 4096) {
+        slow_at[nslow] = t0;
+        slow_us[nslow++] = dt;
+      }
       if (dt > max_us) {
         max_us = dt;
         max_at = t0 - start;
@@ -63,5 +71,9 @@ int main(int argc, char **argv)
   }
   printf("calls=%ld ok=%ld bad=%ld enosys=%ld max_us=%lld max_at_ms=%lld first_bad=%ld/%d\n",
          calls, ok, bad, enosys, max_us, max_at / 1000, first_ret, first_err);
+  printf("slow=");
+  for (i = 0; i < nslow; i++)
+    printf("%s%lld:%lld", i ? "," : "", slow_at[i], slow_us[i]);
+  printf("\n");
   return bad ? 1 : 0;
 }

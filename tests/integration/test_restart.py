@@ -130,6 +130,7 @@ def test_restart_handover_under_load(runtime: Runtime, bundle_factory: Callable[
     with looping(runtime, bundle_factory, d, new_id, max(2, N // 2)) as cs:
         time.sleep(1.0)
         old = d.pid
+        d.peer.ready.clear()
         r = d.control("restart", timeout=60)
         assert r["ok"], r
         assert r["successor"] != old
