@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from interceptd import config as cfgmod
@@ -41,6 +40,8 @@ LOCK_FILE = "daemon.lock"
 
 @functools.cache  # a metadata lookup scans sys.path (~0.3 ms): status() runs per container
 def version() -> str:
+    from importlib import metadata  # 30+ ms to import: not on a restart's path
+
     try:
         return metadata.version("interceptd")
     except metadata.PackageNotFoundError:

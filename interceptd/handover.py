@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import itertools
 import json
 import logging
@@ -75,6 +74,8 @@ def since_start_ms() -> float:
 
 
 def container_key(cid: str) -> str:
+    import hashlib  # not on a restart's path: keys are read from the records
+
     return hashlib.sha256(cid.encode()).hexdigest()[:16]
 
 
