@@ -47,6 +47,7 @@
 #include <unistd.h>
 
 #include "icd.h"
+#include "journal.h"
 #include "nsops.h"
 #include "rules.h"
 #include "seccomp_compat.h"
@@ -103,6 +104,7 @@ struct icd_native {
 
 struct helper {
   int sock, fd, procfd;
+  int jfd; /* the daemon's number of fd: the journal's key */
   uint64_t cookie, user_ino, root_dev, root_ino, root_mnt;
   const char *fstypes;
   struct shared *sh;
@@ -497,6 +499,7 @@ static void helper_loop(struct helper *h)
       send_msg(h->sock, &m, -1);
       return;
     }
+    icd_journal_note(h->jfd, &n); /* the journal is shared with the daemon */
     atomic_store(&h->sh->current, n.id);
     if (handle_here(h, &n)) {
       atomic_store(&h->sh->current, 0);
@@ -551,6 +554,7 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
   if (recv_msg(sock, &m, &fd) <= 0 || m.kind != MSG_TAKE || fd < 0)
     return;
   h.fd = fd;
+  h.jfd = m.err;
   helper_loop(&h);
 }
 
@@ -641,6 +645,7 @@ int icd_native_delegate(struct icd_native *nv, int fd)
 
   memset(&m, 0, sizeof m);
   m.kind = MSG_TAKE;
+  m.err = fd; /* our number for it: the helper journals under it */
   pthread_mutex_lock(&nv->lock);
   if (nv->closed || nv->sock < 0)
     r = -EPIPE;
