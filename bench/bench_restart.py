@@ -94,7 +94,8 @@ def main() -> int:
         for b in bundles:
             while not LINE.search(output(b)[0]):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"a container never finished: {output(b)}\n{d.log()[-5000:]}")
+                    raise RuntimeError(f"a container never finished: {output(b)}\n"
+                                       + d.log()[-5000:])
                 time.sleep(0.2)
             text = output(b)[0]
             counts = [int(x) for x in LINE.search(text).groups()]

@@ -305,17 +305,18 @@ class Handover:
         reason = ""
         if rec.init_start is None or start_ticks(rec.init_pid) != rec.init_start:
             reason = f"init {rec.init_pid} is gone (or its pid was reused)"
-        good = []
+        good, bad = [], []
         for n, fd in fds:
-            if not reason and is_seccomp_notify_fd(fd) and not hung_up(fd):
-                good.append((n, fd))
-            else:
+            ok = not reason and is_seccomp_notify_fd(fd) and not hung_up(fd)
+            (good if ok else bad).append((n, fd))
+            if not ok:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-                self.store.remove(n)
         if not good:
-            self._drop(rec)
+            self._drop(rec)  # every name of the record leaves the store
             return reason or "no live notify fd"
+        for n, _ in bad:
+            self.store.remove(n)
         self._records[rec.id] = rec
         first = True
         kept: dict[str, dict[str, int]] = {}
