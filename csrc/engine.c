@@ -353,7 +353,6 @@ static int fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
   int64_t rule, value;
   int act, serr = 0;
 
-  icd_journal_note(r->fd, n); /* before any answer: a restart answers what is left */
   rule = icd_rule_for(ch->rt, n->data.arch, n->data.nr);
   act = RULE_ACT(rule);
   value = RULE_VAL(rule);
@@ -536,7 +535,7 @@ static void *receiver_main(void *arg)
       }
     }
     memset(&n, 0, sizeof n);
-    if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+    if (icd_journal_recv(r->fd, &n) < 0) {
       if (errno == EINTR)
         continue;
       if (errno == ENOENT && !filter_orphaned(r->fd))
@@ -710,7 +709,7 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
     }
   recv:
     memset(&n, 0, sizeof n);
-    if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+    if (icd_journal_recv(r->fd, &n) < 0) {
       if (errno == EINTR || (errno == ENOENT && !filter_orphaned(r->fd)))
         continue;
       give_back(r);

@@ -8,7 +8,11 @@ struct seccomp_notif;
 /* Maps the journal memfd `fd` (laid out by interceptd/journal.py); it
  * replaces any earlier one: 0 or -errno. */
 int icd_journal_open(int fd, uint32_t slots);
-/* Records a notification received on the daemon's fd `fd`; a no-op until
- * icd_journal_open. Called right after every successful RECV. */
-void icd_journal_note(int fd, const struct seccomp_notif *n);
+/* SECCOMP_IOCTL_NOTIF_RECV on `fd` into *n, through the journal: the kernel
+ * writes the notification into the journal's shared memory itself, so it is
+ * there even if the process dies as the ioctl returns. 0, or -1 with errno. */
+int icd_journal_recv(int fd, struct seccomp_notif *n);
+/* The same for a helper process receiving on its own copy `fd` of the
+ * daemon's fd number `key` (native.c): entries are keyed by the daemon's. */
+int icd_journal_recv_as(int fd, int key, struct seccomp_notif *n);
 #endif

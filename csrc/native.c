@@ -491,7 +491,7 @@ static void helper_loop(struct helper *h)
 
   for (;;) {
     memset(&n, 0, sizeof n);
-    if (ioctl(h->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+    if (icd_journal_recv_as(h->fd, h->jfd, &n) < 0) {
       if (errno == EINTR || (errno == ENOENT && !poll_hup(h->fd)))
         continue;
       memset(&m, 0, sizeof m);
@@ -499,7 +499,6 @@ static void helper_loop(struct helper *h)
       send_msg(h->sock, &m, -1);
       return;
     }
-    icd_journal_note(h->jfd, &n); /* the journal is shared with the daemon */
     atomic_store(&h->sh->current, n.id);
     if (handle_here(h, &n)) {
       atomic_store(&h->sh->current, 0);

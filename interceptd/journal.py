@@ -10,9 +10,10 @@ import struct
 from typing import NamedTuple
 
 MAGIC = 0x314C4E524A444349  # "ICDJRNL1"
-VERSION = 2
+VERSION = 3
 SLOTS = 16384  # one per (notify fd, thread) that made a notified call: room to spare
-HEADER = struct.Struct("<QIIQ40x")
+LANDING = 4096  # slots a receiving thread has the kernel write into (csrc/journal.c)
+HEADER = struct.Struct("<QIII44x")
 SLOT = struct.Struct("<IiII QII iIQ6Q")  # lock, fd, tid, pad, then struct seccomp_notif
 WORDS = SLOT.size // 4
 assert HEADER.size == 64 and SLOT.size == 96
@@ -29,7 +30,7 @@ class Entry(NamedTuple):
 
 
 def size(slots: int = SLOTS) -> int:
-    return HEADER.size + slots * SLOT.size
+    return HEADER.size + (slots + LANDING) * SLOT.size
 
 
 def create(slots: int = SLOTS) -> int:
@@ -37,7 +38,7 @@ def create(slots: int = SLOTS) -> int:
     fd = os.memfd_create("interceptd-journal", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, size(slots))
-        os.pwrite(fd, HEADER.pack(MAGIC, VERSION, slots, 0), 0)
+        os.pwrite(fd, HEADER.pack(MAGIC, VERSION, slots, LANDING), 0)
     except BaseException:
         os.close(fd)
         raise
@@ -50,8 +51,8 @@ def slots_of(fd: int) -> int | None:
         raw = os.pread(fd, HEADER.size, 0)
         if len(raw) != HEADER.size:
             return None
-        magic, version, slots, _next = HEADER.unpack(raw)
-        if magic != MAGIC or version != VERSION or not slots:
+        magic, version, slots, landing = HEADER.unpack(raw)
+        if magic != MAGIC or version != VERSION or not slots or landing != LANDING:
             return None
         if os.fstat(fd).st_size < size(slots):
             return None
@@ -61,20 +62,23 @@ def slots_of(fd: int) -> int | None:
 
 
 def read(fd: int) -> list[Entry]:
-    """Every filled slot (the writer must be gone or stopped); a slot a dead writer
-    left locked was torn and is skipped."""
+    """Every filled table slot and every landing slot a dead receiver left holding a
+    notification (the writer must be gone or stopped); a table slot a dead writer left
+    locked was torn and is skipped (its landing slot has the notification)."""
     slots = slots_of(fd)
     if slots is None:
         return []
-    raw = os.pread(fd, slots * SLOT.size, HEADER.size)
+    raw = os.pread(fd, (slots + LANDING) * SLOT.size, HEADER.size)
     words = memoryview(raw).cast("I")
     locks, tids = words[0::WORDS], words[2::WORDS]
     out = []
-    for i in range(slots):
-        if tids[i] and not locks[i]:
+    for i in range(slots + LANDING):
+        landing = i >= slots
+        if (landing and locks[i]) or (not landing and tids[i] and not locks[i]):
             (_lock, nfd, _tid, _pad, nid, pid, _flags, nr, arch, ip,
              *args) = SLOT.unpack_from(raw, i * SLOT.size)
-            out.append(Entry(nfd, nid, pid, nr, arch, ip, tuple(args)))
+            if nid or not landing:
+                out.append(Entry(nfd, nid, pid, nr, arch, ip, tuple(args)))
     return out
 
 
@@ -83,8 +87,8 @@ def reset(fd: int) -> None:
     slots = slots_of(fd)
     if slots is None:
         raise ValueError("not a journal")
-    os.pwrite(fd, bytes(slots * SLOT.size), HEADER.size)
-    os.pwrite(fd, HEADER.pack(MAGIC, VERSION, slots, 0), 0)
+    os.pwrite(fd, bytes((slots + LANDING) * SLOT.size), HEADER.size)
+    os.pwrite(fd, HEADER.pack(MAGIC, VERSION, slots, LANDING), 0)
 
 
 def open_in_core(fd: int) -> None:

@@ -114,6 +114,13 @@ def test_journal_layout_and_reset() -> None:
         os.pwrite(fd, torn, journal.HEADER.size + 5 * journal.SLOT.size)
         (e,) = journal.read(fd)  # the locked (torn) slot is skipped
         assert e == journal.Entry(41, 0xDEAD, 77, 139, 0xC000003E, 0x1234, args)
+        # A landing slot left locked by a receiver killed as its RECV returned.
+        landed = journal.SLOT.pack(1, 42, 0, 0, 0xF00D, 99, 0, 163, 0xC000003E, 0, *args)
+        empty = journal.SLOT.pack(1, 43, 0, 0, 0, 0, 0, 0, 0, 0, *(0,) * 6)
+        base = journal.HEADER.size + 8 * journal.SLOT.size
+        os.pwrite(fd, landed, base + 7 * journal.SLOT.size)
+        os.pwrite(fd, empty, base + 9 * journal.SLOT.size)  # died blocked: nothing
+        assert [x.id for x in journal.read(fd)] == [0xDEAD, 0xF00D]
         journal.reset(fd)
         assert journal.read(fd) == [] and journal.slots_of(fd) == 8
     finally:
