@@ -28,7 +28,7 @@ NR_SYSFS, NR_ACCT = 139, 163  # x86_64
 FAST_VALUE = 7
 # 20 on the quiet machine (`make test`); fewer where the machine is shared.
 N = int(os.environ.get("INTERCEPTD_RESTART_CONTAINERS", "20"))
-LOOP_SECONDS = 8
+LOOP_SECONDS = 15
 INTERCEPTCTL = INTERCEPTD.parent / "interceptctl"
 LINE = re.compile(r"calls=(\d+) ok=(\d+) bad=(\d+) enosys=(\d+) max_us=(\d+) max_at_ms=(\d+)")
 
@@ -145,7 +145,8 @@ def test_restart_handover_under_load(runtime: Runtime, bundle_factory: Callable[
         assert m, cli.stdout
         assert int(m.group(1)) == old and int(m.group(3)) == len(cs)
         successor = int(m.group(2))
-        assert d.pid == successor and d.peer.ready.is_set()  # MAINPID=, READY=1
+        assert d.peer.ready.wait(20), d.log()[-6000:]  # READY=1 once every part is up
+        assert d.pid == successor  # MAINPID=
         st = d.control("status")
         assert st["pid"] == successor
         assert st["handover"]["containers"] == len(cs), st["handover"]
