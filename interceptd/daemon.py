@@ -191,7 +191,7 @@ class Daemon:
         on_message = ho.wrap(dispatcher.on_message)
         if ho.inherited:
             t0 = time.monotonic()
-            ho.adopt(on_message)
+            ho.adopt(dispatcher.on_message)  # records and store entries exist already
             ho.replay(answer_through(dispatcher))
             ho.adopted.pause_ms = round((time.monotonic() - t0) * 1000, 1)
             ho.adopted.since_exec_ms = since_start_ms()

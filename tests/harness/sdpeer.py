@@ -51,27 +51,48 @@ class SystemdPeer:
         self.main_pid = 0
         self.ready = threading.Event()
         self._lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                data, anc, _flags, _ = self.sock.recvmsg(
-                    4096, socket.CMSG_SPACE(253 * 4), socket.MSG_CMSG_CLOEXEC)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fds: list[int] = []
-            for level, typ, payload in anc:
-                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    a = array.array("i")
-                    a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
-                    fds.extend(a)
-            msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self._handle(msg, fds)
+            with self._recv_lock:
+                try:
+                    self._recv_one(0.1)
+                except TimeoutError:
+                    continue
+                except OSError as e:
+                    if not self._stop.is_set():
+                        self.errors.append(repr(e))
+                    return
+                except Exception as e:  # a bug here must show, not silence the peer
+                    self.errors.append(repr(e))
+
+    def drain(self) -> None:
+        """Handle every message already queued: systemd reads its notify socket before
+        it acts on the main process's exit."""
+        with self._recv_lock:
+            while True:
+                try:
+                    self._recv_one(0)
+                except (BlockingIOError, TimeoutError):
+                    return
+
+    def _recv_one(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        data, anc, _flags, _ = self.sock.recvmsg(
+            4096, socket.CMSG_SPACE(253 * 4), socket.MSG_CMSG_CLOEXEC)
+        fds: list[int] = []
+        for level, typ, payload in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
+                fds.extend(a)
+        msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self._handle(msg, fds)
 
     def _handle(self, msg: dict[str, str], fds: list[int]) -> None:
         with self._lock:
@@ -110,19 +131,24 @@ class SystemdPeer:
 
     def spawn(self, argv: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
         """Start `argv` as the service with the stored fds at 3, 4, …"""
+        self.drain()
+        assert not self.errors, self.errors
         self._prune()
         self.ready.clear()
         with self._lock:
             stored = list(self.store)
-        # Out of the way of 3..3+n first, then moved in place by the shell.
+        # Out of the way of 3..3+n first, then moved in place by a small perl
+        # trampoline (bash keeps fds from 10 up for itself), which also sets
+        # LISTEN_PID to its own pid: the one the service keeps across exec.
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for _, fd in stored]
-        moves = " ".join(f"{3 + i}<&{h} {h}<&-" for i, h in enumerate(high))
-        script = f'exec {moves}\nLISTEN_PID=$$ exec "$@"' if moves else 'LISTEN_PID=$$ exec "$@"'
+        moves = ";".join(f"POSIX::dup2({h},{3 + i}) or die;POSIX::close({h})"
+                         for i, h in enumerate(high))
+        script = f"use POSIX;{moves};$ENV{{LISTEN_PID}}=$$;exec {{$ARGV[0]}} @ARGV or die"
         env = dict(env, NOTIFY_SOCKET=self.address, LISTEN_FDS=str(len(stored)),
                    LISTEN_FDNAMES=":".join(n for n, _ in stored))
         env.pop("LISTEN_PID", None)
         try:
-            proc = subprocess.Popen(["/bin/bash", "-c", script, "bash", *argv], env=env,
+            proc = subprocess.Popen(["/usr/bin/perl", "-e", script, *argv], env=env,
                                     pass_fds=high, **kw)
         finally:
             for h in high:
@@ -165,7 +191,8 @@ class PeerDaemon(Daemon):
                  "--log-level", self.log_level, *self.args],
                 env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         if not self.peer.ready.wait(timeout):
-            raise TimeoutError(f"interceptd never sent READY=1:\n{self.log()[-4000:]}")
+            raise TimeoutError(f"interceptd never sent READY=1 (peer errors: "
+                               f"{self.peer.errors}):\n{self.log()[-4000:]}")
         return self
 
     def alive(self) -> bool:
