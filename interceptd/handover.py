@@ -105,6 +105,8 @@ class Adopted:
     fds: int = 0
     discarded: list[str] = field(default_factory=list)
     replayed: int = 0
+    recovered: int = 0  # of those, found by id sequence, not in the journal
+    unrecovered: int = 0
     pause_ms: float = 0.0  # adoption and replay
     since_exec_ms: float = 0.0  # from this process's start to the end of the replay
 
@@ -121,6 +123,7 @@ class Handover:
         # old fd number -> (container id, fd number now), for the journal's entries
         self._renumbered: dict[int, tuple[str, int]] = {}
         self.adopted = Adopted()
+        self.unjournaled: list[str] = []
 
     # -- start-up --------------------------------------------------------------
 
@@ -318,6 +321,8 @@ class Handover:
         for n, _ in bad:
             self.store.remove(n)
         self._records[rec.id] = rec
+        for n, fd in good:
+            self._recover_unjournaled(rec, int(rec.fds[n].get("fdno", -1)), fd)
         first = True
         kept: dict[str, dict[str, int]] = {}
         for n, fd in good:
@@ -345,6 +350,43 @@ class Handover:
         self._save(rec)
         self.adopted.containers += 1
         return ""
+
+    def _recover_unjournaled(self, rec: Record, old: int, fd: int) -> None:
+        """Before the fd is attached (nothing receives on it yet), the notifications the
+        kernel holds as sent are exactly the ones the predecessor received and did not
+        answer. The kernel numbers a filter's notifications in sequence, so one received
+        but missing from the journal has an id just past the last journaled one. Its
+        call is read from /proc/<tid>/syscall when exactly one thread of the container
+        waits in a syscall without a journaled notification (else it is logged)."""
+        from interceptd import core, syscalls
+
+        mine = [e for e in self._entries if e.fd == old]
+        if not mine:
+            return
+        top = max(e.id for e in mine)
+        known = {e.id for e in mine}
+        lost = []
+        for nid in range(top + 1, top + 33):
+            with contextlib.suppress(OSError):
+                if nid not in known and core.id_valid(fd, nid):
+                    lost.append(nid)
+        if not lost:
+            return
+        busy = {e.pid for e in mine if _waiting(fd, e.id)}
+        notified = _notified_nrs(rec.bundle)
+        waiting = [t for t in _threads_in_pidns(rec.init_pid) if t[0] not in busy
+                   and (notified is None or t[1] in notified)]
+        if len(lost) == 1 and len(waiting) == 1:
+            tid, nr, args, ip = waiting[0]
+            self._entries.append(journal.Entry(old, lost[0], tid, nr, syscalls.AUDIT_ARCH_X86_64,
+                                               ip, args))
+            self.adopted.recovered += 1
+            log.warning("a received notification missing from the journal was recovered",
+                        extra={"fields": {"container": rec.id, "tid": tid, "nr": nr}})
+        else:
+            self.adopted.unrecovered += len(lost)
+            log.error("received notifications missing from the journal", extra={"fields": {
+                "container": rec.id, "ids": len(lost), "candidate_threads": len(waiting)}})
 
     def replay(self, answer: Callable[[str, journal.Entry, int], bool]) -> int:
         """Hand every journaled notification still waiting (ID_VALID) to `answer`
@@ -405,3 +447,51 @@ def answer_through(dispatcher: Any) -> Callable[[str, journal.Entry, int], bool]
         return True
 
     return answer
+
+
+def _waiting(fd: int, nid: int) -> bool:
+    from interceptd import core
+
+    try:
+        return bool(core.id_valid(fd, nid))
+    except OSError:
+        return False
+
+
+def _threads_in_pidns(init_pid: int) -> list[tuple[int, int, tuple[int, ...], int]]:
+    """(tid, nr, args, pc) of every thread in init_pid's pid namespace that waits in a
+    syscall (/proc/<tid>/syscall: "nr a0 … a5 sp pc")."""
+    try:
+        ns = os.stat(f"/proc/{init_pid}/ns/pid")
+    except OSError:
+        return []
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{name}/ns/pid")
+            if (st.st_dev, st.st_ino) != (ns.st_dev, ns.st_ino):
+                continue
+            for tid in os.listdir(f"/proc/{name}/task"):
+                with open(f"/proc/{name}/task/{tid}/syscall") as f:
+                    fields = f.read().split()
+                if len(fields) == 9 and fields[0] != "-1":
+                    nums = [int(x, 16) if i else int(x) for i, x in enumerate(fields)]
+                    out.append((int(tid), nums[0], tuple(nums[1:7]), nums[8]))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _notified_nrs(bundle: str) -> set[int] | None:
+    """The syscalls the bundle's filter notifies (its config.json), None if unknown."""
+    from interceptd import syscalls
+
+    try:
+        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
+            rules = json.load(f)["linux"]["seccomp"]["syscalls"]
+        return {syscalls.NUMBERS[n] for r in rules if r.get("action") == "SCMP_ACT_NOTIFY"
+                for n in r.get("names", []) if n in syscalls.NUMBERS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

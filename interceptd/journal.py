@@ -104,6 +104,7 @@ def open_in_core(fd: int) -> None:
 
 
 def unanswered_candidates(entries: list[Entry]) -> list[Entry]:
-    """One entry per (fd, thread): a task waits on one notification at a time per
-    filter, so only its newest can still be unanswered (ID_VALID says whether it is)."""
-    return sorted({(e.fd, e.pid): e for e in entries}.values())
+    """Every distinct (fd, id): a thread's entries may sit in more than one slot (its
+    older slot is not cleared when a probe finds it a nearer free one), so no entry is
+    dropped here: the kernel (ID_VALID) says which still wait."""
+    return sorted({(e.fd, e.id): e for e in entries}.values())
