@@ -139,6 +139,12 @@ def format_status(s: dict[str, Any]) -> str:
             f"up ({eb.get('tracked', 0)} containers tracked, loaded in {eb.get('seconds')} s, "
             f"headers {eb.get('headers')})" if eb.get("up")
             else f"off: {_clean(eb.get('reason') or 'unknown')}"))
+    ho = s.get("handover")
+    if isinstance(ho, dict) and (ho.get("containers") or ho.get("discarded")):
+        lines.append(f"restarted       kept {ho.get('containers', 0)} container(s), "
+                     f"answered {ho.get('replayed', 0)} pending call(s), "
+                     f"discarded {len(ho.get('discarded') or [])}, "
+                     f"adoption {ho.get('pause_ms', 0)} ms")
     feats = s.get("features") or {}
     if feats:
         lines.append("features        " + " ".join(
