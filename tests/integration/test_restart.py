@@ -70,7 +70,64 @@ def looping(runtime: Runtime, bundle_factory: Callable[..., Any], d: PeerDaemon,
         yield out
 
 
-def _results(d: PeerDaemon, containers: list[tuple[str, Any, int]]) -> list[dict[str, int]]:
+def _where(runtime: Runtime, cid: str) -> str:
+    """Where a stuck container's init waits (its syscall and kernel stack)."""
+    try:
+        pid = runtime.state(cid)["pid"]
+        out = []
+        for f in ("syscall", "stack", "wchan"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/{f}") as fh:
+                out.append(f"{f}: {fh.read().strip()}")
+        return f"(init {pid}: " + "; ".join(out) + ")"
+    except Exception as e:
+        return f"({e!r})"
+
+
+def _daemon_side(d: PeerDaemon, cid: str, tid: int) -> str:
+    """What the daemon's journal and the container's notify fd say about a stuck call."""
+    import ctypes
+    import json as _json
+    import select
+
+    from interceptd import core, journal
+    from interceptd.handover import container_key
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(d.pid)
+    got: list[int] = []
+
+    def steal(n: int) -> int:
+        fd = libc.syscall(438, pidfd, n, 0)
+        got.append(fd)
+        return fd
+
+    try:
+        rec = _json.loads((d.state_dir / "handover" / f"{container_key(cid)}.json").read_text())
+        fdnos = [v["fdno"] for v in rec["fds"].values()]
+        jfd = next(steal(int(n)) for n in os.listdir(f"/proc/{d.pid}/fd")
+                   if "interceptd-journal" in os.readlink(f"/proc/{d.pid}/fd/{n}"))
+        out = []
+        for fdno in fdnos:
+            nfd = steal(fdno)
+            p = select.poll()
+            p.register(nfd, select.POLLIN)
+            mine = [e for e in journal.read(jfd) if e.fd == fdno]
+            valid = [e for e in mine if e.pid == tid and core.id_valid(nfd, e.id)]
+            out.append(f"fd {fdno}: poll {p.poll(0)}, journal entries {len(mine)}, "
+                       f"of tid {tid} {len([e for e in mine if e.pid == tid])}, "
+                       f"still waiting {valid}")
+        return "; ".join(out)
+    except Exception as e:
+        return repr(e)
+    finally:
+        for fd in got:
+            if fd >= 0:
+                os.close(fd)
+        os.close(pidfd)
+
+
+def _results(runtime: Runtime, d: PeerDaemon,
+             containers: list[tuple[str, Any, int]]) -> list[dict[str, int]]:
     deadline = time.monotonic() + LOOP_SECONDS + 30
     res = []
     for cid, b, _ in containers:
@@ -78,8 +135,10 @@ def _results(d: PeerDaemon, containers: list[tuple[str, Any, int]]) -> list[dict
             m = LINE.search(output(b)[0])
             if m:
                 break
-            assert time.monotonic() < deadline, f"{cid} never finished: {output(b)}\n" + "".join(
-                ln for ln in d.log().splitlines(True)[-400:] if "debug" not in ln)
+            assert time.monotonic() < deadline, (
+                f"{cid} never finished: {output(b)} {_where(runtime, cid)} "
+                f"{_daemon_side(d, cid, runtime.state(cid)['pid'])}\n" + "".join(
+                    ln for ln in d.log().splitlines(True)[-400:] if "debug" not in ln))
             time.sleep(0.1)
         calls, ok, bad, enosys, max_us, max_at = map(int, m.groups())
         res.append({"calls": calls, "ok": ok, "bad": bad, "enosys": enosys,
@@ -120,7 +179,7 @@ def test_crash_under_load(runtime: Runtime, bundle_factory: Callable[..., Any],
         time.sleep(1.0)  # the loops run on (LOOP_SECONDS)
         now = {c["id"]: c["calls"] for c in d.control("containers")["containers"]}
         assert set(now) == {cid for cid, _, _ in cs}
-        res = _results(d, cs)
+        res = _results(runtime, d, cs)
     _check(res, d)
     # Counts add up: what the old daemon answered before the kill and the new one
     # after cover every call the container made (the calls in between were answered
@@ -159,5 +218,5 @@ def test_restart_handover_under_load(runtime: Runtime, bundle_factory: Callable[
         while d.pid == r["successor"] or not d.peer.ready.is_set():
             assert time.monotonic() < deadline, d.log()[-6000:]
             time.sleep(0.02)
-        res = _results(d, cs)
+        res = _results(runtime, d, cs)
     _check(res, d)
