@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from interceptd import journal
+from interceptd import journal, procscan
 from interceptd.fdstore import FdStore, hung_up
 from interceptd.listener import (
     ContainerState,
@@ -373,8 +373,8 @@ class Handover:
         if not lost:
             return
         busy = {e.pid for e in mine if _waiting(fd, e.id)}
-        notified = _notified_nrs(rec.bundle)
-        waiting = [t for t in _threads_in_pidns(rec.init_pid) if t[0] not in busy
+        notified = procscan.notified_nrs(rec.bundle)
+        waiting = [t for t in procscan.waiting_threads(rec.init_pid) if t[0] not in busy
                    and (notified is None or t[1] in notified)]
         if len(lost) == 1 and len(waiting) == 1:
             tid, nr, args, ip = waiting[0]
@@ -457,41 +457,3 @@ def _waiting(fd: int, nid: int) -> bool:
     except OSError:
         return False
 
-
-def _threads_in_pidns(init_pid: int) -> list[tuple[int, int, tuple[int, ...], int]]:
-    """(tid, nr, args, pc) of every thread in init_pid's pid namespace that waits in a
-    syscall (/proc/<tid>/syscall: "nr a0 … a5 sp pc")."""
-    try:
-        ns = os.stat(f"/proc/{init_pid}/ns/pid")
-    except OSError:
-        return []
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{name}/ns/pid")
-            if (st.st_dev, st.st_ino) != (ns.st_dev, ns.st_ino):
-                continue
-            for tid in os.listdir(f"/proc/{name}/task"):
-                with open(f"/proc/{name}/task/{tid}/syscall") as f:
-                    fields = f.read().split()
-                if len(fields) == 9 and fields[0] != "-1":
-                    nums = [int(x, 16) if i else int(x) for i, x in enumerate(fields)]
-                    out.append((int(tid), nums[0], tuple(nums[1:7]), nums[8]))
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _notified_nrs(bundle: str) -> set[int] | None:
-    """The syscalls the bundle's filter notifies (its config.json), None if unknown."""
-    from interceptd import syscalls
-
-    try:
-        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
-            rules = json.load(f)["linux"]["seccomp"]["syscalls"]
-        return {syscalls.NUMBERS[n] for r in rules if r.get("action") == "SCMP_ACT_NOTIFY"
-                for n in r.get("names", []) if n in syscalls.NUMBERS}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
