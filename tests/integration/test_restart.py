@@ -116,7 +116,13 @@ def _daemon_side(d: PeerDaemon, cid: str, tid: int) -> str:
             out.append(f"fd {fdno}: poll {p.poll(0)}, journal entries {len(mine)}, "
                        f"of tid {tid} {len([e for e in mine if e.pid == tid])}, "
                        f"still waiting {valid}")
-        return "; ".join(out)
+        threads: dict[str, int] = {}
+        for t in os.listdir(f"/proc/{d.pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{d.pid}/task/{t}/wchan") as fh:
+                w = fh.read().strip() or "running"
+                threads[w] = threads.get(w, 0) + 1
+        c = d.container(cid) or {}
+        return "; ".join(out) + f"; channel {c.get('calls')}; daemon threads {threads}"
     except Exception as e:
         return repr(e)
     finally:
