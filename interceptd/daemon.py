@@ -189,7 +189,7 @@ class Daemon:
         dispatcher.watchers.append(ho)
         dispatcher.start()
         on_message = ho.wrap(dispatcher.on_message)
-        if ho.inherited:
+        if ho.inherited or os.path.isdir(ho.dir):  # no fds: stale records are dropped
             t0 = time.monotonic()
             ho.adopt(dispatcher.on_message)  # records and store entries exist already
             ho.replay(answer_through(dispatcher))
