@@ -30,6 +30,7 @@
 
 #include "engine.h"
 #include "internal.h"
+#include "journal.h"
 #include "seccomp_compat.h"
 
 /* A parked receiver takes its fd back when the Python waiter has been busy
@@ -153,7 +154,7 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
     }
 recv:
     memset(&n, 0, sizeof n);
-    if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+    if (icd_journal_recv(r->fd, &n) < 0) {
       if (errno == EINTR || (errno == ENOENT && !icd_filter_orphaned(r->fd)))
         continue;
       give_back(r);

@@ -83,6 +83,10 @@ int icd_notify_send(int fd, uint64_t id, int64_t val, int32_t err, uint32_t flag
 int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_flags,
                      uint32_t flags);
 int icd_notify_id_valid(int fd, uint64_t id);
+/* Maps the receive journal memfd `fd` (laid out by interceptd/journal.py) for
+ * every receive of this process (journal.c); it replaces any earlier one:
+ * 0 or -errno. */
+int icd_journal_open(int fd, uint32_t slots);
 
 /* engine.c: the engine and its ring of decisions made without Python */
 int icd_engine_new(unsigned ring_cap, struct icd_engine **out);

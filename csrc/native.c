@@ -48,6 +48,7 @@
 
 #include "icd.h"
 #include "internal.h"
+#include "journal.h"
 #include "native.h"
 #include "nsops.h"
 #include "rules.h"
@@ -100,6 +101,7 @@ struct icd_native {
 
 struct helper {
   int sock, fd, procfd;
+  int jfd; /* the daemon's number of fd: the journal's key */
   uint64_t cookie, user_ino, root_dev, root_ino, root_mnt;
   const char *fstypes;
   struct shared *sh;
@@ -468,7 +470,7 @@ static void helper_loop(struct helper *h)
 
   for (;;) {
     memset(&n, 0, sizeof n);
-    if (ioctl(h->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+    if (icd_journal_recv_as(h->fd, h->jfd, &n) < 0) {
       if (errno == EINTR || (errno == ENOENT && !poll_hup(h->fd)))
         continue;
       memset(&m, 0, sizeof m);
@@ -531,6 +533,7 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
   if (recv_msg(sock, &m, &fd) <= 0 || m.kind != MSG_TAKE || fd < 0)
     return;
   h.fd = fd;
+  h.jfd = m.err;
   helper_loop(&h);
 }
 
@@ -621,6 +624,7 @@ int icd_native_delegate(struct icd_native *nv, int fd)
 
   memset(&m, 0, sizeof m);
   m.kind = MSG_TAKE;
+  m.err = fd; /* our number for it: the helper journals under it */
   pthread_mutex_lock(&nv->lock);
   if (nv->closed || nv->sock < 0)
     r = -EPIPE;

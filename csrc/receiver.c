@@ -16,6 +16,7 @@
 
 #include "engine.h"
 #include "internal.h"
+#include "journal.h"
 #include "native.h"
 #include "seccomp_compat.h"
 
@@ -191,7 +192,7 @@ static void *receiver_main(void *arg)
       }
     }
     memset(&n, 0, sizeof n);
-    if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
+    if (icd_journal_recv(r->fd, &n) < 0) {
       if (errno == EINTR)
         continue;
       if (errno == ENOENT && !icd_filter_orphaned(r->fd))

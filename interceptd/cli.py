@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     metavar="SECONDS", help="refresh like top (default every 2 s)")
     r = sub.add_parser("reload", help="re-read the config file; apply what can change live")
     r.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    sub.add_parser("restart", help="hand every fd to a new daemon process (loss-free; "
+                                   "an upgrade's new code)")
     t = sub.add_parser("trace", help="stream decisions as they happen")
     t.add_argument("-o", "--output", choices=("compact", "json"), default="compact")
     t.add_argument("--container")
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return _trace(sock, args, out)
         if args.cmd == "stats":
             return _stats(sock, args, out)
+        if args.cmd == "restart":
+            return _restart(sock, args, out)
         cmd = "status" if args.cmd == "policy" else args.cmd
         resp = control.request(sock, {"cmd": cmd}, timeout=args.timeout)
         if args.cmd == "containers" and args.verbose and resp.get("ok"):
@@ -95,6 +99,30 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     return 0
 
 
+def _restart(sock: str, args: argparse.Namespace, out: TextIO) -> int:
+    """Ask for the hand-over, then wait until the successor answers (docs/operations.md)."""
+    resp = control.request(sock, {"cmd": "restart"}, timeout=max(args.timeout, 60.0))
+    if not resp.get("ok"):
+        print(f"interceptctl: {resp.get('error', 'restart failed')}", file=sys.stderr)
+        return 1
+    new = resp.get("successor")
+    deadline = time.monotonic() + max(args.timeout, 30.0)
+    while time.monotonic() < deadline:
+        try:
+            st = control.request(sock, {"cmd": "status"}, timeout=args.timeout)
+        except (OSError, ValueError):
+            st = {}
+        if st.get("pid") == new:
+            h = st.get("handover") or {}
+            out.write(f"restarted: pid {resp.get('pid')} -> {new}; "
+                      f"{h.get('containers', 0)} container(s) kept, "
+                      f"{h.get('replayed', 0)} pending call(s) answered\n")
+            return 0
+        time.sleep(0.05)
+    print(f"interceptctl: successor {new} did not answer in time", file=sys.stderr)
+    return 1
+
+
 def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"version         {s.get('version')}",
@@ -111,6 +139,12 @@ def format_status(s: dict[str, Any]) -> str:
             f"up ({eb.get('tracked', 0)} containers tracked, loaded in {eb.get('seconds')} s, "
             f"headers {eb.get('headers')})" if eb.get("up")
             else f"off: {_clean(eb.get('reason') or 'unknown')}"))
+    ho = s.get("handover")
+    if isinstance(ho, dict) and (ho.get("containers") or ho.get("discarded")):
+        lines.append(f"restarted       kept {ho.get('containers', 0)} container(s), "
+                     f"answered {ho.get('replayed', 0)} pending call(s), "
+                     f"discarded {len(ho.get('discarded') or [])}, "
+                     f"adoption {ho.get('pause_ms', 0)} ms")
     feats = s.get("features") or {}
     if feats:
         lines.append("features        " + " ".join(

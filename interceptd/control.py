@@ -50,6 +50,7 @@ class ControlServer:
         stats: Callable[[], dict[str, Any]] | None = None,
         network: Callable[[], dict[str, Any]] | None = None,
         reload: Callable[[], dict[str, Any]] | None = None,
+        restart: Callable[[], dict[str, Any]] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
@@ -61,6 +62,7 @@ class ControlServer:
         self._stats = stats
         self._network = network
         self._reload = reload
+        self._restart = restart
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
@@ -72,10 +74,24 @@ class ControlServer:
         self._clients: dict[threading.Thread, socket.socket] = {}
         self._clients_lock = threading.Lock()
 
-    def start(self) -> None:
-        self._sock = listen_private(self.path, 32, accept_timeout=0.25)
+    @property
+    def sock(self) -> socket.socket | None:
+        return self._sock
+
+    def start(self, sock: socket.socket | None = None) -> None:
+        """Serve `sock` (a listening socket a predecessor left) or a new one at path."""
+        if sock is not None:
+            sock.settimeout(0.25)
+        self._sock = sock or listen_private(self.path, 32, accept_timeout=0.25)
         self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
         self._thread.start()
+
+    def quiesce(self, wait: float = 2.0) -> None:
+        """Stop accepting; the socket stays open (a hand-over: clients wait in its
+        backlog for the successor)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(wait)
 
     def stop(self, wait: float = 2.0) -> None:
         """Stop accepting, end every client (a trace gets its end line), unlink."""
@@ -170,10 +186,27 @@ class ControlServer:
                 self._send(conn, {"ok": False, "error": f"reload failed: {e}"})
             else:
                 self._send(conn, {"ok": True, **result})
+        elif cmd == "restart" and self._restart is not None:
+            self._restart_cmd(conn)
         else:
             self._counters.inc("control_errors", "unknown command")
             self._send(conn, {"ok": False, "error": f"unknown command {cmd!r}"})
         return True
+
+    def _restart_cmd(self, conn: socket.socket) -> None:
+        """The successor is started and ready before the answer; the hand-over itself
+        (`then`) runs after it, and this process exits there."""
+        assert self._restart is not None
+        try:
+            result = self._restart()
+        except Exception as e:
+            log.exception("restart failed")
+            self._send(conn, {"ok": False, "error": f"restart failed: {e}"})
+            return
+        then = result.pop("then", None)
+        self._send(conn, {"ok": True, **result})
+        if then is not None:
+            then()
 
     def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
         conn.settimeout(self._send_timeout)

@@ -13,19 +13,23 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from interceptd import config as cfgmod
-from interceptd import control, sdnotify
+from interceptd import control, fdstore, reexec, sdnotify, views
 from interceptd import log as logmod
 from interceptd.config import Config, ConfigError
 from interceptd.dispatch import Dispatcher
 from interceptd.events import Counters, EventBus
 from interceptd.handlers import HandlerRegistry
+from interceptd.handover import Handover, answer_through, since_start_ms
 from interceptd.listener import Listener
 from interceptd.liveness import Liveness
+from interceptd.plugins import metrics_containers, register_policy
 from interceptd.registry import Registry
+from interceptd.serving import serve, watch_pump
 from interceptd.verdict import build_table
 
 log = logging.getLogger("interceptd.daemon")
@@ -37,7 +41,7 @@ LOCK_FILE = "daemon.lock"
 
 @functools.cache  # a metadata lookup scans sys.path (~0.3 ms): status() runs per container
 def version() -> str:
-    from importlib import metadata  # ~15 ms of imports (email.*): off the start path
+    from importlib import metadata  # 30+ ms to import: not on a restart's path
 
     try:
         return metadata.version("interceptd")
@@ -45,10 +49,13 @@ def version() -> str:
         return "0.0.0+unknown"
 
 
-class _Version(argparse.Action):
-    """--version, looked up only when asked (not on every start)."""
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (a restart must not wait for metadata)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, *_a: Any, **_k: Any) -> None:
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         print(f"interceptd {version()}")
         parser.exit()
 
@@ -62,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-format", help="text or json")
     p.add_argument("--check-config", metavar="FILE",
                    help="check FILE (every error with its key and line), then exit")
-    p.add_argument("--version", action=_Version, nargs=0)
+    p.add_argument("--version", action=_VersionAction)
     return p.parse_args(argv)
 
 
@@ -102,6 +109,11 @@ class Daemon:
     # systemd's notify socket; a no-op unless main() is started by systemd (or a test peer).
     notifier: sdnotify.Notifier = field(default_factory=lambda: sdnotify.Notifier({}))
     _runtime_policy_lists: dict[str, Any] | None = None
+    # What a predecessor left and what a successor gets (handover.py); made by start().
+    handover: Handover | None = None
+    restart_requested: threading.Event = field(default_factory=threading.Event)
+    # The listener's callback, set by start() (the socket may listen before that).
+    _on_message: Callable[[Any, int], None] = field(default=lambda _st, _fd: None)
 
     @property
     def state_dir(self) -> str:
@@ -118,7 +130,11 @@ class Daemon:
             log.warning("state dir was accessible to others; tightening to 0700",
                         extra={"fields": {"state_dir": d}})
             os.chmod(d, 0o700)
-        fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        ho = self._handover()
+        # A hand-over passes the lock's open file itself: its flock is ours already.
+        fd = ho.inherited.pop("lock", None)
+        if fd is None:
+            fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -128,52 +144,87 @@ class Daemon:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
         ctl = self.path(CONTROL_SOCK)
-        if os.path.exists(ctl):
+        if os.path.exists(ctl) and "control" not in ho.inherited:
             try:
                 other = control.request(ctl, {"cmd": "status"}, timeout=1.0)
             except (OSError, ValueError):
                 other = None
             if other is not None:
                 raise StartupError(f"another interceptd (pid {other.get('pid')}) answers on {ctl}")
-        for name in (SECCOMP_SOCK, CONTROL_SOCK):
+        for name, kept in ((SECCOMP_SOCK, "listener"), (CONTROL_SOCK, "control")):
+            if kept in ho.inherited:
+                continue  # still bound to the socket we go on serving
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path(name))
                 log.info("removed stale socket", extra={"fields": {"path": self.path(name)}})
 
-    def start(self) -> None:
-        # Listening before the policy's imports (~100 ms): see Listener.bind.
-        listener = Listener(self.path(SECCOMP_SOCK), lambda st, fd: dispatcher.on_message(st, fd),
-                            self.counters)
-        listener.bind()
-        self._parts["listener"] = listener
+    def _handover(self) -> Handover:
+        if self.handover is None:
+            self.handover = Handover(self.state_dir, self.notifier)
+        return self.handover
+
+    def build(self) -> None:
+        """What needs no fd of a predecessor: imports, handlers, the engine (a successor
+        does this before it asks for the fds, so containers do not wait for it)."""
+        if "engine" in self._parts:
+            return
         from interceptd import core, syscalls  # the C build; imported late for a clear error
 
         self.features = dict(core.notify_probe())
-        handlers = HandlerRegistry(self.counters)
-        _register_policy(handlers, self.cfg)
+        handlers = self._parts["handlers"] = HandlerRegistry(self.counters)
+        register_policy(handlers, self.cfg)
         table = build_table(self.cfg.rules, handlers.names(), syscalls.nr)
-        engine = core.Engine()
-        self._parts["engine"] = engine
+        engine = self._parts["engine"] = core.Engine()
         dispatcher = Dispatcher(
             core, engine, self.registry, handlers, table, self.bus, self.counters,
             name_of=syscalls.name,
             native_arch=syscalls.AUDIT_ARCH_X86_64,
         )
-        _watch_pump(dispatcher, self.liveness)
-        dispatcher.start()
+        watch_pump(dispatcher, self.liveness)
         self._parts["dispatcher"] = dispatcher
+        log.debug("built", extra={"fields": {"since_start_ms": since_start_ms()}})
+
+    def bind_listener(self) -> None:
+        """Listen on the seccomp socket before the policy's imports (~100 ms; see
+        Listener.bind): runc and crun hand over without waiting for an answer."""
+        if "listener" not in self._parts:
+            listener = Listener(self.path(SECCOMP_SOCK),
+                                lambda st, fd: self._on_message(st, fd), self.counters)
+            listener.bind(self._handover().socket("listener"))
+            self._parts["listener"] = listener
+
+    def start(self) -> None:
+        self.build()
+        handlers, dispatcher = self._parts.pop("handlers"), self._parts["dispatcher"]
+        ho = self._handover()
+        ho.open_journal()  # before any notify fd is attached
+        dispatcher.watchers.append(ho)
+        dispatcher.start()
+        self._on_message = ho.wrap(dispatcher.on_message)
+        if ho.inherited or os.path.isdir(ho.dir):  # no fds: stale records are dropped
+            t0 = time.monotonic()
+            ho.adopt(dispatcher.on_message)  # records and store entries exist already
+            ho.replay(answer_through(dispatcher))
+            ho.adopted.pause_ms = round((time.monotonic() - t0) * 1000, 1)
+            ho.adopted.since_exec_ms = since_start_ms()
+            log.info("re-adopted", extra={"fields": vars(ho.adopted)})
         ctl = control.ControlServer(
             self.path(CONTROL_SOCK), status=self.status, containers=self.containers,
             bus=self.bus, counters=self.counters, stats=self.stats, network=self.network,
-            reload=self.reload,
+            reload=self.reload, restart=self.restart,
         )
         self.liveness.watch("control")
         ctl.on_tick = functools.partial(self.liveness.beat, "control")
-        ctl.start()
+        ctl.start(ho.socket("control"))
         self._parts["control"] = ctl
+        self.bind_listener()
+        listener = self._parts["listener"]
         self.liveness.watch("listener")
         listener.on_tick = functools.partial(self.liveness.beat, "listener")
         listener.start()
+        for name, part in (("control", ctl), ("listener", listener)):
+            ho.keep_socket(name, part.sock)
+        ho.close_unused()
         self._start_emulation(dispatcher, handlers)
         self._start_runtime_service()
         self._start_ebpf(dispatcher)
@@ -205,6 +256,7 @@ class Daemon:
             "runtime_policy": self._runtime_policy(),
             "emulation": (em.status() if (em := self._parts.get("emulation")) is not None
                           else None),
+            "handover": vars(self.handover.adopted) if self.handover else None,
         }
 
     def _probe_features(self) -> None:
@@ -229,63 +281,14 @@ class Daemon:
             return {"up": False, "reason": "disabled in the configuration ([ebpf] enabled)"}
         return dict(layer.status())
 
-    def _pidfds(self, only: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
-        """(id, a dup of its init's pidfd) per container (or per configured one): taken
-        under the registry's lock while the container is registered, so the fd is not
-        one a release closed meanwhile (and maybe reused). The caller closes them."""
-        from interceptd.metrics import OTHER, container_label
-
-        out = []
-        with self.registry.lock:
-            for c in self.registry.list():
-                if only is not None and container_label(c.id, (), only) == OTHER:
-                    continue
-                with contextlib.suppress(OSError):
-                    out.append((c.id, os.dup(c.pidfd)))
-        return out
-
     def network(self, only: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """{container: [interfaces with their counters] or {"error": why}} (netview.py)."""
-        from interceptd import netview
-
-        view = self._parts.get("netview")
-        if view is None:
-            view = self._parts["netview"] = netview.NetView()
-        out: dict[str, Any] = {}
-        for cid, fd in self._pidfds(only):
-            try:
-                out[cid] = [i.to_dict() for i in view.get(cid, fd)]
-            except (OSError, ImportError, TimeoutError) as e:
-                out[cid] = {"error": str(e)}
-            finally:
-                os.close(fd)
-        return out
+        return views.network(self, only)
 
     def network_totals(self, configured: tuple[str, ...]) -> dict[str, dict[str, int]]:
-        """Per configured container label, the sums over its interfaces but lo."""
-        from interceptd import metrics, netview
-
-        sums: dict[str, dict[str, int]] = {}
-        for cid, ifaces in self.network(configured).items():
-            if isinstance(ifaces, dict):
-                continue
-            label = metrics.container_label(cid, (), configured)
-            t = netview.totals([netview.Iface(**i) for i in ifaces])
-            acc = sums.setdefault(label, dict.fromkeys(netview.STATS, 0))
-            for k, v in t.items():
-                acc[k] += v
-            acc["interfaces"] = acc.get("interfaces", 0) + sum(
-                1 for i in ifaces if i["name"] != "lo")
-        return sums
+        return views.network_totals(self, configured)
 
     def stats(self) -> dict[str, Any]:
-        """Per container, {syscall: [calls, errors]} as the eBPF counters have them."""
-        layer = self._parts.get("bpf")
-        if layer is None or not layer.up:
-            return {"ebpf": self._ebpf_status(), "containers": {}}
-        return {"ebpf": self._ebpf_status(), "containers": {
-            cid: {name: list(v) for name, v in layer.counts(cid).items()}
-            for cid in layer.tracked()}}
+        return views.stats(self)
 
     # -- interceptd-runc's prepare service, hosted here (interceptd/runtime) --
 
@@ -397,6 +400,11 @@ class Daemon:
         out["warnings"] = [f"unknown key {k}" for k in unknown]
         return out
 
+    def restart(self) -> dict[str, Any]:
+        """`interceptctl restart`, SIGHUP: start the successor and wait for it to be
+        ready; the returned `then` hands it every fd, and this process exits."""
+        return reexec.start_successor(self)
+
     def status_line(self) -> str:
         return (f"serving {len(self.registry)} container(s); "
                 f"listener {self.path(SECCOMP_SOCK)}")
@@ -422,81 +430,6 @@ class Daemon:
             log.info("stopped")
 
 
-def metrics_containers(cfg: Config) -> tuple[str, ...]:
-    """`[metrics] containers`: the containers (id prefixes or names) that get their own
-    label value; bounded so a metric's series count stays bounded."""
-    from interceptd.metrics import MAX_LABELLED_CONTAINERS
-
-    names = cfg.sections.get("metrics", {}).get("containers", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise ConfigError("metrics.containers: must be a list of container ids or names")
-    if len(names) > MAX_LABELLED_CONTAINERS:
-        raise ConfigError(f"metrics.containers: at most {MAX_LABELLED_CONTAINERS}")
-    return tuple(names)
-
-
-def _register_policy(handlers: HandlerRegistry, cfg: Config) -> None:
-    from interceptd.handlers.table import register
-
-    register(handlers, cfg)
-    _register_plugins(handlers, cfg)
-
-
-def _register_plugins(handlers: HandlerRegistry, cfg: Config) -> None:
-    """`[handlers] modules = ["pkg.mod", ...]`: extra handler modules (site
-    policy, tests), each with `register(handlers, cfg)`, loaded after the
-    built-in policy so registering a syscall twice is a start-up error."""
-    import importlib
-
-    modules = cfg.sections.get("handlers", {}).get("modules", [])
-    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-        raise ConfigError("handlers.modules: must be a list of module names")
-    for name in modules:
-        try:
-            importlib.import_module(name).register(handlers, cfg)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"handlers.modules: {name}: {e}") from e
-
-
-def _watch_pump(dispatcher: Dispatcher, liveness: Liveness) -> None:
-    """The decision pump beats once per turn (it turns every PUMP_INTERVAL)."""
-    pump_once = dispatcher.pump_once
-
-    def beating() -> int:
-        liveness.beat("pump")
-        return pump_once()
-
-    liveness.watch("pump")
-    dispatcher.pump_once = beating  # type: ignore[method-assign]
-
-
-def serve(d: Daemon, notifier: sdnotify.Notifier) -> None:
-    """The main thread until a stop signal: STATUS= updates and watchdog pings, sent
-    only while every serving loop is turning (a stuck one stops the pings)."""
-    interval = notifier.watchdog_interval()
-    tick = min(1.0, interval) if interval else 1.0
-    # Loops turn at least every 0.25 s; one that missed this long is stuck.
-    max_age = max(1.0, min(5.0, (notifier.watchdog_timeout or 10.0) / 2))
-    last_status = ""
-    stuck: list[str] = []
-    while not d.stop_event.wait(tick):
-        now_stuck = d.liveness.stale(max_age)
-        if now_stuck != stuck:
-            stuck = now_stuck
-            if stuck:
-                log.error("serving loop stuck: not pinging the watchdog",
-                          extra={"fields": {"loops": ",".join(stuck)}})
-        if stuck:
-            line = f"stuck: {', '.join(stuck)}"
-        else:
-            line = d.status_line()
-            if interval:
-                notifier.watchdog()
-        if line != last_status:
-            notifier.status(line)
-            last_status = line
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check_config:
@@ -520,10 +453,26 @@ def main(argv: list[str] | None = None) -> int:
         log.info("signal", extra={"fields": {"signal": signal.Signals(signum).name}})
         d.stop_event.set()
 
+    def on_hup(_signum: int, _frame: object) -> None:
+        d.restart_requested.set()
+        d.stop_event.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
-        d.prepare_state_dir()
+        chan = reexec.successor_channel()
+        if chan is not None:  # `interceptctl restart`: the predecessor's fds, then its exit
+            d.build()  # before the hand-over: containers do not wait for the imports
+            pred, fds = reexec.ask_fds(chan)
+            d._handover().take(fds)
+            if not reexec.wait_exit(pred):
+                raise StartupError(f"predecessor {pred} did not exit")
+            d.prepare_state_dir()
+        else:
+            d._handover().take(fdstore.listen_fds())
+            d.prepare_state_dir()
+            d.bind_listener()  # listening before the imports
         d.start()
     except (StartupError, ConfigError, ImportError, OSError, ValueError) as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})
@@ -531,8 +480,17 @@ def main(argv: list[str] | None = None) -> int:
         d.shutdown()
         return 1
     # Every socket accepts now (listen() precedes this), and the runtime service was tried.
-    notifier.ready(status=d.status_line())
-    serve(d, notifier)
+    notifier.send(READY=1, STATUS=d.status_line(), MAINPID=os.getpid())
+    while True:
+        serve(d, notifier)
+        if not d.restart_requested.is_set():
+            break
+        d.restart_requested.clear()
+        d.stop_event.clear()
+        try:
+            d.restart().pop("then")()
+        except Exception:
+            log.exception("restart failed; serving on")
     notifier.stopping(status=f"stopping; {len(d.registry)} container(s) attached")
     d.shutdown()
     notifier.close()

@@ -257,15 +257,24 @@ class Listener:
         self._active: set[threading.Thread] = set()
         self._active_lock = threading.Lock()
 
-    def bind(self) -> None:
-        """Listen now, serve from start(): runc and crun hand over and go on without
+    @property
+    def sock(self) -> socket.socket | None:
+        return self._sock
+
+    def bind(self, sock: socket.socket | None = None) -> None:
+        """Listen now (on `sock`, a listening socket a predecessor left, or a new one
+        at path), serve from start(): runc and crun hand over and go on without
         waiting for an answer, so one that connects while the daemon is still
         starting succeeds and its container's calls wait for the daemon."""
-        if self._sock is None:
-            self._sock = listen_private(self.path, 128, accept_timeout=0.25)
+        if self._sock is not None:
+            return
+        if sock is not None:
+            sock.settimeout(0.25)
+        self._sock = sock or listen_private(self.path, 128, accept_timeout=0.25)
 
-    def start(self) -> None:
-        self.bind()
+    def start(self, sock: socket.socket | None = None) -> None:
+        """Serve `sock` (a listening socket a predecessor left) or the bound one."""
+        self.bind(sock)
         self._thread = threading.Thread(target=self._accept_loop, name="listener", daemon=True)
         self._thread.start()
 
@@ -276,6 +285,18 @@ class Listener:
             self._thread.join(wait)
         close_and_unlink(self._sock, self.path)
         self._sock = None
+        deadline = time.monotonic() + wait
+        with self._active_lock:
+            active = list(self._active)
+        for t in active:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def quiesce(self, wait: float = 3.0) -> None:
+        """Stop accepting and let in-flight connections finish, keeping the socket open
+        and bound: connections made from now on wait in its backlog (a hand-over)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(wait)
         deadline = time.monotonic() + wait
         with self._active_lock:
             active = list(self._active)

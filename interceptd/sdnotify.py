@@ -13,10 +13,11 @@ the environment must not). systemd recommends pinging at half the timeout.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 log = logging.getLogger("interceptd.sdnotify")
 
@@ -67,8 +68,9 @@ class Notifier:
     def watchdog_timeout(self) -> float | None:
         return self._watchdog_usec / 1e6 if self._watchdog_usec else None
 
-    def send(self, **fields: str | int) -> bool:
-        """One datagram with `KEY=VALUE` lines; False if it could not be sent."""
+    def send(self, *, fds: Sequence[int] = (), **fields: str | int) -> bool:
+        """One datagram with `KEY=VALUE` lines (and `fds` by SCM_RIGHTS, for
+        FDSTORE=1); False if it could not be sent."""
         if self._addr is None:
             return False
         msg = "\n".join(f"{k}={_clean(str(v))}" for k, v in fields.items()).encode()
@@ -78,7 +80,8 @@ class Notifier:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX,
                                            socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(msg, self._addr)
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            self._sock.sendmsg([msg], anc, 0, self._addr)
         except OSError as e:
             # The manager going away must never take the daemon down with it.
             log.debug("sd_notify failed", extra={"fields": {"error": str(e)}})
@@ -96,6 +99,10 @@ class Notifier:
 
     def stopping(self, status: str = "") -> bool:
         return self.send(STOPPING=1, **({"STATUS": status} if status else {}))
+
+    def main_pid(self, pid: int) -> bool:
+        """The service's main process is `pid` from now on (a hand-over successor)."""
+        return self.send(MAINPID=pid)
 
     def watchdog(self) -> bool:
         return self.send(WATCHDOG=1)

@@ -86,8 +86,12 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
 def test_ready_status_watchdog_stopping(peer: Peer, daemon_factory, workdir: Path):
     d = daemon_factory(env={"NOTIFY_SOCKET": peer.env_value, "WATCHDOG_USEC": "1000000"})
     wait_for(lambda: "READY" in peer.sent())
-    before = [f for _, f, _ in peer.messages][: peer.sent().index("READY")]
-    assert all(set(f) == {"STATUS"} for f in before)  # "starting" only
+    fields = [f for _, f, _ in peer.messages]
+    before = fields[: next(i for i, f in enumerate(fields) if "READY" in f)]
+    # "starting", and the fds a successor will need (handover.py; this peer drops them)
+    assert all(set(f) in ({"STATUS"}, {"FDSTORE", "FDNAME"}) for f in before)
+    assert {f["FDNAME"] for f in before if "FDSTORE" in f} == {"journal", "listener",
+                                                                "control"}
     [(_, ready, accepted)] = [m for m in peer.messages if "READY" in m[1]]
     assert accepted == {"seccomp.sock": True, "control.sock": True}
     assert ready["STATUS"].startswith("serving 0 container(s)")

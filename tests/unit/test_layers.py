@@ -24,7 +24,11 @@ PKG = ROOT / "interceptd"
 KERNEL = ("interceptd.kernel", "interceptd.syscalls")
 EDGES = ("interceptd.daemon", "interceptd.listener", "interceptd.control", "interceptd.cli",
          "interceptd.reload", "interceptd.runtime", "interceptd.checkconfig",
-         "interceptd.sdnotify", "interceptd.liveness", "interceptd.metrics")
+         "interceptd.sdnotify", "interceptd.liveness", "interceptd.metrics",
+         # the daemon's parts and its restarts (handover, fd store, journal, re-exec)
+         "interceptd.plugins", "interceptd.serving", "interceptd.views",
+         "interceptd.handover", "interceptd.fdstore", "interceptd.journal",
+         "interceptd.reexec", "interceptd.procscan")
 DISPATCH = ("interceptd.dispatch",)
 
 # Known exceptions, each with its reason; the test fails if one is no longer needed, so
