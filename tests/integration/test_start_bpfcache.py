@@ -25,7 +25,7 @@ from tests.integration.test_runtime_shim import (  # noqa: F401
     service,
     shim,
 )
-from tests.integration.test_seccomp_profiles import ADDED, DOCKER_PROBES, docker_bundle
+from tests.integration.test_seccomp_profiles import ADDED, DOCKER_PROBES, docker_bundle, script
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +70,27 @@ def test_compiled_filter_reused(shim, service, launcher, runtime_factory, bundle
         run_to_exit(shim, second)
     finally:
         shim.delete(second)
-    for b in (b1, b2):
-        got = parse(output(b)[0])
-        assert {k: got.get(k) for k in DOCKER_PROBES} == want, output(b)
+    # An exec'd process of a container started from the kept filter: crun execs with
+    # the filter in its state (the same bytes), its notify fd goes to the daemon.
+    b3 = docker_bundle(bundle_factory, probes, profiles.resolved())
+    b3.config["process"]["args"] = ["sleep", "60"]
+    b3.write_config()
+    third = new_id("bpf3")
+    with shim.started(b3, third):
+        ann = json.loads(b3.config_path.read_text())["annotations"].get(ANN)
+        assert (ann is not None) == (shim.name == "crun")
+        res = shim.exec(third, ["sh", "-c", script(probes)], timeout=60)
+        assert res.rc == 0, res.stderr
+        # The daemon got the notify fds of the init and of the exec'd process.
+        log = shim.daemon.log()
+        attached = [ln for ln in log.splitlines()
+                    if f" attach container={third} " in ln]
+        assert any("init=True" in ln for ln in attached), log[-2000:]
+        assert any("init=False" in ln for ln in attached), log[-2000:]
+    outs = [output(b1)[0], output(b2)[0], res.stdout]
+    for out in outs:
+        got = parse(out)
+        assert {k: got.get(k) for k in DOCKER_PROBES} == want, out
         assert got["io_uring_setup"] == (-1, errno.EPERM)
         assert got["vsock"] == got["vsock_hi"] == (-1, errno.EPERM)
         assert got["listener"] == (-1, errno.EINVAL)
