@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from . import bpfcache
 from . import settings as settingsmod
 from . import spec as sp
 from .bundle import MARKER
@@ -38,8 +39,11 @@ def rewrite_spec(spec: dict, *, cid: str, host_base: int, st: settingsmod.Settin
     sp.fit_sysctls(new, st.range_size)
     sp.clamp_capabilities(new.setdefault("process", {}), bounding)
     sp.apply_masks(new)
-    sp.add_seccomp(new, notified, denied, os.path.join(st.state_dir, "seccomp.sock"), cid)
+    bpfcache.check_annotations(new)
+    digest = sp.add_seccomp(new, notified, denied, os.path.join(st.state_dir, "seccomp.sock"),
+                            cid)
     ann = new.setdefault("annotations", {})
+    ann[bpfcache.DIGEST] = digest
     ann[MARKER] = "rewritten"
     ann["io.interceptd.host-base"] = str(host_base)
     return new

@@ -38,6 +38,7 @@ from interceptd.unixsock import listen_private
 
 from . import argv as argvmod
 from . import settings as settingsmod
+from .bpfcache import BpfCache
 from .errors import Fail, log_file_error, refusal
 from .hostfacts import HostFacts
 from .jobs.create import Create
@@ -162,6 +163,8 @@ class Service:
     def start(self) -> Service:
         if Create.userns_source is None:
             Create.userns_source = UsernsCache()
+        if Create.bpf_source is None:
+            Create.bpf_source = BpfCache()
         # Read once: a long-lived root process's bounding set and the host's
         # namespaces do not change while it runs.
         HostFacts.held = HostFacts.read()
@@ -179,6 +182,7 @@ class Service:
         if isinstance(Create.userns_source, UsernsCache):
             Create.userns_source.close()
             Create.userns_source = None
+        Create.bpf_source = None
         HostFacts.held = None
         if self.sock is not None:
             with contextlib.suppress(OSError):
@@ -316,9 +320,12 @@ class Service:
         if rc == 0 and line[2:] == [b"placed"] and inv.command == "create":
             # The launcher saw the init in a cgroup v2 node of its own, which is
             # all a successful create's finish checks, and did not wait for us.
+            job.collect_filter()
             return
         rc = job.finish(rc)
         conn.sendall(f"DONE {rc}\n".encode())
+        if rc == 0 and isinstance(job, Create):
+            job.collect_filter()
 
     @staticmethod
     def _refuse(conn: socket.socket, inv: argvmod.Invocation, msg: str) -> None:

@@ -426,13 +426,14 @@ def bind_maps(uid: int, gid: int, host_base: int, size: int) -> tuple[str | None
 # ---------------------------------------------------------------- seccomp
 
 def add_seccomp(spec: dict, notify: list, denied: list[dict], listener_path: str,
-                metadata: str) -> None:
+                metadata: str) -> str:
     """Attach the container to the daemon: its own profile unweakened (or the daemon's
     default profile when it has none) plus the notify and deny rules. `notify` holds OCI
-    SCMP_ACT_NOTIFY rules or bare syscall names. interceptd/runtime/seccomp.py."""
+    SCMP_ACT_NOTIFY rules or bare syscall names. interceptd/runtime/seccomp.py.
+    Returns the section's digest (bpfcache.section_digest)."""
     import json
 
-    from . import seccomp, seccomp_default
+    from . import bpfcache, seccomp, seccomp_default
 
     linux = spec.setdefault("linux", {})
     own = linux.get("seccomp")
@@ -442,17 +443,19 @@ def add_seccomp(spec: dict, notify: list, denied: list[dict], listener_path: str
     key = (json.dumps(own, sort_keys=True) if own else "",
            json.dumps(notify, sort_keys=True), json.dumps(denied, sort_keys=True),
            listener_path)
-    done = _COMPOSED.get(key)
-    if done is None:
+    hit = _COMPOSED.get(key)
+    if hit is None:
         done = seccomp.compose(own or seccomp_default.profile(), notify, denied,
                                listener_path, "")
+        hit = (done, bpfcache.section_digest(done))
         if len(_COMPOSED) >= 16:
             _COMPOSED.clear()
-        _COMPOSED[key] = done
-    linux["seccomp"] = dict(done, listenerMetadata=metadata)
+        _COMPOSED[key] = hit
+    linux["seccomp"] = dict(hit[0], listenerMetadata=metadata)
+    return hit[1]
 
 
-_COMPOSED: dict[tuple[str, str, str, str], dict] = {}
+_COMPOSED: dict[tuple[str, str, str, str], tuple[dict, str]] = {}
 
 
 # ---------------------------------------------------------------- cgroup

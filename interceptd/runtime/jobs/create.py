@@ -49,6 +49,8 @@ class Create:
     # namespace with that mapping (an object with .fd and .close(), ours to
     # close), from a cache (saves a fork per container).
     userns_source = None
+    # Set by the prepare service too: a bpfcache.BpfCache (crun's compiled filters).
+    bpf_source = None
 
     def __init__(self, inv: argvmod.Invocation, st: settingsmod.Settings,
                  cwd: str | None = None, daemon_status=None) -> None:
@@ -68,6 +70,9 @@ class Create:
         self.caller_pid = os.getpid()
         # Set by the caller to time the whole request (the service); else our own.
         self.phases = Phases()
+        # The digest of a seccomp section the runtime compiles itself in this create,
+        # whose result the service collects afterwards (bpfcache).
+        self.bpf_digest: str | None = None
 
     def _abs(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
@@ -92,6 +97,27 @@ class Create:
         # range, so a stale one can never tear down the range's next holder's mounts.
         self.store.remove(self.key)
         self.pool.release(self.key)
+
+    def _compiled_filter(self, new: dict) -> None:
+        """crun's own compile of this seccomp section, kept from an earlier create."""
+        from .. import bpfcache
+
+        src = Create.bpf_source
+        ann = new["annotations"]
+        if src is None or any(k in ann for k in bpfcache.CALLER_ALLOWED):
+            return
+        value, worth = src.lookup(self.st.runtime, ann[bpfcache.DIGEST])
+        if value is not None:
+            ann[bpfcache.ANNOTATION] = value
+        elif worth:
+            self.bpf_digest = ann[bpfcache.DIGEST]
+
+    def collect_filter(self) -> None:
+        """After a successful create: keep what the runtime compiled (service only)."""
+        src = Create.bpf_source
+        if src is not None and self.bpf_digest and self.cid:
+            src.collect(self.st.runtime, self.bpf_digest, self.inv.global_value("root"),
+                        self.cwd, self.cid)
 
     def prepare(self) -> list[str]:
         """Rewrite bundle and host; the runtime's argv (after argv[0]) to run next."""
@@ -158,6 +184,7 @@ class Create:
                                bounding=facts.bounding, host_ns=facts.host_ns,
                                notified=notified, denied=denied, root=root)
             sp.ensure_cgroups_path(new, cid, inv.has_global("systemd-cgroup"))
+            self._compiled_filter(new)
             ph.mark("rewrite")
             self._delegate_cgroups(new, base)
             ph.mark("cgroups")
