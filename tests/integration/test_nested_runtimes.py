@@ -5,6 +5,8 @@ and its own calls reach the same daemon through the inherited filter."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.harness.bundle import bounding_caps
@@ -162,3 +164,40 @@ def test_nested_runtime_with_delegated_cgroups(shim, bundle_factory, rootfs,  # 
                               if ln.startswith("n_cgroup"))
     # outer sh + runtime + ... + nested processes: the outer 200 binds, not the nested 1000
     assert 100 < out["n_forks"][0] < 200, out
+
+
+UNIFIED = "/sys/fs/cgroup/unified"
+
+
+def test_shim_made_v2_node_is_delegated(daemon, runtime_factory, bundle_factory, new_id,
+                                        monkeypatch):
+    """crun 1.8.1 leaves its container's v2 node to the shim on this hybrid host: the
+    node the shim makes (/interceptd/<id>) is the container root's like the ones the
+    runtime makes (directory, cgroup.procs/threads/subtree_control), nothing above it
+    nor its limits; what a manager inside left below it goes at delete."""
+    from tests.integration.test_runtime_shim import SHIM
+
+    rt = runtime_factory("crun")
+    rt.binary = str(SHIM)
+    monkeypatch.setenv("INTERCEPTD_RUNTIME", "crun")
+    monkeypatch.setenv("INTERCEPTD_STATE_DIR", str(daemon.state_dir))
+    monkeypatch.delenv("INTERCEPTD_CONFIG", raising=False)
+    b = docker_privileged(bundle_factory, "sleep 60")
+    b.write_config()
+    cid = new_id("cgv2")
+    with rt.started(b, cid):
+        pid = rt.state(cid)["pid"]
+        with open(f"/proc/{pid}/cgroup") as f:
+            rel = next(ln[3:].strip() for ln in f if ln.startswith("0::"))
+        assert rel == f"/interceptd/{cid}"
+        node = f"{UNIFIED}{rel}"
+        with open(f"/proc/{pid}/status") as f:
+            uid = int(next(ln.split()[1] for ln in f if ln.startswith("Uid:")))
+        assert uid != 0
+        for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+            assert os.stat(os.path.join(node, name)).st_uid == uid, name
+        for name in ("cgroup.max.depth", "cgroup.max.descendants"):
+            assert os.stat(os.path.join(node, name)).st_uid == 0, name
+        assert os.stat(f"{UNIFIED}/interceptd").st_uid == 0
+        os.mkdir(os.path.join(node, "left-by-a-manager"))  # what a manager inside leaves
+    assert not os.path.exists(node)
