@@ -157,8 +157,10 @@ def test_docker_in_docker_through_private_dockerd(private_dockerd):
     d = private_dockerd
     d.docker("import", str(_dind_image(d.top)), "icd-dind:test", timeout=240)
     name = f"dind-{uuid.uuid4().hex[:8]}"
+    # /var/lib/docker on a volume, as docker:dind's VOLUME puts it: overlayfs takes no
+    # upper directory on an overlayfs (the outer container's rootfs)
     p = d.docker("run", "--rm", "--name", name, "--privileged", "--network=none",
-                 "icd-dind:test", "sh", "-c", SCRIPT, check=False, timeout=300)
+                 "-v", "/var/lib/docker", "icd-dind:test", "sh", "-c", SCRIPT, check=False, timeout=300)
     print(p.stdout, p.stderr)
     assert p.returncode == 0, p.stderr + d.log()[-3000:]
     _check_dind(p.stdout, d.daemon.log())
