@@ -43,6 +43,7 @@ class ProcRef:
     what: str  # "fd", "cwd", "root" or "exe"
     fd: int | None  # for "fd"
     rest: str  # the path below the object ("" = the object itself)
+    tid: int | None = None  # /proc/<pid|self>/task/<tid>/...: that thread's object
 
 
 def _number(s: str) -> int | None:
@@ -69,6 +70,12 @@ def parse(path: str) -> ProcRef | None:
         who, pid = "pid", _number(comps[1])
         if pid is None:
             return None
+    tid = None
+    if comps[2] == "task" and who != "thread-self" and len(comps) >= 5:
+        tid = _number(comps[3])
+        if tid is None:
+            return None
+        comps = comps[:2] + comps[4:]
     fd = None
     if comps[2] == "fd" and len(comps) >= 4:
         fd = _number(comps[3])
@@ -82,7 +89,7 @@ def parse(path: str) -> ProcRef | None:
     tail = "/".join(rest)
     if not tail and path.endswith("/"):
         tail = "."  # a trailing slash: it must be a directory
-    return ProcRef(who, pid, what, fd, tail)
+    return ProcRef(who, pid, what, fd, tail, tid)
 
 
 def _status_ids(host_tid: int) -> tuple[int, list[int], list[int]]:
@@ -152,6 +159,13 @@ def _whose(req: Request, ref: ProcRef) -> tuple[str, int, int] | None:
     the caller's procfs fd (the caller's to close), -1) for another pid, else None."""
     tgid, nstgid, nspid = _status_ids(req.pid)
     who = ref.who
+    if ref.tid is not None:
+        # a thread's directory, opened in the caller's procfs (the caller's own threads
+        # pass the same checks as another process's)
+        procfd = _caller_procfs(req.pid)
+        if procfd is None:
+            return None
+        return "other", procfd, -1
     if who == "pid":
         procfd = _caller_procfs(req.pid)
         if procfd is None:
@@ -228,13 +242,26 @@ def _ns_id(path: str) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
+def _own_number(req: Request, procfd: int) -> str:
+    """The caller's tgid as its procfs numbers it (FileNotFoundError: it has none)."""
+    level = _ns_level(req.pid, procfd)
+    _tgid, nstgid, _nspid = _status_ids(req.pid)
+    if level is None or level >= len(nstgid):
+        raise FileNotFoundError(errno.ENOENT, "the caller is not in its /proc's namespace")
+    return str(nstgid[-1 - level])
+
+
 def _other_object(req: Request, ref: ProcRef, procfd: int) -> int:
     """The fd/cwd/root/exe of the process the caller's procfs numbers `ref.pid`, when the
     caller could reach it itself; PermissionError (EACCES) when it could not."""
+    # "self" in the daemon's walk would be the daemon (in no pid namespace of the
+    # procfs): the caller's own number there is its NStgid at the procfs's level
+    proc = str(ref.pid) if ref.who == "pid" else _own_number(req, procfd)
+    where = proc if ref.tid is None else f"{proc}/task/{ref.tid}"
     try:
-        pdir = os.open(str(ref.pid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
+        pdir = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
     except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, f"no process {ref.pid} in the caller's /proc") \
+        raise FileNotFoundError(errno.ENOENT, f"no process {where} in the caller's /proc") \
             from None
     try:
         # The directory pins that process: a reused number opens nothing through it.
