@@ -5,6 +5,7 @@ mount an fd is on, looked up in the caller's mount table."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 from interceptd.handlers import callerpath, scope
@@ -17,6 +18,8 @@ from interceptd.kernel.pidfd import pidfd_getfd, thread_pidfd
 from interceptd.policy.fdmounts import FdMount
 from interceptd.policystore import ContainerPolicy
 from interceptd.seams import Request
+
+log = logging.getLogger("interceptd.policy")
 
 try:
     from interceptd import core as _core
@@ -82,6 +85,8 @@ def caller_object(req: Request, path: str, fds: scope.Fds) -> tuple[int, str] | 
     except ProcessLookupError:
         raise
     except OSError as e:
+        if isinstance(e, PermissionError):  # the reason the caller's errno cannot carry
+            log.warning("pid %d: %s refused: %s", req.pid, path, e.strerror)
         return (-(e.errno or errno.ENOENT), "")
     if fd is None:
         return None

@@ -76,17 +76,34 @@ def prepare(spec: dict, uid: int, gid: int, mountinfo_lines: Iterable[str]) -> l
         os.makedirs(os.path.dirname(node), exist_ok=True)
         os.mkdir(node)
         created.append(node)
-        os.chown(node, uid, gid)
-        for name in V2_FILES if v2 else V1_FILES:
-            # a controller-less or older hierarchy may lack one
-            with contextlib.suppress(FileNotFoundError):
-                os.chown(os.path.join(node, name), uid, gid)
+        hand_over(node, uid, gid, v2=v2)
         if cpuset:
             # A v1 cpuset child starts with no cpus/mems (no task can join it) unless
             # it copies its parent's: crun does not copy them itself.
             with open(os.path.join(node, "cgroup.clone_children"), "w") as f:
                 f.write("1")
     return created
+
+
+def hand_over(node: str, uid: int, gid: int, *, v2: bool) -> None:
+    """Give the container's root the node's directory and the files systemd's
+    delegation names, nothing else (the limits and everything above stay root's)."""
+    os.chown(node, uid, gid)
+    for name in V2_FILES if v2 else V1_FILES:
+        # a controller-less or older hierarchy may lack one
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(os.path.join(node, name), uid, gid)
+
+
+def remove_node(node: str) -> None:
+    """Remove a node the shim made and the children a manager inside left in it
+    (deepest first; a cgroup directory goes with its control files, and one still
+    holding a process stays: OSError from the node itself)."""
+    for top, dirs, _files in os.walk(node, topdown=False):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(top, d))
+    os.rmdir(node)
 
 
 def undo(created: list[str]) -> None:

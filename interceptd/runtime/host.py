@@ -398,8 +398,10 @@ def teardown(rec: Record) -> list[str]:
             except OSError as e:
                 problems.append(f"cannot remove {p}: {e}")
     if rec.cgroup_node:
+        from . import cgdelegate
+
         try:
-            os.rmdir(rec.cgroup_node)
+            cgdelegate.remove_node(rec.cgroup_node)
         except FileNotFoundError:
             pass
         except OSError as e:

@@ -7,12 +7,24 @@ daemon through the inherited filter."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tests.harness import dockerd
+from tests.harness.daemon import Daemon
 from tests.harness.dockerd import busybox_tar
 from tests.harness.nested import install_iptables, install_runtimes
+from tests.harness.rootfs import build_rootfs
 from tests.integration.policy_support import parse
+from tests.integration.test_docker import Dockerd
 from tests.integration.test_nested_runtimes import docker_privileged
 from tests.integration.test_runtime_shim import SHIM
 
@@ -39,6 +51,14 @@ docker run --rm --network=none --cap-add SYS_ADMIN --security-opt seccomp=unconf
   'mount -o remount,bind,rw /proc/sys 2>/dev/null; echo "in_sys_rw ret=$? errno=0";
    umount -l /proc 2>/dev/null; echo "in_umount_proc ret=$? errno=0";
    mkdir /m && mount -t tmpfs t /m; echo "in_tmpfs ret=$? errno=0"'
+docker run --rm --network=none --privileged busybox sh -c \
+  'grep CapEff /proc/self/status; mount -o remount,bind,rw /proc/sys 2>/dev/null;
+   echo "priv_sys_rw ret=$? errno=0"; umount -l /proc 2>/dev/null;
+   echo "priv_umount_proc ret=$? errno=0"' 2>&1; echo "priv ret=$? errno=0"
+docker run --rm --network=none --privileged --cap-drop SYS_RESOURCE busybox sh -c \
+  'grep CapEff /proc/self/status; mount -o remount,bind,rw /proc/sys 2>/dev/null;
+   echo "privd_sys_rw ret=$? errno=0"; umount -l /proc 2>/dev/null;
+   echo "privd_umount_proc ret=$? errno=0"' 2>&1; echo "privd ret=$? errno=0"
 docker run -d --name srv busybox sh -c 'echo hello > /i; httpd -f -p 8080 -h /' >/dev/null
 ip=""; for i in $(seq 20); do
   ip=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' srv); [ -n "$ip" ] && break
@@ -79,8 +99,12 @@ def test_docker_in_docker(shim, bundle_factory, new_id):
     res = shim.run(b, new_id("dind"), timeout=240)
     print(res.stdout, res.stderr)
     assert res.rc == 0, res.stderr
-    out = parse(res.stdout)
-    assert "overlay2" in next(ln for ln in res.stdout.splitlines() if ln.startswith("driver"))
+    _check_dind(res.stdout, shim.daemon.log())
+
+
+def _check_dind(stdout: str, log: str) -> None:
+    out = parse(stdout)
+    assert "overlay2" in next(ln for ln in stdout.splitlines() if ln.startswith("driver"))
     assert out["import"] == (0, 0)
     assert out["run"] == (1, 0)  # the inner container's sh is pid 1 of its namespace
     # an inner container with CAP_SYS_ADMIN and no profile (--privileged would ask for
@@ -88,9 +112,75 @@ def test_docker_in_docker(shim, bundle_factory, new_id):
     # read-only, its /proc stays, its own tmpfs works
     assert out["in_sys_rw"][0] != 0 and out["in_umount_proc"][0] != 0, out
     assert out["in_tmpfs"] == (0, 0)
-    assert out["bridge"] == (0, 0) and out["iptables"] == (0, 0), res.stdout
-    log = shim.daemon.log()
+    assert out["bridge"] == (0, 0) and out["iptables"] == (0, 0), stdout
+    # `docker run --privileged` inside: Docker 20.10 asks for every capability the kernel
+    # knows (`--cap-drop` is ignored with --privileged), the inner runc's capset(2) asks
+    # for CAP_SYS_RESOURCE, absent from this host's bounding set (README, "System
+    # containers"). A dockerd that clamps to its own bounding set runs it, and the
+    # refusals hold there too.
+    for k in ("priv", "privd"):
+        if out[k] == (0, 0):
+            assert out[f"{k}_sys_rw"][0] != 0 and out[f"{k}_umount_proc"][0] != 0, out
+        else:
+            assert out[k] == (125, 0) and "unable to apply caps: operation not permitted" \
+                in stdout, out
     assert "overlay allowed" in log  # dockerd's overlay2 mounts were vetted here
     # ...and the inner container's refusals were the daemon's
     assert "remount would clear ro" in log
     assert "umount of the (nested) container's /proc refused" in log
+
+
+def _dind_image(top: Path) -> Path:
+    """The DinD image as a tarball for `docker import`: the busybox rootfs with the
+    host's docker.io binaries, iptables and a busybox image tarball to import inside."""
+    root = build_rootfs(top / "dind-rootfs")
+    install_runtimes(root, DOCKER_BINARIES)
+    install_iptables(root)
+    busybox_tar(root / "busybox.tar")
+    tar = top / "dind.tar"
+    subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tar), "."],
+                   check=True)
+    shutil.rmtree(root)
+    return tar
+
+
+@pytest.fixture
+def private_dockerd() -> Iterator[Dockerd]:
+    """The private dockerd of test_docker.py (packaging's daemon.json: interceptd-runc
+    the default runtime, the shim first in PATH as runc and crun) over runc: crun 1.8.1
+    as the outer runtime on this hybrid host leaves its container in the hugetlb
+    hierarchy's root (docs/runtime.md, "Cgroups for nested managers")."""
+    top = Path(tempfile.mkdtemp(prefix="icd-dd-", dir="/tmp"))  # short: socket paths
+    os.chmod(top, 0o711)
+    daemon = Daemon(top / "interceptd")
+    daemon.start()
+    d = Dockerd(top, daemon, "runc")
+    try:
+        deadline = time.monotonic() + 10
+        while not (Path(daemon.state_dir) / "runtime.sock").exists():
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+        d.start()
+        yield d
+    finally:
+        d.stop()
+        rc = daemon.stop()
+        dockerd.unmount_under(str(top))
+        shutil.rmtree(top, ignore_errors=True)
+        assert rc == 0, daemon.log()
+
+
+def test_docker_in_docker_through_private_dockerd(private_dockerd):
+    """The user's path: `docker run --privileged` of a DinD image on a dockerd whose
+    default runtime is interceptd-runc (the shipped daemon.json)."""
+    d = private_dockerd
+    d.docker("import", str(_dind_image(d.top)), "icd-dind:test", timeout=240)
+    name = f"dind-{uuid.uuid4().hex[:8]}"
+    # /var/lib/docker on a volume, as docker:dind's VOLUME puts it: overlayfs takes no
+    # upper directory on an overlayfs (the outer container's rootfs)
+    p = d.docker("run", "--rm", "--name", name, "--privileged", "--network=none",
+                 "-v", "/var/lib/docker", "icd-dind:test", "sh", "-c", SCRIPT,
+                 check=False, timeout=300)
+    print(p.stdout, p.stderr)
+    assert p.returncode == 0, p.stderr + d.log()[-3000:]
+    _check_dind(p.stdout, d.daemon.log())

@@ -5,7 +5,9 @@ and its own calls reach the same daemon through the inherited filter."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 
 import pytest
 
@@ -166,3 +168,52 @@ def test_nested_runtime_with_delegated_cgroups(shim, bundle_factory, rootfs,  # 
                               if ln.startswith("n_cgroup"))
     # outer sh + runtime + ... + nested processes: the outer 200 binds, not the nested 1000
     assert 100 < out["n_forks"][0] < 200, out
+
+
+UNIFIED = "/sys/fs/cgroup/unified"
+
+
+@pytest.mark.parametrize("own_path", [True, False])
+def test_crun_v2_node_is_delegated(daemon, runtime_factory, bundle_factory, new_id,
+                                   monkeypatch, own_path):
+    """crun 1.8.1 as the outer runtime on this hybrid host: the container's v2 node (the
+    config's cgroupsPath, Docker's shape, or the shim's /interceptd/<id>) is the
+    container root's as systemd documents delegation (directory, cgroup.procs/threads/
+    subtree_control), nothing above it nor its limits; what a manager inside left below
+    it goes at delete, and nothing is left in the unified tree."""
+    from tests.integration.test_runtime_shim import SHIM
+
+    rt = runtime_factory("crun")
+    rt.binary = str(SHIM)
+    monkeypatch.setenv("INTERCEPTD_RUNTIME", "crun")
+    monkeypatch.setenv("INTERCEPTD_STATE_DIR", str(daemon.state_dir))
+    monkeypatch.delenv("INTERCEPTD_CONFIG", raising=False)
+    b = docker_privileged(bundle_factory, "sleep 60")
+    cid = new_id("cgv2")
+    want = f"/icdtest/{cid}" if own_path else f"/interceptd/{cid}"
+    if own_path:
+        b.config["linux"]["cgroupsPath"] = want
+    b.write_config()
+    try:
+        with rt.started(b, cid):
+            pid = rt.state(cid)["pid"]
+            with open(f"/proc/{pid}/cgroup") as f:
+                rel = next(ln[3:].strip() for ln in f if ln.startswith("0::"))
+            assert rel == want
+            node = f"{UNIFIED}{rel}"
+            with open(f"/proc/{pid}/status") as f:
+                uid = int(next(ln.split()[1] for ln in f if ln.startswith("Uid:")))
+            assert uid != 0
+            for name in ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"):
+                assert os.stat(os.path.join(node, name)).st_uid == uid, name
+            for name in ("cgroup.max.depth", "cgroup.max.descendants"):
+                assert os.stat(os.path.join(node, name)).st_uid == 0, name
+            assert os.stat(os.path.dirname(node)).st_uid == 0
+            os.mkdir(os.path.join(node, "left-by-a-manager"))
+        leaked = os.path.exists(node)
+    finally:
+        for d in (f"{UNIFIED}{want}/left-by-a-manager", f"{UNIFIED}{want}",
+                  f"{UNIFIED}/icdtest"):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+    assert not leaked, node

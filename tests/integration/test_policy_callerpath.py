@@ -124,3 +124,41 @@ def test_nested_proc_net_sysctls_writable_rest_read_only(rt, bundle_factory, dae
     out = run_script(rt, privileged(bundle_factory, daemon, SYSCTL), new_id("sysctl"))
     assert out["net_rw"] == (0, 0), out
     assert out["kernel_rw"] == (-1, 30), out
+
+
+# Another process's objects through the caller's /proc, and the caller's own binary.
+OTHERS = "\n".join([
+    "mkdir -p /mnt/o /mnt/q /mnt/k /mnt/t1 && touch /tmp/e /tmp/e2",
+    "(exec 7</mnt/k; exec 8</mnt/o; exec 9</mnt/q; exec sleep 60) & bg=$!; sleep 0.5",
+    probe("other_fd", "sys mount s:t s:/proc/$bg/fd/8 s:tmpfs 0 0"),
+    mounted("other_fd_is", "/mnt/o"),
+    # runc binds /proc/self/exe (its own binary) before it re-executes itself
+    probe("self_exe", f"sys mount s:/proc/self/exe s:/tmp/e 0 {MS_BIND} 0"),
+    probe("self_exe_is", "sh -c 'cmp -s /tmp/e /bin/sys && echo ret=0 errno=0'"),
+    probe("other_exe", f"sys mount s:/proc/$bg/exe s:/tmp/e2 0 {MS_BIND} 0"),
+    probe("other_exe_is", "sh -c 'cmp -s /tmp/e2 /bin/busybox && echo ret=0 errno=0'"),
+    probe("missing_pid", "sys mount s:t s:/proc/999999/fd/1 s:tmpfs 0 0"),
+    # a thread's fd table through task/<tid>: another process's, the caller's own
+    probe("other_task_fd", "sys mount s:t s:/proc/$bg/task/$bg/fd/7 s:tmpfs 0 0"),
+    mounted("other_task_fd_is", "/mnt/k"),
+    probe("self_task_fd", "sh -c 'exec 6</mnt/t1; "
+                          "exec sys mount s:t s:/proc/self/task/$$/fd/6 s:tmpfs 0 0'"),
+    mounted("self_task_fd_is", "/mnt/t1"),
+    # a caller in a nested pid namespace whose /proc is still the container's: $bg is
+    # outside its namespace, so it may not reach its fds through that /proc
+    probe("outside_pidns", "unshare -p -f sys mount s:t s:/proc/$bg/fd/9 s:tmpfs 0 0"),
+    mounted("outside_is", "/mnt/q"),
+    "kill $bg",
+])
+
+
+def test_other_process_paths(rt, bundle_factory, daemon: Daemon, new_id):
+    out = run_script(rt, privileged(bundle_factory, daemon, OTHERS), new_id("cpother"))
+    for k in ("other_fd", "other_fd_is", "self_exe", "self_exe_is", "other_exe",
+              "other_exe_is", "other_task_fd", "other_task_fd_is", "self_task_fd",
+              "self_task_fd_is"):
+        assert out[k] == (0, 0), (k, out)
+    assert out["missing_pid"] == (-1, 2)
+    assert out["outside_pidns"] == (-1, 13), out
+    assert out["outside_is"] == (-1, 0)
+    assert "outside the caller's pid or user namespace" in daemon.log()

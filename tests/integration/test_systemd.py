@@ -28,7 +28,9 @@ if not (IMAGE / "lib" / "systemd" / "systemd").exists():  # pragma: no cover
 def test_systemd_boots(shim, bundle_factory, new_id):  # noqa: F811
     b = docker_privileged(bundle_factory, "true")
     shutil.rmtree(b.rootfs)
-    subprocess.run(["cp", "-a", str(IMAGE), str(b.rootfs)], check=True)
+    b.rootfs.mkdir()
+    # through the link: tests/.build/systemd-rootfs may be a symlink to the cached image
+    subprocess.run(["cp", "-a", f"{IMAGE}/.", str(b.rootfs)], check=True)
     b.config["process"]["args"] = ["/sbin/init"]
     b.config["process"]["env"] = ["container=docker", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
     b.config["mounts"] += [

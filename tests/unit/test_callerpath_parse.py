@@ -17,6 +17,10 @@ from interceptd.handlers.callerpath import ProcRef, parse
     ("/proc/42/fd/3", ProcRef("pid", 42, "fd", 3, "")),
     ("/proc/self/cwd", ProcRef("self", None, "cwd", None, "")),
     ("/proc/1/root/etc", ProcRef("pid", 1, "root", None, "etc")),
+    ("/proc/self/exe", ProcRef("self", None, "exe", None, "")),
+    ("/proc/7/exe", ProcRef("pid", 7, "exe", None, "")),
+    ("/proc/self/task/12/fd/3", ProcRef("self", None, "fd", 3, "", 12)),
+    ("/proc/7/task/7/cwd/x", ProcRef("pid", 7, "cwd", None, "x", 7)),
 ])
 def test_caller_spellings(path: str, ref: ProcRef) -> None:
     assert parse(path) == ref
@@ -29,7 +33,8 @@ def test_caller_spellings(path: str, ref: ProcRef) -> None:
     "/proc/self/fd/06",          # procfs has no leading zeros
     "/proc/self/fd/-1", "/proc/self/fd/x", "/proc/self/fd/99999999999",
     "/proc/007/fd/1", "/proc/0x1/fd/1",
-    "/proc/self/exe", "/proc/self/ns/mnt", "/proc/self/task/1/fd/3",
+    "/proc/self/ns/mnt", "/proc/thread-self/task/1/fd/3", "/proc/self/task/x/fd/3",
+    "/proc/self/task/1", "/proc/self/task/1/ns/mnt",
     "/proc/../proc/self/fd/6",  # a ".." before the object: not taken apart here
     "/procx/self/fd/6", "/mnt/proc/self/fd/6", "/proc/timer_list", "/",
     "/proc/self/fd/\u0667",       # a non-ASCII digit

@@ -68,6 +68,7 @@ class Create:
         # Who runs the real runtime (its cgroup is what the init inherits): this
         # process, or the launcher the service prepares for (service.py sets it).
         self.caller_pid = os.getpid()
+        self._wants_cgroups = False  # set by prepare(): a read-write cgroup mount
         # Set by the caller to time the whole request (the service); else our own.
         self.phases = Phases()
         # The digest of a seccomp section the runtime compiles itself in this create,
@@ -81,6 +82,7 @@ class Create:
         """The container's cgroup directories, owned by its root (cgdelegate)."""
         from .. import cgdelegate
 
+        self._wants_cgroups = cgdelegate.wants_delegation(new)
         try:
             with open("/proc/self/mountinfo", encoding="utf-8") as f:
                 self.delegated = cgdelegate.prepare(new, base, base, f)
@@ -260,8 +262,12 @@ class Create:
                 try:
                     with open(self._abs(self.pid_file)) as f:
                         pid = int(f.read().strip())
-                    host.place_in_cgroup2(rec, self.store, pid, cg, self.cid or "",
-                                          self.caller_pid)
+                    node = host.place_in_cgroup2(rec, self.store, pid, cg, self.cid or "",
+                                                 self.caller_pid)
+                    if node == rec.cgroup_node and self._wants_cgroups:
+                        # the shim's own node: delegated like the runtime-made ones
+                        from .. import cgdelegate
+                        cgdelegate.hand_over(node, rec.host_base, rec.host_base, v2=True)
                 except (OSError, ValueError) as e:
                     rec.warnings.append(f"cgroup v2 placement: {e}")
                     self.store.save(rec)
