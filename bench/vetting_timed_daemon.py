@@ -18,8 +18,8 @@ from typing import Any
 
 from interceptd import core, handlers
 from interceptd.handlers import mount, resolve, scope, table
+from interceptd.kernel import executors
 from interceptd.kernel import mounttable as mt
-from interceptd.policy import executors
 
 T: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
 

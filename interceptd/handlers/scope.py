@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from interceptd.kernel import consts as c
+from interceptd.kernel import executors
 from interceptd.kernel.consts import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -27,7 +28,6 @@ from interceptd.kernel.consts import (
     NS_MOUNT,
 )
 from interceptd.kernel.mounttable import MountTable
-from interceptd.policy import executors
 from interceptd.policy.decision import Decision
 from interceptd.policy.deny import policy_section
 from interceptd.policy.mounts import MountContext

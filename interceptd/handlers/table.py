@@ -87,7 +87,7 @@ def register(handlers: HandlerRegistry, cfg: Config | None = None) -> None:
     scope.configure(cfg)
     for name in notified_syscalls(cfg):
         handlers.register(name, logged(HANDLERS[name]))
-    from interceptd.policy import executors
+    from interceptd.kernel import executors
 
     # A detached container's executors (helper processes holding its namespaces) close at
     # once rather than whenever its object happens to be collected; its PolicyStore (the

@@ -12,9 +12,9 @@ import fakecore
 import pytest
 
 from interceptd.handlers import Request, mount, scope
+from interceptd.kernel import executors
 from interceptd.kernel.mountinfo import MountEntry
 from interceptd.kernel.mounttable import MountTable
-from interceptd.policy import executors
 from interceptd.policy.decision import Decision, ExecOp, perform
 from interceptd.policy.fdmounts import FdMount
 from interceptd.policystore import ContainerPolicy

@@ -34,10 +34,6 @@ DISPATCH = ("interceptd.dispatch",)
 # Known exceptions, each with its reason; the test fails if one is no longer needed, so
 # the list only shrinks.
 EXEMPT = {
-    # The executors and their zygote are mechanism still in policy/ (issue 8's owner moves
-    # them into kernel/ after the fairness work lands).
-    ("interceptd.policy.executors", "interceptd.kernel.pidfd"):
-        "thread_pidfd: the executors are mechanism (kernel/ after the move)",
     # sysinfo's renderer shares the emulated /proc files' pure renderers (CgroupSnapshot,
     # memview, container_uptime), which live with the other renderers in emulation/.
     ("interceptd.policy.sysinfo", "interceptd.emulation"): "the emulation's renderers",

@@ -1,4 +1,4 @@
-"""The policy's executor cache (interceptd.policy.executors) with a stand-in core: one
+"""The policy's executor cache (interceptd.kernel.executors) with a stand-in core: one
 executor per (container, user ns, mount ns), reused, LRU-bounded, closed on detach, and
 the one-shot ns_exec where a persistent one cannot serve."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from interceptd.policy import executors
+from interceptd.kernel import executors
 
 
 class TargetGone(OSError):

@@ -24,9 +24,9 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+from interceptd.kernel import zygote
 from interceptd.kernel.consts import NS_MOUNT
 from interceptd.kernel.pidfd import thread_pidfd
-from interceptd.policy import zygote
 
 log = logging.getLogger("interceptd.policy")
 
