@@ -432,6 +432,15 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
   case ICD_ACT_VALUE:
     send_err = -icd_notify_send(h->fd, n->id, value, 0, 0);
     break;
+  case ICD_ACT_SYSINFO:
+    if ((res = icd_canned_sysinfo(h->rt, h->procfd, h->fd, n)) == 1)
+      return 0;
+    send_err = -icd_notify_send(h->fd, n->id, 0, res, 0);
+    h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
+    atomic_fetch_add_explicit(&h->sh->fast, 1, memory_order_relaxed);
+    record(h, n, res ? ICD_ACT_ERRNO : ICD_ACT_VALUE, -res, send_err,
+           "sysinfo emulated (shared figures)");
+    return 1;
   case ICD_ACT_NATIVE:
     for (i = 0; i < sizeof vets / sizeof vets[0]; i++)
       if (vets[i].nr == n->data.nr)

@@ -36,7 +36,7 @@ int64_t icd_rule_for(struct icd_rules *t, uint32_t arch, int nr)
 
 static int check_rule(int action, int64_t value)
 {
-  if (action < ICD_ACT_CONTINUE || action > ICD_ACT_NATIVE)
+  if (action < ICD_ACT_CONTINUE || action > ICD_ACT_SYSINFO)
     return -EINVAL;
   if (value > RULE_VAL_MAX || value < RULE_VAL_MIN)
     return -ERANGE;
@@ -63,6 +63,8 @@ int icd_rules_set(struct icd_rules *t, int nr, int action, int64_t value)
 int icd_rules_set_default(struct icd_rules *t, int action, int64_t value)
 {
   int r = check_rule(action, value);
+  if (!r && action == ICD_ACT_SYSINFO) /* a struct written for any call: never */
+    r = -EINVAL;
   if (r)
     return r;
   atomic_store(&t->deflt, RULE_ENC(action, value));
