@@ -23,6 +23,10 @@
 /* sysinfo(2): answered from the figures the daemon published
  * (icd_channel_set_sysinfo) while they are fresh; else like PYTHON. */
 #define ICD_ACT_SYSINFO 6
+/* mount/umount2 while the native helper's rules are being decided (the
+ * attach-time snapshot): the helper holds the call (at most ~1 s) until the
+ * rule changes, then answers by the new one; elsewhere like PYTHON. */
+#define ICD_ACT_HOLD 7
 
 #define ICD_NR_MAX 512         /* native x86_64 numbers below this are table-driven */
 #define ICD_READ_MAX (1 << 20) /* cap of one read of target memory */

@@ -57,6 +57,7 @@
 #define RING 4096  /* records in flight to the daemon: its pump drains every 75 ms */
 #define PIDDIRS 64 /* /proc/<pid> fds kept by the helper, direct-mapped */
 #define START_TIMEOUT_MS 10000
+#define HOLD_MS 1000 /* longest wait for an ICD_ACT_HOLD rule to be decided */
 #define PATH_MAX_ 4096
 #define FSTYPE_MAX 256
 #define DATA_MAX 4096
@@ -418,9 +419,14 @@ static void record(struct helper *h, const struct seccomp_notif *n, int action, 
 static int handle_here(struct helper *h, const struct seccomp_notif *n)
 {
   char reason[sizeof(((struct icd_decision *)0)->reason)];
-  int64_t rule = icd_rule_for(h->rt, n->data.arch, n->data.nr), value = RULE_VAL(rule);
-  int act = RULE_ACT(rule), res = 0, err, send_err;
+  int64_t rule = icd_rule_for(h->rt, n->data.arch, n->data.nr), value;
+  int act, res = 0, err, send_err;
   unsigned i;
+
+  if (RULE_ACT(rule) == ICD_ACT_HOLD) /* the daemon is deciding it: briefly */
+    rule = icd_rules_hold(h->rt, n->data.arch, n->data.nr, HOLD_MS);
+  act = RULE_ACT(rule);
+  value = RULE_VAL(rule);
 
   switch (act) {
   case ICD_ACT_CONTINUE: /* the channel's table, as the daemon's receiver would */

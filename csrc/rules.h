@@ -40,6 +40,10 @@ int64_t icd_rule_for(struct icd_rules *t, uint32_t arch, int nr);
 int icd_rules_set(struct icd_rules *t, int nr, int action, int64_t value);
 int icd_rules_set_default(struct icd_rules *t, int action, int64_t value);
 
+/* The rule for a call, waiting up to timeout_ms while it is ICD_ACT_HOLD
+ * (then PYTHON). */
+int64_t icd_rules_hold(struct icd_rules *t, uint32_t arch, int nr, int timeout_ms);
+
 /* canned.c: publishes the figures for fresh_ns (0 withdraws them): 0, or
  * -EBUSY while another writer is in, -EINVAL. */
 int icd_rules_set_sysinfo(struct icd_rules *t, const void *buf, int len, int64_t fresh_ns);

@@ -58,6 +58,8 @@ class Core(Protocol):
 
     ACT_NATIVE: int
     ACT_SYSINFO: int
+    ACT_PYTHON: int
+    ACT_HOLD: int
     TargetGone: type[Exception]
 
     def read_target(self, pid: int, addr: int, size: int, notify_fd: int,

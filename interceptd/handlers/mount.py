@@ -66,8 +66,9 @@ def prestart_native(ct: Container, core: Core) -> None:
     so that the container's first mount is the helper's (~100 us) rather than the Python
     path's plus a snapshot and two forks (tens of ms). The helper's fork (in C, without
     the GIL) and the snapshot (Python) run side by side; its mount rules are set only once
-    the snapshot exists, so until then it forwards mounts here. A first call arriving
-    meanwhile waits for this start (the lock) instead of making its own."""
+    the snapshot exists: until then (ACT_HOLD) it holds a mount-family call, at most 1 s.
+    A call the daemon's receiver gets meanwhile (the helper not yet receiving) waits for
+    this start (the lock) instead of making its own."""
     if not scope.settings.native or ct.channel is None:
         return
     snap: list[ContainerPolicy] = []
@@ -78,17 +79,19 @@ def prestart_native(ct: Container, core: Core) -> None:
         except OSError as e:  # the container is gone already
             log.debug("no attach-time snapshot: %s", e, extra={"fields": {"container": ct.id}})
 
+    def snapshot_done() -> ContainerPolicy | None:
+        t.join()
+        return snap[0] if snap else None
+
     t = threading.Thread(target=snapshot, name="attach-snapshot", daemon=True)
     t.start()
-    start_native(ct, core, None, t.join)
-    if snap and not snap[0].native:
-        start_native(ct, core, snap[0])
+    start_native(ct, core, None, snapshot_done)
 
 
 def start_native(ct: Container, core: Core, st: ContainerPolicy | None,
-                 wait: Callable[[], None] | None = None) -> None:
-    """Start the helper (unless started), then `wait()` for the snapshot and, given the
-    container's policy state `st`, turn on its mount rules."""
+                 wait: Callable[[], ContainerPolicy | None] | None = None) -> None:
+    """Start the helper (unless started) and turn on its mount rules once the container's
+    policy state exists: `st`, or what `wait()` returns (None: no state, no rules)."""
     if not scope.settings.native:
         return
     with _native_lock:
@@ -98,21 +101,32 @@ def start_native(ct: Container, core: Core, st: ContainerPolicy | None,
         if ch is None or not fds or ct.pidfd < 0:
             return
         started = _helpers.get(id(ct)) is ch
+        held = False
         try:
             if not started:
                 _helpers[id(ct)] = ch  # once: a helper that failed or died is not restarted
                 ch.enable_native(list(NATIVE_FSTYPES), ct.pidfd, ct.init_pid, fds[0])
             if wait is not None:
-                wait()
-            if st is not None:
+                # The helper holds a mount arriving meanwhile (<= 1 s) rather than forward
+                # it to the Python path, which would perform it through a new executor.
+                for n in (NR_MOUNT, NR_UMOUNT2):
+                    ch.set_rule(n, core.ACT_HOLD)
+                held = True
+                st = wait()
+            if st is not None and not st.native:
                 st.native = True
                 ch.set_rule(NR_MOUNT, core.ACT_NATIVE)
                 ch.set_rule(NR_UMOUNT2, core.ACT_NATIVE)
+                held = False
         except OSError as e:
             if st is not None:
                 st.native = True
             log.warning("native mount path not started: %s", e,
                         extra={"fields": {"container": ct.id}})
+        finally:
+            if held:  # no snapshot: the Python path decides, as before the helper
+                for n in (NR_MOUNT, NR_UMOUNT2):
+                    ch.set_rule(n, core.ACT_PYTHON)
 
 
 def handle_mount(req: Request) -> Verdict:
