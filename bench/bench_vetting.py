@@ -5,11 +5,16 @@
       (by the native helper, csrc/native.c, as the daemon runs by default)
   (b2) the same pair vetted by the Python policy           figure only
       ([policy] native = false: what calls the helper forwards pay)
-  (b0) a container's first vetted pair: the Python path, which takes the attach-time
-      snapshot and starts the native helper (once per container; each container runs
-      one pair alone before its timed loop, so the rows above are steady-state)
+  (b0) a container's first vetted pair, right after its start: the native helper is
+      started at attach beside the attach-time snapshot (handlers/mount.py
+      prestart_native); a pair arriving before both are done waits for them, or takes
+      the Python path if the helper is not receiving yet          target <= 1 ms
+      (each container runs one pair alone before its timed loop, so the rows above
+      are steady-state)
+  (b0') the same, 0.3 s after the container's start (the helper ready)   target <= 1 ms
   (c) sysinfo(2), native (no interception)                baseline
-  (d) sysinfo(2), emulated by interceptd                  (figure only)
+  (d) sysinfo(2), emulated by interceptd: answered in C from the figures the Python
+      handler published, re-read every FRESH s (csrc/canned.c)     target <= 10 us
   (e) one one-shot ns_exec (fork + setns into the container's user and mount namespaces
       + a failing umount2), from this process
   (f) one persistent-executor operation (core.Executor, a failing umount2): what the
@@ -41,6 +46,12 @@ from tests.harness.bundle import BundleSpec
 from tests.harness.daemon import Daemon, render_config
 
 TARGET_RATIO = 3.0
+TARGET_SYSINFO_US = 10.0
+TARGET_FIRST_US = 1000.0
+
+
+def verdict_of(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
 
 
 def per_call_us(stdout: str, key: str, n: int, p50: bool = False) -> float:
@@ -155,6 +166,10 @@ def breakdown(env: ContainerEnv, pairs: int) -> list[list[str]]:
     return rows
 
 
+FIRST = "(b0) a container's first vetted pair, right after its start"
+FIRST_LATE = "(b0') a container's first vetted pair, 0.3 s after its start"
+
+
 def spec(cmd: str, listener: str | None) -> BundleSpec:
     if listener is None:
         return BundleSpec(args=["sh", "-c", cmd], caps="all")
@@ -205,8 +220,10 @@ def main() -> int:
             for label, listener in pair_rows:
                 rows[label] = median(mnt, "loop", args.pairs, listener, p50=True)
                 means[label] = means.pop("loop" + str(listener))
-            rows["(b0) a container's first vetted pair (Python path, starts the helper)"] = \
-                firsts[str(d.listener_path)]
+            rows[FIRST] = firsts[str(d.listener_path)]
+            late = "mkdir -p /mnt/l && sleep 0.3 && policy_mntapi loop 1 /mnt/l"
+            rows[FIRST_LATE] = statistics.median(
+                first_pair_us(env.run(spec(late, d.listener_path))) for _ in range(args.runs))
             rows["(c) sysinfo, native"] = median(si, "sysinfo_loop", args.sysinfo, None)
             rows["(d) sysinfo, emulated"] = median(si, "sysinfo_loop", args.sysinfo,
                                                    d.listener_path)
@@ -230,7 +247,11 @@ def main() -> int:
           f"(target <= {TARGET_RATIO:.0f}x): {verdict}")
     print(f"  (means: {means[pair_rows[1][0]] / means[pair_rows[0][0]]:.1f}x; "
           f"Python path: {b2 / a:.1f}x)")
-    print(f"emulated sysinfo / native sysinfo = {e / c:.1f}x (no target)")
+    print(f"emulated sysinfo = {e:.1f} us (target <= {TARGET_SYSINFO_US:.0f} us): "
+          f"{verdict_of(e <= TARGET_SYSINFO_US)}  ({e / c:.1f}x native)")
+    for k in (FIRST, FIRST_LATE):
+        print(f"{k} = {rows[k]:.0f} us (target <= {TARGET_FIRST_US:.0f} us): "
+              f"{verdict_of(rows[k] <= TARGET_FIRST_US)}")
     if stages:
         print("\nPython path: daemon-side stages per vetted pair (nested: a row includes "
               "those below it that it calls)")
@@ -238,7 +259,11 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"us_per_call": rows, "means": means, "pair_ratio": ratio,
                                      "stages": stages,
-                                     "sysinfo_ratio": e / c, "verdict": verdict}, indent=1))
+                                     "sysinfo_ratio": e / c, "verdict": verdict,
+                                     "sysinfo_verdict": verdict_of(e <= TARGET_SYSINFO_US),
+                                     "first_verdicts": {k: verdict_of(rows[k] <= TARGET_FIRST_US)
+                                                        for k in (FIRST, FIRST_LATE)}},
+                                    indent=1))
     return 0
 
 
