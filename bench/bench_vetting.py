@@ -128,11 +128,12 @@ def persistent_executor_us(env: ContainerEnv, n: int) -> float:
 _hcpu_runs = 0
 
 
-def helper_cpu_us(env: ContainerEnv, d: Daemon, pairs: int) -> tuple[float, float]:
-    """The native helper's own CPU per vetted call (issue 13: target <= 5 us), from its
-    /proc/<pid>/schedstat (ns on a CPU) around a loop of `pairs` pairs, and the loop's
-    median pair as the container saw it. The helper is started at attach, so it exists
-    before the loop."""
+def helper_cpu_us(env: ContainerEnv, d: Daemon, pairs: int) -> tuple[float, float, float]:
+    """The native helper's own CPU per vetted call (issue 13: target <= 5 us): its
+    /proc/<pid>/schedstat (ns on a CPU) around a loop of `pairs` pairs, less the CPU an
+    uninterrupted caller spends on the same mount + umount2 (which the helper performs);
+    then the helper's whole CPU per call, and the loop's median pair as the container saw
+    it. The helper is started at attach, so it exists before the loop."""
     import os
     import time
 
@@ -171,7 +172,13 @@ def helper_cpu_us(env: ContainerEnv, d: Daemon, pairs: int) -> tuple[float, floa
         wait(lambda: "done" in output(b)[0])
         after = on_cpu(hp)
         pair = per_call_us(output(b)[0], "loop", pairs, p50=True)
-    return (after - before) / (2 * pairs) / 1000, pair
+    # The kernel's own mount + umount2, as an uninterrupted caller spends it (the helper
+    # performs them, so its schedstat holds them too).
+    raw = env.run(spec(f"mkdir -p /mnt/l && policy_mntapi loop {pairs} /mnt/l", None))
+    m = re.findall(r"cpu_ns=(\d+)", raw)
+    kernel = int(m[-1]) if m else 0
+    calls = 2 * pairs * 1000
+    return (after - before - kernel) / calls, (after - before) / calls, pair
 
 
 def breakdown(env: ContainerEnv, pairs: int) -> list[list[str]]:
@@ -218,7 +225,7 @@ def breakdown(env: ContainerEnv, pairs: int) -> list[list[str]]:
     return rows
 
 
-HELPER_CPU = "(g) the native helper's own CPU per vetted call (schedstat)"
+HELPER_CPU = "(g) the native helper's own CPU per vetted call (schedstat, less the kernel's)"
 TARGET_HELPER_CPU_US = 5.0
 FIRST_RAW = "(a0) a container's first pair, no interception (the kernel's share)"
 FIRST = "(b0) a container's first vetted pair, right after its start"
@@ -308,10 +315,11 @@ def main() -> int:
     print(f"emulated sysinfo = {e:.1f} us (target <= {TARGET_SYSINFO_US:.0f} us): "
           f"{verdict_of(e <= TARGET_SYSINFO_US)}  ({e / c:.1f}x native)")
     h = rows[HELPER_CPU]
-    print(f"native helper CPU per call = {h:.1f} us (target <= {TARGET_HELPER_CPU_US:.0f} us): "
-          f"{verdict_of(h <= TARGET_HELPER_CPU_US)}  (runs: "
-          f"{', '.join(f'{x[0]:.1f}' for x in hcpu)}; their median pairs "
-          f"{', '.join(f'{x[1]:.1f}' for x in hcpu)} us)")
+    print(f"native helper's own CPU per call = {h:.1f} us (target <= "
+          f"{TARGET_HELPER_CPU_US:.0f} us): {verdict_of(h <= TARGET_HELPER_CPU_US)}  (runs: "
+          f"{', '.join(f'{x[0]:.1f}' for x in hcpu)}; with the mount/umount2 it performs: "
+          f"{', '.join(f'{x[1]:.1f}' for x in hcpu)}; their median pairs "
+          f"{', '.join(f'{x[2]:.1f}' for x in hcpu)} us)")
     for k in (FIRST, FIRST_LATE):
         print(f"{k} = {rows[k]:.0f} us (target <= {TARGET_FIRST_US:.0f} us): "
               f"{verdict_of(rows[k] <= TARGET_FIRST_US)}")
