@@ -144,10 +144,17 @@ def read_target_string(pid: int, addr: int, max_len: int, notify_fd: int,
                        notif_id: int) -> bytes:
     """The NUL-terminated string at `addr` without its NUL; ENAMETOOLONG when no
     NUL is found within `max_len` bytes (the NUL included)."""
-    buf = ffi.new("char[]", max_len)
+    # One buffer per thread, grown to the largest max_len asked: a fresh zeroed 4 KiB
+    # cffi allocation per string was a measurable part of a Python-path mount.
+    buf = getattr(_strbufs, "buf", None)
+    if buf is None or len(buf) < max_len:
+        buf = _strbufs.buf = ffi.new("char[]", max(max_len, 4096))
     n = check_notif(lib.icd_read_target_string(pid, addr, buf, max_len, notify_fd, notif_id),
                     "read_target_string")
     return ffi.buffer(buf, n)[:]
+
+
+_strbufs = threading.local()
 
 
 class Channel:

@@ -47,6 +47,7 @@ NR_MOUNT, NR_UMOUNT2 = nr("mount"), nr("umount2")  # the helper forwards other a
 _native_lock = threading.Lock()  # one start per container, prestart or first call
 # id(container) -> the channel whose helper was started (weak: goes with the container)
 _helpers: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
+_ruled: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()  # rules set
 
 
 def enable_native(req: Request, st: ContainerPolicy) -> None:
@@ -101,6 +102,8 @@ def start_native(ct: Container, core: Core, st: ContainerPolicy | None,
         if ch is None or not fds or ct.pidfd < 0:
             return
         started = _helpers.get(id(ct)) is ch
+        if started and _ruled.get(id(ct)) is ch:
+            return  # the first call's own start got here first: rules set already
         held = False
         try:
             if not started:
@@ -117,6 +120,7 @@ def start_native(ct: Container, core: Core, st: ContainerPolicy | None,
                 st.native = True
                 ch.set_rule(NR_MOUNT, core.ACT_NATIVE)
                 ch.set_rule(NR_UMOUNT2, core.ACT_NATIVE)
+                _ruled[id(ct)] = ch
                 held = False
         except OSError as e:
             if st is not None:
