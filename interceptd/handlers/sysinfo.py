@@ -64,9 +64,10 @@ def publish(req: Request, src: Source, raw: bytes) -> None:
         return
     try:
         ch.set_sysinfo(raw, left)
-        if not src.published:
-            ch.set_rule(NR_SYSINFO, req.core.ACT_SYSINFO)
-            src.published = True
+        # Every time (a C call, on at most ~1/FRESH calls a second): a rule table reset
+        # by a reload would otherwise keep every later call on this path.
+        ch.set_rule(NR_SYSINFO, req.core.ACT_SYSINFO)
+        src.published = True
     except (OSError, AttributeError):  # an older core, a channel closed meanwhile
         src.published = False
 
