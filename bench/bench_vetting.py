@@ -5,15 +5,27 @@
       (by the native helper, csrc/native.c, as the daemon runs by default)
   (b2) the same pair vetted by the Python policy           figure only
       ([policy] native = false: what calls the helper forwards pay)
-  (b0) a container's first vetted pair: the Python path, which takes the attach-time
-      snapshot and starts the native helper (once per container; each container runs
-      one pair alone before its timed loop, so the rows above are steady-state)
+  (b0) a container's first vetted pair, right after its start: the native helper is
+      started at attach beside the attach-time snapshot (handlers/mount.py
+      prestart_native); a pair arriving before both are done waits for them, or takes
+      the Python path if the helper is not receiving yet          target <= 1 ms
+      (each container runs one pair alone before its timed loop, so the rows above
+      are steady-state)
+  (b0') the same, 0.3 s after the container's start (the helper ready)   target <= 1 ms
   (c) sysinfo(2), native (no interception)                baseline
-  (d) sysinfo(2), emulated by interceptd                  (figure only)
+  (d) sysinfo(2), emulated by interceptd: answered in C from the figures the Python
+      handler published, re-read every FRESH s (csrc/canned.c)     target <= 10 us
+  (g) the native helper's own CPU per vetted call, from its /proc/<pid>/schedstat around
+      a loop                                                 target <= 5 us
   (e) one one-shot ns_exec (fork + setns into the container's user and mount namespaces
       + a failing umount2), from this process
   (f) one persistent-executor operation (core.Executor, a failing umount2): what the
       Python path pays per performed op
+The pair rows are also split into this VM's two modes (README, "the vetted pair is
+bimodal"): each run's pairs within twice its 10th percentile are the fast mode, the rest
+the slow one; the share of each and each mode's median are printed, and the vetted /
+uninterrupted ratio per mode (target <= 3x in the fast mode, where both wake the RCU
+worker on their own vCPU).
 Then (unless --no-breakdown) the Python-path loop runs once more under
 bench/vetting_timed_daemon.py and the time of each daemon-side stage is printed per pair.
 
@@ -31,6 +43,7 @@ import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 from common import OUT, REPO, ContainerEnv, table
 
@@ -41,6 +54,12 @@ from tests.harness.bundle import BundleSpec
 from tests.harness.daemon import Daemon, render_config
 
 TARGET_RATIO = 3.0
+TARGET_SYSINFO_US = 10.0
+TARGET_FIRST_US = 1000.0
+
+
+def verdict_of(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
 
 
 def per_call_us(stdout: str, key: str, n: int, p50: bool = False) -> float:
@@ -54,6 +73,17 @@ def per_call_us(stdout: str, key: str, n: int, p50: bool = False) -> float:
     if p50:
         return int(m.group(4)) / 1000
     return int(m.group(3)) / n / 1000
+
+
+def modes(stdout: str) -> tuple[float, float, float]:
+    """The last loop's two modes (this VM's pair is bimodal, see the README): the share
+    of pairs in the fast one (within 2 x its 10th percentile), and each mode's median
+    pair in us (0: no pair in it)."""
+    m = re.findall(r"loop ok=(\d+) .* fast=(\d+) fast_p50_ns=(\d+) slow_p50_ns=(\d+)", stdout)
+    if not m:
+        return (float("nan"),) * 3
+    n, fast, fp, sp = (int(x) for x in m[-1])
+    return fast / max(n, 1), fp / 1000, sp / 1000
 
 
 def first_pair_us(stdout: str) -> float:
@@ -111,6 +141,62 @@ def persistent_executor_us(env: ContainerEnv, n: int) -> float:
             os.close(pidfd)
 
 
+_hcpu_runs = 0
+
+
+def helper_cpu_us(env: ContainerEnv, d: Daemon, pairs: int) -> tuple[float, float, float]:
+    """The native helper's own CPU per vetted call (issue 13: target <= 5 us): its
+    /proc/<pid>/schedstat (ns on a CPU) around a loop of `pairs` pairs, less the CPU an
+    uninterrupted caller spends on the same mount + umount2 (which the helper performs);
+    then the helper's whole CPU per call, and the loop's median pair as the container saw
+    it. The helper is started at attach, so it exists before the loop."""
+    import os
+    import time
+
+    from tests.harness.runtime import output
+    from tests.integration.test_policy_native import helper_pid
+
+    global _hcpu_runs
+    _hcpu_runs += 1
+    go = env.dir / f"go-{_hcpu_runs}"
+    go.mkdir()
+    script = (f"while [ ! -e /go/now ]; do sleep 0.05; done; mkdir -p /mnt/l && "
+              f"policy_mntapi loop {pairs} /mnt/l && echo done && exec sleep 60")
+    b = env.bundle(spec(script, d.listener_path))
+    b.config["mounts"].append({"destination": "/go", "type": "bind", "source": str(go),
+                               "options": ["rbind"]})
+    b.write_config()
+    cid = f"bench-hcpu-{os.getpid()}-{_hcpu_runs}"
+
+    def on_cpu(pid: int) -> int:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            return int(f.read().split()[0])
+
+    def wait(pred: Any, timeout: float = 60) -> Any:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = pred()
+            if got:
+                return got
+            time.sleep(0.02)
+        raise RuntimeError("bench: timed out")
+
+    with env.runtime.started(b, cid):
+        hp = wait(lambda: helper_pid(d.pid))
+        before = on_cpu(hp)
+        (go / "now").write_text("")
+        wait(lambda: "done" in output(b)[0])
+        after = on_cpu(hp)
+        pair = per_call_us(output(b)[0], "loop", pairs, p50=True)
+    # The kernel's own mount + umount2, as an uninterrupted caller spends it (the helper
+    # performs them, so its schedstat holds them too).
+    raw = env.run(spec(f"mkdir -p /mnt/l && policy_mntapi loop {pairs} /mnt/l", None))
+    m = re.findall(r"cpu_ns=(\d+)", raw)
+    kernel = int(m[-1]) if m else 0
+    calls = 2 * pairs * 1000
+    return (after - before - kernel) / calls, (after - before) / calls, pair
+
+
 def breakdown(env: ContainerEnv, pairs: int) -> list[list[str]]:
     """Per-pair time of each daemon-side stage, from a timer-instrumented daemon."""
     import os
@@ -155,6 +241,13 @@ def breakdown(env: ContainerEnv, pairs: int) -> list[list[str]]:
     return rows
 
 
+HELPER_CPU = "(g) the native helper's own CPU per vetted call (schedstat, less the kernel's)"
+TARGET_HELPER_CPU_US = 5.0
+FIRST_RAW = "(a0) a container's first pair, no interception (the kernel's share)"
+FIRST = "(b0) a container's first vetted pair, right after its start"
+FIRST_LATE = "(b0') a container's first vetted pair, 0.3 s after its start"
+
+
 def spec(cmd: str, listener: str | None) -> BundleSpec:
     if listener is None:
         return BundleSpec(args=["sh", "-c", cmd], caps="all")
@@ -181,6 +274,7 @@ def main() -> int:
     rows: dict[str, float] = {}
     means: dict[str, float] = {}
     firsts: dict[str, float] = {}
+    mode_rows: dict[str, list[float]] = {}
     with ContainerEnv({}) as env:
         d = Daemon(env.dir / "daemon", render_config([], {}, ""), [], {}, log_level="info")
         py = Daemon(env.dir / "daemon-py", render_config([], {"policy": {"native": False}}, ""),
@@ -194,6 +288,9 @@ def main() -> int:
                 outs = [env.run(spec(cmd.format(n=n), listener)) for _ in range(args.runs)]
                 if key == "loop":
                     firsts[str(listener)] = statistics.median(first_pair_us(o) for o in outs)
+                    got = [modes(o) for o in outs]
+                    mode_rows[str(listener)] = [statistics.median(g[i] for g in got)
+                                                for i in range(3)]
                 if p50:
                     means[key + str(listener)] = statistics.median(
                         per_call_us(o, key, n) for o in outs)
@@ -205,11 +302,16 @@ def main() -> int:
             for label, listener in pair_rows:
                 rows[label] = median(mnt, "loop", args.pairs, listener, p50=True)
                 means[label] = means.pop("loop" + str(listener))
-            rows["(b0) a container's first vetted pair (Python path, starts the helper)"] = \
-                firsts[str(d.listener_path)]
+            rows[FIRST_RAW] = firsts[str(None)]
+            rows[FIRST] = firsts[str(d.listener_path)]
+            late = "mkdir -p /mnt/l && sleep 0.3 && policy_mntapi loop 1 /mnt/l"
+            rows[FIRST_LATE] = statistics.median(
+                first_pair_us(env.run(spec(late, d.listener_path))) for _ in range(args.runs))
             rows["(c) sysinfo, native"] = median(si, "sysinfo_loop", args.sysinfo, None)
             rows["(d) sysinfo, emulated"] = median(si, "sysinfo_loop", args.sysinfo,
                                                    d.listener_path)
+            hcpu = [helper_cpu_us(env, d, args.pairs) for _ in range(args.runs)]
+            rows[HELPER_CPU] = statistics.median(h[0] for h in hcpu)
             rows["(e) one ns_exec, user+mnt"] = executor_us(env, 200)
             rows["(f) one persistent executor op"] = persistent_executor_us(env, 2000)
         finally:
@@ -230,7 +332,31 @@ def main() -> int:
           f"(target <= {TARGET_RATIO:.0f}x): {verdict}")
     print(f"  (means: {means[pair_rows[1][0]] / means[pair_rows[0][0]]:.1f}x; "
           f"Python path: {b2 / a:.1f}x)")
-    print(f"emulated sysinfo / native sysinfo = {e / c:.1f}x (no target)")
+    print("\nthe pair's two modes on this VM (fast: within 2 x the 10th percentile pair; "
+          "median of runs):")
+    mrows = []
+    for label, listener in pair_rows:
+        f, fp, sp = mode_rows[str(listener)]
+        mrows.append([label, f"{f * 100:.0f}%", f"{fp:.1f}", f"{sp:.1f}"])
+    print(table(["row", "pairs in fast mode", "fast-mode median us", "slow-mode median us"],
+                mrows))
+    fa, fb = mode_rows[str(None)], mode_rows[str(d.listener_path)]
+    fast_ratio = fb[1] / fa[1] if fa[1] else float("nan")
+    slow_ratio = fb[2] / fa[2] if fa[2] and fb[2] else float("nan")
+    print(f"vetted / uninterrupted, fast mode = {fast_ratio:.1f}x (target <= "
+          f"{TARGET_RATIO:.0f}x): {verdict_of(fast_ratio <= TARGET_RATIO)};  slow mode = "
+          f"{slow_ratio:.1f}x (no target)")
+    print(f"emulated sysinfo = {e:.1f} us (target <= {TARGET_SYSINFO_US:.0f} us): "
+          f"{verdict_of(e <= TARGET_SYSINFO_US)}  ({e / c:.1f}x native)")
+    h = rows[HELPER_CPU]
+    print(f"native helper's own CPU per call = {h:.1f} us (target <= "
+          f"{TARGET_HELPER_CPU_US:.0f} us): {verdict_of(h <= TARGET_HELPER_CPU_US)}  (runs: "
+          f"{', '.join(f'{x[0]:.1f}' for x in hcpu)}; with the mount/umount2 it performs: "
+          f"{', '.join(f'{x[1]:.1f}' for x in hcpu)}; their median pairs "
+          f"{', '.join(f'{x[2]:.1f}' for x in hcpu)} us)")
+    for k in (FIRST, FIRST_LATE):
+        print(f"{k} = {rows[k]:.0f} us (target <= {TARGET_FIRST_US:.0f} us): "
+              f"{verdict_of(rows[k] <= TARGET_FIRST_US)}")
     if stages:
         print("\nPython path: daemon-side stages per vetted pair (nested: a row includes "
               "those below it that it calls)")
@@ -238,7 +364,12 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"us_per_call": rows, "means": means, "pair_ratio": ratio,
                                      "stages": stages,
-                                     "sysinfo_ratio": e / c, "verdict": verdict}, indent=1))
+                                     "sysinfo_ratio": e / c, "verdict": verdict,
+                                     "sysinfo_verdict": verdict_of(e <= TARGET_SYSINFO_US),
+                                     "modes": mode_rows, "fast_mode_ratio": fast_ratio,
+                                     "first_verdicts": {k: verdict_of(rows[k] <= TARGET_FIRST_US)
+                                                        for k in (FIRST, FIRST_LATE)}},
+                                    indent=1))
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from interceptd import core, handlers
+from interceptd import core, core_exec, handlers, policystore
 from interceptd.handlers import mount, resolve, scope, table
 from interceptd.kernel import executors
 from interceptd.kernel import mounttable as mt
@@ -52,8 +52,13 @@ def install() -> None:
     timed(mount, "decide_umount", "decide umount (incl. parent lookup)")
     timed(executors, "run", "executor: policy side (pidfd, ID_VALID, cache)")
     timed(core.Executor, "run", "executor: Executor.run")
-    timed(core, "_exec_call", "executor: C round trip incl. the mount op")
+    timed(core_exec, "_exec_call", "executor: C round trip incl. the mount op")
     timed(core.Channel, "respond", "respond (SEND)")
+    # Once per container (the first pair's extra cost):
+    timed(policystore.PolicyStore, "state", "policy state (1st: attach-time snapshot)")
+    timed(mount, "enable_native", "native helper: enable (1st: start)")
+    timed(core.Channel, "enable_native", "native helper: fork + enter + hello")
+    timed(core.Executor, "__init__", "executor: start (fork + setns)")
 
 
 def dump(*_: Any) -> None:

@@ -68,6 +68,11 @@ int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t val
   return icd_rules_set(ch->rt, nr, action, value);
 }
 
+int icd_channel_set_sysinfo(struct icd_channel *ch, const void *buf, int len, int64_t fresh_ns)
+{
+  return icd_rules_set_sysinfo(ch->rt, buf, len, fresh_ns);
+}
+
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value)
 {
   return icd_rules_set_default(ch->rt, action, value);

@@ -20,6 +20,13 @@
 /* mount/umount2: vetted and performed by the native helper (native.c) where
  * the policy surely allows them; on the daemon's receivers, like PYTHON. */
 #define ICD_ACT_NATIVE 5
+/* sysinfo(2): answered from the figures the daemon published
+ * (icd_channel_set_sysinfo) while they are fresh; else like PYTHON. */
+#define ICD_ACT_SYSINFO 6
+/* mount/umount2 while the native helper's rules are being decided (the
+ * attach-time snapshot): the helper holds the call (at most ~1 s) until the
+ * rule changes, then answers by the new one; elsewhere like PYTHON. */
+#define ICD_ACT_HOLD 7
 
 #define ICD_NR_MAX 512         /* native x86_64 numbers below this are table-driven */
 #define ICD_READ_MAX (1 << 20) /* cap of one read of target memory */
@@ -101,6 +108,10 @@ int icd_engine_attach(struct icd_engine *e, struct icd_channel *ch, int fd);
 int icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap, struct icd_channel **out);
 int icd_channel_set_rule(struct icd_channel *ch, int nr, int action, int64_t value);
 int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
+/* The container's struct sysinfo (len 112) for ICD_ACT_SYSINFO, answered in C
+ * for fresh_ns nanoseconds from now: 0, -EBUSY (a concurrent publisher won),
+ * -EINVAL. */
+int icd_channel_set_sysinfo(struct icd_channel *ch, const void *buf, int len, int64_t fresh_ns);
 /* Direct mode on (the default) or off; see direct.c. */
 int icd_channel_set_direct(struct icd_channel *ch, int on);
 /* Makes a waiter (or the next wait) return, with [] if nothing is queued. */

@@ -58,6 +58,7 @@
 #define RING 4096  /* records in flight to the daemon: its pump drains every 75 ms */
 #define PIDDIRS 64 /* /proc/<pid> fds kept by the helper, direct-mapped */
 #define START_TIMEOUT_MS 10000
+#define HOLD_MS 1000 /* longest wait for an ICD_ACT_HOLD rule to be decided */
 #define PATH_MAX_ 4096
 #define FSTYPE_MAX 256
 #define DATA_MAX 4096
@@ -420,9 +421,14 @@ static void record(struct helper *h, const struct seccomp_notif *n, int action, 
 static int handle_here(struct helper *h, const struct seccomp_notif *n)
 {
   char reason[sizeof(((struct icd_decision *)0)->reason)];
-  int64_t rule = icd_rule_for(h->rt, n->data.arch, n->data.nr), value = RULE_VAL(rule);
-  int act = RULE_ACT(rule), res = 0, err, send_err;
+  int64_t rule = icd_rule_for(h->rt, n->data.arch, n->data.nr), value;
+  int act, res = 0, err, send_err;
   unsigned i;
+
+  if (RULE_ACT(rule) == ICD_ACT_HOLD) /* the daemon is deciding it: briefly */
+    rule = icd_rules_hold(h->rt, n->data.arch, n->data.nr, HOLD_MS);
+  act = RULE_ACT(rule);
+  value = RULE_VAL(rule);
 
   switch (act) {
   case ICD_ACT_CONTINUE: /* the channel's table, as the daemon's receiver would */
@@ -434,6 +440,15 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
   case ICD_ACT_VALUE:
     send_err = -icd_notify_send(h->fd, n->id, value, 0, 0);
     break;
+  case ICD_ACT_SYSINFO:
+    if ((res = icd_canned_sysinfo(h->rt, h->procfd, h->fd, n)) == 1)
+      return 0;
+    send_err = -icd_notify_send(h->fd, n->id, 0, res, 0);
+    h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
+    atomic_fetch_add_explicit(&h->sh->fast, 1, memory_order_relaxed);
+    record(h, n, res ? ICD_ACT_ERRNO : ICD_ACT_VALUE, -res, send_err,
+           "sysinfo emulated (shared figures)");
+    return 1;
   case ICD_ACT_NATIVE:
     for (i = 0; i < sizeof vets / sizeof vets[0]; i++)
       if (vets[i].nr == n->data.nr)

@@ -227,6 +227,9 @@ class Dispatcher:
         t = threading.Thread(target=self._worker, args=(c,), name=f"worker-{cookie}", daemon=True)
         self._workers[c.id] = t
         t.start()
+        attached = getattr(self.handlers, "attached", None)
+        if attached is not None:  # handlers' set-up off this thread (the native helper)
+            attached(c, self.core)
 
     def run_attach_hooks(self, c: Container) -> None:
         """Per-container set-up of optional parts (the emulated files); a failing hook

@@ -33,6 +33,8 @@ class Channel(Protocol):
 
     def set_rule(self, nr: int, action: int, value: int = 0) -> None: ...
 
+    def set_sysinfo(self, raw: bytes, fresh: float) -> bool: ...
+
     def enable_native(self, fstypes: list[str], pidfd: int, pid: int,
                       notify_fd: int) -> None: ...
 
@@ -55,6 +57,9 @@ class Core(Protocol):
     """The C core's calls a handler makes (the interceptd.core module)."""
 
     ACT_NATIVE: int
+    ACT_SYSINFO: int
+    ACT_PYTHON: int
+    ACT_HOLD: int
     TargetGone: type[Exception]
 
     def read_target(self, pid: int, addr: int, size: int, notify_fd: int,

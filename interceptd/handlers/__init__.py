@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -96,6 +97,7 @@ class HandlerRegistry:
     def __init__(self, counters: Counters | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
         self._on_release: list[Callable[[Container], None]] = []
+        self._on_attach: list[Callable[[Container, Core], None]] = []
         self.counters = counters if counters is not None else Counters()
 
     def register(self, syscall_name: str, fn: Handler) -> None:
@@ -107,6 +109,27 @@ class HandlerRegistry:
         """`fn(container)` once the container's last notify fd is gone, so per-container
         state kept by handlers (executors, caches) goes with it, not with the GC."""
         self._on_release.append(fn)
+
+    def on_attach(self, fn: Callable[[Container, Core], None]) -> None:
+        """`fn(container, core)` once after a container is attached, on a thread of its own
+        (set-up that would otherwise fall on its first call, e.g. the native helper)."""
+        self._on_attach.append(fn)
+
+    def attached(self, container: Container, core: Core) -> None:
+        """Start the attach hooks in the background; never raises, never blocks."""
+        if not self._on_attach:
+            return
+
+        def run() -> None:
+            for fn in self._on_attach:
+                try:
+                    fn(container, core)
+                except Exception:
+                    self.counters.inc("handler_errors", "attach hook")
+                    log.exception("attach hook failed",
+                                  extra={"fields": {"container": _cid(container)}})
+
+        threading.Thread(target=run, name="attach-hooks", daemon=True).start()
 
     def released(self, container: Container) -> None:
         """Run the release hooks; never raises."""

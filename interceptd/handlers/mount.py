@@ -8,6 +8,9 @@ import fcntl
 import logging
 import os
 import stat
+import threading
+import weakref
+from collections.abc import Callable
 
 from interceptd.handlers import callerpath, mountbuild, resolve, scope
 from interceptd.handlers.scope import NS_MOUNT
@@ -23,7 +26,7 @@ from interceptd.policy.mounts import (
     decide_umount,
 )
 from interceptd.policystore import ContainerPolicy
-from interceptd.seams import Request
+from interceptd.seams import Container, Core, Request
 from interceptd.syscalls import nr
 from interceptd.verdict import Verdict
 
@@ -41,6 +44,12 @@ NATIVE_FSTYPES = tuple(sorted(t for t in ALLOWED_FSTYPES
 NR_MOUNT, NR_UMOUNT2 = nr("mount"), nr("umount2")  # the helper forwards other arches
 
 
+_native_lock = threading.Lock()  # one start per container, prestart or first call
+# id(container) -> the channel whose helper was started (weak: goes with the container)
+_helpers: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
+_ruled: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()  # rules set
+
+
 def enable_native(req: Request, st: ContainerPolicy) -> None:
     """Start the container's native mount helper (csrc/native.c): from now on it receives
     the init's notifications, performs the plain mount/umount2 calls the policy surely
@@ -49,20 +58,79 @@ def enable_native(req: Request, st: ContainerPolicy) -> None:
     Only after the attach-time snapshot (scope.state_of) exists: the helper never consults it,
     but a snapshot taken after a native mount would count that mount as attach-time state.
     """
-    if st.native or not scope.settings.native:
+    if not st.native:
+        start_native(req.container, req.core, st)
+
+
+def prestart_native(ct: Container, core: Core) -> None:
+    """Attach hook (on its own thread): the helper and the attach-time snapshot at once,
+    so that the container's first mount is the helper's (~100 us) rather than the Python
+    path's plus a snapshot and two forks (tens of ms). The helper's fork (in C, without
+    the GIL) and the snapshot (Python) run side by side; its mount rules are set only once
+    the snapshot exists: until then (ACT_HOLD) it holds a mount-family call, at most 1 s.
+    A call the daemon's receiver gets meanwhile (the helper not yet receiving) waits for
+    this start (the lock) instead of making its own."""
+    if not scope.settings.native or ct.channel is None:
         return
-    ct = req.container
-    ch, fds = ct.channel, ct.notify_fds
-    if ch is None or not fds or ct.pidfd < 0:
+    snap: list[ContainerPolicy] = []
+
+    def snapshot() -> None:
+        try:
+            snap.append(scope.state_of(ct))
+        except OSError as e:  # the container is gone already
+            log.debug("no attach-time snapshot: %s", e, extra={"fields": {"container": ct.id}})
+
+    def snapshot_done() -> ContainerPolicy | None:
+        t.join()
+        return snap[0] if snap else None
+
+    t = threading.Thread(target=snapshot, name="attach-snapshot", daemon=True)
+    t.start()
+    start_native(ct, core, None, snapshot_done)
+
+
+def start_native(ct: Container, core: Core, st: ContainerPolicy | None,
+                 wait: Callable[[], ContainerPolicy | None] | None = None) -> None:
+    """Start the helper (unless started) and turn on its mount rules once the container's
+    policy state exists: `st`, or what `wait()` returns (None: no state, no rules)."""
+    if not scope.settings.native:
         return
-    st.native = True  # once: a helper that failed or died is not restarted
-    try:
-        ch.enable_native(list(NATIVE_FSTYPES), ct.pidfd, ct.init_pid, fds[0])
-        ch.set_rule(NR_MOUNT, req.core.ACT_NATIVE)
-        ch.set_rule(NR_UMOUNT2, req.core.ACT_NATIVE)
-    except OSError as e:
-        log.warning("native mount path not started: %s", e,
-                    extra={"fields": {"container": ct.id}})
+    with _native_lock:
+        if st is not None and st.native:
+            return
+        ch, fds = ct.channel, ct.notify_fds
+        if ch is None or not fds or ct.pidfd < 0:
+            return
+        started = _helpers.get(id(ct)) is ch
+        if started and _ruled.get(id(ct)) is ch:
+            return  # the first call's own start got here first: rules set already
+        held = False
+        try:
+            if not started:
+                _helpers[id(ct)] = ch  # once: a helper that failed or died is not restarted
+                ch.enable_native(list(NATIVE_FSTYPES), ct.pidfd, ct.init_pid, fds[0])
+            if wait is not None:
+                # The helper holds a mount arriving meanwhile (<= 1 s) rather than forward
+                # it to the Python path, which would perform it through a new executor.
+                for n in (NR_MOUNT, NR_UMOUNT2):
+                    ch.set_rule(n, core.ACT_HOLD)
+                held = True
+                st = wait()
+            if st is not None and not st.native:
+                st.native = True
+                ch.set_rule(NR_MOUNT, core.ACT_NATIVE)
+                ch.set_rule(NR_UMOUNT2, core.ACT_NATIVE)
+                _ruled[id(ct)] = ch
+                held = False
+        except OSError as e:
+            if st is not None:
+                st.native = True
+            log.warning("native mount path not started: %s", e,
+                        extra={"fields": {"container": ct.id}})
+        finally:
+            if held:  # no snapshot: the Python path decides, as before the helper
+                for n in (NR_MOUNT, NR_UMOUNT2):
+                    ch.set_rule(n, core.ACT_PYTHON)
 
 
 def handle_mount(req: Request) -> Verdict:

@@ -28,7 +28,10 @@ from interceptd.policy.sysinfo import (
     unpack,
 )
 from interceptd.seams import Request
+from interceptd.syscalls import nr
 from interceptd.verdict import Verdict
+
+NR_SYSINFO = nr("sysinfo")
 
 
 def handle_sysinfo(req: Request) -> Verdict:
@@ -36,12 +39,37 @@ def handle_sysinfo(req: Request) -> Verdict:
     st = scope.state_of(req.container)
     if st.sysinfo is None:
         st.sysinfo = Source.of(req.container.init_pid)
-    info = st.sysinfo.gather()
-    err = write_target(req.pid, addr, info.pack(), req.valid)
+    src = st.sysinfo
+    info = src.gather()
+    raw = info.pack()
+    publish(req, src, raw)
+    err = write_target(req.pid, addr, raw, req.valid)
     if err:
         return Verdict.errno(err, "sysinfo: bad buffer")
     return Verdict.value(0, f"sysinfo emulated [uptime={info.uptime} "
                             f"totalram={info.totalram} procs={info.procs}]")
+
+
+def publish(req: Request, src: Source, raw: bytes) -> None:
+    """Hand the figures to the C core, which answers the container's next sysinfo(2)
+    calls itself (csrc/canned.c) until they are FRESH seconds old, counted from when
+    they were read: the staleness bound is the same as this path's. The call that
+    finds them stale comes here again, reads the cgroups and publishes anew."""
+    ch = req.container.channel
+    last = src.last
+    if ch is None or last is None:
+        return
+    left = FRESH - (time.monotonic() - last[0])
+    if left <= 0:
+        return
+    try:
+        ch.set_sysinfo(raw, left)
+        # Every time (a C call, on at most ~1/FRESH calls a second): a rule table reset
+        # by a reload would otherwise keep every later call on this path.
+        ch.set_rule(NR_SYSINFO, req.core.ACT_SYSINFO)
+        src.published = True
+    except (OSError, AttributeError):  # an older core, a channel closed meanwhile
+        src.published = False
 
 
 def host_sysinfo() -> HostInfo:
@@ -88,6 +116,7 @@ class Source:
     # (monotonic time, figures) of the last read; one worker thread per container uses it
     last: tuple[float, Sysinfo] | None = dataclasses.field(default=None, repr=False,
                                                           compare=False)
+    published: bool = dataclasses.field(default=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, init_pid: int) -> Source:

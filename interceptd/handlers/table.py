@@ -94,6 +94,8 @@ def register(handlers: HandlerRegistry, cfg: Config | None = None) -> None:
     # cached tables pin mount namespaces) goes with it.
     handlers.on_release(lambda c: executors.close_container(id(c)))
     handlers.on_release(_release)
+    if "mount" in notified_syscalls(cfg):
+        handlers.on_attach(mount.prestart_native)
 
 
 def _release(container: Container) -> None:

@@ -2,7 +2,8 @@
  * policy_misc: syscalls with struct arguments, for the policy tests.
  *
  *   policy_misc adjtimex MODES   adjtimex with struct timex.modes = MODES
- *   policy_misc sysinfo          sysinfo(2): prints uptime, totalram, freeram, procs, mem_unit
+ *   policy_misc sysinfo [N]      sysinfo(2) (N times): prints uptime, totalram, freeram, procs,
+ *                                mem_unit of the last call
  *   policy_misc sysinfo_loop N   N x sysinfo(2): prints "sysinfo_loop ok=K ns=T"
  *   policy_misc listener         seccomp(SET_MODE_FILTER, NEW_LISTENER) with an allow-all filter
  *
@@ -38,9 +39,12 @@ int main(int argc, char **argv)
 		r = syscall(SYS_adjtimex, &tx);
 		return report("adjtimex", r, errno);
 	}
-	if (argc == 2 && strcmp(argv[1], "sysinfo") == 0) {
+	if ((argc == 2 || argc == 3) && strcmp(argv[1], "sysinfo") == 0) {
 		struct sysinfo si;
-		long r = syscall(SYS_sysinfo, &si);
+		long n = argc == 3 ? strtol(argv[2], NULL, 10) : 1, r = 0;
+
+		for (long i = 0; i < n; i++) /* the last call's figures are printed */
+			r = syscall(SYS_sysinfo, &si);
 
 		if (r == 0)
 			printf("uptime=%ld\ntotalram=%lu\nfreeram=%lu\nprocs=%u\nmem_unit=%u\n",

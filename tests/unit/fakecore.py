@@ -12,6 +12,8 @@ ACT_ERRNO = 2
 ACT_VALUE = 3
 ACT_PYTHON = 4
 ACT_NATIVE = 5
+ACT_SYSINFO = 6
+ACT_HOLD = 7
 FLAG_CONTINUE = 1
 
 
@@ -67,6 +69,10 @@ class FakeChannel:
 
     def set_rule(self, nr: int, action: int, value: int = 0) -> None:
         self.rules[nr] = (action, value)
+
+    def set_sysinfo(self, raw: bytes, fresh: float) -> bool:
+        self.sysinfo = (raw, fresh)
+        return True
 
     def enable_native(self, fstypes: list[str], pidfd: int, pid: int, notify_fd: int) -> None:
         self.native = (list(fstypes), pidfd, pid, notify_fd)
