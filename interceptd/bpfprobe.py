@@ -11,11 +11,10 @@ import ctypes
 import os
 import struct
 
+from interceptd.kernel.bpf import bpf as _bpf
+from interceptd.kernel.bpf import raw_tracepoint_open as _raw_tp
 from interceptd.kernel.consts import BPF_PROG_LOAD
-from interceptd.syscalls import nr
 
-_NR_BPF = nr("bpf")
-_BPF_RAW_TRACEPOINT_OPEN = 17
 PROG_TYPE_TRACEPOINT = 5
 PROG_TYPE_RAW_TRACEPOINT = 17
 PROG_TYPE_TRACING = 26
@@ -24,18 +23,6 @@ TRACE_FENTRY = 24
 LSM_MAC = 27
 _RET0 = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 _GPL = ctypes.create_string_buffer(b"GPL")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    ret = _libc.syscall(_NR_BPF, cmd, attr, len(attr))
-    if ret < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e) if e != 524 else "not supported (ENOTSUPP)")
-    return int(ret)
-
 
 def load(prog_type: int, attach_type: int = 0, btf_id: int = 0) -> int:
     """A loaded "return 0" program of `prog_type`; its fd (the caller closes it)."""
@@ -49,10 +36,7 @@ def load(prog_type: int, attach_type: int = 0, btf_id: int = 0) -> int:
 
 
 def raw_tracepoint_open(prog_fd: int, name: bytes | None) -> int:
-    buf = ctypes.create_string_buffer(name) if name else None
-    attr = ctypes.create_string_buffer(16)
-    struct.pack_into("<QI", attr, 0, ctypes.addressof(buf) if buf else 0, prog_fd)
-    return _bpf(_BPF_RAW_TRACEPOINT_OPEN, attr)
+    return _raw_tp(prog_fd, name.decode() if name else None)
 
 
 def _try(*steps: tuple) -> bool | str:

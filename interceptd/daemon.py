@@ -362,27 +362,12 @@ class Daemon:
         self._parts["bpf"] = layer.start()
 
     def _start_metrics(self, dispatcher: Dispatcher) -> None:
-        """`--metrics-address`: /metrics for Prometheus (interceptd/metrics.py). A
-        missing prometheus-client or a taken port costs the metrics, not the daemon."""
-        addr = self.cfg.daemon.metrics_address
-        if addr is None:
-            return
-        try:
-            from interceptd import metrics
+        from interceptd import metrics_http
 
-            src = metrics.Sources(
-                version=version(), started=self.started, counters=self.counters,
-                bus=self.bus, dispatcher=dispatcher, registry=self.registry,
-                bpf=self._parts.get("bpf"),
-                containers=metrics_containers(self.cfg),
-                network=functools.partial(self.network_totals, metrics_containers(self.cfg)),
-                fuse=(metrics.fuse_source(self._parts["emulation"].service.stats)
-                      if "emulation" in self._parts else None),
-            )
-            self._parts["metrics"] = metrics.MetricsServer(addr.host, addr.port, src).start()
-        except (ImportError, OSError) as e:
-            log.error("metrics endpoint not started", extra={"fields": {
-                "address": str(addr), "error": str(e)}})
+        server = metrics_http.start_endpoint(self, dispatcher, version(),
+                                             metrics_containers(self.cfg))
+        if server is not None:
+            self._parts["metrics"] = server
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config file (flags still override it); apply what can change live.

@@ -21,6 +21,7 @@ from typing import Any
 from interceptd.events import Counters, Event, EventBus
 from interceptd.fairshare import Shares
 from interceptd.handlers import Handler, HandlerRegistry, Request
+from interceptd.kernel import procinfo
 from interceptd.listener import ListenerReject, ProcessState
 from interceptd.pump import PUMP_INTERVAL, DecisionPump
 from interceptd.registry import (
@@ -51,14 +52,6 @@ UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
 EXEC_WAIT = 2.0
 
 
-def read_comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().rstrip("\n")
-    except OSError:
-        return ""
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -72,7 +65,7 @@ class Dispatcher:
         *,
         name_of: Callable[[int], str],
         native_arch: int = AUDIT_ARCH_X86_64,
-        comm_of: Callable[[int], str] = read_comm,
+        comm_of: Callable[[int], str] = procinfo.read_comm,
     ) -> None:
         self.core = core
         self.engine = engine

@@ -17,7 +17,6 @@ buffer read here and go onto the EventBus with source "bpf".
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import mmap
@@ -35,6 +34,7 @@ from typing import Any
 
 from interceptd import syscalls
 from interceptd.events import Event, EventBus
+from interceptd.kernel.bpf import cgroup2_id, map_lookup, map_update, raw_tracepoint_open
 
 log = logging.getLogger("interceptd.ebpf")
 
@@ -50,69 +50,7 @@ EVENT = struct.Struct("<QQ6QqIIIiII16s")  # struct event_t
 LOAD_TIMEOUT = 60.0
 LOADER_NICE = 10
 
-_BPF_MAP_LOOKUP_ELEM, _BPF_MAP_UPDATE_ELEM = 1, 2
-_BPF_RAW_TRACEPOINT_OPEN = 17
-_NR_BPF = syscalls.nr("bpf")
 _RINGBUF_BUSY, _RINGBUF_DISCARD, _RINGBUF_HDR = 1 << 31, 1 << 30, 8
-
-
-class _MapAttr(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
-                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
-                ("flags", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _map_op(cmd: int, fd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None,
-            flags: int = 0) -> int:
-    k = ctypes.create_string_buffer(key, len(key))
-    attr = _MapAttr(fd, 0, ctypes.addressof(k),
-                    ctypes.addressof(value) if value is not None else 0, flags)
-    if _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
-        return ctypes.get_errno()
-    return 0
-
-
-class _RawTpAttr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32)]
-
-
-def raw_tracepoint_open(name: str, prog_fd: int) -> int:
-    """Attach a loaded raw tracepoint program: the returned fd keeps it attached."""
-    n = ctypes.create_string_buffer(name.encode())
-    attr = _RawTpAttr(ctypes.addressof(n), prog_fd, 0)
-    fd = _libc.syscall(_NR_BPF, _BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(attr),
-                       ctypes.sizeof(attr))
-    if fd < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"attach raw tracepoint {name}: {os.strerror(e)}")
-    return int(fd)
-
-
-def map_update(fd: int, key: bytes, value: bytes) -> None:
-    v = ctypes.create_string_buffer(value, len(value))
-    err = _map_op(_BPF_MAP_UPDATE_ELEM, fd, key, v)
-    if err:
-        raise OSError(err, f"bpf map update: {os.strerror(err)}")
-
-
-def map_lookup(fd: int, key: bytes, size: int) -> bytes | None:
-    v = ctypes.create_string_buffer(size)
-    err = _map_op(_BPF_MAP_LOOKUP_ELEM, fd, key, v)
-    return None if err else v.raw
-
-
-def cgroup2_id(mount: str, path: str) -> int:
-    """The cgroup v2 id (what bpf_get_current_cgroup_id() returns): the inode number
-    of the cgroup's directory in the unified hierarchy."""
-    rel = path.lstrip("/")
-    if not rel or ".." in rel.split("/"):
-        raise ValueError(f"cgroup v2 path {path!r} is not a container's own cgroup")
-    return os.stat(os.path.join(mount, rel)).st_ino
 
 
 def _now_offset() -> float:
@@ -393,7 +331,7 @@ class BpfLayer:
         once the last one leaves, no process on the host pays for them."""
         for tp, fd in self._progs.items():
             if tp not in self._links:
-                self._links[tp] = raw_tracepoint_open(tp, fd)
+                self._links[tp] = raw_tracepoint_open(fd, tp)
 
     def _detach(self) -> None:
         for fd in self._links.values():

@@ -21,11 +21,9 @@ import contextlib
 import logging
 import platform
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler
 
 from interceptd import syscalls
 from interceptd.tally import DURATION_BUCKETS_NS
@@ -435,57 +433,6 @@ class Collector:
 
 def _le(ns: int) -> str:
     return repr(ns / 1e9)
-
-
-# -- the endpoint ----------------------------------------------------------------
-
-
-class _QuietHandler(WSGIRequestHandler):
-    timeout = 10  # a client that stalls mid-request loses its connection, not a thread forever
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class MetricsServer:
-    """`/metrics` on HOST:PORT, served by a thread per request (loopback by default)."""
-
-    def __init__(self, host: str, port: int, src: Sources) -> None:
-        from wsgiref.simple_server import make_server
-
-        from prometheus_client import CollectorRegistry, make_wsgi_app
-        from prometheus_client.exposition import ThreadingWSGIServer
-        from prometheus_client.process_collector import ProcessCollector
-
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(Collector(src))
-        ProcessCollector(registry=self.registry)
-
-        class Server(ThreadingWSGIServer):
-            address_family = _family(host)
-
-        self._httpd = make_server(host, port, make_wsgi_app(self.registry), Server,
-                                  handler_class=_QuietHandler)
-        self.address = self._httpd.server_address[:2]
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> MetricsServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics",
-                                        kwargs={"poll_interval": 0.25}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(2.0)
-
-
-def _family(host: str) -> int:
-    import socket
-
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 # -- the README's table --------------------------------------------------------------

@@ -156,8 +156,12 @@ UFFD_USER_MODE_ONLY = 1
 AF_VSOCK = 40
 AF_MAX = 46
 
-# bpf(2) commands a container may use when the config allows "bpf" partially
+# bpf(2) commands (BPF_PROG_LOAD: also what a container may use when the config allows
+# "bpf" partially)
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_PROG_LOAD = 5
+BPF_RAW_TRACEPOINT_OPEN = 17
 
 # capabilities(7)
 CAP_SYS_ADMIN = 21

@@ -235,3 +235,12 @@ def start_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
         stat = f.read()
     return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def read_comm(pid: int) -> str:
+    """/proc/<pid>/comm without its newline; "" once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return ""

@@ -25,6 +25,7 @@ KERNEL = ("interceptd.kernel", "interceptd.syscalls")
 EDGES = ("interceptd.daemon", "interceptd.listener", "interceptd.control", "interceptd.cli",
          "interceptd.reload", "interceptd.runtime", "interceptd.checkconfig",
          "interceptd.sdnotify", "interceptd.liveness", "interceptd.metrics",
+         "interceptd.metrics_http",
          # the daemon's parts and its restarts (handover, fd store, journal, re-exec)
          "interceptd.plugins", "interceptd.serving", "interceptd.views",
          "interceptd.handover", "interceptd.fdstore", "interceptd.journal",
@@ -170,13 +171,9 @@ def test_every_exemption_is_still_needed(src: str, dst: str) -> None:
         f"{src} -> {dst} is gone: remove it from EXEMPT")
 
 
-def test_no_module_over_500_lines_in_the_layers() -> None:
-    owned = ("interceptd.kernel", "interceptd.policy", "interceptd.handlers",
-             "interceptd.policystore", "interceptd.seams", "interceptd.syscalls",
-             "interceptd.verdict")
+def test_no_module_over_500_lines() -> None:
     long = [(str(p.relative_to(ROOT)), n) for p in PKG.rglob("*.py")
-            if _within(_module_name(p), owned)
-            and (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
     assert long == []
 
 
