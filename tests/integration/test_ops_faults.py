@@ -1,0 +1,85 @@
+"""Faults around the daemon (issue 14, Tests: faults): its state dir full, then read-only.
+
+The state dir is a small tmpfs of the test's own. A full or read-only state dir costs the
+daemon only what it persists for a restart (the per-container policy state, logged as
+"policy state not saved"): containers keep attaching, their vetted mounts keep being
+decided and performed, and the daemon still stops cleanly.
+(The watchdog firing on a stuck serving loop is tests/integration/test_ops_daemon.py's
+test_stuck_serving_loop_stops_the_pings.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Daemon, Runtime
+from tests.integration.policy_support import privileged, probe, run_script
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = "\n".join([
+    "mkdir -p /mnt/a",
+    probe("mount", "sys mount s:t s:/mnt/a s:tmpfs 0 s:size=1m"),
+    probe("umount", "sys umount2 s:/mnt/a 0"),
+    probe("umount_proc", "sys umount2 s:/proc 2"),
+])
+EXPECT = {"mount": (0, 0), "umount": (0, 0), "umount_proc": (-1, 16)}  # EBUSY
+
+
+@pytest.fixture
+def state_tmpfs(workdir: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs where daemon_factory's first daemon keeps its state (requested
+    before daemon_factory, so it is unmounted after that daemon stopped)."""
+    mnt = workdir / "daemon0"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "ic-ops-state",
+                    str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(top: Path) -> None:
+    with contextlib.suppress(OSError), open(top / "filler", "wb") as f:
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    with pytest.raises(OSError) as e, open(top / "probe", "wb") as f:
+        f.write(b"x" * 8192)
+        f.flush()
+        os.fsync(f.fileno())
+    assert e.value.errno in (errno.ENOSPC,)
+
+
+def test_state_dir_full_then_readonly(state_tmpfs: Path, daemon_factory: Callable[..., Daemon],
+                                      runtime_factory: Callable[[str], Runtime],
+                                      bundle_factory, new_id):
+    rt = runtime_factory("runc")
+    d = daemon_factory()
+    assert d.state_dir == state_tmpfs
+    assert run_script(rt, privileged(bundle_factory, d, SCRIPT), new_id("ok")) == EXPECT
+    fill(state_tmpfs)
+    assert run_script(rt, privileged(bundle_factory, d, SCRIPT), new_id("full")) == EXPECT
+    assert "policy state not saved" in d.log()
+    # Read-only for every new lookup (the daemon's open files keep the tmpfs busy, so no
+    # remount of the tmpfs itself): a read-only bind of the directory over itself.
+    subprocess.run(["mount", "--bind", str(state_tmpfs), str(state_tmpfs)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(state_tmpfs)], check=True)
+        with pytest.raises(OSError):
+            (state_tmpfs / "x").touch()
+        assert run_script(rt, privileged(bundle_factory, d, SCRIPT), new_id("ro")) == EXPECT
+        assert d.alive()
+        assert d.control("status")["containers"] == 0
+        # Stopping with a read-only state dir (it cannot unlink its sockets) is still clean.
+        assert d.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(state_tmpfs)], check=False)  # the bind
