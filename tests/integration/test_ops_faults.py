@@ -1,4 +1,5 @@
-"""Faults around the daemon (issue 14, Tests: faults): its state dir full, then read-only.
+"""Faults around the daemon (issue 14, Tests: faults): its state dir full, then read-only;
+a container killed while its notification is being handled.
 
 The state dir is a small tmpfs of the test's own. A full or read-only state dir costs the
 daemon only what it persists for a restart (the per-container policy state, logged as
@@ -14,12 +15,16 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import Daemon, Runtime
+from tests.harness.fleet import HANDLERS
+from tests.harness.handlers import ANNOTATION, DELAY_ANNOTATION
+from tests.harness.runtime import output
 from tests.integration.policy_support import privileged, probe, run_script
 
 pytestmark = pytest.mark.integration
@@ -83,3 +88,44 @@ def test_state_dir_full_then_readonly(state_tmpfs: Path, daemon_factory: Callabl
         assert d.stop() == 0
     finally:
         subprocess.run(["umount", "-l", str(state_tmpfs)], check=False)  # the bind
+
+
+def test_container_killed_while_its_notification_is_handled(
+        daemon_factory: Callable[..., Daemon], runtime_factory: Callable[[str], Runtime],
+        bundle_factory, new_id):
+    """The handler still holds the notification when the container is SIGKILLed: the
+    answer to the dead caller is dropped and counted (respond_errors{target gone}),
+    nothing else is done for it, the container is detached and the daemon serves on."""
+    rt = runtime_factory("runc")
+    d = daemon_factory(sections=HANDLERS)
+    plain = bundle_factory(args=["sys", "sysfs", "3"], notify=["sysfs"],
+                           listener_path=d.listener_path)
+    assert rt.run(plain, new_id("warm")).check().stdout.strip() == "ret=4242 errno=0"
+    baseline = d.fd_count()
+    slow = bundle_factory(args=["sys", "sysfs", "3"], notify=["sysfs"],
+                          listener_path=d.listener_path,
+                          annotations={DELAY_ANNOTATION: "2000", ANNOTATION: "value:7"})
+    cid = new_id("victim")
+    with rt.started(slow, cid):
+        d.wait_container(cid)
+        # The call is made at once; the handler then sleeps 2 s on it. Killed 0.8 s
+        # in (the counter below shows the kill did land while it was being handled).
+        time.sleep(0.8)
+        rt.kill(cid, "KILL")
+        wait_until(lambda: counter(d, "respond_errors", "target gone") >= 1, 10)
+        wait_until(lambda: d.container(cid) is None, 10)
+    assert "ret=" not in output(slow)[0]  # the caller never saw an answer
+    assert d.alive()
+    assert rt.run(plain, new_id("after")).check().stdout.strip() == "ret=4242 errno=0"
+    wait_until(lambda: d.fd_count() == baseline, 10)
+
+
+def counter(d: Daemon, name: str, label: str) -> int:
+    return d.control("status")["counters"].get(name, {}).get(label, 0)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
