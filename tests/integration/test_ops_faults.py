@@ -35,6 +35,9 @@ SCRIPT = "\n".join([
     probe("umount", "sys umount2 s:/mnt/a 0"),
     probe("umount_proc", "sys umount2 s:/proc 2"),
 ])
+# When `runc create` is killed: dense around where runc connects to the listener here
+# (20-50 ms after the start), spread on either side for other machines.
+DELAYS = [0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.07, 0.1, 0.2]
 EXPECT = {"mount": (0, 0), "umount": (0, 0), "umount_proc": (-1, 16)}  # EBUSY
 
 
@@ -129,3 +132,35 @@ def wait_until(pred: Callable[[], bool], timeout: float) -> None:
     while not pred():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_runc_killed_during_the_listener_handshake(
+        daemon_factory: Callable[..., Daemon], runtime_factory: Callable[[str], Runtime],
+        bundle_factory, new_id):
+    """`runc create` (which connects to the listener and sends the notify fd) SIGKILLed
+    at spread moments of its run: whatever the daemon got of it is dropped with the
+    container, the daemon keeps no fd of it and serves the next container."""
+    rt = runtime_factory("runc")
+    d = daemon_factory(rules=[{"syscall": "sysfs", "action": "value", "value": 23}])
+    plain = bundle_factory(args=["sys", "sysfs", "3"], notify=["sysfs"],
+                           listener_path=d.listener_path)
+    assert rt.run(plain, new_id("warm")).check().stdout.strip() == "ret=23 errno=0"
+    baseline = d.fd_count()
+    for i, delay in enumerate(DELAYS):
+        b = bundle_factory(args=["sleep", "30"], notify=["sysfs"],
+                           listener_path=d.listener_path)
+        cid = new_id(f"cut{i}")
+        with open(b.path / "stdout", "wb") as out:
+            p = subprocess.Popen(rt.cmd("create", "--bundle", str(b.path), cid),
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        rt.delete(cid)  # what a runtime's caller does after a failed create
+        wait_until(lambda cid=cid: d.container(cid) is None, 10)
+    assert d.alive()
+    attached = d.log().count("info attach container=cut")
+    print(f"\n{attached} of {len(DELAYS)} cut creates had attached before the kill")
+    assert rt.run(plain, new_id("after")).check().stdout.strip() == "ret=23 errno=0"
+    wait_until(lambda: d.fd_count() == baseline, 10)
+    assert d.control("status")["containers"] == 0
