@@ -164,3 +164,61 @@ def test_runc_killed_during_the_listener_handshake(
     assert rt.run(plain, new_id("after")).check().stdout.strip() == "ret=23 errno=0"
     wait_until(lambda: d.fd_count() == baseline, 10)
     assert d.control("status")["containers"] == 0
+
+
+def _cgroup_dirs(pid: int) -> list[tuple[Path, Path]]:
+    """(the hierarchy's root, the process's cgroup dir) of each mounted hierarchy."""
+    roots: dict[str, Path] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, opts = right.split()[0], right.split()[2].split(",")
+            mnt = Path(left.split()[4])
+            if fstype == "cgroup2":
+                roots[""] = mnt
+            elif fstype == "cgroup":
+                ctrls = [o for o in opts if o not in ("rw", "ro", "nosuid", "nodev", "noexec",
+                                                      "relatime")]
+                roots[",".join(ctrls)] = mnt
+    out = []
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            root = roots.get(ctrls)
+            if root is not None and path not in ("", "/"):
+                out.append((root, root / path.lstrip("/")))
+    return out
+
+
+def test_attached_container_whose_cgroup_vanishes(
+        daemon_factory: Callable[..., Daemon], runtime_factory: Callable[[str], Runtime],
+        bundle_factory, new_id):
+    """The container's processes are moved to each hierarchy's root and its cgroups
+    removed while it calls the emulated sysinfo(2) in a loop: every call is still
+    answered (ret=0), the daemon stays up and detaches it at the end."""
+    rt = runtime_factory("runc")
+    d = daemon_factory()
+    b = bundle_factory(args=["sh", "-c", "while :; do sys sysinfo b:128; sleep 0.05; done"],
+                       notify=["sysinfo"], listener_path=d.listener_path)
+    cid = new_id("cgone")
+    with rt.started(b, cid):
+        init = d.wait_container(cid)["init_pid"]
+        wait_until(lambda: output(b)[0].count("\n") >= 3, 10)
+        dirs = _cgroup_dirs(init)
+        assert dirs, Path(f"/proc/{init}/cgroup").read_text()
+        for root, cg in dirs:
+            for pid in (cg / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):  # exited meanwhile
+                    (root / "cgroup.procs").write_text(pid)
+        for _, cg in dirs:
+            for sub in sorted(cg.glob("**/"), key=lambda p: -len(p.parts)):
+                with contextlib.suppress(FileNotFoundError):
+                    sub.rmdir()
+        assert not any(cg.exists() for _, cg in dirs)
+        before = output(b)[0].count("\n")
+        wait_until(lambda: output(b)[0].count("\n") >= before + 10, 10)
+        lines = output(b)[0].splitlines()[:-1]
+        assert set(lines) == {"ret=0 errno=0"}, [ln for ln in lines if ln != "ret=0 errno=0"]
+        assert d.alive()
+    wait_until(lambda: d.container(cid) is None, 10)
+    assert d.alive()
