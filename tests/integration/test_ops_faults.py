@@ -1,10 +1,14 @@
-"""Faults around the daemon (issue 14, Tests: faults): its state dir full, then read-only;
-a container killed while its notification is being handled.
+"""Faults around the daemon (issue 14, Tests: faults), each against a real daemon and
+real runc containers:
 
-The state dir is a small tmpfs of the test's own. A full or read-only state dir costs the
-daemon only what it persists for a restart (the per-container policy state, logged as
-"policy state not saved"): containers keep attaching, their vetted mounts keep being
-decided and performed, and the daemon still stops cleanly.
+- its state dir full (a small tmpfs of the test's own), then read-only (a read-only bind
+  over it): a full or read-only state dir costs only what the daemon persists for a
+  restart (the per-container policy state, logged as "policy state not saved");
+- a container SIGKILLed while the handler holds its notification;
+- `runc create` SIGKILLed at spread moments around its listener hand-shake;
+- an attached container whose cgroups vanish;
+- a reader of the emulated /proc/meminfo (FUSE) stopped for good mid-file.
+
 (The watchdog firing on a stuck serving loop is tests/integration/test_ops_daemon.py's
 test_stuck_serving_loop_stops_the_pings.)
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -222,3 +227,51 @@ def test_attached_container_whose_cgroup_vanishes(
         assert d.alive()
     wait_until(lambda: d.container(cid) is None, 10)
     assert d.alive()
+
+
+def _fuse_mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def test_fuse_reader_that_never_finishes(
+        daemon_factory: Callable[..., Daemon], runtime_factory: Callable[[str], Runtime],
+        bundle_factory, new_id):
+    """A reader of the container's emulated /proc/meminfo stops for good in the middle of
+    its file: other readers and the container's notified calls are served meanwhile,
+    the daemon still stops cleanly (its FUSE tree goes), and the stuck reader, resumed,
+    gets an error instead of hanging."""
+    rt = runtime_factory("runc")
+    d = daemon_factory(rules=[{"syscall": "sysfs", "action": "value", "value": 41}])
+    fs = d.control("status")["emulation"]["fs"]
+    b = bundle_factory(args=["sleep", "60"], notify=["sysfs"], listener_path=d.listener_path)
+    cid = new_id("fuse")
+    with rt.started(b, cid):
+        pid = d.wait_container(cid)["init_pid"]
+        meminfo = f"{fs}/proc/meminfo"
+        # nsenter -p forks: its child (sh) is the reader; its own session, so that the
+        # test can end exactly the group it started.
+        reader = subprocess.Popen(
+            ["nsenter", "-t", str(pid), "-p", "--", "sh", "-c",
+             f'exec 3<{meminfo}; read -r l <&3; echo "$l"; kill -STOP $$; '
+             'cat <&3 >/dev/null; echo "rc=$?"'],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert reader.stdout is not None
+            assert reader.stdout.readline().startswith("MemTotal:")
+            for _ in range(5):
+                other = subprocess.run(["nsenter", "-t", str(pid), "-p", "--", "cat", meminfo],
+                                       capture_output=True, text=True, timeout=10)
+                assert other.returncode == 0 and "MemTotal:" in other.stdout, other.stderr
+                res = rt.exec(cid, ["sys", "sysfs", "3"]).check()
+                assert res.stdout.strip() == "ret=41 errno=0"
+            # The daemon stops with the reader still holding its file open mid-way.
+            assert d.stop(timeout=15) == 0
+            assert not _fuse_mounted(fs)
+            os.killpg(reader.pid, signal.SIGCONT)
+            out, _ = reader.communicate(timeout=10)  # no hang on the gone server
+            assert "rc=" in out and "rc=0" not in out, out
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(reader.pid, signal.SIGKILL)
+            reader.wait()
