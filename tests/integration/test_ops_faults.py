@@ -211,15 +211,18 @@ def test_attached_container_whose_cgroup_vanishes(
         wait_until(lambda: output(b)[0].count("\n") >= 3, 10)
         dirs = _cgroup_dirs(init)
         assert dirs, Path(f"/proc/{init}/cgroup").read_text()
-        for root, cg in dirs:
-            for pid in (cg / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):  # exited meanwhile
-                    (root / "cgroup.procs").write_text(pid)
-        for _, cg in dirs:
-            for sub in sorted(cg.glob("**/"), key=lambda p: -len(p.parts)):
+        # The loop forks all the time: a child forked during the move may land in the
+        # old cgroup (EBUSY on rmdir), so move and remove again until all are gone.
+        deadline = time.monotonic() + 10
+        while any(cg.exists() for _, cg in dirs):
+            assert time.monotonic() < deadline, "the container's cgroups stay busy"
+            for root, cg in dirs:
                 with contextlib.suppress(FileNotFoundError):
-                    sub.rmdir()
-        assert not any(cg.exists() for _, cg in dirs)
+                    for pid in (cg / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(OSError):  # exited meanwhile
+                            (root / "cgroup.procs").write_text(pid)
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    cg.rmdir()
         before = output(b)[0].count("\n")
         wait_until(lambda: output(b)[0].count("\n") >= before + 10, 10)
         lines = output(b)[0].splitlines()[:-1]
