@@ -299,6 +299,10 @@ def test_hostile_runtime_service_messages(served):
             # The launcher's protocol: nothing (a closed socket), ERR, FALLBACK, or OK.
             assert reply == b"" or reply.split(b" ", 1)[0].split(b"\n")[0] in (
                 b"ERR", b"FALLBACK", b"OK"), (req[:200], reply[:200])
+            # A malformed request is told what is wrong, not a Python error's text.
+            for internal in (b"object is not", b"indices must be", b"codec can't",
+                             b"Expecting value", b"KeyError"):
+                assert internal not in reply, (req[:200], reply[:200])
 
     one()
     assert sent == PER_SOCKET["runtime"]
