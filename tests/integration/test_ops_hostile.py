@@ -307,3 +307,21 @@ def test_hostile_runtime_service_messages(served):
     one()
     assert sent == PER_SOCKET["runtime"]
     assert d.control("status")["containers"] == 1
+
+
+def test_trace_clients_gone_behind_a_busy_container(served):
+    """Found by the control-socket run: a trace whose filter drops every event (here a
+    pid nobody has) checked for its client's hang-up only after 0.5 s without events, so
+    behind a container that keeps calling it held its thread, socket and client slot for
+    ever; more of them than slots (32) locked everyone out of control.sock."""
+    d, _ = served
+    for _ in range(4):  # 40 in all, 10 at a time (a client is noticed gone within 0.5 s)
+        for _ in range(10):
+            reply = _exchange(str(d.control_sock),
+                              json.dumps({"cmd": "trace", "pid": 4}).encode() + b"\n",
+                              first_line=True)
+            assert json.loads(reply.split(b"\n", 1)[0]) == {"ok": True, "trace": True}
+        deadline = time.monotonic() + 5
+        while d.control("status")["trace_clients"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.control("status")["trace_clients"] == 0
