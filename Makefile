@@ -17,7 +17,7 @@ APT_PACKAGES := runc crun busybox-static fuse3 libfuse3-dev python3-bpfcc bpfcc-
 	linux-headers-amd64 lintian python3-venv python3-dev python3-cffi python3-setuptools \
 	python3-pytest libc6-dev gcc make pkg-config util-linux uidmap docker.io \
 	python3-prometheus-client prometheus python3-pyroute2 lxcfs \
-	debootstrap clang-format
+	debootstrap clang-format python3-hypothesis
 
 # The C build is redone only when its inputs change.
 CORE_INPUTS := setup.py pyproject.toml $(wildcard csrc/*.c csrc/*.h interceptd/_build_core.py)

@@ -225,15 +225,20 @@ class ControlServer:
             self._send(conn, {"ok": False, "error": "tracing is not available"})
             return
         sent = 0
+        checked = time.monotonic()
         with self._bus.subscribe(TRACE_QUEUE) as sub:
             self._send(conn, {"ok": True, "trace": True})
             while not self._stop.is_set() and (count == 0 or sent < count):
                 ev = sub.get(timeout=0.5)
-                if ev is None:
+                # Also while events flow that the filter drops: else a client gone
+                # away kept its thread, fd and client slot for as long as they flow.
+                if ev is None or time.monotonic() - checked >= 0.5:
+                    checked = time.monotonic()
                     if self._stop.is_set():
                         break
                     if _hung_up(conn):
                         return
+                if ev is None:
                     continue
                 if not match(ev):
                     continue

@@ -70,6 +70,25 @@ def _mount_ns(pid: int | str) -> tuple[int, int, int, int]:
     return s.st_dev, s.st_ino, r.st_dev, r.st_ino
 
 
+def _request(line: bytes) -> tuple[list[str], str, dict[str, str]]:
+    """The launcher's request, checked: a malformed one is refused with what is wrong,
+    not with a Python error's text."""
+    try:
+        req = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("malformed request: not a JSON line") from None
+    if not isinstance(req, dict):
+        raise ValueError("malformed request: not a JSON object")
+    args, cwd, env = req.get("argv"), req.get("cwd"), req.get("env") or {}
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValueError("malformed request: argv must be a list of strings")
+    if not isinstance(cwd, str):
+        raise ValueError("malformed request: cwd must be a string")
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ValueError("malformed request: env must map names to strings")
+    return args, cwd, {k: v for k, v in env.items() if k in ENV_KEYS}
+
+
 class _Fd:
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -269,10 +288,7 @@ class Service:
     def _handle(self, conn: socket.socket, rfile) -> None:
         ph = Phases()
         pid = _peer_pid(conn)
-        req = json.loads(rfile.readline(MAX_REQUEST))
-        args = [str(a) for a in req["argv"]]
-        cwd = str(req["cwd"])
-        env = {k: str(v) for k, v in (req.get("env") or {}).items() if k in ENV_KEYS}
+        args, cwd, env = _request(rfile.readline(MAX_REQUEST))
         env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         st, state_dir = self._settings(env)
         inv = argvmod.parse(args)

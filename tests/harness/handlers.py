@@ -9,12 +9,16 @@ every notification to the handler with the right container."""
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any
 
 from interceptd.verdict import Verdict
 
 ANNOTATION = "org.interceptd.test/answer"
+# Milliseconds the handler sleeps before answering (a notification kept in handling,
+# for tests that kill its caller meanwhile).
+DELAY_ANNOTATION = "org.interceptd.test/delay-ms"
 
 
 def parse_answer(text: str) -> Verdict:
@@ -28,6 +32,9 @@ def parse_answer(text: str) -> Verdict:
 
 def answer(default: str, cache: dict[str, Verdict], req: Any) -> Verdict:
     annotations = getattr(req.container, "annotations", None) or {}
+    delay = annotations.get(DELAY_ANNOTATION)
+    if delay:
+        time.sleep(int(delay) / 1000)
     text = annotations.get(ANNOTATION, default)
     # Verdicts are immutable: parse each answer text once, not on every call
     # (this handler is what the Python-path benchmark measures).
