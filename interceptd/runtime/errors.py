@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from . import argv as argvmod
@@ -19,12 +20,16 @@ def log_error(inv: argvmod.Invocation, msg: str) -> None:
     log_file_error(inv, msg)
 
 
-def log_file_error(inv: argvmod.Invocation, msg: str) -> None:
-    """The runtime's --log file: containerd shows its last error line to the user."""
+def log_file_error(inv: argvmod.Invocation, msg: str, cwd_is_callers: bool = True) -> None:
+    """The runtime's --log file: containerd shows its last error line to the user. A
+    relative path names a file in the caller's cwd: the daemon's prepare service (not
+    in that cwd) writes only absolute ones (containerd and Docker pass those)."""
     log = inv.global_value("log")
     if log and log.startswith("file:"):  # crun's spelling of a file
         log = log[5:]
     if not log or log.startswith(("journald:", "syslog:")):
+        return
+    if not cwd_is_callers and not os.path.isabs(log):
         return
     import datetime
 

@@ -346,7 +346,7 @@ class Service:
     @staticmethod
     def _refuse(conn: socket.socket, inv: argvmod.Invocation, msg: str) -> None:
         """ERR: the launcher prints it and exits 1; the runtime's --log gets it too."""
-        log_file_error(inv, msg)
+        log_file_error(inv, msg, cwd_is_callers=False)
         conn.sendall(f"ERR {msg}\n".replace("\n", " ").rstrip().encode() + b"\n")
 
 
