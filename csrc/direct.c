@@ -186,7 +186,11 @@ int icd_direct_wait(struct icd_channel *ch, struct icd_item *items, int timeout_
   int ret = 0;
 
   pthread_mutex_lock(&ch->lock);
-  if (!ch->closed && ch->nlive == 1)
+  /* The queue is looked at again under the lock the receiver pushes and
+   * offers under: an item queued since the caller's unlocked look, with the
+   * fd offered along, would otherwise sit there while we block in RECV on
+   * an fd whose target waits for that very item's answer. */
+  if (!ch->closed && ch->nlive == 1 && !ch->qlen)
     for (x = ch->recvs; x; x = x->next)
       if (x->running && atomic_load(&x->turn) == TURN_PY_BUSY && !atomic_load(&x->py_in)) {
         r = x;

@@ -1,0 +1,128 @@
+"""No lost Python-path notification under load, without any restart.
+
+The hang this guards against: in direct mode a waiter that had looked at the queue
+without the lock (empty) then found the receiver's offer of the fd, made along with
+an item pushed in between, took the fd and blocked in RECV while that item sat in
+the queue; its target waited for that very answer, so nothing ever came again
+(csrc/direct.c, icd_direct_wait). The window is a few instructions wide: it takes
+many channels whose workers wait forever (as the daemon's do), targets alternating
+a Python-path and a fast call, and a machine busier than its cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from interceptd import core
+from tests.harness import Runtime
+from tests.harness.handlers import ANNOTATION
+from tests.harness.runtime import output
+from tests.integration import test_core_support as sup
+from tests.integration.test_core_support import GETPGID, SYSFS
+
+NR_SYSFS, NR_ACCT = 139, 163  # x86_64
+FAST_VALUE = 7
+LINE = re.compile(r"calls=(\d+) ok=(\d+) bad=(\d+) enosys=(\d+) max_us=(\d+)")
+
+
+def test_engine_loses_no_python_path_call() -> None:
+    """20 targets x 3000 Python-path calls, each channel with one waiter that waits
+    forever: every target finishes (before the fix 3 runs in 4 hung here)."""
+    n, pairs = 20, 3000
+    e = core.Engine()
+    targets: list[sup.Target] = []
+    chans: list[core.Channel] = []
+
+    def worker(ch: core.Channel) -> None:
+        rnd = random.Random(ch.stats()["fast"])
+        while not ch.closed:
+            for it in ch.wait(None):
+                if not isinstance(it, core.Notification):
+                    continue
+                if rnd.random() < 0.2:
+                    # Past PARK_NS, so the receiver takes the fd back and queues the
+                    # next call; then back to wait() at a random moment of that.
+                    time.sleep(0.006)
+                    ch.answer(it, it.args[0], 0, 0)
+                    end = time.perf_counter() + rnd.random() * 50e-6
+                    while time.perf_counter() < end:
+                        pass
+                else:
+                    ch.answer(it, it.args[0], 0, 0)
+
+    cmds = [c for _ in range(pairs) for c in (f"call:{SYSFS}:3", f"call:{GETPGID}:0")]
+    try:
+        for i in range(n):
+            ch = e.channel(i + 1)
+            chans.append(ch)
+            ch.set_rule(SYSFS, core.ACT_PYTHON)
+            ch.set_rule(GETPGID, core.ACT_VALUE, 5)
+            t = sup.start([SYSFS, GETPGID], *cmds)
+            targets.append(t)
+            e.attach(ch, t.listener)
+            threading.Thread(target=worker, args=(ch,), daemon=True).start()
+        outs: list[list[str]] = [[] for _ in targets]
+        readers = [threading.Thread(target=lambda f=t.proc.stdout, o=o: o.extend(f), daemon=True)
+                   for t, o in zip(targets, outs, strict=True)]
+        for r in readers:
+            r.start()
+        for t in targets:
+            t.go()
+        deadline = time.monotonic() + 25
+        stuck = []
+        for i, t in enumerate(targets):
+            try:
+                t.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                stuck.append((i, chans[i].stats()))
+        assert not stuck, f"targets hung on a notified call: {stuck}"
+        for r in readers:
+            r.join(5)
+        for t, o in zip(targets, outs, strict=True):
+            assert t.proc.returncode == 0
+            assert o.count(f"call {SYSFS} 3 0\n") == pairs
+            assert o.count(f"call {GETPGID} 5 0\n") == pairs
+    finally:
+        for t in targets:
+            t.close()
+        for ch in chans:
+            ch.close()
+        e.close()
+
+
+def test_containers_lose_no_python_path_call(
+        runtime: Runtime, bundle_factory: Callable[..., Any],
+        daemon_factory: Callable[..., Any], new_id: Callable[[str], str]) -> None:
+    """Containers looping over a Python-path call (sysfs, a handler's value) and a
+    fast one (acct, the verdict table's value) through a real daemon: every call of
+    every container answered, none hangs."""
+    n = int(os.environ.get("INTERCEPTD_LOST_CONTAINERS", "12"))
+    seconds = 8
+    d = daemon_factory(rules=[{"syscall": "acct", "action": "value", "value": FAST_VALUE}],
+                       sections={"handlers": {"modules": ["tests.harness.handlers"]}})
+    with contextlib.ExitStack() as stack:
+        started = []
+        for i in range(n):
+            answer = 2000 + i
+            b = bundle_factory(
+                args=["restart_loop", str(seconds), str(NR_SYSFS), str(answer),
+                      str(NR_ACCT), str(FAST_VALUE)],
+                notify=["sysfs", "acct"], listener_path=d.listener_path,
+                annotations={ANNOTATION: f"value:{answer}"})
+            started.append((stack.enter_context(runtime.started(b, new_id("lost"))), b))
+        for cid, _ in started:
+            d.wait_container(cid)
+        deadline = time.monotonic() + seconds + 30
+        for cid, b in started:
+            while not (m := LINE.search(output(b)[0])):
+                assert time.monotonic() < deadline, f"{cid} hung: {output(b)} {d.container(cid)}"
+                time.sleep(0.1)
+            calls, ok, bad, enosys, _ = map(int, m.groups())
+            assert bad == 0 and enosys == 0 and calls == ok > 100, m.group(0)
