@@ -587,9 +587,22 @@ static void stop_helper(struct icd_native *nv)
   }
 }
 
+struct helper_args {
+  pid_t parent;
+  int pidfd, pid;
+  struct icd_native *nv;
+};
+
+static void helper_child(void *arg, int sock)
+{
+  struct helper_args *a = arg;
+  helper_main(a->parent, a->pidfd, a->pid, sock, a->nv);
+}
+
 int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len,
                      struct icd_rules *rt)
 {
+  struct helper_args a;
   struct pollfd p;
   struct msg m;
   pid_t child, parent = getpid();
@@ -605,14 +618,11 @@ int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list
   memset(nv->fstypes, 0, sizeof nv->fstypes);
   memcpy(nv->fstypes, list, len);
   nv->rt = rt;
-  child = icd_nsop_fork_joined(&sock);
+  a = (struct helper_args){ .parent = parent, .pidfd = pidfd, .pid = pid, .nv = nv };
+  child = icd_nsop_fork_lasting(&sock, helper_child, &a);
   if (child < 0) {
     pthread_mutex_unlock(&nv->lock);
     return child;
-  }
-  if (child == 0) {
-    helper_main(parent, pidfd, pid, sock, nv);
-    _exit(0);
   }
   nv->pid = child;
   nv->sock = sock;

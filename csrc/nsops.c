@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -195,6 +196,11 @@ int icd_nsop_enter(int pidfd, int nsflags)
       return -errno;
     if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
       return -errno;
+    /* The kernel clears the parent-death signal when the euid changes: a
+     * helper that outlived a killed daemon went on receiving its container's
+     * notifications and dropped them. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+      return -errno;
   }
   return 0;
 }
@@ -227,6 +233,8 @@ int icd_nsop_become_helper(pid_t parent, int pidfd, int pid, int nsflags, int so
     return r;
   if ((r = icd_nsop_enter(pidfd, nsflags)))
     return r;
+  if (getppid() != parent) /* died before the signal was armed again */
+    return -ESRCH;
   if (close(pidfd) < 0)
     return -errno;
   return 0;
@@ -238,6 +246,75 @@ void icd_nsop_reap(pid_t child)
   while (waitpid(child, &status, 0) < 0)
     if (errno != EINTR)
       break; /* ECHILD: SIGCHLD is ignored and the kernel reaped it */
+}
+
+/* PR_SET_PDEATHSIG fires when the *thread* that forked exits, and helpers are
+ * started from short-lived daemon threads (attach hooks, workers): one keeper
+ * thread, alive as long as the process, does every such fork. */
+struct lasting_req {
+  void (*child)(void *, int);
+  void *arg;
+  int sock;
+  int ret;
+  int done;
+};
+
+static pthread_mutex_t keeper_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t keeper_cond = PTHREAD_COND_INITIALIZER;
+static struct lasting_req *keeper_req;
+static pthread_t keeper;
+static int keeper_up;
+
+static void *keeper_main(void *unused)
+{
+  (void)unused;
+  pthread_mutex_lock(&keeper_lock);
+  for (;;) {
+    struct lasting_req *q;
+    while (!keeper_req)
+      pthread_cond_wait(&keeper_cond, &keeper_lock);
+    q = keeper_req;
+    keeper_req = NULL;
+    q->ret = icd_nsop_fork_joined(&q->sock);
+    if (q->ret == 0) {
+      q->child(q->arg, q->sock);
+      _exit(0);
+    }
+    q->done = 1;
+    pthread_cond_broadcast(&keeper_cond);
+  }
+  return NULL;
+}
+
+int icd_nsop_fork_lasting(int *sock, void (*child)(void *, int), void *arg)
+{
+  struct lasting_req q = { .child = child, .arg = arg, .sock = -1 };
+  sigset_t all, old;
+  int r = 0;
+
+  pthread_mutex_lock(&keeper_lock);
+  if (!keeper_up) {
+    /* Signals stay with the daemon's own threads. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    r = -pthread_create(&keeper, NULL, keeper_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!r && (r = -pthread_detach(keeper)) == 0)
+      keeper_up = 1;
+  }
+  if (r) {
+    pthread_mutex_unlock(&keeper_lock);
+    return r;
+  }
+  while (keeper_req) /* one request at a time */
+    pthread_cond_wait(&keeper_cond, &keeper_lock);
+  keeper_req = &q;
+  pthread_cond_broadcast(&keeper_cond);
+  while (!q.done)
+    pthread_cond_wait(&keeper_cond, &keeper_lock);
+  pthread_mutex_unlock(&keeper_lock);
+  *sock = q.sock;
+  return q.ret;
 }
 
 int icd_nsop_fork_joined(int *sock)

@@ -55,7 +55,8 @@ int icd_nsop_check_pid(int pidfd, int pid);
 /* setns into the pidfd's namespaces and become root there where mapped:
  * 0 or -errno. */
 int icd_nsop_enter(int pidfd, int nsflags);
-/* In a forked helper: dies with its parent, becomes non-dumpable, opens the
+/* In a forked helper: dies with its parent (armed again after the
+ * credential change, which clears it), becomes non-dumpable, opens the
  * host's /proc (*procfd, kept), keeps only sock, pidfd and that, then enters
  * pidfd's namespaces among nsflags that differ from ours (pidfd is closed
  * after).  0 or -errno. */
@@ -65,5 +66,10 @@ void icd_nsop_reap(pid_t child);
 /* fork() with a SEQPACKET socketpair between parent and child: the child's
  * pid (0 in the child) with *sock set to this side's end, or -errno. */
 int icd_nsop_fork_joined(int *sock);
+/* icd_nsop_fork_joined done by a thread that lives as long as the process, so
+ * that the child's PR_SET_PDEATHSIG fires with the process, not with the
+ * calling thread; the child runs child(arg, its socket end) (a copy of the caller's memory
+ * as of the fork) and exits.  The child's pid, or -errno. */
+int icd_nsop_fork_lasting(int *sock, void (*child)(void *, int), void *arg);
 
 #endif

@@ -70,6 +70,20 @@ def looping(runtime: Runtime, bundle_factory: Callable[..., Any], d: PeerDaemon,
         yield out
 
 
+def _helpers(daemon_pid: int) -> list[int]:
+    """The daemon's native helpers: its children holding a seccomp notify fd."""
+    out, kids = [], []
+    for t in os.listdir(f"/proc/{daemon_pid}/task"):  # a child is its forking thread's
+        with contextlib.suppress(OSError):
+            kids += Path(f"/proc/{daemon_pid}/task/{t}/children").read_text().split()
+    for pid in kids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:seccomp notify"
+                   for fd in os.listdir(f"/proc/{pid}/fd")):
+                out.append(int(pid))
+    return out
+
+
 def _where(runtime: Runtime, cid: str) -> str:
     """Where a stuck container's init waits (its syscall and kernel stack)."""
     try:
@@ -176,7 +190,16 @@ def test_crash_under_load(runtime: Runtime, bundle_factory: Callable[..., Any],
         assert sum(n.startswith("nfy-") for n in stored) >= N
         before = {c["id"]: c["calls"] for c in d.control("containers")["containers"]}
         old = d.pid
+        helpers = _helpers(old)
+        assert len(helpers) == N, helpers  # each started at attach, by a thread long gone
         d.kill()
+        # They die with the daemon: a helper that outlived it went on receiving its
+        # container's calls and dropped them (the kernel had cleared its parent-death
+        # signal at its credential change).
+        deadline = time.monotonic() + 5
+        while any(os.path.exists(f"/proc/{h}") for h in helpers):
+            assert time.monotonic() < deadline, "native helpers outlived the killed daemon"
+            time.sleep(0.01)
         d.start()
         assert d.pid != old
         st = d.control("status")
