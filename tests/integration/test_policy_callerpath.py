@@ -5,6 +5,7 @@ such a path is vetted exactly as its plain path is (masks and /proc stay)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -113,17 +114,22 @@ SYSCTL = "\n".join([
     "unshare -n sh -c 'mount -t proc proc /mnt/p && "
     "echo 0 > /mnt/p/sys/net/ipv4/ip_unprivileged_port_start && "
     "echo \"net_rw ret=$(cat /mnt/p/sys/net/ipv4/ip_unprivileged_port_start) errno=0\"; "
-    "echo 1 > /mnt/p/sys/kernel/domainname 2>/dev/null && echo \"kernel_rw ret=0 errno=0\" "
-    "|| echo \"kernel_rw ret=-1 errno=30\"'",
+    # a host-wide knob: the fresh procfs's /sys is read-only but for the namespace's
+    # own net/* and the served values (kernel/domainname is the UTS namespace's own)
+    "e=$( { echo 77 > /mnt/p/sys/vm/swappiness; } 2>&1 ) && echo \"kernel_rw ret=0 errno=0\" "
+    "|| case \"$e\" in *Read-only*) echo \"kernel_rw ret=-1 errno=30\";; "
+    "*) echo \"kernel_rw ret=-1 errno=0\";; esac'",
 ])
 
 
 def test_nested_proc_net_sysctls_writable_rest_read_only(rt, bundle_factory, daemon, new_id):
     """A procfs the daemon mounts for a container with its own network namespace: the
-    network sysctls are the container's to set (nested runtimes do), /proc/sys stays ro."""
+    network sysctls are the container's to set (nested runtimes do), host-wide ones are not."""
+    swappiness = Path("/proc/sys/vm/swappiness").read_text()
     out = run_script(rt, privileged(bundle_factory, daemon, SYSCTL), new_id("sysctl"))
     assert out["net_rw"] == (0, 0), out
     assert out["kernel_rw"] == (-1, 30), out
+    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
 
 
 # Another process's objects through the caller's /proc, and the caller's own binary.

@@ -198,8 +198,11 @@ def test_procfs_mount_is_masked_and_removable(rt, bundle_factory, daemon, new_id
         "mkdir -p /mnt/p",
         probe("mount_proc", "sys mount s:proc s:/mnt/p s:proc 0 0"),
         masked("masked", "/mnt/p/timer_list"),
-        probe("ro_sys", "sh -c 'echo x > /mnt/p/sys/kernel/domainname && "
-                        "echo ret=0 errno=0 || echo ret=-1 errno=30'"),
+        # a host-wide knob through the new procfs's /sys: read-only (kernel/domainname is
+        # a served value of the container's own UTS namespace, writable)
+        probe("ro_sys", "sh -c 'e=$( { echo 77 > /mnt/p/sys/vm/swappiness; } 2>&1 ) && "
+                        "echo ret=0 errno=0 || case \"$e\" in *Read-only*) echo ret=-1 errno=30;; "
+                        "*) echo ret=-1 errno=0;; esac'"),
         probe("umount_its_mask", "sys umount2 s:/mnt/p/timer_list 0"),
         probe("remount_its_sys_rw", f"sys mount 0 s:/mnt/p/sys 0 {MS_REMOUNT_BIND} 0"),
         probe("umount_it", "sys umount2 s:/mnt/p 0"),
