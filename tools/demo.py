@@ -114,7 +114,8 @@ class Demo:
 
         self.cleanups.append(delete)
         trace = subprocess.Popen([str(BIN / "interceptctl"), "--state-dir", str(STATE),
-                                  "trace", "--syscall", "umount2", "--count", "1"],
+                                  "trace", "--syscall", "umount2", "--source", "seccomp",
+                                  "--count", "1"],  # the policy's decision and reason
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(0.3)  # subscribed before the container runs
         res = subprocess.run([*shim, "run", "--bundle", str(bundle), cid], env=env,
