@@ -393,13 +393,9 @@ int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, in
     icd_native_close(nv);
     return ch->closed ? -EPIPE : -ENOENT;
   }
+  /* Handed over by whoever receives the next call the helper is for. */
   atomic_store(&r->delegate, nv);
-  /* Out of RECV: the receiver hands its fd over at the top of its loop (a
-   * kick lost just before RECV only delays that to the next notification). */
-  pthread_kill(r->tid, ICD_STOP_SIGNAL);
   pthread_mutex_unlock(&ch->lock);
-  /* And out of direct mode, where a Python waiter would receive too. */
-  icd_direct_revoke_all(ch);
   return 0;
 }
 

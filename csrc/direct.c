@@ -160,6 +160,10 @@ recv:
       give_back(r);
       return 0;
     }
+    if (icd_receiver_handoff(r, &n)) {
+      give_back(r); /* the receiver waits for the helper from now on */
+      return 0;
+    }
     if (icd_fast_answer(r, &n)) {
       *it = (struct icd_item){
         .kind = ICD_ITEM_NOTIF,

@@ -41,7 +41,9 @@ struct icd_receiver {
   atomic_int py_in;           /* a Python waiter is in direct_recv on this fd */
   pthread_t py_tid;
   /* The native helper that is to receive on this fd (icd_channel_set_native),
-   * and whether it does: the receiver then waits for what it forwards. */
+   * and whether it does: the receiver then waits for what it forwards.  The
+   * fd goes over at the first call the helper is for (icd_receiver_handoff),
+   * not at its start: until then the Python path keeps direct mode. */
   struct icd_native *_Atomic delegate;
   struct icd_native *native;
   int delegated;
@@ -101,6 +103,11 @@ void icd_wake_waiters(struct icd_channel *ch, int n);
 int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n);
 /* An ENOENT from RECV with the filter orphaned (every task behind it gone). */
 int icd_filter_orphaned(int fd);
+/* n, just received on r's fd by whoever holds its turn, is a mount-family
+ * call and r's native helper is waiting for the fd: hands both over (1; the
+ * caller must not touch n, and r's receiver waits for the helper from then
+ * on), else 0. */
+int icd_receiver_handoff(struct icd_receiver *r, const struct seccomp_notif *n);
 
 /* direct.c: the turn protocol. */
 /* Under ch->lock, after queueing r's notification for Python: hands the fd

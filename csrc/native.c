@@ -478,14 +478,16 @@ static int poll_hup(int fd)
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL));
 }
 
-static void helper_loop(struct helper *h)
+static void helper_loop(struct helper *h, const struct seccomp_notif *first)
 {
-  struct seccomp_notif n;
+  struct seccomp_notif n = *first;
   struct msg m;
+  int have = 1; /* the receiver's, journaled by it when it received it */
 
   for (;;) {
-    memset(&n, 0, sizeof n);
-    if (icd_journal_recv_as(h->fd, h->jfd, &n) < 0) {
+    if (!have)
+      memset(&n, 0, sizeof n);
+    if (!have && icd_journal_recv_as(h->fd, h->jfd, &n) < 0) {
       if (errno == EINTR || (errno == ENOENT && !poll_hup(h->fd)))
         continue;
       memset(&m, 0, sizeof m);
@@ -493,6 +495,7 @@ static void helper_loop(struct helper *h)
       send_msg(h->sock, &m, -1);
       return;
     }
+    have = 0;
     h->recv_ns = icd_now_ns(CLOCK_MONOTONIC);
     atomic_store(&h->sh->current, n.id);
     if (handle_here(h, &n)) {
@@ -549,7 +552,7 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
     return;
   h.fd = fd;
   h.jfd = m.err;
-  helper_loop(&h);
+  helper_loop(&h, &m.n);
 }
 
 /* ---- the daemon's side -------------------------------------------------- */
@@ -641,7 +644,7 @@ int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list
   return r;
 }
 
-int icd_native_delegate(struct icd_native *nv, int fd)
+int icd_native_delegate(struct icd_native *nv, int fd, const struct seccomp_notif *first)
 {
   struct msg m;
   ssize_t n;
@@ -650,6 +653,7 @@ int icd_native_delegate(struct icd_native *nv, int fd)
   memset(&m, 0, sizeof m);
   m.kind = MSG_TAKE;
   m.err = fd; /* our number for it: the helper journals under it */
+  m.n = *first;
   pthread_mutex_lock(&nv->lock);
   if (nv->closed || nv->sock < 0)
     r = -EPIPE;

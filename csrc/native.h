@@ -19,8 +19,10 @@ struct icd_native *icd_native_new(uint64_t cookie);
  * channel's (shared) verdict table rt: 0 or -errno. */
 int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len,
                      struct icd_rules *rt);
-/* Hands the helper notify fd `fd` to receive on: 0 or -errno. */
-int icd_native_delegate(struct icd_native *nv, int fd);
+/* Hands the helper notify fd `fd` to receive on, with `first` (received
+ * already, not yet answered) for it to handle before anything else: 0 or
+ * -errno (the caller still holds `first` then). */
+int icd_native_delegate(struct icd_native *nv, int fd, const struct seccomp_notif *first);
 #define ICD_NATIVE_IDLE 0     /* nothing arrived (EINTR): look at the stop flag */
 #define ICD_NATIVE_FORWARD 1  /* *n is for the daemon: handle it as if received */
 #define ICD_NATIVE_DETACHED 2 /* every task behind the filter is gone */

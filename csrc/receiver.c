@@ -19,6 +19,7 @@
 #include "internal.h"
 #include "journal.h"
 #include "native.h"
+#include "rules.h"
 #include "seccomp_compat.h"
 
 static void to_python(struct icd_receiver *r, const struct seccomp_notif *n)
@@ -121,6 +122,26 @@ int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
   return 0;
 }
 
+int icd_receiver_handoff(struct icd_receiver *r, const struct seccomp_notif *n)
+{
+  struct icd_native *nv = atomic_load(&r->delegate);
+  int act;
+
+  if (!nv)
+    return 0;
+  act = RULE_ACT(icd_rule_for(r->ch->rt, n->data.arch, n->data.nr));
+  if (act != ICD_ACT_NATIVE && act != ICD_ACT_HOLD)
+    return 0;
+  /* Every forward the helper makes is a hop more for the Python path's calls,
+   * so it gets the fd only once the container makes a call it is for. */
+  atomic_store(&r->delegate, NULL);
+  if (icd_native_delegate(nv, r->fd, n))
+    return 0; /* the Python path decides this one, as without a helper */
+  r->native = atomic_load(&r->ch->native);
+  r->delegated = 1;
+  return 1;
+}
+
 static void handle(struct icd_receiver *r, const struct seccomp_notif *n)
 {
   if (icd_fast_answer(r, n))
@@ -170,13 +191,6 @@ static void *receiver_main(void *arg)
       icd_direct_park(r);
       continue;
     }
-    if (!r->delegated && atomic_load(&r->delegate)) {
-      /* From now on the helper receives; on failure this thread goes on. */
-      r->delegated = icd_native_delegate(atomic_load(&r->delegate), r->fd) == 0;
-      atomic_store(&r->delegate, NULL);
-      if (r->delegated)
-        r->native = atomic_load(&r->ch->native);
-    }
     if (r->delegated) {
       int what = icd_native_next(r->native, r->fd, &n);
       if (what == ICD_NATIVE_FORWARD)
@@ -212,7 +226,8 @@ static void *receiver_main(void *arg)
       detached = 1; /* orphaned, or the fd is unusable: either way it is over */
       break;
     }
-    handle(r, &n);
+    if (!icd_receiver_handoff(r, &n))
+      handle(r, &n);
   }
   receiver_exit(r, detached);
   return NULL;

@@ -344,9 +344,10 @@ def test_forked_child_can_drop_engine_objects() -> None:
 
 def test_native_helper_table_answers_carry_times(engine: core.Engine) -> None:
     """The native helper answers table rules itself; its records carry the receive and
-    answer times (CLOCK_MONOTONIC) like the receivers' own."""
+    answer times (CLOCK_MONOTONIC) like the receivers' own. It gets the fd with the first
+    call it is for (a held one here: ACT_HOLD, decided while it holds it)."""
     ch = engine.channel(9)
-    ch.set_rule(GETPGID, core.ACT_ERRNO, errno.EACCES)
+    ch.set_rule(GETPGID, core.ACT_HOLD)
     t = sup.start([GETPGID], f"call:{GETPGID}:0", f"call:{GETPGID}:0")
     try:
         engine.attach(ch, t.listener)
@@ -355,8 +356,9 @@ def test_native_helper_table_answers_carry_times(engine: core.Engine) -> None:
             ch.enable_native(["tmpfs"], pidfd, t.pid, t.listener)
         finally:
             os.close(pidfd)
-        time.sleep(0.3)  # the receiver hands its fd over at the top of its loop
         t.go()
+        time.sleep(0.2)  # the first call handed over with the fd, held by the helper
+        ch.set_rule(GETPGID, core.ACT_ERRNO, errno.EACCES)
         lines = t.finish()
     finally:
         t.close()

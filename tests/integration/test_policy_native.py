@@ -1,5 +1,6 @@
-"""The native mount helper (csrc/native.c): after the first vetted mount-family call the
-container's init fd is received by a helper in its namespaces, which performs plain tmpfs
+"""The native mount helper (csrc/native.c): started at attach, it is handed the container's
+init fd with the first mount-family call (until then the Python path keeps its direct
+mode) and receives on it from then on, in the container's namespaces; which performs plain tmpfs
 mounts and umounts of the container's own mounts itself and forwards everything else.
 
 Each test checks both that the helper did the work (the channel's `native` count, events
@@ -28,19 +29,19 @@ WARM = "mkdir -p /mnt/l && policy_mntapi loop 2 /mnt/l >/dev/null"  # turns the 
 
 
 def helper_pid(daemon_pid: int) -> int | None:
-    """The native helper among the daemon's children: the one that holds a notify fd
-    (an executor holds none)."""
+    """The native helper among the daemon's children: the one standing in a container's
+    user namespace (the zygote and the eBPF loader stay in the daemon's; executors are
+    the zygote's). It holds the notify fd only from the first call it is for."""
+    try:
+        own = os.readlink(f"/proc/{daemon_pid}/ns/user")
+    except OSError:
+        return None
     for pid in children(daemon_pid):
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/ns/user") != own:
+                return pid
         except OSError:
             continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:seccomp notify":
-                    return pid
-            except OSError:
-                continue
     return None
 
 
