@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from interceptd.policystore import PolicyStore
+from interceptd.seams import Channel
 
 COMM_CACHE_MAX = 4096
 
@@ -27,7 +28,7 @@ class Container:
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     uid_map: list[tuple[int, int, int]] = field(default_factory=list)
     gid_map: list[tuple[int, int, int]] = field(default_factory=list)
-    channel: Any = field(default=None, repr=False)
+    channel: Channel | None = field(default=None, repr=False)
     cookie: int = 0
     # The container's policy state (policystore.py), made by the handlers on first use,
     # freed on release.
@@ -47,8 +48,8 @@ class Container:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state; the channel and pidfd are process-local and left out (but for
         the channel's call counts, see core.Channel.stats)."""
-        stats = getattr(self.channel, "stats", None)
-        calls = stats() if callable(stats) and not getattr(self.channel, "closed", False) else {}
+        ch = self.channel
+        calls = ch.stats() if ch is not None and not ch.closed else {}
         return {
             "calls": calls,
             "id": self.id,

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 from interceptd.config import Config
 from interceptd.policystore import PolicyStore
 
-__all__ = ["Channel", "Config", "Container", "Core", "ExecResult", "Request"]
+__all__ = ["Channel", "Config", "Container", "Core", "ExecResult", "Notification", "Request"]
 
 
 @runtime_checkable
@@ -28,10 +28,32 @@ class ExecResult(Protocol):
 
 
 @runtime_checkable
+class Notification(Protocol):
+    """One received notification, as the Python path holds it (core.Notification)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def nr(self) -> int: ...
+    @property
+    def fd(self) -> int: ...
+
+
+@runtime_checkable
 class Channel(Protocol):
     """A container's verdict table and Python-path queue (core.Channel)."""
 
+    closed: bool
+
     def set_rule(self, nr: int, action: int, value: int = 0) -> None: ...
+
+    def answer(self, notif: Notification, value: int, error: int, flags: int) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
     def set_sysinfo(self, raw: bytes, fresh: float) -> bool: ...
 

@@ -77,6 +77,9 @@ class FakeChannel:
     def enable_native(self, fstypes: list[str], pidfd: int, pid: int, notify_fd: int) -> None:
         self.native = (list(fstypes), pidfd, pid, notify_fd)
 
+    def stats(self) -> dict[str, int]:
+        return {"fast": 0, "python": len(self.responses)}
+
     def set_default(self, action: int, value: int) -> None:
         self.default = (action, value)
 

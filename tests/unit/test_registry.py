@@ -17,7 +17,7 @@ def make(cid="c1", started=100.0):
     return Container(id=cid, bundle="/b/" + cid, annotations={"a": "b"}, init_pid=42, pidfd=-1,
                      notify_fds=[5, 9], started_at=started, cgroup_paths={"": "/x/" + cid},
                      uid_map=[(0, 100000, 65536)], gid_map=[(0, 100000, 65536)],
-                     channel=object(), cookie=3)
+                     channel=None, cookie=3)
 
 
 def test_to_dict_is_json_and_complete():
