@@ -31,6 +31,7 @@ from interceptd.registry import (
     read_cgroup_paths,
     read_id_maps,
 )
+from interceptd.seams import Core
 from interceptd.tally import CallTally, LocalTally
 from interceptd.verdict import (
     FAST_CONTINUE,
@@ -55,7 +56,7 @@ EXEC_WAIT = 2.0
 class Dispatcher:
     def __init__(
         self,
-        core: Any,
+        core: Core,
         engine: Any,
         registry: Registry,
         handlers: HandlerRegistry,
@@ -103,9 +104,8 @@ class Dispatcher:
         self._pump: threading.Thread | None = None
         self.exec_wait = EXEC_WAIT
         self.shares = Shares()  # how the workers share the daemon (fairshare.py)
-        self._flag_continue = getattr(core, "FLAG_CONTINUE", 1)
-        gone = getattr(core, "TargetGone", None)
-        self._target_gone = gone if isinstance(gone, type) else OSError
+        self._flag_continue = core.FLAG_CONTINUE
+        self._target_gone = core.TargetGone
         self._registered = threading.Condition(registry.lock)  # a container was added
         # For the metrics exporter (read at scrape time): calls by path, syscall
         # and verdict, and the channel counts of containers already gone.
@@ -220,9 +220,7 @@ class Dispatcher:
         t = threading.Thread(target=self._worker, args=(c,), name=f"worker-{cookie}", daemon=True)
         self._workers[c.id] = t
         t.start()
-        attached = getattr(self.handlers, "attached", None)
-        if attached is not None:  # handlers' set-up off this thread (the native helper)
-            attached(c, self.core)
+        self.handlers.attached(c, self.core)  # handlers' set-up off this thread (the helper)
 
     def run_attach_hooks(self, c: Container) -> None:
         """Per-container set-up of optional parts (the emulated files); a failing hook
@@ -459,9 +457,8 @@ class Dispatcher:
         """Answer what is queued, then close every channel so no target hangs."""
         self._stop.set()
         for c in self.registry.list():
-            interrupt = getattr(c.channel, "interrupt", None)
-            if interrupt is not None:
-                interrupt()
+            if c.channel is not None:
+                c.channel.interrupt()
         deadline = time.monotonic() + wait
         for t in list(self._workers.values()):
             t.join(max(0.0, deadline - time.monotonic()))
@@ -475,7 +472,7 @@ class Dispatcher:
             self._pump.join(max(0.1, deadline - time.monotonic()))
 
     def dropped_decisions(self) -> int:
-        return int(getattr(self.engine, "dropped_decisions", 0))
+        return int(self.engine.dropped_decisions)
 
 
 def _same_container(c: Container, st: ProcessState) -> bool:
@@ -492,8 +489,7 @@ def _same_container(c: Container, st: ProcessState) -> bool:
     return st.state.bundle in ("", ".") or st.state.bundle == c.bundle
 
 
-def _gone(core: Any, e: BaseException) -> bool:
-    gone = getattr(core, "TargetGone", None)
-    if isinstance(gone, type) and isinstance(e, gone):
+def _gone(core: Core, e: BaseException) -> bool:
+    if isinstance(e, core.TargetGone):
         return True
     return isinstance(e, OSError) and e.errno == errno_mod.ENOENT

@@ -23,10 +23,13 @@ import platform
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interceptd import syscalls
 from interceptd.tally import DURATION_BUCKETS_NS
+
+if TYPE_CHECKING:
+    from interceptd.events import EventBus
 
 log = logging.getLogger("interceptd.metrics")
 
@@ -225,7 +228,7 @@ class Sources:
     version: str = "0.0.0"
     started: float = 0.0  # time.monotonic() at start
     counters: Any = None  # events.Counters
-    bus: Any = None  # events.EventBus
+    bus: EventBus | None = None
     dispatcher: Any = None  # dispatch.Dispatcher
     registry: Any = None  # registry.Registry
     bpf: Any = None  # bpf loader: snapshot() -> BpfFigures
@@ -331,7 +334,7 @@ class Collector:
         if reg is not None:
             for c in reg.list():
                 ch = c.channel
-                if ch is None or getattr(ch, "closed", False):
+                if ch is None or ch.closed:
                     continue  # its final figures are in retired_stats
                 with contextlib.suppress(Exception):
                     for k, v in ch.stats().items():
@@ -350,15 +353,15 @@ class Collector:
     def _drops(self, fams: dict[str, Any]) -> None:
         bus, d = self.src.bus, self.src.dispatcher
         drops = {
-            "subscriber_queue": getattr(bus, "dropped", 0) if bus is not None else 0,
+            "subscriber_queue": bus.dropped if bus is not None else 0,
             "decision_ring": d.dropped_decisions() if d is not None else 0,
         }
         for place in DROP_PLACES:
             fams["interceptd_events_dropped_total"].add_metric([place], drops[place])
         fams["interceptd_events_published_total"].add_metric(
-            [], getattr(bus, "published", 0) if bus is not None else 0)
+            [], bus.published if bus is not None else 0)
         fams["interceptd_trace_clients"].add_metric(
-            [], getattr(bus, "subscribers", 0) if bus is not None else 0)
+            [], bus.subscribers if bus is not None else 0)
 
     def _bpf(self, fams: dict[str, Any]) -> None:
         bpf = self.src.bpf

@@ -53,6 +53,8 @@ class Channel(Protocol):
 
     def stats(self) -> dict[str, int]: ...
 
+    def interrupt(self) -> None: ...
+
     def close(self) -> None: ...
 
     def set_sysinfo(self, raw: bytes, fresh: float) -> bool: ...
@@ -78,11 +80,16 @@ class Container(Protocol):
 class Core(Protocol):
     """The C core's calls a handler makes (the interceptd.core module)."""
 
+    ACT_CONTINUE: int
+    ACT_ERRNO: int
+    ACT_VALUE: int
     ACT_NATIVE: int
     ACT_SYSINFO: int
     ACT_PYTHON: int
     ACT_HOLD: int
+    FLAG_CONTINUE: int
     TargetGone: type[Exception]
+    Detached: type  # a channel's item: a notify fd whose tasks are all gone
 
     def read_target(self, pid: int, addr: int, size: int, notify_fd: int,
                     notif_id: int) -> bytes: ...
