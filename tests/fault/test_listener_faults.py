@@ -46,6 +46,21 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def settled_fd_count(d: Daemon, timeout: float = 5) -> int:
+    """The daemon's fd count once it holds still: the warm-up container's attach hooks
+    (its native helper's start) run on a thread of their own and may still hold an fd
+    or two right after the container is gone."""
+    deadline = time.monotonic() + timeout
+    last = d.fd_count()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = d.fd_count()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def closed_by_peer(read_end: int, timeout: float) -> bool:
     """True once every other copy of the pipe's write end is closed (EOF)."""
     ready, _, _ = select.select([read_end], [], [], timeout)
@@ -125,7 +140,7 @@ def test_bad_input_is_refused_and_daemon_keeps_serving(
     runtime = runtime_factory("runc")
     d = daemon_factory(rules=RULES)
     container_still_works(runtime, bundle_factory, d, new_id)  # warm: lazily made fds
-    baseline = d.fd_count()
+    baseline = settled_fd_count(d)
     before = counter(d, "listener_errors", case.reason)
     with pipes(case.nfds) as ps, connect(d) as s:
         send(s, case.payload, [w for _, w in ps])
