@@ -18,6 +18,21 @@ pytestmark = pytest.mark.integration
 COUNT = 100
 
 
+def _stuck(runtime: Runtime, d: Daemon, cid: str) -> str:
+    """Where a container that gets no answer waits, and its channel's counts."""
+    out = [cid]
+    try:
+        pid = runtime.state(cid)["pid"]
+        for f in ("syscall", "wchan"):
+            with open(f"/proc/{pid}/{f}") as fh:
+                out.append(f"{f}: {fh.read().strip()}")
+    except Exception as e:  # it may have exited meanwhile
+        out.append(repr(e))
+    c = d.container(cid)
+    out.append(f"calls: {c.get('calls') if c else None}")
+    return "; ".join(out)
+
+
 def test_hundred_containers_attached_at_once(
         runtime_factory: Callable[[str], Runtime], daemon_factory: Callable[..., Daemon],
         rootfs: Path, workdir: Path, new_id: Callable[[str], str]):
@@ -41,7 +56,8 @@ def test_hundred_containers_attached_at_once(
             if not slow:
                 break
             time.sleep(0.5)
-        assert not slow, f"{len(slow)} containers got no answer after all attached: {slow[:5]}"
+        assert not slow, (f"{len(slow)} containers got no answer after all attached: "
+                          f"{[_stuck(runtime, d, c) for c in slow[:3]]}")
         wrong = {c: w[:3] for c in ids if (w := fleet.answers(c)[1])}
         assert not wrong, f"wrong answers: {wrong}"
         assert d.alive()
