@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -93,3 +94,13 @@ def children(pid: int) -> list[int]:
         except FileNotFoundError:
             continue
     return out
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError("timed out")

@@ -21,7 +21,15 @@ import pytest
 
 from tests.harness import Daemon, Runtime
 from tests.harness.runtime import output
-from tests.integration.policy_support import EBUSY, EPERM, children, parse, privileged, probe
+from tests.integration.policy_support import (
+    EBUSY,
+    EPERM,
+    children,
+    parse,
+    privileged,
+    probe,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,16 +51,6 @@ def helper_pid(daemon_pid: int) -> int | None:
         except OSError:
             continue
     return None
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def calls(daemon: Daemon, cid: str) -> dict[str, int]:

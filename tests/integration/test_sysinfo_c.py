@@ -17,7 +17,7 @@ import pytest
 from interceptd.policy.sysinfo import FRESH
 from tests.harness import Daemon, Runtime
 from tests.harness.runtime import output
-from tests.integration.policy_support import privileged
+from tests.integration.policy_support import privileged, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +55,6 @@ def sysinfo_events(events: list[dict[str, Any]]) -> tuple[list[dict], list[dict]
     return c_path, py_path
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def figures(out: str) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split("=", 1) for line in out.splitlines()
                                    if "=" in line and " " not in line) if v.isdigit()}
@@ -88,9 +78,9 @@ def test_container_figures_come_from_the_c_path(
     b.config["linux"]["resources"] = {"memory": {"limit": LIMIT}, "pids": {"limit": 64}}
     b.write_config()
     with rt.started(b, cid):
-        wait_for(lambda: "done" in output(b)[0])
+        wait_for(lambda: "done" in output(b)[0], timeout=30)
         got = figures(output(b)[0])
-        wait_for(lambda: len(sysinfo_events(events)[0]) >= 190)
+        wait_for(lambda: len(sysinfo_events(events)[0]) >= 190, timeout=30)
         assert daemon.container(cid)["calls"]["fast"] >= 190 or warm_native
     c_path, py_path = sysinfo_events(events)
     assert got["totalram"] * got["mem_unit"] == LIMIT, got
@@ -114,8 +104,8 @@ def test_stale_figures_go_to_python(runtime_factory: Callable[[str], Runtime], b
                          + ["echo done", "exec sleep 60"])
     b = privileged(bundle_factory, daemon, script)
     with rt.started(b, cid):
-        wait_for(lambda: "done" in output(b)[0])
-        wait_for(lambda: len(sysinfo_events(events)[1]) >= 3)
+        wait_for(lambda: "done" in output(b)[0], timeout=30)
+        wait_for(lambda: len(sysinfo_events(events)[1]) >= 3, timeout=30)
         time.sleep(0.3)  # the pump's next drain: a C answer would show by now
     c_path, py_path = sysinfo_events(events)
     assert len(py_path) == 3 and not c_path, (py_path, c_path)
