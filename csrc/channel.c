@@ -369,6 +369,12 @@ void icd_channel_close(struct icd_channel *ch)
     icd_native_close(atomic_load(&ch->native));
 }
 
+int icd_channel_quiesce_native(struct icd_channel *ch, int timeout_ms)
+{
+  struct icd_native *nv = atomic_load(&ch->native);
+  return nv ? icd_native_quiesce(nv, timeout_ms) : 0;
+}
+
 int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd, int pid,
                            int notify_fd)
 {

@@ -12,10 +12,8 @@
 #include <sys/types.h>
 
 #include "icd.h"
+#include "internal.h"
 #include "rules.h"
-
-/* Gets a receiver (or a direct-mode waiter) out of a blocking RECV or poll. */
-#define ICD_STOP_SIGNAL (SIGRTMIN + 7)
 
 /* Who receives on a receiver's fd (see direct.c). */
 #define TURN_C 0       /* the receiver thread */

@@ -132,6 +132,10 @@ void icd_channel_stats(struct icd_channel *ch, struct icd_chstats *out);
  * namespaces of pid and takes over receiving on notify_fd. */
 int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd, int pid,
                            int notify_fd);
+/* A hand-over's last step: the channel's native helper finishes the call in
+ * hand and exits (0; also when there is none), waiting up to timeout_ms (0:
+ * only asks); -ETIMEDOUT while it still acts. */
+int icd_channel_quiesce_native(struct icd_channel *ch, int timeout_ms);
 void icd_channel_close(struct icd_channel *ch);
 void icd_channel_free(struct icd_channel *ch);
 

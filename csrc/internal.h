@@ -3,8 +3,14 @@
 #ifndef ICD_INTERNAL_H
 #define ICD_INTERNAL_H
 
+#include <signal.h>
 #include <stdint.h>
 #include <time.h>
+
+/* Gets a receiver (or a direct-mode waiter, or a native helper being
+ * quiesced) out of a blocking RECV or poll: its handler does nothing and is
+ * installed without SA_RESTART. */
+#define ICD_STOP_SIGNAL (SIGRTMIN + 7)
 
 static inline int64_t icd_now_ns(clockid_t clk)
 {

@@ -84,6 +84,7 @@ struct shared {
   _Atomic uint64_t count;      /* mount-family calls it performed */
   _Atomic uint64_t fast;       /* calls it answered by the channel's table */
   _Atomic uint64_t dropped;
+  _Atomic int stop; /* a hand-over: finish the call in hand, then exit */
   struct icd_decision rec[RING];
 };
 
@@ -485,6 +486,10 @@ static void helper_loop(struct helper *h, const struct seccomp_notif *first)
   int have = 1; /* the receiver's, journaled by it when it received it */
 
   for (;;) {
+    /* Checked between calls only: a call is either not begun here (the
+     * successor receives it) or answered (ICD_STOP_SIGNAL interrupts RECV). */
+    if (!have && atomic_load(&h->sh->stop))
+      return;
     if (!have)
       memset(&n, 0, sizeof n);
     if (!have && icd_journal_recv_as(h->fd, h->jfd, &n) < 0) {
@@ -528,6 +533,28 @@ static int helper_enter(pid_t parent, int pidfd, int pid, int sock, struct helpe
   return 0;
 }
 
+static void on_stop_signal(int sig)
+{
+  (void)sig;
+}
+
+/* The keeper thread that forked us blocks every signal; the daemon's quiesce
+ * needs this one to interrupt a blocked RECV (no SA_RESTART). */
+static int stop_signal_on(void)
+{
+  struct sigaction sa;
+  sigset_t set;
+
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigemptyset(&set);
+  sigaddset(&set, ICD_STOP_SIGNAL);
+  if (sigaction(ICD_STOP_SIGNAL, &sa, NULL) < 0 || sigprocmask(SIG_UNBLOCK, &set, NULL) < 0)
+    return -errno;
+  return 0;
+}
+
 static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_native *nv)
 {
   struct helper h;
@@ -543,6 +570,8 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
   h.rt = nv->rt;
   for (i = 0; i < PIDDIRS; i++)
     h.piddir[i].fd = -1;
+  if (stop_signal_on())
+    return;
   memset(&m, 0, sizeof m);
   m.kind = MSG_HELLO;
   m.err = -helper_enter(parent, pidfd, pid, sock, &h); /* the message's errno */
@@ -655,7 +684,7 @@ int icd_native_delegate(struct icd_native *nv, int fd, const struct seccomp_noti
   m.err = fd; /* our number for it: the helper journals under it */
   m.n = *first;
   pthread_mutex_lock(&nv->lock);
-  if (nv->closed || nv->sock < 0)
+  if (nv->closed || nv->sock < 0 || atomic_load(&nv->sh->stop))
     r = -EPIPE;
   else if ((n = send_msg(nv->sock, &m, fd)) < 0)
     r = (int)n;
@@ -701,6 +730,35 @@ int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max)
     out[n++] = sh->rec[head++ % RING];
   atomic_store_explicit(&sh->head, head, memory_order_release);
   return n;
+}
+
+int icd_native_quiesce(struct icd_native *nv, int timeout_ms)
+{
+  int64_t deadline = icd_now_ns(CLOCK_MONOTONIC) + (int64_t)timeout_ms * 1000000;
+  int r = 0;
+
+  atomic_store(&nv->sh->stop, 1);
+  for (;;) {
+    pid_t w;
+
+    pthread_mutex_lock(&nv->lock);
+    if (nv->pid <= 0) {
+      pthread_mutex_unlock(&nv->lock);
+      return 0;
+    }
+    /* Sent every round: one that lands between the helper's look at `stop`
+     * and its RECV is lost. Our unreaped child: the pid is still its. */
+    if (kill(nv->pid, ICD_STOP_SIGNAL) < 0)
+      r = -errno;
+    else if ((w = waitpid(nv->pid, NULL, WNOHANG)) == nv->pid)
+      nv->pid = -1;
+    else if (w < 0 && errno != EINTR)
+      r = -errno;
+    pthread_mutex_unlock(&nv->lock);
+    if (r || icd_now_ns(CLOCK_MONOTONIC) >= deadline)
+      return r ? r : -ETIMEDOUT;
+    usleep(200);
+  }
 }
 
 uint64_t icd_native_count(struct icd_native *nv, int which)

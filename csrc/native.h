@@ -37,6 +37,10 @@ int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max);
 #define ICD_NATIVE_FAST 1
 #define ICD_NATIVE_DROPPED 2
 uint64_t icd_native_count(struct icd_native *nv, int which);
+/* A hand-over's: the helper finishes the call in hand, if any, and exits, so
+ * the successor never meets a call acted on here but not answered.  Waits up to
+ * timeout_ms (0: only asks): 0 once it is gone, -ETIMEDOUT or -errno. */
+int icd_native_quiesce(struct icd_native *nv, int timeout_ms);
 void icd_native_close(struct icd_native *nv); /* kills its helper */
 void icd_native_free(struct icd_native *nv);
 

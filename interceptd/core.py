@@ -198,6 +198,16 @@ class Channel:
         is queued: how a waiter with no timeout is told to look up."""
         lib.icd_channel_interrupt(self._ptr)
 
+    def quiesce_native(self, timeout: float) -> bool:
+        """A hand-over's: the native helper finishes the call in hand and exits;
+        True once it is gone (or there is none), False if it still acts after
+        `timeout` seconds (0: only ask)."""
+        r = lib.icd_channel_quiesce_native(self._ptr, int(timeout * 1000))
+        if r == -errno.ETIMEDOUT:
+            return False
+        check(r, "quiesce_native")
+        return True
+
     def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
         """Queued items, blocking up to `timeout` seconds (None: forever) for the
         first; [] on timeout or once the channel is closed."""

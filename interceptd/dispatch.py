@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from interceptd import quiesce
 from interceptd.events import Counters, Event, EventBus
 from interceptd.fairshare import Shares
 from interceptd.handlers import Handler, HandlerRegistry, Request
@@ -85,10 +86,7 @@ class Dispatcher:
             FAST_PYTHON: core.ACT_PYTHON,
         }
         self._verdict_of_action = {
-            core.ACT_CONTINUE: "continue",
-            core.ACT_ERRNO: "errno",
-            core.ACT_VALUE: "value",
-        }
+            core.ACT_CONTINUE: "continue", core.ACT_ERRNO: "errno", core.ACT_VALUE: "value"}
         self._rule_nrs = {e.nr: e for e in table if e.action != FAST_PYTHON}
         self._cookies = itertools.count(1)
         self._cookie_ids: dict[int, str] = {}
@@ -101,6 +99,7 @@ class Dispatcher:
         self.attach_hooks: list[Callable[[Container], None]] = []
         self._release_lock = threading.Lock()
         self._stop = threading.Event()
+        self._frozen = threading.Event()  # a hand-over: workers stop between calls
         self._pump: threading.Thread | None = None
         self.exec_wait = EXEC_WAIT
         self.shares = Shares()  # how the workers share the daemon (fairshare.py)
@@ -256,7 +255,7 @@ class Dispatcher:
         calls = self.calls.local()
         slot = self.shares.slot(c.cookie)
         try:
-            while True:
+            while not self._frozen.is_set():
                 stopping = self._stop.is_set()
                 # No timeout: close() interrupts the wait (and a waiter in the
                 # core's direct mode then needs no poll per call).
@@ -470,6 +469,11 @@ class Dispatcher:
             self._release(c, "shutdown")
         if self._pump is not None:
             self._pump.join(max(0.1, deadline - time.monotonic()))
+
+    def freeze(self, wait: float = 2.0) -> dict[str, int]:
+        """A hand-over's last step: stop acting, close nothing (quiesce.py)."""
+        self._frozen.set()
+        return quiesce.stop_acting(self.registry.list(), list(self._workers.values()), wait)
 
     def dropped_decisions(self) -> int:
         return int(self.engine.dropped_decisions)

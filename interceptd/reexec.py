@@ -158,6 +158,8 @@ def start_successor(d: Daemon) -> dict[str, Any]:
         for name in ("listener", "control"):
             if (part := d._parts.get(name)) is not None:
                 part.quiesce()
+        if (disp := d._parts.get("dispatcher")) is not None:
+            disp.freeze()  # no call is left half done for the successor (quiesce.py)
         d.notifier.main_pid(proc.pid)
         send_fds(chan, [*d._handover().store.items(), ("lock", d._lock_fd)])
         logging.shutdown()

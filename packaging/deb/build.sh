@@ -5,7 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=$(mkdir -p "${1:-$repo/build}" && cd "${1:-$repo/build}" && pwd)
-version=$(sed -n 's/^ *version="\([^"]*\)".*/\1/p' "$repo/setup.py")
+# setup.py's version; the upgrade test builds a newer one (INTERCEPTD_DEB_VERSION).
+version=${INTERCEPTD_DEB_VERSION:-$(sed -n 's/^ *version="\([^"]*\)".*/\1/p' "$repo/setup.py")}
 arch=$(dpkg --print-architecture)
 root=$(mktemp -d "$out/deb-root.XXXXXX")
 trap 'rm -rf "$root"' EXIT

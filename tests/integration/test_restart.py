@@ -245,3 +245,47 @@ def test_restart_handover_under_load(runtime: Runtime, bundle_factory: Callable[
             time.sleep(0.02)
         res = _results(runtime, d, cs)
     _check(res, d)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_handover_acts_once(runtime: Runtime, bundle_factory: Callable[..., Any],
+                            workdir: Path, new_id: Callable[[str], str], native: bool) -> None:
+    """Mount+umount pairs across two hand-overs: a call whose action was done and whose
+    answer was not, replayed by the successor, would be done twice (EINVAL from the
+    umount). The predecessor stops its workers and native helper between calls first."""
+    from tests.integration.policy_support import privileged
+
+    cfg = _config() + f"\n[policy]\nnative = {'true' if native else 'false'}\n"
+    d = PeerDaemon(workdir / "d", cfg).start()
+    try:
+        b = privileged(bundle_factory, d,
+                       "mkdir -p /mnt/l; while [ ! -e /stop ]; do "
+                       "policy_mntapi loop 50 /mnt/l; done; "
+                       "echo left=$(grep -c ' /mnt/l ' /proc/self/mountinfo); echo done")
+        with runtime.started(b, new_id("once")) as cid:
+            d.wait_container(cid)
+            for how in ("restart", "hup"):
+                time.sleep(0.5)
+                before = d.pid
+                d.peer.ready.clear()
+                if how == "restart":
+                    subprocess.run([str(INTERCEPTCTL), "--state-dir", str(d.state_dir),
+                                    "restart"], check=True, capture_output=True, timeout=90)
+                else:
+                    os.kill(before, signal.SIGHUP)
+                deadline = time.monotonic() + 30
+                while d.pid == before or not d.peer.ready.is_set():
+                    assert time.monotonic() < deadline, d.log()[-6000:]
+                    time.sleep(0.02)
+            time.sleep(0.5)
+            (b.rootfs / "stop").touch()
+            deadline = time.monotonic() + 30
+            while "done" not in output(b)[0]:
+                assert time.monotonic() < deadline, output(b)
+                time.sleep(0.1)
+        out = output(b)[0]
+        loops = [tuple(map(int, m)) for m in re.findall(r"loop ok=(\d+) bad=(\d+)", out)]
+        assert len(loops) > 3 and all(bad == 0 for _, bad in loops), out
+        assert "left=0" in out, out
+    finally:
+        assert d.stop() == 0, d.log()[-6000:]

@@ -66,6 +66,7 @@ class FakeChannel:
         self.closed = False
         self.fail_respond: Exception | None = None
         self.native: tuple[list[str], int, int, int] | None = None
+        self.quiesced = False
 
     def set_rule(self, nr: int, action: int, value: int = 0) -> None:
         self.rules[nr] = (action, value)
@@ -98,6 +99,10 @@ class FakeChannel:
 
     def interrupt(self) -> None:
         self.items.put(_KICK)
+
+    def quiesce_native(self, timeout: float) -> bool:
+        self.quiesced = True
+        return True
 
     def respond(self, notif: Any, *, value: int = 0, error: int = 0, cont: bool = False) -> None:
         if self.fail_respond is not None:
