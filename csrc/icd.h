@@ -94,6 +94,13 @@ int icd_notify_id_valid(int fd, uint64_t id);
  * every receive of this process (journal.c); it replaces any earlier one:
  * 0 or -errno. */
 int icd_journal_open(int fd, uint32_t slots);
+/* Notification `id` of task `pid`, received under the daemon's fd number `fd`,
+ * has been acted on with result res (0 or -errno) and is not answered yet: a
+ * successor answers it so instead of acting again.  Called right after the
+ * action (a mount, a umount), before SEND: 0, -ENOENT (not journaled) or
+ * -errno.  A slot's done word is ICD_JOURNAL_DONE | errno (journal.c). */
+#define ICD_JOURNAL_DONE 0x80000000
+int icd_journal_mark(int fd, uint32_t pid, uint64_t id, int res);
 
 /* engine.c: the engine and its ring of decisions made without Python */
 int icd_engine_new(unsigned ring_cap, struct icd_engine **out);

@@ -25,11 +25,19 @@
  * Layout (read by interceptd/journal.py, keep both in step): a 64-byte header
  * (magic, version, table slot count, landing slot count) and 96-byte slots,
  * the table's then LANDING landing slots: a lock word, the daemon's fd
- * number, the thread id, then struct seccomp_notif. A table slot left locked
+ * number, the thread id, a done word (below), then struct seccomp_notif. A
+ * table slot left locked
  * was torn and is skipped; a landing slot left locked holds what its RECV
  * returned (id 0: nothing).
  * Answered notifications are not removed (that would cost the SEND path an
- * extra write): the successor asks the kernel (ID_VALID) which still wait. */
+ * extra write): the successor asks the kernel (ID_VALID) which still wait.
+ *
+ * A call whose action is done but whose answer is not (the daemon killed in
+ * between) must not be acted on again by the successor: a umount replayed
+ * fails with EINVAL, a mount stacks a second copy.  So whoever performs an
+ * action marks the slot done, with the result, before it answers, and the
+ * successor answers a done slot with that result.  A word that was padding
+ * in the same layout: 0 in journals of versions that never set it. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdatomic.h>
@@ -59,7 +67,7 @@ struct jslot {
   _Atomic uint32_t lock;
   int32_t fd;
   uint32_t tid;
-  uint32_t pad;
+  uint32_t done; /* ICD_JOURNAL_DONE | errno once acted on (icd_journal_done) */
   struct seccomp_notif n;
 };
 
@@ -124,12 +132,44 @@ static void note(int fd, const struct seccomp_notif *n)
     if (s->tid == 0 || (s->tid == n->pid && s->fd == fd) || i == PROBES - 1 || !still_waiting(s)) {
       s->fd = fd;
       s->tid = n->pid;
+      s->done = 0;
       memcpy(&s->n, n, sizeof s->n);
       atomic_store_explicit(&s->lock, 0, memory_order_release);
       return;
     }
     atomic_store_explicit(&s->lock, 0, memory_order_release);
   }
+}
+
+int icd_journal_mark(int fd, uint32_t pid, uint64_t id, int res)
+{
+  struct jhdr *h = atomic_load_explicit(&journal, memory_order_acquire);
+  struct jslot *slots;
+  uint32_t base, i;
+
+  if (!h)
+    return -ENODEV;
+  slots = (struct jslot *)(h + 1);
+  base = ((uint32_t)fd * 2654435761u) ^ (pid * 40503u);
+  for (i = 0; i < PROBES; i++) {
+    struct jslot *s = &slots[(base + i) % h->slots];
+    uint32_t unlocked = 0;
+    int spins = 0;
+    /* The slot's writer holds the lock only for a copy: wait it out. */
+    while (!atomic_compare_exchange_weak_explicit(&s->lock, &unlocked, 1, memory_order_acquire,
+                                                  memory_order_relaxed)) {
+      unlocked = 0;
+      if (++spins > 1000)
+        return -EBUSY; /* a torn slot: the successor skips it anyway */
+    }
+    if (s->fd == fd && s->tid == pid && s->n.id == id) {
+      s->done = (uint32_t)ICD_JOURNAL_DONE | (uint32_t)(-res & 0xffff);
+      atomic_store_explicit(&s->lock, 0, memory_order_release);
+      return 0;
+    }
+    atomic_store_explicit(&s->lock, 0, memory_order_release);
+  }
+  return -ENOENT;
 }
 
 static struct jslot *claim_landing(struct jhdr *h, int fd)

@@ -27,6 +27,7 @@
 #include <linux/capability.h>
 #include <poll.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -456,6 +457,7 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
         break;
     if (i == sizeof vets / sizeof vets[0] || vets[i].vet(h, n, &res) != ICD_VET_PERFORMED)
       return 0;
+    icd_journal_mark(h->jfd, n->pid, n->id, res);
     send_err = -icd_notify_send(h->fd, n->id, 0, res, 0);
     h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
     /* Bookkeeping after the answer: the caller runs meanwhile. */
@@ -479,6 +481,61 @@ static int poll_hup(int fd)
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL));
 }
 
+/* The helper's way out between calls, for the daemon's quiesce (a hand-over,
+ * with `stop` set in shared memory) and for its death (the parent-death
+ * signal): ICD_STOP_SIGNAL.  A SIGKILL instead would land in the middle of a
+ * call, after its mount or umount and before its answer and journal mark: the
+ * successor would act again (a umount replayed fails EINVAL).  While the
+ * helper waits for a call the signal jumps straight out (no window between a
+ * look at a flag and RECV); while it handles one, only the flag is set. */
+static sigjmp_buf stop_jmp;
+static volatile sig_atomic_t stop_armed, stop_seen;
+
+static void on_stop_signal(int sig)
+{
+  (void)sig;
+  stop_seen = 1;
+  if (stop_armed) {
+    stop_armed = 0;
+    siglongjmp(stop_jmp, 1);
+  }
+}
+
+/* The keeper thread that forked us blocks every signal. */
+static int stop_signal_on(void)
+{
+  struct sigaction sa;
+  sigset_t set;
+
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigemptyset(&set);
+  sigaddset(&set, ICD_STOP_SIGNAL);
+  if (sigaction(ICD_STOP_SIGNAL, &sa, NULL) < 0 || sigprocmask(SIG_UNBLOCK, &set, NULL) < 0)
+    return -errno;
+  return 0;
+}
+
+/* A receive that the stop signal abandons: 1 stop, 0 received, -1 errno.  A
+ * jump out of a RECV that had returned leaves its landing slot locked with the
+ * notification: the successor answers it from the journal (nothing acted). */
+static int recv_or_stop(struct helper *h, struct seccomp_notif *n)
+{
+  int r;
+
+  if (sigsetjmp(stop_jmp, 0))
+    return 1;
+  stop_armed = 1;
+  if (stop_seen || atomic_load(&h->sh->stop)) {
+    stop_armed = 0;
+    return 1;
+  }
+  r = icd_journal_recv_as(h->fd, h->jfd, n);
+  stop_armed = 0;
+  return r < 0 ? -1 : 0;
+}
+
 static void helper_loop(struct helper *h, const struct seccomp_notif *first)
 {
   struct seccomp_notif n = *first;
@@ -486,13 +543,15 @@ static void helper_loop(struct helper *h, const struct seccomp_notif *first)
   int have = 1; /* the receiver's, journaled by it when it received it */
 
   for (;;) {
-    /* Checked between calls only: a call is either not begun here (the
-     * successor receives it) or answered (ICD_STOP_SIGNAL interrupts RECV). */
-    if (!have && atomic_load(&h->sh->stop))
-      return;
-    if (!have)
+    int got = 0;
+
+    if (!have) {
       memset(&n, 0, sizeof n);
-    if (!have && icd_journal_recv_as(h->fd, h->jfd, &n) < 0) {
+      got = recv_or_stop(h, &n);
+    }
+    if (got > 0)
+      return;
+    if (got < 0) {
       if (errno == EINTR || (errno == ENOENT && !poll_hup(h->fd)))
         continue;
       memset(&m, 0, sizeof m);
@@ -533,28 +592,6 @@ static int helper_enter(pid_t parent, int pidfd, int pid, int sock, struct helpe
   return 0;
 }
 
-static void on_stop_signal(int sig)
-{
-  (void)sig;
-}
-
-/* The keeper thread that forked us blocks every signal; the daemon's quiesce
- * needs this one to interrupt a blocked RECV (no SA_RESTART). */
-static int stop_signal_on(void)
-{
-  struct sigaction sa;
-  sigset_t set;
-
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sigemptyset(&set);
-  sigaddset(&set, ICD_STOP_SIGNAL);
-  if (sigaction(ICD_STOP_SIGNAL, &sa, NULL) < 0 || sigprocmask(SIG_UNBLOCK, &set, NULL) < 0)
-    return -errno;
-  return 0;
-}
-
 static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_native *nv)
 {
   struct helper h;
@@ -575,6 +612,12 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
   memset(&m, 0, sizeof m);
   m.kind = MSG_HELLO;
   m.err = -helper_enter(parent, pidfd, pid, sock, &h); /* the message's errno */
+  /* After every credential change (which clears it), in place of the SIGKILL
+   * the executors keep: see on_stop_signal. */
+  if (!m.err && prctl(PR_SET_PDEATHSIG, ICD_STOP_SIGNAL) < 0)
+    m.err = errno;
+  if (!m.err && getppid() != parent)
+    m.err = ESRCH;
   if (send_msg(sock, &m, -1) < 0 || m.err)
     return;
   if (recv_msg(sock, &m, &fd) <= 0 || m.kind != MSG_TAKE || fd < 0)

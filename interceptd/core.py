@@ -123,6 +123,13 @@ def id_valid(notify_fd: int, notif_id: int) -> bool:
     return bool(check(lib.icd_notify_id_valid(notify_fd, notif_id), "id_valid"))
 
 
+def journal_mark(notify_fd: int, pid: int, notif_id: int, err: int) -> None:
+    """The call is acted on (a mount done) with `err` (0: success) and not answered
+    yet: a successor that finds it in the journal answers so instead of acting again
+    (csrc/journal.c). Best effort: a call not journaled is left as it is."""
+    lib.icd_journal_mark(notify_fd, pid, notif_id, -err)
+
+
 def read_target(pid: int, addr: int, size: int, notify_fd: int, notif_id: int) -> bytes:
     """Exactly `size` bytes at `addr` (<= READ_MAX), trusted only because the
     notification was still valid after the read (else TargetGone)."""

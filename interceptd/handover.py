@@ -435,7 +435,9 @@ def answer_through(dispatcher: Any) -> Callable[[str, journal.Entry, int], bool]
             return False
         n = core.Notification(e.id, e.pid, e.nr, e.arch, e.ip, e.args, fd)
         rule = rules.get(e.nr) if e.arch == dispatcher._native_arch else None
-        if rule is None or rule.action == FAST_PYTHON:
+        if e.done is not None:  # acted on by the predecessor: only its answer is missing
+            c.channel.answer(n, 0, e.done, 0)
+        elif rule is None or rule.action == FAST_PYTHON:
             # The worker's own path (handler, answer, event); fail-closed default included.
             dispatcher._handle(c, n, {})
         elif rule.action == FAST_CONTINUE:

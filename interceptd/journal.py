@@ -13,8 +13,9 @@ MAGIC = 0x314C4E524A444349  # "ICDJRNL1"
 VERSION = 3
 SLOTS = 16384  # one per (notify fd, thread) that made a notified call: room to spare
 LANDING = 4096  # slots a receiving thread has the kernel write into (csrc/journal.c)
+DONE = 0x80000000  # a slot's done word: acted on (csrc/icd.h ICD_JOURNAL_DONE)
 HEADER = struct.Struct("<QIII44x")
-SLOT = struct.Struct("<IiII QII iIQ6Q")  # lock, fd, tid, pad, then struct seccomp_notif
+SLOT = struct.Struct("<IiII QII iIQ6Q")  # lock, fd, tid, done, then struct seccomp_notif
 WORDS = SLOT.size // 4
 assert HEADER.size == 64 and SLOT.size == 96
 
@@ -27,6 +28,8 @@ class Entry(NamedTuple):
     arch: int
     ip: int
     args: tuple[int, ...]
+    # Acted on, not answered: the errno to answer with (0: success), None if not acted on.
+    done: int | None = None
 
 
 def size(slots: int = SLOTS) -> int:
@@ -75,10 +78,11 @@ def read(fd: int) -> list[Entry]:
     for i in range(slots + LANDING):
         landing = i >= slots
         if (landing and locks[i]) or (not landing and tids[i] and not locks[i]):
-            (_lock, nfd, _tid, _pad, nid, pid, _flags, nr, arch, ip,
+            (_lock, nfd, _tid, done, nid, pid, _flags, nr, arch, ip,
              *args) = SLOT.unpack_from(raw, i * SLOT.size)
             if nid or not landing:
-                out.append(Entry(nfd, nid, pid, nr, arch, ip, tuple(args)))
+                out.append(Entry(nfd, nid, pid, nr, arch, ip, tuple(args),
+                                 done & 0xFFFF if done & DONE else None))
     return out
 
 
@@ -106,5 +110,10 @@ def open_in_core(fd: int) -> None:
 def unanswered_candidates(entries: list[Entry]) -> list[Entry]:
     """Every distinct (fd, id): a thread's entries may sit in more than one slot (its
     older slot is not cleared when a probe finds it a nearer free one), so no entry is
-    dropped here: the kernel (ID_VALID) says which still wait."""
-    return sorted({(e.fd, e.id): e for e in entries}.values())
+    dropped here: the kernel (ID_VALID) says which still wait. Of one notification's
+    copies, a done one wins (the landing slot's copy is never marked)."""
+    best: dict[tuple[int, int], Entry] = {}
+    for e in entries:
+        if (e.fd, e.id) not in best or e.done is not None:
+            best[(e.fd, e.id)] = e
+    return sorted(best.values())

@@ -166,10 +166,16 @@ MOUNT_CHANGING = frozenset({"mount", "umount2", "umount2_checked", "move_mount",
 
 def exec_op(req: Request, namespaces: int, op: str, *args: object) -> ExecResult:
     try:
-        return executors.run(req, namespaces, op, *args)
+        res = executors.run(req, namespaces, op, *args)
     finally:
         if op in MOUNT_CHANGING:
             store_of(req.container).tables.invalidate()
+    if op in MOUNT_CHANGING:
+        # Done, not answered: a successor must not do it again (a umount replayed
+        # fails EINVAL); it answers with this result instead (csrc/journal.c).
+        n = req.notif
+        req.core.journal_mark(n.notify_fd, n.pid, n.id, res.errno)
+    return res
 
 
 def context(req: Request, st: ContainerPolicy, table: MountTable | None = None, *,

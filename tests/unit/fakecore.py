@@ -158,6 +158,13 @@ def read_target_string(pid: int, addr: int, max_len: int, notify_fd: int, notif_
     return b"x"
 
 
+MARKS: list[tuple[int, int, int, int]] = []  # journal_mark calls
+
+
+def journal_mark(notify_fd: int, pid: int, notif_id: int, err: int) -> None:
+    MARKS.append((notify_fd, pid, notif_id, err))
+
+
 def id_valid(notify_fd: int, notif_id: int) -> bool:
     return True
 

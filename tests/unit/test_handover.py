@@ -201,3 +201,22 @@ def test_adopt_discards_what_does_not_match(tmp_path: Path,
         with pytest.raises(BrokenPipeError):
             os.write(w, b"x")
         os.close(w)
+
+
+def test_journal_done_word() -> None:
+    """A slot acted on (native helper: the mount done, its answer not sent) carries the
+    errno to answer with; of one notification's copies the done one wins."""
+    fd = journal.create(slots=8)
+    try:
+        args = (1, 2, 3, 4, 5, 6)
+        acted = journal.SLOT.pack(0, 41, 77, journal.DONE | 22, 0xDEAD, 77, 0, 166,
+                                  0xC000003E, 0, *args)
+        ok = journal.SLOT.pack(0, 41, 78, journal.DONE, 0xBEEF, 78, 0, 165, 0xC000003E, 0,
+                               *args)
+        plain = journal.SLOT.pack(0, 41, 77, 0, 0xDEAD, 77, 0, 166, 0xC000003E, 0, *args)
+        for i, s in enumerate((plain, acted, ok)):
+            os.pwrite(fd, s, journal.HEADER.size + i * journal.SLOT.size)
+        got = journal.unanswered_candidates(journal.read(fd))
+        assert [(e.id, e.done) for e in got] == [(0xBEEF, 0), (0xDEAD, 22)]
+    finally:
+        os.close(fd)
