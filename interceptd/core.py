@@ -33,6 +33,7 @@ from interceptd.core_exec import (  # noqa: F401  (re-exported)
     CLONE_NEWUSER,
     CLONE_NEWUTS,
     OPS,
+    ZYGOTE_PARTS,
     ExecResult,
     Executor,
     ExecutorDied,

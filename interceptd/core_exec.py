@@ -5,12 +5,17 @@ and one mount's facts without a mountinfo. Re-exported by core.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
+import signal
 import threading
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from interceptd._corelib import check, ffi, lib, path_bytes
+
+if TYPE_CHECKING:
+    from interceptd.seams import HelperStart
 
 # Namespace flags for ns_exec (os.CLONE_* needs Python 3.12), from the one table.
 from interceptd.kernel.consts import (  # noqa: F401  (re-exported by core)
@@ -270,3 +275,77 @@ class Executor:
                 self._stop()
         except Exception:
             pass
+
+
+# struct icd_executor's namespace and root ids, in the order a zygote sends them
+EXEC_IDS = ("user_dev", "user_ino", "mnt_dev", "mnt_ino", "root_dev", "root_ino", "root_mnt")
+
+
+def start_helper(pidfd: int, pid: int, namespaces: int,
+                 timeout_ms: int) -> tuple[int, int, tuple[int, ...]]:
+    """(0 or -errno, helper socket, (helper pid, *EXEC_IDS)) of a new executor's helper,
+    forked by this process (the zygote calls this in its own process)."""
+    x = ffi.new("struct icd_executor *")
+    rc = lib.icd_exec_start(pidfd, pid, namespaces, timeout_ms, x)
+    if rc != 0:
+        return rc, -1, ()
+    return 0, int(x.sock), (int(x.pid), *(int(getattr(x, f)) for f in EXEC_IDS))
+
+
+def stop_helper(sock: int, pid: int) -> None:
+    lib.icd_exec_stop(sock, pid)
+
+
+class ZygoteExecutor(Executor):
+    """An Executor whose helper a zygote forks (kernel/zygote.py says why): `start` asks
+    it for one, and the helper is stopped through its pidfd, as it is not our child."""
+
+    def __init__(self, start: HelperStart, pidfd: int, pid: int, namespaces: int,
+                 timeout: float = 10.0) -> None:
+        self._zstart = start
+        self._hpidfd = -1
+        super().__init__(pidfd, pid, namespaces, timeout)
+
+    def _start(self, pidfd: int, pid: int) -> None:
+        sock, hp, (hpid, *ids) = self._zstart(pidfd, pid, self.namespaces,
+                                              int(self.timeout * 1000))
+        self._x.sock, self._x.pid, self._hpidfd = sock, hpid, hp
+        for f, v in zip(EXEC_IDS, ids, strict=False):
+            setattr(self._x, f, v)
+
+    def _stop(self) -> None:
+        if self._x.sock >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._x.sock)
+        if self._hpidfd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._hpidfd, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.close(self._hpidfd)
+        self._x.sock = self._x.pid = self._hpidfd = -1
+
+    def _restart(self, pidfd: int, pid: int) -> None:
+        self._stop()
+        was = (self.user_ns, self.mnt_ns)
+        self._start(pidfd, pid)
+        now = ((int(self._x.user_dev), int(self._x.user_ino)),
+               (int(self._x.mnt_dev), int(self._x.mnt_ino)))
+        if now != was:
+            self._stop()
+            raise ExecutorDied(errno_mod.ESTALE, "executor restart: the target changed "
+                                                 "namespaces")
+        self.restarts += 1
+
+
+class _ZygoteParts:
+    """seams.ZygoteParts of this core."""
+
+    start_helper = staticmethod(start_helper)
+    stop_helper = staticmethod(stop_helper)
+
+    @staticmethod
+    def executor(start: HelperStart, pidfd: int, pid: int, namespaces: int) -> Executor:
+        return ZygoteExecutor(start, pidfd, pid, namespaces)
+
+
+ZYGOTE_PARTS = _ZygoteParts()

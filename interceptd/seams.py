@@ -6,13 +6,14 @@ the core module) and the unit tests' fakes implement them; nothing probes for at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from interceptd.config import Config
 from interceptd.policystore import PolicyStore
 
-__all__ = ["Channel", "Config", "Container", "Core", "ExecResult", "Notification", "Request"]
+__all__ = ["Channel", "Config", "Container", "Core", "ExecResult", "Executor", "HelperStart",
+           "Notification", "Request", "ZygoteParts"]
 
 
 @runtime_checkable
@@ -25,6 +26,41 @@ class ExecResult(Protocol):
     def errno(self) -> int: ...
     @property
     def fd(self) -> int: ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """A persistent helper in one target's user and mount namespaces (core.Executor)."""
+
+    user_ns: tuple[int, int]  # (dev, ino) of the namespaces it entered
+    mnt_ns: tuple[int, int]
+
+    def run(self, pidfd: int, pid: int, op: str, *args: object) -> ExecResult: ...
+
+    def close(self) -> None: ...
+
+
+# Core.Executor's result (inside Core the name is the factory's)
+AnExecutor = Executor
+
+# (pidfd, pid, namespaces, timeout ms) -> (helper socket, helper pidfd, (helper pid, ids)):
+# an executor's helper started by the zygote (kernel/zygote.Zygote.start)
+HelperStart = Callable[[int, int, int, int], tuple[int, int, tuple[int, ...]]]
+
+
+@runtime_checkable
+class ZygoteParts(Protocol):
+    """What kernel/zygote.py needs to fork a core's executors from its own small process
+    (core_exec.ZYGOTE_PARTS): the helper's start, run in the zygote, and the executor
+    class that asks the zygote instead of forking."""
+
+    def start_helper(self, pidfd: int, pid: int, namespaces: int,
+                     timeout_ms: int) -> tuple[int, int, tuple[int, ...]]: ...
+
+    def stop_helper(self, sock: int, pid: int) -> None: ...
+
+    def executor(self, start: HelperStart, pidfd: int, pid: int,
+                 namespaces: int) -> Executor: ...
 
 
 @runtime_checkable
@@ -89,7 +125,13 @@ class Core(Protocol):
     ACT_HOLD: int
     FLAG_CONTINUE: int
     TargetGone: type[Exception]
+    WrongNamespaces: type[OSError]  # an executor's caller stands in other namespaces
+    ExecutorDied: type[OSError]  # an executor's helper is gone
     Detached: type  # a channel's item: a notify fd whose tasks are all gone
+    # None: the executors are forked by the daemon itself (a unit fake)
+    ZYGOTE_PARTS: ZygoteParts | None
+
+    def Executor(self, pidfd: int, pid: int, namespaces: int) -> AnExecutor: ...
 
     def read_target(self, pid: int, addr: int, size: int, notify_fd: int,
                     notif_id: int) -> bytes: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import queue
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,6 +169,41 @@ def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: object) -> Ex
     """No namespaces to enter here: every operation fails as the kernel would without
     the call (ENOSYS), so a handler's error path is what a test sees."""
     return ExecResult(-1, errno.ENOSYS)
+
+
+class WrongNamespaces(OSError):
+    pass
+
+
+class ExecutorDied(OSError):
+    pass
+
+
+def _ns(pid: int, name: str) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/{name}")
+    return (st.st_dev, st.st_ino)
+
+
+class Executor:
+    """A persistent executor in `pid`'s namespaces that, like ns_exec here, fails every
+    operation as the kernel would without the call (ENOSYS)."""
+
+    def __init__(self, pidfd: int, pid: int, namespaces: int) -> None:
+        self.user_ns, self.mnt_ns = _ns(pid, "user"), _ns(pid, "mnt")
+        self.closed = False
+
+    def run(self, pidfd: int, pid: int, op: str, *args: object) -> ExecResult:
+        if self.closed:
+            raise ExecutorDied(errno.EBADF, "executor closed")
+        if (_ns(pid, "user"), _ns(pid, "mnt")) != (self.user_ns, self.mnt_ns):
+            raise WrongNamespaces(errno.EXDEV, "target not in the executor's namespaces")
+        return ExecResult(-1, errno.ENOSYS)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+ZYGOTE_PARTS = None  # the executors are the daemon's own
 
 
 def notify_probe() -> dict[str, Any]:

@@ -3,6 +3,7 @@ fakes alike, so handlers need no attribute probes for either."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import fakecore
@@ -49,3 +50,15 @@ def test_the_real_core_and_its_channel() -> None:
 
 def test_a_new_record_has_no_policy_state_yet() -> None:
     assert _record().policy is None
+
+
+def test_the_fake_core_has_executors() -> None:
+    x = fakecore.Executor(-1, os.getpid(), 0)
+    assert isinstance(x, seams.Executor)
+    assert x.run(-1, os.getpid(), "umount2", "/x", 0) == fakecore.ExecResult(-1, errno.ENOSYS)
+
+
+def test_the_real_core_forks_its_executors_from_a_zygote() -> None:
+    from interceptd import core
+
+    assert isinstance(core.ZYGOTE_PARTS, seams.ZygoteParts)
