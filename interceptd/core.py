@@ -88,7 +88,10 @@ class Detached:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class DecisionRecord:
+    """One call the C side answered without Python (the verdict table, the native
+    helper), as the engine's ring holds it."""
+
     cookie: int
     id: int
     pid: int
@@ -315,8 +318,8 @@ class Engine:
         (and closes it) once this returns.  OSError if it is not a notify fd."""
         check(lib.icd_engine_attach(self._ptr, channel._ptr, notify_fd), "attach")
 
-    def drain_decisions(self, max_items: int = 4096) -> list[Decision]:
-        out: list[Decision] = []
+    def drain_decisions(self, max_items: int = 4096) -> list[DecisionRecord]:
+        out: list[DecisionRecord] = []
         with self._drain_lock:
             buf = self._drain_buf
             cap = min(max_items, len(buf))
@@ -324,13 +327,14 @@ class Engine:
                 n = lib.icd_engine_drain(self._ptr, buf, min(cap, max_items - len(out)))
                 for i in range(n):
                     d = buf[i]
-                    out.append(Decision(d.cookie, d.id, d.pid, d.nr, d.action, d.value,
-                                        d.ns_time, d.send_errno, tuple(d.args),
-                                        ffi.string(d.comm).decode(errors="replace")
-                                        if d.comm[0] != b"\0" else "",
-                                        ffi.string(d.reason).decode(errors="replace")
-                                        if d.reason[0] != b"\0" else "",
-                                        d.recv_ns, d.sent_ns))
+                    out.append(DecisionRecord(
+                        d.cookie, d.id, d.pid, d.nr, d.action, d.value, d.ns_time,
+                        d.send_errno, tuple(d.args),
+                        ffi.string(d.comm).decode(errors="replace")
+                        if d.comm[0] != b"\0" else "",
+                        ffi.string(d.reason).decode(errors="replace")
+                        if d.reason[0] != b"\0" else "",
+                        d.recv_ns, d.sent_ns))
                 if n < cap:
                     break
         return out

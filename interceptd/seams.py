@@ -2,6 +2,7 @@
 are to its seccomp handlers): a handler sees a `Request` on a `Container` with a `Channel`,
 served by a `Core`. The real classes (handlers.Request, registry.Container, core.Channel,
 the core module) and the unit tests' fakes implement them; nothing probes for attributes.
+(The dispatcher's side: an `Engine` makes the channels and drains `DecisionRecord`s.)
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Protocol, runtime_checkable
 from interceptd.config import Config
 from interceptd.policystore import PolicyStore
 
-__all__ = ["Channel", "Config", "Container", "Core", "ExecResult", "Executor", "HelperStart",
-           "Notification", "Request", "ZygoteParts"]
+__all__ = ["Channel", "Config", "Container", "Core", "DecisionRecord", "Detached", "Engine",
+           "ExecResult", "Executor", "HelperStart", "Notification", "Request", "Watcher",
+           "ZygoteParts"]
 
 
 @runtime_checkable
@@ -74,7 +76,19 @@ class Notification(Protocol):
     @property
     def nr(self) -> int: ...
     @property
-    def fd(self) -> int: ...
+    def arch(self) -> int: ...
+    @property
+    def args(self) -> Sequence[int]: ...
+    @property
+    def notify_fd(self) -> int: ...
+
+
+@runtime_checkable
+class Detached(Protocol):
+    """A channel's item saying that a notify fd's tasks are all gone (core.Detached)."""
+
+    @property
+    def notify_fd(self) -> int: ...
 
 
 @runtime_checkable
@@ -85,7 +99,17 @@ class Channel(Protocol):
 
     def set_rule(self, nr: int, action: int, value: int = 0) -> None: ...
 
+    def set_default(self, action: int, value: int = 0) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> Sequence[Notification | Detached]: ...
+
     def answer(self, notif: Notification, value: int, error: int, flags: int) -> int: ...
+
+    def respond(self, notif: Notification, *, value: int = 0, error: int = 0,
+                cont: bool = False) -> None: ...
+
+    def addfd(self, notif: Notification, srcfd: int, newfd_flags: int = 0,
+              send: bool = True) -> int: ...
 
     def stats(self) -> dict[str, int]: ...
 
@@ -97,6 +121,60 @@ class Channel(Protocol):
 
     def enable_native(self, fstypes: list[str], pidfd: int, pid: int,
                       notify_fd: int) -> None: ...
+
+
+@runtime_checkable
+class DecisionRecord(Protocol):
+    """A call the C side answered without Python, drained from the engine's ring
+    (core.DecisionRecord)."""
+
+    @property
+    def cookie(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def nr(self) -> int: ...
+    @property
+    def action(self) -> int: ...
+    @property
+    def value(self) -> int: ...
+    @property
+    def ns_time(self) -> int: ...
+    @property
+    def send_errno(self) -> int: ...
+    @property
+    def args(self) -> Sequence[int]: ...
+    @property
+    def comm(self) -> str: ...
+    @property
+    def reason(self) -> str: ...  # the native helper's; "" for the verdict table's
+    @property
+    def handling_ns(self) -> int: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The receivers and the ring of C-side decisions (core.Engine)."""
+
+    @property
+    def dropped_decisions(self) -> int: ...
+
+    def channel(self, cookie: int) -> Channel: ...
+
+    def attach(self, channel: Channel, notify_fd: int) -> None: ...
+
+    def drain_decisions(self) -> Sequence[DecisionRecord]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Watcher(Protocol):
+    """Told of each container's attach and release (the eBPF layer, ebpf.BpfLayer)."""
+
+    def track(self, container_id: str, cgroup_path: str) -> None: ...
+
+    def untrack(self, container_id: str) -> None: ...
 
 
 @runtime_checkable

@@ -39,7 +39,7 @@ class Detached:
 
 
 @dataclass
-class Decision:
+class DecisionRecord:
     cookie: int
     id: int
     pid: int
@@ -50,6 +50,13 @@ class Decision:
     send_errno: int = 0
     args: tuple[int, ...] = ()
     comm: str = ""
+    reason: str = ""
+    recv_ns: int = 0
+    sent_ns: int = 0
+
+    @property
+    def handling_ns(self) -> int:
+        return self.sent_ns - self.recv_ns if self.recv_ns and self.sent_ns else 0
 
 
 _KICK = object()
@@ -84,7 +91,7 @@ class FakeChannel:
     def set_default(self, action: int, value: int) -> None:
         self.default = (action, value)
 
-    def wait(self, timeout: float | None) -> list[Any]:
+    def wait(self, timeout: float | None = None) -> list[Any]:
         try:
             first = (self.items.get_nowait() if timeout == 0
                      else self.items.get(timeout=timeout))
@@ -126,7 +133,7 @@ class FakeChannel:
 class FakeEngine:
     def __init__(self) -> None:
         self.channels: dict[int, FakeChannel] = {}
-        self.decisions: list[Decision] = []
+        self.decisions: list[DecisionRecord] = []
         self.dropped_decisions = 0
         self.closed = False
 
@@ -138,7 +145,7 @@ class FakeEngine:
     def attach(self, channel: FakeChannel, notify_fd: int) -> None:
         channel.fds.append(notify_fd)
 
-    def drain_decisions(self) -> list[Decision]:
+    def drain_decisions(self) -> list[DecisionRecord]:
         out, self.decisions = self.decisions, []
         return out
 

@@ -39,10 +39,30 @@ def test_the_fake_core_and_its_channel() -> None:
     assert isinstance(fakecore.ns_exec(-1, 1, 0, "mount"), seams.ExecResult)
 
 
+def test_the_fake_engine_and_its_records() -> None:
+    engine = fakecore.FakeEngine()
+    assert isinstance(engine, seams.Engine)
+    assert isinstance(engine.channel(1), seams.Channel)
+    assert isinstance(fakecore.DecisionRecord(1, 1, 1, 1, 1, 0), seams.DecisionRecord)
+    assert isinstance(fakecore.Notification(1, os.getpid(), 1), seams.Notification)
+    assert isinstance(fakecore.Detached(3), seams.Detached)
+
+
 def test_the_real_core_and_its_channel() -> None:
     from interceptd import core  # built by `make setup`
 
     assert isinstance(core, seams.Core)
+    engine = core.Engine(ring_size=16)
+    try:
+        assert isinstance(engine, seams.Engine)
+        ch = engine.channel(1)
+        assert isinstance(ch, seams.Channel)
+        ch.close()
+    finally:
+        engine.close()
+    assert isinstance(core.DecisionRecord(1, 1, 1, 1, 1, 0, 0), seams.DecisionRecord)
+    assert isinstance(core.Notification(1, 1, 1, 0, 0, (0,) * 6, 3), seams.Notification)
+    assert isinstance(core.Detached(3), seams.Detached)
     for name in ("set_rule", "enable_native"):
         assert callable(getattr(core.Channel, name))
     assert isinstance(core.ExecResult(0, 0, -1), seams.ExecResult)
