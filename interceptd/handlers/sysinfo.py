@@ -1,5 +1,5 @@
 """sysinfo(2), answered with the container's figures: gathered here (the host's own
-sysinfo, the init's start time, its memory and pids cgroups), rendered by policy/sysinfo.py."""
+sysinfo, the init's start time, its memory and pids cgroups), rendered by emulation/sysinfo.py."""
 
 from __future__ import annotations
 
@@ -14,11 +14,7 @@ from dataclasses import dataclass
 from interceptd.emulation import cgpaths
 from interceptd.emulation.hostfacts import HostFacts, MeminfoLine
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
-from interceptd.handlers import scope
-from interceptd.kernel.libc import check, libc
-from interceptd.kernel.procinfo import start_ticks
-from interceptd.kernel.targetmem import write_target
-from interceptd.policy.sysinfo import (
+from interceptd.emulation.sysinfo import (
     FRESH,
     SYSINFO,
     SYSINFO_PARTS,
@@ -27,6 +23,10 @@ from interceptd.policy.sysinfo import (
     render_snapshot,
     unpack,
 )
+from interceptd.handlers import scope
+from interceptd.kernel.libc import check, libc
+from interceptd.kernel.procinfo import start_ticks
+from interceptd.kernel.targetmem import write_target
 from interceptd.seams import Request
 from interceptd.syscalls import nr
 from interceptd.verdict import Verdict
@@ -68,7 +68,7 @@ def publish(req: Request, src: Source, raw: bytes) -> None:
         # by a reload would otherwise keep every later call on this path.
         ch.set_rule(NR_SYSINFO, req.core.ACT_SYSINFO)
         src.published = True
-    except (OSError, AttributeError):  # an older core, a channel closed meanwhile
+    except OSError:  # a channel closed meanwhile
         src.published = False
 
 

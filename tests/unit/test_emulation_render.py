@@ -19,7 +19,7 @@ from interceptd.emulation import (
     sysfs,
     uptime,
 )
-from interceptd.policy import sysinfo as si
+from interceptd.emulation import sysinfo as si
 from tests.unit.emulation_data import DATA, host_of, host_view, load
 
 SCENARIOS = [("v1-cpuset0", None), ("v1-cpuset0", "v1"), ("v1-cpuset0", "v2"),

@@ -35,9 +35,6 @@ DISPATCH = ("interceptd.dispatch",)
 # Known exceptions, each with its reason; the test fails if one is no longer needed, so
 # the list only shrinks.
 EXEMPT = {
-    # sysinfo's renderer shares the emulated /proc files' pure renderers (CgroupSnapshot,
-    # memview, container_uptime), which live with the other renderers in emulation/.
-    ("interceptd.policy.sysinfo", "interceptd.emulation"): "the emulation's renderers",
     # dispatch.py takes the listener's protocol types (ListenerReject, ProcessState):
     # they belong in a model module below both (dispatch.py and listener.py have owners
     # working on them now).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from interceptd.emulation import sysinfo as si
 from interceptd.handlers import sysinfo as gather
-from interceptd.policy import sysinfo as si
 
 HOST = si.HostInfo(
     uptime=5000, loads=(65536, 32768, 16384), totalram=8 << 30, freeram=6 << 30,

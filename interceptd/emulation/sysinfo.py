@@ -1,6 +1,6 @@
 """sysinfo(2) emulation: the container's uptime, memory, swap and process count.
 
-Pure: `render_snapshot` turns the container's cgroup snapshot (interceptd.emulation,
+Pure: `render_snapshot` turns the container's cgroup snapshot (snapshot.py, the one
 shared with its emulated /proc/meminfo and /proc/uptime, so all three agree) into the bytes
 of `struct sysinfo` (x86_64, 112 bytes, mem_unit 1). The figures are gathered by
 handlers/sysinfo.py: the host's own sysinfo (load averages, totals used as a ceiling when
