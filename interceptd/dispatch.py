@@ -21,7 +21,7 @@ from interceptd.events import Counters, Event, EventBus
 from interceptd.fairshare import Shares
 from interceptd.handlers import Handler, HandlerRegistry, Request
 from interceptd.kernel import procinfo
-from interceptd.listener import ListenerReject, ProcessState
+from interceptd.ocistate import ListenerReject, ProcessState
 from interceptd.pump import PUMP_INTERVAL, DecisionPump
 from interceptd.registry import (
     Container,

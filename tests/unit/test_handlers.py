@@ -12,7 +12,7 @@ from interceptd.config import Rule
 from interceptd.dispatch import Dispatcher
 from interceptd.events import Event, EventBus
 from interceptd.handlers import HandlerRegistry, Request
-from interceptd.listener import ContainerState, ListenerReject, ProcessState
+from interceptd.ocistate import ContainerState, ListenerReject, ProcessState
 from interceptd.registry import Container, Registry
 from interceptd.syscalls import nr
 from interceptd.verdict import Verdict, build_table
