@@ -13,7 +13,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from interceptd._corelib import (
     TargetGone,
@@ -202,7 +202,8 @@ class Channel:
         is queued: how a waiter with no timeout is told to look up."""
         lib.icd_channel_interrupt(self._ptr)
 
-    def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
+    def wait(self, timeout: float | None = None,
+             max_items: int = 32) -> list[Notification | Detached]:
         """Queued items, blocking up to `timeout` seconds (None: forever) for the
         first; [] on timeout or once the channel is closed."""
         tls = self._tls
@@ -220,7 +221,7 @@ class Channel:
             if n < 0:
                 self.closed = True
             return []
-        out: list[Any] = []
+        out: list[Notification | Detached] = []
         unpack = _ITEM.unpack_from
         size = _ITEM.size
         for i in range(n):

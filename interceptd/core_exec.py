@@ -51,7 +51,7 @@ def _op_table() -> dict[str, tuple[int, str]]:
 OPS: dict[str, tuple[int, str]] = _op_table()
 
 
-def _op(op: str, args: tuple[Any, ...]) -> tuple[int, str]:
+def _op(op: str, args: tuple[object, ...]) -> tuple[int, str]:
     """(C op, argument kinds) of `op`, checked against the arguments given."""
     try:
         cop, kinds = OPS[op]
@@ -66,7 +66,7 @@ def _cstr(v: Any) -> Any:
     return ffi.NULL if v is None else ffi.new("char[]", path_bytes(v))
 
 
-def _op_args(op: str, args: tuple[Any, ...]) -> tuple[int, Any, Any, list[Any]]:
+def _op_args(op: str, args: tuple[object, ...]) -> tuple[int, Any, Any, list[Any]]:
     """(C op, strings, ints, keep-alive): the strings' buffers live as long as the
     last item does."""
     cop, kinds = _op(op, args)
@@ -82,7 +82,7 @@ def _op_args(op: str, args: tuple[Any, ...]) -> tuple[int, Any, Any, list[Any]]:
     return cop, s, a, strs
 
 
-def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: Any,
+def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: object,
             timeout: float = 10.0) -> ExecResult:
     """Run one mount-family syscall inside the target's namespaces (CLONE_NEW*
     flags), with root and cwd set to the target's.  Arguments follow the
@@ -223,7 +223,7 @@ class Executor:
         self._x = x
         self.restarts += 1
 
-    def run(self, pidfd: int, pid: int, op: str, *args: Any) -> ExecResult:
+    def run(self, pidfd: int, pid: int, op: str, *args: object) -> ExecResult:
         """Perform `op` (see ns_exec) as process `pid` would, in these namespaces.
         ExecResult.errno is ESRCH when `pidfd` shows the process is gone; `fd`
         belongs to the caller. ExecutorDied if the helper cannot serve;

@@ -99,6 +99,8 @@ class Channel(Protocol):
 
     def set_rule(self, nr: int, action: int, value: int = 0) -> None: ...
 
+    def clear_rule(self, nr: int) -> None: ...
+
     def set_default(self, action: int, value: int = 0) -> None: ...
 
     def wait(self, timeout: float | None = None) -> Sequence[Notification | Detached]: ...
@@ -183,6 +185,7 @@ class Container(Protocol):
 
     id: str
     bundle: str
+    cookie: int  # its channel's key
     init_pid: int
     pidfd: int
     notify_fds: list[int]

@@ -78,6 +78,9 @@ class FakeChannel:
     def set_rule(self, nr: int, action: int, value: int = 0) -> None:
         self.rules[nr] = (action, value)
 
+    def clear_rule(self, nr: int) -> None:
+        self.rules.pop(nr, None)
+
     def set_sysinfo(self, raw: bytes, fresh: float) -> bool:
         self.sysinfo = (raw, fresh)
         return True

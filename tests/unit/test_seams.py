@@ -12,6 +12,7 @@ from interceptd import seams
 from interceptd.handlers import Request
 from interceptd.registry import Container
 from interceptd.syscalls import nr
+from tests.unit.test_emulation_bookkeeping import FakeContainer as EmulationFake
 from tests.unit.test_policy_state import FakeContainer
 
 
@@ -27,6 +28,7 @@ def _request(core: seams.Core) -> Request:
 def test_the_records_and_fakes_are_containers() -> None:
     assert isinstance(_record(), seams.Container)
     assert isinstance(FakeContainer("c2", os.getpid()), seams.Container)
+    assert isinstance(EmulationFake(1, os.getpid()), seams.Container)
 
 
 def test_requests_are_requests() -> None:
