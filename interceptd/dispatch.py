@@ -31,6 +31,7 @@ from interceptd.registry import (
     read_id_maps,
 )
 from interceptd.seams import Channel, Core, Engine, Notification, Watcher
+from interceptd.syscalls import AUDIT_ARCH_X86_64
 from interceptd.tally import CallTally, LocalTally
 from interceptd.verdict import (
     FAST_CONTINUE,
@@ -43,7 +44,6 @@ from interceptd.verdict import (
 
 log = logging.getLogger("interceptd.dispatch")
 
-AUDIT_ARCH_X86_64 = 0xC000003E
 UNHANDLED = Verdict.errno(errno_mod.EPERM, "unhandled")
 UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
 # How long an exec'd process's message waits for its container's init message:

@@ -181,9 +181,11 @@ def _literal(node: ast.expr) -> bool:
 def test_kernel_constants_and_syscall_numbers_are_written_once() -> None:
     """kernel/consts.py holds every kernel constant, syscalls.py every syscall number: a
     module-level name of either written out elsewhere is a second definition."""
+    from interceptd import syscalls
     from interceptd.kernel import consts
 
-    names = {n for n in vars(consts) if n.isupper()}
+    names = {n for n in vars(consts) if n.isupper()} | {
+        n for n in vars(syscalls) if n.startswith(KERNEL_PREFIXES)}
     again = []
     for p in sorted(PKG.rglob("*.py")):
         mod = _module_name(p)
@@ -204,10 +206,50 @@ def test_kernel_constants_and_syscall_numbers_are_written_once() -> None:
                 if bare in names and not alias:
                     again.append(f"{mod}: {t.id}")  # written out or recomputed
                 # (ebpf.NR_SLOTS is a map size, not a syscall number)
-                elif (_literal(v) and bare.startswith(("NR_", "SYS_"))
+                elif (_literal(v) and bare.startswith(KERNEL_PREFIXES)
                       and bare != "NR_SLOTS"):
-                    again.append(f"{mod}: {t.id}")
+                    again.append(f"{mod}: {t.id}")  # a kernel constant kept aside
     assert again == []
+
+
+# Prefixes of the kernel's constant names: one of them given a number outside
+# kernel/consts.py or syscalls.py is a second definition, whatever its exact name.
+KERNEL_PREFIXES = ("NR_", "SYS_", "O_", "MS_", "MNT_", "MOVE_MOUNT_", "SECCOMP_", "CAP_",
+                   "CLONE_", "AT_", "FSCONFIG_", "FSOPEN_", "FSMOUNT_", "FSPICK_",
+                   "MOUNT_ATTR_", "OPEN_TREE_", "STATX_", "AUDIT_ARCH_", "BPF_", "BTF_",
+                   "PROG_TYPE_", "PR_", "RESOLVE_", "PIDFD_", "UMOUNT_", "PTRACE_", "KCMP_")
+
+
+def test_libc_is_loaded_once() -> None:
+    """kernel/libc.py holds the one ctypes handle on libc and the one `syscall` with its
+    return type: another CDLL(None) or restype set elsewhere is a second wrapper."""
+    again = []
+    for p in sorted(PKG.rglob("*.py")):
+        if _module_name(p) == "interceptd.kernel.libc":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "CDLL" and node.args
+                    and isinstance(node.args[0], ast.Constant) and node.args[0].value is None):
+                again.append(f"{_module_name(p)}:{node.lineno} CDLL(None)")
+            if isinstance(node, ast.Assign):
+                for t in node.targets:
+                    if (isinstance(t, ast.Attribute) and t.attr == "restype"
+                            and "syscall" in ast.unparse(t.value)):
+                        again.append(f"{_module_name(p)}:{node.lineno} {ast.unparse(t)}")
+    assert again == []
+
+
+def test_c_and_python_share_the_journal_layout_constants() -> None:
+    """The receive journal's magic, version and landing slots come from csrc/icd.h
+    (ICD_JOURNAL_*), not from a copy on either side."""
+    from interceptd import journal
+    from interceptd._corelib import lib
+
+    assert (journal.MAGIC, journal.VERSION, journal.LANDING) == (
+        lib.ICD_JOURNAL_MAGIC, lib.ICD_JOURNAL_VERSION, lib.ICD_JOURNAL_LANDING)
+    text = (ROOT / "csrc" / "journal.c").read_text(encoding="utf-8")
+    assert "0x314c4e524a444349" not in text.lower()
 
 
 def test_design_names_only_modules_that_exist() -> None:
