@@ -25,13 +25,6 @@ from interceptd._corelib import (
     struct_of,
 )
 from interceptd.core_exec import (  # noqa: F401  (re-exported)
-    CLONE_NEWCGROUP,
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUSER,
-    CLONE_NEWUTS,
     OPS,
     ZYGOTE_PARTS,
     ExecResult,

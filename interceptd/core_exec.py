@@ -17,16 +17,7 @@ from interceptd._corelib import check, ffi, lib, path_bytes
 if TYPE_CHECKING:
     from interceptd.seams import HelperStart
 
-# Namespace flags for ns_exec (os.CLONE_* needs Python 3.12), from the one table.
-from interceptd.kernel.consts import (  # noqa: F401  (re-exported by core)
-    CLONE_NEWCGROUP,
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUSER,
-    CLONE_NEWUTS,
-)
+from interceptd.kernel.consts import CLONE_NEWNS, CLONE_NEWUSER
 
 
 class ExecResult(NamedTuple):
