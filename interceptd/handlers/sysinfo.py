@@ -18,7 +18,6 @@ from interceptd.emulation.sysinfo import (
     FRESH,
     SYSINFO,
     SYSINFO_PARTS,
-    HostInfo,
     Sysinfo,
     render_snapshot,
     unpack,
@@ -72,12 +71,12 @@ def publish(req: Request, src: Source, raw: bytes) -> None:
         src.published = False
 
 
-def host_sysinfo() -> HostInfo:
+def host_sysinfo() -> Sysinfo:
     buf = ctypes.create_string_buffer(SYSINFO.size)
     check(libc.sysinfo(buf), "sysinfo")
     s = unpack(buf.raw)
     unit = SYSINFO.unpack(buf.raw)[13] or 1
-    return HostInfo(
+    return Sysinfo(
         s.uptime, s.loads, s.totalram * unit, s.freeram * unit, s.sharedram * unit,
         s.bufferram * unit, s.totalswap * unit, s.freeswap * unit, s.procs,
     )
@@ -124,7 +123,7 @@ class Source:
             paths = cgpaths.locate(cgpaths.parse_proc_cgroup(f.read()), _mounts())
         return cls(init_pid, start_of("/proc", init_pid, os.sysconf("SC_CLK_TCK")), paths)
 
-    def snapshot(self, host: HostInfo) -> CgroupSnapshot:
+    def snapshot(self, host: Sysinfo) -> CgroupSnapshot:
         facts = HostFacts(meminfo=(MeminfoLine("MemTotal", host.totalram >> 10, True),),
                           clk_tck=os.sysconf("SC_CLK_TCK"))
         snap = read_snapshot(self.paths, facts, parts=SYSINFO_PARTS)

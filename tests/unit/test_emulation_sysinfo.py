@@ -8,7 +8,7 @@ import os
 from interceptd.emulation import sysinfo as si
 from interceptd.handlers import sysinfo as gather
 
-HOST = si.HostInfo(
+HOST = si.Sysinfo(
     uptime=5000, loads=(65536, 32768, 16384), totalram=8 << 30, freeram=6 << 30,
     sharedram=1 << 20, bufferram=2 << 20, totalswap=2 << 30, freeswap=1 << 30, procs=300,
 )
