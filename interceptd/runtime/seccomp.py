@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 
-from .spec import Refused
+from .errors import Refused
 
 DEFAULT_ARCHES = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
 DENY_ACTIONS = frozenset({"SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",

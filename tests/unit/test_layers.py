@@ -161,6 +161,40 @@ def test_every_exemption_is_still_needed() -> None:
     assert gone == [], "gone: remove them from EXEMPT"
 
 
+def test_no_import_cycles() -> None:
+    """No two modules import each other, directly or around a loop, at run time (imports
+    inside functions count; `if TYPE_CHECKING:` ones do not): a cycle is two layers, or
+    two parts of one, that each need the other."""
+    mods = {_module_name(p) for p in PKG.rglob("*.py")}
+
+    def module_of(name: str) -> str:
+        while name and name not in mods:  # `from pkg.mod import name`: the module
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for src, dst, _ in ALL:
+        d = module_of(dst)
+        if d and d != src:
+            graph.setdefault(src, set()).add(d)
+    cycles = []
+    done: set[str] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        if node in path:
+            cycles.append([*path[path.index(node):], node])
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph.get(node, ())):
+            walk(nxt, [*path, node])
+        done.add(node)
+
+    for m in sorted(graph):
+        walk(m, [])
+    assert cycles == []
+
+
 def test_no_module_over_500_lines() -> None:
     long = [(str(p.relative_to(ROOT)), n) for p in PKG.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
