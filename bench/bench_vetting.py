@@ -100,6 +100,7 @@ def executor_us(env: ContainerEnv, n: int) -> float:
     import time
 
     from interceptd import core
+    from interceptd.kernel.consts import CLONE_NEWNS, CLONE_NEWUSER
 
     b = env.bundle(BundleSpec(args=["sleep", "60"], caps="all"))
     cid = f"bench-exec-{os.getpid()}"
@@ -107,7 +108,7 @@ def executor_us(env: ContainerEnv, n: int) -> float:
         pid = env.runtime.state(cid)["pid"]
         pidfd = os.pidfd_open(pid)
         try:
-            ns = core.CLONE_NEWUSER | core.CLONE_NEWNS
+            ns = CLONE_NEWUSER | CLONE_NEWNS
             core.ns_exec(pidfd, pid, ns, "umount2", "/nonexistent", 0)
             t0 = time.perf_counter()
             for _ in range(n):

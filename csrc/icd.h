@@ -92,7 +92,11 @@ int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_f
 int icd_notify_id_valid(int fd, uint64_t id);
 /* Maps the receive journal memfd `fd` (laid out by interceptd/journal.py) for
  * every receive of this process (journal.c); it replaces any earlier one:
- * 0 or -errno. */
+ * 0 or -errno. The header's magic and version, and the landing slots a receiving
+ * thread has the kernel write into, are defined here once for both sides. */
+#define ICD_JOURNAL_MAGIC 0x314c4e524a444349ULL /* "ICDJRNL1" */
+#define ICD_JOURNAL_VERSION 3
+#define ICD_JOURNAL_LANDING 4096
 int icd_journal_open(int fd, uint32_t slots);
 /* Notification `id` of task `pid`, received under the daemon's fd number `fd`,
  * has been acted on with result res (0 or -errno) and is not answered yet: a

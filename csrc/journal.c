@@ -52,9 +52,6 @@
 #include "journal.h"
 #include "seccomp_compat.h"
 
-#define JOURNAL_MAGIC 0x314c4e524a444349ULL /* "ICDJRNL1" */
-#define JOURNAL_VERSION 3
-
 struct jhdr {
   uint64_t magic;
   uint32_t version;
@@ -67,12 +64,11 @@ struct jslot {
   _Atomic uint32_t lock;
   int32_t fd;
   uint32_t tid;
-  uint32_t done; /* ICD_JOURNAL_DONE | errno once acted on (icd_journal_done) */
+  uint32_t done; /* ICD_JOURNAL_DONE | errno once acted on (icd_journal_mark) */
   struct seccomp_notif n;
 };
 
 #define PROBES 16
-#define LANDING 4096
 
 _Static_assert(sizeof(struct jhdr) == 64, "journal header layout");
 _Static_assert(sizeof(struct jslot) == 96, "journal slot layout");
@@ -81,7 +77,7 @@ static struct jhdr *_Atomic journal;
 
 int icd_journal_open(int fd, uint32_t slots)
 {
-  size_t len = sizeof(struct jhdr) + ((size_t)slots + LANDING) * sizeof(struct jslot);
+  size_t len = sizeof(struct jhdr) + ((size_t)slots + ICD_JOURNAL_LANDING) * sizeof(struct jslot);
   struct stat st;
   struct jhdr *h;
 
@@ -94,8 +90,8 @@ int icd_journal_open(int fd, uint32_t slots)
   h = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (h == MAP_FAILED)
     return -errno;
-  if (h->magic != JOURNAL_MAGIC || h->version != JOURNAL_VERSION || h->slots != slots
-      || h->landing != LANDING) {
+  if (h->magic != ICD_JOURNAL_MAGIC || h->version != ICD_JOURNAL_VERSION || h->slots != slots
+      || h->landing != ICD_JOURNAL_LANDING) {
     munmap(h, len);
     return -EINVAL;
   }
@@ -178,7 +174,7 @@ static struct jslot *claim_landing(struct jhdr *h, int fd)
   uint32_t base = ((uint32_t)fd * 2654435761u) ^ ((uint32_t)gettid() * 40503u), i;
 
   for (i = 0; i < 64; i++) {
-    struct jslot *s = &land[(base + i) % LANDING];
+    struct jslot *s = &land[(base + i) % ICD_JOURNAL_LANDING];
     uint32_t unlocked = 0;
     if (atomic_compare_exchange_strong_explicit(&s->lock, &unlocked, 1, memory_order_acquire,
                                                 memory_order_relaxed))

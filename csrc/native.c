@@ -51,54 +51,18 @@
 #include "internal.h"
 #include "journal.h"
 #include "native.h"
+#include "native_int.h"
 #include "nsops.h"
 #include "rules.h"
 #include "seccomp_compat.h"
 
-#define NATIVE_FSTYPES 512
-#define RING 4096  /* records in flight to the daemon: its pump drains every 75 ms */
-#define PIDDIRS 64 /* /proc/<pid> fds kept by the helper, direct-mapped */
-#define START_TIMEOUT_MS 10000
+#define PIDDIRS 64   /* /proc/<pid> fds kept by the helper, direct-mapped */
 #define HOLD_MS 1000 /* longest wait for an ICD_ACT_HOLD rule to be decided */
 #define PATH_MAX_ 4096
 #define FSTYPE_MAX 256
 #define DATA_MAX 4096
 #define NR_mount_ 165
 #define NR_umount2_ 166
-
-/* Messages on the socketpair. */
-#define MSG_HELLO 1    /* helper -> daemon: err, after entering */
-#define MSG_TAKE 2     /* daemon -> helper: the notify fd (SCM_RIGHTS) */
-#define MSG_FORWARD 3  /* helper -> daemon: a notification for the daemon */
-#define MSG_DETACHED 4 /* helper -> daemon: the filter has no task left */
-
-struct msg {
-  int32_t kind;
-  int32_t err;
-  struct seccomp_notif n;
-};
-
-/* Shared (MAP_SHARED) between the daemon and its helper. */
-struct shared {
-  _Atomic uint64_t current;    /* notification the helper holds, 0 if none */
-  _Atomic uint32_t head, tail; /* ring: the helper writes at tail */
-  _Atomic uint64_t count;      /* mount-family calls it performed */
-  _Atomic uint64_t fast;       /* calls it answered by the channel's table */
-  _Atomic uint64_t dropped;
-  _Atomic int stop; /* a hand-over: finish the call in hand, then exit */
-  struct icd_decision rec[RING];
-};
-
-struct icd_native {
-  pthread_mutex_t lock; /* start, close */
-  uint64_t cookie;
-  char fstypes[NATIVE_FSTYPES];
-  int sock;  /* the daemon's end, -1 once closed */
-  pid_t pid; /* the helper, our child */
-  int closed;
-  struct shared *sh;
-  struct icd_rules *rt; /* the channel's table (shared with the helper) */
-};
 
 /* ---- the helper -------------------------------------------------------- */
 
@@ -116,13 +80,12 @@ struct helper {
   int64_t recv_ns, sent_ns; /* the call in hand: received, answered (CLOCK_MONOTONIC) */
 };
 
-static ssize_t send_msg(int sock, const struct msg *m, int fd)
+ssize_t icd_native_send_msg(int sock, const struct msg *m, int fd)
 {
   return icd_nsop_send_fd(sock, m, sizeof *m, fd);
 }
 
-/* One message, and the fd it carries (or -1): bytes read, 0 at EOF, -errno. */
-static ssize_t recv_msg(int sock, struct msg *m, int *fd)
+ssize_t icd_native_recv_msg(int sock, struct msg *m, int *fd)
 {
   union {
     char b[CMSG_SPACE(sizeof(int))];
@@ -556,7 +519,7 @@ static void helper_loop(struct helper *h, const struct seccomp_notif *first)
         continue;
       memset(&m, 0, sizeof m);
       m.kind = MSG_DETACHED;
-      send_msg(h->sock, &m, -1);
+      icd_native_send_msg(h->sock, &m, -1);
       return;
     }
     have = 0;
@@ -571,7 +534,7 @@ static void helper_loop(struct helper *h, const struct seccomp_notif *first)
     memset(&m, 0, sizeof m);
     m.kind = MSG_FORWARD;
     m.n = n;
-    if (send_msg(h->sock, &m, -1) < 0)
+    if (icd_native_send_msg(h->sock, &m, -1) < 0)
       return; /* the daemon is gone */
   }
 }
@@ -592,7 +555,7 @@ static int helper_enter(pid_t parent, int pidfd, int pid, int sock, struct helpe
   return 0;
 }
 
-static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_native *nv)
+void icd_native_helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_native *nv)
 {
   struct helper h;
   struct msg m;
@@ -618,213 +581,11 @@ static void helper_main(pid_t parent, int pidfd, int pid, int sock, struct icd_n
     m.err = errno;
   if (!m.err && getppid() != parent)
     m.err = ESRCH;
-  if (send_msg(sock, &m, -1) < 0 || m.err)
+  if (icd_native_send_msg(sock, &m, -1) < 0 || m.err)
     return;
-  if (recv_msg(sock, &m, &fd) <= 0 || m.kind != MSG_TAKE || fd < 0)
+  if (icd_native_recv_msg(sock, &m, &fd) <= 0 || m.kind != MSG_TAKE || fd < 0)
     return;
   h.fd = fd;
   h.jfd = m.err;
   helper_loop(&h, &m.n);
-}
-
-/* ---- the daemon's side -------------------------------------------------- */
-
-struct icd_native *icd_native_new(uint64_t cookie)
-{
-  struct icd_native *nv = calloc(1, sizeof *nv);
-  if (!nv)
-    return NULL;
-  nv->sh = mmap(NULL, sizeof *nv->sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (nv->sh == MAP_FAILED || pthread_mutex_init(&nv->lock, NULL)) {
-    if (nv->sh != MAP_FAILED)
-      munmap(nv->sh, sizeof *nv->sh);
-    free(nv);
-    return NULL;
-  }
-  nv->cookie = cookie;
-  nv->sock = -1;
-  nv->pid = -1;
-  return nv;
-}
-
-/* Under nv->lock. */
-static void stop_helper(struct icd_native *nv)
-{
-  if (nv->pid > 0) {
-    /* Our own unreaped child: the pid cannot have been reused. */
-    kill(nv->pid, SIGKILL);
-    icd_nsop_reap(nv->pid);
-    nv->pid = -1;
-  }
-  if (nv->sock >= 0) {
-    close(nv->sock);
-    nv->sock = -1;
-  }
-}
-
-struct helper_args {
-  pid_t parent;
-  int pidfd, pid;
-  struct icd_native *nv;
-};
-
-static void helper_child(void *arg, int sock)
-{
-  struct helper_args *a = arg;
-  helper_main(a->parent, a->pidfd, a->pid, sock, a->nv);
-}
-
-int icd_native_start(struct icd_native *nv, int pidfd, int pid, const char *list, int len,
-                     struct icd_rules *rt)
-{
-  struct helper_args a;
-  struct pollfd p;
-  struct msg m;
-  pid_t child, parent = getpid();
-  int sock, r;
-
-  if (len < 1 || len >= NATIVE_FSTYPES || list[len - 1] || pid <= 0 || pidfd < 0)
-    return -EINVAL;
-  pthread_mutex_lock(&nv->lock);
-  if (nv->closed || nv->pid > 0) {
-    pthread_mutex_unlock(&nv->lock);
-    return nv->closed ? -EPIPE : -EBUSY;
-  }
-  memset(nv->fstypes, 0, sizeof nv->fstypes);
-  memcpy(nv->fstypes, list, len);
-  nv->rt = rt;
-  a = (struct helper_args){ .parent = parent, .pidfd = pidfd, .pid = pid, .nv = nv };
-  child = icd_nsop_fork_lasting(&sock, helper_child, &a);
-  if (child < 0) {
-    pthread_mutex_unlock(&nv->lock);
-    return child;
-  }
-  nv->pid = child;
-  nv->sock = sock;
-  p = (struct pollfd){ .fd = sock, .events = POLLIN };
-  do
-    r = poll(&p, 1, START_TIMEOUT_MS);
-  while (r < 0 && errno == EINTR);
-  r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
-  if (!r) {
-    ssize_t n = recv_msg(sock, &m, NULL);
-    r = n < 0 ? (int)n : n == 0 || m.kind != MSG_HELLO ? -EIO : -m.err;
-  }
-  if (r)
-    stop_helper(nv);
-  pthread_mutex_unlock(&nv->lock);
-  return r;
-}
-
-int icd_native_delegate(struct icd_native *nv, int fd, const struct seccomp_notif *first)
-{
-  struct msg m;
-  ssize_t n;
-  int r = 0;
-
-  memset(&m, 0, sizeof m);
-  m.kind = MSG_TAKE;
-  m.err = fd; /* our number for it: the helper journals under it */
-  m.n = *first;
-  pthread_mutex_lock(&nv->lock);
-  if (nv->closed || nv->sock < 0 || atomic_load(&nv->sh->stop))
-    r = -EPIPE;
-  else if ((n = send_msg(nv->sock, &m, fd)) < 0)
-    r = (int)n;
-  pthread_mutex_unlock(&nv->lock);
-  return r;
-}
-
-int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n)
-{
-  struct msg m;
-  ssize_t got = recv_msg(nv->sock, &m, NULL);
-  uint64_t id;
-
-  if (got == -EINTR)
-    return ICD_NATIVE_IDLE;
-  if (got > 0 && m.kind == MSG_FORWARD) {
-    *n = m.n;
-    id = n->id;
-    atomic_compare_exchange_strong(&nv->sh->current, &id, 0); /* ours now */
-    return ICD_NATIVE_FORWARD;
-  }
-  if (got > 0 && m.kind == MSG_DETACHED)
-    return ICD_NATIVE_DETACHED;
-  /* It died (or spoke nonsense): the call it held is failed rather than
-   * left blocked, and the receiver takes the fd back. */
-  id = atomic_exchange(&nv->sh->current, 0);
-  if (id)
-    icd_notify_send(fd, id, 0, -EIO, 0);
-  pthread_mutex_lock(&nv->lock);
-  stop_helper(nv);
-  pthread_mutex_unlock(&nv->lock);
-  return ICD_NATIVE_GONE;
-}
-
-int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max)
-{
-  struct shared *sh = nv->sh;
-  uint32_t head = atomic_load_explicit(&sh->head, memory_order_relaxed);
-  uint32_t tail = atomic_load_explicit(&sh->tail, memory_order_acquire);
-  int n = 0;
-
-  while (n < max && head != tail)
-    out[n++] = sh->rec[head++ % RING];
-  atomic_store_explicit(&sh->head, head, memory_order_release);
-  return n;
-}
-
-int icd_native_quiesce(struct icd_native *nv, int timeout_ms)
-{
-  int64_t deadline = icd_now_ns(CLOCK_MONOTONIC) + (int64_t)timeout_ms * 1000000;
-  int r = 0;
-
-  atomic_store(&nv->sh->stop, 1);
-  for (;;) {
-    pid_t w;
-
-    pthread_mutex_lock(&nv->lock);
-    if (nv->pid <= 0) {
-      pthread_mutex_unlock(&nv->lock);
-      return 0;
-    }
-    /* Sent every round: one that lands between the helper's look at `stop`
-     * and its RECV is lost. Our unreaped child: the pid is still its. */
-    if (kill(nv->pid, ICD_STOP_SIGNAL) < 0)
-      r = -errno;
-    else if ((w = waitpid(nv->pid, NULL, WNOHANG)) == nv->pid)
-      nv->pid = -1;
-    else if (w < 0 && errno != EINTR)
-      r = -errno;
-    pthread_mutex_unlock(&nv->lock);
-    if (r || icd_now_ns(CLOCK_MONOTONIC) >= deadline)
-      return r ? r : -ETIMEDOUT;
-    usleep(200);
-  }
-}
-
-uint64_t icd_native_count(struct icd_native *nv, int which)
-{
-  return atomic_load(which == ICD_NATIVE_FAST      ? &nv->sh->fast
-                     : which == ICD_NATIVE_DROPPED ? &nv->sh->dropped
-                                                   : &nv->sh->count);
-}
-
-void icd_native_close(struct icd_native *nv)
-{
-  pthread_mutex_lock(&nv->lock);
-  nv->closed = 1;
-  stop_helper(nv);
-  pthread_mutex_unlock(&nv->lock);
-}
-
-void icd_native_free(struct icd_native *nv)
-{
-  if (!nv)
-    return;
-  icd_native_close(nv);
-  munmap(nv->sh, sizeof *nv->sh);
-  pthread_mutex_destroy(&nv->lock);
-  free(nv);
 }

@@ -13,14 +13,17 @@ import struct
 
 from interceptd.kernel.bpf import bpf as _bpf
 from interceptd.kernel.bpf import raw_tracepoint_open as _raw_tp
-from interceptd.kernel.consts import BPF_PROG_LOAD
+from interceptd.kernel.consts import (
+    BPF_LSM_MAC,
+    BPF_PROG_LOAD,
+    BPF_PROG_TYPE_LSM,
+    BPF_PROG_TYPE_RAW_TRACEPOINT,
+    BPF_PROG_TYPE_TRACEPOINT,
+    BPF_PROG_TYPE_TRACING,
+    BPF_TRACE_FENTRY,
+    BTF_KIND_FUNC,
+)
 
-PROG_TYPE_TRACEPOINT = 5
-PROG_TYPE_RAW_TRACEPOINT = 17
-PROG_TYPE_TRACING = 26
-PROG_TYPE_LSM = 29
-TRACE_FENTRY = 24
-LSM_MAC = 27
 _RET0 = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 _GPL = ctypes.create_string_buffer(b"GPL")
 
@@ -58,11 +61,11 @@ _PREV = object()  # stands for the fd the previous step returned
 
 def tracepoint() -> bool | str:
     """A tracepoint program loads (attaching needs tracefs: see tracefs())."""
-    return _try((load, PROG_TYPE_TRACEPOINT))
+    return _try((load, BPF_PROG_TYPE_TRACEPOINT))
 
 
 def raw_tracepoint() -> bool | str:
-    return _try((load, PROG_TYPE_RAW_TRACEPOINT), (raw_tracepoint_open, _PREV, b"sys_enter"))
+    return _try((load, BPF_PROG_TYPE_RAW_TRACEPOINT), (raw_tracepoint_open, _PREV, b"sys_enter"))
 
 
 FENTRY_TARGETS = ("__x64_sys_getppid", "__do_sys_getppid", "do_sys_openat2")
@@ -76,7 +79,8 @@ def fentry() -> bool | str:
             break
     if isinstance(btf_id, str):
         return btf_id
-    return _try((load, PROG_TYPE_TRACING, TRACE_FENTRY, btf_id), (raw_tracepoint_open, _PREV, None))
+    return _try((load, BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY, btf_id),
+                (raw_tracepoint_open, _PREV, None))
 
 
 def lsm(hook: str = "bpf_lsm_file_open") -> bool | str:
@@ -90,7 +94,7 @@ def lsm(hook: str = "bpf_lsm_file_open") -> bool | str:
     btf_id = btf_func_id(hook)
     if isinstance(btf_id, str):
         return btf_id
-    return _try((load, PROG_TYPE_LSM, LSM_MAC, btf_id))
+    return _try((load, BPF_PROG_TYPE_LSM, BPF_LSM_MAC, btf_id))
 
 
 def tracefs() -> bool | str:
@@ -103,7 +107,6 @@ def tracefs() -> bool | str:
 # Trailing bytes after struct btf_type (12 bytes), by kind: (fixed, per vlen item).
 _BTF_TAIL = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8),
              14: (4, 0), 15: (0, 12), 17: (4, 0), 19: (0, 12)}
-_BTF_FUNC = 12
 
 
 def btf_func_id(name: str, path: str = "/sys/kernel/btf/vmlinux") -> int | str:
@@ -124,7 +127,7 @@ def btf_func_id(name: str, path: str = "/sys/kernel/btf/vmlinux") -> int | str:
         tid += 1
         name_off, info, _size = struct.unpack_from("<III", data, pos)
         kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        if kind == _BTF_FUNC and data.startswith(want, strs + name_off):
+        if kind == BTF_KIND_FUNC and data.startswith(want, strs + name_off):
             return tid
         fixed, per = _BTF_TAIL.get(kind, (0, 0))
         pos += 12 + fixed + per * vlen

@@ -140,11 +140,11 @@ def _check_ebpf(e: dict[str, Any], _data: dict[str, Any]) -> list[tuple[str, str
 
 
 def _check_metrics(m: dict[str, Any], _data: dict[str, Any]) -> list[tuple[str, str]]:
-    """What daemon.metrics_containers refuses."""
-    from interceptd import daemon
+    """What plugins.metrics_containers (the daemon's reading of [metrics]) refuses."""
+    from interceptd.plugins import metrics_containers
 
     try:
-        daemon.metrics_containers(cfgmod.Config(sections={"metrics": m}))
+        metrics_containers(cfgmod.Config(sections={"metrics": m}))
     except ConfigError as e:
         return [("containers", str(e).split(": ", 1)[-1])]
     return []

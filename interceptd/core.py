@@ -13,7 +13,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from interceptd._corelib import (
     TargetGone,
@@ -25,14 +25,8 @@ from interceptd._corelib import (
     struct_of,
 )
 from interceptd.core_exec import (  # noqa: F401  (re-exported)
-    CLONE_NEWCGROUP,
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUSER,
-    CLONE_NEWUTS,
     OPS,
+    ZYGOTE_PARTS,
     ExecResult,
     Executor,
     ExecutorDied,
@@ -87,7 +81,10 @@ class Detached:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class DecisionRecord:
+    """One call the C side answered without Python (the verdict table, the native
+    helper), as the engine's ring holds it."""
+
     cookie: int
     id: int
     pid: int
@@ -215,7 +212,8 @@ class Channel:
         check(r, "quiesce_native")
         return True
 
-    def wait(self, timeout: float | None = None, max_items: int = 32) -> list[Any]:
+    def wait(self, timeout: float | None = None,
+             max_items: int = 32) -> list[Notification | Detached]:
         """Queued items, blocking up to `timeout` seconds (None: forever) for the
         first; [] on timeout or once the channel is closed."""
         tls = self._tls
@@ -233,7 +231,7 @@ class Channel:
             if n < 0:
                 self.closed = True
             return []
-        out: list[Any] = []
+        out: list[Notification | Detached] = []
         unpack = _ITEM.unpack_from
         size = _ITEM.size
         for i in range(n):
@@ -331,8 +329,8 @@ class Engine:
         (and closes it) once this returns.  OSError if it is not a notify fd."""
         check(lib.icd_engine_attach(self._ptr, channel._ptr, notify_fd), "attach")
 
-    def drain_decisions(self, max_items: int = 4096) -> list[Decision]:
-        out: list[Decision] = []
+    def drain_decisions(self, max_items: int = 4096) -> list[DecisionRecord]:
+        out: list[DecisionRecord] = []
         with self._drain_lock:
             buf = self._drain_buf
             cap = min(max_items, len(buf))
@@ -340,13 +338,14 @@ class Engine:
                 n = lib.icd_engine_drain(self._ptr, buf, min(cap, max_items - len(out)))
                 for i in range(n):
                     d = buf[i]
-                    out.append(Decision(d.cookie, d.id, d.pid, d.nr, d.action, d.value,
-                                        d.ns_time, d.send_errno, tuple(d.args),
-                                        ffi.string(d.comm).decode(errors="replace")
-                                        if d.comm[0] != b"\0" else "",
-                                        ffi.string(d.reason).decode(errors="replace")
-                                        if d.reason[0] != b"\0" else "",
-                                        d.recv_ns, d.sent_ns))
+                    out.append(DecisionRecord(
+                        d.cookie, d.id, d.pid, d.nr, d.action, d.value, d.ns_time,
+                        d.send_errno, tuple(d.args),
+                        ffi.string(d.comm).decode(errors="replace")
+                        if d.comm[0] != b"\0" else "",
+                        ffi.string(d.reason).decode(errors="replace")
+                        if d.reason[0] != b"\0" else "",
+                        d.recv_ns, d.sent_ns))
                 if n < cap:
                     break
         return out

@@ -5,23 +5,19 @@ and one mount's facts without a mountinfo. Re-exported by core.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
+import signal
 import threading
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from interceptd._corelib import check, ffi, lib, path_bytes
 
-# Namespace flags for ns_exec (os.CLONE_* needs Python 3.12), from the one table.
-from interceptd.kernel.consts import (  # noqa: F401  (re-exported by core)
-    CLONE_NEWCGROUP,
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUSER,
-    CLONE_NEWUTS,
-)
+if TYPE_CHECKING:
+    from interceptd.seams import HelperStart
+
+from interceptd.kernel.consts import CLONE_NEWNS, CLONE_NEWUSER
 
 
 class ExecResult(NamedTuple):
@@ -46,7 +42,7 @@ def _op_table() -> dict[str, tuple[int, str]]:
 OPS: dict[str, tuple[int, str]] = _op_table()
 
 
-def _op(op: str, args: tuple[Any, ...]) -> tuple[int, str]:
+def _op(op: str, args: tuple[object, ...]) -> tuple[int, str]:
     """(C op, argument kinds) of `op`, checked against the arguments given."""
     try:
         cop, kinds = OPS[op]
@@ -61,7 +57,7 @@ def _cstr(v: Any) -> Any:
     return ffi.NULL if v is None else ffi.new("char[]", path_bytes(v))
 
 
-def _op_args(op: str, args: tuple[Any, ...]) -> tuple[int, Any, Any, list[Any]]:
+def _op_args(op: str, args: tuple[object, ...]) -> tuple[int, Any, Any, list[Any]]:
     """(C op, strings, ints, keep-alive): the strings' buffers live as long as the
     last item does."""
     cop, kinds = _op(op, args)
@@ -77,7 +73,7 @@ def _op_args(op: str, args: tuple[Any, ...]) -> tuple[int, Any, Any, list[Any]]:
     return cop, s, a, strs
 
 
-def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: Any,
+def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: object,
             timeout: float = 10.0) -> ExecResult:
     """Run one mount-family syscall inside the target's namespaces (CLONE_NEW*
     flags), with root and cwd set to the target's.  Arguments follow the
@@ -218,7 +214,7 @@ class Executor:
         self._x = x
         self.restarts += 1
 
-    def run(self, pidfd: int, pid: int, op: str, *args: Any) -> ExecResult:
+    def run(self, pidfd: int, pid: int, op: str, *args: object) -> ExecResult:
         """Perform `op` (see ns_exec) as process `pid` would, in these namespaces.
         ExecResult.errno is ESRCH when `pidfd` shows the process is gone; `fd`
         belongs to the caller. ExecutorDied if the helper cannot serve;
@@ -270,3 +266,77 @@ class Executor:
                 self._stop()
         except Exception:
             pass
+
+
+# struct icd_executor's namespace and root ids, in the order a zygote sends them
+EXEC_IDS = ("user_dev", "user_ino", "mnt_dev", "mnt_ino", "root_dev", "root_ino", "root_mnt")
+
+
+def start_helper(pidfd: int, pid: int, namespaces: int,
+                 timeout_ms: int) -> tuple[int, int, tuple[int, ...]]:
+    """(0 or -errno, helper socket, (helper pid, *EXEC_IDS)) of a new executor's helper,
+    forked by this process (the zygote calls this in its own process)."""
+    x = ffi.new("struct icd_executor *")
+    rc = lib.icd_exec_start(pidfd, pid, namespaces, timeout_ms, x)
+    if rc != 0:
+        return rc, -1, ()
+    return 0, int(x.sock), (int(x.pid), *(int(getattr(x, f)) for f in EXEC_IDS))
+
+
+def stop_helper(sock: int, pid: int) -> None:
+    lib.icd_exec_stop(sock, pid)
+
+
+class ZygoteExecutor(Executor):
+    """An Executor whose helper a zygote forks (kernel/zygote.py says why): `start` asks
+    it for one, and the helper is stopped through its pidfd, as it is not our child."""
+
+    def __init__(self, start: HelperStart, pidfd: int, pid: int, namespaces: int,
+                 timeout: float = 10.0) -> None:
+        self._zstart = start
+        self._hpidfd = -1
+        super().__init__(pidfd, pid, namespaces, timeout)
+
+    def _start(self, pidfd: int, pid: int) -> None:
+        sock, hp, (hpid, *ids) = self._zstart(pidfd, pid, self.namespaces,
+                                              int(self.timeout * 1000))
+        self._x.sock, self._x.pid, self._hpidfd = sock, hpid, hp
+        for f, v in zip(EXEC_IDS, ids, strict=False):
+            setattr(self._x, f, v)
+
+    def _stop(self) -> None:
+        if self._x.sock >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._x.sock)
+        if self._hpidfd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._hpidfd, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.close(self._hpidfd)
+        self._x.sock = self._x.pid = self._hpidfd = -1
+
+    def _restart(self, pidfd: int, pid: int) -> None:
+        self._stop()
+        was = (self.user_ns, self.mnt_ns)
+        self._start(pidfd, pid)
+        now = ((int(self._x.user_dev), int(self._x.user_ino)),
+               (int(self._x.mnt_dev), int(self._x.mnt_ino)))
+        if now != was:
+            self._stop()
+            raise ExecutorDied(errno_mod.ESTALE, "executor restart: the target changed "
+                                                 "namespaces")
+        self.restarts += 1
+
+
+class _ZygoteParts:
+    """seams.ZygoteParts of this core."""
+
+    start_helper = staticmethod(start_helper)
+    stop_helper = staticmethod(stop_helper)
+
+    @staticmethod
+    def executor(start: HelperStart, pidfd: int, pid: int, namespaces: int) -> Executor:
+        return ZygoteExecutor(start, pidfd, pid, namespaces)
+
+
+ZYGOTE_PARTS = _ZygoteParts()

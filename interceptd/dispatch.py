@@ -16,14 +16,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from interceptd import quiesce
 from interceptd.events import Counters, Event, EventBus
 from interceptd.fairshare import Shares
 from interceptd.handlers import Handler, HandlerRegistry, Request
 from interceptd.kernel import procinfo
-from interceptd.listener import ListenerReject, ProcessState
+from interceptd.ocistate import ListenerReject, ProcessState
 from interceptd.pump import PUMP_INTERVAL, DecisionPump
 from interceptd.registry import (
     Container,
@@ -32,7 +31,8 @@ from interceptd.registry import (
     read_cgroup_paths,
     read_id_maps,
 )
-from interceptd.seams import Core
+from interceptd.seams import Channel, Core, Engine, Notification, Watcher
+from interceptd.syscalls import AUDIT_ARCH_X86_64
 from interceptd.tally import CallTally, LocalTally
 from interceptd.verdict import (
     FAST_CONTINUE,
@@ -45,7 +45,6 @@ from interceptd.verdict import (
 
 log = logging.getLogger("interceptd.dispatch")
 
-AUDIT_ARCH_X86_64 = 0xC000003E
 UNHANDLED = Verdict.errno(errno_mod.EPERM, "unhandled")
 UNSUPPORTED_ARCH = Verdict.errno(errno_mod.EPERM, "unsupported arch")
 # How long an exec'd process's message waits for its container's init message:
@@ -58,7 +57,7 @@ class Dispatcher:
     def __init__(
         self,
         core: Core,
-        engine: Any,
+        engine: Engine,
         registry: Registry,
         handlers: HandlerRegistry,
         table: list[TableEntry],
@@ -116,9 +115,8 @@ class Dispatcher:
             comm_of=lambda pid: self._comm_of(pid),
             containers=self._containers_by_cookie, container_ids=self._cookie_ids,
             is_rule=lambda nr: nr in self._rule_nrs)  # reload replaces _rule_nrs
-        # Told of each container's attach and release (the eBPF layer): objects with
-        # track(container_id, cgroup_v2_path) and untrack(container_id).
-        self.watchers: list[Any] = []
+        # Told of each container's attach and release (the eBPF layer, the hand-over).
+        self.watchers: list[Watcher] = []
 
     # -- attach (listener thread) ------------------------------------------
 
@@ -209,7 +207,7 @@ class Dispatcher:
         self._cookie_ids[cookie] = c.id
         self._containers_by_cookie[cookie] = c
         self.counters.inc("containers_attached")
-        self._tell_watchers("track", c.id, cgroups.get("", ""))
+        self._tell_watchers("track", lambda w: w.track(c.id, cgroups.get("", "")))
         self.run_attach_hooks(c)
         log.info(
             "attach",
@@ -306,11 +304,10 @@ class Dispatcher:
             self._released.add(c.cookie)
         self.shares.forget(c.cookie)
         c.channel.close()
-        with contextlib.suppress(Exception):  # a test double may have no stats
-            self.retired_stats.update(c.channel.stats())
+        self.retired_stats.update(c.channel.stats())
         close_container_fds(c)
         self.handlers.released(c)
-        self._tell_watchers("untrack", c.id)
+        self._tell_watchers("untrack", lambda w: w.untrack(c.id))
         self._workers.pop(c.id, None)
         self._retired.append((time.monotonic(), c.cookie))
         self.counters.inc("containers_detached")
@@ -318,10 +315,10 @@ class Dispatcher:
                                                           "lifetime_s": round(time.time()
                                                                               - c.started_at, 3)}})
 
-    def _tell_watchers(self, what: str, *args: Any) -> None:
+    def _tell_watchers(self, what: str, call: Callable[[Watcher], None]) -> None:
         for w in self.watchers:
             try:
-                getattr(w, what)(*args)
+                call(w)
             except Exception:  # an observer never costs a container its attach
                 self.counters.inc("worker_errors", f"watcher {what}")
                 log.exception("watcher failed", extra={"fields": {"call": what}})
@@ -333,7 +330,7 @@ class Dispatcher:
             route = self._routes[nr] = (name, self.handlers.get(name))
         return route
 
-    def _handle(self, c: Container, n: Any, decisions: dict[str, int],
+    def _handle(self, c: Container, n: Notification, decisions: dict[str, int],
                 calls: LocalTally | None = None) -> None:
         # The hot path of every Python-path call: keep it lean, answer first,
         # then do the bookkeeping.
@@ -369,7 +366,7 @@ class Dispatcher:
                 details=verdict.details or None,
             ))
 
-    def _answer(self, c: Container, n: Any, v: Verdict) -> int:
+    def _answer(self, c: Container, n: Notification, v: Verdict) -> int:
         ch = c.channel
         kind = v.kind
         if kind == "value":
@@ -393,20 +390,20 @@ class Dispatcher:
             self._respond_failed(c, n, e)
         return v.val
 
-    def _inject(self, ch: Any, n: Any, v: Verdict) -> int:
+    def _inject(self, ch: Channel, n: Notification, v: Verdict) -> int:
         try:
             return int(ch.addfd(n, v.inject_fd, v.fd_flags, send=True))
         except Exception as e:
             if _gone(self.core, e):
                 raise
             # ADDFD failed without answering: refuse instead, so the target never hangs.
-            ch.respond(n, error=getattr(e, "errno", None) or errno_mod.EPERM)
+            ch.respond(n, error=(e.errno if isinstance(e, OSError) else 0) or errno_mod.EPERM)
             raise
         finally:
             with contextlib.suppress(OSError):
                 os.close(v.inject_fd)
 
-    def _respond_failed(self, c: Container, n: Any, e: Exception) -> None:
+    def _respond_failed(self, c: Container, n: Notification, e: Exception) -> None:
         reason = "target gone" if _gone(self.core, e) else "send failed"
         self.counters.inc("respond_errors", reason)
         level = logging.DEBUG if reason == "target gone" else logging.WARNING

@@ -39,13 +39,8 @@ from typing import Any
 
 from interceptd import journal, procscan
 from interceptd.fdstore import FdStore, hung_up
-from interceptd.listener import (
-    ContainerState,
-    ListenerReject,
-    OnMessage,
-    ProcessState,
-    is_seccomp_notify_fd,
-)
+from interceptd.listener import OnMessage, is_seccomp_notify_fd
+from interceptd.ocistate import ContainerState, ListenerReject, ProcessState
 from interceptd.sdnotify import Notifier
 
 log = logging.getLogger("interceptd.handover")

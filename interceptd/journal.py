@@ -9,11 +9,13 @@ import os
 import struct
 from typing import NamedTuple
 
-MAGIC = 0x314C4E524A444349  # "ICDJRNL1"
-VERSION = 3
+from interceptd._corelib import lib
+
+MAGIC: int = lib.ICD_JOURNAL_MAGIC  # "ICDJRNL1"
+VERSION: int = lib.ICD_JOURNAL_VERSION
 SLOTS = 16384  # one per (notify fd, thread) that made a notified call: room to spare
-LANDING = 4096  # slots a receiving thread has the kernel write into (csrc/journal.c)
-DONE = 0x80000000  # a slot's done word: acted on (csrc/icd.h ICD_JOURNAL_DONE)
+LANDING: int = lib.ICD_JOURNAL_LANDING  # slots a receiving thread has the kernel write into
+DONE: int = lib.ICD_JOURNAL_DONE  # a slot's done word: acted on, | the errno answered
 HEADER = struct.Struct("<QIII44x")
 SLOT = struct.Struct("<IiII QII iIQ6Q")  # lock, fd, tid, done, then struct seccomp_notif
 WORDS = SLOT.size // 4

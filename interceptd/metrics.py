@@ -29,7 +29,10 @@ from interceptd import syscalls
 from interceptd.tally import DURATION_BUCKETS_NS
 
 if TYPE_CHECKING:
-    from interceptd.events import EventBus
+    from interceptd.dispatch import Dispatcher
+    from interceptd.ebpf import BpfLayer
+    from interceptd.events import Counters, EventBus
+    from interceptd.registry import Registry
 
 log = logging.getLogger("interceptd.metrics")
 
@@ -227,12 +230,12 @@ class Sources:
 
     version: str = "0.0.0"
     started: float = 0.0  # time.monotonic() at start
-    counters: Any = None  # events.Counters
+    counters: Counters | None = None
     bus: EventBus | None = None
-    dispatcher: Any = None  # dispatch.Dispatcher
-    registry: Any = None  # registry.Registry
-    bpf: Any = None  # bpf loader: snapshot() -> BpfFigures
-    fuse: Callable[[], Mapping[str, Any]] | None = None
+    dispatcher: Dispatcher | None = None
+    registry: Registry | None = None
+    bpf: BpfLayer | None = None
+    fuse: Callable[[], Mapping[str, tuple[int, FuseHistogram | None]]] | None = None
     # {configured container label: {rx_bytes, tx_bytes, ..., interfaces}} (netview.py)
     network: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
     containers: tuple[str, ...] = ()  # [metrics] containers: id prefixes or names
@@ -396,7 +399,7 @@ class Collector:
             fams["interceptd_bpf_events_total"].add_metric([kind], n)
         fams["interceptd_bpf_lost_events_total"].add_metric(["ring_full"], fig.lost)
         fams["interceptd_bpf_lost_events_total"].add_metric(
-            ["rate_limit"], getattr(fig, "throttled", 0))
+            ["rate_limit"], fig.throttled)
 
     def _network(self, fams: dict[str, Any]) -> None:
         if self.src.network is None or not self.src.containers:
@@ -427,8 +430,7 @@ class Collector:
             fams["interceptd_fuse_requests_total"].add_metric([label], n)
             if hist is not None:
                 cum = hist.cumulative()
-                bounds = getattr(hist, "bounds_ns", DURATION_BUCKETS_NS)
-                buckets = [(_le(b), c) for b, c in zip(bounds, cum, strict=False)]
+                buckets = [(_le(b), c) for b, c in zip(hist.bounds_ns, cum, strict=False)]
                 buckets.append(("+Inf", cum[-1]))
                 fams["interceptd_fuse_request_duration_seconds"].add_metric(
                     [label], buckets, hist.sum_ns / 1e9)

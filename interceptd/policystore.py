@@ -20,6 +20,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from interceptd.emulation.sysinfo import Sysinfo
 from interceptd.kernel.mounttable import MountTable, TableCache
 from interceptd.kernel.procinfo import start_ticks
 from interceptd.policy.immutable import (
@@ -28,7 +29,6 @@ from interceptd.policy.immutable import (
     ImmutableSet,
     snapshot,
 )
-from interceptd.policy.sysinfo import Sysinfo
 
 log = logging.getLogger("interceptd.policy")
 

@@ -15,7 +15,12 @@ import sys
 from typing import Any
 
 from interceptd.kernel import mountinfo
-from interceptd.kernel.consts import SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_SET_MODE_FILTER
+from interceptd.kernel.consts import (
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    SECCOMP_SET_MODE_FILTER,
+)
+from interceptd.kernel.libc import syscall
 from interceptd.syscalls import nr
 
 NR_MOUNT_SETATTR = nr("mount_setattr")
@@ -24,9 +29,7 @@ NR_MOUNT_SETATTR = nr("mount_setattr")
 def _syscall_exists(nr: int) -> bool:
     # Invalid arguments on purpose: ENOSYS means the kernel lacks the call,
     # anything else (EBADF, EINVAL) means it is there. Nothing is changed.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    if libc.syscall(ctypes.c_long(nr), -1, None, 0, None, 0) == 0:
+    if syscall(ctypes.c_long(nr), -1, None, 0, None, 0) == 0:
         return True
     return ctypes.get_errno() != errno.ENOSYS
 
@@ -77,17 +80,14 @@ def _bcc_compile() -> tuple[bool | str, str]:
     return True, str(desc.get("headers") or "")
 
 
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 NR_SECCOMP = nr("seccomp")
 
 
 def _wait_killable_recv() -> bool | str:
     # A NULL program: the kernel checks the flags first (EINVAL for one it does
     # not know) and then fails to copy the program (EFAULT): nothing is installed.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-    if libc.syscall(ctypes.c_long(NR_SECCOMP), SECCOMP_SET_MODE_FILTER, flags, None) == 0:
+    if syscall(ctypes.c_long(NR_SECCOMP), SECCOMP_SET_MODE_FILTER, flags, None) == 0:
         return "unexpected: a NULL filter was accepted"
     e = ctypes.get_errno()
     return True if e == errno.EFAULT else f"no ({errno.errorcode.get(e, e)}; Linux >= 5.19)"

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from interceptd.events import Counters, Event, EventBus
 from interceptd.registry import Container
+from interceptd.seams import DecisionRecord
 from interceptd.tally import LocalTally
 
 PUMP_INTERVAL = 0.075
@@ -28,7 +28,7 @@ class DecisionPump:
         self._containers, self._ids = containers, container_ids  # by cookie, kept current
         self._is_rule = is_rule
 
-    def publish(self, decisions: list[Any]) -> int:
+    def publish(self, decisions: Sequence[DecisionRecord]) -> int:
         if not decisions:
             return 0
         publish = self.bus.subscribers > 0
@@ -39,19 +39,19 @@ class DecisionPump:
             verdict = self._verdict_of_action.get(d.action, "errno")
             tally[verdict] += 1
             # The native helper's records say why; the daemon's fast path's do not.
-            path = "native" if getattr(d, "reason", "") else "fast"
+            path = "native" if d.reason else "fast"
             calls.count(path, self._name_of(d.nr), verdict)
-            handled = getattr(d, "handling_ns", 0)  # C records carry receive/send times
+            handled = d.handling_ns  # receive to answer, as the C side measured it
             if handled > 0:
                 calls.histogram(path).observe_ns(handled)
-            if getattr(d, "send_errno", 0):
+            if d.send_errno:
                 gone += 1
             # Every new pid's comm is cached on its container, events or not, so
             # later events still name a caller that has exited meanwhile.
             c = self._containers.get(d.cookie)
             if c is not None:
                 comm = c.comms.get(d.pid)
-                if comm is None and getattr(d, "comm", ""):
+                if comm is None and d.comm:
                     # read by the core right after answering: the caller may be gone now
                     comm = c.comm(d.pid, lambda _pid, name=d.comm: name)
                 if comm is None:
@@ -60,14 +60,14 @@ class DecisionPump:
                 comm = ""
             if not publish:
                 continue
-            reason = getattr(d, "reason", "")  # the native path says why
+            reason = d.reason  # the native path says why
             if not reason:
                 reason = "rule" if self._is_rule(d.nr) else "unhandled"
             self.bus.publish(Event(
                 time=d.ns_time / 1e9 if d.ns_time else time.time(),
                 container=self._ids.get(d.cookie, f"cookie:{d.cookie}"),
                 pid=d.pid, comm=comm or self._comm_of(d.pid), syscall=self._name_of(d.nr),
-                args=list(getattr(d, "args", ())),
+                args=list(d.args),
                 verdict=verdict, errno=int(d.value) if verdict == "errno" else 0,
                 reason=reason, source="seccomp",
                 value=int(d.value) if verdict == "value" else None,

@@ -13,10 +13,14 @@ whose value differs from the running one.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interceptd.config import Config
-from interceptd.verdict import FAST_PYTHON, build_table
+from interceptd.verdict import FAST_PYTHON, TableEntry, build_table
+
+if TYPE_CHECKING:
+    from interceptd.daemon import Daemon
+    from interceptd.dispatch import Dispatcher
 
 log = logging.getLogger("interceptd.reload")
 
@@ -40,7 +44,7 @@ def changed_needing_restart(old: Config, new: Config) -> list[str]:
     return out
 
 
-def apply(daemon: Any, new: Config) -> dict[str, Any]:
+def apply(daemon: Daemon, new: Config) -> dict[str, Any]:
     """Make `new` the running config where it can be; the control socket's answer."""
     from interceptd import syscalls
 
@@ -90,7 +94,7 @@ def apply(daemon: Any, new: Config) -> dict[str, Any]:
     return {"applied": applied, "restart_needed": restart}
 
 
-def _swap_rules(daemon: Any, dispatcher: Any, table: list[Any]) -> None:
+def _swap_rules(daemon: Daemon, dispatcher: Dispatcher, table: list[TableEntry]) -> None:
     actions = dispatcher._actions
     new_by_nr = {e.nr: e for e in table if e.action != FAST_PYTHON}
     python_nrs = {e.nr for e in table if e.action == FAST_PYTHON}

@@ -37,6 +37,7 @@ from interceptd.emulation.fuseserver import EmulatedFile, FuseService, fs_dir
 from interceptd.emulation.hostfacts import HostFacts, read_host
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
 from interceptd.handlers import sysinfo
+from interceptd.seams import Container
 
 log = logging.getLogger("interceptd.emulation")
 
@@ -138,7 +139,7 @@ class Emulation:
 
     # -- containers -----------------------------------------------------------
 
-    def attach(self, c: Any) -> None:
+    def attach(self, c: Container) -> None:
         """Register container `c` (its cookie is the key). The pid namespace is taken
         from /proc/<init>/ns/pid and kept only if the init's pidfd still shows it
         alive afterwards, so a reused pid cannot register someone else's namespace."""
@@ -151,7 +152,7 @@ class Emulation:
         utsfd = -1
         try:
             utsfd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
-            pidfd = getattr(c, "pidfd", -1)
+            pidfd = c.pidfd
             if pidfd >= 0:
                 import signal
 
@@ -213,7 +214,7 @@ class Emulation:
             log.warning("emulation: /proc/sys values not all bound", extra={"fields": {
                 "container": cid, "bound": len(done), "errors": errors[:4]}})
 
-    def release(self, c: Any) -> None:
+    def release(self, c: Container) -> None:
         key = int(c.cookie)
         with self._reg_lock:
             with self._lock:

@@ -41,7 +41,9 @@ class Action(Enum):
 
 
 @dataclass(frozen=True)
-class Decision:
+class SysctlWrite:
+    """What a write to a served /proc/sys value does (`decide_write`)."""
+
     action: Action
     value: str = ""  # normalized: integers separated by tabs, as the kernel prints them
     errno: int = 0
@@ -139,12 +141,12 @@ def _ints(text: str | None) -> list[int] | None:
         return None
 
 
-def _deny(code: int, reason: str) -> Decision:
-    return Decision(Action.DENY, errno=code, reason=reason)
+def _deny(code: int, reason: str) -> SysctlWrite:
+    return SysctlWrite(Action.DENY, errno=code, reason=reason)
 
 
 def decide_write(path: str, value: str, state: Mapping[str, str],
-                 host_value: str | None) -> tuple[Decision, dict[str, str]]:
+                 host_value: str | None) -> tuple[SysctlWrite, dict[str, str]]:
     """What to do with the container's write of `value` to /proc/sys/`path`; `state` is
     the container's stored values, `host_value` the current backing value."""
     same = dict(state)
@@ -153,7 +155,7 @@ def decide_write(path: str, value: str, state: Mapping[str, str],
         return _deny(errno.ENOENT, f"sysctl path {path!r} refused"), same
     kind = classify(p)
     if kind is Kind.NAMESPACED:
-        return Decision(Action.PASS, value, reason=f"{p}: namespaced"), same
+        return SysctlWrite(Action.PASS, value, reason=f"{p}: namespaced"), same
     if kind is Kind.READONLY:
         return _deny(errno.EACCES, f"{p}: read-only"), same
     if kind is Kind.HOST:
@@ -168,16 +170,16 @@ def decide_write(path: str, value: str, state: Mapping[str, str],
         if p == "kernel/printk":
             new = new + cur[len(new):]  # the kernel keeps the fields not written
         norm = "\t".join(str(v) for v in new)
-        return Decision(Action.STORE, norm, reason=f"{p}: this container's own"), {
+        return SysctlWrite(Action.STORE, norm, reason=f"{p}: this container's own"), {
             **state, p: norm}
     if len(new) != 1 or not 0 <= new[0] <= INT_MAX:
         return _deny(errno.EINVAL, f"{p}: {new} out of range"), same
     backing = _ints(host_value) or [0]
     norm = str(new[0])
     if new[0] > backing[0]:
-        return Decision(Action.RAISE, norm, reason=f"{p}: raised from {backing[0]}"), {
+        return SysctlWrite(Action.RAISE, norm, reason=f"{p}: raised from {backing[0]}"), {
             **state, p: norm}
-    return Decision(Action.KEEP, norm, reason=f"{p}: not lowered below {backing[0]}"), {
+    return SysctlWrite(Action.KEEP, norm, reason=f"{p}: not lowered below {backing[0]}"), {
         **state, p: norm}
 
 

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 
 from interceptd.kernel.consts import (
+    CAP_SYS_PTRACE,
     NS_GET_PARENT,
     PROC_ROOT_INO,
     PROC_SUPER_MAGIC,
@@ -228,7 +229,6 @@ def open_object(req: Request, ref: ProcRef) -> int | None:
     return fd
 
 
-CAP_SYS_PTRACE = 19
 
 
 def _status(path: str, dir_fd: int) -> dict[str, str]:

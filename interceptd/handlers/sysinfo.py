@@ -1,5 +1,5 @@
 """sysinfo(2), answered with the container's figures: gathered here (the host's own
-sysinfo, the init's start time, its memory and pids cgroups), rendered by policy/sysinfo.py."""
+sysinfo, the init's start time, its memory and pids cgroups), rendered by emulation/sysinfo.py."""
 
 from __future__ import annotations
 
@@ -14,19 +14,18 @@ from dataclasses import dataclass
 from interceptd.emulation import cgpaths
 from interceptd.emulation.hostfacts import HostFacts, MeminfoLine
 from interceptd.emulation.snapshot import CgroupSnapshot, read_snapshot, start_of
-from interceptd.handlers import scope
-from interceptd.kernel.libc import check, libc
-from interceptd.kernel.procinfo import start_ticks
-from interceptd.kernel.targetmem import write_target
-from interceptd.policy.sysinfo import (
+from interceptd.emulation.sysinfo import (
     FRESH,
     SYSINFO,
     SYSINFO_PARTS,
-    HostInfo,
     Sysinfo,
     render_snapshot,
     unpack,
 )
+from interceptd.handlers import scope
+from interceptd.kernel.libc import check, libc
+from interceptd.kernel.procinfo import start_ticks
+from interceptd.kernel.targetmem import write_target
 from interceptd.seams import Request
 from interceptd.syscalls import nr
 from interceptd.verdict import Verdict
@@ -68,16 +67,16 @@ def publish(req: Request, src: Source, raw: bytes) -> None:
         # by a reload would otherwise keep every later call on this path.
         ch.set_rule(NR_SYSINFO, req.core.ACT_SYSINFO)
         src.published = True
-    except (OSError, AttributeError):  # an older core, a channel closed meanwhile
+    except OSError:  # a channel closed meanwhile
         src.published = False
 
 
-def host_sysinfo() -> HostInfo:
+def host_sysinfo() -> Sysinfo:
     buf = ctypes.create_string_buffer(SYSINFO.size)
     check(libc.sysinfo(buf), "sysinfo")
     s = unpack(buf.raw)
     unit = SYSINFO.unpack(buf.raw)[13] or 1
-    return HostInfo(
+    return Sysinfo(
         s.uptime, s.loads, s.totalram * unit, s.freeram * unit, s.sharedram * unit,
         s.bufferram * unit, s.totalswap * unit, s.freeswap * unit, s.procs,
     )
@@ -124,7 +123,7 @@ class Source:
             paths = cgpaths.locate(cgpaths.parse_proc_cgroup(f.read()), _mounts())
         return cls(init_pid, start_of("/proc", init_pid, os.sysconf("SC_CLK_TCK")), paths)
 
-    def snapshot(self, host: HostInfo) -> CgroupSnapshot:
+    def snapshot(self, host: Sysinfo) -> CgroupSnapshot:
         facts = HostFacts(meminfo=(MeminfoLine("MemTotal", host.totalram >> 10, True),),
                           clk_tck=os.sysconf("SC_CLK_TCK"))
         snap = read_snapshot(self.paths, facts, parts=SYSINFO_PARTS)

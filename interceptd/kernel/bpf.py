@@ -12,13 +12,11 @@ from interceptd.kernel.consts import (
     BPF_MAP_UPDATE_ELEM,
     BPF_RAW_TRACEPOINT_OPEN,
 )
-from interceptd.kernel.libc import libc
+from interceptd.kernel.libc import syscall as _syscall
 from interceptd.syscalls import nr
 
 _NR_BPF = nr("bpf")
 ENOTSUPP = 524  # the kernel's own errno for "not supported" (no strerror text)
-_syscall = libc.syscall
-_syscall.restype = ctypes.c_long
 
 
 def bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:

@@ -22,11 +22,14 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING
 
 from interceptd.kernel import zygote
 from interceptd.kernel.consts import NS_MOUNT
 from interceptd.kernel.pidfd import thread_pidfd
+
+if TYPE_CHECKING:
+    from interceptd.seams import Container, Core, ExecResult, Executor, Request
 
 log = logging.getLogger("interceptd.policy")
 
@@ -42,9 +45,9 @@ FORK_BURST = 8
 FORK_RATE = 2.0
 
 _Key = tuple[int, int, int, int, int]  # (container, userns dev, ino, mntns dev, ino)
-_cache: OrderedDict[_Key, Any] = OrderedDict()
+_cache: OrderedDict[_Key, Executor] = OrderedDict()
 _watched: set[int] = set()  # containers with a finalizer closing their executors
-_recent: dict[int, Any] = {}  # container -> the executor it used last
+_recent: dict[int, Executor] = {}  # container -> the executor it used last
 _lock = threading.Lock()
 
 
@@ -53,12 +56,12 @@ def _ns(pid: int, name: str) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
+def run(req: Request, namespaces: int, op: str, *args: object) -> ExecResult:
     """`op` performed as `req`'s caller would (its namespaces, root and cwd): the core's
     ExecResult. The pidfd is opened before the notification is checked, so it names the
     process that made the call, not one that reused its pid."""
     core = req.core
-    if namespaces & ~NS_MOUNT or not hasattr(core, "Executor"):
+    if namespaces & ~NS_MOUNT:
         _charge(req.container)
         return req.exec(namespaces, op, *args)
     pid = req.pid
@@ -100,7 +103,8 @@ def run(req: Any, namespaces: int, op: str, *args: Any) -> Any:
         os.close(pidfd)
 
 
-def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
+def _get(container: Container, key: _Key, pidfd: int, pid: int,
+         core: Core) -> Executor | None:
     with _lock:
         x = _cache.get(key)
         if x is not None:
@@ -141,27 +145,27 @@ def _get(container: Any, key: _Key, pidfd: int, pid: int, core: Any) -> Any:
 _forks: dict[int, tuple[float, float]] = {}  # container -> (tokens, when counted)
 
 
-_zygote: Any = None
+_zygote: zygote.Zygote | None = None
 _zygote_lock = threading.Lock()
 
 
-def _new_executor(core: Any, pidfd: int, pid: int) -> Any:
-    """A core.Executor, forked by the zygote when this core allows (see zygote.py), else
+def _new_executor(core: Core, pidfd: int, pid: int) -> Executor:
+    """A core.Executor, forked by the zygote when this core has one (see zygote.py), else
     by the daemon itself."""
     global _zygote
-    cls = zygote.executor_class(core)
-    if cls is None:
+    parts = core.ZYGOTE_PARTS
+    if parts is None:
         return core.Executor(pidfd, pid, NS_MOUNT)
     with _zygote_lock:
-        if _zygote is None or _zygote.core is not core:
+        if _zygote is None or _zygote.parts is not parts:
             try:
-                _zygote = zygote.Zygote(core)
+                _zygote = zygote.Zygote(parts)
             except OSError as e:
                 log.warning("executor zygote not started: %s", e)
                 return core.Executor(pidfd, pid, NS_MOUNT)
         z = _zygote
     try:
-        return cls(z, pidfd, pid, NS_MOUNT)
+        return parts.executor(z.start, pidfd, pid, NS_MOUNT)
     except zygote.ZygoteGone as e:
         log.warning("executor zygote lost (%s): starting a new one", e)
         with _zygote_lock:
@@ -171,7 +175,7 @@ def _new_executor(core: Any, pidfd: int, pid: int) -> Any:
         return core.Executor(pidfd, pid, NS_MOUNT)
 
 
-def _charge(container: Any) -> None:
+def _charge(container: Container) -> None:
     """Take a fork token of `container` (a helper started, or a one-shot ns_exec), waiting
     for one if it has none left."""
     cid = id(container)
@@ -184,7 +188,7 @@ def _charge(container: Any) -> None:
         time.sleep(-tokens / FORK_RATE)
 
 
-def _evict(new: _Key) -> list[Any]:
+def _evict(new: _Key) -> list[Executor]:
     """Under _lock: take out what exceeds the bounds after `new` went in (LRU order)."""
     out = []
     cid = new[0]
@@ -213,7 +217,7 @@ def per_container() -> dict[int, int]:
         return counts
 
 
-def _drop(x: Any) -> None:
+def _drop(x: Executor) -> None:
     with _lock:
         for k, v in list(_cache.items()):
             if v is x:

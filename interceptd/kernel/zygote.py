@@ -5,8 +5,8 @@ more, every daemon thread that touches one takes a copy-on-write fault. Forking 
 executor from the daemon for each new (user, mount) namespace therefore slowed every
 container's calls, not just the forking one's (a neighbour looping `unshare -Um` +
 `mount` raised a quiet container's p99 several-fold). The zygote is forked from the
-daemon once; it starts executors (`core.lib.icd_exec_start`, the same code the daemon
-would run) and hands back their socket and a pidfd, so later forks touch only its own
+daemon once; it starts executors (the core's `ZYGOTE_PARTS.start_helper`, the same code
+the daemon would run) and hands back their socket and a pidfd, so later forks touch only its own
 pages.
 
 The zygote keeps no fd of the daemon's but its socket, exits when that socket closes (the
@@ -25,16 +25,19 @@ import signal
 import socket
 import struct
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from interceptd.seams import ZygoteParts
 
 log = logging.getLogger("interceptd.policy")
 
 _REQ = struct.Struct("=iii")  # pid, namespaces, timeout ms (the caller's pidfd rides along)
 _REP = struct.Struct("=ii9Q")  # status, helper pid, user/mnt/root ids (struct icd_executor)
-_FIELDS = ("user_dev", "user_ino", "mnt_dev", "mnt_ino", "root_dev", "root_ino", "root_mnt")
+_NO_IDS = (0,) * 7
 
 
-def _serve(core: Any, sock: socket.socket) -> None:
+def _serve(parts: ZygoteParts, sock: socket.socket) -> None:
     """The zygote's loop (in the forked child; never returns)."""
     try:
         keep = sock.fileno()
@@ -43,29 +46,26 @@ def _serve(core: Any, sock: socket.socket) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, signal.SIG_DFL)
-        ffi, lib = core.ffi, core.lib
         while True:
             msg, fds, _, _ = socket.recv_fds(sock, _REQ.size, 1)
             if not msg:
                 os._exit(0)
             pid, namespaces, timeout_ms = _REQ.unpack(msg)
-            x = ffi.new("struct icd_executor *")
-            rc = lib.icd_exec_start(fds[0], pid, namespaces, timeout_ms, x) if fds else \
-                -errno.EBADF
+            rc, hsock, ids = (parts.start_helper(fds[0], pid, namespaces, timeout_ms) if fds
+                              else (-errno.EBADF, -1, ()))
             for fd in fds:
                 os.close(fd)
             hp = -1
             if rc == 0:
                 try:
-                    hp = os.pidfd_open(x.pid)  # our unreaped child: the pid is still it
+                    hp = os.pidfd_open(ids[0])  # our unreaped child: the pid is still it
                 except OSError as e:
-                    lib.icd_exec_stop(x.sock, x.pid)
+                    parts.stop_helper(hsock, ids[0])
                     rc = -(e.errno or errno.ESRCH)
-            rep = _REP.pack(rc, x.pid if rc == 0 else -1,
-                            *(int(getattr(x, f)) for f in _FIELDS), 0, 0)
+            rep = _REP.pack(rc, *(ids if rc == 0 else (-1, *_NO_IDS)), 0, 0)
             if rc == 0:
-                socket.send_fds(sock, [rep], [x.sock, hp])
-                os.close(x.sock)
+                socket.send_fds(sock, [rep], [hsock, hp])
+                os.close(hsock)
                 os.close(hp)
             else:
                 sock.send(rep)
@@ -82,14 +82,14 @@ class ZygoteGone(OSError):
 
 
 class Zygote:
-    def __init__(self, core: Any) -> None:
+    def __init__(self, parts: ZygoteParts) -> None:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             a.close()
-            _serve(core, b)
+            _serve(parts, b)
         b.close()
-        self.sock, self.pid, self.core = a, pid, core
+        self.sock, self.pid, self.parts = a, pid, parts
         self.lock = threading.Lock()
 
     def start(self, pidfd: int, pid: int, namespaces: int,
@@ -120,49 +120,3 @@ class Zygote:
         self.sock.close()  # it exits on EOF
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
-
-
-def executor_class(core: Any) -> Any:
-    """core.Executor, started through a Zygote (None if this core cannot)."""
-    base = getattr(core, "Executor", None)
-    if base is None or not hasattr(core, "lib") or not hasattr(core, "ffi"):
-        return None
-
-    class ZygoteExecutor(base):  # type: ignore[misc, valid-type]
-        def __init__(self, zygote: Zygote, pidfd: int, pid: int, namespaces: int,
-                     timeout: float = 10.0) -> None:
-            self._zygote = zygote
-            self._hpidfd = -1
-            super().__init__(pidfd, pid, namespaces, timeout)
-
-        def _start(self, pidfd: int, pid: int) -> None:
-            sock, hp, (hpid, *ids) = self._zygote.start(pidfd, pid, self.namespaces,
-                                                        int(self.timeout * 1000))
-            self._x.sock, self._x.pid, self._hpidfd = sock, hpid, hp
-            for f, v in zip(_FIELDS, ids, strict=False):
-                setattr(self._x, f, v)
-
-        def _stop(self) -> None:
-            if self._x.sock >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(self._x.sock)
-            if self._hpidfd >= 0:
-                with contextlib.suppress(OSError):
-                    signal.pidfd_send_signal(self._hpidfd, signal.SIGKILL)
-                with contextlib.suppress(OSError):
-                    os.close(self._hpidfd)
-            self._x.sock = self._x.pid = self._hpidfd = -1
-
-        def _restart(self, pidfd: int, pid: int) -> None:
-            self._stop()
-            was = (self.user_ns, self.mnt_ns)
-            self._start(pidfd, pid)
-            now = ((int(self._x.user_dev), int(self._x.user_ino)),
-                   (int(self._x.mnt_dev), int(self._x.mnt_ino)))
-            if now != was:
-                self._stop()
-                raise core.ExecutorDied(errno.ESTALE, "executor restart: the target changed "
-                                                      "namespaces")
-            self.restarts += 1
-
-    return ZygoteExecutor

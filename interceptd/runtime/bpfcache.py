@@ -41,7 +41,7 @@ _MAX_INSNS = 4096  # BPF_MAXINSNS
 
 def check_annotations(spec: dict) -> None:
     """Refuse a config whose annotations would make crun bypass the composed filter."""
-    from .spec import Refused
+    from .errors import Refused
 
     for name in spec.get("annotations") or {}:
         if name.startswith("run.oci.seccomp") and name not in CALLER_ALLOWED:

@@ -11,6 +11,11 @@ from . import argv as argvmod
 PROG = "interceptd-runc"
 
 
+class Refused(Exception):
+    """The container is refused; the message says why (raised by spec.py's rewrites and
+    the checks they call, kept here so that those need not import spec.py)."""
+
+
 class Fail(Exception):
     """Our own refusal/error: printed, logged for the caller, exit 1."""
 

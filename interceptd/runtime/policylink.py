@@ -7,7 +7,7 @@ When the policy cannot be imported, the container is refused with the reason.
 
 from __future__ import annotations
 
-from .spec import Refused
+from .errors import Refused
 
 
 class _Sections:

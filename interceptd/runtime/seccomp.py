@@ -27,11 +27,12 @@ with the reason, never approximated in the weaker direction.
 
 from __future__ import annotations
 
+import errno as errno_mod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 
-from .spec import Refused
+from .errors import Refused
 
 DEFAULT_ARCHES = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
 DENY_ACTIONS = frozenset({"SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
@@ -41,7 +42,6 @@ DENY_ACTIONS = frozenset({"SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROC
 # the kernel unvetted. NOTIFY replaces all three where the daemon vets the call.
 PASS_ACTIONS = frozenset({"SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_TRACE"})
 NOTIFY = "SCMP_ACT_NOTIFY"
-EPERM = 1
 U64 = (1 << 64) - 1
 # Above this many rules for one syscall a complement is not worth it: a narrowed notify
 # set is widened to the whole call instead (the handlers are correct for any argument).
@@ -205,7 +205,7 @@ class Action:
     errno: int | None = None
 
     @classmethod
-    def of_rule(cls, rule: dict, default_errno: int = EPERM) -> Action:
+    def of_rule(cls, rule: dict, default_errno: int = errno_mod.EPERM) -> Action:
         name = rule.get("action") or ""
         if name == "SCMP_ACT_ERRNO":
             ret = rule.get("errnoRet")
@@ -252,7 +252,7 @@ def _wanted(notify_rules: Iterable[dict | str], deny_rules: Iterable[dict]
             raise ValueError(f"deny rule with action {act.name}")
         conj = _conj_from_args(r.get("args"))
         for n in r.get("names") or []:
-            out.setdefault(n, Wanted([], None)).deny.append((act.errno or EPERM, conj))
+            out.setdefault(n, Wanted([], None)).deny.append((act.errno or errno_mod.EPERM, conj))
     for r in notify_rules:
         if isinstance(r, str):
             r = {"names": [r], "action": NOTIFY}

@@ -12,11 +12,7 @@ import posixpath
 from collections.abc import Iterable
 
 from .caps import CAP_NUMBERS, normalise
-
-
-class Refused(Exception):
-    """The container is refused; the message says why."""
-
+from .errors import Refused
 
 # ---------------------------------------------------------------- user namespace
 

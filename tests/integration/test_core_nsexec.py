@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from interceptd import core
+from interceptd.kernel.consts import CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER
 from tests.integration import test_core_support as sup
 
-NS = core.CLONE_NEWUSER | core.CLONE_NEWNS
+NS = CLONE_NEWUSER | CLONE_NEWNS
 FSCONFIG_CMD_CREATE = 6
 MOVE_MOUNT_F_EMPTY_PATH = 4
 AT_FDCWD = -100
@@ -106,7 +107,7 @@ def test_proc_mount_sees_the_targets_pid_namespace(tmp_path: Path) -> None:
         sleeper = int(children.read_text().split()[0])
         pidfd = os.pidfd_open(sleeper)
         try:
-            r = core.ns_exec(pidfd, sleeper, NS | core.CLONE_NEWPID, "mount", "proc", str(d),
+            r = core.ns_exec(pidfd, sleeper, NS | CLONE_NEWPID, "mount", "proc", str(d),
                              "proc", 0, None)
             assert (r.ret, r.errno) == (0, 0)
             seen = Path(f"/proc/{sleeper}/root{d}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from interceptd.policy.sysinfo import FRESH
+from interceptd.emulation.sysinfo import FRESH
 from tests.harness import Daemon, Runtime
 from tests.harness.runtime import output
 from tests.integration.policy_support import privileged, wait_for

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import queue
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ class Detached:
 
 
 @dataclass
-class Decision:
+class DecisionRecord:
     cookie: int
     id: int
     pid: int
@@ -49,6 +50,13 @@ class Decision:
     send_errno: int = 0
     args: tuple[int, ...] = ()
     comm: str = ""
+    reason: str = ""
+    recv_ns: int = 0
+    sent_ns: int = 0
+
+    @property
+    def handling_ns(self) -> int:
+        return self.sent_ns - self.recv_ns if self.recv_ns and self.sent_ns else 0
 
 
 _KICK = object()
@@ -71,6 +79,9 @@ class FakeChannel:
     def set_rule(self, nr: int, action: int, value: int = 0) -> None:
         self.rules[nr] = (action, value)
 
+    def clear_rule(self, nr: int) -> None:
+        self.rules.pop(nr, None)
+
     def set_sysinfo(self, raw: bytes, fresh: float) -> bool:
         self.sysinfo = (raw, fresh)
         return True
@@ -84,7 +95,7 @@ class FakeChannel:
     def set_default(self, action: int, value: int) -> None:
         self.default = (action, value)
 
-    def wait(self, timeout: float | None) -> list[Any]:
+    def wait(self, timeout: float | None = None) -> list[Any]:
         try:
             first = (self.items.get_nowait() if timeout == 0
                      else self.items.get(timeout=timeout))
@@ -130,7 +141,7 @@ class FakeChannel:
 class FakeEngine:
     def __init__(self) -> None:
         self.channels: dict[int, FakeChannel] = {}
-        self.decisions: list[Decision] = []
+        self.decisions: list[DecisionRecord] = []
         self.dropped_decisions = 0
         self.closed = False
 
@@ -142,7 +153,7 @@ class FakeEngine:
     def attach(self, channel: FakeChannel, notify_fd: int) -> None:
         channel.fds.append(notify_fd)
 
-    def drain_decisions(self) -> list[Decision]:
+    def drain_decisions(self) -> list[DecisionRecord]:
         out, self.decisions = self.decisions, []
         return out
 
@@ -180,6 +191,41 @@ def ns_exec(pidfd: int, pid: int, namespaces: int, op: str, *args: object) -> Ex
     """No namespaces to enter here: every operation fails as the kernel would without
     the call (ENOSYS), so a handler's error path is what a test sees."""
     return ExecResult(-1, errno.ENOSYS)
+
+
+class WrongNamespaces(OSError):
+    pass
+
+
+class ExecutorDied(OSError):
+    pass
+
+
+def _ns(pid: int, name: str) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/{name}")
+    return (st.st_dev, st.st_ino)
+
+
+class Executor:
+    """A persistent executor in `pid`'s namespaces that, like ns_exec here, fails every
+    operation as the kernel would without the call (ENOSYS)."""
+
+    def __init__(self, pidfd: int, pid: int, namespaces: int) -> None:
+        self.user_ns, self.mnt_ns = _ns(pid, "user"), _ns(pid, "mnt")
+        self.closed = False
+
+    def run(self, pidfd: int, pid: int, op: str, *args: object) -> ExecResult:
+        if self.closed:
+            raise ExecutorDied(errno.EBADF, "executor closed")
+        if (_ns(pid, "user"), _ns(pid, "mnt")) != (self.user_ns, self.mnt_ns):
+            raise WrongNamespaces(errno.EXDEV, "target not in the executor's namespaces")
+        return ExecResult(-1, errno.ENOSYS)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+ZYGOTE_PARTS = None  # the executors are the daemon's own
 
 
 def notify_probe() -> dict[str, Any]:

@@ -44,6 +44,10 @@ class FakeContainer:
     init_pid: int
     id: str = "c1"
     pidfd: int = -1
+    bundle: str = ""
+    notify_fds: list[int] = field(default_factory=list)
+    channel: None = None
+    policy: None = None
 
 
 @pytest.fixture

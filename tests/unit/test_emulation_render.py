@@ -19,7 +19,7 @@ from interceptd.emulation import (
     sysfs,
     uptime,
 )
-from interceptd.policy import sysinfo as si
+from interceptd.emulation import sysinfo as si
 from tests.unit.emulation_data import DATA, host_of, host_view, load
 
 SCENARIOS = [("v1-cpuset0", None), ("v1-cpuset0", "v1"), ("v1-cpuset0", "v2"),
@@ -156,7 +156,7 @@ def test_stat_sums_and_uptime_agree(name, layout):
     if used <= len(per) * up * host.clk_tck:  # else idle is clamped at 0
         for c in per:
             assert sum(c) == pytest.approx(up * host.clk_tck, abs=len(per) + 1)
-    hi = si.HostInfo(int(host.uptime), (0, 0, 0), host.mem_kb("MemTotal") << 10,
+    hi = si.Sysinfo(int(host.uptime), (0, 0, 0), host.mem_kb("MemTotal") << 10,
                      host.mem_kb("MemFree") << 10, host.mem_kb("Shmem") << 10,
                      host.mem_kb("Buffers") << 10, host.mem_kb("SwapTotal") << 10,
                      host.mem_kb("SwapFree") << 10, 100)

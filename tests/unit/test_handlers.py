@@ -12,7 +12,7 @@ from interceptd.config import Rule
 from interceptd.dispatch import Dispatcher
 from interceptd.events import Event, EventBus
 from interceptd.handlers import HandlerRegistry, Request
-from interceptd.listener import ContainerState, ListenerReject, ProcessState
+from interceptd.ocistate import ContainerState, ListenerReject, ProcessState
 from interceptd.registry import Container, Registry
 from interceptd.syscalls import nr
 from interceptd.verdict import Verdict, build_table
@@ -348,8 +348,10 @@ def test_pump_turns_decisions_into_events(rig):
     r.d.on_message(state(), 10)
     cookie = r.registry.get("c1").cookie
     r.engine.decisions = [
-        core.Decision(cookie, 1, 50, 139, core.ACT_VALUE, 7, ns_time=1_700_000_000_000_000_000),
-        core.Decision(cookie, 2, 50, 136, core.ACT_ERRNO, errno.EPERM, send_errno=errno.ENOENT),
+        core.DecisionRecord(cookie, 1, 50, 139, core.ACT_VALUE, 7,
+                            ns_time=1_700_000_000_000_000_000),
+        core.DecisionRecord(cookie, 2, 50, 136, core.ACT_ERRNO, errno.EPERM,
+                            send_errno=errno.ENOENT),
     ]
     assert r.d.pump_once() == 2
     a, b = r.events(2)
@@ -367,11 +369,11 @@ def test_fast_path_events_carry_args_and_cached_comm(rig):
     r.d._comm_of = lambda pid: comms.get(pid, "")
     r.d.on_message(state(), 10)
     c = r.registry.get("c1")
-    r.engine.decisions = [core.Decision(c.cookie, 1, 50, 139, core.ACT_VALUE, 7,
+    r.engine.decisions = [core.DecisionRecord(c.cookie, 1, 50, 139, core.ACT_VALUE, 7,
                                         args=(3, 1, 2, 0, 0, 9))]
     r.d.pump_once()
     comms[50] = "changed"  # read once, when first seen
-    r.engine.decisions = [core.Decision(c.cookie, 2, 50, 139, core.ACT_VALUE, 7)]
+    r.engine.decisions = [core.DecisionRecord(c.cookie, 2, 50, 139, core.ACT_VALUE, 7)]
     r.d.pump_once()
     a, b = r.events(2)
     assert a.args == [3, 1, 2, 0, 0, 9] and (a.comm, b.comm) == ("first", "first")

@@ -15,7 +15,7 @@ import pytest
 
 from interceptd import fdstore, journal
 from interceptd.handover import Handover, Record, container_key, start_ticks
-from interceptd.listener import ContainerState, ProcessState
+from interceptd.ocistate import ContainerState, ProcessState
 from interceptd.sdnotify import Notifier
 
 

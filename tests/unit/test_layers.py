@@ -16,8 +16,6 @@ import importlib
 import inspect
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "interceptd"
 
@@ -34,15 +32,7 @@ DISPATCH = ("interceptd.dispatch",)
 
 # Known exceptions, each with its reason; the test fails if one is no longer needed, so
 # the list only shrinks.
-EXEMPT = {
-    # sysinfo's renderer shares the emulated /proc files' pure renderers (CgroupSnapshot,
-    # memview, container_uptime), which live with the other renderers in emulation/.
-    ("interceptd.policy.sysinfo", "interceptd.emulation"): "the emulation's renderers",
-    # dispatch.py takes the listener's protocol types (ListenerReject, ProcessState):
-    # they belong in a model module below both (dispatch.py and listener.py have owners
-    # working on them now).
-    ("interceptd.dispatch", "interceptd.listener"): "the listener's protocol types",
-}
+EXEMPT: dict[tuple[str, str], str] = {}
 
 
 def _within(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -159,16 +149,50 @@ def test_nothing_below_the_edges_imports_them() -> None:
 def test_nothing_below_handlers_imports_them() -> None:
     below = (*KERNEL, "interceptd.policy", "interceptd.policystore", "interceptd.seams",
              "interceptd.registry", "interceptd.verdict", "interceptd.events",
-             "interceptd.config")
+             "interceptd.config", "interceptd.ocistate")
     bad = [(s, d) for s, d, _ in ALL if _within(s, below)
            and _within(d, ("interceptd.handlers",)) and not _exempt(s, d)]
     assert bad == []
 
 
-@pytest.mark.parametrize(("src", "dst"), sorted(EXEMPT))
-def test_every_exemption_is_still_needed(src: str, dst: str) -> None:
-    assert any(s == src and _within(d, (dst,)) for s, d, _ in ALL), (
-        f"{src} -> {dst} is gone: remove it from EXEMPT")
+def test_every_exemption_is_still_needed() -> None:
+    gone = [(src, dst) for src, dst in sorted(EXEMPT)
+            if not any(s == src and _within(d, (dst,)) for s, d, _ in ALL)]
+    assert gone == [], "gone: remove them from EXEMPT"
+
+
+def test_no_import_cycles() -> None:
+    """No two modules import each other, directly or around a loop, at run time (imports
+    inside functions count; `if TYPE_CHECKING:` ones do not): a cycle is two layers, or
+    two parts of one, that each need the other."""
+    mods = {_module_name(p) for p in PKG.rglob("*.py")}
+
+    def module_of(name: str) -> str:
+        while name and name not in mods:  # `from pkg.mod import name`: the module
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for src, dst, _ in ALL:
+        d = module_of(dst)
+        if d and d != src:
+            graph.setdefault(src, set()).add(d)
+    cycles = []
+    done: set[str] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        if node in path:
+            cycles.append([*path[path.index(node):], node])
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph.get(node, ())):
+            walk(nxt, [*path, node])
+        done.add(node)
+
+    for m in sorted(graph):
+        walk(m, [])
+    assert cycles == []
 
 
 def test_no_module_over_500_lines() -> None:
@@ -191,9 +215,11 @@ def _literal(node: ast.expr) -> bool:
 def test_kernel_constants_and_syscall_numbers_are_written_once() -> None:
     """kernel/consts.py holds every kernel constant, syscalls.py every syscall number: a
     module-level name of either written out elsewhere is a second definition."""
+    from interceptd import syscalls
     from interceptd.kernel import consts
 
-    names = {n for n in vars(consts) if n.isupper()}
+    names = {n for n in vars(consts) if n.isupper()} | {
+        n for n in vars(syscalls) if n.startswith(KERNEL_PREFIXES)}
     again = []
     for p in sorted(PKG.rglob("*.py")):
         mod = _module_name(p)
@@ -214,10 +240,50 @@ def test_kernel_constants_and_syscall_numbers_are_written_once() -> None:
                 if bare in names and not alias:
                     again.append(f"{mod}: {t.id}")  # written out or recomputed
                 # (ebpf.NR_SLOTS is a map size, not a syscall number)
-                elif (_literal(v) and bare.startswith(("NR_", "SYS_"))
+                elif (_literal(v) and bare.startswith(KERNEL_PREFIXES)
                       and bare != "NR_SLOTS"):
-                    again.append(f"{mod}: {t.id}")
+                    again.append(f"{mod}: {t.id}")  # a kernel constant kept aside
     assert again == []
+
+
+# Prefixes of the kernel's constant names: one of them given a number outside
+# kernel/consts.py or syscalls.py is a second definition, whatever its exact name.
+KERNEL_PREFIXES = ("NR_", "SYS_", "O_", "MS_", "MNT_", "MOVE_MOUNT_", "SECCOMP_", "CAP_",
+                   "CLONE_", "AT_", "FSCONFIG_", "FSOPEN_", "FSMOUNT_", "FSPICK_",
+                   "MOUNT_ATTR_", "OPEN_TREE_", "STATX_", "AUDIT_ARCH_", "BPF_", "BTF_",
+                   "PROG_TYPE_", "PR_", "RESOLVE_", "PIDFD_", "UMOUNT_", "PTRACE_", "KCMP_")
+
+
+def test_libc_is_loaded_once() -> None:
+    """kernel/libc.py holds the one ctypes handle on libc and the one `syscall` with its
+    return type: another CDLL(None) or restype set elsewhere is a second wrapper."""
+    again = []
+    for p in sorted(PKG.rglob("*.py")):
+        if _module_name(p) == "interceptd.kernel.libc":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "CDLL" and node.args
+                    and isinstance(node.args[0], ast.Constant) and node.args[0].value is None):
+                again.append(f"{_module_name(p)}:{node.lineno} CDLL(None)")
+            if isinstance(node, ast.Assign):
+                for t in node.targets:
+                    if (isinstance(t, ast.Attribute) and t.attr == "restype"
+                            and "syscall" in ast.unparse(t.value)):
+                        again.append(f"{_module_name(p)}:{node.lineno} {ast.unparse(t)}")
+    assert again == []
+
+
+def test_c_and_python_share_the_journal_layout_constants() -> None:
+    """The receive journal's magic, version and landing slots come from csrc/icd.h
+    (ICD_JOURNAL_*), not from a copy on either side."""
+    from interceptd import journal
+    from interceptd._corelib import lib
+
+    assert (journal.MAGIC, journal.VERSION, journal.LANDING) == (
+        lib.ICD_JOURNAL_MAGIC, lib.ICD_JOURNAL_VERSION, lib.ICD_JOURNAL_LANDING)
+    text = (ROOT / "csrc" / "journal.c").read_text(encoding="utf-8")
+    assert "0x314c4e524a444349" not in text.lower()
 
 
 def test_design_names_only_modules_that_exist() -> None:

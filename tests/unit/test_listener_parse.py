@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from interceptd.listener import MAX_MESSAGE, ListenerReject, parse_state
+from interceptd.ocistate import MAX_MESSAGE, ListenerReject, parse_state
 
 RUNC = (
     b'{"ociVersion":"1.0.2-dev","fds":["seccompFd"],"pid":4242,"metadata":"meta",'

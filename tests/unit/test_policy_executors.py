@@ -31,6 +31,7 @@ class FakeCore:
     TargetGone = TargetGone
     ExecutorDied = ExecutorDied
     WrongNamespaces = WrongNamespaces
+    ZYGOTE_PARTS = None
 
     def __init__(self) -> None:
         self.started: list[FakeExecutor] = []

@@ -19,6 +19,7 @@ class FakeContainer:
         self.id = cid
         self.init_pid = init_pid
         self.bundle = ""
+        self.cookie = 0
         self.pidfd = -1
         self.notify_fds: list[int] = []
         self.channel = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from interceptd import seams
 from interceptd.events import Counters, EventBus
 from interceptd.pump import DecisionPump
 from interceptd.tally import DURATION_BUCKETS_NS, CallTally
@@ -22,6 +23,7 @@ class Rec:
     ns_time: int = 0
     comm: str = "x"
     send_errno: int = 0
+    args: tuple[int, ...] = ()
 
 
 def _pump(calls: CallTally) -> DecisionPump:
@@ -33,6 +35,7 @@ def _pump(calls: CallTally) -> DecisionPump:
 def test_fast_and_native_records_fill_their_histograms() -> None:
     calls = CallTally()
     pump = _pump(calls)
+    assert isinstance(Rec(1, 0, 0), seams.DecisionRecord)
     pump.publish([Rec(1, 0, 3_000), Rec(1, 0, 40_000), Rec(2, 0, 7_000, reason="tmpfs"),
                   Rec(1, 0, 0)])
     fast = pump.calls.histogram("fast")

@@ -1,6 +1,6 @@
 """sysinfo(2) emulation: the container's uptime, memory, swap and process count.
 
-Pure: `render_snapshot` turns the container's cgroup snapshot (interceptd.emulation,
+Pure: `render_snapshot` turns the container's cgroup snapshot (snapshot.py, the one
 shared with its emulated /proc/meminfo and /proc/uptime, so all three agree) into the bytes
 of `struct sysinfo` (x86_64, 112 bytes, mem_unit 1). The figures are gathered by
 handlers/sysinfo.py: the host's own sysinfo (load averages, totals used as a ceiling when
@@ -34,19 +34,6 @@ FRESH = 0.1
 
 
 @dataclass(frozen=True)
-class HostInfo:
-    uptime: int
-    loads: tuple[int, int, int]
-    totalram: int  # bytes
-    freeram: int
-    sharedram: int
-    bufferram: int
-    totalswap: int
-    freeswap: int
-    procs: int
-
-
-@dataclass(frozen=True)
 class CgroupMemory:
     limit: int | None  # None: unlimited
     usage: int
@@ -57,6 +44,9 @@ class CgroupMemory:
 
 @dataclass(frozen=True)
 class Sysinfo:
+    """struct sysinfo's figures, memory in bytes (mem_unit 1): the container's view, or
+    the host's own (its ceiling when the container is unlimited)."""
+
     uptime: int
     loads: tuple[int, int, int]
     totalram: int
@@ -79,7 +69,7 @@ def unpack(raw: bytes) -> Sysinfo:
     return Sysinfo(f[0], (f[1], f[2], f[3]), f[4], f[5], f[6], f[7], f[8], f[9], f[10])
 
 
-def render_snapshot(snap: CgroupSnapshot, host: HostInfo, now: float,
+def render_snapshot(snap: CgroupSnapshot, host: Sysinfo, now: float,
                     loads: tuple[int, int, int] | None = None) -> Sysinfo:
     """The container's view from its snapshot: the same memory and swap figures as its
     /proc/meminfo (memview), the same uptime as its /proc/uptime (`now` is the host's
@@ -100,7 +90,7 @@ def render_snapshot(snap: CgroupSnapshot, host: HostInfo, now: float,
     )
 
 
-def render(host: HostInfo, uptime: int, mem: CgroupMemory | None, procs: int | None) -> Sysinfo:
+def render(host: Sysinfo, uptime: int, mem: CgroupMemory | None, procs: int | None) -> Sysinfo:
     """The container's view from bare figures; falls back to the host's for anything
     unlimited (the snapshot path's rules, for callers without a snapshot)."""
     limit = host.totalram if mem is None or mem.limit is None else min(mem.limit,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ctypes
 import os
 
+from interceptd.emulation import sysinfo as si
 from interceptd.handlers import sysinfo as gather
-from interceptd.policy import sysinfo as si
 
-HOST = si.HostInfo(
+HOST = si.Sysinfo(
     uptime=5000, loads=(65536, 32768, 16384), totalram=8 << 30, freeram=6 << 30,
     sharedram=1 << 20, bufferram=2 << 20, totalswap=2 << 30, freeswap=1 << 30, procs=300,
 )
