@@ -21,8 +21,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/stat.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
@@ -103,8 +103,8 @@ struct parked {
   uint64_t unique, key;
   uint64_t ino; /* unknown: the reader's pid namespace, waiting for its register */
   int file, unknown;
-  int read;            /* a READ of a predecessor's handle: answered with bytes */
-  uint64_t roff;       /* its offset and size */
+  int read;      /* a READ of a predecessor's handle: answered with bytes */
+  uint64_t roff; /* its offset and size */
   uint32_t rsize;
   int64_t t0, deadline;
   /* A WRITE waiting for Python's answer (icd_fuse_write_done), not an open. */

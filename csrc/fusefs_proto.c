@@ -75,8 +75,7 @@ static struct blob *handle_get(struct icd_fuse *f, uint64_t fh)
   uint32_t slot = (uint32_t)fh - 1;
   struct blob **chunk;
 
-  if (fh >> 32 != f->epoch || !(uint32_t)fh
-      || slot >= __atomic_load_n(&f->hnext, __ATOMIC_ACQUIRE))
+  if (fh >> 32 != f->epoch || !(uint32_t)fh || slot >= __atomic_load_n(&f->hnext, __ATOMIC_ACQUIRE))
     return NULL;
   chunk = __atomic_load_n(&f->hchunk[slot / HCHUNK], __ATOMIC_ACQUIRE);
   return chunk ? __atomic_load_n(&chunk[slot % HCHUNK], __ATOMIC_ACQUIRE) : NULL;
