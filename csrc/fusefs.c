@@ -41,12 +41,19 @@ struct icd_fuse *icd_fuse_new(int workers, int wait_ms)
   f->fd = f->procfd = -1;
   f->nworkers = workers;
   f->wait_ms = wait_ms;
+  /* Tells this server's file handles from a predecessor's (fusefs_proto.c). */
+  while (!f->epoch)
+    if (getrandom(&f->epoch, sizeof f->epoch, 0) < 0 && errno != EINTR) {
+      free(f);
+      return NULL;
+    }
   if ((ret = fs_new_node(f, 0, "", 0, -1)) < 0) { /* the root, node id 1 */
     free(f);
     errno = -ret;
     return NULL;
   }
   pthread_mutex_init(&f->mu, NULL);
+  pthread_mutex_init(&f->hmu, NULL);
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&f->rqcond, &ca);
@@ -107,16 +114,13 @@ static void stop_threads(struct icd_fuse *f)
   f->reaper_on = 0;
 }
 
-int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
+/* What a mount and an adoption both need: the stop signal's handler, /proc
+ * and our own pid namespace (readers in it are the host's). */
+static int prepare(struct icd_fuse *f, const char *mountpoint)
 {
   struct sigaction sa;
   struct stat st;
-  sigset_t all, old;
-  char opts[128];
-  int ret, i;
 
-  if (f->mountpoint) /* one start per server: make a new one after a stop */
-    return -EBUSY;
   if (!(f->mountpoint = strdup(mountpoint)))
     return -ENOMEM;
   memset(&sa, 0, sizeof sa);
@@ -127,28 +131,28 @@ int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
   if ((f->procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
     return -errno;
   if (fstatat(f->procfd, "self/ns/pid", &st, 0) < 0)
-    goto fail;
+    return -errno;
   f->self_ino = st.st_ino;
-  if ((ret = clear_stale(mountpoint)) < 0) {
-    errno = -ret;
-    goto fail;
-  }
-  /* CLOEXEC: a child holding this fd would keep the connection alive after
-   * the daemon died. */
-  if ((f->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0)
-    goto fail;
-  snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=%u,group_id=%u,allow_other", f->fd,
-           geteuid(), getegid());
-  if (mount("interceptd", mountpoint, "fuse.interceptd", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts)
-      < 0)
-    goto fail;
+  return 0;
+}
+
+static void mark_started(struct icd_fuse *f)
+{
+  struct timespec rt;
+
   f->owner = getpid();
   f->started = 1;
-  {
-    struct timespec rt;
-    clock_gettime(CLOCK_REALTIME, &rt);
-    f->t_start = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec;
-  }
+  clock_gettime(CLOCK_REALTIME, &rt);
+  f->t_start = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec;
+}
+
+int icd_fuse_serve(struct icd_fuse *f)
+{
+  sigset_t all, old;
+  int ret, i;
+
+  if (!f->started || f->nthreads || f->reaper_on)
+    return -EINVAL;
   /* Workers take no signal but the stop signal (Python's handlers run on
    * its own threads). */
   sigfillset(&all);
@@ -170,6 +174,33 @@ int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
     icd_fuse_stop(f);
     return -ret;
   }
+  return 0;
+}
+
+int icd_fuse_start(struct icd_fuse *f, const char *mountpoint)
+{
+  struct stat st;
+  char opts[128];
+  int ret;
+
+  if (f->mountpoint) /* one start per server: make a new one after a stop */
+    return -EBUSY;
+  if ((ret = prepare(f, mountpoint)) < 0 || (ret = clear_stale(mountpoint)) < 0) {
+    errno = -ret;
+    goto fail;
+  }
+  /* CLOEXEC: a child holding this fd would keep the connection alive after
+   * the daemon died. */
+  if ((f->fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0)
+    goto fail;
+  snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=%u,group_id=%u,allow_other", f->fd,
+           geteuid(), getegid());
+  if (mount("interceptd", mountpoint, "fuse.interceptd", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts)
+      < 0)
+    goto fail;
+  mark_started(f);
+  if ((ret = icd_fuse_serve(f)) < 0)
+    return ret;
   /* Only now (the INIT is answered by a worker) can the mount be stat'ed. */
   if (stat(mountpoint, &st) < 0) {
     ret = -errno;
@@ -182,6 +213,57 @@ fail:
   ret = -errno;
   icd_fuse_stop(f); /* closes what was opened */
   return ret;
+}
+
+int icd_fuse_adopt(struct icd_fuse *f, int fd, const char *mountpoint, uint64_t dev)
+{
+  struct statx stx;
+  struct stat st;
+  int ret;
+
+  if (f->mountpoint)
+    return -EBUSY;
+  /* The mount there must still be that connection.  AT_STATX_DONT_SYNC: the
+   * attributes the kernel has, no GETATTR, which nobody would answer yet. */
+  if (statx(AT_FDCWD, mountpoint, AT_STATX_DONT_SYNC | AT_SYMLINK_NOFOLLOW, STATX_TYPE, &stx) < 0)
+    return -errno;
+  if (makedev(stx.stx_dev_major, stx.stx_dev_minor) != dev)
+    return -ESTALE;
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  if (!S_ISCHR(st.st_mode) || st.st_rdev != makedev(10, 229)) /* /dev/fuse */
+    return -EBADF;
+  if ((ret = prepare(f, mountpoint)) < 0)
+    goto fail;
+  if ((f->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    ret = -errno;
+    goto fail;
+  }
+  f->dev = dev;
+  f->adopted = 1;
+  mark_started(f);
+  return 0;
+fail:
+  icd_fuse_stop(f);
+  free(f->mountpoint);
+  f->mountpoint = NULL; /* a failed adoption leaves the server to mount afresh */
+  return ret;
+}
+
+int icd_fuse_resend(struct icd_fuse *f)
+{
+  struct fuse_out_header oh = { sizeof oh, ICD_FUSE_NOTIFY_RESEND, 0 };
+
+  if (!f->started)
+    return -EINVAL;
+  if (write(f->fd, &oh, sizeof oh) < 0)
+    return -errno;
+  return 0;
+}
+
+int icd_fuse_fd(struct icd_fuse *f)
+{
+  return f->started ? f->fd : -1;
 }
 
 int icd_fuse_file_stats(struct icd_fuse *f, int file, struct icd_fuse_fstats *out)
@@ -208,6 +290,7 @@ void icd_fuse_stats(struct icd_fuse *f, struct icd_fuse_stats *out)
   out->handles = atomic_load(&f->handles);
   out->write_errors = atomic_load(&f->write_errors);
   out->read_errors = atomic_load(&f->read_errors);
+  out->foreign = atomic_load(&f->foreign);
   pthread_mutex_lock(&f->mu);
   out->aliases = (uint64_t)f->naliases;
   out->containers = (uint64_t)f->ncontainers;
@@ -283,7 +366,9 @@ void icd_fuse_free(struct icd_fuse *f)
     }
   for (i = 0; i < f->nnodes; i++)
     free(f->nodes[i].name);
+  fs_free_handles(f);
   free(f->nodes);
+  free(f->idtab);
   free(f->files);
   free(f->mountpoint);
   free(f);

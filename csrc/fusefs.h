@@ -36,6 +36,7 @@ struct icd_fuse_stats {
   uint64_t handles;      /* files open now */
   uint64_t write_errors; /* replies the kernel refused (mostly: the reader was gone) */
   uint64_t read_errors;  /* unexpected read(2) failures on /dev/fuse */
+  uint64_t foreign;      /* READs of a predecessor's handles (after a hand-over) */
 };
 
 /* A render request, or (write != 0) a parked WRITE to answer. */
@@ -70,6 +71,19 @@ int icd_fuse_writable(struct icd_fuse *f, int file);
 /* Mounts at `mountpoint` (a stale FUSE mount there is detached first) and
  * starts the threads; once per server. */
 int icd_fuse_start(struct icd_fuse *f, const char *mountpoint);
+/* Instead of start: takes over `fd` (duplicated), a predecessor's
+ * initialised /dev/fuse connection mounted at `mountpoint` whose st_dev is
+ * `dev`: no mount, no INIT, no thread yet (register the containers, then
+ * icd_fuse_resend and icd_fuse_serve).  -ESTALE: the mount there is not
+ * that connection (the server is left as new: start it instead). */
+int icd_fuse_adopt(struct icd_fuse *f, int fd, const char *mountpoint, uint64_t dev);
+/* Has the kernel queue again every request read from the connection and
+ * not answered (FUSE_NOTIFY_RESEND, Linux 6.9): a dead predecessor's. */
+int icd_fuse_resend(struct icd_fuse *f);
+/* After icd_fuse_adopt: starts the threads. */
+int icd_fuse_serve(struct icd_fuse *f);
+/* The connection's /dev/fuse fd (for the fd store), -1 before start. */
+int icd_fuse_fd(struct icd_fuse *f);
 /* `nsfd`: a pid-namespace fd (duplicated; the namespace is pinned while
  * registered, so its inode number cannot be reused by another). */
 int icd_fuse_register(struct icd_fuse *f, uint64_t key, int nsfd);

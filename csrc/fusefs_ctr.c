@@ -165,7 +165,8 @@ static void adopt_unknown(struct icd_fuse *f, struct ctr *c)
 
 /* Parks an open of a reader whose pid namespace is not registered; 0 when it
  * cannot be (host reader, pid 0, stopping, too many waiting). */
-int fs_park_unknown(struct icd_fuse *f, struct fuse_in_header *h, int file, int64_t t0)
+int fs_park_unknown(struct icd_fuse *f, struct fuse_in_header *h, int file, int64_t t0,
+                    const struct fuse_read_in *rd)
 {
   struct stat st;
   struct parked *p;
@@ -183,6 +184,11 @@ int fs_park_unknown(struct icd_fuse *f, struct fuse_in_header *h, int file, int6
   p->ino = st.st_ino;
   p->file = file;
   p->unknown = 1;
+  if (rd) {
+    p->read = 1;
+    p->roff = rd->offset;
+    p->rsize = rd->size;
+  }
   p->t0 = t0;
   p->deadline = now + (int64_t)f->wait_ms * 1000000;
   pthread_mutex_lock(&f->mu);
@@ -233,7 +239,9 @@ void fs_answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, int 
 
   for (; p; p = next) {
     next = p->next;
-    if (b) {
+    if (b && p->read) {
+      fs_reply_bytes(f, p->unique, b, p->roff, p->rsize);
+    } else if (b) {
       fs_reply_open(f, p->unique, blob_ref(b));
     } else {
       add(&f->files[p->file].st.errors, 1);
@@ -243,7 +251,7 @@ void fs_answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, int 
         add(&f->files[p->file].st.timeouts, 1);
       fs_reply_err(f, p->unique, err);
     }
-    note_latency(&f->files[p->file], p->t0, 0);
+    note_latency(&f->files[p->file], p->t0, p->read);
     fs_free_parked(p);
   }
 }

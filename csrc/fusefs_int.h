@@ -21,8 +21,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,10 +46,18 @@
 #define BUF_SIZE (FUSE_MIN_READ_BUFFER + 65536)
 #define MAX_WRITE ICD_FUSE_MAX_WRITE /* a sysctl value (the kernel takes less than a page) */
 #define TTL_S 3600                   /* names (and directories) never change while mounted */
+/* Open file handles: a table of renders, fh = epoch << 32 | slot + 1
+ * (fusefs_proto.c); chunks are never moved, so a READ looks up without a lock. */
+#define HCHUNK 4096
+#define HCHUNKS 1024
+/* linux/fuse.h 7.40 (Linux 6.9): the kernel queues again every request read
+ * from the connection and not answered (Debian 12's headers are 7.38). */
+#define ICD_FUSE_NOTIFY_RESEND 7
 
 struct node {
   char *name;
   uint32_t parent, child, next; /* indexes + 1; 0: none */
+  uint32_t id;                  /* the node id the kernel holds: a hash of the path */
   int32_t file;                 /* -1: a directory */
 };
 
@@ -93,6 +103,9 @@ struct parked {
   uint64_t unique, key;
   uint64_t ino; /* unknown: the reader's pid namespace, waiting for its register */
   int file, unknown;
+  int read;      /* a READ of a predecessor's handle: answered with bytes */
+  uint64_t roff; /* its offset and size */
+  uint32_t rsize;
   int64_t t0, deadline;
   /* A WRITE waiting for Python's answer (icd_fuse_write_done), not an open. */
   uint32_t wid, uid, pid, wlen;
@@ -109,11 +122,17 @@ struct icd_fuse {
   int64_t t_start;
   char *mountpoint;
   pthread_t workers[MAX_WORKERS], reaper;
-  int nlive, reaper_on, started;
+  int nlive, reaper_on, started, adopted;
   atomic_int stopping;
 
   struct node *nodes;
   uint32_t nnodes, capnodes;
+  uint32_t *idtab, idcap; /* node id -> index + 1, open addressing */
+
+  uint32_t epoch; /* this server's handles: a predecessor's have another */
+  pthread_mutex_t hmu;
+  struct blob **hchunk[HCHUNKS];
+  uint32_t hnext, *hfree, nfree, capfree;
   struct fspec *files;
   int nfiles, capfiles;
 
@@ -130,6 +149,7 @@ struct icd_fuse {
   int writers;       /* threads outside mu about to write replies (icd_fuse_set/fail) */
 
   atomic_ullong requests, unknown, interrupts, queue_full, handles, write_errors, read_errors;
+  atomic_ullong foreign; /* READs of a predecessor's handles */
 };
 
 #define HIDDEN __attribute__((visibility("hidden")))
@@ -176,6 +196,9 @@ static inline void blob_unref(struct blob *b)
 HIDDEN int fs_reply_err(struct icd_fuse *f, uint64_t unique, int err);
 HIDDEN int fs_reply(struct icd_fuse *f, uint64_t unique, const void *p, size_t len);
 HIDDEN void fs_reply_open(struct icd_fuse *f, uint64_t unique, struct blob *b);
+HIDDEN void fs_reply_bytes(struct icd_fuse *f, uint64_t unique, struct blob *b, uint64_t off,
+                           uint32_t size);
+HIDDEN void fs_free_handles(struct icd_fuse *f);
 HIDDEN void *fs_worker(void *arg);
 /* fusefs_tree.c */
 HIDDEN void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_attr *a);
@@ -187,7 +210,8 @@ HIDDEN int fs_new_node(struct icd_fuse *f, uint32_t parent, const char *name, si
 HIDDEN struct ctr *fs_reader_ctr(struct icd_fuse *f, uint32_t pid);
 HIDDEN void fs_drop_aliases(struct icd_fuse *f, int all, uint64_t key);
 HIDDEN void fs_request_render(struct icd_fuse *f, struct ctr *c, int file, int64_t now);
-HIDDEN int fs_park_unknown(struct icd_fuse *f, struct fuse_in_header *h, int file, int64_t t0);
+HIDDEN int fs_park_unknown(struct icd_fuse *f, struct fuse_in_header *h, int file, int64_t t0,
+                           const struct fuse_read_in *rd);
 HIDDEN struct parked *fs_take_parked(struct icd_fuse *f, uint64_t key, int file, int64_t before);
 HIDDEN void fs_answer_parked(struct icd_fuse *f, struct parked *p, struct blob *b, int err,
                              int timeout);

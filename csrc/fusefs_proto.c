@@ -35,34 +35,180 @@ int fs_reply(struct icd_fuse *f, uint64_t unique, const void *p, size_t len)
   return reply_iov(f, unique, 0, iov, 2);
 }
 
-/* The open's answer: the handle is a counted reference to one render.  A
- * failed write (reader gone) gives the reference back: no RELEASE follows. */
+/* Handles.  A handle is a slot of the table holding a counted reference to
+ * one render; the fh the kernel keeps is this server's epoch (random) and
+ * the slot.  A restarted daemon that adopted the connection gets the
+ * predecessor's handles in READ and RELEASE: another epoch, so never taken
+ * for one of its own slots (the predecessor's memory is gone); such a READ
+ * is served from the reader's container's current bytes (do_read). */
+static uint64_t handle_new(struct icd_fuse *f, struct blob *b)
+{
+  struct blob **chunk;
+  uint32_t slot;
+
+  pthread_mutex_lock(&f->hmu);
+  if (f->nfree) {
+    slot = f->hfree[--f->nfree];
+  } else {
+    if (f->hnext >= (uint32_t)HCHUNK * HCHUNKS)
+      goto full;
+    slot = f->hnext;
+    if (!f->hchunk[slot / HCHUNK]) {
+      if (!(chunk = calloc(HCHUNK, sizeof *chunk)))
+        goto full;
+      __atomic_store_n(&f->hchunk[slot / HCHUNK], chunk, __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&f->hnext, slot + 1, __ATOMIC_RELEASE);
+  }
+  __atomic_store_n(&f->hchunk[slot / HCHUNK][slot % HCHUNK], b, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&f->hmu);
+  return (uint64_t)f->epoch << 32 | (slot + 1);
+full:
+  pthread_mutex_unlock(&f->hmu);
+  return 0;
+}
+
+/* The render of handle fh, or NULL for a handle that is not this server's.
+ * No lock: the kernel sends no READ of a handle after its RELEASE. */
+static struct blob *handle_get(struct icd_fuse *f, uint64_t fh)
+{
+  uint32_t slot = (uint32_t)fh - 1;
+  struct blob **chunk;
+
+  if (fh >> 32 != f->epoch || !(uint32_t)fh || slot >= __atomic_load_n(&f->hnext, __ATOMIC_ACQUIRE))
+    return NULL;
+  chunk = __atomic_load_n(&f->hchunk[slot / HCHUNK], __ATOMIC_ACQUIRE);
+  return chunk ? __atomic_load_n(&chunk[slot % HCHUNK], __ATOMIC_ACQUIRE) : NULL;
+}
+
+/* Frees handle fh; its render (the caller drops the reference), or NULL. */
+static struct blob *handle_drop(struct icd_fuse *f, uint64_t fh)
+{
+  struct blob *b;
+  uint32_t slot = (uint32_t)fh - 1, *p;
+
+  if (!(b = handle_get(f, fh)))
+    return NULL;
+  pthread_mutex_lock(&f->hmu);
+  f->hchunk[slot / HCHUNK][slot % HCHUNK] = NULL;
+  if (f->nfree == f->capfree) {
+    uint32_t cap = f->capfree ? f->capfree * 2 : 256;
+    if ((p = realloc(f->hfree, cap * sizeof *p))) {
+      f->hfree = p;
+      f->capfree = cap;
+    }
+  }
+  if (f->nfree < f->capfree) /* else the slot is lost, not reused: no harm */
+    f->hfree[f->nfree++] = slot;
+  pthread_mutex_unlock(&f->hmu);
+  return b;
+}
+
+void fs_free_handles(struct icd_fuse *f)
+{
+  uint32_t i, j;
+
+  for (i = 0; i < HCHUNKS; i++) {
+    if (!f->hchunk[i])
+      continue;
+    for (j = 0; j < HCHUNK; j++)
+      blob_unref(f->hchunk[i][j]);
+    free(f->hchunk[i]);
+    f->hchunk[i] = NULL;
+  }
+  free(f->hfree);
+  f->hfree = NULL;
+}
+
+/* The open's answer: a handle holding the reference to one render.  A failed
+ * write (reader gone) gives the reference back: no RELEASE follows. */
 void fs_reply_open(struct icd_fuse *f, uint64_t unique, struct blob *b)
 {
   struct fuse_open_out o;
 
   memset(&o, 0, sizeof o);
-  o.fh = (uint64_t)(uintptr_t)b;
+  if (!(o.fh = handle_new(f, b))) {
+    blob_unref(b);
+    fs_reply_err(f, unique, ENFILE);
+    return;
+  }
   /* Direct I/O: every read comes here, so size 0 in stat works like procfs;
    * no flush: close(2) then costs no round trip. */
   o.open_flags = FOPEN_DIRECT_IO | FOPEN_NOFLUSH;
   atomic_fetch_add(&f->handles, 1);
   if (fs_reply(f, unique, &o, sizeof o) < 0) {
     atomic_fetch_sub(&f->handles, 1);
-    blob_unref(b);
+    blob_unref(handle_drop(f, o.fh));
   }
+}
+
+/* A READ's answer: `size` bytes of b from `off` (none past the end). */
+void fs_reply_bytes(struct icd_fuse *f, uint64_t unique, struct blob *b, uint64_t off,
+                    uint32_t size)
+{
+  struct iovec iov[2] = { { 0 }, { NULL, 0 } };
+
+  if (off < b->len) {
+    iov[1].iov_base = b->data + off;
+    iov[1].iov_len = b->len - off < size ? b->len - off : size;
+  }
+  reply_iov(f, unique, 0, iov, 2);
+}
+
+/* With mu held (released here): container c's bytes for `file` (a reference),
+ * or NULL with *err set, or NULL with *err 0 when the request was parked
+ * until a render comes (rd: a READ, answered with bytes then). */
+static struct blob *current_bytes(struct icd_fuse *f, struct fuse_in_header *h, struct ctr *c,
+                                  int file, int64_t t0, const struct fuse_read_in *rd, int *err)
+{
+  struct entry *e = &c->e[file];
+  struct fspec *s = &f->files[file];
+  struct blob *b = NULL;
+  struct parked *p;
+  int64_t now = now_ns(), age = now - e->at;
+
+  *err = 0;
+  if (atomic_load(&f->stopping)) {
+    *err = EIO;
+  } else if (e->b && age < s->stale_ns) {
+    b = blob_ref(e->b);
+    if (age >= s->fresh_ns) {
+      fs_request_render(f, c, file, now);
+      add(&s->st.stale, 1);
+    }
+  } else if (e->err && age < s->fresh_ns) {
+    *err = e->err; /* failed recently: not retried before the bound */
+  } else if ((p = calloc(1, sizeof *p))) {
+    fs_request_render(f, c, file, now);
+    p->unique = h->unique;
+    p->key = c->key;
+    p->file = file;
+    if (rd) {
+      p->read = 1;
+      p->roff = rd->offset;
+      p->rsize = rd->size;
+    }
+    p->t0 = t0;
+    p->deadline = now + (int64_t)f->wait_ms * 1000000;
+    p->next = f->parked;
+    f->parked = p;
+    f->nparked++;
+    add(&s->st.waits, 1);
+    pthread_cond_signal(&f->reapcond);
+  } else {
+    *err = ENOMEM;
+  }
+  pthread_mutex_unlock(&f->mu);
+  return b;
 }
 
 static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_open_in *in,
                     uint32_t idx, int64_t t0)
 {
   struct ctr *c;
-  struct entry *e;
   struct fspec *s;
-  struct blob *b = NULL;
-  struct parked *p;
+  struct blob *b;
   int file = f->nodes[idx].file, err = 0;
-  int64_t now, age;
 
   if (file < 0)
     return (void)fs_reply_err(f, h->unique, EISDIR);
@@ -73,39 +219,8 @@ static void do_open(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_op
   add(&s->st.opens, 1);
   if (!(c = fs_reader_ctr(f, h->pid)))
     goto unknown;
-  e = &c->e[file];
-  now = now_ns();
-  age = now - e->at;
-  if (atomic_load(&f->stopping)) {
-    err = EIO;
-  } else if (e->b && age < s->stale_ns) {
-    b = blob_ref(e->b);
-    if (age >= s->fresh_ns) {
-      fs_request_render(f, c, file, now);
-      add(&s->st.stale, 1);
-    }
-  } else if (e->err && age < s->fresh_ns) {
-    err = e->err; /* failed recently: not retried before the bound */
-  } else if ((p = calloc(1, sizeof *p))) {
-    fs_request_render(f, c, file, now);
-    p->unique = h->unique;
-    p->key = c->key;
-    p->ino = 0;
-    p->unknown = 0;
-    p->file = file;
-    p->t0 = t0;
-    p->deadline = now + (int64_t)f->wait_ms * 1000000;
-    p->next = f->parked;
-    f->parked = p;
-    f->nparked++;
-    add(&s->st.waits, 1);
-    pthread_cond_signal(&f->reapcond);
-    pthread_mutex_unlock(&f->mu);
-    return;
-  } else {
-    err = ENOMEM;
-  }
-  pthread_mutex_unlock(&f->mu);
+  if (!(b = current_bytes(f, h, c, file, t0, NULL, &err)) && !err)
+    return; /* parked */
   if (err) {
     add(&s->st.errors, 1);
     fs_reply_err(f, h->unique, err);
@@ -121,22 +236,52 @@ unknown:
    * open is parked like one waiting for a render, keyed by the namespace, and
    * taken up by register() or ended with EIO at the deadline; the host's own
    * readers (our namespace) and pid 0 get EIO at once. */
-  if (fs_park_unknown(f, h, file, t0))
+  if (fs_park_unknown(f, h, file, t0, NULL))
     return;
   atomic_fetch_add(&f->unknown, 1);
   add(&s->st.errors, 1);
   fs_reply_err(f, h->unique, EIO);
 }
 
+/* A READ of a handle a predecessor gave (the connection was handed over): its
+ * render died with that process, so the reader's container's current bytes
+ * are served, rendered first if there are none (a restarted daemon has none),
+ * as an open would be.  A reader that had read part of the file before the
+ * restart may thus get the rest from a newer render. */
+static void read_foreign(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_read_in *in,
+                         int file, int64_t t0)
+{
+  struct ctr *c;
+  struct blob *b;
+  int err = EIO;
+
+  atomic_fetch_add(&f->foreign, 1);
+  if (!(c = fs_reader_ctr(f, h->pid))) {
+    if (fs_park_unknown(f, h, file, t0, in))
+      return;
+    atomic_fetch_add(&f->unknown, 1);
+  } else if ((b = current_bytes(f, h, c, file, t0, in, &err))) {
+    fs_reply_bytes(f, h->unique, b, in->offset, in->size);
+    blob_unref(b);
+    note_latency(&f->files[file], t0, 1);
+    return;
+  } else if (!err) {
+    return; /* parked */
+  }
+  add(&f->files[file].st.errors, 1);
+  fs_reply_err(f, h->unique, err);
+}
+
 static void do_read(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_read_in *in,
                     uint32_t idx, int64_t t0)
 {
-  struct blob *b = (struct blob *)(uintptr_t)in->fh;
-  struct iovec iov[2] = { { 0 }, { NULL, 0 } };
+  struct blob *b;
   int file = f->nodes[idx].file;
 
-  if (file < 0 || !b)
+  if (file < 0)
     return (void)fs_reply_err(f, h->unique, EISDIR);
+  if (!in->fh)
+    return (void)fs_reply_err(f, h->unique, EBADF);
   /* A READ without a lock owner fills the page cache (splice, sendfile,
    * copy_file_range and mmap go through it even with FOPEN_DIRECT_IO on
    * kernels without "fuse: use copy_splice_read() for FOPEN_DIRECT_IO").
@@ -148,11 +293,9 @@ static void do_read(struct icd_fuse *f, struct fuse_in_header *h, struct fuse_re
     return (void)fs_reply_err(f, h->unique, EINVAL);
   }
   add(&f->files[file].st.reads, 1);
-  if (in->offset < b->len) {
-    iov[1].iov_base = b->data + in->offset;
-    iov[1].iov_len = b->len - in->offset < in->size ? b->len - in->offset : in->size;
-  }
-  reply_iov(f, h->unique, 0, iov, 2);
+  if (!(b = handle_get(f, in->fh)))
+    return read_foreign(f, h, in, file, t0);
+  fs_reply_bytes(f, h->unique, b, in->offset, in->size);
   note_latency(&f->files[file], t0, 1);
 }
 
@@ -176,17 +319,17 @@ static void do_readdir(struct icd_fuse *f, struct fuse_in_header *h, struct fuse
 
     if (off == 1) {
       name = ".";
-      ino = idx + 1;
+      ino = f->nodes[idx].id;
     } else if (off == 2) {
       name = "..";
-      ino = f->nodes[idx].parent ? f->nodes[idx].parent : 1;
+      ino = f->nodes[f->nodes[idx].parent - 1].id;
     } else {
       if (off > 3)
         c = c ? f->nodes[c - 1].next : 0;
       if (!c)
         break;
       name = f->nodes[c - 1].name;
-      ino = c;
+      ino = f->nodes[c - 1].id;
       type = f->nodes[c - 1].file >= 0 ? DT_REG : DT_DIR;
     }
     if (off <= in->offset)
@@ -314,7 +457,7 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
     if (!(c = fs_child_named(f, idx, arg, strlen(arg))))
       return (void)fs_reply_err(f, h->unique, ENOENT);
     memset(&o, 0, sizeof o);
-    o.nodeid = c;
+    o.nodeid = f->nodes[c - 1].id;
     o.generation = 1;
     o.entry_valid = TTL_S;
     o.attr_valid = f->nodes[c - 1].file < 0 ? TTL_S : 0;
@@ -355,12 +498,15 @@ static void handle(struct icd_fuse *f, char *buf, size_t n, int64_t t0)
   }
   case FUSE_RELEASE: {
     struct fuse_release_in *in = arg;
+    struct blob *b;
 
     NEED(struct fuse_release_in);
     if (f->nodes[idx].file >= 0 && in->fh) {
       add(&f->files[f->nodes[idx].file].st.releases, 1);
-      atomic_fetch_sub(&f->handles, 1);
-      blob_unref((struct blob *)(uintptr_t)in->fh);
+      if ((b = handle_drop(f, in->fh))) { /* else a predecessor's: nothing held here */
+        atomic_fetch_sub(&f->handles, 1);
+        blob_unref(b);
+      }
     }
     return (void)fs_reply_err(f, h->unique, 0);
   }

@@ -16,7 +16,7 @@ void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_at
   struct blob *b;
 
   memset(a, 0, sizeof *a);
-  a->ino = idx + 1;
+  a->ino = n->id;
   a->atime = a->mtime = a->ctime = (uint64_t)(f->t_start / 1000000000);
   a->blksize = 4096;
   if (n->file < 0) {
@@ -34,11 +34,63 @@ void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_at
   }
 }
 
+/* Node ids are what the kernel keeps (in its inodes and dentries) across a
+ * daemon restart that hands the connection over (docs/emulation-fuse.md
+ * "Hand-over"), so they depend on the path alone, not on the order files
+ * were added: FNV-1a of the parent's id and the name, folded to 32 bits (a
+ * 32-bit program's stat(2) fails with EOVERFLOW on a larger inode number).
+ * A collision takes the next free id: the same tree always gets the same ids. */
+static uint32_t path_id(uint32_t parent_id, const char *name, size_t len)
+{
+  uint64_t h = 0xcbf29ce484222325ULL;
+  size_t i;
+
+  for (i = 0; i < 4; i++)
+    h = (h ^ ((parent_id >> (8 * i)) & 0xff)) * 0x100000001b3ULL;
+  for (i = 0; i < len; i++)
+    h = (h ^ (unsigned char)name[i]) * 0x100000001b3ULL;
+  return (uint32_t)(h ^ (h >> 32));
+}
+
+static uint32_t *id_slot(uint32_t *tab, uint32_t cap, const struct node *nodes, uint32_t id)
+{
+  uint32_t i = (id * 2654435761u) & (cap - 1);
+
+  while (tab[i] && nodes[tab[i] - 1].id != id)
+    i = (i + 1) & (cap - 1);
+  return &tab[i];
+}
+
+/* Enters node idx (its id set) in the id table, growing it to keep it half empty. */
+static int id_insert(struct icd_fuse *f, uint32_t idx)
+{
+  uint32_t i, cap;
+  uint32_t *tab;
+
+  if ((f->nnodes + 1) * 2 > f->idcap) {
+    cap = f->idcap ? f->idcap * 2 : 128;
+    if (!(tab = calloc(cap, sizeof *tab)))
+      return -ENOMEM;
+    for (i = 0; i < f->idcap; i++)
+      if (f->idtab[i])
+        *id_slot(tab, cap, f->nodes, f->nodes[f->idtab[i] - 1].id) = f->idtab[i];
+    free(f->idtab);
+    f->idtab = tab;
+    f->idcap = cap;
+  }
+  *id_slot(f->idtab, f->idcap, f->nodes, f->nodes[idx].id) = idx + 1;
+  return 0;
+}
+
 int fs_node_of(struct icd_fuse *f, uint64_t nodeid, uint32_t *idx)
 {
-  if (nodeid < 1 || nodeid > f->nnodes)
+  uint32_t v;
+
+  if (nodeid < 1 || nodeid > UINT32_MAX || !f->idcap)
     return -ENOENT;
-  *idx = (uint32_t)(nodeid - 1);
+  if (!(v = *id_slot(f->idtab, f->idcap, f->nodes, (uint32_t)nodeid)))
+    return -ENOENT; /* a path a predecessor's tree had and this one has not */
+  *idx = v - 1;
   return 0;
 }
 
@@ -73,6 +125,23 @@ int fs_new_node(struct icd_fuse *f, uint32_t parent, const char *name, size_t le
     return -ENOMEM;
   n->file = file;
   n->parent = parent + 1;
+  if (!f->nnodes) {
+    n->id = FUSE_ROOT_ID;
+  } else {
+    n->id = path_id(f->nodes[parent].id, name, len);
+    for (;;) { /* 0 is no node, 1 the root */
+      if (n->id <= FUSE_ROOT_ID)
+        n->id = FUSE_ROOT_ID + 1;
+      else if (f->idcap && *id_slot(f->idtab, f->idcap, f->nodes, n->id))
+        n->id++;
+      else
+        break;
+    }
+  }
+  if (id_insert(f, f->nnodes) < 0) {
+    free(n->name);
+    return -ENOMEM;
+  }
   /* Appended, so READDIR lists entries in the order they were added. */
   if (f->nnodes) {
     for (link = &f->nodes[parent].child; *link; link = &f->nodes[*link - 1].next)

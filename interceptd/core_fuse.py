@@ -51,6 +51,28 @@ class FuseServer:
         first) and start serving. Once per server (make a new one after `stop`)."""
         check(lib.icd_fuse_start(self._ptr, path_bytes(mountpoint)), "fuse start")
 
+    def adopt(self, fd: int, mountpoint: str, dev: int) -> None:
+        """Instead of `start`: take over a predecessor's initialised connection `fd`
+        (duplicated) mounted at `mountpoint` with st_dev `dev`; no mount, no INIT, no
+        thread yet: register the containers, then `resend` and `serve`.
+        OSError(ESTALE) when the mount there is not that connection (the server can
+        still `start`)."""
+        check(lib.icd_fuse_adopt(self._ptr, fd, path_bytes(mountpoint), dev), "fuse adopt")
+
+    def resend(self) -> None:
+        """Have the kernel queue again every request taken from the connection and
+        not answered (by a predecessor that died or exited): FUSE_NOTIFY_RESEND."""
+        check(lib.icd_fuse_resend(self._ptr), "fuse resend")
+
+    def serve(self) -> None:
+        """After `adopt`: start the threads."""
+        check(lib.icd_fuse_serve(self._ptr), "fuse serve")
+
+    @property
+    def fd(self) -> int:
+        """The connection's /dev/fuse fd (the server's own; dup it to keep it)."""
+        return int(lib.icd_fuse_fd(self._ptr))
+
     def register(self, key: int, pid: int) -> None:
         """Readers in the pid namespace of `pid` (or in namespaces nested in it)
         read container `key`'s renders; the namespace is held while registered."""

@@ -29,7 +29,7 @@ from interceptd.listener import Listener
 from interceptd.liveness import Liveness
 from interceptd.plugins import metrics_containers, register_policy
 from interceptd.registry import Registry
-from interceptd.serving import serve, watch_pump
+from interceptd.serving import serve, start_emulation, watch_pump
 from interceptd.verdict import build_table
 
 log = logging.getLogger("interceptd.daemon")
@@ -224,9 +224,9 @@ class Daemon:
         listener.start()
         for name, part in (("control", ctl), ("listener", listener)):
             ho.keep_socket(name, part.sock)
-        ho.close_unused()
         self._start_emulation(dispatcher, handlers)
         self._start_runtime_service()
+        ho.close_unused()
         self._start_ebpf(dispatcher)
         self._start_metrics(dispatcher)
         self._probe_features()
@@ -305,35 +305,27 @@ class Daemon:
         return self._runtime_policy_lists
 
     def _start_emulation(self, dispatcher: Dispatcher, handlers: HandlerRegistry) -> None:
-        """The emulated /proc and /sys files (FUSE at <state-dir>/fs). Optional: without
-        /dev/fuse the daemon runs on and status says emulation is off, so interceptd-runc
-        binds nothing."""
-        from interceptd.emulation.daemon import Emulation
-
-        try:
-            em = Emulation(self.state_dir)
-            em.start()
-        except (OSError, ImportError, AttributeError) as e:
-            log.warning("emulated /proc and /sys not started",
-                        extra={"fields": {"error": str(e)}})
-            return
-        self._parts["emulation"] = em
-        dispatcher.attach_hooks.append(em.attach)
-        handlers.on_release(em.release)
-        for c in self.registry.list():  # attached before the hook was in place
-            dispatcher.run_attach_hooks(c)
+        """The emulated /proc and /sys files (FUSE at <state-dir>/fs), optional:
+        serving.start_emulation."""
+        start_emulation(self, dispatcher, handlers)
 
     def _start_runtime_service(self) -> None:
         """runtime.sock: interceptd-runc's launcher has creates prepared here
-        instead of starting an interpreter. Optional: without it the launcher
-        falls back to its Python entry."""
+        instead of starting an interpreter (the predecessor's socket when it left
+        one: launchers connecting meanwhile waited in its backlog). Optional:
+        without it the launcher falls back to its Python entry."""
         from interceptd.runtime.service import Service
 
+        ho = self._handover()
         try:
-            self._parts["runtime"] = Service(self.state_dir, status=self.status).start()
+            svc = Service(self.state_dir, status=self.status).start(ho.socket("runtime"))
         except OSError as e:
             log.warning("runtime prepare service not started",
                         extra={"fields": {"error": str(e)}})
+            return
+        self._parts["runtime"] = svc
+        if svc.sock is not None:
+            ho.keep_socket("runtime", svc.sock)
 
     def _start_ebpf(self, dispatcher: Dispatcher) -> None:
         """The eBPF layer (interceptd/ebpf.py), loaded in the background: the
@@ -405,6 +397,8 @@ class Daemon:
             part = self._parts.pop(name, None)
             if part is None:
                 continue
+            if name == "emulation" and self.handover is not None:
+                self.handover.drop_fuse()  # for good: the mount goes, its binds fail
             try:
                 part.stop() if hasattr(part, "stop") else part.close()
             except Exception:

@@ -5,8 +5,11 @@ What must survive the daemon process, and how:
 - every container's seccomp notify fds: while one is open anywhere, the container's
   notified calls wait instead of failing with ENOSYS. Each is pushed to the fd store
   (interceptd/fdstore.py) as `nfy-<key>-<n>` before the engine takes it;
-- the listening sockets (`listener`, `control`): runc and interceptctl connections made
-  during the restart queue in the socket's backlog instead of failing;
+- the listening sockets (`listener`, `control`, `runtime`): runc's, interceptctl's and
+  interceptd-runc's connections made during the restart queue in the socket's backlog
+  instead of failing;
+- the FUSE connection of the emulated files (`fuse-<st_dev of the mount>`): the files
+  bound into containers go on answering (interceptd/emulation/daemon.py adopts it);
 - the receive journal (`journal`, interceptd/journal.py): the notifications taken off a
   notify fd but not answered yet.
 
@@ -47,7 +50,8 @@ log = logging.getLogger("interceptd.handover")
 
 RECORD_DIR = "handover"
 JOURNAL = "journal"
-SOCKETS = ("listener", "control")
+SOCKETS = ("listener", "control", "runtime")
+FUSE_PREFIX = "fuse-"  # + the mount's st_dev: the successor checks the mount is that one
 NOTIFY_PREFIX = "nfy-"
 
 
@@ -167,6 +171,29 @@ class Handover:
             return None
         self.store.keep(name, os.dup(fd))
         return sock
+
+    def fuse(self) -> tuple[str, int, int] | None:
+        """The predecessor's FUSE connection: (store name, /dev/fuse fd, the st_dev of
+        its mount), or None. Any other of the kind is closed and dropped."""
+        found = None
+        for name in [n for n in self.inherited if n.startswith(FUSE_PREFIX)]:
+            fd = self.inherited.pop(name)
+            dev = name[len(FUSE_PREFIX):]
+            if found is None and dev.isdigit():
+                found = (name, fd, int(dev))
+                continue
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self.store.remove(name)
+        return found
+
+    def drop_fuse(self) -> None:
+        """A daemon stopping for good: the connection leaves the store, so that when
+        the daemon closes its own the kernel ends it (binds left in containers fail
+        with ENOTCONN instead of waiting for a successor that never comes)."""
+        for name, _ in self.store.items():
+            if name.startswith(FUSE_PREFIX):
+                self.store.remove(name)
 
     def keep_socket(self, name: str, sock: socket.socket) -> None:
         if name not in self.store:

@@ -5,8 +5,9 @@ The successor is the same command line (an upgraded package's code, once install
 started with one end of a SOCK_SEQPACKET pair named in `INTERCEPTD_HANDOVER`:
 
 1. the successor imports and builds everything that needs no fd, then sends `ready`;
-2. the predecessor stops accepting (listener, control; the sockets stay open, new
-   connections wait in their backlog), sends the fd store (`fds` messages: names as
+2. the predecessor stops accepting (listener, control, runtime; the sockets stay open,
+   new connections wait in their backlog), sends the fd store (the FUSE connection
+   included) (`fds` messages: names as
    JSON, the fds by SCM_RIGHTS, at most FDS_PER_MESSAGE each), then `done`, and exits
    at once without tearing anything down (no STOPPING=1; channels are not closed, so no
    queued notification is failed);
@@ -155,7 +156,7 @@ def start_successor(d: Daemon) -> dict[str, Any]:
     log.info("successor ready; handing over", extra={"fields": {"successor": proc.pid}})
 
     def then() -> None:
-        for name in ("listener", "control"):
+        for name in ("listener", "control", "runtime"):
             if (part := d._parts.get(name)) is not None:
                 part.quiesce()
         if (disp := d._parts.get("dispatcher")) is not None:

@@ -113,14 +113,52 @@ class Emulation:
         self._mounts: cgpaths.Mounts | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
         self._disks = iostat.host_disks()  # where v1 containers get the throttle rule
+        self._adopting = False  # adopted, not served yet: binds wait (serve)
+        self._deferred: list[tuple[str, int]] = []
 
     # -- lifecycle ----------------------------------------------------------
 
+    def adopt(self, fd: int, dev: int) -> bool:
+        """Before `start`: take over a predecessor's connection (its /dev/fuse fd, the
+        mount's st_dev) still mounted here. Nothing is read from it before `serve`, so
+        the containers can be registered first and no reader of theirs finds its
+        namespace unknown. False when it cannot be: `start` then mounts a new tree
+        (the caller drops the old connection first: its binds in containers fail)."""
+        try:
+            self.service.adopt(fd, dev)
+        except OSError as e:
+            log.warning("emulation: the predecessor's FUSE connection not adopted",
+                        extra={"fields": {"error": str(e)}})
+            return False
+        self._adopting = True
+        return True
+
     def start(self) -> None:
+        """Mount the tree (unless adopted) and render from now on."""
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             self._mounts = cgpaths.parse_mountinfo(f.read())
-        self.service.start()
+        if not self._adopting:
+            self.service.start()
         sysinfo.loads_provider = self.loads_of  # sysinfo(2) agrees with /proc/loadavg
+
+    def connection(self) -> tuple[int, int]:
+        """The /dev/fuse fd (the server's own) and the mount's st_dev: the fd store
+        keeps a duplicate under a name carrying the st_dev (interceptd/handover.py)."""
+        return self.service.server.fd, self.service.server.dev
+
+    def serve(self) -> None:
+        """After an adoption and the containers' registration: serve the connection
+        (the requests the predecessor left first), then check or make the /proc/sys
+        binds of the containers registered meanwhile (checking them reads the tree,
+        which waits for a server)."""
+        if not self._adopting:
+            return
+        self.service.serve()
+        with self._reg_lock:
+            self._adopting = False
+            deferred, self._deferred = self._deferred, []
+        for cid, pid in deferred:
+            self._bind_sysctls(cid, pid)
 
     def stop(self) -> None:
         if sysinfo.loads_provider == self.loads_of:
@@ -181,7 +219,10 @@ class Emulation:
                 # Known before the server is told: a reader already waiting for
                 # this namespace gets its render requested by the registration.
                 self._sources[key] = src
-            self._bind_sysctls(c.id, pid)
+            if self._adopting:
+                self._deferred.append((str(c.id), pid))
+            else:
+                self._bind_sysctls(c.id, pid)
             if owner is not None:
                 # A pid namespace shared with a container already registered
                 # (--pid=container:X, a pod): its readers are that one's; this

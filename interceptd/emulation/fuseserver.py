@@ -28,6 +28,10 @@ Render = Callable[[int, str], bytes]
 # (container key, file path, data, writer's uid, writer's pid) -> bytes taken or -errno.
 Write = Callable[[int, str, bytes, int, int], int]
 MAX_BYTES = 1 << 20  # one rendered file (csrc/fusefs.c MAX_BLOB)
+# A test hook (as INTERCEPTD_DEBUG_STALL_DIR): while <dir>/<path with "/" as "_"> exists,
+# renders of that file wait (after creating <that>.stalled), so the opens waiting for
+# them stay parked: a reader blocked in the server when the daemon is killed.
+STALL_ENV = "INTERCEPTD_DEBUG_RENDER_STALL_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +70,39 @@ class FuseService:
         self.render_errors = 0
         self.render_seconds = 0.0
         self._stopped = False
+        self._adopted = False
+        self._stall_dir = os.environ.get(STALL_ENV) or None
 
     def start(self) -> None:
         os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
         self.server.start(self.mountpoint)
+        self._start_renderers()
+
+    def adopt(self, fd: int, dev: int) -> None:
+        """Take over a predecessor's connection (`fd`, the mount's st_dev `dev`)
+        instead of `start`; nothing is read from it before `serve`. OSError when
+        it cannot be (ESTALE: the mount is another one): `start` afresh then."""
+        self.server.adopt(fd, self.mountpoint, dev)
+        self._adopted = True
+        self._start_renderers()
+
+    def serve(self) -> bool:
+        """After `adopt` (and the containers' registration): the requests the
+        predecessor took and did not answer are queued again by the kernel, then
+        served with the rest. False when the kernel could not resend them."""
+        if not self._adopted:
+            return True
+        resent = True
+        try:
+            self.server.resend()
+        except OSError as e:
+            resent = False
+            log.error("requests a predecessor took were not resent: their readers wait "
+                      "until the mount goes", extra={"fields": {"error": str(e)}})
+        self.server.serve()
+        return resent
+
+    def _start_renderers(self) -> None:
         for i in range(self._nrenderers):
             t = threading.Thread(target=self._loop, name=f"fuse-render-{i}", daemon=True)
             t.start()
@@ -143,8 +176,19 @@ class FuseService:
             result = -errno.EIO
         self.server.write_done(wid, result)
 
+    def _stall(self, path: str) -> None:
+        assert self._stall_dir is not None
+        flag = os.path.join(self._stall_dir, path.replace("/", "_"))
+        if os.path.exists(flag):
+            with open(f"{flag}.stalled", "w"):
+                pass
+            while os.path.exists(flag) and not self._stopped:
+                time.sleep(0.005)
+
     def _render_one(self, key: int, fid: int) -> None:
         path = self.paths[fid]
+        if self._stall_dir is not None:
+            self._stall(path)
         t0 = time.perf_counter()
         try:
             data = self.render(key, path)

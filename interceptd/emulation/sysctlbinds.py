@@ -22,10 +22,21 @@ import threading
 from collections.abc import Iterable
 
 from interceptd.kernel import mountapi
-from interceptd.kernel.consts import CLONE_FS, CLONE_NEWNET, CLONE_NEWNS, PROC_SUPER_MAGIC
+from interceptd.kernel.consts import (
+    CLONE_FS,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    FUSE_SUPER_MAGIC,
+    PROC_SUPER_MAGIC,
+)
 from interceptd.kernel.libc import libc as _libc
 
 _magic = mountapi.fd_fs_type
+
+
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _attach_all(nsfd: int, netfd: int, clones: list[tuple[str, int]], done: list[str],
@@ -43,7 +54,11 @@ def _attach_all(nsfd: int, netfd: int, clones: list[tuple[str, int]], done: list
             errors.append(f"{path}: {e.strerror}")
             continue
         try:
-            if _magic(t) != PROC_SUPER_MAGIC:
+            magic = _magic(t)
+            if magic == FUSE_SUPER_MAGIC and _same_file(t, fd):
+                done.append(path)  # bound by a predecessor from the connection handed over
+                continue
+            if magic != PROC_SUPER_MAGIC:
                 errors.append(f"{path}: not on a procfs")
                 continue
             mountapi.move_mount_to_fd(fd, t, path)

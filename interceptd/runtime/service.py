@@ -32,6 +32,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 from interceptd.kernel.mountapi import UserNamespace
 from interceptd.unixsock import listen_private
@@ -176,10 +177,14 @@ class Service:
         # Threads blocked in accept() (see _acceptor); spawned up to SPARE.
         self._lock = threading.Lock()
         self._idle = 0
+        self._acceptors: set[threading.Thread] = set()
         self._mnt_ns = (0, 0, 0, 0)
         self._settings_cache: dict[tuple, tuple[settingsmod.Settings, str]] = {}
 
-    def start(self) -> Service:
+    def start(self, sock: socket.socket | None = None) -> Service:
+        """Serve runtime.sock: `sock`, a predecessor's listening socket (still bound
+        there; launchers that connected during the restart wait in its backlog), or
+        a new one."""
         if Create.userns_source is None:
             Create.userns_source = UsernsCache()
         if Create.bpf_source is None:
@@ -189,10 +194,14 @@ class Service:
         HostFacts.held = HostFacts.read()
         self._mnt_ns = _mount_ns("self")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        # 0600: preparing a container is root's business.
-        self.sock = listen_private(self.path, 64)
+        if sock is None:
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+            # 0600: preparing a container is root's business.
+            sock = listen_private(self.path, 64)
+        # Acceptors wake every ACCEPT_TICK to see a stop (quiesce keeps the socket).
+        sock.settimeout(self.ACCEPT_TICK)
+        self.sock = sock
         self._replenish()
         return self
 
@@ -210,7 +219,17 @@ class Service:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
+    def quiesce(self, wait: float = 3.0) -> None:
+        """Stop accepting and let the requests being served finish, the socket kept
+        open and bound (a hand-over: launchers connecting from now on wait in its
+        backlog for the successor instead of falling back)."""
+        self._stop.set()
+        deadline = time.monotonic() + wait
+        for t in list(self._acceptors):
+            t.join(max(0.0, deadline - time.monotonic()))
+
     SPARE = 2  # idle acceptors kept, so a request never waits for a thread to start
+    ACCEPT_TICK = 0.25
 
     def _replenish(self) -> None:
         """Start acceptors until SPARE are idle."""
@@ -219,8 +238,10 @@ class Service:
                 if self._stop.is_set() or self._idle >= self.SPARE:
                     return
                 self._idle += 1
-            threading.Thread(target=self._acceptor, name="runtime-service",
-                             daemon=True).start()
+                t = threading.Thread(target=self._acceptor, name="runtime-service",
+                                     daemon=True)
+                self._acceptors.add(t)
+            t.start()
 
     def _acceptor(self) -> None:
         """Accept and serve, in a loop: the thread blocked in accept() serves the
@@ -228,9 +249,18 @@ class Service:
         already wait there. Sequential container starts thus create no threads; only
         a burst does, when the last idle acceptor takes a request."""
         assert self.sock is not None
+        try:
+            self._accept_loop(self.sock)
+        finally:
+            with self._lock:
+                self._acceptors.discard(threading.current_thread())
+
+    def _accept_loop(self, sock: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 with self._lock:
                     self._idle -= 1

@@ -1,12 +1,16 @@
 """Restarts without loss (issue 14, item 2): containers loop over notified calls (one
-answered by a Python handler, one by the verdict table) while the daemon is SIGKILLed
-and restarted by a peer playing systemd with its fd store, or hands over to a successor
-(`interceptctl restart`, SIGHUP). Every call must get its right answer: no ENOSYS, no
-wrong value."""
+answered by a Python handler, one by the verdict table) and reads of emulated /proc
+files (two bound from the daemon's FUSE tree as interceptd-runc binds them, one /proc/sys
+value the daemon binds itself) while the daemon is SIGKILLed and restarted by a peer
+playing systemd with its fd store, or hands over to a successor (`interceptctl restart`,
+SIGHUP). Every call must get its right answer: no ENOSYS, no wrong value, no failed read
+(the FUSE connection is handed over: tests/integration/test_restart_fuse.py has the
+reader caught in the server)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -31,6 +35,13 @@ N = int(os.environ.get("INTERCEPTD_RESTART_CONTAINERS", "20"))
 LOOP_SECONDS = 10 + N // 2  # every container still loops when the daemon is killed
 INTERCEPTCTL = INTERCEPTD.parent / "interceptctl"
 LINE = re.compile(r"calls=(\d+) ok=(\d+) bad=(\d+) enosys=(\d+) max_us=(\d+) max_at_ms=(\d+)")
+READS = re.compile(r"reads=(\d+) read_bad=(\d+) read_max_us=(\d+) read_first_err=(\d+)")
+# Bound from the tree below (as interceptd-runc binds them) and, /proc/sys/kernel/panic,
+# by the daemon at attach (emulation/sysctlbinds.py).
+BOUND = ("/proc/meminfo", "/proc/uptime")
+SYSCTL = "/proc/sys/kernel/panic"
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND, MNT_DETACH = 4096, 2
 
 
 def _config() -> str:
@@ -51,22 +62,55 @@ def peer_daemon(workdir: Path) -> Iterator[PeerDaemon]:
 
 
 @contextlib.contextmanager
+def tree_clone(d: PeerDaemon, where: Path) -> Iterator[Path]:
+    """The daemon's FUSE tree bound at `where` (0711): the container's root cannot walk
+    the state dir (0700), as for interceptd-runc's clone (docs/runtime.md)."""
+    where.mkdir(mode=0o711)
+    src = str(d.state_dir / "fs").encode()
+    if _libc.mount(src, str(where).encode(), None, MS_BIND, None) != 0:
+        raise OSError(ctypes.get_errno(), f"bind {src!r}")
+    try:
+        yield where
+    finally:
+        _libc.umount2(str(where).encode(), MNT_DETACH)  # no stat: nothing waits on FUSE
+        where.rmdir()
+
+
+def _sysctl_bound(pid: int) -> bool:
+    """Whether the daemon's bind of SYSCTL is in the container's mount namespace."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/mountinfo") as f:
+        return any(ln.split()[4] == SYSCTL and "fuse.interceptd" in ln for ln in f)
+    return False
+
+
+@contextlib.contextmanager
 def looping(runtime: Runtime, bundle_factory: Callable[..., Any], d: PeerDaemon,
             new_id: Callable[[str], str], n: int) -> Iterator[list[tuple[str, Any, int]]]:
-    """n containers running restart_loop, each with its own Python-path answer."""
+    """n containers running restart_loop, each with its own Python-path answer, reading
+    the emulated files in each turn."""
     with contextlib.ExitStack() as stack:
+        tree = stack.enter_context(tree_clone(d, d.state_dir.parent / f"emul-{new_id('t')}"))
         out = []
         for i in range(n):
             answer = 1000 + i
             b = bundle_factory(
                 args=["restart_loop", str(LOOP_SECONDS), str(NR_SYSFS), str(answer),
-                      str(NR_ACCT), str(FAST_VALUE)],
+                      str(NR_ACCT), str(FAST_VALUE), *BOUND, SYSCTL],
                 notify=["sysfs", "acct"], listener_path=d.listener_path,
-                annotations={ANNOTATION: f"value:{answer}"})
+                annotations={ANNOTATION: f"value:{answer}"},
+                extra_mounts=[{"destination": p, "type": "bind", "source": f"{tree}{p}",
+                               "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
+                              for p in BOUND])
             cid = stack.enter_context(runtime.started(b, new_id("rst")))
             out.append((cid, b, answer))
         for cid, _, _ in out:
             d.wait_container(cid)
+        deadline = time.monotonic() + 10
+        for cid, _, _ in out:
+            pid = runtime.state(cid)["pid"]
+            while not _sysctl_bound(pid):
+                assert time.monotonic() < deadline, f"{SYSCTL} not bound in {cid}"
+                time.sleep(0.02)
         yield out
 
 
@@ -157,8 +201,13 @@ def _results(runtime: Runtime, d: PeerDaemon,
                     ln for ln in d.log().splitlines(True)[-400:] if "debug" not in ln))
             time.sleep(0.1)
         calls, ok, bad, enosys, max_us, max_at = map(int, m.groups())
+        while not (r := READS.search(output(b)[0])):
+            assert time.monotonic() < deadline, output(b)
+            time.sleep(0.05)
+        reads, read_bad, read_max_us, read_err = map(int, r.groups())
         res.append({"calls": calls, "ok": ok, "bad": bad, "enosys": enosys,
-                    "max_us": max_us, "max_at_ms": max_at})
+                    "max_us": max_us, "max_at_ms": max_at, "reads": reads,
+                    "read_bad": read_bad, "read_max_us": read_max_us, "read_err": read_err})
     return res
 
 
@@ -171,9 +220,14 @@ def _check(res: list[dict[str, int]], d: PeerDaemon) -> None:
     for r in res:
         assert r["bad"] == 0 and r["enosys"] == 0, f"{r}\n{d.log()[-6000:]}"
         assert r["calls"] == r["ok"] > 100
+        # No emulated read failed: not ENOTCONN (a connection lost), not EIO (a reader
+        # the successor did not know in time), not nothing.
+        assert r["read_bad"] == 0 and r["reads"] > 100, f"{r}\n{d.log()[-6000:]}"
     pause = max(r["max_us"] for r in res) / 1000
+    read_pause = max(r["read_max_us"] for r in res) / 1000
     print(f"containers={len(res)} calls={sum(r['calls'] for r in res)} "
-          f"longest pause {pause:.1f} ms")
+          f"longest pause {pause:.1f} ms; reads={sum(r['reads'] for r in res)} "
+          f"longest /proc read {read_pause:.1f} ms")
 
 
 def test_crash_under_load(runtime: Runtime, bundle_factory: Callable[..., Any],
@@ -183,6 +237,7 @@ def test_crash_under_load(runtime: Runtime, bundle_factory: Callable[..., Any],
         time.sleep(1.5)
         stored = d.peer.stored_names()
         assert "journal" in stored and "listener" in stored and "control" in stored
+        assert "runtime" in stored and sum(n.startswith("fuse-") for n in stored) == 1
         assert sum(n.startswith("nfy-") for n in stored) >= N
         before = {c["id"]: c["calls"] for c in d.control("containers")["containers"]}
         old = d.pid
