@@ -29,11 +29,12 @@ PKG = "interceptd"
 STATE = Path("/run/interceptd")  # the postinst's state dir, as in production
 INTERCEPTCTL = "/usr/bin/interceptctl"
 DROP_IN = Path("/usr/share/interceptd/systemd/docker.service.d/interceptd.conf")
-# Vetted mounts (the native helper) and emulated sysinfo (busybox uptime), each checked;
-# /count lets the test see progress from outside.
+# Vetted mounts (the native helper), emulated sysinfo (busybox uptime) and an emulated
+# /proc file (the FUSE tree, handed over too), each checked; /count shows progress.
 LOOP = ("mkdir -p /mnt; n=0; while [ ! -e /stop ]; do "
         "mount -t tmpfs t /mnt 2>&1 || echo FAIL-mount; umount /mnt 2>&1 || echo FAIL-umount; "
         "uptime >/dev/null || echo FAIL-sysinfo; "
+        "head -c 64 /proc/meminfo >/dev/null || echo FAIL-proc; "
         "n=$((n+1)); echo $n > /count; done; echo loops=$n")
 
 if dockerd.DOCKERD is None or dockerd.DOCKER is None:  # pragma: no cover - in the set-up
