@@ -12,7 +12,7 @@ Protocol (one connection per container start):
   -> {"argv": [...], "cwd": "...", "env": {"INTERCEPTD_RUNTIME": ...}}\\n
   <- "OK <n>[ timens=<what>]\\n" + n NUL-terminated strings (runtime path, argv0,
      args...); timens: the time namespace the runtime's process makes or joins
-     before its exec (timens.py: "new", or "<pid>:<nsfs inode>")
+     before its exec (timens.py: "new:<pin>" or "join:<pin>")
      | "ERR <message>\\n" (a refusal: argv.parse's, or the rewrite's)
      | "FALLBACK\\n" (run the Python entry instead)
   -> "RC <status>\\n"          (after the runtime exited)
