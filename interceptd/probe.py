@@ -130,6 +130,10 @@ def probe(bcc: bool = True, btf: bool = True) -> dict[str, Any]:
         "idmapped_mounts": _syscall_exists(NR_MOUNT_SETATTR),
         "cgroup2": cgroup2_mount() or "no cgroup2 mount",
         "fuse": os.path.exists("/dev/fuse") or "no /dev/fuse",
+        # interceptd-runc gives each container its own clocks (runtime/timens.py);
+        # without, containers keep the host's boot clock (uptime stays emulated).
+        "time_namespaces": (os.path.exists("/proc/self/ns/time")
+                            or "no (CONFIG_TIME_NS, Linux >= 5.6)"),
         "fuse_passthrough": _kernel_config("CONFIG_FUSE_PASSTHROUGH"),
         "bpf_tracepoints": bpfprobe.tracepoint(),
         "bpf_raw_tracepoints": bpfprobe.raw_tracepoint(),

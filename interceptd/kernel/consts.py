@@ -97,6 +97,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080  # Linux 5.6
 CLONE_FS = 0x00000200  # unshare(2): a thread's own root/cwd before setns(CLONE_NEWNS)
 # What the namespace executor enters for every mount-family call: the caller's user
 # namespace (its root's capabilities over the mount namespace) and mount namespace.

@@ -14,21 +14,33 @@
  *   CMD_REFUSE anything else, or anything it cannot parse: the Python shim,
  *              which refuses with the reason (stderr and the runtime's --log).
  *
+ * The service's OK line may name a time namespace for the runtime (timens.py): the
+ * runtime's child is put into it just before the exec (time_ns(), below).
+ *
  * Build-time constants: INTERCEPTD_PYTHON (interpreter) and INTERCEPTD_PKGROOT
  * (the directory holding the interceptd package). INTERCEPTD_DECIDE_ONLY builds
  * a variant that prints its decision and exits (the parity test's).
  */
+#define _GNU_SOURCE /* unshare, setns */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
 
 #ifndef INTERCEPTD_PYTHON
 #error "define INTERCEPTD_PYTHON"
@@ -339,6 +351,172 @@ static int init_in_own_cgroup2(char **args)
 	return placed;
 }
 
+/*
+ * Time namespaces (timens.py has the why): create/run get one of their own, made by
+ * this (single-threaded) child before it execs the runtime, so the runtime, runc init
+ * and the container are all in it (execve moves the caller into time_for_children).
+ * Its monotonic and boot clocks start at the fraction of a second the host's are past
+ * a whole second. It is pinned (a bind mount of the nsfs file) where every later
+ * runtime command on the container joins it: runc and crun check an init's start time,
+ * which the kernel shows relative to the reader's time namespace, against the one they
+ * read at create, inside it.
+ */
+static int pin_time_ns(const char *path)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		return -1;
+	*slash = '\0';
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return -1;
+	for (int i = 0; i < 16 && umount2(path, MNT_DETACH) == 0; i++)
+		; /* whatever a killed create of the same id left there */
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return -1;
+	close(fd);
+	if (mount("/proc/self/ns/time_for_children", path, NULL, MS_BIND, NULL) < 0) {
+		int e = errno;
+		unlink(path); /* a plain file there would fail every later join */
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
+/* A kernel without CONFIG_TIME_NS (EINVAL) keeps today's behaviour; so does any other
+ * refusal, with a warning. */
+static int time_ns_new(const char *pin)
+{
+	struct timespec mono, boot;
+	char buf[96];
+	int own = open("/proc/self/ns/time", O_RDONLY | O_CLOEXEC);
+	if (own < 0)
+		return 0; /* no time namespaces */
+	if (unshare(CLONE_NEWTIME) < 0) {
+		if (errno != EINVAL)
+			fprintf(stderr, "interceptd-runc: warning: no time namespace: unshare: %s\n",
+				strerror(errno));
+		close(own);
+		return 0;
+	}
+	/* Whole seconds: the kernel refuses an offset that makes a clock negative. */
+	int fd = -1, ok = clock_gettime(CLOCK_MONOTONIC, &mono) == 0 &&
+			  clock_gettime(CLOCK_BOOTTIME, &boot) == 0;
+	if (ok) {
+		int n = snprintf(buf, sizeof(buf), "monotonic -%lld 0\nboottime -%lld 0\n",
+				 (long long)mono.tv_sec, (long long)boot.tv_sec);
+		fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+		ok = fd >= 0 && write_all(fd, buf, (size_t)n) == 0 && pin_time_ns(pin) == 0;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (!ok) {
+		/* Back to our own: a namespace later commands cannot find would make the
+		 * runtime lose the container. */
+		fprintf(stderr, "interceptd-runc: warning: no time namespace: %s\n",
+			strerror(errno));
+		if (setns(own, CLONE_NEWTIME) < 0) {
+			perror("interceptd-runc: setns back to the host's time namespace");
+			close(own);
+			return -1;
+		}
+	}
+	close(own);
+	return 0;
+}
+
+/* Join the pinned namespace at `pin`, if any. setns(CLONE_NEWTIME) wants a
+ * single-threaded caller: this process is. Fails closed: the runtime would take the
+ * container for stopped. */
+static int time_ns_join(const char *pin)
+{
+	int fd = open(pin, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -1; /* no pin: a container without one */
+	struct stat theirs, ours;
+	int rc = -1;
+	if (fstat(fd, &theirs) == 0 && stat("/proc/self/ns/time", &ours) == 0)
+		rc = theirs.st_ino == ours.st_ino && theirs.st_dev == ours.st_dev ? 0
+			: setns(fd, CLONE_NEWTIME);
+	close(fd);
+	return rc;
+}
+
+/* The "timens=" word of the service's OK line (the rest of the line), applied in the
+ * runtime's child. */
+static int time_ns(const char *header)
+{
+	const char *t = strstr(header, " timens=");
+	if (!t)
+		return 0;
+	t += 8;
+	if (strncmp(t, "new:", 4) == 0)
+		return time_ns_new(t + 4);
+	if (strncmp(t, "join:", 5) == 0 && time_ns_join(t + 5) == 0)
+		return 0;
+	fprintf(stderr, "interceptd-runc: cannot join the container's time namespace (%s): %s\n",
+		t, strerror(errno));
+	return -1;
+}
+
+/* zlib's crc32, as records.container_key uses it. */
+static unsigned long crc32_of(const char *s)
+{
+	unsigned long c = 0xffffffffUL;
+	for (; *s; s++) {
+		c ^= (unsigned char)*s;
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0xedb88320UL : c >> 1;
+	}
+	return c ^ 0xffffffffUL;
+}
+
+/*
+ * A pass-through command naming a container the shim gave a time namespace (state,
+ * start, kill, ...): join it first. The id is the first operand after the command
+ * whose pin exists (timens.pin_path: <state-dir>/runtime/timens/<records key>).
+ */
+static int join_named(int argc, char **argv, const char *cmd)
+{
+	int i = 1;
+	while (i < argc && argv[i] != cmd)
+		i++;
+	const char *root = flag_value(argv, "root");
+	char *owned = NULL;
+	const char *dir = state_dir(&owned);
+	int rc = 0;
+	for (i++; i < argc; i++) {
+		const char *a = argv[i];
+		if (a[0] == '-' || strlen(a) > 1024)
+			continue;
+		char safe[129], pin[PATH_MAX];
+		size_t n = 0;
+		for (; a[n] && n < 128; n++) {
+			unsigned char c = (unsigned char)a[n];
+			int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+				 (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+			safe[n] = ok ? (char)c : '_';
+		}
+		safe[n] = '\0';
+		if ((size_t)snprintf(pin, sizeof(pin), "%s/runtime/timens/%s.%08lx", dir, safe,
+				     crc32_of(root ? root : "")) >= sizeof(pin))
+			continue;
+		struct stat st;
+		if (lstat(pin, &st) < 0)
+			continue;
+		rc = time_ns_join(pin);
+		if (rc < 0)
+			fprintf(stderr, "interceptd-runc: cannot join the time namespace of %s: %s\n",
+				a, strerror(errno));
+		break;
+	}
+	free(owned);
+	return rc;
+}
+
 static volatile pid_t child_pid;
 
 static void relay(int sig)
@@ -424,6 +602,8 @@ static int via_service(int argc, char **argv, const char *cmd)
 	if (n < 2 || n > 100000)
 		goto fallback_in;
 	size_t start = (size_t)(nl - in.p) + 1;
+	char header[PATH_MAX + 64];
+	snprintf(header, sizeof(header), "%.*s", (int)(nl - in.p), in.p);
 	for (;;) {
 		long nuls = 0;
 		for (size_t i = start; i < in.len; i++)
@@ -448,6 +628,8 @@ static int via_service(int argc, char **argv, const char *cmd)
 		return 1;
 	}
 	if (child_pid == 0) {
+		if (time_ns(header) < 0)
+			_exit(1);
 		set_guard("");
 		execv(args[0], args + 1);
 		fprintf(stderr, "interceptd-runc: cannot exec %s: %s\n", args[0], strerror(errno));
@@ -568,8 +750,11 @@ int main(int argc, char **argv)
 			"to the path of runc or crun)\n");
 		return 1;
 	}
-	if (kind == CMD_PASS)
+	if (kind == CMD_PASS) {
+		if (cmd && join_named(argc, argv, cmd) < 0)
+			return 1;
 		return exec_runtime(argv);
+	}
 	const char *no_service = getenv("INTERCEPTD_RUNC_NO_SERVICE");
 	if (kind == CMD_SHIM && !(no_service && *no_service)) {
 		int rc = via_service(argc, argv, cmd);

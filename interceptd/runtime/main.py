@@ -42,12 +42,15 @@ def _delete(inv: argvmod.Invocation, st: settingsmod.Settings):
 def _forwarded(job) -> int:
     """The runtime as a child: the job finishes (rolls back, tears down) after it."""
     args = job.prepare()
-    return job.finish(procs.run_forwarding(procs.runtime_cmd(job.st, args), job.st.runtime))
+    return job.finish(procs.run_forwarding(procs.runtime_cmd(job.st, args), job.st.runtime,
+                                           getattr(job, "timens", None)))
 
 
 def _replaced(job) -> int:
     """The runtime in place of this process: nothing to do after it."""
-    procs.exec_runtime(job.st.runtime, procs.runtime_cmd(job.st, job.prepare()))
+    args = job.prepare()
+    procs.exec_runtime(job.st.runtime, procs.runtime_cmd(job.st, args),
+                       getattr(job, "timens", None))
     return 1  # not reached
 
 

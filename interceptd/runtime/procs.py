@@ -13,7 +13,8 @@ from . import settings as settingsmod
 GUARD_ENV = "INTERCEPTD_RUNC_GUARD"
 
 
-def spawn(cmd: list[str], executable: str, quiet: bool = False) -> int:
+def spawn(cmd: list[str], executable: str, quiet: bool = False,
+          timens: str | None = None, stdout: int | None = None) -> int:
     # fork+exec by hand: the subprocess module costs more to import than it saves.
     pid = os.fork()
     if pid == 0:
@@ -22,15 +23,22 @@ def spawn(cmd: list[str], executable: str, quiet: bool = False) -> int:
                 fd = os.open(os.devnull, os.O_RDWR)
                 for n in (0, 1, 2):
                     os.dup2(fd, n)
-            exec_runtime(executable, cmd)
+            if stdout is not None:
+                os.dup2(stdout, 1)
+            exec_runtime(executable, cmd, timens)
         finally:
             os._exit(127)
     return pid
 
 
-def exec_runtime(executable: str, cmd: list[str]) -> None:
+def exec_runtime(executable: str, cmd: list[str], timens: str | None = None) -> None:
     """execv the real runtime, marked (GUARD_ENV) so that a runtime that turns out
-    to be interceptd-runc itself refuses instead of looping."""
+    to be interceptd-runc itself refuses instead of looping; in the time namespace
+    `timens` names (timens.py) when given."""
+    if timens is not None:
+        from .timens import enter
+
+        enter(timens)
     os.environ[GUARD_ENV] = str(os.getpid())
     os.execv(executable, cmd)
 
@@ -45,9 +53,9 @@ def wait(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def run_forwarding(cmd: list[str], executable: str) -> int:
+def run_forwarding(cmd: list[str], executable: str, timens: str | None = None) -> int:
     """Run the real runtime as a child with our fds, relaying signals; its exit status."""
-    pid = spawn(cmd, executable)
+    pid = spawn(cmd, executable, timens=timens)
     relayed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
     old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n)) for s in relayed}
@@ -64,10 +72,11 @@ def runtime_cmd(st: settingsmod.Settings, args: list[str]) -> list[str]:
     return [os.path.basename(st.runtime), *args]
 
 
-def container_exists(st: settingsmod.Settings, inv: argvmod.Invocation, cid: str) -> bool:
-    cmd = []
+def _state_cmd(st: settingsmod.Settings, inv: argvmod.Invocation, cid: str) -> list[str]:
     root = inv.global_value("root")
-    if root:
-        cmd += ["--root", root]
-    cmd += ["state", cid]
-    return wait(spawn(runtime_cmd(st, cmd), st.runtime, quiet=True)) == 0
+    return runtime_cmd(st, [*(["--root", root] if root else []), "state", cid])
+
+
+def container_exists(st: settingsmod.Settings, inv: argvmod.Invocation, cid: str,
+                     timens: str | None = None) -> bool:
+    return wait(spawn(_state_cmd(st, inv, cid), st.runtime, quiet=True, timens=timens)) == 0

@@ -10,7 +10,9 @@ name other files here), the launcher falls back to the Python entry.
 
 Protocol (one connection per container start):
   -> {"argv": [...], "cwd": "...", "env": {"INTERCEPTD_RUNTIME": ...}}\\n
-  <- "OK <n>\\n" + n NUL-terminated strings (runtime path, argv0, args...)
+  <- "OK <n>[ timens=<what>]\\n" + n NUL-terminated strings (runtime path, argv0,
+     args...); timens: the time namespace the runtime's process makes or joins
+     before its exec (timens.py: "new:<pin>" or "join:<pin>")
      | "ERR <message>\\n" (a refusal: argv.parse's, or the rewrite's)
      | "FALLBACK\\n" (run the Python entry instead)
   -> "RC <status>\\n"          (after the runtime exited)
@@ -345,7 +347,9 @@ class Service:
             return
         cmd = runtime_cmd(st, run_args)
         out = [st.runtime, *cmd]
-        conn.sendall(f"OK {len(out)}\n".encode() + b"".join(os.fsencode(a) + b"\0" for a in out))
+        ns = getattr(job, "timens", None)
+        head = f"OK {len(out)}" + (f" timens={ns}" if ns else "")
+        conn.sendall(f"{head}\n".encode() + b"".join(os.fsencode(a) + b"\0" for a in out))
         ph.mark("reply")
         ph.write(cid=inv.container_id or "", command=inv.command or "")
         if isinstance(job, Create) and job.rec is not None and \

@@ -10,7 +10,8 @@ import sys
 from interceptd.probe import probe
 
 FEATURES = {"user_notif", "sync_wakeup", "addfd_send", "wait_killable_recv", "user_namespaces",
-            "idmapped_mounts", "cgroup2", "fuse", "fuse_passthrough", "bpf_tracepoints",
+            "idmapped_mounts", "cgroup2", "fuse", "fuse_passthrough", "time_namespaces",
+            "bpf_tracepoints",
             "bpf_raw_tracepoints", "bpf_lsm", "bpf_fentry", "tracefs", "kernel_headers", "bcc",
             "bcc_compile", "bcc_headers"}
 
@@ -22,6 +23,7 @@ def test_probe_reports_every_feature_with_a_usable_value():
     # What every test of this suite relies on: probed, not assumed.
     assert feats["user_notif"] is True and feats["user_namespaces"] is True
     assert feats["idmapped_mounts"] is True
+    assert feats["time_namespaces"] is True  # Linux 6.18, CONFIG_TIME_NS
     assert feats["wait_killable_recv"] is True and feats["addfd_send"] is True  # Linux 6.18
     assert isinstance(feats["cgroup2"], str) and os.path.isdir(feats["cgroup2"])
     # What the eBPF layer needs, all there on this host (the Makefile links the headers).

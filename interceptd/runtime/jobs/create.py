@@ -74,6 +74,8 @@ class Create:
         # The digest of a seccomp section the runtime compiles itself in this create,
         # whose result the service collects afterwards (bpfcache).
         self.bpf_digest: str | None = None
+        # The time namespace the runtime runs in (timens.py): one of its own.
+        self.timens: str | None = None
 
     def _abs(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
@@ -95,6 +97,10 @@ class Create:
 
         cgdelegate.undo(getattr(self, "delegated", []))
         host.teardown(self.rec)
+        if self.cid:
+            from .. import timens
+
+            timens.unpin(self.st, self.inv.global_value("root"), self.cid)
         # Record first, range second: a record never outlives its hold on the id
         # range, so a stale one can never tear down the range's next holder's mounts.
         self.store.remove(self.key)
@@ -131,6 +137,9 @@ class Create:
         inv, st, cid = self.inv, self.st, self.cid
         if not cid:  # argv.parse refuses this already
             raise Fail(f"{inv.command}: no container id")
+        from .. import timens
+
+        self.timens = timens.for_create(st, inv.global_value("root"), cid)
         ph = self.phases
         bundle, cfg_path, orig_bytes, spec, was_rewritten = read_spec(inv, self.cwd)
         self.cfg_path = cfg_path
@@ -154,11 +163,13 @@ class Create:
                                          st.range_size)
         stale = store.load(key)
         if stale is not None:
-            if container_exists(st, inv, cid):
+            if container_exists(st, inv, cid,
+                                timens.for_command(st, inv.global_value("root"), cid)):
                 # Touch nothing of the live one; and never hand the runtime the
                 # unrewritten config (it could be gone by the time it looks).
                 raise Fail(f"container {cid} already exists")
             host.teardown(stale)
+            timens.unpin(st, inv.global_value("root"), cid)
             store.remove(key)
             pool.release(key)
 
@@ -250,7 +261,10 @@ class Create:
         if rec is None:
             return rc
         if rc != 0:
-            if not container_exists(st, self.inv, self.cid or ""):
+            from .. import timens
+
+            pinned = timens.for_command(st, self.inv.global_value("root"), self.cid)
+            if not container_exists(st, self.inv, self.cid or "", pinned):
                 self._undo()
                 restore_config(self.cfg_path)
             return rc

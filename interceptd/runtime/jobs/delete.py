@@ -18,19 +18,25 @@ class Delete:
         self.inv = inv
         self.st = st
         self.cid = inv.container_id
+        # The container's time namespace, which the runtime reads its state in (timens.py).
+        self.timens: str | None = None
 
     def prepare(self) -> list[str]:
+        from .. import timens
+
         if not self.cid:  # argv.parse refuses this already
             raise Fail("delete: no container id")
+        self.timens = timens.for_command(self.st, self.inv.global_value("root"), self.cid)
         return list(self.inv.argv)
 
     def finish(self, rc: int) -> int:
-        from .. import host, idpool, records
+        from .. import host, idpool, records, timens
 
         st, inv, cid = self.st, self.inv, self.cid
         assert cid is not None
-        if rc != 0 and container_exists(st, inv, cid):
+        if rc != 0 and container_exists(st, inv, cid, self.timens):
             return rc
+        pin_problems = timens.unpin(st, inv.global_value("root"), cid)
         key = records.container_key(inv.global_value("root"), cid)
         store = records.RecordStore(os.path.join(st.runtime_dir, "containers"))
         pool = idpool.IdPool(st.runtime_dir, st.id_pool_start, st.id_pool_ranges,
@@ -41,7 +47,7 @@ class Delete:
             if os.path.exists(pool.path):
                 pool.release(key)
             return rc
-        problems = host.teardown(rec)
+        problems = host.teardown(rec) + pin_problems
         if rec.config_rewritten and (rec.config_path or rec.bundle):
             restore_config(rec.config_path or os.path.join(rec.bundle, "config.json"))
         store.remove(key)  # before the release: see Create._undo

@@ -1,7 +1,9 @@
-"""exec: caps the host cannot grant are dropped from --cap and --process.
+"""exec: caps the host cannot grant are dropped from --cap and --process, and the
+runtime joins the container's time namespace (timens.py) before it runs.
 
 The exec'd process needs nothing else: runc and crun apply the container's
-seccomp filter and send its notify fd to the listener themselves.
+seccomp filter and send its notify fd to the listener themselves, and join its
+other namespaces.
 """
 
 from __future__ import annotations
@@ -25,9 +27,15 @@ class Exec:
         # in_place: rewrite the --process file itself (atomically), for a caller in
         # another process (the prepare service); otherwise hand a memfd over.
         self.in_place = in_place
+        # The container init's time namespace, which the runtime joins (timens.py).
+        self.timens: str | None = None
 
     def prepare(self) -> list[str]:
         from .. import spec as sp
+        from .. import timens
+
+        self.timens = timens.for_command(self.st, self.inv.global_value("root"),
+                                         self.inv.container_id)
 
         bounding = HostFacts.bounding_set()
         flags: list[argvmod.Flag] = []
