@@ -203,8 +203,12 @@ class Daemon:
         self._on_message = ho.wrap(dispatcher.on_message)
         if ho.inherited or os.path.isdir(ho.dir):  # no fds: stale records are dropped
             t0 = time.monotonic()
-            ho.adopt(dispatcher.on_message)  # records and store entries exist already
-            ho.replay(answer_through(dispatcher))
+            dispatcher.hold()
+            try:
+                ho.adopt(dispatcher.on_message)  # records and store entries exist already
+                ho.replay(answer_through(dispatcher))
+            finally:
+                dispatcher.release()
             ho.adopted.pause_ms = round((time.monotonic() - t0) * 1000, 1)
             ho.adopted.since_exec_ms = since_start_ms()
             log.info("re-adopted", extra={"fields": vars(ho.adopted)})

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from interceptd.ocistate import ProcessState
 from interceptd.policystore import PolicyStore
 from interceptd.seams import Channel
 
@@ -36,6 +37,14 @@ class Container:
     # pid -> comm, read from /proc when a pid is first seen (events name the
     # caller even once it has exited); best effort, bounded, not persisted.
     comms: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def sent(self, st: ProcessState) -> bool:
+        """Whether a message for this id comes from this very container: a second init
+        message for a live id is another container reusing the id; exec messages are
+        checked on what they carry (crun sends pid 0 and bundle ".", runc the init's)."""
+        if st.is_init or (st.state.pid and st.state.pid != self.init_pid):
+            return False
+        return st.state.bundle in ("", ".") or st.state.bundle == self.bundle
 
     def comm(self, pid: int, read: Callable[[int], str]) -> str:
         name = self.comms.get(pid)
