@@ -233,7 +233,10 @@ def _check(res: list[dict[str, int]], d: PeerDaemon) -> None:
 def test_crash_under_load(runtime: Runtime, bundle_factory: Callable[..., Any],
                           peer_daemon: PeerDaemon, new_id: Callable[[str], str]) -> None:
     d = peer_daemon
-    with looping(runtime, bundle_factory, d, new_id, N) as cs:
+    mb = _mount_loop(bundle_factory, d)  # and one container looping over vetted mounts
+    with looping(runtime, bundle_factory, d, new_id, N) as cs, \
+            runtime.started(mb, new_id("mnt")) as mcid:
+        d.wait_container(mcid)
         time.sleep(1.5)
         stored = d.peer.stored_names()
         assert "journal" in stored and "listener" in stored and "control" in stored
@@ -254,12 +257,13 @@ def test_crash_under_load(runtime: Runtime, bundle_factory: Callable[..., Any],
         d.start()
         assert d.pid != old
         st = d.control("status")
-        assert st["handover"]["containers"] == N, st["handover"]
+        assert st["handover"]["containers"] == N + 1, st["handover"]
         print("handover:", st["handover"])
         time.sleep(1.0)  # the loops run on (LOOP_SECONDS)
         now = {c["id"]: c["calls"] for c in d.control("containers")["containers"]}
-        assert set(now) == {cid for cid, _, _ in cs}
+        assert set(now) == {cid for cid, _, _ in cs} | {mcid}
         res = _results(runtime, d, cs)
+        _check_mount_loop(mb, d)  # no mount or umount failed across the kill
     _check(res, d)
     # Counts add up: what the old daemon answered before the kill and the new one
     # after cover every call the container made (the calls in between were answered
