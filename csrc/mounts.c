@@ -192,6 +192,36 @@ static int mount_kind(uint64_t uid, uint32_t *id, uint64_t *parent, char fstype[
   return 0;
 }
 
+/* Filesystem types of parent mounts, by unique mount id: such an id is never
+ * reused while the system runs (a 64-bit counter) and a mount's superblock
+ * never changes, so an entry can never go stale (which mount is whose parent
+ * can: that is read anew each time).  A container unmounting what it mounted
+ * meets the same few parents over and over: one statmount per umount instead
+ * of two.  Helpers are single-threaded. */
+#define PARENTS 32
+static struct {
+  uint64_t uid;
+  char fstype[64];
+} parents[PARENTS];
+
+static int parent_kind(uint64_t uid, char fstype[64])
+{
+  unsigned slot = (unsigned)(uid % PARENTS);
+  uint64_t pparent;
+  uint32_t id;
+  int r;
+
+  if (uid && parents[slot].uid == uid) {
+    strcpy(fstype, parents[slot].fstype);
+    return 0;
+  }
+  if ((r = mount_kind(uid, &id, &pparent, fstype)))
+    return r;
+  parents[slot].uid = uid;
+  strcpy(parents[slot].fstype, fstype);
+  return 0;
+}
+
 /* "/" of this process, opened once (helpers never change their root). */
 static int root_fd(void)
 {
@@ -216,8 +246,8 @@ int icd_umount_vetted(const char *path, int flags, int *res)
   char dir[4096], type[64], ptype[64];
   const char *last;
   struct statx stx;
-  uint64_t parent, pparent, uid;
-  uint32_t id, pid_;
+  uint64_t parent, uid;
+  uint32_t id;
   size_t len;
   int dfd = -1, r, err, has_parent = 0;
 
@@ -250,7 +280,7 @@ int icd_umount_vetted(const char *path, int flags, int *res)
   if (mount_kind(uid, &id, &parent, type))
     goto python;
   if (parent != uid) {
-    r = mount_kind(parent, &pid_, &pparent, ptype);
+    r = parent_kind(parent, ptype);
     if (r && r != -ENOENT) /* ENOENT: the namespace's root, no parent here */
       goto python;
     has_parent = !r;

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -154,6 +155,60 @@ int icd_native_next(struct icd_native *nv, int fd, struct seccomp_notif *n)
   return ICD_NATIVE_GONE;
 }
 
+/* The i-th NUL-separated string of a packed reason, "" past its end. */
+static const char *quoted(const char *packed, int cap, int i)
+{
+  int at = 1;
+
+  while (i-- > 0 && at < cap)
+    at += (int)strnlen(packed + at, (size_t)(cap - at)) + 1;
+  return at < cap ? packed + at : "";
+}
+
+static const char *errname(int err)
+{
+  const char *s = strerrorname_np(err);
+  return s ? s : "error";
+}
+
+/* Words a drained record's reason from its code (native_int.h), as the
+ * Python policy words it; cut to the field's size on purpose (paths can be
+ * long).  The error is the record's: its value when the action is ERRNO. */
+static void word_reason(struct icd_decision *d)
+{
+  char out[sizeof d->reason];
+  const char *p = d->reason;
+  const int cap = (int)sizeof d->reason;
+  int code = (unsigned char)p[0], err = d->action == ICD_ACT_ERRNO ? (int)d->value : 0, w = 0;
+
+  switch (code) {
+  case NATIVE_REASON_MOUNT: {
+    const char *fstype = quoted(p, cap, 0), *source = quoted(p, cap, 1);
+    const char *target = quoted(p, cap, 2), *data = quoted(p, cap, 3);
+    int has_source = d->args[0] != 0, has_data = d->args[4] != 0;
+    w = snprintf(out, sizeof out, "%s allowed [%s%s%starget=%s fstype=%s flags=0x%x%s%s]", fstype,
+                 has_source ? "source=" : "", has_source ? source : "", has_source ? " " : "",
+                 target, fstype, icd_vet_mount_flags(d->args[3]), has_data ? " data=" : "",
+                 has_data ? data : "");
+    if (err && w >= 0 && w < cap)
+      snprintf(out + w, sizeof out - w, "; mount: %s", errname(err));
+    break;
+  }
+  case NATIVE_REASON_UMOUNT:
+    w = snprintf(out, sizeof out, "umount of the container's own mount [target=%s flags=0x%x]",
+                 quoted(p, cap, 0), (uint32_t)d->args[1]);
+    if (err && w >= 0 && w < cap)
+      snprintf(out + w, sizeof out - w, "; umount2: %s", errname(err));
+    break;
+  case NATIVE_REASON_SYSINFO:
+    snprintf(out, sizeof out, "sysinfo emulated (shared figures)");
+    break;
+  default:
+    out[0] = 0;
+  }
+  memcpy(d->reason, out, sizeof out);
+}
+
 int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max)
 {
   struct shared *sh = nv->sh;
@@ -164,6 +219,8 @@ int icd_native_drain(struct icd_native *nv, struct icd_decision *out, int max)
   while (n < max && head != tail)
     out[n++] = sh->rec[head++ % RING];
   atomic_store_explicit(&sh->head, head, memory_order_release);
+  for (int i = 0; i < n; i++)
+    word_reason(&out[i]);
   return n;
 }
 

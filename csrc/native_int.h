@@ -22,6 +22,14 @@
 #define MSG_FORWARD 3  /* helper -> daemon: a notification for the daemon */
 #define MSG_DETACHED 4 /* helper -> daemon: the filter has no task left */
 
+/* A record's reason as the helper leaves it: reason[0] is one of these, the
+ * strings it quotes follow (native.c pack_reason); icd_native_drain words it
+ * in the Python policy's words, so the helper formats nothing on its path. */
+#define NATIVE_REASON_NONE 0    /* "" (a table rule) */
+#define NATIVE_REASON_MOUNT 1   /* fstype, source, target, data ("" when absent) */
+#define NATIVE_REASON_UMOUNT 2  /* target */
+#define NATIVE_REASON_SYSINFO 3 /* nothing quoted */
+
 struct msg {
   int32_t kind;
   int32_t err;

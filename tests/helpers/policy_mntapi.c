@@ -19,6 +19,14 @@
  *                                               pairs, P, Q, R, S: percentiles of single
  *                                               pairs, C: CPU time, F: pairs within 2 x S
  *                                               (the fast mode), U, V: each mode's median)
+ *   policy_mntapi ident CHANGE DIR [ARG]        one process: a tmpfs pair on DIR, then CHANGE,
+ *                                               then a tmpfs mount on DIR ("after" step) and
+ *                                               "landed=N" (mounts on DIR in its mountinfo,
+ *                                               -1 unreadable). CHANGE: userns (unshare),
+ *                                               mntns (unshare), setns (ARG: an ns/mnt path),
+ *                                               chroot (ARG: the new root), fschroot (ARG: a
+ *                                               thread sharing our fs_struct chroots there),
+ *                                               caps (drop CAP_SYS_ADMIN), uid (setresuid 1000)
  *
  * Each step prints "STEP ret=R errno=E"; the run stops at the first failing step.
  */
@@ -30,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -58,6 +68,69 @@ static long step(const char *name, long r)
 	printf("%s ret=%ld errno=%d\n", name, r, r < 0 ? errno : 0);
 	fflush(stdout);
 	return r;
+}
+
+static void *do_chroot(void *root)
+{
+	return (void *)(long)chroot(root);
+}
+
+static int mounted_on(const char *dir)
+{
+	char line[4096], a[4096], b[4096];
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	int n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "%*s %*s %*s %4095s %4095s", a, b) == 2 && strcmp(b, dir) == 0)
+			n++;
+	fclose(f);
+	return n;
+}
+
+/* A process the native helper has seen, whose identity then changes: the next
+ * call must be judged on the new one (docs/policy.md, the native helper). */
+static int ident(const char *change, const char *dir, const char *arg)
+{
+	long r = -1;
+
+	if (step("before_mount", mount("t", dir, "tmpfs", 0, NULL)) < 0 ||
+	    step("before_umount", umount2(dir, 0)) < 0)
+		return 0;
+	if (strcmp(change, "userns") == 0) {
+		r = unshare(CLONE_NEWUSER);
+	} else if (strcmp(change, "mntns") == 0) {
+		r = unshare(CLONE_NEWNS);
+	} else if (strcmp(change, "setns") == 0 && arg) {
+		int fd = open(arg, O_RDONLY | O_CLOEXEC);
+		r = fd < 0 ? -1 : setns(fd, CLONE_NEWNS);
+	} else if (strcmp(change, "chroot") == 0 && arg) {
+		r = chroot(arg);
+	} else if (strcmp(change, "fschroot") == 0 && arg) {
+		pthread_t t;
+		void *ret;
+		/* Another thread's chroot moves ours: no call of this thread's own. */
+		if ((errno = pthread_create(&t, NULL, do_chroot, (void *)arg)) == 0 &&
+		    (errno = pthread_join(t, &ret)) == 0)
+			r = (long)ret;
+	} else if (strcmp(change, "caps") == 0) {
+		struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+		struct __user_cap_data_struct data[2];
+
+		r = syscall(SYS_capget, &hdr, data);
+		data[CAP_SYS_ADMIN / 32].effective &= ~(1u << (CAP_SYS_ADMIN % 32));
+		if (r == 0)
+			r = syscall(SYS_capset, &hdr, data);
+	} else if (strcmp(change, "uid") == 0) {
+		r = setresuid(1000, 1000, 1000);
+	}
+	if (step("change", r) < 0)
+		return 0;
+	step("after", mount("t", dir, "tmpfs", 0, NULL));
+	printf("landed=%d\n", mounted_on(dir));
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -147,6 +220,8 @@ int main(int argc, char **argv)
 			step("umount", umount2(argv[3], 0));
 		return 0;
 	}
+	if (strcmp(argv[1], "ident") == 0 && argc >= 4)
+		return ident(argv[2], argv[3], argc > 4 ? argv[4] : NULL);
 	if (strcmp(argv[1], "loop") == 0 && argc >= 4) {
 		long n = strtol(argv[2], NULL, 10), ok = 0, bad = 0;
 		int first = 0;

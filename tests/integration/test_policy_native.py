@@ -231,3 +231,67 @@ def test_daemon_stop_takes_the_helper_along(runtime_factory: Callable[[str], Run
         helper = wait_for(lambda: helper_pid(d.pid))
         assert d.stop() == 0
         wait_for(lambda: not os.path.exists(f"/proc/{helper}"))
+
+
+# (change, its directory, its argument): each run one process the helper sees first as the
+# container's root, then after a change of user namespace, mount namespace, root or
+# credentials (tests/helpers/policy_mntapi.c ident).
+IDENT = [("userns", "/mnt/i1", ""), ("mntns", "/mnt/i2", ""), ("setns", "/mnt/i3", "$ns"),
+         ("chroot", "/mnt/i4", "/c"), ("fschroot", "/mnt/i5", "/c"), ("caps", "/mnt/i6", ""),
+         ("uid", "/mnt/i7", "")]
+
+
+def test_a_changed_identity_is_judged_anew(runtime_factory: Callable[[str], Runtime],
+                                           bundle_factory, daemon: Daemon, new_id):
+    """The helper keeps one thing per caller, its /proc/<pid> fd, and reads the caller's
+    namespaces, root and capabilities on every call: a process whose pair the helper
+    performed, then changed (by a call of its own, or by a thread sharing its root), gets
+    its next mount judged on what it is now: forwarded, and performed where it now stands
+    or refused, never performed by the helper on the old identity."""
+    rt = runtime_factory("runc")
+    cid = new_id("ident")
+    dirs = " ".join(d for _, d, _ in IDENT)
+    runs = "; ".join(f"echo '== {c}'; policy_mntapi ident {c} {d} {a}" for c, d, a in IDENT)
+    outer = " ".join(f"{c}=$(grep -c ' {d} ' /proc/self/mountinfo)" for c, d, _ in IDENT)
+    script = (f"mkdir -p /c {dirs} && mount --bind / /c && "
+              "{ unshare -m --propagation private sleep 120 & } && ns=/proc/$!/ns/mnt && "
+              f"{WARM} && echo warm && while [ ! -e /go ]; do sleep 0.05; done; {runs}; "
+              f"echo outer {outer} chroot_in=$(grep -c ' /c/mnt/i4 ' /proc/self/mountinfo)"
+              f"/$(grep -c ' /c/mnt/i5 ' /proc/self/mountinfo); echo done; exec sleep 60")
+    b = privileged(bundle_factory, daemon, script)
+    with rt.started(b, cid):
+        wait_for(lambda: "warm" in output(b)[0])
+        wait_for(lambda: calls(daemon, cid).get("native", 0) >= 3)
+        time.sleep(0.5)  # the warm-up's last records drained
+        base = calls(daemon, cid)["native"]
+        Path(b.rootfs, "go").touch()
+        wait_for(lambda: "done" in output(b)[0])
+        out = output(b)[0]
+        # Each run's first pair is the helper's: it saw every process as the container's root.
+        want = base + 2 * len(IDENT)
+        wait_for(lambda: calls(daemon, cid).get("native", 0) >= want)
+        time.sleep(0.5)
+        # ... and no mount after a change was: every one went to the Python policy.
+        assert calls(daemon, cid)["native"] == want, (calls(daemon, cid), out)
+    runs_out = {part.split("\n", 1)[0].strip(): parse(part) | {"landed": (
+        int(part.split("landed=")[1].split()[0]) if "landed=" in part else -9, 0)}
+        for part in out.split("== ")[1:]}
+    for change, _, _ in IDENT:
+        got = runs_out[change]
+        assert got["before_mount"] == (0, 0) and got["before_umount"] == (0, 0), (change, out)
+        assert got["change"] == (0, 0), (change, out)
+    # A nested user namespace, no CAP_SYS_ADMIN, another uid: refused, nothing mounted.
+    for change in ("userns", "caps", "uid"):
+        assert runs_out[change]["after"][0] == -1, (change, out)
+    assert runs_out["caps"]["after"] == (-1, EPERM), out
+    assert runs_out["uid"]["after"] == (-1, EPERM), out
+    assert runs_out["userns"]["landed"] == (0, 0), out
+    # Another mount namespace: mounted there, where the caller now stands.
+    for change in ("mntns", "setns"):
+        assert runs_out[change]["after"] == (0, 0), (change, out)
+        assert runs_out[change]["landed"] == (1, 0), (change, out)
+    # Another root (its own chroot, or a thread's): mounted beneath it.
+    for change in ("chroot", "fschroot"):
+        assert runs_out[change]["after"] == (0, 0), (change, out)
+    line = next(ln for ln in out.splitlines() if ln.startswith("outer "))
+    assert line.split()[1:] == [f"{c}=0" for c, _, _ in IDENT] + ["chroot_in=1/1"], out
