@@ -369,6 +369,21 @@ void icd_channel_close(struct icd_channel *ch)
     icd_native_close(atomic_load(&ch->native));
 }
 
+int icd_channel_act_lock(struct icd_channel *ch, int lock)
+{
+  struct icd_native *nv = atomic_load(&ch->native), *expect = NULL;
+
+  if (!nv) { /* no helper yet: the lock must exist before one can start */
+    if (!(nv = icd_native_new(ch->cookie)))
+      return -ENOMEM;
+    if (!atomic_compare_exchange_strong(&ch->native, &expect, nv)) {
+      icd_native_free(nv);
+      nv = expect;
+    }
+  }
+  return icd_native_act(nv, lock);
+}
+
 int icd_channel_quiesce_native(struct icd_channel *ch, int timeout_ms)
 {
   struct icd_native *nv = atomic_load(&ch->native);

@@ -147,6 +147,11 @@ int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, in
  * hand and exits (0; also when there is none), waiting up to timeout_ms (0:
  * only asks); -ETIMEDOUT while it still acts. */
 int icd_channel_quiesce_native(struct icd_channel *ch, int timeout_ms);
+/* The Python path's side of the lock a container's native helper holds while
+ * it vets and performs a mount-family call (lock 1 takes it, 0 releases it):
+ * without it, each could check a path's top mount and then act on the path
+ * after the other unmounted that top.  0 or -errno. */
+int icd_channel_act_lock(struct icd_channel *ch, int lock);
 void icd_channel_close(struct icd_channel *ch);
 void icd_channel_free(struct icd_channel *ch);
 

@@ -425,9 +425,14 @@ static int handle_here(struct helper *h, const struct seccomp_notif *n)
     for (i = 0; i < sizeof vets / sizeof vets[0]; i++)
       if (vets[i].nr == n->data.nr)
         break;
-    if (i == sizeof vets / sizeof vets[0] || vets[i].vet(h, n, &res) != ICD_VET_PERFORMED)
+    if (i == sizeof vets / sizeof vets[0] || icd_native_act_lock(h->sh))
       return 0;
+    if (vets[i].vet(h, n, &res) != ICD_VET_PERFORMED) {
+      pthread_mutex_unlock(&h->sh->act);
+      return 0;
+    }
     icd_journal_mark(h->jfd, n->pid, n->id, res);
+    pthread_mutex_unlock(&h->sh->act);
     send_err = -icd_notify_send(h->fd, n->id, 0, res, 0);
     h->sent_ns = icd_now_ns(CLOCK_MONOTONIC);
     /* Bookkeeping after the answer: the caller runs meanwhile. */

@@ -41,6 +41,9 @@ uint64_t icd_native_count(struct icd_native *nv, int which);
  * the successor never meets a call acted on here but not answered.  Waits up to
  * timeout_ms (0: only asks): 0 once it is gone, -ETIMEDOUT or -errno. */
 int icd_native_quiesce(struct icd_native *nv, int timeout_ms);
+/* lock 1: takes the container's act lock (native_int.h, struct shared) for
+ * the daemon's Python path; 0: releases it.  0 or -errno. */
+int icd_native_act(struct icd_native *nv, int lock);
 void icd_native_close(struct icd_native *nv); /* kills its helper */
 void icd_native_free(struct icd_native *nv);
 

@@ -27,8 +27,18 @@ struct icd_native *icd_native_new(uint64_t cookie)
   struct icd_native *nv = calloc(1, sizeof *nv);
   if (!nv)
     return NULL;
+  pthread_mutexattr_t ma;
+  int bad;
+
   nv->sh = mmap(NULL, sizeof *nv->sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (nv->sh == MAP_FAILED || pthread_mutex_init(&nv->lock, NULL)) {
+  bad = nv->sh == MAP_FAILED || pthread_mutexattr_init(&ma);
+  if (!bad) {
+    bad = pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED)
+          || pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST)
+          || pthread_mutex_init(&nv->sh->act, &ma);
+    pthread_mutexattr_destroy(&ma);
+  }
+  if (bad || pthread_mutex_init(&nv->lock, NULL)) {
     if (nv->sh != MAP_FAILED)
       munmap(nv->sh, sizeof *nv->sh);
     free(nv);
@@ -251,6 +261,13 @@ int icd_native_quiesce(struct icd_native *nv, int timeout_ms)
       return r ? r : -ETIMEDOUT;
     usleep(200);
   }
+}
+
+int icd_native_act(struct icd_native *nv, int lock)
+{
+  if (lock)
+    return icd_native_act_lock(nv->sh);
+  return -pthread_mutex_unlock(&nv->sh->act);
 }
 
 uint64_t icd_native_count(struct icd_native *nv, int which)

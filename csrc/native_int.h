@@ -3,6 +3,7 @@
 #ifndef ICD_NATIVE_INT_H
 #define ICD_NATIVE_INT_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -44,8 +45,23 @@ struct shared {
   _Atomic uint64_t fast;       /* calls it answered by the channel's table */
   _Atomic uint64_t dropped;
   _Atomic int stop; /* a hand-over: finish the call in hand, then exit */
+  /* Held by whoever vets and performs a mount-family call of this container:
+   * the helper, or the daemon's Python path (icd_channel_act_lock).  Both
+   * check what is on top of a path and then act on the path: a umount by the
+   * other in between would make the second unmount what lay beneath (a mask).
+   * Process-shared and robust: a holder that dies leaves it usable. */
+  pthread_mutex_t act;
   struct icd_decision rec[RING];
 };
+
+/* 0 with sh->act held, or -errno. */
+static inline int icd_native_act_lock(struct shared *sh)
+{
+  int r = pthread_mutex_lock(&sh->act);
+  if (r == EOWNERDEAD) /* its holder died: what it guarded is the kernel's state */
+    r = pthread_mutex_consistent(&sh->act);
+  return -r;
+}
 
 struct icd_native {
   pthread_mutex_t lock; /* start, close */

@@ -202,6 +202,11 @@ class Channel:
         is queued: how a waiter with no timeout is told to look up."""
         lib.icd_channel_interrupt(self._ptr)
 
+    def act_lock(self, lock: bool) -> None:
+        """Take (True) or release (False) the lock the native helper holds while it vets
+        and performs a mount-family call; the Python path holds it across its own."""
+        check(lib.icd_channel_act_lock(self._ptr, 1 if lock else 0), "act_lock")
+
     def quiesce_native(self, timeout: float) -> bool:
         """A hand-over's: the native helper finishes the call in hand and exits;
         True once it is gone (or there is none), False if it still acts after

@@ -110,12 +110,19 @@ def locked(req: Request, body: Callable[..., Verdict], *args: object,
     if prepare is not None:
         prepare(req, st)
     fds = Fds()
+    ch = req.container.channel
     with st.lock:
+        # The native helper's too: each of us checks a path's top mount, then acts on
+        # the path; the other's umount in between would bare what lay beneath (a mask).
+        if ch is not None:
+            ch.act_lock(True)
         try:
             return body(req, st, fds, *args)
         except KernelError as e:
             return e.verdict
         finally:
+            if ch is not None:
+                ch.act_lock(False)
             fds.close()
 
 

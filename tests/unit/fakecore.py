@@ -75,6 +75,7 @@ class FakeChannel:
         self.fail_respond: Exception | None = None
         self.native: tuple[list[str], int, int, int] | None = None
         self.quiesced = False
+        self.act_held = False
 
     def set_rule(self, nr: int, action: int, value: int = 0) -> None:
         self.rules[nr] = (action, value)
@@ -110,6 +111,9 @@ class FakeChannel:
 
     def interrupt(self) -> None:
         self.items.put(_KICK)
+
+    def act_lock(self, lock: bool) -> None:
+        self.act_held = lock
 
     def quiesce_native(self, timeout: float) -> bool:
         self.quiesced = True
