@@ -1,5 +1,6 @@
-"""The accept loop the daemon's three Unix-socket servers share (listener.py's seccomp.sock,
-control.py's control.sock, runtime/service.py's runtime.sock).
+"""The daemon's root-only Unix stream endpoints (listener.py's seccomp.sock, control.py's
+control.sock, runtime/service.py's runtime.sock): their sockets and the accept loop they
+share.
 
 Leader/followers: up to `spare` threads wait in accept(); the one that takes a connection
 serves it itself (no hand-off), after starting more acceptors if it was the last idle
@@ -17,14 +18,39 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 
-from interceptd.unixsock import close_and_unlink, listen_private
-
 log = logging.getLogger("interceptd.unixserver")
+
+
+def listen_private(path: str, backlog: int) -> socket.socket:
+    """A listening AF_UNIX socket at `path`, 0600 from the moment it exists: the umask
+    is set around bind, so no other user can connect in the instant before a chmod."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def close_and_unlink(sock: socket.socket | None, path: str) -> None:
+    if sock is not None:
+        sock.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
 
 # After a failed accept (EMFILE, ENOBUFS...): a pause, so the loop does not spin.
 ACCEPT_RETRY = 0.05

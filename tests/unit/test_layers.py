@@ -21,6 +21,7 @@ PKG = ROOT / "interceptd"
 
 KERNEL = ("interceptd.kernel", "interceptd.syscalls")
 EDGES = ("interceptd.daemon", "interceptd.listener", "interceptd.control", "interceptd.cli",
+         "interceptd.unixserver",  # the three socket servers' accept loop
          "interceptd.reload", "interceptd.runtime", "interceptd.checkconfig",
          "interceptd.sdnotify", "interceptd.liveness", "interceptd.metrics",
          "interceptd.metrics_http",
