@@ -174,7 +174,6 @@ class Service(UnixServer):
     # A `run` keeps its connection for the container's life: no cap (runtime.sock is
     # root's only, 0600).
     max_clients = None
-    join_wait = 3.0
 
     def __init__(self, state_dir: str, status=None) -> None:
         self.state_dir = os.path.realpath(state_dir)
