@@ -2,7 +2,9 @@
  * /dev/fuse protocol (linux/fuse.h) by a few C threads.  Files are read-only
  * but for a few /proc/sys values, whose WRITEs are parked and answered by
  * Python (fusefs_ctr.c).  This file: lifecycle; fusefs_proto.c: requests;
- * fusefs_tree.c: the nodes; fusefs_ctr.c: containers and parked requests.
+ * fusefs_tree.c: the nodes; fusefs_ctr.c: containers and parked requests;
+ * fusefs_reply.c: answers and handles (the order they call each other in:
+ * fusefs_int.h).
  *
  * Why raw and not libfuse: the tree is static, so a dozen opcodes do; the
  * raw protocol lets us park an open that waits for a render
@@ -41,7 +43,7 @@ struct icd_fuse *icd_fuse_new(int workers, int wait_ms)
   f->fd = f->procfd = -1;
   f->nworkers = workers;
   f->wait_ms = wait_ms;
-  /* Tells this server's file handles from a predecessor's (fusefs_proto.c). */
+  /* Tells this server's file handles from a predecessor's (fusefs_reply.c). */
   while (!f->epoch)
     if (getrandom(&f->epoch, sizeof f->epoch, 0) < 0 && errno != EINTR) {
       free(f);

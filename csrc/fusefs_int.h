@@ -1,7 +1,8 @@
 /* fusefs internals shared by fusefs.c (lifecycle), fusefs_tree.c (the node
  * table), fusefs_ctr.c (containers, parked requests, renders pushed from
- * Python) and fusefs_proto.c (the /dev/fuse request loop).  Not part of the
- * cffi interface (that is fusefs.h). */
+ * Python), fusefs_proto.c (the /dev/fuse request loop) and fusefs_reply.c
+ * (answers and open-file handles).  Not part of the cffi interface (that is
+ * fusefs.h). */
 #ifndef ICD_FUSEFS_INT_H
 #define ICD_FUSEFS_INT_H
 
@@ -47,7 +48,7 @@
 #define MAX_WRITE ICD_FUSE_MAX_WRITE /* a sysctl value (the kernel takes less than a page) */
 #define TTL_S 3600                   /* names (and directories) never change while mounted */
 /* Open file handles: a table of renders, fh = epoch << 32 | slot + 1
- * (fusefs_proto.c); chunks are never moved, so a READ looks up without a lock. */
+ * (fusefs_reply.c); chunks are never moved, so a READ looks up without a lock. */
 #define HCHUNK 4096
 #define HCHUNKS 1024
 /* linux/fuse.h 7.40 (Linux 6.9): the kernel queues again every request read
@@ -192,16 +193,23 @@ static inline void blob_unref(struct blob *b)
     free(b);
 }
 
+/* The files call one way: fusefs.c (lifecycle) -> fusefs_proto.c (the
+ * request loop) -> fusefs_ctr.c (containers, parked requests) and
+ * fusefs_tree.c (nodes) -> fusefs_reply.c (answers, handles); none calls a
+ * file above it. */
 /* fusefs_proto.c */
+HIDDEN void *fs_worker(void *arg);
+/* fusefs_reply.c */
 HIDDEN int fs_reply_err(struct icd_fuse *f, uint64_t unique, int err);
 HIDDEN int fs_reply(struct icd_fuse *f, uint64_t unique, const void *p, size_t len);
 HIDDEN void fs_reply_open(struct icd_fuse *f, uint64_t unique, struct blob *b);
 HIDDEN void fs_reply_bytes(struct icd_fuse *f, uint64_t unique, struct blob *b, uint64_t off,
                            uint32_t size);
+HIDDEN struct blob *fs_handle_get(struct icd_fuse *f, uint64_t fh);
+HIDDEN struct blob *fs_handle_drop(struct icd_fuse *f, uint64_t fh);
 HIDDEN void fs_free_handles(struct icd_fuse *f);
-HIDDEN void *fs_worker(void *arg);
 /* fusefs_tree.c */
-HIDDEN void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_attr *a);
+HIDDEN void fs_fill_attr(struct icd_fuse *f, uint32_t idx, struct fuse_attr *a);
 HIDDEN int fs_node_of(struct icd_fuse *f, uint64_t nodeid, uint32_t *idx);
 HIDDEN uint32_t fs_child_named(struct icd_fuse *f, uint32_t dir, const char *name, size_t len);
 HIDDEN int fs_new_node(struct icd_fuse *f, uint32_t parent, const char *name, size_t len,

@@ -2,18 +2,11 @@
  * and their attributes. */
 #include "fusefs_int.h"
 
-/* A file's size is that of the reader's container's current bytes (at
- * least 1: 0 would make sendfile see EOF at once, see do_read), or the
- * file's configured size for a reader in no container or before the first
- * render; so readers that trust st_size (fstat, then read that much) get it
- * all.  Hence a file's attributes are never cached (attr_valid 0), which
- * costs nothing on open: without default_permissions the kernel sends no
- * GETATTR for an open. */
-void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_attr *a)
+/* A node's attributes; a file's size is its configured one (fusefs_proto.c
+ * attr_of gives the reader's container's instead). */
+void fs_fill_attr(struct icd_fuse *f, uint32_t idx, struct fuse_attr *a)
 {
   struct node *n = &f->nodes[idx];
-  struct ctr *c;
-  struct blob *b;
 
   memset(a, 0, sizeof *a);
   a->ino = n->id;
@@ -27,11 +20,6 @@ void fs_fill_attr(struct icd_fuse *f, uint32_t idx, uint32_t pid, struct fuse_at
   a->mode = S_IFREG | (f->files[n->file].writable ? 0644 : 0444);
   a->nlink = 1;
   a->size = f->files[n->file].size;
-  if ((c = fs_reader_ctr(f, pid))) {
-    if ((b = c->e[n->file].b))
-      a->size = b->len ? b->len : 1;
-    pthread_mutex_unlock(&f->mu);
-  }
 }
 
 /* Node ids are what the kernel keeps (in its inodes and dentries) across a

@@ -16,18 +16,16 @@ never blocks the daemon.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from interceptd.events import Counters, Event, EventBus
-from interceptd.unixsock import close_and_unlink, listen_private
+from interceptd.unixserver import UnixServer
 
 log = logging.getLogger("interceptd.control")
 
@@ -38,7 +36,16 @@ MAX_CLIENTS = 32
 TRACE_QUEUE = 8192
 
 
-class ControlServer:
+class ControlServer(UnixServer):
+    name = "control"
+    backlog = 32
+    max_clients = MAX_CLIENTS
+    join_wait = 2.0
+    # A hand-over is asked for on a control connection, and an idle client can keep its
+    # connection for IDLE_TIMEOUT: the hand-over waits for neither.
+    drain_on_quiesce = False
+    wake_on_stop = True  # a client blocked reading its next request ends at stop
+
     def __init__(
         self,
         path: str,
@@ -54,7 +61,7 @@ class ControlServer:
         idle_timeout: float = IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
-        self.path = path
+        super().__init__(path)
         self._status = status
         self._containers = containers
         self._bus = bus
@@ -65,80 +72,16 @@ class ControlServer:
         self._restart = restart
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        # Called once per accept-loop turn (the daemon's watchdog liveness).
-        self.on_tick: Callable[[], None] | None = None
-        self._thread: threading.Thread | None = None
-        self._clients: dict[threading.Thread, socket.socket] = {}
-        self._clients_lock = threading.Lock()
 
-    @property
-    def sock(self) -> socket.socket | None:
-        return self._sock
+    def refuse(self, conn: socket.socket) -> None:
+        self._counters.inc("control_errors", "too many clients")
 
-    def start(self, sock: socket.socket | None = None) -> None:
-        """Serve `sock` (a listening socket a predecessor left) or a new one at path."""
-        if sock is not None:
-            sock.settimeout(0.25)
-        self._sock = sock or listen_private(self.path, 32, accept_timeout=0.25)
-        self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
-        self._thread.start()
-
-    def quiesce(self, wait: float = 2.0) -> None:
-        """Stop accepting; the socket stays open (a hand-over: clients wait in its
-        backlog for the successor)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(wait)
-
-    def stop(self, wait: float = 2.0) -> None:
-        """Stop accepting, end every client (a trace gets its end line), unlink."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(wait)
-        close_and_unlink(self._sock, self.path)
-        self._sock = None
-        with self._clients_lock:
-            clients = dict(self._clients)
-        for conn in clients.values():
-            # Wakes a client thread blocked reading its next request; a tracing
-            # one notices the stop flag within its poll interval.
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RD)
-        deadline = time.monotonic() + wait
-        for t in clients:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            if self.on_tick is not None:
-                self.on_tick()
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                time.sleep(0.05)
-                continue
-            if not self._slots.acquire(blocking=False):
-                self._counters.inc("control_errors", "too many clients")
-                conn.close()
-                continue
-            threading.Thread(target=self._client, args=(conn,), name="control-client",
-                             daemon=True).start()
-
-    def _client(self, conn: socket.socket) -> None:
-        me = threading.current_thread()
-        with self._clients_lock:
-            self._clients[me] = conn
+    def handle(self, conn: socket.socket) -> None:
+        """Requests until EOF, an idle timeout, a trace's end or the server's stop (a
+        trace gets its end line)."""
         try:
             reader = _LineReader(conn, self._idle_timeout)
-            while not self._stop.is_set():
+            while not self.stopping:
                 line = reader.readline()
                 if line is None:
                     return
@@ -148,11 +91,6 @@ class ControlServer:
                     return
         except (OSError, _LineTooLong) as e:
             self._counters.inc("control_errors", type(e).__name__)
-        finally:
-            with self._clients_lock:
-                self._clients.pop(me, None)
-            conn.close()
-            self._slots.release()
 
     def serve_line(self, line: bytes, conn: socket.socket) -> bool:
         """Answer one request; False when the connection should end."""
@@ -228,13 +166,13 @@ class ControlServer:
         checked = time.monotonic()
         with self._bus.subscribe(TRACE_QUEUE) as sub:
             self._send(conn, {"ok": True, "trace": True})
-            while not self._stop.is_set() and (count == 0 or sent < count):
+            while not self.stopping and (count == 0 or sent < count):
                 ev = sub.get(timeout=0.5)
                 # Also while events flow that the filter drops: else a client gone
                 # away kept its thread, fd and client slot for as long as they flow.
                 if ev is None or time.monotonic() - checked >= 0.5:
                     checked = time.monotonic()
-                    if self._stop.is_set():
+                    if self.stopping:
                         break
                     if _hung_up(conn):
                         return

@@ -76,7 +76,7 @@ class Dispatcher:
         self.bus = bus
         self.counters = counters
         self._name_of = name_of
-        self._native_arch = native_arch
+        self.native_arch = native_arch
         self._comm_of = comm_of
         self._actions = {
             FAST_CONTINUE: core.ACT_CONTINUE,
@@ -105,7 +105,7 @@ class Dispatcher:
         self._pump: threading.Thread | None = None
         self.exec_wait = EXEC_WAIT
         self.shares = Shares()  # how the workers share the daemon (fairshare.py)
-        self._flag_continue = core.FLAG_CONTINUE
+        self.flag_continue = core.FLAG_CONTINUE
         self._target_gone = core.TargetGone
         self._registered = threading.Condition(registry.lock)  # a container was added
         # For the metrics exporter (read at scrape time): calls by path, syscall
@@ -273,7 +273,7 @@ class Dispatcher:
                     else:
                         if slot.defer():
                             tally.inc("deferred")
-                        self._handle(c, item, decisions, calls)
+                        self.handle(c, item, decisions, calls)
                 pause = slot.end(stopping)
                 if pause > 0:
                     tally.inc("throttled")
@@ -337,8 +337,8 @@ class Dispatcher:
             route = self._routes[nr] = (name, self.handlers.get(name))
         return route
 
-    def _handle(self, c: Container, n: Notification, decisions: dict[str, int],
-                calls: LocalTally | None = None) -> None:
+    def handle(self, c: Container, n: Notification, decisions: dict[str, int],
+               calls: LocalTally | None = None) -> None:
         # The hot path of every Python-path call: keep it lean, answer first,
         # then do the bookkeeping.
         t0 = time.perf_counter_ns()
@@ -346,7 +346,7 @@ class Dispatcher:
         # a caller that exits right after its call (a refused umount) has none after.
         if self.bus.subscribers and n.pid not in c.comms:
             c.comm(n.pid, self._comm_of)
-        if n.arch == self._native_arch:
+        if n.arch == self.native_arch:
             name, fn = self._route(n.nr)
             if fn is not None:
                 verdict = self.handlers.call(fn, Request(c, n, name, n.args, self.core))
@@ -381,7 +381,7 @@ class Dispatcher:
         elif kind == "errno":
             ret = ch.answer(n, 0, v.error, 0)
         elif kind == "continue":
-            ret = ch.answer(n, 0, 0, self._flag_continue)
+            ret = ch.answer(n, 0, 0, self.flag_continue)
         elif kind == "fd":
             try:
                 return self._inject(ch, n, v)

@@ -38,13 +38,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interceptd import journal, procscan
 from interceptd.fdstore import FdStore, hung_up
 from interceptd.listener import OnMessage, is_seccomp_notify_fd
 from interceptd.ocistate import ContainerState, ListenerReject, ProcessState
 from interceptd.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from interceptd.dispatch import Dispatcher
 
 log = logging.getLogger("interceptd.handover")
 
@@ -443,7 +446,7 @@ class Handover:
             self.inherited.pop(name)
 
 
-def answer_through(dispatcher: Any) -> Callable[[str, journal.Entry, int], bool]:
+def answer_through(dispatcher: Dispatcher) -> Callable[[str, journal.Entry, int], bool]:
     """Answers a replayed notification as the receiver would have: a verdict-table rule
     at once, anything else through the dispatcher's handler path."""
     from interceptd import core
@@ -456,14 +459,14 @@ def answer_through(dispatcher: Any) -> Callable[[str, journal.Entry, int], bool]
         if c is None:
             return False
         n = core.Notification(e.id, e.pid, e.nr, e.arch, e.ip, e.args, fd)
-        rule = rules.get(e.nr) if e.arch == dispatcher._native_arch else None
+        rule = rules.get(e.nr) if e.arch == dispatcher.native_arch else None
         if e.done is not None:  # acted on by the predecessor: only its answer is missing
             c.channel.answer(n, 0, e.done, 0)
         elif rule is None or rule.action == FAST_PYTHON:
             # The worker's own path (handler, answer, event); fail-closed default included.
-            dispatcher._handle(c, n, {})
+            dispatcher.handle(c, n, {})
         elif rule.action == FAST_CONTINUE:
-            c.channel.answer(n, 0, 0, dispatcher._flag_continue)
+            c.channel.answer(n, 0, 0, dispatcher.flag_continue)
         elif rule.action == FAST_ERRNO:
             c.channel.answer(n, 0, rule.value, 0)
         elif rule.action == FAST_VALUE:

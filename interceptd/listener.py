@@ -5,9 +5,9 @@ and send one message: the ContainerProcessState JSON with the notify fd
 attached by SCM_RIGHTS (`fds: ["seccompFd"]`). runc sends compact JSON, crun
 pretty-printed JSON with `ociVersion` "0.2.0"; neither waits for an answer.
 
-Each connection is served by its own short-lived thread with a deadline and a
-size cap, so a stalled or hostile client costs one thread for a bounded time and
-never delays the accept loop or anyone else's container.
+Each connection is served by one thread (interceptd/unixserver.py) with a deadline
+and a size cap, so a stalled or hostile client costs one thread for a bounded time and
+never delays accepting or anyone else's container.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ import logging
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 
 from interceptd.events import Counters
 from interceptd.ocistate import MAX_MESSAGE, ListenerReject, ProcessState, parse_state
-from interceptd.unixsock import close_and_unlink, listen_private
+from interceptd.unixserver import UnixServer
 
 log = logging.getLogger("interceptd.listener")
 
@@ -114,7 +113,15 @@ def peer_pid(conn: socket.socket) -> int:
 OnMessage = Callable[[ProcessState, int], None]
 
 
-class Listener:
+class Listener(UnixServer):
+    """seccomp.sock. The daemon calls bind() before its imports and start() after:
+    runc and crun hand over and go on without waiting for an answer, so one that connects
+    while the daemon is still starting succeeds and its container's calls wait for it."""
+
+    name = "listener"
+    backlog = 128
+    max_clients = MAX_CONNECTIONS
+
     def __init__(
         self,
         path: str,
@@ -125,118 +132,38 @@ class Listener:
         max_bytes: int = MAX_MESSAGE,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        self.path = path
+        self.max_clients = max_connections
+        super().__init__(path)
         self._on_message = on_message
         self._counters = counters
         self._timeout = timeout
         self._max_bytes = max_bytes
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        # Called once per accept-loop turn (the daemon's watchdog liveness).
-        self.on_tick: Callable[[], None] | None = None
-        self._thread: threading.Thread | None = None
-        self._active: set[threading.Thread] = set()
-        self._active_lock = threading.Lock()
 
-    @property
-    def sock(self) -> socket.socket | None:
-        return self._sock
+    def refuse(self, conn: socket.socket) -> None:
+        self._reject(conn, ListenerReject("too many connections"), [])
 
-    def bind(self, sock: socket.socket | None = None) -> None:
-        """Listen now (on `sock`, a listening socket a predecessor left, or a new one
-        at path), serve from start(): runc and crun hand over and go on without
-        waiting for an answer, so one that connects while the daemon is still
-        starting succeeds and its container's calls wait for the daemon."""
-        if self._sock is not None:
-            return
-        if sock is not None:
-            sock.settimeout(0.25)
-        self._sock = sock or listen_private(self.path, 128, accept_timeout=0.25)
+    def accept_failed(self, e: OSError) -> None:
+        self._counters.inc("listener_errors", "accept failed")
+        log.error("accept failed", extra={"fields": {"error": str(e)}})
 
-    def start(self, sock: socket.socket | None = None) -> None:
-        """Serve `sock` (a listening socket a predecessor left) or the bound one."""
-        self.bind(sock)
-        self._thread = threading.Thread(target=self._accept_loop, name="listener", daemon=True)
-        self._thread.start()
-
-    def stop(self, wait: float = 3.0) -> None:
-        """Stop accepting, let in-flight connections finish (bounded), unlink."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(wait)
-        close_and_unlink(self._sock, self.path)
-        self._sock = None
-        deadline = time.monotonic() + wait
-        with self._active_lock:
-            active = list(self._active)
-        for t in active:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-    def quiesce(self, wait: float = 3.0) -> None:
-        """Stop accepting and let in-flight connections finish, keeping the socket open
-        and bound: connections made from now on wait in its backlog (a hand-over)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(wait)
-        deadline = time.monotonic() + wait
-        with self._active_lock:
-            active = list(self._active)
-        for t in active:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            if self.on_tick is not None:
-                self.on_tick()
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError as e:
-                if self._stop.is_set():
-                    return
-                self._counters.inc("listener_errors", "accept failed")
-                log.error("accept failed", extra={"fields": {"error": str(e)}})
-                time.sleep(0.05)
-                continue
-            if not self._slots.acquire(blocking=False):
-                self._reject(conn, ListenerReject("too many connections"), [])
-                conn.close()
-                continue
-            t = threading.Thread(target=self._serve, args=(conn,), name="listener-conn",
-                                 daemon=True)
-            with self._active_lock:
-                self._active.add(t)
-            t.start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         fds: list[int] = []
         try:
             deadline = time.monotonic() + self._timeout
-            try:
-                data, fds = receive_message(conn, deadline, self._max_bytes)
-                if not data:
-                    raise ListenerReject("empty message")
-                state = parse_state(data)
-                fd = self._check_fds(fds)
-                self._on_message(state, fd)
-                fds = []  # owned by on_message now
-            except ListenerReject as e:
-                self._reject(conn, e, fds)
-            except OSError as e:
-                self._reject(conn, ListenerReject("io error", str(e)), fds)
-            except Exception as e:
-                log.exception("listener: internal error")
-                self._reject(conn, ListenerReject("internal error", repr(e)), fds)
-            fds = []
-        finally:
-            close_fds(fds)
-            conn.close()
-            self._slots.release()
-            with self._active_lock:
-                self._active.discard(threading.current_thread())
+            data, fds = receive_message(conn, deadline, self._max_bytes)
+            if not data:
+                raise ListenerReject("empty message")
+            state = parse_state(data)
+            fd = self._check_fds(fds)
+            self._on_message(state, fd)
+            fds = []  # owned by on_message now
+        except ListenerReject as e:
+            self._reject(conn, e, fds)
+        except OSError as e:
+            self._reject(conn, ListenerReject("io error", str(e)), fds)
+        except Exception as e:
+            log.exception("listener: internal error")
+            self._reject(conn, ListenerReject("internal error", repr(e)), fds)
 
     @staticmethod
     def _check_fds(fds: list[int]) -> int:

@@ -34,10 +34,9 @@ import socket
 import struct
 import sys
 import threading
-import time
 
 from interceptd.kernel.mountapi import UserNamespace
-from interceptd.unixsock import listen_private
+from interceptd.unixserver import UnixServer
 
 from . import argv as argvmod
 from . import settings as settingsmod
@@ -162,7 +161,7 @@ class UsernsCache:
             self._items.clear()
 
 
-class Service:
+class Service(UnixServer):
     """The prepare service on <state_dir>/runtime.sock.
 
     Hosted by the daemon, it gets `status` (the daemon's own status function):
@@ -170,18 +169,19 @@ class Service:
     is up and which syscalls it vets. Standing alone, it asks control.sock.
     """
 
+    name = "runtime-service"
+    backlog = 64
+    # A `run` keeps its connection for the container's life: no cap (runtime.sock is
+    # root's only, 0600).
+    max_clients = None
+
     def __init__(self, state_dir: str, status=None) -> None:
         self.state_dir = os.path.realpath(state_dir)
-        self.path = os.path.join(state_dir, SOCK_NAME)
-        self.sock: socket.socket | None = None
+        super().__init__(os.path.join(state_dir, SOCK_NAME))
         self.status = status
-        self._stop = threading.Event()
-        # Threads blocked in accept() (see _acceptor); spawned up to SPARE.
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._acceptors: set[threading.Thread] = set()
         self._mnt_ns = (0, 0, 0, 0)
         self._settings_cache: dict[tuple, tuple[settingsmod.Settings, str]] = {}
+        self._cache_lock = threading.Lock()
 
     def start(self, sock: socket.socket | None = None) -> Service:
         """Serve runtime.sock: `sock`, a predecessor's listening socket (still bound
@@ -196,105 +196,38 @@ class Service:
         HostFacts.held = HostFacts.read()
         self._mnt_ns = _mount_ns("self")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        if sock is None:
-            if os.path.exists(self.path):
-                os.unlink(self.path)
-            # 0600: preparing a container is root's business.
-            sock = listen_private(self.path, 64)
-        # Acceptors wake every ACCEPT_TICK to see a stop (quiesce keeps the socket).
-        sock.settimeout(self.ACCEPT_TICK)
-        self.sock = sock
-        self._replenish()
+        if sock is None and os.path.exists(self.path):
+            os.unlink(self.path)
+        super().start(sock)
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, wait: float | None = None) -> None:
+        """Stop at once: the requests being served (a `run` lasts as long as its
+        container) are not waited for."""
         if isinstance(Create.userns_source, UsernsCache):
             Create.userns_source.close()
             Create.userns_source = None
         Create.bpf_source = None
         HostFacts.held = None
         if self.sock is not None:
+            self._stop.set()
+            # Wakes the acceptors now, and refuses the launchers in the backlog.
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
-            self.sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        super().stop(0.0 if wait is None else wait)
 
-    def quiesce(self, wait: float = 3.0) -> None:
-        """Stop accepting and let the requests being served finish, the socket kept
-        open and bound (a hand-over: launchers connecting from now on wait in its
-        backlog for the successor instead of falling back)."""
-        self._stop.set()
-        deadline = time.monotonic() + wait
-        for t in list(self._acceptors):
-            t.join(max(0.0, deadline - time.monotonic()))
-
-    SPARE = 2  # idle acceptors kept, so a request never waits for a thread to start
-    ACCEPT_TICK = 0.25
-
-    def _replenish(self) -> None:
-        """Start acceptors until SPARE are idle."""
-        while True:
-            with self._lock:
-                if self._stop.is_set() or self._idle >= self.SPARE:
-                    return
-                self._idle += 1
-                t = threading.Thread(target=self._acceptor, name="runtime-service",
-                                     daemon=True)
-                self._acceptors.add(t)
-            t.start()
-
-    def _acceptor(self) -> None:
-        """Accept and serve, in a loop: the thread blocked in accept() serves the
-        request itself (no hand-off), then goes back to accept() unless SPARE others
-        already wait there. Sequential container starts thus create no threads; only
-        a burst does, when the last idle acceptor takes a request."""
-        assert self.sock is not None
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
         try:
-            self._accept_loop(self.sock)
-        finally:
-            with self._lock:
-                self._acceptors.discard(threading.current_thread())
-
-    def _accept_loop(self, sock: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                with self._lock:
-                    self._idle -= 1
-                return
-            with self._lock:
-                self._idle -= 1
-                burst = self._idle == 0
-            if burst:
-                self._replenish()
-            try:
-                self._serve(conn)
-            finally:
-                with self._lock:
-                    stay = self._idle < self.SPARE and not self._stop.is_set()
-                    if stay:
-                        self._idle += 1
-            if not stay:
-                return
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            try:
-                self._handle(conn, conn.makefile("rb"))
-            except (OSError, ValueError, KeyError, TypeError, settingsmod.SettingsError) as e:
-                with contextlib.suppress(OSError):
-                    conn.sendall(f"ERR prepare service: {e}\n".replace("\n", " ")
-                                 .rstrip().encode() + b"\n")
-            except Exception:
-                # Never let one request take its host (the daemon) down; the
-                # launcher falls back to the Python entry on a closed socket.
-                log.exception("prepare service: internal error")
+            self._handle(conn, conn.makefile("rb"))
+        except (OSError, ValueError, KeyError, TypeError, settingsmod.SettingsError) as e:
+            with contextlib.suppress(OSError):
+                conn.sendall(f"ERR prepare service: {e}\n".replace("\n", " ")
+                             .rstrip().encode() + b"\n")
+        except Exception:
+            # Never let one request take its host (the daemon) down; the
+            # launcher falls back to the Python entry on a closed socket.
+            log.exception("prepare service: internal error")
 
     def _settings(self, env: dict[str, str]) -> tuple[settingsmod.Settings, str]:
         """Settings for these variables, parsed again only when the config file changed
@@ -306,12 +239,12 @@ class Service:
         except OSError:
             sig = None
         key = (tuple(sorted(env.items())), sig)
-        with self._lock:
+        with self._cache_lock:
             hit = self._settings_cache.get(key)
         if hit is None:
             st = settingsmod.load(env)
             hit = (st, os.path.realpath(st.state_dir))
-            with self._lock:
+            with self._cache_lock:
                 if len(self._settings_cache) >= 16:
                     self._settings_cache.clear()
                 self._settings_cache[key] = hit

@@ -21,6 +21,7 @@ PKG = ROOT / "interceptd"
 
 KERNEL = ("interceptd.kernel", "interceptd.syscalls")
 EDGES = ("interceptd.daemon", "interceptd.listener", "interceptd.control", "interceptd.cli",
+         "interceptd.unixserver",  # the three socket servers' accept loop
          "interceptd.reload", "interceptd.runtime", "interceptd.checkconfig",
          "interceptd.sdnotify", "interceptd.liveness", "interceptd.metrics",
          "interceptd.metrics_http",
@@ -300,3 +301,35 @@ def test_design_names_only_modules_that_exist() -> None:
                if not ((PKG / n).exists() or (ROOT / n).exists()
                        or ("/" not in n and n in basenames))]
     assert missing == []
+
+
+# The FUSE server's C files, top down (csrc/fusefs_int.h): each calls only files below it.
+FUSEFS_ORDER = ("fusefs.c", "fusefs_proto.c", "fusefs_ctr.c", "fusefs_tree.c", "fusefs_reply.c")
+
+
+def test_fusefs_calls_go_one_way() -> None:
+    """Which file defines each internal `fs_*` function, from the sections of
+    csrc/fusefs_int.h; no file calls one defined in a file above it."""
+    import re
+
+    csrc = ROOT / "csrc"
+    header = (csrc / "fusefs_int.h").read_text(encoding="utf-8")
+    owner: dict[str, str] = {}
+    section = ""
+    for line in header.splitlines():
+        if m := re.fullmatch(r"/\* (fusefs\w*\.c) \*/", line.strip()):
+            section = m.group(1)
+        elif section and (m := re.search(r"\b(fs_\w+)\(", line)):
+            owner[m.group(1)] = section
+    assert set(owner.values()) == set(FUSEFS_ORDER) - {"fusefs.c"}  # the parse saw them
+    assert sorted(p.name for p in csrc.glob("fusefs*.c")) == sorted(FUSEFS_ORDER)
+    up = []
+    for caller in FUSEFS_ORDER:
+        text = (csrc / caller).read_text(encoding="utf-8")
+        text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+        for name in sorted(set(re.findall(r"\b(fs_\w+)\(", text))):
+            callee = owner.get(name)
+            if callee is not None and callee != caller and (
+                    FUSEFS_ORDER.index(callee) < FUSEFS_ORDER.index(caller)):
+                up.append(f"{caller} -> {callee}: {name}")
+    assert up == []
