@@ -130,17 +130,25 @@ def test_first_instruction_writes_a_served_value(shim: Runtime, bundle_factory,
     and the daemon's attach finds nothing left to bind."""
     before = host("kernel/panic")
     panic = "7" if before != "7" else "8"
-    b = plain_bundle(bundle_factory, ["sh", "-c",
-                                      f"echo {panic} > /proc/sys/kernel/panic; echo rc=$?;"
-                                      "echo panic=$(cat /proc/sys/kernel/panic);"
-                                      "grep -c ' /proc/sys/kernel/panic .* - fuse.interceptd ' "
-                                      "/proc/self/mountinfo"],
-                     caps="all")
+    script = f"""echo {panic} > /proc/sys/kernel/panic; echo rc=$?
+echo panic=$(cat /proc/sys/kernel/panic)
+echo binds=$(grep -c ' /proc/sys/kernel/panic .* - fuse.interceptd ' /proc/self/mountinfo)
+umount /proc/sys/kernel/panic 2>/dev/null; echo umount_rc=$?
+umount -l /proc/sys/kernel/panic 2>/dev/null; echo lazy_rc=$?
+mkdir -p /tmp/m; touch /tmp/m/f
+mount --move /proc/sys/kernel/panic /tmp/m/f 2>/dev/null; echo move_rc=$?
+echo unshared=$(unshare -m --mount-proc cat /proc/sys/kernel/panic)
+echo end=$(cat /proc/sys/kernel/panic)
+"""
+    b = plain_bundle(bundle_factory, ["sh", "-c", script], caps="all")
     cid = new_id("psys-first")
     res = shim.run(b, cid).check()
     out = kv(res.stdout)
-    assert out == {"rc": "0", "panic": panic}, res.stdout + res.stderr
-    assert res.stdout.splitlines()[-1] == "1", res.stdout  # one bind, not two
+    # One bind (the hook's), not a second one from the daemon's attach; immutable as
+    # the attach's binds are, and in a fresh procfs too.
+    assert out == {"rc": "0", "panic": panic, "binds": "1", "umount_rc": "1",
+                   "lazy_rc": "1", "move_rc": "1", "unshared": panic,
+                   "end": panic}, res.stdout + res.stderr
     assert host("kernel/panic") == before
     logs = shim.daemon.log()  # type: ignore[attr-defined]
     mine = [ln for ln in logs.splitlines() if cid in ln]
