@@ -120,10 +120,11 @@ def clone_tree(fs: str, target: str) -> None:
         os.close(fd)
 
 
-def add_sysctl_hook(spec: dict, files: Iterable[str], tree: str, rootfs: str,
+def add_sysctl_hook(spec: dict, files: Iterable[str], tree: str, dev: int, rootfs: str,
                     hook: str = SYSCTL_HOOK) -> list[str]:
     """Add the createContainer hook that binds the served /proc/sys values of `files`
-    from `tree` (the clone of the daemon's tree) over `<rootfs>/proc/sys/...`, last
+    from `tree` (the clone of the daemon's tree, of st_dev `dev`) over
+    `<rootfs>/proc/sys/...`, last
     of the config's createContainer hooks (a later one could undo its binds); returns
     the paths it binds, [] when it is not added: no procfs at /proc, or no hook binary
     the container's root can run (the daemon then binds them at attach)."""
@@ -136,7 +137,7 @@ def add_sysctl_hook(spec: dict, files: Iterable[str], tree: str, rootfs: str,
     chain = hooks.get("createContainer")
     hooks["createContainer"] = [*(chain if isinstance(chain, list) else []), {
         "path": hook,
-        "args": [os.path.basename(hook), tree, str(os.stat(tree).st_dev), rootfs, *sysctls],
+        "args": [os.path.basename(hook), tree, str(dev), rootfs, *sysctls],
         "env": ["LC_ALL=C"],  # not the runtime's own environment
         "timeout": HOOK_TIMEOUT,
     }]

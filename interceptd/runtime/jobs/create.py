@@ -37,7 +37,7 @@ def _bind_emulated(new: dict, status: dict, st: settingsmod.Settings,
     rec.mounts.append(tree)
     emulbinds.clone_tree(os.path.join(st.state_dir, "fs"), tree)
     emulbinds.apply(new, files, tree)
-    emulbinds.add_sysctl_hook(new, files, tree, os.path.realpath(rootfs))
+    emulbinds.add_sysctl_hook(new, files, tree, os.stat(tree).st_dev, os.path.realpath(rootfs))
 
 
 class Create:
