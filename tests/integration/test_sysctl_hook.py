@@ -1,7 +1,8 @@
-"""The createContainer hook that binds the served /proc/sys values (runtime/sysctlhook.c),
-run as a runtime runs it (from a private mount namespace, before pivot_root) against
-rootfs shapes an image could take: it binds onto the procfs mounted at <rootfs>/proc and
-nowhere else, never through a symlink, and a malformed command line fails it."""
+"""The createRuntime hook that binds the served /proc/sys values (runtime/sysctlhook.c),
+run as a runtime runs it (as root, the container's pid in the state on stdin; here a
+shell in a private mount namespace stands for the container's init) against rootfs
+shapes an image could take: it binds onto the procfs mounted at <rootfs>/proc and
+nowhere else, never through a symlink, and a malformed command line or state fails it."""
 
 from __future__ import annotations
 
@@ -20,17 +21,26 @@ pytestmark = [pytest.mark.integration,
                                  reason="the hook is built by `make launcher`")]
 
 PANIC = "/proc/sys/kernel/panic"
+PID_STATE = '{"pid": $$}'
 
 
-def run_hook(daemon: Daemon, root: Path, setup: str, *paths: str,
-             tree: str | None = None, dev: str | None = None) -> tuple[int, str, list[str]]:
+def sh_quoted(state: str) -> str:
+    """`state` inside a shell's double quotes, where only "$$" (the shell's pid, the
+    stand-in container init) is expanded."""
+    return state.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+
+
+def run_hook(daemon: Daemon, root: Path, setup: str, *paths: str, tree: str | None = None,
+             dev: str | None = None, state: str = PID_STATE
+             ) -> tuple[int, str, list[str]]:
     """`setup` then the hook in a private mount namespace; (rc, stderr, the
     fuse.interceptd mounts of that namespace as "root mountpoint")."""
     fs = tree or os.path.join(str(daemon.state_dir), "fs")
     dev = dev or str(os.stat(fs).st_dev)
     script = (f"set -e; {setup}\n"
+              f"printf '%s' \"{sh_quoted(state)}\" | "
               f"{emulbinds.SYSCTL_HOOK} {fs} {dev} {root} {' '.join(paths or (PANIC,))} "
-              "</dev/null || echo rc=$?\n"
+              "|| echo rc=$?\n"
               "awk '/ - fuse.interceptd / {print $4, $5}' /proc/self/mountinfo")
     p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                        capture_output=True, text=True, timeout=30)
@@ -52,9 +62,9 @@ def test_binds_onto_the_rootfs_procfs(daemon: Daemon, tmp_path: Path) -> None:
 
 def test_bound_already_is_left(daemon: Daemon, tmp_path: Path) -> None:
     (tmp_path / "proc").mkdir()
-    hook = f"{emulbinds.SYSCTL_HOOK} {daemon.state_dir}/fs " \
-           f"{os.stat(os.path.join(str(daemon.state_dir), 'fs')).st_dev} {tmp_path} {PANIC} " \
-           "</dev/null"
+    fs = os.path.join(str(daemon.state_dir), "fs")
+    hook = (f"printf '%s' \"{sh_quoted(PID_STATE)}\" | "
+            f"{emulbinds.SYSCTL_HOOK} {fs} {os.stat(fs).st_dev} {tmp_path} {PANIC}")
     rc, err, mounts = run_hook(daemon, tmp_path, f"mount -t proc proc {tmp_path}/proc; {hook}")
     assert rc == 0 and err == "" and mounts == [f"{PANIC} {tmp_path}{PANIC}"]
 
@@ -104,3 +114,24 @@ def test_malformed_paths_fail_the_hook(daemon: Daemon, tmp_path: Path, bad: str)
     (tmp_path / "proc").mkdir()
     rc, err, mounts = run_hook(daemon, tmp_path, f"mount -t proc proc {tmp_path}/proc", bad)
     assert rc == 2 and mounts == [] and "not a /proc/sys path" in err
+
+
+@pytest.mark.parametrize("state", [
+    "", "[]", '{"pid": 0}', '{"pid": "$$"}',
+    # A key named pid anywhere but at the top is not the container's pid.
+    '{"id": "c", "annotations": {"pid": $$}}',
+    '{"bundle": "/b\\", \\"pid\\": $$, \\"x", "status": "x"}'])
+def test_state_without_a_pid_fails_the_hook(daemon: Daemon, tmp_path: Path, state: str) -> None:
+    (tmp_path / "proc").mkdir()
+    rc, err, mounts = run_hook(daemon, tmp_path, f"mount -t proc proc {tmp_path}/proc",
+                               state=state)
+    assert rc == 2 and mounts == [] and "no container pid" in err, err
+
+
+def test_state_as_the_runtimes_write_it(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    state = ('{"ociVersion":"1.0.2","id":"c1","status":"creating","bundle":"/b",'
+             '"annotations":{"x":"{\\"pid\\":1}"},"pid":$$}')
+    rc, err, mounts = run_hook(daemon, tmp_path, f"mount -t proc proc {tmp_path}/proc",
+                               state=state)
+    assert rc == 0 and err == "" and mounts == [f"{PANIC} {tmp_path}{PANIC}"], err

@@ -98,12 +98,12 @@ def test_proc_sys_stays_read_only_when_root_is_the_hosts() -> None:
 def test_sysctl_hook_added_last_with_the_served_values(tmp_path) -> None:
     hook = emulbinds.SYSCTL_HOOK
     s = spec()
-    s["hooks"] = {"createContainer": [{"path": "/usr/bin/theirs"}],
+    s["hooks"] = {"createRuntime": [{"path": "/usr/bin/theirs"}],
                   "prestart": [{"path": "/proc/1/exe"}]}
     paths = emulbinds.add_sysctl_hook(s, emulbinds.wanted(status()), TREE, 42, "/b/rootfs",
                                       hook=hook)
     assert sorted(paths) == sorted(registry.WRITABLE)
-    chain = s["hooks"]["createContainer"]
+    chain = s["hooks"]["createRuntime"]
     assert chain[0] == {"path": "/usr/bin/theirs"} and len(chain) == 2
     assert chain[1]["path"] == hook and chain[1]["timeout"] == emulbinds.HOOK_TIMEOUT
     assert chain[1]["args"][:4] == [os.path.basename(hook), TREE, "42", "/b/rootfs"]
@@ -118,15 +118,17 @@ def test_no_sysctl_hook_without_procfs_or_a_safe_binary(tmp_path) -> None:
     assert emulbinds.add_sysctl_hook(s, files, TREE, 42, "/r") == [] and "hooks" not in s
     assert emulbinds.add_sysctl_hook(spec(), ["/proc/meminfo"], TREE, 42, "/r") == []
     assert emulbinds.hook_usable(emulbinds.SYSCTL_HOOK)  # as `make launcher` built it
-    # A binary anyone may rewrite; one the container's root cannot reach (pytest's
-    # base directory is 0700); a directory instead of a binary.
+    # The runtime runs it as the host's root: a binary anyone may rewrite, one in a
+    # directory anyone may write (pytest's /tmp), a directory, are refused.
     loose = tmp_path / "loose"
     loose.write_bytes(b"")
     loose.chmod(0o777)
-    hidden = tmp_path / "hidden"
-    hidden.write_bytes(b"")
-    hidden.chmod(0o755)
-    for bad in (loose, hidden, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "hook").write_bytes(b"")
+    (shared / "hook").chmod(0o755)
+    for bad in (loose, shared / "hook", tmp_path):
         assert not emulbinds.hook_usable(str(bad))
         s = spec()
         assert emulbinds.add_sysctl_hook(s, files, TREE, 42, "/r", hook=str(bad)) == []
