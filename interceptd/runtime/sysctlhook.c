@@ -181,7 +181,9 @@ static long state_pid(const char *p)
 
 			errno = 0;
 			pid = strtol(p, &end, 10);
-			return (errno || end == p || pid <= 0) ? -1 : pid;
+			end = (char *)skip_ws(end);
+			return (errno || end == p || pid <= 0 || (*end != ',' && *end != '}')) ? -1
+												: pid;
 		}
 		if (!(p = skip_value(p)))
 			return -1;

@@ -117,7 +117,7 @@ def test_malformed_paths_fail_the_hook(daemon: Daemon, tmp_path: Path, bad: str)
 
 
 @pytest.mark.parametrize("state", [
-    "", "[]", '{"pid": 0}', '{"pid": "$$"}',
+    "", "[]", '{"pid": 0}', '{"pid": "$$"}', '{"pid": $$x}',
     # A key named pid anywhere but at the top is not the container's pid.
     '{"id": "c", "annotations": {"pid": $$}}',
     '{"bundle": "/b\\", \\"pid\\": $$, \\"x", "status": "x"}'])
