@@ -107,13 +107,16 @@ bytecode: .stamp-build
 # (interceptd/runtime/launcher.c) takes its place, rebuilt whenever pip put the
 # script back or the launcher's sources changed.
 LAUNCHER := $(VENV)/bin/interceptd-runc
+# The createContainer hook binding the /proc/sys values (sysctlhook.c), built with it.
+SYSCTL_HOOK := interceptd/runtime/interceptd-sysctl-hook
 launcher: .stamp-build
 	@if ! head -c4 $(LAUNCHER) 2>/dev/null | grep -q ELF \
 	    || [ interceptd/runtime/launcher.c -nt $(LAUNCHER) ] \
 	    || [ interceptd/runtime/launcher.py -nt $(LAUNCHER) ] \
-	    || [ interceptd/runtime/argv.py -nt $(LAUNCHER) ]; then \
+	    || [ interceptd/runtime/argv.py -nt $(LAUNCHER) ] \
+	    || [ interceptd/runtime/sysctlhook.c -nt $(SYSCTL_HOOK) ]; then \
 	  $(PY) -m interceptd.runtime.launcher $(LAUNCHER) >/dev/null; \
-	  echo "built the native launcher into $(LAUNCHER)"; \
+	  echo "built the native launcher into $(LAUNCHER) and $(SYSCTL_HOOK)"; \
 	fi
 
 run: setup

@@ -243,14 +243,22 @@ class Emulation:
         log.info("emulation attach", extra={"fields": {"container": c.id, "key": key}})
 
     def _bind_sysctls(self, cid: str, pid: int) -> None:
-        """The /proc/sys values, over the container's own files (docs/emulation.md
+        """The /proc/sys values, over the container's own files where interceptd-runc's
+        hook has not bound them before the container ran (docs/emulation.md
         "/proc/sys": runc refuses them as config mounts). A failure leaves the kernel's
         file: the host's value, EACCES to a write."""
+        paths = [p for p in registry.SYSCTL_FILES if os.path.exists(p)]
         try:
-            done, errors = sysctlbinds.bind(pid, self.mountpoint, [
-                p for p in registry.SYSCTL_FILES if os.path.exists(p)])
+            # What the hook bound needs no thread in the container's namespaces.
+            have = sysctlbinds.bound_already(pid, self.service.server.dev, paths)
+            todo = [p for p in paths if p not in have]
+            done, _kept, errors = (sysctlbinds.bind(pid, self.mountpoint, todo) if todo
+                                   else ([], [], []))
         except OSError as e:
             done, errors = [], [str(e)]
+        if done:  # the container may have met the kernel's files until now
+            log.info("emulation: /proc/sys values bound at attach", extra={"fields": {
+                "container": cid, "bound": len(done)}})
         if errors:
             log.warning("emulation: /proc/sys values not all bound", extra={"fields": {
                 "container": cid, "bound": len(done), "errors": errors[:4]}})

@@ -8,19 +8,22 @@ container's procfs and sysfs like the masks do: the daemon's policy protects eve
 on a procfs/sysfs (no umount, no move, no bind over) and gives a procfs/sysfs the
 container mounts later the same binds. The sensitive /sys directories are masked (an
 empty read-only tmpfs, as `maskedPaths` does for directories). The /proc/sys values the
-daemon emulates are not bound here (runc refuses config mounts inside /proc but for the
-files LXCFS serves): the daemon attaches them when it attaches the container
-(`interceptd.emulation.sysctlbinds`). /proc/sys itself is then no longer read-only when
-the container's root is not the host's: the kernel lets the container write what its
-own namespaces hold (net.*, IPC, ...) and refuses every host-wide sysctl with EACCES,
-as in Sysbox. docs/runtime.md "Emulated /proc and /sys",
-docs/emulation.md "/proc/sys".
+daemon emulates cannot be config mounts (runc refuses config mounts inside /proc but for
+the files LXCFS serves): a createRuntime hook (`sysctlhook.c`, `add_sysctl_hook`) binds
+them in the container's namespaces once its init has made the config's mounts, before
+pivot_root, so before any of the container's code runs; the daemon binds what the hook
+could not when it attaches the container (`interceptd.emulation.sysctlbinds`).
+/proc/sys itself is then no longer read-only when the container's root is not the
+host's: the kernel lets the container write what its own namespaces hold (net.*, IPC,
+...) and refuses every host-wide sysctl with EACCES, as in Sysbox.
+docs/runtime.md "Emulated /proc and /sys", docs/emulation.md "/proc/sys".
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable, Iterable
 
 from interceptd.emulation import registry
@@ -28,6 +31,12 @@ from interceptd.emulation.sysfs import EMPTY_DIRS
 from interceptd.kernel import mountapi
 
 BIND_OPTIONS = ["bind", "ro", "nosuid", "nodev", "noexec"]
+# Built beside this module by `make launcher` (launcher.build_hook) and the .deb.
+SYSCTL_HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "interceptd-sysctl-hook")
+# The runtime kills a hook still running then (and fails the create): the hook waits
+# only for the daemon's FUSE server, which answers its look-ups from memory.
+HOOK_TIMEOUT = 10
 
 
 def wanted(status: dict) -> list[str]:
@@ -109,3 +118,50 @@ def clone_tree(fs: str, target: str) -> None:
         mountapi.move_mount(fd, target)
     finally:
         os.close(fd)
+
+
+def add_sysctl_hook(spec: dict, files: Iterable[str], tree: str, dev: int, rootfs: str,
+                    hook: str = SYSCTL_HOOK) -> list[str]:
+    """Add the createRuntime hook that binds the served /proc/sys values of `files`
+    from `tree` (the clone of the daemon's tree, of st_dev `dev`) over
+    `<rootfs>/proc/sys/...`, last of the config's createRuntime hooks (a later one
+    could undo its binds); returns the paths it binds, [] when it is not added: no
+    procfs at /proc, or no hook binary that only root can change (the daemon then
+    binds them at attach)."""
+    sysctls = [p for p in files if p in registry.WRITABLE]
+    if not sysctls or not _fs_mount(spec, "/proc", "proc") or not hook_usable(hook):
+        return []
+    hooks = spec.get("hooks")
+    if not isinstance(hooks, dict):
+        hooks = spec["hooks"] = {}
+    chain = hooks.get("createRuntime")
+    hooks["createRuntime"] = [*(chain if isinstance(chain, list) else []), {
+        "path": hook,
+        "args": [os.path.basename(hook), tree, str(dev), rootfs, *sysctls],
+        "env": ["LC_ALL=C"],  # not the runtime's own environment
+        "timeout": HOOK_TIMEOUT,
+    }]
+    return sysctls
+
+
+def hook_usable(path: str) -> bool:
+    """A root-owned executable in root-owned directories nobody else may write: the
+    runtime runs it as the host's root."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 \
+            or not st.st_mode & stat.S_IXUSR:
+        return False
+    d = os.path.dirname(path)
+    while True:
+        try:
+            ds = os.stat(d)
+        except OSError:
+            return False
+        if ds.st_uid != 0 or ds.st_mode & 0o022:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)

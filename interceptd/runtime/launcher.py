@@ -2,6 +2,8 @@
 
     python -m interceptd.runtime.launcher OUT   # e.g. .venv/bin/interceptd-runc
 
+builds the createContainer hook beside this module too (`HOOK`, from sysctlhook.c).
+
 The launcher execs the real runtime for pass-through subcommands and this
 interpreter (isolated, no site) for create/run/exec/delete and for refusals.
 Its command and option tables are argv.py's, rendered into argv_table.h here.
@@ -29,17 +31,35 @@ def build(out: str, python: str | None = None, cc: str = "gcc",
     for s in (python, pkgroot):
         if any(c in s for c in "'\"\\\n"):
             raise ValueError(f"path {s!r} cannot be embedded in the launcher")
-    out = os.path.abspath(out)
-    fd, tmp = tempfile.mkstemp(prefix=".interceptd-runc.", dir=os.path.dirname(out))
-    os.close(fd)
     incdir = tempfile.mkdtemp(prefix="interceptd-launcher-")
     try:
         with open(os.path.join(incdir, "argv_table.h"), "w") as f:
             f.write(c_header())
-        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", tmp, "-I", incdir,
-               f'-DINTERCEPTD_PYTHON="{python}"', f'-DINTERCEPTD_PKGROOT="{pkgroot}"',
-               *(["-DINTERCEPTD_DECIDE_ONLY"] if decide_only else []),
-               os.path.join(here, "launcher.c")]
+        return _compile(out, ["-I", incdir,
+                              f'-DINTERCEPTD_PYTHON="{python}"',
+                              f'-DINTERCEPTD_PKGROOT="{pkgroot}"',
+                              *(["-DINTERCEPTD_DECIDE_ONLY"] if decide_only else []),
+                              os.path.join(here, "launcher.c")], cc)
+    finally:
+        shutil.rmtree(incdir, ignore_errors=True)
+
+
+HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interceptd-sysctl-hook")
+
+
+def build_hook(out: str = HOOK, cc: str = "gcc") -> str:
+    """Compile the createContainer hook that binds the served /proc/sys values
+    (sysctlhook.c; emulbinds.py adds it to config.json)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return _compile(out, [os.path.join(here, "sysctlhook.c")], cc)
+
+
+def _compile(out: str, args: list[str], cc: str) -> str:
+    out = os.path.abspath(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(out))
+    os.close(fd)
+    try:
+        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", tmp, *args]
         # Static where libc.a is installed: it runs for every runtime call, and
         # a static binary skips the dynamic loader (~0.5 ms per call here).
         if subprocess.run([*cmd, "-static"], stderr=subprocess.DEVNULL).returncode != 0:
@@ -50,8 +70,6 @@ def build(out: str, python: str | None = None, cc: str = "gcc",
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    finally:
-        shutil.rmtree(incdir, ignore_errors=True)
     return out
 
 
@@ -60,6 +78,7 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     print(build(sys.argv[1]))
+    print(build_hook())
     return 0
 
 

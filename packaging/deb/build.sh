@@ -40,6 +40,13 @@ from interceptd.runtime.launcher import build
 build(sys.argv[1], python="/usr/bin/python3", pkgroot="/usr/lib/interceptd")' \
   "$root/usr/sbin/interceptd-runc")
 strip --strip-unneeded "$root/usr/sbin/interceptd-runc"
+# The createContainer hook binding the /proc/sys values, beside its Python module
+# (emulbinds.py finds it there; every directory above it is 0755: the container's
+# root runs it).
+(cd "$repo" && .venv/bin/python -c 'import sys
+from interceptd.runtime.launcher import build_hook
+build_hook(sys.argv[1])' "$lib/interceptd/runtime/interceptd-sysctl-hook")
+strip --strip-unneeded "$lib/interceptd/runtime/interceptd-sysctl-hook"
 # runc/crun links first in dockerd's and containerd's PATH (the drop-ins).
 install -d -m 0755 "$lib/runtime-path"
 ln -s ../../../sbin/interceptd-runc "$lib/runtime-path/runc"

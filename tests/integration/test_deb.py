@@ -57,6 +57,8 @@ def test_tree(extracted: Path):
     for f in ("usr/bin/interceptd", "usr/bin/interceptctl", "usr/sbin/interceptd-runc",
               "etc/interceptd/interceptd.toml", UNIT,
               "usr/lib/interceptd/interceptd/_core.abi3.so",
+              # the /proc/sys createRuntime hook, where emulbinds.py looks for it
+              "usr/lib/interceptd/interceptd/runtime/interceptd-sysctl-hook",
               "usr/share/interceptd/docker/daemon.json",
               "usr/share/interceptd/systemd/docker.service.d/interceptd.conf",
               "usr/share/interceptd/systemd/containerd.service.d/interceptd.conf",

@@ -149,6 +149,20 @@ def test_privileged_container(docker_env):
     assert_clean(docker_env)
 
 
+def test_first_command_writes_a_served_sysctl(docker_env):
+    """Docker's config (with its own prestart hook) gets the createContainer hook too:
+    the container's first command writes a served /proc/sys value and reads it back,
+    the host's stays."""
+    before = Path("/proc/sys/kernel/panic").read_text().strip()
+    panic = "7" if before != "7" else "8"
+    p = docker_env.run(IMAGE, "sh", "-c", f"echo {panic} > /proc/sys/kernel/panic && "
+                       "cat /proc/sys/kernel/panic")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == panic
+    assert Path("/proc/sys/kernel/panic").read_text().strip() == before
+    assert_clean(docker_env)
+
+
 def test_userns_host_cannot_disable(docker_env):
     p = docker_env.run("--userns=host", IMAGE, "cat", "/proc/self/uid_map")
     assert p.returncode == 0, p.stderr

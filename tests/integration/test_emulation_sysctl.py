@@ -120,3 +120,37 @@ echo panic_end=$(cat /proc/sys/kernel/panic)
     logs = shim.daemon.log()  # type: ignore[attr-defined]
     assert "sysctl write refused" in logs and "not a number" in logs
     assert_nothing_left(shim)
+
+
+def test_first_instruction_writes_a_served_value(shim: Runtime, bundle_factory,
+                                                 new_id) -> None:
+    """The container's very first command writes and reads a served value (what
+    systemd-sysctl does at boot): the createContainer hook bound it before the
+    container ran, so the write reaches the daemon, not the kernel's file (EACCES),
+    and the daemon's attach finds nothing left to bind."""
+    before = host("kernel/panic")
+    panic = "7" if before != "7" else "8"
+    script = f"""echo {panic} > /proc/sys/kernel/panic; echo rc=$?
+echo panic=$(cat /proc/sys/kernel/panic)
+echo binds=$(grep -c ' /proc/sys/kernel/panic .* - fuse.interceptd ' /proc/self/mountinfo)
+umount /proc/sys/kernel/panic 2>/dev/null; echo umount_rc=$?
+umount -l /proc/sys/kernel/panic 2>/dev/null; echo lazy_rc=$?
+mkdir -p /tmp/m; touch /tmp/m/f
+mount --move /proc/sys/kernel/panic /tmp/m/f 2>/dev/null; echo move_rc=$?
+echo unshared=$(unshare -m --mount-proc cat /proc/sys/kernel/panic)
+echo end=$(cat /proc/sys/kernel/panic)
+"""
+    b = plain_bundle(bundle_factory, ["sh", "-c", script], caps="all")
+    cid = new_id("psys-first")
+    res = shim.run(b, cid).check()
+    out = kv(res.stdout)
+    # One bind (the hook's), not a second one from the daemon's attach; immutable as
+    # the attach's binds are, and in a fresh procfs too.
+    assert out == {"rc": "0", "panic": panic, "binds": "1", "umount_rc": "1",
+                   "lazy_rc": "1", "move_rc": "1", "unshared": panic,
+                   "end": panic}, res.stdout + res.stderr
+    assert host("kernel/panic") == before
+    logs = shim.daemon.log()  # type: ignore[attr-defined]
+    mine = [ln for ln in logs.splitlines() if cid in ln]
+    assert not [ln for ln in mine if "/proc/sys values" in ln], mine
+    assert_nothing_left(shim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +21,8 @@ class FakeService:
     started: bool = False
     stopped: bool = False
     refreshed: list[tuple[int, str]] = field(default_factory=list)
+    # The tree's st_dev: no mount of the fake init's carries it (nothing bound yet).
+    server: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(dev=0))
 
     def start(self) -> None:
         self.started = True

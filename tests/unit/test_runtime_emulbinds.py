@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from interceptd.emulation import registry
 from interceptd.emulation.sysfs import EMPTY_DIRS, PRODUCT_UUID
 from interceptd.runtime import emulbinds
@@ -91,3 +93,43 @@ def test_proc_sys_stays_read_only_when_root_is_the_hosts() -> None:
                        "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 1}]})
     emulbinds.apply(s, ["/proc/meminfo"], TREE, exists=lambda p: True)
     assert s["linux"]["readonlyPaths"] == ["/proc/sys"]
+
+
+def test_sysctl_hook_added_last_with_the_served_values(tmp_path) -> None:
+    hook = emulbinds.SYSCTL_HOOK
+    s = spec()
+    s["hooks"] = {"createRuntime": [{"path": "/usr/bin/theirs"}],
+                  "prestart": [{"path": "/proc/1/exe"}]}
+    paths = emulbinds.add_sysctl_hook(s, emulbinds.wanted(status()), TREE, 42, "/b/rootfs",
+                                      hook=hook)
+    assert sorted(paths) == sorted(registry.WRITABLE)
+    chain = s["hooks"]["createRuntime"]
+    assert chain[0] == {"path": "/usr/bin/theirs"} and len(chain) == 2
+    assert chain[1]["path"] == hook and chain[1]["timeout"] == emulbinds.HOOK_TIMEOUT
+    assert chain[1]["args"][:4] == [os.path.basename(hook), TREE, "42", "/b/rootfs"]
+    assert sorted(chain[1]["args"][4:]) == sorted(registry.WRITABLE)
+    assert chain[1]["env"] == ["LC_ALL=C"]
+    assert s["hooks"]["prestart"] == [{"path": "/proc/1/exe"}]
+
+
+def test_no_sysctl_hook_without_procfs_or_a_safe_binary(tmp_path) -> None:
+    files = emulbinds.wanted(status())
+    s = {"mounts": [{"destination": "/sys", "type": "sysfs", "source": "sysfs"}]}
+    assert emulbinds.add_sysctl_hook(s, files, TREE, 42, "/r") == [] and "hooks" not in s
+    assert emulbinds.add_sysctl_hook(spec(), ["/proc/meminfo"], TREE, 42, "/r") == []
+    assert emulbinds.hook_usable(emulbinds.SYSCTL_HOOK)  # as `make launcher` built it
+    # The runtime runs it as the host's root: a binary anyone may rewrite, one in a
+    # directory anyone may write (pytest's /tmp), a directory, are refused.
+    loose = tmp_path / "loose"
+    loose.write_bytes(b"")
+    loose.chmod(0o777)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "hook").write_bytes(b"")
+    (shared / "hook").chmod(0o755)
+    for bad in (loose, shared / "hook", tmp_path):
+        assert not emulbinds.hook_usable(str(bad))
+        s = spec()
+        assert emulbinds.add_sysctl_hook(s, files, TREE, 42, "/r", hook=str(bad)) == []
+        assert "hooks" not in s

@@ -23,19 +23,21 @@ if TYPE_CHECKING:
 
 
 def _bind_emulated(new: dict, status: dict, st: settingsmod.Settings,
-                   rec: records.Record) -> None:
+                   rec: records.Record, rootfs: str) -> None:
     """The daemon's emulated /proc and /sys files, when its status says they are served:
-    a clone of its tree in the container's mount dir, binds after the config's mounts."""
+    a clone of its tree in the container's mount dir, binds after the config's mounts,
+    and the hook binding the /proc/sys values over the procfs at `rootfs`/proc."""
     from .. import emulbinds
 
     files = emulbinds.wanted(status)
     if not files:
         return
     # Not saved: teardown finds the tree under mount_dir (host._mount_points).
-    tree = os.path.join(rec.mount_dir, "emul")
+    tree = os.path.realpath(os.path.join(rec.mount_dir, "emul"))
     rec.mounts.append(tree)
     emulbinds.clone_tree(os.path.join(st.state_dir, "fs"), tree)
     emulbinds.apply(new, files, tree)
+    emulbinds.add_sysctl_hook(new, files, tree, os.stat(tree).st_dev, os.path.realpath(rootfs))
 
 
 class Create:
@@ -219,7 +221,7 @@ class Create:
             finally:
                 ns.close()
             ph.mark("volumes")
-            _bind_emulated(new, status, st, rec)
+            _bind_emulated(new, status, st, rec, view or root)
             ph.mark("emulated")
             data = json.dumps(new, separators=(",", ":")).encode()
             if not was_rewritten:
