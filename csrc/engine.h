@@ -46,7 +46,7 @@ struct icd_receiver {
    * not at its start: until then the Python path keeps direct mode. */
   struct icd_native *_Atomic delegate;
   struct icd_native *native;
-  int delegated;
+  atomic_int delegated; /* set by whoever hands off (a direct-mode waiter too) */
 };
 
 struct icd_channel {

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from interceptd import core
+from interceptd._corelib import lib
 from tests.integration import test_core_support as sup
 from tests.integration.test_core_support import GETPGID, SYSFS
 
@@ -189,3 +190,30 @@ def test_fast_decisions_carry_args_and_the_comm_of_a_new_pid(engine: core.Engine
     a, b = sup.drain(engine, 2)
     assert a.args[:2] == (7, 8) and b.args[0] == 9
     assert a.comm == "core_target" and b.comm == ""  # read once per new pid
+
+
+def test_fd_taken_by_a_preempted_waiter_stays_taken(engine: core.Engine) -> None:
+    """The lost-notification race, made deterministic: a waiter that has decided to
+    take the fd (queue empty, receiver parked) is held off the CPU for longer than
+    the receiver's park time before it receives.  The receiver must not take the fd
+    back meanwhile: before the fix it did, received the target's next call, queued
+    it and offered the fd again, and the waiter then took that offer and polled an
+    fd whose target waited for the queued call (a wait without deadline: forever)."""
+    ch = channel(engine)
+    ch.set_direct(True)
+    t = attach(engine, ch, f"call:{SYSFS}:1", f"call:{SYSFS}:2", f"call:{SYSFS}:3")
+    try:
+        ch.respond(next_notification(ch), value=1)  # the fd is offered with this one
+        lib.icd_direct_test_pause(50_000)  # 10x the receiver's park time
+        t0 = time.monotonic()
+        items = ch.wait(5.0)
+        waited = time.monotonic() - t0
+        lib.icd_direct_test_pause(0)
+        assert [it.args[0] for it in items] == [2], (items, waited, ch.stats())
+        assert waited < 2.0 and ch.stats()["direct"] == 1
+        ch.respond(items[0], value=2)
+        ch.respond(next_notification(ch), value=3)
+        assert t.finish() == [f"call {SYSFS} 1 0", f"call {SYSFS} 2 0", f"call {SYSFS} 3 0"]
+    finally:
+        lib.icd_direct_test_pause(0)
+        t.close()
