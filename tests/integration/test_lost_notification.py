@@ -215,9 +215,11 @@ def test_containers_lose_no_python_path_call(
                       str(NR_ACCT), str(FAST_VALUE)],
                 notify=["sysfs", "acct"], listener_path=d.listener_path,
                 annotations={ANNOTATION: f"value:{answer}"})
-            started.append((stack.enter_context(runtime.started(b, new_id("lost"))), b))
-        for cid, _ in started:
+            cid = stack.enter_context(runtime.started(b, new_id("lost")))
+            # Each as it starts: under load starting all took longer than a
+            # container runs, and the first had exited and gone when looked for.
             d.wait_container(cid)
+            started.append((cid, b))
         deadline = time.monotonic() + seconds + 30
         for cid, b in started:
             while not (m := LINE.search(output(b)[0])):
