@@ -110,10 +110,11 @@ static void revoke_turn(struct icd_receiver *r)
   }
 }
 
-/* Receivers stay allocated (and in the list) until the channel is freed or a
- * pruned one is no longer running and has no fd, so walking it under
- * ch->lock and revoking outside it is safe only with the list snapshot taken
- * under the lock; revocation is idempotent. */
+/* Revoking waits for the waiter to leave, so it runs outside ch->lock (a
+ * waiter may need the engine's lock, which icd_engine_close holds while it
+ * takes ours); the receivers snapshotted under the lock stay allocated
+ * meanwhile because prune_receivers frees none while ch->revoking is set.
+ * Revocation is idempotent. */
 void icd_direct_revoke_all(struct icd_channel *ch)
 {
   struct icd_receiver *r, *todo[64];
@@ -122,9 +123,16 @@ void icd_direct_revoke_all(struct icd_channel *ch)
   for (r = ch->recvs; r && n < 64; r = r->next)
     if (atomic_load(&r->turn) != TURN_C || r->py_in)
       todo[n++] = r;
+  if (n)
+    ch->revoking++;
   pthread_mutex_unlock(&ch->lock);
+  if (!n)
+    return;
   for (i = 0; i < n; i++)
     revoke_turn(todo[i]);
+  pthread_mutex_lock(&ch->lock);
+  ch->revoking--;
+  pthread_mutex_unlock(&ch->lock);
 }
 
 /* The waiter gives the fd back to the receiver. */

@@ -69,6 +69,7 @@ struct icd_channel {
   atomic_int nwaiters;
   atomic_int kick; /* icd_channel_interrupt: the next wait returns, maybe empty */
   int nlive, closed;
+  int revoking; /* revokes under way outside the lock: no receiver is freed */
   pid_t owner; /* receivers are threads of this process only */
   int direct;  /* direct mode allowed (icd_channel_set_direct) */
   struct icd_receiver *recvs;

@@ -239,10 +239,13 @@ static void *receiver_main(void *arg)
 }
 
 /* Under ch->lock.  A receiver that has left (running == 0) no longer touches
- * its struct, and one with a closed fd can no longer be answered on. */
+ * its struct, and one with a closed fd can no longer be answered on; none
+ * while a revoke holds pointers to them (icd_direct_revoke_all). */
 static void prune_receivers(struct icd_channel *ch)
 {
   struct icd_receiver **pp = &ch->recvs, *r;
+  if (ch->revoking)
+    return;
   while ((r = *pp)) {
     if (!r->running && !r->fd_open && !atomic_load(&r->py_in)) {
       *pp = r->next;
