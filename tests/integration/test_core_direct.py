@@ -194,26 +194,32 @@ def test_fast_decisions_carry_args_and_the_comm_of_a_new_pid(engine: core.Engine
 
 def test_fd_taken_by_a_preempted_waiter_stays_taken(engine: core.Engine) -> None:
     """The lost-notification race, made deterministic: a waiter that has decided to
-    take the fd (queue empty, receiver parked) is held off the CPU for longer than
-    the receiver's park time before it receives.  The receiver must not take the fd
+    take the fd (queue empty, receiver parked) is held off the CPU, up to 10x the
+    receiver's park time, before it receives.  The receiver must not take the fd
     back meanwhile: before the fix it did, received the target's next call, queued
     it and offered the fd again, and the waiter then took that offer and polled an
-    fd whose target waited for the queued call (a wait without deadline: forever)."""
+    fd whose target waited for the queued call (a wait without deadline: forever).
+    Rounds in which the receiver took the fd back before the waiter came (a loaded
+    machine) go by the queue; at least one must have gone straight to the waiter."""
     ch = channel(engine)
     ch.set_direct(True)
-    t = attach(engine, ch, f"call:{SYSFS}:1", f"call:{SYSFS}:2", f"call:{SYSFS}:3")
+    rounds = 10
+    t = attach(engine, ch, *[f"call:{SYSFS}:{k}" for k in range(rounds)])
     try:
-        ch.respond(next_notification(ch), value=1)  # the fd is offered with this one
-        lib.icd_direct_test_pause(50_000)  # 10x the receiver's park time
-        t0 = time.monotonic()
-        items = ch.wait(5.0)
-        waited = time.monotonic() - t0
-        lib.icd_direct_test_pause(0)
-        assert [it.args[0] for it in items] == [2], (items, waited, ch.stats())
-        assert waited < 2.0 and ch.stats()["direct"] == 1
-        ch.respond(items[0], value=2)
-        ch.respond(next_notification(ch), value=3)
-        assert t.finish() == [f"call {SYSFS} 1 0", f"call {SYSFS} 2 0", f"call {SYSFS} 3 0"]
+        n = next_notification(ch)
+        for k in range(1, rounds):
+            ch.respond(n, value=n.args[0])  # the fd was offered along with n
+            lib.icd_direct_test_pause(50_000)
+            t0 = time.monotonic()
+            items = ch.wait(5.0)
+            waited = time.monotonic() - t0
+            lib.icd_direct_test_pause(0)
+            assert [it.args[0] for it in items] == [k], (k, items, waited, ch.stats())
+            assert waited < 2.0
+            n = items[0]
+        ch.respond(n, value=n.args[0])
+        assert t.finish() == [f"call {SYSFS} {k} 0" for k in range(rounds)]
+        assert ch.stats()["direct"] >= 1
     finally:
         lib.icd_direct_test_pause(0)
         t.close()
