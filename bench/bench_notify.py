@@ -12,6 +12,7 @@ the cheap (a', e) pair runs --cheap-pairs times a run, --cpus pins everything).
   (b)  minimal C agent (RECV/SEND, sync wake-up)   physical limit
   (c)  interceptd C fast path, runc container      target p50 <= 1.3 x (b)
   (d)  interceptd Python handler, runc container   target p50 <= 2 x (b) (issue 13)
+  (d') the same with the core's direct mode off    what direct mode saves
   (e)  filter installed, sysfs not notified        target p50 <= 1.1 x (a')
 """
 
@@ -78,10 +79,15 @@ def main() -> int:
         slow = Daemon(env.dir / "python", render_config(sections={
             "handlers": {"modules": ["tests.harness.handlers"]},
             "test_handler": {"answer": f"value:{PY_VALUE}"}}), log_level="info").start()
+        queued = Daemon(env.dir / "queued", render_config(sections={
+            "handlers": {"modules": ["tests.harness.handlers"]},
+            "test_handler": {"answer": f"value:{PY_VALUE}", "direct": False}}),
+            log_level="info").start()
         in_container = {
             "a'": BundleSpec(args=cheap),
             "c": BundleSpec(args=cmd, notify=["sysfs"], listener_path=fast.listener_path),
             "d": BundleSpec(args=cmd, notify=["sysfs"], listener_path=slow.listener_path),
+            "d'": BundleSpec(args=cmd, notify=["sysfs"], listener_path=queued.listener_path),
             # Not notified: the filter sends only other calls to the daemon.
             "e": BundleSpec(args=cheap, notify=["uselib", "ustat"],
                             listener_path=fast.listener_path),
@@ -97,12 +103,13 @@ def main() -> int:
             "b": lambda t: t.ret == AGENT_VALUE,
             "c": lambda t: t.ret == FAST_VALUE,
             "d": lambda t: t.ret == PY_VALUE,
+            "d'": lambda t: t.ret == PY_VALUE,
             "a'": lambda t: t.errno == 0 and t.ret > 0,
             "e": lambda t: t.errno == 0 and t.ret > 0,
         }
         # The cheap pair's difference (a filter that does not match) is a few
         # ns under noise of tens: it runs --cheap-pairs times a run.
-        groups = [["a"], ["b", "c", "d"], ["a'", "e"] * args.cheap_pairs]
+        groups = [["a"], ["b", "c", "d", "d'"], ["a'", "e"] * args.cheap_pairs]
         if args.rows:
             keep = set(args.rows.split(","))
             expected = {k: v for k, v in expected.items() if k in keep}
@@ -121,9 +128,9 @@ def main() -> int:
                                            f"errno={t.errno}")
                     samples[key].append(t)
         finally:
-            rc_fast, rc_slow = fast.stop(), slow.stop()
-    if rc_fast != 0 or rc_slow != 0:
-        print(f"interceptd exited {rc_fast}/{rc_slow}", file=sys.stderr)
+            rc_fast, rc_slow, rc_queued = fast.stop(), slow.stop(), queued.stop()
+    if rc_fast != 0 or rc_slow != 0 or rc_queued != 0:
+        print(f"interceptd exited {rc_fast}/{rc_slow}/{rc_queued}", file=sys.stderr)
         return 1
     rows = {k: Timing.median(v) for k, v in samples.items()}
 
@@ -133,6 +140,7 @@ def main() -> int:
         "b": "(b) minimal C agent",
         "c": "(c) interceptd C fast path",
         "d": "(d) interceptd Python handler",
+        "d'": "(d') the same, direct mode off",
         "e": "(e) filter on, not notified",
     }
     print(f"sysfs(2) round trip, {args.calls} calls ({args.calls * args.cheap_factor} for "

@@ -30,10 +30,7 @@ int icd_channel_new(struct icd_engine *e, uint64_t cookie, unsigned qcap, struct
   ch->cookie = cookie;
   ch->owner = getpid();
   ch->qmax = qcap ? qcap : 1;
-  /* Direct mode is off until its last lost-notification race is found: the
-   * engine test still lost one Python-path item in direct mode (python =
-   * fast + 1) in about one full test run of three (docs/INTERNALS.md). */
-  ch->direct = 0;
+  ch->direct = 1; /* direct.c */
   ch->qsize = 64;
   ch->q = calloc(ch->qsize, sizeof *ch->q);
   ch->rt = icd_rules_new();

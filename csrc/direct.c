@@ -2,21 +2,40 @@
  *
  * A Python-path notification costs the receiver a wake-up and the waiter
  * another: three context switches per call where the minimal agent has two.
- * So once the receiver has queued one for Python it hands its fd over
- * (icd_direct_offer: TURN_PY_BUSY) and parks (icd_direct_park); when the
- * waiter comes back for the next item it receives on the fd itself
- * (icd_direct_wait: TURN_PY_RECV), so with sync wake-up the target's next
- * call wakes the waiter directly.  Fast verdicts are answered there as on the
- * receiver; a Python-path one is returned (TURN_PY_BUSY again).  Only for a
- * channel with one fd, since the waiter then watches that fd and not the
- * queue; a second attach, an interrupt or a close takes the fd back
- * (icd_direct_revoke_all: TURN_C).  The parked receiver also takes it back
- * when the waiter has been busy for PARK_NS.  The waiter holds fdlock shared
- * throughout, so the fd cannot be closed under it.
+ * So once the receiver has queued one for Python it hands its fd over and
+ * parks; when the waiter comes back for the next item it receives on the fd
+ * itself, so with sync wake-up the target's next call wakes the waiter
+ * directly.  Only for a channel with one fd, since the waiter then watches
+ * that fd and not the queue.
  *
- * turn is a futex word: TURN_C <-> TURN_PY_BUSY <-> TURN_PY_RECV, each
- * change by one side with a compare-and-swap, so that a revocation racing a
- * hand-over always ends at TURN_C. */
+ * r->turn, a futex word, says who may RECV on r's fd:
+ *   TURN_C        the receiver thread (the waiter does not RECV);
+ *   TURN_PY_BUSY  nobody: the fd is the waiter's, which is handling an item;
+ *   TURN_PY_RECV  the waiter (the receiver is parked).
+ * Transitions, each a compare-and-swap from the state named, except revoke:
+ *   offer     C -> BUSY     receiver, under ch->lock, in the same critical
+ *                           section that queued its item (to_python);
+ *   take      BUSY -> RECV  waiter, under ch->lock, only with the queue empty,
+ *                           no kick, direct on, one live receiver;
+ *   set_busy  RECV -> BUSY  waiter, having received a Python-path item;
+ *   give_back RECV -> C     waiter: timeout, hang-up, error, hand-off to the
+ *                           native helper;
+ *   steal     BUSY -> C     parked receiver, once BUSY for PARK_NS;
+ *   revoke    any -> C      attach of a second fd, interrupt, set_direct(0),
+ *                           close: and then the waiter is signalled out of
+ *                           poll/RECV until it has left direct_recv.
+ * The invariant that keeps items from being lost: while the waiter is in
+ * RECV (it may block there forever) the queue holds no item it has not seen.
+ * Items are queued only by a receiver in TURN_C, and take checks the queue
+ * and moves BUSY -> RECV atomically under the lock they are queued under;
+ * from RECV only the waiter itself or a revoke (which gets it out of RECV)
+ * returns the turn to the receiver.  (Take used to decide under the lock but
+ * swap after it: a waiter preempted in between let the receiver steal the
+ * turn, queue the target's next call and offer again, and then took that
+ * offer and blocked in RECV while the target waited for the queued call.)
+ * In BUSY nobody receives, which is what the steal bounds.  After a revoke
+ * both sides may RECV for a moment; whatever the waiter receives then it
+ * still answers or returns. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/futex.h>
@@ -40,11 +59,13 @@
 void icd_direct_offer(struct icd_receiver *r)
 {
   struct icd_channel *ch = r->ch;
-  if (ch->direct && r->sync && !r->delegated && ch->nlive == 1 && atomic_load(&ch->nwaiters) <= 1) {
+  unsigned c = TURN_C;
+  if (ch->direct && r->sync && !atomic_load(&r->delegated) && ch->nlive == 1
+      && atomic_load(&ch->nwaiters) <= 1) {
     /* Once the waiter has answered this one it receives the next
      * notification itself (see direct_recv). */
     atomic_store(&r->busy_since, icd_now_ns(CLOCK_MONOTONIC));
-    atomic_store(&r->turn, TURN_PY_BUSY);
+    atomic_compare_exchange_strong(&r->turn, &c, TURN_PY_BUSY);
   }
 }
 
@@ -69,8 +90,9 @@ void icd_direct_park(struct icd_receiver *r)
 }
 
 /* Takes the fd back from a Python waiter: a waiter inside direct_recv is
- * signalled out of poll until it has left, and only while it is in there, so
- * no other call of that thread sees EINTR. */
+ * signalled out of poll/RECV until it has left, and only while it is in
+ * there, so that other calls of that thread seldom see EINTR (one sent just
+ * as it leaves can still land; the notify ioctls retry on it). */
 static void revoke_turn(struct icd_receiver *r)
 {
   atomic_store(&r->turn, TURN_C);
@@ -88,10 +110,11 @@ static void revoke_turn(struct icd_receiver *r)
   }
 }
 
-/* Receivers stay allocated (and in the list) until the channel is freed or a
- * pruned one is no longer running and has no fd, so walking it under
- * ch->lock and revoking outside it is safe only with the list snapshot taken
- * under the lock; revocation is idempotent. */
+/* Revoking waits for the waiter to leave, so it runs outside ch->lock (a
+ * waiter may need the engine's lock, which icd_engine_close holds while it
+ * takes ours); the receivers snapshotted under the lock stay allocated
+ * meanwhile because prune_receivers frees none while ch->revoking is set.
+ * Revocation is idempotent. */
 void icd_direct_revoke_all(struct icd_channel *ch)
 {
   struct icd_receiver *r, *todo[64];
@@ -100,9 +123,16 @@ void icd_direct_revoke_all(struct icd_channel *ch)
   for (r = ch->recvs; r && n < 64; r = r->next)
     if (atomic_load(&r->turn) != TURN_C || r->py_in)
       todo[n++] = r;
+  if (n)
+    ch->revoking++;
   pthread_mutex_unlock(&ch->lock);
+  if (!n)
+    return;
   for (i = 0; i < n; i++)
     revoke_turn(todo[i]);
+  pthread_mutex_lock(&ch->lock);
+  ch->revoking--;
+  pthread_mutex_unlock(&ch->lock);
 }
 
 /* The waiter gives the fd back to the receiver. */
@@ -138,7 +168,7 @@ static int direct_recv(struct icd_receiver *r, struct icd_item *it, int timeout_
     {
       int64_t left = end - icd_now_ns(CLOCK_MONOTONIC);
       if (left <= 0) {
-        set_busy(r);
+        give_back(r); /* idle: the receiver is the one to wait on the fd */
         return -ETIMEDOUT;
       }
       ms = (int)((left + 999999) / 1000000);
@@ -183,36 +213,60 @@ recv:
   }
 }
 
+static atomic_int test_pause_us;
+
+void icd_direct_test_pause(int us)
+{
+  atomic_store(&test_pause_us, us);
+}
+
+/* Until something is queued on ch (what a receiver that took the fd back
+ * meanwhile would do) or the pause is over. */
+static void test_pause(struct icd_channel *ch)
+{
+  int us = atomic_load_explicit(&test_pause_us, memory_order_relaxed);
+  int64_t end = icd_now_ns(CLOCK_MONOTONIC) + (int64_t)us * 1000;
+  while (us > 0 && !atomic_load(&ch->qpending) && icd_now_ns(CLOCK_MONOTONIC) < end) {
+    struct timespec ts = { 0, 100000 };
+    nanosleep(&ts, NULL);
+  }
+}
+
 int icd_direct_wait(struct icd_channel *ch, struct icd_item *items, int timeout_ms)
 {
   struct icd_receiver *r = NULL, *x;
-  unsigned busy = TURN_PY_BUSY;
   int ret = 0;
 
-  pthread_mutex_lock(&ch->lock);
-  /* The queue is looked at again under the lock the receiver pushes and
-   * offers under: an item queued since the caller's unlocked look, with the
-   * fd offered along, would otherwise sit there while we block in RECV on
-   * an fd whose target waits for that very item's answer. */
-  if (!ch->closed && ch->nlive == 1 && !ch->qlen)
-    for (x = ch->recvs; x; x = x->next)
-      if (x->running && atomic_load(&x->turn) == TURN_PY_BUSY && !atomic_load(&x->py_in)) {
-        r = x;
-        pthread_mutex_lock(&r->py_lock);
-        atomic_store(&r->py_in, 1); /* also keeps prune_receivers off r */
-        r->py_tid = pthread_self();
-        pthread_mutex_unlock(&r->py_lock);
-        break;
-      }
-  pthread_mutex_unlock(&ch->lock);
-  if (!r)
-    return 0;
+  /* fdlock before ch->lock, as everywhere: held shared until we leave the
+   * fd, so it cannot be closed under us. */
   pthread_rwlock_rdlock(&ch->fdlock);
-  if (r->fd_open && atomic_compare_exchange_strong(&r->turn, &busy, TURN_PY_RECV))
+  pthread_mutex_lock(&ch->lock);
+  /* Take (see the top of this file): the queue and the turn are looked at
+   * and the turn changed in one critical section with the receiver's queue
+   * and offer. */
+  if (ch->direct && !ch->closed && ch->nlive == 1 && !ch->qlen && !atomic_load(&ch->kick))
+    for (x = ch->recvs; x; x = x->next) {
+      unsigned busy = TURN_PY_BUSY;
+      if (!x->running || !x->fd_open || atomic_load(&x->py_in)
+          || !atomic_compare_exchange_strong(&x->turn, &busy, TURN_PY_RECV))
+        continue;
+      /* A revoke that finds py_in still 0 stored TURN_C before this, so
+       * direct_recv's first look at the turn sees it. */
+      pthread_mutex_lock(&x->py_lock);
+      atomic_store(&x->py_in, 1); /* also keeps prune_receivers off x */
+      x->py_tid = pthread_self();
+      pthread_mutex_unlock(&x->py_lock);
+      r = x;
+      break;
+    }
+  pthread_mutex_unlock(&ch->lock);
+  if (r) {
+    test_pause(ch);
     ret = direct_recv(r, items, timeout_ms);
+    pthread_mutex_lock(&r->py_lock);
+    atomic_store(&r->py_in, 0);
+    pthread_mutex_unlock(&r->py_lock);
+  }
   pthread_rwlock_unlock(&ch->fdlock);
-  pthread_mutex_lock(&r->py_lock);
-  atomic_store(&r->py_in, 0);
-  pthread_mutex_unlock(&r->py_lock);
   return ret;
 }

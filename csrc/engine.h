@@ -44,7 +44,7 @@ struct icd_receiver {
    * not at its start: until then the Python path keeps direct mode. */
   struct icd_native *_Atomic delegate;
   struct icd_native *native;
-  int delegated;
+  atomic_int delegated; /* set by whoever hands off (a direct-mode waiter too) */
 };
 
 struct icd_channel {
@@ -67,6 +67,7 @@ struct icd_channel {
   atomic_int nwaiters;
   atomic_int kick; /* icd_channel_interrupt: the next wait returns, maybe empty */
   int nlive, closed;
+  int revoking; /* revokes under way outside the lock: no receiver is freed */
   pid_t owner; /* receivers are threads of this process only */
   int direct;  /* direct mode allowed (icd_channel_set_direct) */
   struct icd_receiver *recvs;

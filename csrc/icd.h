@@ -125,6 +125,10 @@ int icd_channel_set_default(struct icd_channel *ch, int action, int64_t value);
 int icd_channel_set_sysinfo(struct icd_channel *ch, const void *buf, int len, int64_t fresh_ns);
 /* Direct mode on (the default) or off; see direct.c. */
 int icd_channel_set_direct(struct icd_channel *ch, int on);
+/* Tests only: a direct-mode waiter that has taken a receiver's fd pauses up to
+ * this long before receiving on it (the window a preempted waiter had), less
+ * if an item is queued meanwhile. */
+void icd_direct_test_pause(int us);
 /* Makes a waiter (or the next wait) return, with [] if nothing is queued. */
 void icd_channel_interrupt(struct icd_channel *ch);
 int icd_channel_wait(struct icd_channel *ch, struct icd_item *items, int max, int timeout_ms,

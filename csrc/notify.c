@@ -23,8 +23,11 @@ int icd_notify_set_sync(int fd)
 int icd_notify_send(int fd, uint64_t id, int64_t val, int32_t err, uint32_t flags)
 {
   struct seccomp_notif_resp r = { .id = id, .val = val, .error = err, .flags = flags };
-  if (ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &r) < 0)
-    return -errno;
+  /* EINTR: the fd's lock was contended and a signal came; nothing was sent
+   * (an answer given up here would leave the caller blocked). */
+  while (ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &r) < 0)
+    if (errno != EINTR)
+      return -errno;
   return 0;
 }
 
@@ -38,13 +41,19 @@ int icd_notify_addfd(int fd, uint64_t id, int srcfd, int newfd, uint32_t newfd_f
     .newfd = newfd < 0 ? 0 : newfd,
     .newfd_flags = newfd_flags,
   };
-  int ret = ioctl(fd, SECCOMP_IOCTL_NOTIF_ADDFD, &a);
+  int ret;
+  /* EINTR (as for SEND): nothing was added, or what was is withdrawn. */
+  while ((ret = ioctl(fd, SECCOMP_IOCTL_NOTIF_ADDFD, &a)) < 0 && errno == EINTR)
+    ;
   return ret < 0 ? -errno : ret;
 }
 
 int icd_notify_id_valid(int fd, uint64_t id)
 {
-  if (ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0)
+  int ret;
+  while ((ret = ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id)) < 0 && errno == EINTR)
+    ;
+  if (ret == 0)
     return 1;
   return errno == ENOENT ? 0 : -errno;
 }

@@ -89,9 +89,14 @@ int icd_fast_answer(struct icd_receiver *r, const struct seccomp_notif *n)
   /* The table lookup since RECV took a few loads: read the clock only for the
    * calls answered here, the Python path's are timed by the daemon. */
   recv_ns = icd_now_ns(CLOCK_MONOTONIC);
-  if (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) {
+  /* EINTR: the fd's lock was contended and a signal came (a direct-mode
+   * waiter is signalled out at revoke); nothing was sent, so again. */
+  while (ioctl(r->fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) {
+    if (errno == EINTR)
+      continue;
     serr = errno;
     atomic_fetch_add_explicit(&ch->n_send_err, 1, memory_order_relaxed);
+    break;
   }
   sent_ns = icd_now_ns(CLOCK_MONOTONIC);
   atomic_fetch_add_explicit(&ch->n_fast, 1, memory_order_relaxed);
@@ -138,7 +143,7 @@ int icd_receiver_handoff(struct icd_receiver *r, const struct seccomp_notif *n)
   if (icd_native_delegate(nv, r->fd, n))
     return 0; /* the Python path decides this one, as without a helper */
   r->native = atomic_load(&r->ch->native);
-  r->delegated = 1;
+  atomic_store(&r->delegated, 1); /* after native: the receiver reads them in this order */
   return 1;
 }
 
@@ -191,12 +196,12 @@ static void *receiver_main(void *arg)
       icd_direct_park(r);
       continue;
     }
-    if (r->delegated) {
+    if (atomic_load(&r->delegated)) {
       int what = icd_native_next(r->native, r->fd, &n);
       if (what == ICD_NATIVE_FORWARD)
         handle(r, &n);
       else if (what == ICD_NATIVE_GONE)
-        r->delegated = 0;
+        atomic_store(&r->delegated, 0);
       else if (what == ICD_NATIVE_DETACHED) {
         detached = 1;
         break;
@@ -234,10 +239,13 @@ static void *receiver_main(void *arg)
 }
 
 /* Under ch->lock.  A receiver that has left (running == 0) no longer touches
- * its struct, and one with a closed fd can no longer be answered on. */
+ * its struct, and one with a closed fd can no longer be answered on; none
+ * while a revoke holds pointers to them (icd_direct_revoke_all). */
 static void prune_receivers(struct icd_channel *ch)
 {
   struct icd_receiver **pp = &ch->recvs, *r;
+  if (ch->revoking)
+    return;
   while ((r = *pp)) {
     if (!r->running && !r->fd_open && !atomic_load(&r->py_in)) {
       *pp = r->next;

@@ -193,8 +193,8 @@ class Channel:
         check(lib.icd_channel_set_default(self._ptr, action, value), "set_default")
 
     def set_direct(self, on: bool) -> None:
-        """Direct mode (default off: a race in it can still lose a Python-path
-        notification); see docs/INTERNALS.md."""
+        """Direct mode (default on): a Python-path waiter receives on a one-fd
+        channel's notify fd itself; see docs/INTERNALS.md."""
         lib.icd_channel_set_direct(self._ptr, 1 if on else 0)
 
     def interrupt(self) -> None:

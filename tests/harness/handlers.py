@@ -5,7 +5,9 @@ It answers the syscalls in `[test_handler] syscalls` (default: sysfs) with
 what the container's annotation `org.interceptd.test/answer` says, else with
 `[test_handler] answer`: "value:N" or "errno:N" (default "value:4242"). So
 each container can get its own answer, which shows that the daemon routes
-every notification to the handler with the right container."""
+every notification to the handler with the right container.
+`[test_handler] direct = false` turns the core's direct mode off for every
+container (the benchmark's comparison row)."""
 
 from __future__ import annotations
 
@@ -52,3 +54,5 @@ def register(handlers: Any, cfg: Any) -> None:
     parse_answer(default)  # a bad default is a start-up error, not a per-call one
     for name in section.get("syscalls", ["sysfs"]):
         handlers.register(name, partial(answer, default, {}))
+    if section.get("direct", True) is False:
+        handlers.on_attach(lambda container, core: container.channel.set_direct(False))

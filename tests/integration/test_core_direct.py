@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from interceptd import core
+from interceptd._corelib import lib
 from tests.integration import test_core_support as sup
 from tests.integration.test_core_support import GETPGID, SYSFS
 
@@ -189,3 +190,36 @@ def test_fast_decisions_carry_args_and_the_comm_of_a_new_pid(engine: core.Engine
     a, b = sup.drain(engine, 2)
     assert a.args[:2] == (7, 8) and b.args[0] == 9
     assert a.comm == "core_target" and b.comm == ""  # read once per new pid
+
+
+def test_fd_taken_by_a_preempted_waiter_stays_taken(engine: core.Engine) -> None:
+    """The lost-notification race, made deterministic: a waiter that has decided to
+    take the fd (queue empty, receiver parked) is held off the CPU, up to 10x the
+    receiver's park time, before it receives.  The receiver must not take the fd
+    back meanwhile: before the fix it did, received the target's next call, queued
+    it and offered the fd again, and the waiter then took that offer and polled an
+    fd whose target waited for the queued call (a wait without deadline: forever).
+    Rounds in which the receiver took the fd back before the waiter came (a loaded
+    machine) go by the queue; at least one must have gone straight to the waiter."""
+    ch = channel(engine)
+    ch.set_direct(True)
+    rounds = 10
+    t = attach(engine, ch, *[f"call:{SYSFS}:{k}" for k in range(rounds)])
+    try:
+        n = next_notification(ch)
+        for k in range(1, rounds):
+            ch.respond(n, value=n.args[0])  # the fd was offered along with n
+            lib.icd_direct_test_pause(50_000)
+            t0 = time.monotonic()
+            items = ch.wait(5.0)
+            waited = time.monotonic() - t0
+            lib.icd_direct_test_pause(0)
+            assert [it.args[0] for it in items] == [k], (k, items, waited, ch.stats())
+            assert waited < 2.0
+            n = items[0]
+        ch.respond(n, value=n.args[0])
+        assert t.finish() == [f"call {SYSFS} {k} 0" for k in range(rounds)]
+        assert ch.stats()["direct"] >= 1
+    finally:
+        lib.icd_direct_test_pause(0)
+        t.close()
