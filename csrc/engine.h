@@ -68,8 +68,8 @@ struct icd_channel {
   atomic_int kick; /* icd_channel_interrupt: the next wait returns, maybe empty */
   int nlive, closed;
   int revoking; /* revokes under way outside the lock: no receiver is freed */
-  pid_t owner; /* receivers are threads of this process only */
-  int direct;  /* direct mode allowed (icd_channel_set_direct) */
+  pid_t owner;  /* receivers are threads of this process only */
+  int direct;   /* direct mode allowed (icd_channel_set_direct) */
   struct icd_receiver *recvs;
   _Atomic uint64_t n_fast, n_python, n_overflow, n_send_err, n_detached, n_direct;
   /* The native mount path (native.c), set once by icd_channel_set_native. */
