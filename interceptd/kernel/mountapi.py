@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 
 from interceptd.kernel.consts import (
@@ -233,6 +234,18 @@ def mount(source: str, target: str, fstype: str, flags: int = 0, data: str | Non
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount2({target})")
+
+
+def detach_all(target: str, most: int = 16) -> None:
+    """Lazily unmount whatever is stacked on `target` (what a killed owner left there):
+    until it is no mount point (EINVAL) or gone (ENOENT), `most` times at the most."""
+    for _ in range(most):
+        try:
+            umount(target, MNT_DETACH)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOENT):
+                return
+            raise
 
 
 _statfs = _libc.statfs

@@ -21,7 +21,6 @@ docs/runtime.md "Emulated /proc and /sys", docs/emulation.md "/proc/sys".
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -106,13 +105,7 @@ def clone_tree(fs: str, target: str) -> None:
     """Mount a clone of the daemon's tree `fs` at `target` (created if needed; whatever
     a dead teardown left there is detached first)."""
     os.makedirs(target, mode=0o755, exist_ok=True)
-    for _ in range(16):
-        try:
-            mountapi.umount(target, mountapi.MNT_DETACH)
-        except OSError as e:
-            if e.errno in (errno.EINVAL, errno.ENOENT):
-                break
-            raise
+    mountapi.detach_all(target)
     fd = mountapi.open_tree(fs)
     try:
         mountapi.move_mount(fd, target)

@@ -97,13 +97,7 @@ def _warn(msg: str) -> None:
 
 def _pin(path: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    for _ in range(16):  # whatever a killed create of the same id left there
-        try:
-            mountapi.umount(path, mountapi.MNT_DETACH)
-        except OSError as e:
-            if e.errno in (errno.EINVAL, errno.ENOENT):
-                break
-            raise
+    mountapi.detach_all(path)  # whatever a killed create of the same id left there
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
     try:
         fd = mountapi.open_tree("/proc/self/ns/time_for_children")

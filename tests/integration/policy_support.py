@@ -96,11 +96,11 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20) -> Any:
+def wait_for(pred: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
         time.sleep(0.05)
-    raise AssertionError("timed out")
+    raise AssertionError(f"timed out{' waiting for ' + what if what else ''}")

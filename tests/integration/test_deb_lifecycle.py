@@ -12,15 +12,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.harness import dockerd
-
-T = TypeVar("T")
+from tests.integration.policy_support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +70,6 @@ def _status(timeout: float = 2.0) -> dict[str, Any]:
         return {}
     st: dict[str, Any] = json.loads(p.stdout)
     return st
-
-
-def _wait(cond: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _stop_pid(pid: int) -> None:
@@ -148,7 +137,7 @@ def test_install_run_upgrade_purge(machine: Path):
                 ["/usr/bin/interceptd", "--state-dir", str(STATE), "--config", str(cfg)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
-        first = _wait(_status, "the installed daemon")
+        first = wait_for(_status, 30, "the installed daemon")
         assert first["version"] == version1 and first["pid"] == daemon.pid
 
         # dockerd as the shipped snippets configure it: interceptd-runc as the
@@ -169,20 +158,20 @@ def test_install_run_upgrade_purge(machine: Path):
             r = d.docker("exec", "loop", "cat", "/count", check=False)
             return int(r.stdout) if r.returncode == 0 and r.stdout.strip() else 0
 
-        _wait(lambda: count() >= 20, "the loop to run")
+        wait_for(lambda: count() >= 20, 30, "the loop to run")
 
         # The upgrade: the new package's postinst runs `interceptctl restart`.
         _dpkg("-i", str(v2))
         assert _dpkg_status() == f"install ok installed {version1}+upgrade1"
-        second = _wait(lambda: (s := _status()) and s.get("pid") != daemon.pid and s,
-                       "the upgraded daemon")
+        second = wait_for(lambda: (s := _status()) and s.get("pid") != daemon.pid and s,
+                          30, "the upgraded daemon")
         assert second["version"] == f"{version1}+upgrade1", second
         assert daemon.wait(30) == 0  # the old process handed over and exited
         kept = (second.get("handover") or {}).get("containers")
         assert kept and kept >= 1, second
 
         at_upgrade = count()
-        _wait(lambda: count() >= at_upgrade + 20, "the loop to go on after the upgrade")
+        wait_for(lambda: count() >= at_upgrade + 20, 30, "the loop to go on after the upgrade")
         d.docker("exec", "loop", "touch", "/stop")
         assert d.docker("wait", "loop").stdout.strip() == "0"
         out = d.docker("logs", "loop").stdout
