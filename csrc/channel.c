@@ -366,19 +366,27 @@ void icd_channel_close(struct icd_channel *ch)
     icd_native_close(atomic_load(&ch->native));
 }
 
-int icd_channel_act_lock(struct icd_channel *ch, int lock)
+/* The channel's native path, made on first use: the act lock must exist before
+ * a helper can start, and either caller may come first. */
+static struct icd_native *native_of(struct icd_channel *ch)
 {
   struct icd_native *nv = atomic_load(&ch->native), *expect = NULL;
 
-  if (!nv) { /* no helper yet: the lock must exist before one can start */
-    if (!(nv = icd_native_new(ch->cookie)))
-      return -ENOMEM;
-    if (!atomic_compare_exchange_strong(&ch->native, &expect, nv)) {
-      icd_native_free(nv);
-      nv = expect;
-    }
+  if (nv)
+    return nv;
+  if (!(nv = icd_native_new(ch->cookie)))
+    return NULL;
+  if (!atomic_compare_exchange_strong(&ch->native, &expect, nv)) {
+    icd_native_free(nv);
+    nv = expect;
   }
-  return icd_native_act(nv, lock);
+  return nv;
+}
+
+int icd_channel_act_lock(struct icd_channel *ch, int lock)
+{
+  struct icd_native *nv = native_of(ch);
+  return nv ? icd_native_act(nv, lock) : -ENOMEM;
 }
 
 int icd_channel_quiesce_native(struct icd_channel *ch, int timeout_ms)
@@ -390,19 +398,12 @@ int icd_channel_quiesce_native(struct icd_channel *ch, int timeout_ms)
 int icd_channel_set_native(struct icd_channel *ch, const char *list, int len, int pidfd, int pid,
                            int notify_fd)
 {
-  struct icd_native *nv = atomic_load(&ch->native), *expect = NULL;
+  struct icd_native *nv = native_of(ch);
   struct icd_receiver *r;
   int ret;
 
-  if (!nv) {
-    nv = icd_native_new(ch->cookie);
-    if (!nv)
-      return -ENOMEM;
-    if (!atomic_compare_exchange_strong(&ch->native, &expect, nv)) {
-      icd_native_free(nv);
-      nv = expect;
-    }
-  }
+  if (!nv)
+    return -ENOMEM;
   if ((ret = icd_native_start(nv, pidfd, pid, list, len, ch->rt)))
     return ret;
   pthread_mutex_lock(&ch->lock);

@@ -98,7 +98,7 @@ static void stop_threads(struct icd_fuse *f)
    * repeated until every worker has left. */
   while (f->nlive) {
     for (i = 0; i < f->nthreads; i++)
-      pthread_kill(f->workers[i], STOP_SIGNAL);
+      pthread_kill(f->workers[i], ICD_STOP_SIGNAL);
     clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_nsec += 2000000;
     if (dl.tv_nsec >= 1000000000) {
@@ -128,7 +128,7 @@ static int prepare(struct icd_fuse *f, const char *mountpoint)
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = stop_handler; /* no SA_RESTART: read(2) returns EINTR */
   sigemptyset(&sa.sa_mask);
-  if (sigaction(STOP_SIGNAL, &sa, NULL) < 0)
+  if (sigaction(ICD_STOP_SIGNAL, &sa, NULL) < 0)
     return -errno;
   if ((f->procfd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
     return -errno;
@@ -158,7 +158,7 @@ int icd_fuse_serve(struct icd_fuse *f)
   /* Workers take no signal but the stop signal (Python's handlers run on
    * its own threads). */
   sigfillset(&all);
-  sigdelset(&all, STOP_SIGNAL);
+  sigdelset(&all, ICD_STOP_SIGNAL);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   ret = pthread_create(&f->reaper, NULL, fs_reaper, f);
   if (!ret)

@@ -31,10 +31,11 @@
 #include <unistd.h>
 
 #include "fusefs.h"
+#include "internal.h"
 
-/* The same signal and no-op handler as engine.c: it only makes a blocked
- * read(2) on /dev/fuse return EINTR so a worker sees the stop flag. */
-#define STOP_SIGNAL (SIGRTMIN + 7)
+/* Workers stop on ICD_STOP_SIGNAL (internal.h), with a no-op handler as in
+ * engine.c: it only makes a blocked read(2) on /dev/fuse return EINTR so a
+ * worker sees the stop flag. */
 #define FUSE_MAGIC 0x65735546
 #define MAX_WORKERS 16
 #define MAX_NODES 65536

@@ -37,6 +37,49 @@ FAST_VALUE = 7
 LINE = re.compile(r"calls=(\d+) ok=(\d+) bad=(\d+) enosys=(\d+) max_us=(\d+)")
 
 
+def _attach_target(e: core.Engine, i: int, cmds: list[str]) -> tuple[core.Channel, sup.Target]:
+    """Channel i+1 in direct mode (the mode the race was in, whatever the default):
+    sysfs for Python, getpgid answered 5 by the table; a target running `cmds` on it."""
+    ch = e.channel(i + 1)
+    ch.set_direct(True)
+    ch.set_rule(SYSFS, core.ACT_PYTHON)
+    ch.set_rule(GETPGID, core.ACT_VALUE, 5)
+    t = sup.start([SYSFS, GETPGID], *cmds)
+    e.attach(ch, t.listener)
+    return ch, t
+
+
+def _read_outputs(targets: list[sup.Target]) -> tuple[list[list[str]], list[threading.Thread]]:
+    outs: list[list[str]] = [[] for _ in targets]
+    readers = [threading.Thread(target=lambda f=t.proc.stdout, o=o: o.extend(f), daemon=True)
+               for t, o in zip(targets, outs, strict=True)]
+    for r in readers:
+        r.start()
+    return outs, readers
+
+
+def _stuck(targets: list[sup.Target], chans: list[core.Channel],
+           deadline: float) -> list[tuple[int, dict[str, int]]]:
+    """The targets still blocked at `deadline`, with their channels' counts."""
+    stuck = []
+    for i, t in enumerate(targets):
+        try:
+            t.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:
+            stuck.append((i, chans[i].stats()))
+    return stuck
+
+
+def _check_outputs(targets: list[sup.Target], outs: list[list[str]],
+                   readers: list[threading.Thread], pairs: int) -> None:
+    for r in readers:
+        r.join(5)
+    for t, o in zip(targets, outs, strict=True):
+        assert t.proc.returncode == 0
+        assert o.count(f"call {SYSFS} 3 0\n") == pairs
+        assert o.count(f"call {GETPGID} 5 0\n") == pairs
+
+
 def test_engine_loses_no_python_path_call() -> None:
     """20 targets x 3000 Python-path calls, each channel with one waiter that waits
     forever: every target finishes (before the fix 3 runs in 4 hung here)."""
@@ -65,36 +108,16 @@ def test_engine_loses_no_python_path_call() -> None:
     cmds = [c for _ in range(pairs) for c in (f"call:{SYSFS}:3", f"call:{GETPGID}:0")]
     try:
         for i in range(n):
-            ch = e.channel(i + 1)
+            ch, t = _attach_target(e, i, cmds)
             chans.append(ch)
-            ch.set_direct(True)  # the mode the race was in, whatever the default
-            ch.set_rule(SYSFS, core.ACT_PYTHON)
-            ch.set_rule(GETPGID, core.ACT_VALUE, 5)
-            t = sup.start([SYSFS, GETPGID], *cmds)
             targets.append(t)
-            e.attach(ch, t.listener)
             threading.Thread(target=worker, args=(ch,), daemon=True).start()
-        outs: list[list[str]] = [[] for _ in targets]
-        readers = [threading.Thread(target=lambda f=t.proc.stdout, o=o: o.extend(f), daemon=True)
-                   for t, o in zip(targets, outs, strict=True)]
-        for r in readers:
-            r.start()
+        outs, readers = _read_outputs(targets)
         for t in targets:
             t.go()
-        deadline = time.monotonic() + 25
-        stuck = []
-        for i, t in enumerate(targets):
-            try:
-                t.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                stuck.append((i, chans[i].stats()))
+        stuck = _stuck(targets, chans, time.monotonic() + 25)
         assert not stuck, f"targets hung on a notified call: {stuck}"
-        for r in readers:
-            r.join(5)
-        for t, o in zip(targets, outs, strict=True):
-            assert t.proc.returncode == 0
-            assert o.count(f"call {SYSFS} 3 0\n") == pairs
-            assert o.count(f"call {GETPGID} 5 0\n") == pairs
+        _check_outputs(targets, outs, readers, pairs)
     finally:
         for t in targets:
             t.close()
@@ -147,43 +170,24 @@ def test_engine_loses_no_call_through_revokes() -> None:
     chaos_thread = threading.Thread(target=chaos, daemon=True)
     try:
         for i in range(n):
-            ch = e.channel(i + 1)
+            ch, t = _attach_target(e, i, cmds)
             chans.append(ch)
-            ch.set_direct(True)
-            ch.set_rule(SYSFS, core.ACT_PYTHON)
-            ch.set_rule(GETPGID, core.ACT_VALUE, 5)
-            t = sup.start([SYSFS, GETPGID], *cmds)
             targets.append(t)
-            e.attach(ch, t.listener)
             for k in range(2):
                 threading.Thread(target=worker, args=(ch, 2 * i + k), daemon=True).start()
-        outs: list[list[str]] = [[] for _ in targets]
-        readers = [threading.Thread(target=lambda f=t.proc.stdout, o=o: o.extend(f), daemon=True)
-                   for t, o in zip(targets, outs, strict=True)]
-        for r in readers:
-            r.start()
+        outs, readers = _read_outputs(targets)
         chaos_thread.start()
         for t in targets:
             t.go()
         deadline = time.monotonic() + 40
-        stuck = []
-        for i, t in enumerate(targets):
-            try:
-                t.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                stuck.append((i, chans[i].stats()))
+        stuck = _stuck(targets, chans, deadline)
         done.set()
         chaos_thread.join(5)
         assert not stuck, f"targets hung on a notified call: {stuck}"
         for t in list(extra):
             out = t.finish(timeout=max(0.1, deadline + 10 - time.monotonic()))
             assert out == [f"call {SYSFS} {k} 0" for k in range(20)]
-        for r in readers:
-            r.join(5)
-        for t, o in zip(targets, outs, strict=True):
-            assert t.proc.returncode == 0
-            assert o.count(f"call {SYSFS} 3 0\n") == pairs
-            assert o.count(f"call {GETPGID} 5 0\n") == pairs
+        _check_outputs(targets, outs, readers, pairs)
         assert sum(ch.stats()["direct"] for ch in chans) > 0  # direct mode was in use
     finally:
         done.set()
